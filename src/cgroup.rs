@@ -1,0 +1,274 @@
+//! The sandbox's cgroup beyond what libcontainer does: the CPU quota written before start,
+//! figures read before delete, OOM detection, leftover removal. Handles v1 (and hybrid) and v2.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Which cgroup layout the host uses, as libcontainer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// cgroup v1 controllers (also the hybrid layout): controller name -> mount point.
+    V1(Vec<(String, PathBuf)>),
+    /// The unified hierarchy only, mounted here.
+    V2(PathBuf),
+}
+
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio",
+];
+
+impl Layout {
+    /// Reads the layout from `/proc/self/mounts`.
+    pub fn detect() -> io::Result<Layout> {
+        Ok(Layout::parse(&fs::read_to_string("/proc/self/mounts")?))
+    }
+
+    fn parse(mounts: &str) -> Layout {
+        let mut v1 = Vec::new();
+        let mut v2 = None;
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            match f[2] {
+                "cgroup" => {
+                    for opt in f[3].split(',') {
+                        if V1_CONTROLLERS.contains(&opt) && !v1.iter().any(|(c, _)| c == opt) {
+                            v1.push((opt.to_string(), PathBuf::from(f[1])));
+                        }
+                    }
+                }
+                "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(f[1])),
+                _ => {}
+            }
+        }
+        if v1.iter().any(|(c, _)| c == "cpu" || c == "memory") {
+            Layout::V1(v1)
+        } else {
+            Layout::V2(v2.unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")))
+        }
+    }
+
+    /// The sandbox cgroup at `cgroup_path` (as given to libcontainer, `/<prefix>/<id>`).
+    pub fn cgroup(&self, cgroup_path: &str) -> Cgroup {
+        let rel = cgroup_path.trim_start_matches('/');
+        match self {
+            Layout::V1(ctrls) => Cgroup::V1(
+                ctrls
+                    .iter()
+                    .map(|(c, mnt)| (c.clone(), mnt.join(rel)))
+                    .collect(),
+            ),
+            Layout::V2(mnt) => Cgroup::V2(mnt.join(rel)),
+        }
+    }
+
+    /// Short name for messages and `runbox check`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::V1(_) => "v1",
+            Layout::V2(_) => "v2",
+        }
+    }
+}
+
+/// One sandbox's cgroup directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cgroup {
+    /// controller -> directory.
+    V1(Vec<(String, PathBuf)>),
+    /// The directory in the unified hierarchy.
+    V2(PathBuf),
+}
+
+/// CPU time of the whole tree, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CpuUsage {
+    pub total_us: u64,
+    pub user_us: u64,
+    pub system_us: u64,
+}
+
+/// What the cgroup says about a finished run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Figures {
+    pub cpu: CpuUsage,
+    pub memory_peak_bytes: u64,
+    pub oom_kills: u64,
+    pub periods: u64,
+    pub throttled_periods: u64,
+}
+
+fn read(path: &Path) -> io::Result<String> {
+    fs::read_to_string(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+fn read_u64(path: &Path) -> io::Result<u64> {
+    read(path)?.trim().parse().map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+    })
+}
+
+/// The value of `key` in a flat-keyed file (`key value` per line).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+    })
+}
+
+impl Cgroup {
+    fn dir(&self, controller: &str) -> Option<&Path> {
+        match self {
+            Cgroup::V1(dirs) => dirs
+                .iter()
+                .find(|(c, _)| c == controller)
+                .map(|(_, d)| d.as_path()),
+            Cgroup::V2(d) => Some(d),
+        }
+    }
+
+    fn file(&self, controller: &str, name: &str) -> io::Result<PathBuf> {
+        self.dir(controller).map(|d| d.join(name)).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("cgroup controller {controller} is not mounted"),
+            )
+        })
+    }
+
+    /// Writes the CFS quota and period.
+    pub fn set_cpu_quota(&self, quota_us: i64, period_us: u64) -> io::Result<()> {
+        match self {
+            Cgroup::V1(_) => {
+                fs::write(self.file("cpu", "cpu.cfs_period_us")?, period_us.to_string())?;
+                fs::write(self.file("cpu", "cpu.cfs_quota_us")?, quota_us.to_string())
+            }
+            Cgroup::V2(d) => fs::write(d.join("cpu.max"), format!("{quota_us} {period_us}")),
+        }
+    }
+
+    /// CPU time used so far by every process that ever ran in the cgroup.
+    pub fn cpu_usage(&self) -> io::Result<CpuUsage> {
+        match self {
+            Cgroup::V1(_) => {
+                let ns = |name| read_u64(&self.file("cpuacct", name)?);
+                Ok(CpuUsage {
+                    total_us: ns("cpuacct.usage")? / 1000,
+                    user_us: ns("cpuacct.usage_user")? / 1000,
+                    system_us: ns("cpuacct.usage_sys")? / 1000,
+                })
+            }
+            Cgroup::V2(d) => {
+                let stat = read(&d.join("cpu.stat"))?;
+                Ok(CpuUsage {
+                    total_us: keyed(&stat, "usage_usec").unwrap_or(0),
+                    user_us: keyed(&stat, "user_usec").unwrap_or(0),
+                    system_us: keyed(&stat, "system_usec").unwrap_or(0),
+                })
+            }
+        }
+    }
+
+    /// Everything the verdict needs, read before libcontainer deletes the cgroup.
+    pub fn figures(&self) -> io::Result<Figures> {
+        let cpu = self.cpu_usage()?;
+        let (cpu_stat, memory_peak_bytes, oom_kills) = match self {
+            Cgroup::V1(_) => {
+                let oom = read(&self.file("memory", "memory.oom_control")?)?;
+                (
+                    read(&self.file("cpu", "cpu.stat")?)?,
+                    read_u64(&self.file("memory", "memory.max_usage_in_bytes")?)?,
+                    keyed(&oom, "oom_kill").unwrap_or(0),
+                )
+            }
+            Cgroup::V2(d) => {
+                let events = read(&d.join("memory.events"))?;
+                (
+                    read(&d.join("cpu.stat"))?,
+                    read_u64(&d.join("memory.peak")).unwrap_or(0),
+                    keyed(&events, "oom_kill").unwrap_or(0),
+                )
+            }
+        };
+        Ok(Figures {
+            cpu,
+            memory_peak_bytes,
+            oom_kills,
+            periods: keyed(&cpu_stat, "nr_periods").unwrap_or(0),
+            throttled_periods: keyed(&cpu_stat, "nr_throttled").unwrap_or(0),
+        })
+    }
+
+    /// Every directory of this cgroup that still exists.
+    pub fn existing_dirs(&self) -> Vec<PathBuf> {
+        let dirs: Vec<&Path> = match self {
+            Cgroup::V1(dirs) => dirs.iter().map(|(_, d)| d.as_path()).collect(),
+            Cgroup::V2(d) => vec![d.as_path()],
+        };
+        dirs.into_iter()
+            .filter(|d| d.is_dir())
+            .map(Path::to_path_buf)
+            .collect()
+    }
+
+    /// Removes the directories that remain (they must hold no process). Used after a failed
+    /// launch or a crash; the normal path leaves this to libcontainer's delete.
+    pub fn remove(&self) -> io::Result<()> {
+        let mut first_err = None;
+        for d in self.existing_dirs() {
+            if let Err(e) = fs::remove_dir(&d) {
+                if e.kind() != io::ErrorKind::NotFound && first_err.is_none() {
+                    first_err = Some(io::Error::new(e.kind(), format!("{}: {e}", d.display())));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "tmpfs /sys/fs/cgroup tmpfs rw 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+
+    #[test]
+    fn hybrid_is_v1() {
+        let l = Layout::parse(HYBRID);
+        let Layout::V1(ctrls) = &l else { panic!("{l:?}") };
+        assert_eq!(ctrls.len(), 3);
+        let cg = l.cgroup("/runbox/a");
+        assert_eq!(cg.dir("memory"), Some(Path::new("/sys/fs/cgroup/memory/runbox/a")));
+        assert!(cg.dir("pids").is_none());
+    }
+
+    #[test]
+    fn comounted_v1_controllers() {
+        let l = Layout::parse("cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n");
+        let cg = l.cgroup("/p/x");
+        assert_eq!(cg.dir("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct/p/x")));
+    }
+
+    #[test]
+    fn unified_is_v2() {
+        let l = Layout::parse("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n");
+        assert_eq!(l, Layout::V2("/sys/fs/cgroup".into()));
+        assert_eq!(l.cgroup("/p/x"), Cgroup::V2("/sys/fs/cgroup/p/x".into()));
+    }
+
+    #[test]
+    fn keyed_files() {
+        let t = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(keyed(t, "oom_kill"), Some(2));
+        assert_eq!(keyed(t, "missing"), None);
+    }
+}

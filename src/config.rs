@@ -1,0 +1,444 @@
+//! What a caller asks for: the `Command` builder, its limits, and validation before any side effect.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// `PATH` given to the program unless the caller replaces or clears the environment.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+const MIB: u64 = 1024 * 1024;
+
+/// Resource limits of one sandbox. Every field has a bounded default (see [`Limits::default`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory limit in bytes (cgroup; swap is disabled). Default 512 MiB.
+    pub memory_bytes: u64,
+    /// Maximum number of processes and threads (cgroup pids). Default 256.
+    pub pids: u64,
+    /// CPU bandwidth in CPUs (0.5 = half a CPU), enforced with a CFS quota. Default 1.0.
+    pub cpus: f64,
+    /// CFS period in microseconds. Default 10 000 (10 ms): limits bite sooner than the usual 100 ms.
+    pub cpu_period_us: u64,
+    /// CPU-time limit of the whole process tree; `None` for none. Default none.
+    pub cpu_time: Option<Duration>,
+    /// Wall-clock limit from start to exit; `None` for none. Default 60 s.
+    pub wall_time: Option<Duration>,
+    /// Size of the writable layer and of `/tmp` (each a size-capped tmpfs). Default 64 MiB.
+    pub scratch_bytes: u64,
+    /// Size of `/dev/shm`. Default 16 MiB.
+    pub shm_bytes: u64,
+    /// Captured stdout plus stderr, in bytes; more kills the run. Default 16 MiB.
+    pub output_bytes: u64,
+    /// Open files per process (RLIMIT_NOFILE). Default 256.
+    pub open_files: u64,
+    /// Largest file a process may write (RLIMIT_FSIZE). Default 64 MiB.
+    pub file_size_bytes: u64,
+    /// CPUs the sandbox may run on (`cpuset.cpus` syntax, e.g. `"0-1"`); `None` for all.
+    pub cpuset: Option<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 512 * MIB,
+            pids: 256,
+            cpus: 1.0,
+            cpu_period_us: 10_000,
+            cpu_time: None,
+            wall_time: Some(Duration::from_secs(60)),
+            scratch_bytes: 64 * MIB,
+            shm_bytes: 16 * MIB,
+            output_bytes: 16 * MIB,
+            open_files: 256,
+            file_size_bytes: 64 * MIB,
+            cpuset: None,
+        }
+    }
+}
+
+impl Limits {
+    /// The CFS quota in microseconds for [`Limits::cpus`].
+    pub(crate) fn cpu_quota_us(&self) -> i64 {
+        ((self.cpus * self.cpu_period_us as f64).round() as i64).max(1000)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::new(ErrorKind::InvalidConfig, msg));
+        if self.memory_bytes < 4 * MIB {
+            return bad(format!("memory limit {} is below 4 MiB", self.memory_bytes));
+        }
+        if self.pids == 0 {
+            return bad("pids limit must be at least 1".into());
+        }
+        if !(self.cpus.is_finite() && self.cpus > 0.0 && self.cpus <= 1024.0) {
+            return bad(format!("cpus {} must be in (0, 1024]", self.cpus));
+        }
+        if !(1000..=1_000_000).contains(&self.cpu_period_us) {
+            return bad(format!(
+                "cpu period {} us must be within 1000..=1000000",
+                self.cpu_period_us
+            ));
+        }
+        if self.cpu_quota_us() < 1000 || (self.cpus * self.cpu_period_us as f64) < 1000.0 {
+            return bad(format!(
+                "cpus {} with a {} us period gives a quota below the kernel's 1 ms minimum",
+                self.cpus, self.cpu_period_us
+            ));
+        }
+        for (name, d) in [("cpu time", self.cpu_time), ("wall time", self.wall_time)] {
+            if d == Some(Duration::ZERO) {
+                return bad(format!("{name} limit must be positive"));
+            }
+        }
+        if self.scratch_bytes < MIB || self.shm_bytes < MIB {
+            return bad("scratch and shm sizes must be at least 1 MiB".into());
+        }
+        if self.scratch_bytes >= self.memory_bytes {
+            return bad(format!(
+                "scratch size {} must be below the memory limit {} (tmpfs pages are charged to the sandbox)",
+                self.scratch_bytes, self.memory_bytes
+            ));
+        }
+        if self.open_files < 8 {
+            return bad(format!("open files {} must be at least 8", self.open_files));
+        }
+        if self.file_size_bytes == 0 || self.output_bytes == 0 {
+            return bad("file size and output limits must be positive".into());
+        }
+        if let Some(set) = &self.cpuset {
+            let ok = !set.is_empty()
+                && set
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == ',' || c == '-');
+            if !ok {
+                return bad(format!("cpuset {set:?} is not a list like 0-1,3"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the program's standard input comes from. Never the caller's terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stdin {
+    /// `/dev/null` (the default).
+    #[default]
+    Null,
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// The contents of this host file, opened by the monitor.
+    File(PathBuf),
+}
+
+/// The user the program runs as. It never has capabilities, whatever the uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// User id inside the sandbox. Default 65534 (nobody).
+    pub uid: u32,
+    /// Group id inside the sandbox. Default 65534 (nogroup).
+    pub gid: u32,
+}
+
+impl Default for User {
+    fn default() -> Self {
+        User {
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+/// Everything a sandbox is made from, as stored in its state directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SandboxConfig {
+    /// `args[0]` is the program as the caller named it.
+    pub args: Vec<String>,
+    /// The program resolved to an absolute path inside the sandbox.
+    pub exe: String,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: User,
+    /// `None`: the host-based default image.
+    pub image: Option<PathBuf>,
+    pub limits: Limits,
+    pub stdin: Stdin,
+    pub hostname: String,
+    /// Read-only bind mounts (host source, sandbox destination) on top of the image.
+    pub binds: Vec<(PathBuf, String)>,
+}
+
+/// A program to run in a sandbox, built like [`std::process::Command`].
+///
+/// A built `Command` is reusable: each [`Command::spawn`](crate::Root::spawn) makes a new
+/// sandbox from it.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) user: User,
+    pub(crate) image: Option<PathBuf>,
+    pub(crate) limits: Limits,
+    pub(crate) stdin: Stdin,
+    pub(crate) name: Option<String>,
+    pub(crate) hostname: String,
+}
+
+impl Command {
+    /// A command running `program` (a path inside the sandbox, or a name looked up in `PATH`).
+    ///
+    /// Defaults: the host-based image, uid/gid 65534, `PATH` only in the environment,
+    /// working directory `/work` (writable by the user), stdin from `/dev/null`,
+    /// [`Limits::default`].
+    pub fn new(program: impl Into<String>) -> Self {
+        let mut env = BTreeMap::new();
+        env.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+        Command {
+            program: program.into(),
+            args: Vec::new(),
+            env,
+            cwd: None,
+            user: User::default(),
+            image: None,
+            limits: Limits::default(),
+            stdin: Stdin::Null,
+            name: None,
+            hostname: "runbox".to_string(),
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(&mut self, arg: impl Into<String>) -> &mut Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds several arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets one environment variable.
+    pub fn env(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Removes every environment variable, including the default `PATH`.
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.env.clear();
+        self
+    }
+
+    /// Sets the working directory inside the sandbox (absolute). Default `/work`.
+    pub fn current_dir(&mut self, dir: impl Into<String>) -> &mut Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Sets the user and group ids the program runs as.
+    pub fn user(&mut self, uid: u32, gid: u32) -> &mut Self {
+        self.user = User { uid, gid };
+        self
+    }
+
+    /// Uses `dir` as the read-only image (the overlay's lower layer) instead of the host-based default.
+    pub fn image(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.image = Some(dir.into());
+        self
+    }
+
+    /// Replaces all limits.
+    pub fn limits(&mut self, limits: Limits) -> &mut Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Mutable access to the limits, to change one of them.
+    pub fn limits_mut(&mut self) -> &mut Limits {
+        &mut self.limits
+    }
+
+    /// Sets the program's standard input.
+    pub fn stdin(&mut self, stdin: Stdin) -> &mut Self {
+        self.stdin = stdin;
+        self
+    }
+
+    /// Names the sandbox (`[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`); by default a unique id is generated.
+    pub fn name(&mut self, id: impl Into<String>) -> &mut Self {
+        self.name = Some(id.into());
+        self
+    }
+
+    /// Sets the sandbox's hostname. Default `runbox`.
+    pub fn hostname(&mut self, name: impl Into<String>) -> &mut Self {
+        self.hostname = name.into();
+        self
+    }
+
+    /// Checks everything that can be checked without side effects and resolves the program
+    /// inside the image. `host_image` is the default image's lower dir and binds.
+    pub(crate) fn to_config(&self, host_image: &crate::image::Image) -> Result<SandboxConfig> {
+        let invalid = |msg: String| Error::new(ErrorKind::InvalidConfig, msg);
+        if let Some(id) = &self.name {
+            validate_id(id)?;
+        }
+        self.limits.validate()?;
+        if self.program.is_empty() || self.program.contains('\0') {
+            return Err(invalid("program must be a non-empty string without NUL".into()));
+        }
+        let all_strings = self
+            .args
+            .iter()
+            .chain(self.env.keys())
+            .chain(self.env.values());
+        if all_strings.clone().any(|s| s.contains('\0')) {
+            return Err(invalid("arguments and environment must not contain NUL".into()));
+        }
+        if self.env.keys().any(|k| k.is_empty() || k.contains('=')) {
+            return Err(invalid("environment names must be non-empty and without '='".into()));
+        }
+        let cwd = self.cwd.clone().unwrap_or_else(|| "/work".to_string());
+        if !cwd.starts_with('/') {
+            return Err(invalid(format!("working directory {cwd:?} must be absolute")));
+        }
+        let hostname_ok = !self.hostname.is_empty()
+            && self.hostname.len() <= 64
+            && self
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !hostname_ok {
+            return Err(invalid(format!("hostname {:?} is not valid", self.hostname)));
+        }
+        let owned_image;
+        let image = match &self.image {
+            Some(dir) => {
+                owned_image = crate::image::Image::from_dir(dir)?;
+                &owned_image
+            }
+            None => host_image,
+        };
+        let path_var = self.env.get("PATH").map(String::as_str).unwrap_or("");
+        let exe = image.resolve_program(&self.program, path_var)?;
+        if let Stdin::File(path) = &self.stdin {
+            if !path.is_file() {
+                return Err(invalid(format!(
+                    "stdin file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+        }
+        let mut args = Vec::with_capacity(self.args.len() + 1);
+        args.push(self.program.clone());
+        args.extend(self.args.iter().cloned());
+        Ok(SandboxConfig {
+            args,
+            exe,
+            env: self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd,
+            user: self.user,
+            image: self.image.as_ref().map(|_| image.lower.clone()),
+            limits: self.limits.clone(),
+            stdin: self.stdin.clone(),
+            hostname: self.hostname.clone(),
+            binds: image.binds.clone(),
+        })
+    }
+}
+
+/// Checks a sandbox id against `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub(crate) fn validate_id(id: &str) -> Result<()> {
+    let mut chars = id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok && id.len() <= 64 {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!("sandbox id {id:?} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}"),
+        ))
+    }
+}
+
+/// Returns true if `path` is absolute and has no `..` component.
+pub(crate) fn is_clean_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "A0", "x_y.z-1", &"a".repeat(64)] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "a/b", "a b", &"a".repeat(65), "é"] {
+            assert_eq!(
+                validate_id(bad).unwrap_err().kind(),
+                ErrorKind::InvalidConfig,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_limits_are_valid_and_bounded() {
+        let l = Limits::default();
+        l.validate().unwrap();
+        assert!(l.wall_time.is_some());
+        assert!(l.scratch_bytes < l.memory_bytes);
+        assert_eq!(l.cpu_quota_us(), 10_000);
+    }
+
+    #[test]
+    fn invalid_limits_are_rejected() {
+        let cases: Vec<Box<dyn Fn(&mut Limits)>> = vec![
+            Box::new(|l| l.memory_bytes = 0),
+            Box::new(|l| l.pids = 0),
+            Box::new(|l| l.cpus = 0.0),
+            Box::new(|l| l.cpus = f64::NAN),
+            Box::new(|l| l.cpus = 0.05),
+            Box::new(|l| l.cpu_period_us = 10),
+            Box::new(|l| l.wall_time = Some(Duration::ZERO)),
+            Box::new(|l| l.scratch_bytes = l.memory_bytes),
+            Box::new(|l| l.open_files = 0),
+            Box::new(|l| l.cpuset = Some("0;1".into())),
+        ];
+        for (i, change) in cases.iter().enumerate() {
+            let mut l = Limits::default();
+            change(&mut l);
+            assert!(l.validate().is_err(), "case {i} accepted: {l:?}");
+        }
+    }
+
+    #[test]
+    fn half_cpu_quota() {
+        let l = Limits {
+            cpus: 0.5,
+            ..Limits::default()
+        };
+        assert_eq!(l.cpu_quota_us(), 5000);
+    }
+}

@@ -1,0 +1,341 @@
+//! Images: a read-only lower dir plus read-only host binds; the host-based default skeleton.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Bump when the skeleton's contents change, so old skeletons are not reused.
+const SKELETON_VERSION: u32 = 1;
+
+/// Top-level host paths that may be bound (when real directories) or mirrored (when symlinks).
+const HOST_TREES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Files copied from the host's /etc into the skeleton: nothing secret, needed by dynamic programs.
+const HOST_ETC_FILES: &[&str] = &["ld.so.cache", "ld.so.conf", "nsswitch.conf", "localtime"];
+
+/// A read-only image: the overlay's lower dir and read-only binds of host dirs on top.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Image {
+    /// The overlay lower dir.
+    pub lower: PathBuf,
+    /// (host source, absolute destination inside the sandbox), bound read-only.
+    pub binds: Vec<(PathBuf, String)>,
+}
+
+impl Image {
+    /// A caller-supplied image directory, used whole as the lower dir.
+    pub fn from_dir(dir: &Path) -> Result<Image> {
+        let lower = fs::canonicalize(dir).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("image {} cannot be opened", dir.display()),
+                e,
+            )
+        })?;
+        if !lower.is_dir() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("image {} is not a directory", dir.display()),
+            ));
+        }
+        if lower == Path::new("/") {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "the host's / cannot be an image (it would carry host secrets); omit the image to get the host-based default",
+            ));
+        }
+        Ok(Image {
+            lower,
+            binds: Vec::new(),
+        })
+    }
+
+    /// The host-based default: a generated skeleton under `images_dir` (minimal /etc, the host's
+    /// top-level symlinks, empty mount points) with the host's /usr and /lib* bound read-only.
+    /// The skeleton is made once and shared by every sandbox.
+    pub fn host_default(images_dir: &Path) -> Result<Image> {
+        let lower = images_dir.join(format!("host-v{SKELETON_VERSION}"));
+        let mut binds = Vec::new();
+        for name in HOST_TREES {
+            let host = Path::new("/").join(name);
+            match fs::symlink_metadata(&host) {
+                Ok(m) if m.is_dir() => binds.push((host, format!("/{name}"))),
+                _ => {}
+            }
+        }
+        if !lower.join(".runbox-skeleton").exists() {
+            build_skeleton(images_dir, &lower)?;
+        }
+        Ok(Image { lower, binds })
+    }
+
+    /// Maps a path inside the sandbox to the host path that backs it (bind or lower dir).
+    fn host_path(&self, inside: &Path) -> PathBuf {
+        let best = self
+            .binds
+            .iter()
+            .filter(|(_, dest)| inside.starts_with(dest))
+            .max_by_key(|(_, dest)| dest.len());
+        match best {
+            Some((src, dest)) => src.join(inside.strip_prefix(dest).unwrap_or(inside)),
+            None => self
+                .lower
+                .join(inside.strip_prefix("/").unwrap_or(inside)),
+        }
+    }
+
+    /// Resolves `inside` (absolute) within the image, following symlinks as the sandbox would
+    /// see them (absolute targets stay inside the image). Returns the host path of the target.
+    fn resolve(&self, inside: &Path) -> Option<PathBuf> {
+        let mut pending: Vec<std::ffi::OsString> = inside
+            .components()
+            .rev()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_owned()),
+                std::path::Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        let mut cur = PathBuf::from("/");
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                cur.pop();
+                continue;
+            }
+            let next = cur.join(&part);
+            let host = self.host_path(&next);
+            let meta = fs::symlink_metadata(&host).ok()?;
+            if meta.file_type().is_symlink() {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                let target = fs::read_link(&host).ok()?;
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                pending.extend(
+                    target
+                        .components()
+                        .rev()
+                        .filter_map(|c| match c {
+                            std::path::Component::Normal(n) => Some(n.to_owned()),
+                            std::path::Component::ParentDir => Some("..".into()),
+                            _ => None,
+                        }),
+                );
+            } else {
+                cur = next;
+            }
+        }
+        Some(self.host_path(&cur))
+    }
+
+    /// Finds the program the sandbox will execute: a path with `/` as is, else the first
+    /// executable match in `path_var`. Returns its absolute path inside the sandbox.
+    pub fn resolve_program(&self, program: &str, path_var: &str) -> Result<String> {
+        let candidates: Vec<String> = if program.contains('/') {
+            if !program.starts_with('/') {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("program {program:?} must be absolute or a bare name looked up in PATH"),
+                ));
+            }
+            vec![program.to_string()]
+        } else {
+            path_var
+                .split(':')
+                .filter(|d| d.starts_with('/'))
+                .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
+                .collect()
+        };
+        for inside in &candidates {
+            if let Some(host) = self.resolve(Path::new(inside)) {
+                if let Ok(meta) = fs::metadata(&host) {
+                    if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                        return Ok(inside.clone());
+                    }
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "program {program:?} not found as an executable file in the image {} (PATH={path_var:?})",
+                self.lower.display()
+            ),
+        ))
+    }
+}
+
+/// Writes the skeleton into a temporary directory and renames it into place; a concurrent
+/// builder that wins the rename is fine.
+fn build_skeleton(images_dir: &Path, lower: &Path) -> Result<()> {
+    fs::create_dir_all(images_dir).map_err(|e| Error::io("create", images_dir, e))?;
+    let tmp = images_dir.join(format!(".tmp-skel-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let io = |what: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::io(what, p, e)
+    };
+    let result = (|| -> Result<()> {
+        for dir in [
+            "", "etc", "proc", "sys", "dev", "tmp", "work", "usr", "root", "run", "var", "var/tmp",
+        ] {
+            let p = tmp.join(dir);
+            fs::create_dir_all(&p).map_err(io("create", &p))?;
+        }
+        for dir in ["tmp", "var/tmp"] {
+            let p = tmp.join(dir);
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o1777))
+                .map_err(io("chmod", &p))?;
+        }
+        fs::set_permissions(&tmp.join("root"), fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod", &tmp.join("root")))?;
+        for name in HOST_TREES {
+            let host = Path::new("/").join(name);
+            let p = tmp.join(name);
+            match fs::symlink_metadata(&host) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let target = fs::read_link(&host).map_err(io("read link", &host))?;
+                    symlink(&target, &p).map_err(io("symlink", &p))?;
+                }
+                Ok(m) if m.is_dir() => fs::create_dir_all(&p).map_err(io("create", &p))?,
+                _ => {}
+            }
+        }
+        let etc = tmp.join("etc");
+        let files: &[(&str, &str)] = &[
+            (
+                "passwd",
+                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            ),
+            ("group", "root:x:0:\nnogroup:x:65534:\n"),
+            ("hosts", "127.0.0.1\tlocalhost runbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+            ("resolv.conf", ""),
+            ("hostname", "runbox\n"),
+        ];
+        for (name, text) in files {
+            let p = etc.join(name);
+            let mut f = fs::File::create(&p).map_err(io("create", &p))?;
+            f.write_all(text.as_bytes()).map_err(io("write", &p))?;
+        }
+        for name in HOST_ETC_FILES {
+            let host = Path::new("/etc").join(name);
+            if fs::metadata(&host).is_ok_and(|m| m.is_file()) {
+                let p = etc.join(name);
+                fs::copy(&host, &p).map_err(io("copy", &host))?;
+            }
+        }
+        copy_symlinks(Path::new("/etc/alternatives"), &etc.join("alternatives"))?;
+        copy_tree_files(Path::new("/etc/ld.so.conf.d"), &etc.join("ld.so.conf.d"))?;
+        fs::File::create(tmp.join(".runbox-skeleton"))
+            .map_err(io("create", &tmp.join(".runbox-skeleton")))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    match fs::rename(&tmp, lower) {
+        Ok(()) => Ok(()),
+        Err(_) if lower.join(".runbox-skeleton").exists() => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(Error::io("rename skeleton to", lower, e))
+        }
+    }
+}
+
+/// Copies the symlinks (only) of `src` into `dst`; a missing `src` is fine.
+fn copy_symlinks(src: &Path, dst: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(src) else {
+        return Ok(());
+    };
+    fs::create_dir_all(dst).map_err(|e| Error::io("create", dst, e))?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            if let Ok(target) = fs::read_link(entry.path()) {
+                let p = dst.join(entry.file_name());
+                symlink(&target, &p).map_err(|e| Error::io("symlink", p, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the regular files (only) of `src` into `dst`; a missing `src` is fine.
+fn copy_tree_files(src: &Path, dst: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(src) else {
+        return Ok(());
+    };
+    fs::create_dir_all(dst).map_err(|e| Error::io("create", dst, e))?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let p = dst.join(entry.file_name());
+            fs::copy(entry.path(), &p).map_err(|e| Error::io("copy", p, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("runbox-unit-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn resolves_through_absolute_symlinks_inside_the_image() {
+        let d = scratch("resolve");
+        fs::create_dir_all(d.join("usr/bin")).unwrap();
+        symlink("usr/bin", d.join("bin")).unwrap();
+        fs::write(d.join("usr/bin/tool"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(d.join("usr/bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("/usr/bin/tool", d.join("usr/bin/alias")).unwrap();
+        fs::write(d.join("usr/bin/data"), "x").unwrap();
+        let img = Image::from_dir(&d).unwrap();
+        assert_eq!(img.resolve_program("tool", "/bin").unwrap(), "/bin/tool");
+        assert_eq!(img.resolve_program("/bin/alias", "").unwrap(), "/bin/alias");
+        assert!(img.resolve_program("data", "/usr/bin").is_err());
+        assert!(img.resolve_program("missing", "/usr/bin:/bin").is_err());
+        assert!(img.resolve_program("rel/tool", "/bin").is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn host_root_is_refused_as_an_image() {
+        assert_eq!(
+            Image::from_dir(Path::new("/")).unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+    }
+
+    #[test]
+    fn host_skeleton_carries_no_host_secrets() {
+        let d = scratch("skel");
+        let img = Image::host_default(&d).unwrap();
+        assert!(img.binds.iter().any(|(_, dest)| dest == "/usr"));
+        assert!(!img.lower.join("etc/shadow").exists());
+        assert!(!img.lower.join("home").exists());
+        let passwd = fs::read_to_string(img.lower.join("etc/passwd")).unwrap();
+        assert!(passwd.contains("nobody:x:65534"));
+        // The host's shell resolves through the skeleton's symlinks and the /usr bind.
+        assert!(img.resolve_program("sh", crate::config::DEFAULT_PATH).is_ok());
+        // Built once: a second call reuses it.
+        assert_eq!(Image::host_default(&d).unwrap(), img);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,690 @@
+//! The per-sandbox monitor: an exec'd, single-threaded process that owns one sandbox from
+//! rootfs mount to result file, so the controller never runs libcontainer in its own process.
+
+use std::ffi::{CString, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitpid, WaitStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{self, Cgroup};
+use crate::config::{SandboxConfig, Stdin};
+use crate::error::{Error, ErrorKind, Result};
+use crate::rootfs;
+use crate::seccomp::Filters;
+use crate::spec::{self, CpuQuota};
+use crate::state::{self, ExitRecord, Layout, ProcIdentity, SandboxRecord};
+use crate::sys;
+use crate::verdict::{Facts, LimitKind, Usage, Verdict, SCHEMA_VERSION};
+
+/// `argv[1]` that turns a host binary into a runbox monitor (see [`crate::monitor_main`]).
+pub const MONITOR_ARG: &str = "--runbox-monitor-v1";
+
+/// How long the monitor drains output after the sandbox's first process exited before it
+/// kills whatever still holds the pipes.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// One line the monitor writes to the controller over its stdout pipe.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub(crate) enum Report {
+    /// The program is running; the monitor is this process.
+    Started {
+        /// The monitor's identity.
+        monitor: ProcIdentity,
+    },
+    /// Launch failed and everything was rolled back.
+    Failed {
+        /// The error kind.
+        kind: ErrorKind,
+        /// The error with its causes.
+        message: String,
+    },
+}
+
+/// Entry point of a monitor process: `argv = [exe, MONITOR_ARG, SANDBOX_DIR]`. Never returns.
+pub(crate) fn main(args: Vec<OsString>) -> ! {
+    let Some(dir) = args.get(2).map(PathBuf::from) else {
+        eprintln!("usage: runbox-monitor {MONITOR_ARG} SANDBOX_DIR");
+        std::process::exit(2);
+    };
+    if let Err(e) = sys::fork_and_detach() {
+        report(&Report::Failed {
+            kind: ErrorKind::LaunchFailed,
+            message: format!("monitor fork: {e}"),
+        });
+        std::process::exit(1);
+    }
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    redirect_stderr(&dir.join("monitor.log"));
+    let code = match Monitor::run(&dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&Report::Failed {
+                kind: e.kind(),
+                message: e.chain(),
+            });
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Writes one report line to the controller; a controller that went away is not an error.
+fn report(r: &Report) {
+    if let Ok(mut line) = serde_json::to_vec(r) {
+        line.push(b'\n');
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(&line).and_then(|()| out.flush());
+    }
+}
+
+fn redirect_stderr(path: &Path) {
+    if let Ok(f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&f), 2);
+    }
+}
+
+fn launch(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::with_source(ErrorKind::LaunchFailed, what.to_string(), e)
+}
+
+/// Runs in the container's init (pid 1 of the sandbox) after pivot_root, capability drop and
+/// no_new_privs. It forks: the child installs the seccomp filters and execs the program; the
+/// init stays as a minimal init that reaps orphans and, when the program ends, sends its wait
+/// status to the monitor over `status_fd` and exits. The program is thus never pid 1, so signals
+/// (`abort()`, `kill -SEGV $$`) behave as they do outside. Everything is allocated beforehand.
+#[derive(Clone)]
+struct SandboxExecutor {
+    exe: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    filters: Filters,
+    /// The write end of the status pipe, inherited through libcontainer's clone (its
+    /// close_range only marks it close-on-exec, so the program never sees it).
+    status_fd: RawFd,
+}
+
+impl SandboxExecutor {
+    fn new(cfg: &SandboxConfig, filters: Filters, status_fd: RawFd) -> Result<Self> {
+        let c = |s: &String| {
+            CString::new(s.as_bytes())
+                .map_err(|e| Error::with_source(ErrorKind::InvalidConfig, "nul in argument", e))
+        };
+        Ok(SandboxExecutor {
+            exe: c(&cfg.exe)?,
+            argv: cfg.args.iter().map(c).collect::<Result<_>>()?,
+            envp: cfg.env.iter().map(c).collect::<Result<_>>()?,
+            filters,
+            status_fd,
+        })
+    }
+
+    fn send_status(&self, line: &str) {
+        let _ = sys::write_inherited_fd(self.status_fd, line.as_bytes());
+    }
+}
+
+impl Executor for SandboxExecutor {
+    fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
+        let child = match sys::fork_single_threaded()
+            .map_err(|e| ExecutorError::Other(format!("fork the program: {e}")))?
+        {
+            None => {
+                // The program's process.
+                let err = sys::reset_sigpipe()
+                    .map_err(|e| format!("reset sigpipe: {e}"))
+                    .and_then(|()| {
+                        self.filters
+                            .install()
+                            .map_err(|e| format!("install seccomp filters: {e}"))
+                    })
+                    .map(|()| {
+                        let e = nix::unistd::execve(&self.exe, &self.argv, &self.envp).unwrap_err();
+                        format!("execve {}: {e}", self.exe.to_string_lossy())
+                    })
+                    .unwrap_or_else(|e| e);
+                self.send_status(&format!("error {err}\n"));
+                sys::exit_now(127);
+            }
+            Some(pid) => pid,
+        };
+        // The sandbox's init: reap everything until the program itself ends.
+        let status = loop {
+            match waitpid(None, None) {
+                Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == child => break (code, None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == child => {
+                    break (128 + sig as i32, Some(sig as i32))
+                }
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    self.send_status(&format!("error init waitpid: {e}\n"));
+                    sys::exit_now(125);
+                }
+            }
+        };
+        match status {
+            (_, Some(sig)) => self.send_status(&format!("signal {sig}\n")),
+            (code, None) => self.send_status(&format!("exit {code}\n")),
+        }
+        sys::exit_now(status.0)
+    }
+
+    fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
+        // The controller resolved the program inside the image before any side effect.
+        Ok(())
+    }
+
+    fn setup_envs(
+        &self,
+        _envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), ExecutorSetEnvsError> {
+        // execve gets exactly the caller's environment; nothing is added (not even HOME).
+        Ok(())
+    }
+}
+
+/// What the monitor set up, so that a failure at any step undoes exactly that.
+struct Monitor {
+    layout: Layout,
+    record: SandboxRecord,
+    cgroup: Cgroup,
+    mounted: rootfs::Mounted,
+    container: Option<Container>,
+}
+
+/// What the event loop learned.
+#[derive(Default)]
+struct Outcome {
+    facts: Facts,
+    wall: Duration,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+}
+
+impl Monitor {
+    /// Runs the sandbox to completion and leaves its result in `exit.json`.
+    fn run(dir: &Path) -> Result<()> {
+        // Privileged setup, in order; nothing here runs in another thread.
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+        };
+        let record: SandboxRecord = state::read_json(&layout.record())?;
+        state::check_format(record.format_version, &layout.record())?;
+        let me = ProcIdentity::of(std::process::id() as i32)
+            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "cannot read own /proc entry"))?;
+        state::write_json_atomic(&layout.monitor(), &me)?;
+        let filters = Filters::compile_default()
+            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e))?;
+        let cg_layout = cgroup::Layout::detect()
+            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
+        let cgroup = cg_layout.cgroup(&record.cgroup_path);
+        private_mount_namespace()?;
+        let lower = match &record.config.image {
+            Some(dir) => dir.clone(),
+            None => host_image_dir(&layout.dir)?,
+        };
+        let mounted = rootfs::mount_rootfs(&layout, &record.config, &lower)
+            .map_err(|e| launch("mount the sandbox rootfs", e))?;
+        let mut m = Monitor {
+            layout,
+            record,
+            cgroup,
+            mounted,
+            container: None,
+        };
+        let streams = match m.create(filters) {
+            Ok(streams) => streams,
+            Err(e) => return Err(m.rollback(e)),
+        };
+        if let Err(e) = m.container_mut().start() {
+            return Err(m.rollback(launch("start the container", e)));
+        }
+        let started = Instant::now();
+        report(&Report::Started { monitor: me });
+
+        let outcome = m.supervise(streams, started);
+        m.finish(outcome)
+    }
+
+    fn container_mut(&mut self) -> &mut Container {
+        self.container.as_mut().expect("container is built before use")
+    }
+
+    /// Writes the bundle, builds the container (init waits for start), sets the CPU quota and
+    /// rewrites the bundle with it. Returns the read ends of stdout and stderr and the init's pidfd.
+    fn create(&mut self, filters: Filters) -> Result<Streams> {
+        let cfg = &self.record.config;
+        let bundle = self.layout.bundle();
+        let rootfs = self.layout.rootfs();
+        let cg_path = &self.record.cgroup_path;
+        let first = spec::build(cfg, &rootfs, false, cg_path, CpuQuota::Omit)?;
+        spec::write_bundle(&first, &bundle)?;
+        let stdin: OwnedFd = match &cfg.stdin {
+            Stdin::Null => File::open("/dev/null"),
+            Stdin::Bytes(_) => File::open(self.layout.stdin()),
+            Stdin::File(p) => File::open(p),
+        }
+        .map_err(|e| launch("open stdin", e))?
+        .into();
+        let (status_r, status_w) = pipe()?;
+        let executor = SandboxExecutor::new(cfg, filters, status_w.as_raw_fd())?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let lc_root = self.layout.libcontainer_root();
+        fs::create_dir_all(&lc_root).map_err(|e| Error::io("create", &lc_root, e))?;
+        let container = ContainerBuilder::new(self.record.id.clone(), SyscallType::Linux)
+            .with_root_path(&lc_root)
+            .map_err(|e| launch("set libcontainer root", e))?
+            .with_executor(executor)
+            .with_stdin(stdin)
+            .with_stdout(out_w)
+            .with_stderr(err_w)
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| launch("build the container", e))?;
+        // Only the init may hold the status pipe's write end, so its exit is end of file.
+        drop(status_w);
+        let init = container
+            .pid()
+            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "container has no init pid"))?;
+        self.container = Some(container);
+        let limits = &cfg.limits;
+        self.cgroup
+            .set_cpu_quota(limits.cpu_quota_us(), limits.cpu_period_us)
+            .map_err(|e| launch("write the cpu quota", e))?;
+        let full = spec::build(cfg, &rootfs, false, cg_path, CpuQuota::Include)?;
+        spec::write_bundle(&full, &bundle)?;
+        let pidfd = sys::pidfd_open(init.as_raw()).map_err(|e| launch("pidfd_open init", e))?;
+        Ok(Streams {
+            out: out_r,
+            err: err_r,
+            status: File::from(status_r),
+            init: init.as_raw(),
+            pidfd,
+        })
+    }
+
+    /// Undoes whatever was set up and returns `err` (with any cleanup error appended).
+    fn rollback(mut self, err: Error) -> Error {
+        match self.teardown() {
+            Ok(()) => err,
+            Err(cleanup) => Error::new(
+                err.kind(),
+                format!("{}; cleanup also failed: {}", err.chain(), cleanup.chain()),
+            ),
+        }
+    }
+
+    /// Deletes the container (killing what is left), removes its cgroup and libcontainer state,
+    /// and unmounts the rootfs. Safe to call after a partial setup.
+    fn teardown(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        let lc_dir = self.layout.libcontainer_root().join(&self.record.id);
+        let container = self
+            .container
+            .take()
+            .or_else(|| Container::load(lc_dir.clone()).ok());
+        if let Some(mut c) = container {
+            if let Err(e) = c.delete(true) {
+                errors.push(format!("delete container: {e}"));
+            }
+        }
+        if let Err(e) = self.cgroup.remove() {
+            errors.push(format!("remove cgroup: {e}"));
+        }
+        if lc_dir.exists() {
+            if let Err(e) = fs::remove_dir_all(&lc_dir) {
+                errors.push(format!("remove {}: {e}", lc_dir.display()));
+            }
+        }
+        if let Err(e) = rootfs::unmount(&mut self.mounted) {
+            errors.push(format!("{e}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Io, errors.join("; ")))
+        }
+    }
+
+    /// Waits for the init to exit while capturing output and enforcing CPU, wall and output
+    /// limits. Kills the sandbox (its init, which takes the pid namespace down) on a limit.
+    fn supervise(&mut self, streams: Streams, started: Instant) -> Outcome {
+        let limits = self.record.config.limits.clone();
+        let mut outcome = Outcome::default();
+        let mut sinks = match (
+            File::create(self.layout.stdout()),
+            File::create(self.layout.stderr()),
+        ) {
+            (Ok(o), Ok(e)) => [Sink::new(streams.out, o), Sink::new(streams.err, e)],
+            (Err(e), _) | (_, Err(e)) => {
+                outcome.facts.internal_error = Some(format!("create output files: {e}"));
+                let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
+                let _ = waitpid(nix::unistd::Pid::from_raw(streams.init), None);
+                return outcome;
+            }
+        };
+        let mut budget = limits.output_bytes;
+        let wall_deadline = limits.wall_time.map(|w| started + w);
+        let cpu_rate = limits.cpus.min(available_cpus());
+        let mut next_cpu_check = limits.cpu_time.map(|c| started + c.div_f64(cpu_rate));
+        let mut exited: Option<Instant> = None;
+        let mut killed = false;
+        loop {
+            let now = Instant::now();
+            // Limits first.
+            if !killed && exited.is_none() {
+                if wall_deadline.is_some_and(|d| now >= d) {
+                    outcome.facts.killed_for = Some(LimitKind::WallTime);
+                } else if let (Some(at), Some(limit)) = (next_cpu_check, limits.cpu_time) {
+                    if now >= at {
+                        match self.cgroup.cpu_usage() {
+                            Ok(u) if Duration::from_micros(u.total_us) >= limit => {
+                                outcome.facts.killed_for = Some(LimitKind::CpuTime);
+                            }
+                            Ok(u) => {
+                                let left = limit - Duration::from_micros(u.total_us);
+                                let wait = left.div_f64(cpu_rate).max(Duration::from_millis(1));
+                                next_cpu_check = Some(now + wait);
+                            }
+                            Err(e) => {
+                                outcome.facts.internal_error = Some(format!("read cpu usage: {e}"));
+                                next_cpu_check = None;
+                            }
+                        }
+                    }
+                }
+                if outcome.facts.killed_for.is_some() {
+                    let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
+                    killed = true;
+                }
+            }
+            let open = sinks.iter().filter(|s| s.open).count();
+            if exited.is_some() && open == 0 {
+                break;
+            }
+            if let Some(t) = exited {
+                if now >= t + DRAIN_GRACE {
+                    // Something still holds the pipes after init died: should not happen (the
+                    // pid namespace is gone), but never wait forever.
+                    outcome.facts.internal_error.get_or_insert_with(|| {
+                        "output pipes stayed open after the sandbox exited".to_string()
+                    });
+                    break;
+                }
+            }
+            let mut deadline = exited.map(|t| t + DRAIN_GRACE);
+            if !killed && exited.is_none() {
+                for d in [wall_deadline, next_cpu_check].into_iter().flatten() {
+                    deadline = Some(deadline.map_or(d, |x: Instant| x.min(d)));
+                }
+            }
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
+                    PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::NONE)
+                }
+            };
+            let mut fds = Vec::with_capacity(3);
+            let pidfd_index = if exited.is_none() {
+                fds.push(PollFd::new(streams.pidfd.as_fd(), PollFlags::POLLIN));
+                Some(0)
+            } else {
+                None
+            };
+            let base = fds.len();
+            let polled: Vec<usize> = (0..2).filter(|&i| sinks[i].open).collect();
+            for &i in &polled {
+                fds.push(PollFd::new(sinks[i].pipe.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    outcome.facts.internal_error = Some(format!("poll: {e}"));
+                    let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
+                    if exited.is_none() {
+                        collect_status(streams.init, &streams.status, &mut outcome.facts);
+                        outcome.wall = started.elapsed();
+                    }
+                    break;
+                }
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            for (k, &i) in polled.iter().enumerate() {
+                if ready[base + k] {
+                    match sinks[i].pump(&mut budget) {
+                        Pump::Ok => {}
+                        Pump::Overflow if !killed => {
+                            outcome.facts.killed_for = Some(LimitKind::Output);
+                            let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
+                            killed = true;
+                        }
+                        Pump::Overflow => {}
+                        Pump::Failed(e) if outcome.facts.internal_error.is_none() => {
+                            outcome.facts.internal_error = Some(format!("capture output: {e}"));
+                        }
+                        Pump::Failed(_) => {}
+                    }
+                }
+            }
+            if pidfd_index.is_some_and(|i| ready[i]) {
+                outcome.wall = started.elapsed();
+                collect_status(streams.init, &streams.status, &mut outcome.facts);
+                exited = Some(Instant::now());
+            }
+        }
+        outcome.stdout_truncated = sinks[0].truncated;
+        outcome.stderr_truncated = sinks[1].truncated;
+        outcome
+    }
+
+    /// Reads the cgroup's figures, tears everything down and writes `exit.json`.
+    fn finish(mut self, mut outcome: Outcome) -> Result<()> {
+        let figures = self.cgroup.figures();
+        if let Err(e) = self.teardown() {
+            let msg = e.chain();
+            outcome.facts.internal_error.get_or_insert(msg);
+        }
+        let figures = match figures {
+            Ok(f) => f,
+            Err(e) => {
+                outcome
+                    .facts
+                    .internal_error
+                    .get_or_insert(format!("read cgroup figures: {e}"));
+                Default::default()
+            }
+        };
+        outcome.facts.oom_killed = figures.oom_kills > 0;
+        let (status, limit, message) = outcome.facts.classify();
+        let cap = self.record.config.limits.output_bytes as usize;
+        let verdict = Verdict {
+            schema_version: SCHEMA_VERSION,
+            id: self.record.id.clone(),
+            status,
+            exit_code: outcome.facts.exit_code,
+            signal: outcome.facts.signal,
+            cpu_time_us: figures.cpu.total_us,
+            cpu_user_us: figures.cpu.user_us,
+            cpu_system_us: figures.cpu.system_us,
+            wall_time_us: outcome.wall.as_micros() as u64,
+            memory_peak_bytes: figures.memory_peak_bytes,
+            oom_killed: outcome.facts.oom_killed,
+            limit,
+            stdout: read_capped(&self.layout.stdout(), cap),
+            stderr: read_capped(&self.layout.stderr(), cap),
+            stdout_truncated: outcome.stdout_truncated,
+            stderr_truncated: outcome.stderr_truncated,
+            message,
+        };
+        let record = ExitRecord {
+            format_version: state::FORMAT_VERSION,
+            verdict,
+            usage: Usage {
+                cpu_throttled_periods: figures.throttled_periods,
+                cpu_periods: figures.periods,
+            },
+        };
+        state::write_json_atomic(&self.layout.exit(), &record)
+    }
+}
+
+/// The init's output pipes and identity, handed from `create` to `supervise`.
+struct Streams {
+    out: OwnedFd,
+    err: OwnedFd,
+    /// The read end of the init's status pipe (see [`SandboxExecutor`]).
+    status: File,
+    init: i32,
+    pidfd: OwnedFd,
+}
+
+enum Pump {
+    Ok,
+    Overflow,
+    Failed(io::Error),
+}
+
+/// One captured stream: a pipe copied into a file, within the shared output budget.
+struct Sink {
+    pipe: File,
+    file: File,
+    open: bool,
+    truncated: bool,
+}
+
+impl Sink {
+    fn new(pipe: OwnedFd, file: File) -> Self {
+        Sink {
+            pipe: File::from(pipe),
+            file,
+            open: true,
+            truncated: false,
+        }
+    }
+
+    /// Copies what the pipe holds now; at end of file marks the sink closed.
+    fn pump(&mut self, budget: &mut u64) -> Pump {
+        let mut buf = [0u8; 64 * 1024];
+        match self.pipe.read(&mut buf) {
+            Ok(0) => {
+                self.open = false;
+                Pump::Ok
+            }
+            Ok(n) => {
+                let keep = (n as u64).min(*budget) as usize;
+                *budget -= keep as u64;
+                if let Err(e) = self.file.write_all(&buf[..keep]) {
+                    return Pump::Failed(e);
+                }
+                if keep < n {
+                    self.truncated = true;
+                    self.open = false;
+                    Pump::Overflow
+                } else {
+                    Pump::Ok
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Pump::Ok,
+            Err(e) => {
+                self.open = false;
+                Pump::Failed(e)
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| launch("create a pipe", e))
+}
+
+/// Reaps the init and records how the program ended: from the init's status line, or from
+/// the init's own wait status when it was killed before it could write one.
+fn collect_status(init: i32, mut status: &File, facts: &mut Facts) {
+    let init_status = waitpid(nix::unistd::Pid::from_raw(init), None);
+    let mut text = String::new();
+    let _ = status.read_to_string(&mut text);
+    let mut reported = false;
+    for line in text.lines() {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match (word, rest.parse::<i32>()) {
+            ("exit", Ok(code)) => facts.exit_code = Some(code),
+            ("signal", Ok(sig)) => facts.signal = Some(sig),
+            ("error", _) => {
+                facts.internal_error = Some(format!("in the sandbox's init: {rest}"));
+            }
+            _ => continue,
+        }
+        reported = true;
+    }
+    if reported {
+        return;
+    }
+    match init_status {
+        Ok(WaitStatus::Exited(_, code)) => facts.exit_code = Some(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => facts.signal = Some(sig as i32),
+        Ok(other) => {
+            facts.internal_error = Some(format!("unexpected wait status {other:?}"));
+        }
+        Err(e) => facts.internal_error = Some(format!("waitpid init: {e}")),
+    }
+}
+
+/// Moves the monitor into its own mount namespace, so its mounts vanish with it.
+fn private_mount_namespace() -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "unshare the mount namespace", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "make mounts private", e))
+}
+
+/// The host-based default image's skeleton, which the controller created under the state root.
+fn host_image_dir(sandbox_dir: &Path) -> Result<PathBuf> {
+    let root = sandbox_dir
+        .parent()
+        .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
+    let image = crate::image::Image::host_default(&root.join(crate::sandbox::IMAGES_DIR))?;
+    Ok(image.lower)
+}
+
+fn available_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// Reads at most `cap` bytes of `path` as lossy UTF-8.
+fn read_capped(path: &Path, cap: usize) -> String {
+    let mut buf = Vec::new();
+    if let Ok(f) = File::open(path) {
+        let _ = f.take(cap as u64).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}

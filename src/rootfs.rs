@@ -1,0 +1,167 @@
+//! The sandbox's root: a size-capped tmpfs holding the overlay's upper and work dirs, and the
+//! overlay of the read-only image mounted at the bundle's `rootfs`.
+
+use std::fs;
+use std::os::unix::fs::{chown, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::config::SandboxConfig;
+use crate::state::Layout;
+
+/// One failing step of setting up or tearing down the rootfs.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RootfsError {
+    /// A mount failed.
+    #[error("mount {fstype} on {target}")]
+    Mount {
+        /// Filesystem type.
+        fstype: &'static str,
+        /// Mount point.
+        target: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// An unmount failed.
+    #[error("unmount {target}")]
+    Unmount {
+        /// Mount point.
+        target: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// Creating or chowning a directory failed.
+    #[error("prepare directory {path}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path cannot be passed in overlay options.
+    #[error("path {path} contains a character overlayfs options cannot carry (',' ':' or whitespace)")]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+fn dir(path: &Path, mode: u32) -> Result<(), RootfsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| RootfsError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn option_path(path: &Path) -> Result<&str, RootfsError> {
+    match path.to_str() {
+        Some(s) if !s.contains([',', ':']) && !s.contains(char::is_whitespace) => Ok(s),
+        _ => Err(RootfsError::BadPath {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Which mounts [`mount_rootfs`] made, so teardown undoes exactly those.
+#[derive(Debug, Default)]
+pub(crate) struct Mounted {
+    scratch: Option<PathBuf>,
+    rootfs: Option<PathBuf>,
+}
+
+/// Mounts the scratch tmpfs and the overlay with `lower` as the read-only image, and prepares
+/// the working directory for the sandbox's user. On error, what was mounted is unmounted.
+pub(crate) fn mount_rootfs(
+    layout: &Layout,
+    cfg: &SandboxConfig,
+    lower: &Path,
+) -> Result<Mounted, RootfsError> {
+    let mut mounted = Mounted::default();
+    let result = mount_steps(layout, cfg, lower, &mut mounted);
+    if let Err(e) = result {
+        let _ = unmount(&mut mounted);
+        return Err(e);
+    }
+    Ok(mounted)
+}
+
+fn mount_steps(
+    layout: &Layout,
+    cfg: &SandboxConfig,
+    lower: &Path,
+    mounted: &mut Mounted,
+) -> Result<(), RootfsError> {
+    let scratch = layout.scratch();
+    let rootfs = layout.rootfs();
+    dir(&scratch, 0o700)?;
+    dir(&rootfs, 0o755)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let size = format!("size={},mode=0755", cfg.limits.scratch_bytes);
+    mount(Some("runbox-scratch"), &scratch, Some("tmpfs"), flags, Some(size.as_str())).map_err(
+        |source| RootfsError::Mount {
+            fstype: "tmpfs",
+            target: scratch.clone(),
+            source,
+        },
+    )?;
+    mounted.scratch = Some(scratch.clone());
+    let upper = scratch.join("upper");
+    let work = scratch.join("work");
+    dir(&upper, 0o755)?;
+    dir(&work, 0o700)?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        option_path(lower)?,
+        option_path(&upper)?,
+        option_path(&work)?
+    );
+    mount(Some("runbox-overlay"), &rootfs, Some("overlay"), flags, Some(opts.as_str())).map_err(
+        |source| RootfsError::Mount {
+            fstype: "overlay",
+            target: rootfs.clone(),
+            source,
+        },
+    )?;
+    mounted.rootfs = Some(rootfs.clone());
+    prepare_cwd(&rootfs, cfg)
+}
+
+/// Creates the working directory if the image lacks it and hands the default `/work` (or a
+/// directory created here) to the sandbox's user. Lands in the upper layer only.
+fn prepare_cwd(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
+    let cwd = rootfs.join(cfg.cwd.trim_start_matches('/'));
+    let existed = fs::symlink_metadata(&cwd).is_ok();
+    if !existed {
+        dir(&cwd, 0o755)?;
+    }
+    if !existed || cfg.cwd == "/work" {
+        chown(&cwd, Some(cfg.user.uid), Some(cfg.user.gid)).map_err(|source| {
+            RootfsError::Dir {
+                path: cwd.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Unmounts what [`mount_rootfs`] mounted (lazily: the container may still pin it briefly).
+pub(crate) fn unmount(mounted: &mut Mounted) -> Result<(), RootfsError> {
+    let mut first = None;
+    for target in [mounted.rootfs.take(), mounted.scratch.take()].into_iter().flatten() {
+        if let Err(source) = umount2(&target, MntFlags::MNT_DETACH) {
+            if source != nix::Error::EINVAL && source != nix::Error::ENOENT {
+                first.get_or_insert(RootfsError::Unmount { target, source });
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}

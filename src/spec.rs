@@ -1,0 +1,279 @@
+//! Pure translation of a sandbox config into an OCI runtime `Spec`, and the bundle writer.
+
+use std::path::Path;
+
+use libcontainer::oci_spec::runtime::{
+    get_default_maskedpaths, get_default_readonly_paths, Capabilities, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Whether the spec carries the CPU quota. libcontainer gets it without (its own setup runs in
+/// the cgroup and would be throttled); the monitor writes the quota before start and the
+/// bundle's final `config.json` has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CpuQuota {
+    /// Leave `linux.resources.cpu.quota` out.
+    Omit,
+    /// Put the quota in.
+    Include,
+}
+
+fn spec_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::with_source(ErrorKind::InvalidConfig, "cannot build the oci spec", e)
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error)
+}
+
+/// Builds the spec for `cfg` with `root` as the container's root and `cgroups_path` as its cgroup.
+pub(crate) fn build(
+    cfg: &SandboxConfig,
+    root: &Path,
+    readonly_root: bool,
+    cgroups_path: &str,
+    quota: CpuQuota,
+) -> Result<Spec> {
+    let limits = &cfg.limits;
+    let empty = Capabilities::new();
+    let caps = LinuxCapabilitiesBuilder::default()
+        .bounding(empty.clone())
+        .effective(empty.clone())
+        .inheritable(empty.clone())
+        .permitted(empty.clone())
+        .ambient(empty)
+        .build()
+        .map_err(spec_error)?;
+    let rlimit = |typ, value: u64| {
+        PosixRlimitBuilder::default()
+            .typ(typ)
+            .hard(value)
+            .soft(value)
+            .build()
+            .map_err(spec_error)
+    };
+    let mut rlimits = vec![
+        rlimit(PosixRlimitType::RlimitCore, 0)?,
+        rlimit(PosixRlimitType::RlimitNofile, limits.open_files)?,
+        rlimit(PosixRlimitType::RlimitFsize, limits.file_size_bytes)?,
+    ];
+    if let Some(cpu) = limits.cpu_time {
+        // A per-process backstop one second past the cgroup-wide limit the monitor enforces.
+        rlimits.push(rlimit(PosixRlimitType::RlimitCpu, cpu.as_secs() + 2)?);
+    }
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(cfg.user.uid)
+                .gid(cfg.user.gid)
+                .additional_gids(Vec::<u32>::new())
+                .build()
+                .map_err(spec_error)?,
+        )
+        .args(cfg.args.clone())
+        .env(cfg.env.clone())
+        .cwd(cfg.cwd.clone())
+        .capabilities(caps)
+        .no_new_privileges(true)
+        .rlimits(rlimits)
+        .build()
+        .map_err(spec_error)?;
+
+    let scratch = format!("size={}", limits.scratch_bytes);
+    let shm = format!("size={}", limits.shm_bytes);
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=256k"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", &shm],
+        )?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", &scratch])?,
+    ];
+    for (src, dest) in &cfg.binds {
+        let src = src.to_str().ok_or_else(|| {
+            Error::new(ErrorKind::InvalidConfig, format!("bind source {src:?} is not utf-8"))
+        })?;
+        mounts.push(mount(dest, "bind", src, &["rbind", "ro", "nosuid", "nodev"])?);
+    }
+
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .collect::<std::result::Result<Vec<_>, _>>()
+    .map_err(spec_error)?;
+
+    let memory = i64::try_from(limits.memory_bytes).map_err(spec_error)?;
+    let mut cpu = LinuxCpuBuilder::default().period(limits.cpu_period_us);
+    if quota == CpuQuota::Include {
+        cpu = cpu.quota(limits.cpu_quota_us());
+    }
+    if let Some(set) = &limits.cpuset {
+        cpu = cpu.cpus(set.clone());
+    }
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(spec_error)?])
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory)
+                .swap(memory)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::try_from(limits.pids).map_err(spec_error)?)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .cpu(cpu.build().map_err(spec_error)?)
+        .build()
+        .map_err(spec_error)?;
+
+    let mut masked = get_default_maskedpaths();
+    masked.push("/sys/devices/virtual/powercap".to_string());
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(cgroups_path)
+        .resources(resources)
+        .masked_paths(masked)
+        .readonly_paths(get_default_readonly_paths())
+        .build()
+        .map_err(spec_error)?;
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .hostname(cfg.hostname.clone())
+        .root(
+            RootBuilder::default()
+                .path(root)
+                .readonly(readonly_root)
+                .build()
+                .map_err(spec_error)?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(spec_error)
+}
+
+/// Writes `spec` as `<bundle>/config.json` through a temp file and rename.
+pub(crate) fn write_bundle(spec: &Spec, bundle: &Path) -> Result<()> {
+    let json = serde_json::to_vec_pretty(spec).map_err(|e| {
+        Error::with_source(ErrorKind::Io, "encode config.json", e)
+    })?;
+    crate::state::write_atomic(&bundle.join("config.json"), &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Limits, Stdin, User};
+
+    fn cfg() -> SandboxConfig {
+        SandboxConfig {
+            args: vec!["/bin/true".into()],
+            exe: "/bin/true".into(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/work".into(),
+            user: User::default(),
+            image: None,
+            limits: Limits::default(),
+            stdin: Stdin::Null,
+            hostname: "runbox".into(),
+            binds: vec![("/usr".into(), "/usr".into())],
+        }
+    }
+
+    #[test]
+    fn confinement_defaults_are_in_the_spec() {
+        let spec = build(&cfg(), Path::new("/r"), false, "/rb/x", CpuQuota::Include).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        let caps = p.capabilities().as_ref().unwrap();
+        for set in [
+            caps.bounding(),
+            caps.effective(),
+            caps.permitted(),
+            caps.inheritable(),
+            caps.ambient(),
+        ] {
+            assert_eq!(set.as_ref().map(|s| s.len()), Some(0), "every set explicit and empty");
+        }
+        assert_eq!(p.no_new_privileges(), &Some(true));
+        assert_eq!(p.user().uid(), 65534);
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.namespaces().as_ref().unwrap().len(), 6);
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/rb/x")));
+        let res = linux.resources().as_ref().unwrap();
+        let mem = res.memory().as_ref().unwrap();
+        assert_eq!(mem.limit(), mem.swap(), "swap disabled: memsw == memory");
+        let cpu = res.cpu().as_ref().unwrap();
+        assert_eq!(cpu.period(), &Some(10_000));
+        assert_eq!(cpu.quota(), &Some(10_000));
+        let dests: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().to_str().unwrap().to_string())
+            .collect();
+        for d in ["/proc", "/dev", "/tmp", "/dev/shm", "/sys", "/usr"] {
+            assert!(dests.iter().any(|x| x == d), "{d} mounted");
+        }
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/kcore".to_string()));
+    }
+
+    #[test]
+    fn quota_can_be_left_out() {
+        let spec = build(&cfg(), Path::new("/r"), false, "/rb/x", CpuQuota::Omit).unwrap();
+        let cpu = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .resources()
+            .as_ref()
+            .unwrap()
+            .cpu()
+            .clone()
+            .unwrap();
+        assert_eq!(cpu.quota(), &None);
+    }
+}

@@ -1,0 +1,231 @@
+//! On-disk state: the layout of a sandbox directory, atomic JSON files, process identities.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::verdict::Verdict;
+
+/// Version of the on-disk format of a sandbox directory. Readers refuse other versions.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// The files of one sandbox directory, `<root>/<id>/`.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// `<root>/<id>`.
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of sandbox `id` under `root`.
+    pub fn new(root: &Path, id: &str) -> Self {
+        Layout { dir: root.join(id) }
+    }
+    /// The sandbox's config and identity (`sandbox.json`).
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("sandbox.json")
+    }
+    /// The monitor's identity (`monitor.json`).
+    pub fn monitor(&self) -> PathBuf {
+        self.dir.join("monitor.json")
+    }
+    /// The result, written once the run is over (`exit.json`).
+    pub fn exit(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    /// The OCI bundle directory.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+    /// The overlay's merged dir, the container's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("bundle/rootfs")
+    }
+    /// The size-capped tmpfs holding the overlay's upper and work dirs.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.join("scratch")
+    }
+    /// libcontainer's own state root (kept apart: its delete removes `<lc>/<id>` wholesale).
+    pub fn libcontainer_root(&self) -> PathBuf {
+        self.dir.join("lc")
+    }
+    /// Stdin bytes given by the caller.
+    pub fn stdin(&self) -> PathBuf {
+        self.dir.join("stdin")
+    }
+    /// Captured stdout.
+    pub fn stdout(&self) -> PathBuf {
+        self.dir.join("stdout")
+    }
+    /// Captured stderr.
+    pub fn stderr(&self) -> PathBuf {
+        self.dir.join("stderr")
+    }
+}
+
+/// `sandbox.json`: what the sandbox is, written by the controller before the monitor starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SandboxRecord {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The sandbox id.
+    pub id: String,
+    /// The cgroup path given to libcontainer (`/<prefix>/<id>`).
+    pub cgroup_path: String,
+    /// Creation time, milliseconds since the epoch.
+    pub created_unix_ms: u64,
+    /// The validated configuration.
+    pub config: SandboxConfig,
+}
+
+/// `exit.json`: how the run ended, written by the monitor after cleanup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ExitRecord {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The grader's verdict.
+    pub verdict: Verdict,
+    /// Figures beyond the verdict.
+    pub usage: crate::verdict::Usage,
+}
+
+/// A process named by pid plus its start time (field 22 of `/proc/<pid>/stat`), never a bare pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcIdentity {
+    /// Process id in the host's pid namespace.
+    pub pid: i32,
+    /// Start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl ProcIdentity {
+    /// The identity of `pid` now, or `None` if it does not exist.
+    pub fn of(pid: i32) -> Option<ProcIdentity> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        parse_start_time(&stat).map(|start_time| ProcIdentity { pid, start_time })
+    }
+
+    /// True if the same process (pid and start time) still exists and is not a zombie.
+    pub fn is_alive(&self) -> bool {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        parse_start_time(&stat) == Some(self.start_time) && parse_state(&stat) != Some('Z')
+    }
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line; the comm field may hold spaces and `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ") " come fields 3.. ; starttime is field 22, so index 19 here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Field 3 (state) of a `/proc/<pid>/stat` line.
+fn parse_state(stat: &str) -> Option<char> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// Writes `value` as JSON to `path` through a temp file, fsync and rename.
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+        Error::with_source(ErrorKind::Io, format!("encode {}", path.display()), e)
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temp file, fsync and rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("write", path, e)
+    })
+}
+
+/// Reads a JSON state file; a missing file is `NotFound`, a corrupt one `Io` naming the file.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::with_source(ErrorKind::NotFound, format!("{} is missing", path.display()), e)
+        } else {
+            Error::io("read", path, e)
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!("state file {} is corrupt", path.display()),
+            e,
+        )
+    })
+}
+
+/// Checks the format version of a record read from disk.
+pub(crate) fn check_format(version: u32, path: &Path) -> Result<()> {
+    if version == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "state file {} has format version {version}, this runbox reads {FORMAT_VERSION}",
+                path.display()
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_comm() {
+        let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_state(stat), Some('S'));
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn own_identity_is_alive_and_a_wrong_start_time_is_not() {
+        let me = ProcIdentity::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let other = ProcIdentity {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.is_alive());
+    }
+
+    #[test]
+    fn atomic_write_then_read() {
+        let dir = std::env::temp_dir().join(format!("runbox-unit-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.json");
+        write_json_atomic(&p, &vec![1, 2, 3]).unwrap();
+        let back: Vec<i32> = read_json(&p).unwrap();
+        assert_eq!(back, vec![1, 2, 3]);
+        fs::write(&p, b"{trunc").unwrap();
+        assert_eq!(read_json::<Vec<i32>>(&p).unwrap_err().kind(), ErrorKind::Io);
+        assert_eq!(
+            read_json::<Vec<i32>>(&dir.join("none")).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

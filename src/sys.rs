@@ -1,0 +1,90 @@
+//! The only module with `unsafe`: thin wrappers over syscalls that nix does not cover safely.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Forks; the parent exits at once with status 0 and the child returns. Used by the monitor
+/// to detach from its spawner (the controller then reaps only the short-lived parent).
+///
+/// Must be called while the process is single-threaded.
+pub(crate) fn fork_and_detach() -> io::Result<()> {
+    // SAFETY: the monitor calls this first thing in `main`, before it starts any thread, so
+    // the child is a full copy of a single-threaded process and may run any code. The parent
+    // only calls `_exit`, which is async-signal-safe and runs no destructors or atexit handlers.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            // SAFETY: `_exit` never returns and touches no Rust state.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Child => Ok(()),
+    }
+}
+
+/// `pidfd_open(pid, 0)`: a file descriptor that becomes readable when `pid` exits. It refers to
+/// the process that had `pid` at the time of the call, never to a later reuse of the number.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh fd that nothing else owns (it has O_CLOEXEC).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd refers to.
+pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is valid for the duration of the call (borrowed from an OwnedFd); a null
+    // siginfo pointer is allowed and means "as kill(2) would".
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restores the default disposition of SIGPIPE, which the Rust runtime sets to ignored and
+/// `execve` would otherwise pass on to the sandboxed program.
+pub(crate) fn reset_sigpipe() -> io::Result<()> {
+    // SAFETY: installing SIG_DFL runs no handler code; it only changes the disposition.
+    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Forks the calling process, which must be single-threaded (the container's init is).
+/// Returns `None` in the child and the child's pid in the parent.
+pub(crate) fn fork_single_threaded() -> io::Result<Option<i32>> {
+    // SAFETY: the caller is single-threaded (libcontainer's init, cloned from the
+    // single-threaded monitor), so the child is a consistent copy and may allocate.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(None),
+    }
+}
+
+/// Ends the process at once with `code`, running no destructors or atexit handlers (for a
+/// forked copy that must not unwind into its parent's state).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe, takes an integer and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Writes `buf` to `fd`, a descriptor inherited across clone that the caller knows is open
+/// for its whole life (the status pipe in the container's init).
+pub(crate) fn write_inherited_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the fd was open when the process was cloned and nothing in it closes the fd;
+    // the borrow lasts for this one call only.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::unistd::write(fd, buf).map_err(io::Error::from)
+}
