@@ -10,7 +10,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "runbox", version, about = "Run untrusted programs in confined, daemonless Linux sandboxes")]
+#[command(
+    name = "runbox",
+    version,
+    about = "Run untrusted programs in confined, daemonless Linux sandboxes"
+)]
 struct Cli {
     /// State root (default: $RUNBOX_ROOT, else /run/runbox).
     #[arg(long, global = true)]

@@ -64,14 +64,6 @@ impl Layout {
             Layout::V2(mnt) => Cgroup::V2(mnt.join(rel)),
         }
     }
-
-    /// Short name for messages and `runbox check`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Layout::V1(_) => "v1",
-            Layout::V2(_) => "v2",
-        }
-    }
 }
 
 /// One sandbox's cgroup directories.
@@ -102,12 +94,16 @@ pub(crate) struct Figures {
 }
 
 fn read(path: &Path) -> io::Result<String> {
-    fs::read_to_string(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    fs::read_to_string(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 fn read_u64(path: &Path) -> io::Result<u64> {
     read(path)?.trim().parse().map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
     })
 }
 
@@ -143,7 +139,10 @@ impl Cgroup {
     pub fn set_cpu_quota(&self, quota_us: i64, period_us: u64) -> io::Result<()> {
         match self {
             Cgroup::V1(_) => {
-                fs::write(self.file("cpu", "cpu.cfs_period_us")?, period_us.to_string())?;
+                fs::write(
+                    self.file("cpu", "cpu.cfs_period_us")?,
+                    period_us.to_string(),
+                )?;
                 fs::write(self.file("cpu", "cpu.cfs_quota_us")?, quota_us.to_string())
             }
             Cgroup::V2(d) => fs::write(d.join("cpu.max"), format!("{quota_us} {period_us}")),
@@ -244,10 +243,15 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     #[test]
     fn hybrid_is_v1() {
         let l = Layout::parse(HYBRID);
-        let Layout::V1(ctrls) = &l else { panic!("{l:?}") };
+        let Layout::V1(ctrls) = &l else {
+            panic!("{l:?}")
+        };
         assert_eq!(ctrls.len(), 3);
         let cg = l.cgroup("/runbox/a");
-        assert_eq!(cg.dir("memory"), Some(Path::new("/sys/fs/cgroup/memory/runbox/a")));
+        assert_eq!(
+            cg.dir("memory"),
+            Some(Path::new("/sys/fs/cgroup/memory/runbox/a"))
+        );
         assert!(cg.dir("pids").is_none());
     }
 
@@ -255,7 +259,10 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     fn comounted_v1_controllers() {
         let l = Layout::parse("cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n");
         let cg = l.cgroup("/p/x");
-        assert_eq!(cg.dir("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct/p/x")));
+        assert_eq!(
+            cg.dir("cpuacct"),
+            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct/p/x"))
+        );
     }
 
     #[test]

@@ -300,7 +300,9 @@ impl Command {
         }
         self.limits.validate()?;
         if self.program.is_empty() || self.program.contains('\0') {
-            return Err(invalid("program must be a non-empty string without NUL".into()));
+            return Err(invalid(
+                "program must be a non-empty string without NUL".into(),
+            ));
         }
         let all_strings = self
             .args
@@ -308,14 +310,20 @@ impl Command {
             .chain(self.env.keys())
             .chain(self.env.values());
         if all_strings.clone().any(|s| s.contains('\0')) {
-            return Err(invalid("arguments and environment must not contain NUL".into()));
+            return Err(invalid(
+                "arguments and environment must not contain NUL".into(),
+            ));
         }
         if self.env.keys().any(|k| k.is_empty() || k.contains('=')) {
-            return Err(invalid("environment names must be non-empty and without '='".into()));
+            return Err(invalid(
+                "environment names must be non-empty and without '='".into(),
+            ));
         }
         let cwd = self.cwd.clone().unwrap_or_else(|| "/work".to_string());
         if !cwd.starts_with('/') {
-            return Err(invalid(format!("working directory {cwd:?} must be absolute")));
+            return Err(invalid(format!(
+                "working directory {cwd:?} must be absolute"
+            )));
         }
         let hostname_ok = !self.hostname.is_empty()
             && self.hostname.len() <= 64
@@ -324,7 +332,10 @@ impl Command {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if !hostname_ok {
-            return Err(invalid(format!("hostname {:?} is not valid", self.hostname)));
+            return Err(invalid(format!(
+                "hostname {:?} is not valid",
+                self.hostname
+            )));
         }
         let owned_image;
         let image = match &self.image {
@@ -414,17 +425,17 @@ mod tests {
 
     #[test]
     fn invalid_limits_are_rejected() {
-        let cases: Vec<Box<dyn Fn(&mut Limits)>> = vec![
-            Box::new(|l| l.memory_bytes = 0),
-            Box::new(|l| l.pids = 0),
-            Box::new(|l| l.cpus = 0.0),
-            Box::new(|l| l.cpus = f64::NAN),
-            Box::new(|l| l.cpus = 0.05),
-            Box::new(|l| l.cpu_period_us = 10),
-            Box::new(|l| l.wall_time = Some(Duration::ZERO)),
-            Box::new(|l| l.scratch_bytes = l.memory_bytes),
-            Box::new(|l| l.open_files = 0),
-            Box::new(|l| l.cpuset = Some("0;1".into())),
+        let cases: [fn(&mut Limits); 10] = [
+            |l| l.memory_bytes = 0,
+            |l| l.pids = 0,
+            |l| l.cpus = 0.0,
+            |l| l.cpus = f64::NAN,
+            |l| l.cpus = 0.05,
+            |l| l.cpu_period_us = 10,
+            |l| l.wall_time = Some(Duration::ZERO),
+            |l| l.scratch_bytes = l.memory_bytes,
+            |l| l.open_files = 0,
+            |l| l.cpuset = Some("0;1".into()),
         ];
         for (i, change) in cases.iter().enumerate() {
             let mut l = Limits::default();

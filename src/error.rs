@@ -76,11 +76,7 @@ impl Error {
     /// An I/O error on `path` while doing `what`.
     pub(crate) fn io(what: &str, path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         let path = path.into();
-        Error::with_source(
-            ErrorKind::Io,
-            format!("{what} {}", path.display()),
-            err,
-        )
+        Error::with_source(ErrorKind::Io, format!("{what} {}", path.display()), err)
     }
 
     /// The stable kind of this error.

@@ -81,9 +81,7 @@ impl Image {
             .max_by_key(|(_, dest)| dest.len());
         match best {
             Some((src, dest)) => src.join(inside.strip_prefix(dest).unwrap_or(inside)),
-            None => self
-                .lower
-                .join(inside.strip_prefix("/").unwrap_or(inside)),
+            None => self.lower.join(inside.strip_prefix("/").unwrap_or(inside)),
         }
     }
 
@@ -118,16 +116,11 @@ impl Image {
                 if target.is_absolute() {
                     cur = PathBuf::from("/");
                 }
-                pending.extend(
-                    target
-                        .components()
-                        .rev()
-                        .filter_map(|c| match c {
-                            std::path::Component::Normal(n) => Some(n.to_owned()),
-                            std::path::Component::ParentDir => Some("..".into()),
-                            _ => None,
-                        }),
-                );
+                pending.extend(target.components().rev().filter_map(|c| match c {
+                    std::path::Component::Normal(n) => Some(n.to_owned()),
+                    std::path::Component::ParentDir => Some("..".into()),
+                    _ => None,
+                }));
             } else {
                 cur = next;
             }
@@ -142,7 +135,9 @@ impl Image {
             if !program.starts_with('/') {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
-                    format!("program {program:?} must be absolute or a bare name looked up in PATH"),
+                    format!(
+                        "program {program:?} must be absolute or a bare name looked up in PATH"
+                    ),
                 ));
             }
             vec![program.to_string()]
@@ -191,10 +186,9 @@ fn build_skeleton(images_dir: &Path, lower: &Path) -> Result<()> {
         }
         for dir in ["tmp", "var/tmp"] {
             let p = tmp.join(dir);
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o1777))
-                .map_err(io("chmod", &p))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o1777)).map_err(io("chmod", &p))?;
         }
-        fs::set_permissions(&tmp.join("root"), fs::Permissions::from_mode(0o700))
+        fs::set_permissions(tmp.join("root"), fs::Permissions::from_mode(0o700))
             .map_err(io("chmod", &tmp.join("root")))?;
         for name in HOST_TREES {
             let host = Path::new("/").join(name);
@@ -333,7 +327,9 @@ mod tests {
         let passwd = fs::read_to_string(img.lower.join("etc/passwd")).unwrap();
         assert!(passwd.contains("nobody:x:65534"));
         // The host's shell resolves through the skeleton's symlinks and the /usr bind.
-        assert!(img.resolve_program("sh", crate::config::DEFAULT_PATH).is_ok());
+        assert!(img
+            .resolve_program("sh", crate::config::DEFAULT_PATH)
+            .is_ok());
         // Built once: a second call reuses it.
         assert_eq!(Image::host_default(&d).unwrap(), img);
         fs::remove_dir_all(&d).unwrap();

@@ -227,8 +227,9 @@ impl Monitor {
         let me = ProcIdentity::of(std::process::id() as i32)
             .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "cannot read own /proc entry"))?;
         state::write_json_atomic(&layout.monitor(), &me)?;
-        let filters = Filters::compile_default()
-            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e))?;
+        let filters = Filters::compile_default().map_err(|e| {
+            Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e)
+        })?;
         let cg_layout = cgroup::Layout::detect()
             .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
         let cgroup = cg_layout.cgroup(&record.cgroup_path);
@@ -261,7 +262,9 @@ impl Monitor {
     }
 
     fn container_mut(&mut self) -> &mut Container {
-        self.container.as_mut().expect("container is built before use")
+        self.container
+            .as_mut()
+            .expect("container is built before use")
     }
 
     /// Writes the bundle, builds the container (init waits for start), sets the CPU quota and
@@ -655,8 +658,9 @@ fn collect_status(init: i32, mut status: &File, facts: &mut Facts) {
 /// Moves the monitor into its own mount namespace, so its mounts vanish with it.
 fn private_mount_namespace() -> Result<()> {
     use nix::mount::{mount, MsFlags};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "unshare the mount namespace", e))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+        Error::with_source(ErrorKind::UnsupportedHost, "unshare the mount namespace", e)
+    })?;
     mount(
         None::<&str>,
         "/",

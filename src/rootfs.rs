@@ -43,7 +43,9 @@ pub(crate) enum RootfsError {
         source: std::io::Error,
     },
     /// A path cannot be passed in overlay options.
-    #[error("path {path} contains a character overlayfs options cannot carry (',' ':' or whitespace)")]
+    #[error(
+        "path {path} contains a character overlayfs options cannot carry (',' ':' or whitespace)"
+    )]
     BadPath {
         /// The path.
         path: PathBuf,
@@ -105,13 +107,18 @@ fn mount_steps(
     dir(&rootfs, 0o755)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let size = format!("size={},mode=0755", cfg.limits.scratch_bytes);
-    mount(Some("runbox-scratch"), &scratch, Some("tmpfs"), flags, Some(size.as_str())).map_err(
-        |source| RootfsError::Mount {
-            fstype: "tmpfs",
-            target: scratch.clone(),
-            source,
-        },
-    )?;
+    mount(
+        Some("runbox-scratch"),
+        &scratch,
+        Some("tmpfs"),
+        flags,
+        Some(size.as_str()),
+    )
+    .map_err(|source| RootfsError::Mount {
+        fstype: "tmpfs",
+        target: scratch.clone(),
+        source,
+    })?;
     mounted.scratch = Some(scratch.clone());
     let upper = scratch.join("upper");
     let work = scratch.join("work");
@@ -123,13 +130,18 @@ fn mount_steps(
         option_path(&upper)?,
         option_path(&work)?
     );
-    mount(Some("runbox-overlay"), &rootfs, Some("overlay"), flags, Some(opts.as_str())).map_err(
-        |source| RootfsError::Mount {
-            fstype: "overlay",
-            target: rootfs.clone(),
-            source,
-        },
-    )?;
+    mount(
+        Some("runbox-overlay"),
+        &rootfs,
+        Some("overlay"),
+        flags,
+        Some(opts.as_str()),
+    )
+    .map_err(|source| RootfsError::Mount {
+        fstype: "overlay",
+        target: rootfs.clone(),
+        source,
+    })?;
     mounted.rootfs = Some(rootfs.clone());
     prepare_cwd(&rootfs, cfg)
 }
@@ -143,11 +155,9 @@ fn prepare_cwd(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
         dir(&cwd, 0o755)?;
     }
     if !existed || cfg.cwd == "/work" {
-        chown(&cwd, Some(cfg.user.uid), Some(cfg.user.gid)).map_err(|source| {
-            RootfsError::Dir {
-                path: cwd.clone(),
-                source,
-            }
+        chown(&cwd, Some(cfg.user.uid), Some(cfg.user.gid)).map_err(|source| RootfsError::Dir {
+            path: cwd.clone(),
+            source,
         })?;
     }
     Ok(())
@@ -156,7 +166,10 @@ fn prepare_cwd(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
 /// Unmounts what [`mount_rootfs`] mounted (lazily: the container may still pin it briefly).
 pub(crate) fn unmount(mounted: &mut Mounted) -> Result<(), RootfsError> {
     let mut first = None;
-    for target in [mounted.rootfs.take(), mounted.scratch.take()].into_iter().flatten() {
+    for target in [mounted.rootfs.take(), mounted.scratch.take()]
+        .into_iter()
+        .flatten()
+    {
         if let Err(source) = umount2(&target, MntFlags::MNT_DETACH) {
             if source != nix::Error::EINVAL && source != nix::Error::ENOENT {
                 first.get_or_insert(RootfsError::Unmount { target, source });

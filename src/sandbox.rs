@@ -84,7 +84,10 @@ impl RootOptions {
                 ),
             ));
         }
-        let prefix = self.cgroup_prefix.clone().unwrap_or_else(|| "runbox".into());
+        let prefix = self
+            .cgroup_prefix
+            .clone()
+            .unwrap_or_else(|| "runbox".into());
         let prefix_ok = prefix
             .split('/')
             .all(|part| config::validate_id(part).is_ok());
@@ -144,6 +147,33 @@ impl Root {
         }
         let img = Image::host_default(&self.inner.dir.join(IMAGES_DIR))?;
         Ok(self.inner.host_image.get_or_init(|| img))
+    }
+
+    /// The OCI runtime spec runbox would give libcontainer for `cmd`, with the image itself as a
+    /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes).
+    ///
+    /// The spec carries everything but the seccomp filter, which runbox installs itself.
+    ///
+    /// # Errors
+    /// `InvalidConfig` as for [`Root::spawn`].
+    pub fn oci_spec(&self, cmd: &Command) -> Result<crate::oci_spec::runtime::Spec> {
+        let cfg = cmd.to_config(self.host_image()?)?;
+        let lower = match &cfg.image {
+            Some(dir) => dir.clone(),
+            None => self.host_image()?.lower.clone(),
+        };
+        let id = cmd.name.as_deref().unwrap_or("bundle");
+        let cgroup = format!("/{}/{id}", self.inner.cgroup_prefix);
+        crate::spec::build(&cfg, &lower, true, &cgroup, crate::spec::CpuQuota::Include)
+    }
+
+    /// Writes [`Root::oci_spec`] as `<bundle>/config.json`, a bundle `runc run` accepts.
+    ///
+    /// # Errors
+    /// As [`Root::oci_spec`], and `Io` if the file cannot be written.
+    pub fn write_bundle(&self, cmd: &Command, bundle: &Path) -> Result<()> {
+        let spec = self.oci_spec(cmd)?;
+        crate::spec::write_bundle(&spec, bundle)
     }
 
     /// Runs `cmd` in a new sandbox, waits for it, removes the sandbox and returns the verdict.
@@ -224,10 +254,12 @@ impl Root {
             .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "wait for the monitor", e))?;
         let mut reader = BufReader::new(fs::File::from(report_r));
         let mut line = String::new();
-        let got = reader
-            .read_line(&mut line)
-            .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e))?;
-        let report: Option<Report> = (got > 0).then(|| serde_json::from_str(&line).ok()).flatten();
+        let got = reader.read_line(&mut line).map_err(|e| {
+            Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e)
+        })?;
+        let report: Option<Report> = (got > 0)
+            .then(|| serde_json::from_str(&line).ok())
+            .flatten();
         match report {
             Some(Report::Started { monitor }) => Ok(Sandbox {
                 root: self.clone(),
@@ -282,7 +314,10 @@ impl Root {
                 Err(e) => return Err(Error::io("create sandbox directory", &layout.dir, e)),
             }
         }
-        Err(Error::new(ErrorKind::Io, "could not allocate a unique sandbox id"))
+        Err(Error::new(
+            ErrorKind::Io,
+            "could not allocate a unique sandbox id",
+        ))
     }
 
     fn monitor_exe(&self) -> Result<PathBuf> {
@@ -398,11 +433,20 @@ fn wait_for_exit(who: ProcIdentity) -> Result<()> {
         return Ok(()); // the pid now names another process, or a zombie
     }
     loop {
-        let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
             Ok(_) => return Ok(()),
             Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(Error::with_source(ErrorKind::Io, "poll the monitor's pidfd", e)),
+            Err(e) => {
+                return Err(Error::with_source(
+                    ErrorKind::Io,
+                    "poll the monitor's pidfd",
+                    e,
+                ))
+            }
         }
     }
 }

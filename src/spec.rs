@@ -96,12 +96,23 @@ pub(crate) fn build(
     let shm = format!("size={}", limits.shm_bytes);
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=256k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=256k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
         )?,
         mount(
             "/dev/shm",
@@ -109,14 +120,32 @@ pub(crate) fn build(
             "shm",
             &["nosuid", "noexec", "nodev", "mode=1777", &shm],
         )?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
-        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", &scratch])?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777", &scratch],
+        )?,
     ];
     for (src, dest) in &cfg.binds {
         let src = src.to_str().ok_or_else(|| {
-            Error::new(ErrorKind::InvalidConfig, format!("bind source {src:?} is not utf-8"))
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("bind source {src:?} is not utf-8"),
+            )
         })?;
-        mounts.push(mount(dest, "bind", src, &["rbind", "ro", "nosuid", "nodev"])?);
+        mounts.push(mount(
+            dest,
+            "bind",
+            src,
+            &["rbind", "ro", "nosuid", "nodev"],
+        )?);
     }
 
     let namespaces = [
@@ -193,9 +222,8 @@ pub(crate) fn build(
 
 /// Writes `spec` as `<bundle>/config.json` through a temp file and rename.
 pub(crate) fn write_bundle(spec: &Spec, bundle: &Path) -> Result<()> {
-    let json = serde_json::to_vec_pretty(spec).map_err(|e| {
-        Error::with_source(ErrorKind::Io, "encode config.json", e)
-    })?;
+    let json = serde_json::to_vec_pretty(spec)
+        .map_err(|e| Error::with_source(ErrorKind::Io, "encode config.json", e))?;
     crate::state::write_atomic(&bundle.join("config.json"), &json)
 }
 
@@ -231,9 +259,13 @@ mod tests {
             caps.inheritable(),
             caps.ambient(),
         ] {
-            assert_eq!(set.as_ref().map(|s| s.len()), Some(0), "every set explicit and empty");
+            assert_eq!(
+                set.as_ref().map(|s| s.len()),
+                Some(0),
+                "every set explicit and empty"
+            );
         }
-        assert_eq!(p.no_new_privileges(), &Some(true));
+        assert_eq!(p.no_new_privileges(), Some(true));
         assert_eq!(p.user().uid(), 65534);
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), 6);
@@ -242,8 +274,8 @@ mod tests {
         let mem = res.memory().as_ref().unwrap();
         assert_eq!(mem.limit(), mem.swap(), "swap disabled: memsw == memory");
         let cpu = res.cpu().as_ref().unwrap();
-        assert_eq!(cpu.period(), &Some(10_000));
-        assert_eq!(cpu.quota(), &Some(10_000));
+        assert_eq!(cpu.period(), Some(10_000));
+        assert_eq!(cpu.quota(), Some(10_000));
         let dests: Vec<_> = spec
             .mounts()
             .as_ref()
@@ -274,6 +306,6 @@ mod tests {
             .cpu()
             .clone()
             .unwrap();
-        assert_eq!(cpu.quota(), &None);
+        assert_eq!(cpu.quota(), None);
     }
 }

@@ -134,9 +134,8 @@ fn parse_state(stat: &str) -> Option<char> {
 
 /// Writes `value` as JSON to `path` through a temp file, fsync and rename.
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
-        Error::with_source(ErrorKind::Io, format!("encode {}", path.display()), e)
-    })?;
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::with_source(ErrorKind::Io, format!("encode {}", path.display()), e))?;
     write_atomic(path, &bytes)
 }
 
@@ -160,7 +159,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::with_source(ErrorKind::NotFound, format!("{} is missing", path.display()), e)
+            Error::with_source(
+                ErrorKind::NotFound,
+                format!("{} is missing", path.display()),
+                e,
+            )
         } else {
             Error::io("read", path, e)
         }

@@ -57,9 +57,14 @@ pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
 /// `execve` would otherwise pass on to the sandboxed program.
 pub(crate) fn reset_sigpipe() -> io::Result<()> {
     // SAFETY: installing SIG_DFL runs no handler code; it only changes the disposition.
-    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }
-        .map(|_| ())
-        .map_err(io::Error::from)
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    }
+    .map(|_| ())
+    .map_err(io::Error::from)
 }
 
 /// Forks the calling process, which must be single-threaded (the container's init is).

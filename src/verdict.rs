@@ -140,8 +140,16 @@ impl Facts {
         }
         match (self.exit_code, self.signal) {
             (Some(0), _) => (Status::Ok, None, None),
-            (Some(code), _) => (Status::RuntimeError, None, Some(format!("exited with code {code}"))),
-            (None, Some(sig)) => (Status::Signaled, None, Some(format!("killed by signal {sig}"))),
+            (Some(code), _) => (
+                Status::RuntimeError,
+                None,
+                Some(format!("exited with code {code}")),
+            ),
+            (None, Some(sig)) => (
+                Status::Signaled,
+                None,
+                Some(format!("killed by signal {sig}")),
+            ),
             (None, None) => (
                 Status::InternalError,
                 None,
@@ -165,14 +173,28 @@ mod tests {
             internal_error: None,
         };
         assert_eq!(f(Some(0), None, false, None).classify().0, Status::Ok);
-        assert_eq!(f(Some(3), None, false, None).classify().0, Status::RuntimeError);
-        assert_eq!(f(None, Some(11), false, None).classify().0, Status::Signaled);
-        assert_eq!(f(None, Some(9), true, None).classify().0, Status::MemoryLimit);
         assert_eq!(
-            f(None, Some(9), false, Some(LimitKind::WallTime)).classify().0,
+            f(Some(3), None, false, None).classify().0,
+            Status::RuntimeError
+        );
+        assert_eq!(
+            f(None, Some(11), false, None).classify().0,
+            Status::Signaled
+        );
+        assert_eq!(
+            f(None, Some(9), true, None).classify().0,
+            Status::MemoryLimit
+        );
+        assert_eq!(
+            f(None, Some(9), false, Some(LimitKind::WallTime))
+                .classify()
+                .0,
             Status::WallTimeLimit
         );
-        assert_eq!(f(None, None, false, None).classify().0, Status::InternalError);
+        assert_eq!(
+            f(None, None, false, None).classify().0,
+            Status::InternalError
+        );
     }
 
     #[test]
@@ -197,14 +219,32 @@ mod tests {
             message: None,
         };
         let json = serde_json::to_value(&v).unwrap();
-        let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort();
         assert_eq!(
             keys,
             [
-                "cpu_system_us", "cpu_time_us", "cpu_user_us", "exit_code", "id", "limit",
-                "memory_peak_bytes", "message", "oom_killed", "schema_version", "signal",
-                "status", "stderr", "stderr_truncated", "stdout", "stdout_truncated",
+                "cpu_system_us",
+                "cpu_time_us",
+                "cpu_user_us",
+                "exit_code",
+                "id",
+                "limit",
+                "memory_peak_bytes",
+                "message",
+                "oom_killed",
+                "schema_version",
+                "signal",
+                "status",
+                "stderr",
+                "stderr_truncated",
+                "stdout",
+                "stdout_truncated",
                 "wall_time_us"
             ]
         );

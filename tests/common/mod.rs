@@ -1,0 +1,143 @@
+//! Shared test harness: a private state root and cgroup prefix per test, the busybox test
+//! image, and a leak check (sandbox dirs, cgroups, mounts, processes) at the end of each test.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as Proc;
+use std::sync::OnceLock;
+
+use runbox::{Root, RootOptions};
+
+/// Fails (never skips) when the host lacks what the tests need.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "runbox tests run real sandboxes and must run as root (see README: ./test.sh)"
+    );
+}
+
+/// The busybox + probe image built by rootfs/build-image.sh (once per test binary; the
+/// script is idempotent and locks against concurrent builds).
+pub fn image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-image");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("rootfs/build-image.sh");
+        let status = Proc::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run rootfs/build-image.sh");
+        assert!(status.success(), "rootfs/build-image.sh failed: {status}");
+        out
+    })
+}
+
+/// One test's private state root and cgroup prefix.
+pub struct TestEnv {
+    pub root: Root,
+    pub dir: PathBuf,
+    pub prefix: String,
+}
+
+impl TestEnv {
+    /// A fresh state root `<tmp>/roots/<name>-<pid>` and cgroup prefix `runbox-test-<pid>-<name>`.
+    pub fn new(name: &str) -> TestEnv {
+        require_root();
+        let pid = std::process::id();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("roots")
+            .join(format!("{name}-{pid}"));
+        let _ = fs::remove_dir_all(&dir);
+        let prefix = format!("runbox-test-{pid}-{name}");
+        let root = RootOptions::new()
+            .cgroup_prefix(prefix.clone())
+            .open(&dir)
+            .expect("open state root");
+        TestEnv { root, dir, prefix }
+    }
+
+    /// A command on the test image.
+    pub fn cmd(&self, program: &str, args: &[&str]) -> runbox::Command {
+        let mut c = runbox::Command::new(program);
+        c.args(args.iter().copied()).image(image());
+        c
+    }
+
+    /// Asserts nothing is left of this test's sandboxes, then removes the root and prefix.
+    pub fn finish(self) {
+        assert_no_leaks(&self.dir, &self.prefix);
+        for d in cgroup_prefix_dirs(&self.prefix) {
+            fs::remove_dir(&d)
+                .unwrap_or_else(|e| panic!("remove cgroup prefix {}: {e}", d.display()));
+        }
+        fs::remove_dir_all(&self.dir).expect("remove state root");
+    }
+}
+
+/// The prefix's directory in every mounted cgroup hierarchy that has one.
+pub fn cgroup_prefix_dirs(prefix: &str) -> Vec<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+                .then(|| PathBuf::from(f[1]).join(prefix))
+        })
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Asserts: no sandbox directory in `state_root` (shared images aside), no child cgroup under
+/// `prefix`, no mount under the state root, no process mentioning the state root.
+pub fn assert_no_leaks(state_root: &Path, prefix: &str) {
+    let dirs: Vec<_> = fs::read_dir(state_root)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        dirs.is_empty(),
+        "sandbox dirs left in {}: {dirs:?}",
+        state_root.display()
+    );
+    for d in cgroup_prefix_dirs(prefix) {
+        let children: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        assert!(children.is_empty(), "cgroups left: {children:?}");
+    }
+    let root_str = state_root.to_string_lossy().into_owned();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(&root_str)).collect();
+    assert!(leaked.is_empty(), "mounts left: {leaked:?}");
+    let procs = processes_mentioning(&root_str);
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+/// (pid, cmdline) of every process whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                out.push((pid, cmd));
+            }
+        }
+    }
+    out
+}

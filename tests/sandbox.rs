@@ -1,0 +1,360 @@
+//! Real sandboxes, as root: running, confinement from the inside, limits, bad input, leaks.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::{image, TestEnv};
+use runbox::{ErrorKind, LimitKind, Status};
+
+#[test]
+fn echo_exit_codes_and_signals() {
+    let env = TestEnv::new("basic");
+    let v = env
+        .root
+        .run(&env.cmd("/bin/echo", &["hello", "world"]))
+        .unwrap();
+    assert_eq!(v.status, Status::Ok);
+    assert_eq!(v.exit_code, Some(0));
+    assert_eq!(v.stdout, "hello world\n");
+    assert_eq!(v.stderr, "");
+    assert!(v.wall_time_us > 0 && v.memory_peak_bytes > 0);
+
+    let v = env.root.run(&env.cmd("probe", &["exit", "7"])).unwrap();
+    assert_eq!(
+        (v.status, v.exit_code, v.signal),
+        (Status::RuntimeError, Some(7), None)
+    );
+    assert_eq!(v.shell_status(), 7);
+
+    let v = env.root.run(&env.cmd("probe", &["signal", "11"])).unwrap();
+    assert_eq!(
+        (v.status, v.exit_code, v.signal),
+        (Status::Signaled, None, Some(11))
+    );
+    assert_eq!(v.shell_status(), 139);
+
+    // A shell signalling itself: the program is not pid 1, so the signal is not ignored.
+    let v = env
+        .root
+        .run(&env.cmd("/bin/sh", &["-c", "echo err >&2; kill -TERM $$"]))
+        .unwrap();
+    assert_eq!(v.signal, Some(15));
+    assert_eq!(v.stderr, "err\n");
+    env.finish();
+}
+
+#[test]
+fn stdin_env_and_cwd_reach_the_program() {
+    let env = TestEnv::new("stdio");
+    let mut cmd = env.cmd("/bin/sh", &["-c", "cat; echo \"[$FOO]\"; pwd; env | wc -l"]);
+    cmd.stdin(runbox::Stdin::Bytes(b"from stdin\n".to_vec()))
+        .env("FOO", "bar baz");
+    let v = env.root.run(&cmd).unwrap();
+    // Exactly the caller's environment: PATH and FOO (sh adds PWD, SHLVL only to its children's view).
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let lines: Vec<&str> = v.stdout.lines().collect();
+    assert_eq!(&lines[..3], ["from stdin", "[bar baz]", "/work"]);
+    env.finish();
+}
+
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .map(|v| v.trim_start_matches(':').trim())
+        })
+        .unwrap_or_else(|| panic!("{key} missing in {status}"))
+}
+
+#[test]
+fn confinement_seen_from_inside() {
+    let env = TestEnv::new("confine");
+    let v = env.root.run(&env.cmd("probe", &["status"])).unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    for key in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+        assert_eq!(status_field(&v.stdout, key), "0000000000000000", "{key}");
+    }
+    assert_eq!(status_field(&v.stdout, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&v.stdout, "Seccomp"), "2");
+    assert!(status_field(&v.stdout, "Uid").starts_with("65534"));
+
+    for (call, want) in [
+        ("keyctl", "EPERM"),
+        ("unshare-user", "EPERM"),
+        ("clone-newuser", "EPERM"),
+        ("mount", "EPERM"),
+        ("ptrace", "EPERM"),
+        ("bpf", "EPERM"),
+        ("perf_event_open", "EPERM"),
+        ("io_uring_setup", "EPERM"),
+        ("socket-vsock", "EPERM"),
+        ("x32", "EPERM"),
+        ("clone3", "ENOSYS"),
+        ("getpid", "ok"),
+    ] {
+        let v = env.root.run(&env.cmd("probe", &["syscall", call])).unwrap();
+        assert_eq!(v.stdout.trim(), format!("{call} {want}"), "{v:?}");
+    }
+
+    // Only loopback in the network namespace.
+    let v = env
+        .root
+        .run(&env.cmd("/bin/cat", &["/proc/net/dev"]))
+        .unwrap();
+    let ifaces: Vec<&str> = v
+        .stdout
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, ["lo"]);
+
+    // Host processes are invisible: only the sandbox's init, the shell and ls.
+    let v = env
+        .root
+        .run(&env.cmd("/bin/sh", &["-c", "ls /proc | grep -c '^[0-9]'"]))
+        .unwrap();
+    let n: u32 = v.stdout.trim().parse().unwrap();
+    assert!(n <= 4, "sandbox sees {n} processes");
+
+    // Own hostname.
+    let v = env.root.run(&env.cmd("probe", &["hostname"])).unwrap();
+    assert_eq!(v.stdout.trim(), "runbox");
+    assert_ne!(
+        v.stdout.trim(),
+        nix::unistd::gethostname().unwrap().to_string_lossy()
+    );
+
+    // Only fds 0-2, and rlimits as configured.
+    let v = env.root.run(&env.cmd("probe", &["fds"])).unwrap();
+    assert_eq!(v.stdout.trim(), "0 1 2");
+    let v = env.root.run(&env.cmd("probe", &["rlimits"])).unwrap();
+    assert_eq!(
+        v.stdout.trim(),
+        format!("core=0 nofile=256 fsize={}", 64 << 20)
+    );
+
+    // /sys and /proc/sys are read-only, /proc/keys is masked (empty), even for uid 0.
+    let v = env
+        .root
+        .run(&env.cmd("probe", &["syscall", "write-sys"]))
+        .unwrap();
+    assert_ne!(v.stdout.trim(), "write-sys ok");
+    let mut root_user = env.cmd(
+        "/bin/sh",
+        &["-c", "echo x > /proc/sys/kernel/hostname; echo rc=$?; wc -c < /proc/keys; ls /proc/acpi | wc -l"],
+    );
+    root_user.user(0, 0);
+    let v = env.root.run(&root_user).unwrap();
+    assert_eq!(v.stdout, "rc=1\n0\n0\n", "{v:?}");
+    assert!(v.stderr.contains("Read-only file system"), "{v:?}");
+    env.finish();
+}
+
+#[test]
+fn writes_land_in_the_private_layer() {
+    let env = TestEnv::new("overlay");
+    let script =
+        "echo data > /new-file && echo more > /etc/hostname && cat /new-file /etc/hostname && \
+                  probe write-bytes 1048576 /work/big && ls -l /work/big | wc -l";
+    let mut cmd = env.cmd("/bin/sh", &["-c", script]);
+    cmd.user(0, 0); // uid 0 without capabilities may write root-owned dirs, nothing more
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.stdout, "data\nmore\n1\n");
+    assert!(
+        !image().join("new-file").exists(),
+        "the image was written to"
+    );
+    assert_eq!(
+        fs::read_to_string(image().join("etc/hostname")).unwrap(),
+        "runbox\n"
+    );
+    assert!(!image().join("work/big").exists());
+
+    // The writable layer is capped: a disk fill ends in ENOSPC inside.
+    let mut fill = env.cmd(
+        "probe",
+        &["write-bytes", &(64u64 << 20).to_string(), "/work/fill"],
+    );
+    fill.limits_mut().scratch_bytes = 8 << 20;
+    let v = env.root.run(&fill).unwrap();
+    assert_eq!(v.status, Status::RuntimeError, "{v:?}");
+    assert!(v.stderr.starts_with("error ENOSPC"), "{v:?}");
+    env.finish();
+}
+
+#[test]
+fn memory_hog_is_oom_killed_and_reported() {
+    let env = TestEnv::new("oom");
+    let mut cmd = env.cmd("probe", &["memhog", "256"]);
+    cmd.limits_mut().memory_bytes = 64 << 20;
+    cmd.limits_mut().scratch_bytes = 16 << 20;
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
+    assert!(v.oom_killed);
+    assert_eq!(v.limit, Some(LimitKind::Memory));
+    assert_eq!(v.signal, Some(9));
+    // Peak memory is the limit, within 5%.
+    let limit = 64u64 << 20;
+    assert!(
+        v.memory_peak_bytes <= limit && v.memory_peak_bytes >= limit * 95 / 100,
+        "{v:?}"
+    );
+    env.finish();
+}
+
+#[test]
+fn fork_bomb_ends_under_the_pids_limit() {
+    let env = TestEnv::new("forkbomb");
+    let mut cmd = env.cmd("probe", &["forkbomb"]);
+    cmd.limits_mut().pids = 16;
+    let started = Instant::now();
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let forks: u32 = v
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("forks=")
+        .parse()
+        .unwrap();
+    // init + probe + children <= 16.
+    assert!(forks <= 14, "{v:?}");
+    assert!(v.stdout.contains("errno=EAGAIN"), "{v:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The host can still fork.
+    assert!(std::process::Command::new("true")
+        .status()
+        .unwrap()
+        .success());
+    env.finish();
+}
+
+#[test]
+fn half_a_cpu_with_a_short_period_throttles() {
+    let env = TestEnv::new("cpu");
+    let mut cmd = env.cmd("probe", &["spin", "1"]);
+    cmd.limits_mut().cpus = 0.5;
+    let mut sandbox = env.root.spawn(&cmd).unwrap();
+    let v = sandbox.wait().unwrap();
+    let usage = sandbox.usage().unwrap();
+    sandbox.delete().unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let wall = v.wall_time_us as f64 / 1e6;
+    // 1 s of CPU at half a CPU takes about 2 s; slack for a noisy 2-core machine.
+    assert!((1.8..3.0).contains(&wall), "wall {wall} s");
+    assert!(
+        v.cpu_time_us >= 1_000_000 && v.cpu_time_us < 1_200_000,
+        "{v:?}"
+    );
+    // With a 10 ms period, ~2 s of wall time is ~200 periods, nearly all of them throttled.
+    assert!(usage.cpu_throttled_periods >= 50, "{usage:?}");
+    env.finish();
+}
+
+#[test]
+fn wall_and_cpu_time_limits_kill() {
+    let env = TestEnv::new("time");
+    let mut cmd = env.cmd("probe", &["sleep", "30"]);
+    cmd.limits_mut().wall_time = Some(Duration::from_millis(500));
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(
+        (v.status, v.limit),
+        (Status::WallTimeLimit, Some(LimitKind::WallTime)),
+        "{v:?}"
+    );
+    assert!(v.wall_time_us < 1_000_000, "{v:?}");
+
+    let mut cmd = env.cmd("probe", &["spin", "30"]);
+    cmd.limits_mut().cpu_time = Some(Duration::from_millis(300));
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(
+        (v.status, v.limit),
+        (Status::TimeLimit, Some(LimitKind::CpuTime)),
+        "{v:?}"
+    );
+    assert!((300_000..400_000).contains(&v.cpu_time_us), "{v:?}");
+    env.finish();
+}
+
+#[test]
+fn output_is_capped() {
+    let env = TestEnv::new("output");
+    let mut cmd = env.cmd("probe", &["write-bytes", "10000000"]);
+    cmd.limits_mut().output_bytes = 1 << 20;
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(v.status, Status::OutputLimit, "{}", v.stderr);
+    assert!(v.stdout_truncated);
+    assert_eq!(v.stdout.len(), 1 << 20);
+    env.finish();
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_leaves_nothing() {
+    let env = TestEnv::new("badinput");
+    let kind = |cmd: &runbox::Command| env.root.run(cmd).unwrap_err().kind();
+
+    assert_eq!(
+        kind(&env.cmd("/bin/does-not-exist", &[])),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(
+        kind(&env.cmd("relative/path", &[])),
+        ErrorKind::InvalidConfig
+    );
+    assert_eq!(kind(&env.cmd("/etc/passwd", &[])), ErrorKind::InvalidConfig);
+    let mut missing_image = runbox::Command::new("/bin/true");
+    missing_image.image("/nonexistent/image");
+    assert_eq!(kind(&missing_image), ErrorKind::InvalidConfig);
+    let mut bad_limit = env.cmd("/bin/true", &[]);
+    bad_limit.limits_mut().memory_bytes = 0;
+    assert_eq!(kind(&bad_limit), ErrorKind::InvalidConfig);
+    let mut bad_cpus = env.cmd("/bin/true", &[]);
+    bad_cpus.limits_mut().cpus = -1.0;
+    assert_eq!(kind(&bad_cpus), ErrorKind::InvalidConfig);
+    let mut bad_id = env.cmd("/bin/true", &[]);
+    bad_id.name("../escape");
+    assert_eq!(kind(&bad_id), ErrorKind::InvalidConfig);
+
+    // A duplicate id while the first sandbox runs.
+    let mut first = env.cmd("probe", &["sleep", "0.5"]);
+    first.name("dup");
+    let mut running = env.root.spawn(&first).unwrap();
+    assert_eq!(kind(&first), ErrorKind::AlreadyExists);
+    assert_eq!(running.wait().unwrap().status, Status::Ok);
+    running.delete().unwrap();
+    // The same id is free again afterwards.
+    assert_eq!(env.root.run(&first).unwrap().status, Status::Ok);
+
+    // A cwd that cannot be created fails the launch (at libcontainer's chdir) and is rolled back.
+    let mut bad_cwd = env.cmd("/bin/true", &[]);
+    bad_cwd.current_dir("/proc/nope");
+    let err = env.root.run(&bad_cwd).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LaunchFailed, "{}", err.chain());
+    env.finish();
+}
+
+#[test]
+fn host_image_default_runs_host_programs() {
+    let env = TestEnv::new("hostimage");
+    let mut cmd = runbox::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ls /home /root 2>&1; test -e /etc/shadow && echo SHADOW; echo ok",
+    ]);
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!(v.stdout.ends_with("ok\n"), "{v:?}");
+    assert!(!v.stdout.contains("SHADOW"));
+    assert!(
+        v.stdout.contains("No such file") || v.stdout.contains("Permission denied"),
+        "{v:?}"
+    );
+    env.finish();
+}
