@@ -292,8 +292,11 @@ impl Command {
     }
 
     /// Checks everything that can be checked without side effects and resolves the program
-    /// inside the image. `host_image` is the default image's lower dir and binds.
-    pub(crate) fn to_config(&self, host_image: &crate::image::Image) -> Result<SandboxConfig> {
+    /// inside the image. `host_image` gives the default image, asked for only when needed.
+    pub(crate) fn to_config<'a>(
+        &self,
+        host_image: impl FnOnce() -> Result<&'a crate::image::Image>,
+    ) -> Result<SandboxConfig> {
         let invalid = |msg: String| Error::new(ErrorKind::InvalidConfig, msg);
         if let Some(id) = &self.name {
             validate_id(id)?;
@@ -343,7 +346,7 @@ impl Command {
                 owned_image = crate::image::Image::from_dir(dir)?;
                 &owned_image
             }
-            None => host_image,
+            None => host_image()?,
         };
         let path_var = self.env.get("PATH").map(String::as_str).unwrap_or("");
         let exe = image.resolve_program(&self.program, path_var)?;

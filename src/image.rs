@@ -171,7 +171,9 @@ impl Image {
 /// builder that wins the rename is fine.
 fn build_skeleton(images_dir: &Path, lower: &Path) -> Result<()> {
     fs::create_dir_all(images_dir).map_err(|e| Error::io("create", images_dir, e))?;
-    let tmp = images_dir.join(format!(".tmp-skel-{}", std::process::id()));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = images_dir.join(format!(".tmp-skel-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     let io = |what: &'static str, p: &Path| {
         let p = p.to_path_buf();

@@ -157,7 +157,7 @@ impl Root {
     /// # Errors
     /// `InvalidConfig` as for [`Root::spawn`].
     pub fn oci_spec(&self, cmd: &Command) -> Result<crate::oci_spec::runtime::Spec> {
-        let cfg = cmd.to_config(self.host_image()?)?;
+        let cfg = cmd.to_config(|| self.host_image())?;
         let lower = match &cfg.image {
             Some(dir) => dir.clone(),
             None => self.host_image()?.lower.clone(),
@@ -196,7 +196,7 @@ impl Root {
     /// `InvalidConfig` (checked before any side effect), `AlreadyExists`, `LaunchFailed`
     /// (everything the launch set up is removed again), `UnsupportedHost`, `Io`.
     pub fn spawn(&self, cmd: &Command) -> Result<Sandbox> {
-        let cfg = cmd.to_config(self.host_image()?)?;
+        let cfg = cmd.to_config(|| self.host_image())?;
         let monitor = self.monitor_exe()?;
         let (id, layout) = self.allocate(cmd.name.as_deref())?;
         let span = tracing::debug_span!("spawn", sandbox = %id);
