@@ -19,6 +19,9 @@ struct Cli {
     /// State root (default: $RUNBOX_ROOT, else /run/runbox).
     #[arg(long, global = true)]
     root: Option<PathBuf>,
+    /// cgroup parent of every sandbox (`/<PARENT>/<id>` in each hierarchy). Default `runbox`.
+    #[arg(long = "cgroup-parent", global = true)]
+    cgroup_parent: Option<String>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -158,10 +161,25 @@ fn build_command(a: &RunArgs) -> Result<runbox::Command, String> {
 
 fn main() -> ExitCode {
     runbox::monitor_main();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Bad options are runbox's failure (125), as in docker and podman; help is not.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+        }
+    };
     let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
+    let mut opts = runbox::RootOptions::new();
+    if let Some(p) = &cli.cgroup_parent {
+        opts.cgroup_prefix(p.clone());
+    }
+    let root = match opts.open(&root_dir) {
+        Ok(r) => r,
+        Err(e) => return fail(e.chain()),
+    };
     match cli.verb {
-        Verb::Run(args) => run(&root_dir, &args),
+        Verb::Run(args) => run(&root, &args),
     }
 }
 
@@ -170,14 +188,10 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(125)
 }
 
-fn run(root_dir: &std::path::Path, args: &RunArgs) -> ExitCode {
+fn run(root: &runbox::Root, args: &RunArgs) -> ExitCode {
     let cmd = match build_command(args) {
         Ok(c) => c,
         Err(e) => return fail(e),
-    };
-    let root = match runbox::Root::open(root_dir) {
-        Ok(r) => r,
-        Err(e) => return fail(e.chain()),
     };
     let verdict = match root.run(&cmd) {
         Ok(v) => v,
