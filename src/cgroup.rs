@@ -213,6 +213,21 @@ impl Cgroup {
             .collect()
     }
 
+    /// Pids of every process in the cgroup, in any hierarchy.
+    pub fn procs(&self) -> io::Result<Vec<i32>> {
+        let mut pids = Vec::new();
+        for d in self.existing_dirs() {
+            match fs::read_to_string(d.join("cgroup.procs")) {
+                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
     /// Removes the directories that remain (they must hold no process). Used after a failed
     /// launch or a crash; the normal path leaves this to libcontainer's delete.
     pub fn remove(&self) -> io::Result<()> {

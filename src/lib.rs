@@ -41,8 +41,11 @@
 mod cgroup;
 mod config;
 mod error;
+mod gc;
 mod image;
+mod init;
 mod monitor;
+mod root;
 mod rootfs;
 mod sandbox;
 mod seccomp;
@@ -54,7 +57,8 @@ mod verdict;
 pub use config::{Command, Limits, Stdin, User, DEFAULT_PATH};
 pub use error::{Error, ErrorKind, Result};
 pub use monitor::MONITOR_ARG;
-pub use sandbox::{Root, RootOptions, Sandbox, DEFAULT_ROOT, MONITOR_BIN};
+pub use root::{GcReport, Listing, Root, RootOptions, DEFAULT_ROOT, MONITOR_BIN};
+pub use sandbox::{Sandbox, SandboxInfo, SandboxStatus};
 pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
 
 /// The OCI runtime spec types runbox builds bundles with (libcontainer's own copy).
@@ -71,5 +75,5 @@ pub fn monitor_main() {
     if args.get(1).is_some_and(|a| a == MONITOR_ARG) {
         monitor::main(args);
     }
-    sandbox::SELF_DISPATCH.store(true, std::sync::atomic::Ordering::Relaxed);
+    root::SELF_DISPATCH.store(true, std::sync::atomic::Ordering::Relaxed);
 }

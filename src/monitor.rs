@@ -1,31 +1,29 @@
 //! The per-sandbox monitor: an exec'd, single-threaded process that owns one sandbox from
 //! rootfs mount to result file, so the controller never runs libcontainer in its own process.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
-use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::{
-    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
-};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{self, Cgroup};
-use crate::config::{SandboxConfig, Stdin};
+use crate::config::Stdin;
 use crate::error::{Error, ErrorKind, Result};
+use crate::init::SandboxInit;
 use crate::rootfs;
 use crate::seccomp::Filters;
 use crate::spec::{self, CpuQuota};
-use crate::state::{self, ExitRecord, Layout, ProcIdentity, SandboxRecord};
+use crate::state::{self, ExitRecord, Layout, MonitorRecord, Phase, ProcIdentity, SandboxRecord};
 use crate::sys;
 use crate::verdict::{Facts, LimitKind, Usage, Verdict, SCHEMA_VERSION};
 
@@ -40,6 +38,11 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub(crate) enum Report {
+    /// The container is built and waits for `start` (create mode).
+    Created {
+        /// The monitor's identity.
+        monitor: ProcIdentity,
+    },
     /// The program is running; the monitor is this process.
     Started {
         /// The monitor's identity.
@@ -54,12 +57,37 @@ pub(crate) enum Report {
     },
 }
 
-/// Entry point of a monitor process: `argv = [exe, MONITOR_ARG, SANDBOX_DIR]`. Never returns.
+/// Whether the monitor starts the program at once or waits for `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Create and start.
+    Run,
+    /// Create, then wait for a write to the start FIFO.
+    Create,
+}
+
+impl Mode {
+    /// The word passed on the monitor's command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Create => "create",
+        }
+    }
+}
+
+/// Entry point of a monitor process: `argv = [exe, MONITOR_ARG, SANDBOX_DIR, run|create]`.
+/// Never returns.
 pub(crate) fn main(args: Vec<OsString>) -> ! {
-    let Some(dir) = args.get(2).map(PathBuf::from) else {
-        eprintln!("usage: runbox-monitor {MONITOR_ARG} SANDBOX_DIR");
-        std::process::exit(2);
+    let mode = match args.get(3).and_then(|m| m.to_str()) {
+        Some("create") => Mode::Create,
+        Some("run") => Mode::Run,
+        _ => {
+            eprintln!("usage: runbox-monitor {MONITOR_ARG} SANDBOX_DIR run|create");
+            std::process::exit(2);
+        }
     };
+    let dir = PathBuf::from(&args[2]);
     if let Err(e) = sys::fork_and_detach() {
         report(&Report::Failed {
             kind: ErrorKind::LaunchFailed,
@@ -70,7 +98,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     redirect_stderr(&dir.join("monitor.log"));
-    let code = match Monitor::run(&dir) {
+    let code = match Monitor::run(&dir, mode) {
         Ok(()) => 0,
         Err(e) => {
             report(&Report::Failed {
@@ -102,101 +130,6 @@ fn launch(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Erro
     Error::with_source(ErrorKind::LaunchFailed, what.to_string(), e)
 }
 
-/// Runs in the container's init (pid 1 of the sandbox) after pivot_root, capability drop and
-/// no_new_privs. It forks: the child installs the seccomp filters and execs the program; the
-/// init stays as a minimal init that reaps orphans and, when the program ends, sends its wait
-/// status to the monitor over `status_fd` and exits. The program is thus never pid 1, so signals
-/// (`abort()`, `kill -SEGV $$`) behave as they do outside. Everything is allocated beforehand.
-#[derive(Clone)]
-struct SandboxExecutor {
-    exe: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
-    filters: Filters,
-    /// The write end of the status pipe, inherited through libcontainer's clone (its
-    /// close_range only marks it close-on-exec, so the program never sees it).
-    status_fd: RawFd,
-}
-
-impl SandboxExecutor {
-    fn new(cfg: &SandboxConfig, filters: Filters, status_fd: RawFd) -> Result<Self> {
-        let c = |s: &String| {
-            CString::new(s.as_bytes())
-                .map_err(|e| Error::with_source(ErrorKind::InvalidConfig, "nul in argument", e))
-        };
-        Ok(SandboxExecutor {
-            exe: c(&cfg.exe)?,
-            argv: cfg.args.iter().map(c).collect::<Result<_>>()?,
-            envp: cfg.env.iter().map(c).collect::<Result<_>>()?,
-            filters,
-            status_fd,
-        })
-    }
-
-    fn send_status(&self, line: &str) {
-        let _ = sys::write_inherited_fd(self.status_fd, line.as_bytes());
-    }
-}
-
-impl Executor for SandboxExecutor {
-    fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
-        let child = match sys::fork_single_threaded()
-            .map_err(|e| ExecutorError::Other(format!("fork the program: {e}")))?
-        {
-            None => {
-                // The program's process.
-                let err = sys::reset_sigpipe()
-                    .map_err(|e| format!("reset sigpipe: {e}"))
-                    .and_then(|()| {
-                        self.filters
-                            .install()
-                            .map_err(|e| format!("install seccomp filters: {e}"))
-                    })
-                    .map(|()| {
-                        let e = nix::unistd::execve(&self.exe, &self.argv, &self.envp).unwrap_err();
-                        format!("execve {}: {e}", self.exe.to_string_lossy())
-                    })
-                    .unwrap_or_else(|e| e);
-                self.send_status(&format!("error {err}\n"));
-                sys::exit_now(127);
-            }
-            Some(pid) => pid,
-        };
-        // The sandbox's init: reap everything until the program itself ends.
-        let status = loop {
-            match waitpid(None, None) {
-                Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == child => break (code, None),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == child => {
-                    break (128 + sig as i32, Some(sig as i32))
-                }
-                Ok(_) | Err(nix::Error::EINTR) => continue,
-                Err(e) => {
-                    self.send_status(&format!("error init waitpid: {e}\n"));
-                    sys::exit_now(125);
-                }
-            }
-        };
-        match status {
-            (_, Some(sig)) => self.send_status(&format!("signal {sig}\n")),
-            (code, None) => self.send_status(&format!("exit {code}\n")),
-        }
-        sys::exit_now(status.0)
-    }
-
-    fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
-        // The controller resolved the program inside the image before any side effect.
-        Ok(())
-    }
-
-    fn setup_envs(
-        &self,
-        _envs: std::collections::HashMap<String, String>,
-    ) -> Result<(), ExecutorSetEnvsError> {
-        // execve gets exactly the caller's environment; nothing is added (not even HOME).
-        Ok(())
-    }
-}
-
 /// What the monitor set up, so that a failure at any step undoes exactly that.
 struct Monitor {
     layout: Layout,
@@ -217,7 +150,7 @@ struct Outcome {
 
 impl Monitor {
     /// Runs the sandbox to completion and leaves its result in `exit.json`.
-    fn run(dir: &Path) -> Result<()> {
+    fn run(dir: &Path, mode: Mode) -> Result<()> {
         // Privileged setup, in order; nothing here runs in another thread.
         let layout = Layout {
             dir: dir.to_path_buf(),
@@ -226,7 +159,13 @@ impl Monitor {
         state::check_format(record.format_version, &layout.record())?;
         let me = ProcIdentity::of(std::process::id() as i32)
             .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "cannot read own /proc entry"))?;
-        state::write_json_atomic(&layout.monitor(), &me)?;
+        let mut status = MonitorRecord {
+            format_version: state::FORMAT_VERSION,
+            monitor: me,
+            init: None,
+            phase: Phase::Creating,
+        };
+        state::write_json_atomic(&layout.monitor(), &status)?;
         let filters = Filters::compile_default().map_err(|e| {
             Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e)
         })?;
@@ -251,14 +190,51 @@ impl Monitor {
             Ok(streams) => streams,
             Err(e) => return Err(m.rollback(e)),
         };
+        status.init = ProcIdentity::of(streams.init);
+        if mode == Mode::Create {
+            let fifo = match m.start_fifo() {
+                Ok(f) => f,
+                Err(e) => return Err(m.rollback(e)),
+            };
+            status.phase = Phase::Created;
+            if let Err(e) = state::write_json_atomic(&m.layout.monitor(), &status) {
+                return Err(m.rollback(e));
+            }
+            report(&Report::Created { monitor: me });
+            if !wait_for_start(&fifo, &streams.pidfd) {
+                // Killed (or deleted) before it started.
+                let _ = fs::remove_file(m.layout.start_fifo());
+                let mut outcome = Outcome::default();
+                collect_status(streams.init, &streams.status, &mut outcome.facts);
+                return m.finish(outcome);
+            }
+            let _ = fs::remove_file(m.layout.start_fifo());
+        }
         if let Err(e) = m.container_mut().start() {
             return Err(m.rollback(launch("start the container", e)));
         }
         let started = Instant::now();
+        status.phase = Phase::Running;
+        let saved = state::write_json_atomic(&m.layout.monitor(), &status);
         report(&Report::Started { monitor: me });
-
-        let outcome = m.supervise(streams, started);
+        let mut outcome = m.supervise(streams, started);
+        if let Err(e) = saved {
+            outcome.facts.internal_error.get_or_insert(e.chain());
+        }
         m.finish(outcome)
+    }
+
+    /// Makes the start FIFO and opens it read-write (so it never reports hang-up).
+    fn start_fifo(&self) -> Result<File> {
+        let path = self.layout.start_fifo();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| launch("create the start fifo", e))?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| launch("open the start fifo", e))
     }
 
     fn container_mut(&mut self) -> &mut Container {
@@ -284,7 +260,15 @@ impl Monitor {
         .map_err(|e| launch("open stdin", e))?
         .into();
         let (status_r, status_w) = pipe()?;
-        let executor = SandboxExecutor::new(cfg, filters, status_w.as_raw_fd())?;
+        // The init holds the read end; its hang-up tells the init the monitor died.
+        let (lifeline_r, lifeline_w) = pipe()?;
+        let executor = SandboxInit::new(
+            cfg,
+            filters,
+            status_w.as_raw_fd(),
+            lifeline_r.as_raw_fd(),
+            lifeline_w.as_raw_fd(),
+        )?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let lc_root = self.layout.libcontainer_root();
@@ -303,6 +287,7 @@ impl Monitor {
             .map_err(|e| launch("build the container", e))?;
         // Only the init may hold the status pipe's write end, so its exit is end of file.
         drop(status_w);
+        drop(lifeline_r);
         let init = container
             .pid()
             .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "container has no init pid"))?;
@@ -318,6 +303,7 @@ impl Monitor {
             out: out_r,
             err: err_r,
             status: File::from(status_r),
+            _lifeline: lifeline_w,
             init: init.as_raw(),
             pidfd,
         })
@@ -558,8 +544,10 @@ impl Monitor {
 struct Streams {
     out: OwnedFd,
     err: OwnedFd,
-    /// The read end of the init's status pipe (see [`SandboxExecutor`]).
+    /// The read end of the init's status pipe (see [`SandboxInit`]).
     status: File,
+    /// The monitor's end of the lifeline, held until the monitor exits.
+    _lifeline: OwnedFd,
     init: i32,
     pidfd: OwnedFd,
 }
@@ -623,6 +611,30 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| launch("create a pipe", e))
 }
 
+/// Waits in the created state until a controller writes to the start FIFO (true) or the init
+/// dies (false: killed or deleted before start).
+fn wait_for_start(fifo: &File, init: &OwnedFd) -> bool {
+    loop {
+        let mut fds = [
+            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
+            PollFd::new(init.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return false,
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return false;
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            let mut byte = [0u8; 16];
+            if matches!((&*fifo).read(&mut byte), Ok(n) if n > 0) {
+                return true;
+            }
+        }
+    }
+}
+
 /// Reaps the init and records how the program ended: from the init's status line, or from
 /// the init's own wait status when it was killed before it could write one.
 fn collect_status(init: i32, mut status: &File, facts: &mut Facts) {
@@ -676,7 +688,7 @@ fn host_image_dir(sandbox_dir: &Path) -> Result<PathBuf> {
     let root = sandbox_dir
         .parent()
         .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
-    let image = crate::image::Image::host_default(&root.join(crate::sandbox::IMAGES_DIR))?;
+    let image = crate::image::Image::host_default(&root.join(crate::root::IMAGES_DIR))?;
     Ok(image.lower)
 }
 

@@ -1,370 +1,78 @@
-//! The controller's side: a state root handle that launches monitors, and sandbox handles that
-//! are views of on-disk state (dropping one never touches the sandbox).
+//! A handle on one sandbox: a view of its state directory, usable from any process. Dropping a
+//! handle never touches the sandbox.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Read};
 use std::os::fd::AsFd;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::config::{self, Command, Stdin};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::Image;
-use crate::monitor::{Report, MONITOR_ARG};
-use crate::state::{self, ExitRecord, Layout, ProcIdentity, SandboxRecord};
-use crate::verdict::{Usage, Verdict};
+use crate::root::Root;
+use crate::state::{self, ExitRecord, Layout, MonitorRecord, Phase, ProcIdentity, SandboxRecord};
+use crate::verdict::{Status, Usage, Verdict, SCHEMA_VERSION};
 
-/// Directory under the state root holding shared images (a dot keeps it apart from ids).
-pub(crate) const IMAGES_DIR: &str = ".images";
-
-/// Default state root when neither the caller nor `RUNBOX_ROOT` names one.
-pub const DEFAULT_ROOT: &str = "/run/runbox";
-
-/// Name of the standalone monitor binary looked up next to the current executable.
-pub const MONITOR_BIN: &str = "runbox-monitor";
-
-/// Set when the host binary dispatches monitor invocations itself (see [`crate::monitor_main`]).
-pub(crate) static SELF_DISPATCH: AtomicBool = AtomicBool::new(false);
-
-/// A state root: the directory holding one directory per sandbox. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Root {
-    inner: Arc<RootInner>,
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxStatus {
+    /// Being set up by its monitor.
+    Creating,
+    /// Set up; the program waits for [`Sandbox::start`].
+    Created,
+    /// The program runs.
+    Running,
+    /// Finished; the verdict is available.
+    Stopped,
+    /// Its monitor died without a verdict; [`Root::gc`] or a forced delete cleans it up.
+    Lost,
 }
 
-#[derive(Debug)]
-struct RootInner {
-    dir: PathBuf,
-    cgroup_prefix: String,
-    monitor: Option<PathBuf>,
-    host_image: OnceLock<Image>,
+/// What [`Sandbox::info`] and [`Root::list`] report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    /// The sandbox id.
+    pub id: String,
+    /// Its status.
+    pub status: SandboxStatus,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The monitor's pid, once it runs.
+    pub monitor_pid: Option<i32>,
+    /// The sandbox's init (its pid 1) as seen from the host, once built.
+    pub init_pid: Option<i32>,
+    /// The program and its arguments.
+    pub command: Vec<String>,
 }
 
-/// Options for opening a [`Root`].
-#[derive(Debug, Clone, Default)]
-pub struct RootOptions {
-    cgroup_prefix: Option<String>,
-    monitor: Option<PathBuf>,
-}
-
-impl RootOptions {
-    /// Default options: cgroup prefix `runbox`, monitor found as described on [`Root::open`].
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Puts every sandbox's cgroup under `/<prefix>/<id>` in each hierarchy. Default `runbox`.
-    pub fn cgroup_prefix(&mut self, prefix: impl Into<String>) -> &mut Self {
-        self.cgroup_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Uses this monitor executable, overriding every other way of finding one.
-    pub fn monitor_path(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.monitor = Some(path.into());
-        self
-    }
-
-    /// Opens (creating if needed, mode 0700) the state root `dir`.
-    ///
-    /// # Errors
-    /// `InvalidConfig` for a bad path or prefix; `Io` if the directory cannot be created.
-    pub fn open(&self, dir: impl AsRef<Path>) -> Result<Root> {
-        let dir = dir.as_ref();
-        if !config::is_clean_absolute(dir) || dir.to_str().is_none_or(|s| s.contains([',', ':'])) {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!(
-                    "state root {} must be an absolute utf-8 path without '..', ',' or ':'",
-                    dir.display()
-                ),
-            ));
-        }
-        let prefix = self
-            .cgroup_prefix
-            .clone()
-            .unwrap_or_else(|| "runbox".into());
-        let prefix_ok = prefix
-            .split('/')
-            .all(|part| config::validate_id(part).is_ok());
-        if !prefix_ok {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!("cgroup prefix {prefix:?} must be '/'-separated names like ids"),
-            ));
-        }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io("create state root", dir, e))?;
-        Ok(Root {
-            inner: Arc::new(RootInner {
-                dir: dir.to_path_buf(),
-                cgroup_prefix: prefix,
-                monitor: self.monitor.clone(),
-                host_image: OnceLock::new(),
-            }),
-        })
-    }
-}
-
-impl Root {
-    /// Opens the state root `dir` with default options. See [`RootOptions::open`].
-    ///
-    /// The monitor executable is, in order: [`RootOptions::monitor_path`]; `$RUNBOX_MONITOR`;
-    /// the current executable if it called [`crate::monitor_main`] at the top of `main`;
-    /// `runbox-monitor` next to the current executable or in its parent directory (where
-    /// `cargo test` and `cargo build` put it); `runbox-monitor` in `PATH`.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Root> {
-        RootOptions::new().open(dir)
-    }
-
-    /// The state root named by `RUNBOX_ROOT`, else [`DEFAULT_ROOT`].
-    pub fn default_dir() -> PathBuf {
-        std::env::var_os("RUNBOX_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
-    }
-
-    /// The state root directory.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
-    /// The cgroup prefix sandboxes are created under.
-    pub fn cgroup_prefix(&self) -> &str {
-        &self.inner.cgroup_prefix
-    }
-
-    fn host_image(&self) -> Result<&Image> {
-        if let Some(img) = self.inner.host_image.get() {
-            return Ok(img);
-        }
-        let img = Image::host_default(&self.inner.dir.join(IMAGES_DIR))?;
-        Ok(self.inner.host_image.get_or_init(|| img))
-    }
-
-    /// The OCI runtime spec runbox would give libcontainer for `cmd`, with the image itself as a
-    /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes).
-    ///
-    /// The spec carries everything but the seccomp filter, which runbox installs itself.
-    ///
-    /// # Errors
-    /// `InvalidConfig` as for [`Root::spawn`].
-    pub fn oci_spec(&self, cmd: &Command) -> Result<crate::oci_spec::runtime::Spec> {
-        let cfg = cmd.to_config(|| self.host_image())?;
-        let lower = match &cfg.image {
-            Some(dir) => dir.clone(),
-            None => self.host_image()?.lower.clone(),
-        };
-        let id = cmd.name.as_deref().unwrap_or("bundle");
-        let cgroup = format!("/{}/{id}", self.inner.cgroup_prefix);
-        crate::spec::build(&cfg, &lower, true, &cgroup, crate::spec::CpuQuota::Include)
-    }
-
-    /// Writes [`Root::oci_spec`] as `<bundle>/config.json`, a bundle `runc run` accepts.
-    ///
-    /// # Errors
-    /// As [`Root::oci_spec`], and `Io` if the file cannot be written.
-    pub fn write_bundle(&self, cmd: &Command, bundle: &Path) -> Result<()> {
-        let spec = self.oci_spec(cmd)?;
-        crate::spec::write_bundle(&spec, bundle)
-    }
-
-    /// Runs `cmd` in a new sandbox, waits for it, removes the sandbox and returns the verdict.
-    ///
-    /// # Errors
-    /// Errors are about runbox, never about the program: a program that fails, crashes or hits
-    /// a limit still gives `Ok` with the matching [`Verdict::status`].
-    pub fn run(&self, cmd: &Command) -> Result<Verdict> {
-        let mut sandbox = self.spawn(cmd)?;
-        let verdict = sandbox.wait();
-        let deleted = sandbox.delete();
-        let verdict = verdict?;
-        deleted?;
-        Ok(verdict)
-    }
-
-    /// Creates and starts a sandbox running `cmd`; returns once the program runs.
-    ///
-    /// # Errors
-    /// `InvalidConfig` (checked before any side effect), `AlreadyExists`, `LaunchFailed`
-    /// (everything the launch set up is removed again), `UnsupportedHost`, `Io`.
-    pub fn spawn(&self, cmd: &Command) -> Result<Sandbox> {
-        let cfg = cmd.to_config(|| self.host_image())?;
-        let monitor = self.monitor_exe()?;
-        let (id, layout) = self.allocate(cmd.name.as_deref())?;
-        let span = tracing::debug_span!("spawn", sandbox = %id);
-        let _enter = span.enter();
-        match self.launch(&id, &layout, cfg, &monitor, cmd) {
-            Ok(sandbox) => Ok(sandbox),
-            Err(e) => {
-                let _ = fs::remove_dir_all(&layout.dir);
-                Err(e)
-            }
-        }
-    }
-
-    fn launch(
-        &self,
-        id: &str,
-        layout: &Layout,
-        cfg: config::SandboxConfig,
-        monitor: &Path,
-        cmd: &Command,
-    ) -> Result<Sandbox> {
-        if let Stdin::Bytes(bytes) = &cmd.stdin {
-            state::write_atomic(&layout.stdin(), bytes)?;
-        }
-        let record = SandboxRecord {
-            format_version: state::FORMAT_VERSION,
-            id: id.to_string(),
-            cgroup_path: format!("/{}/{id}", self.inner.cgroup_prefix),
-            created_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            config: cfg,
-        };
-        state::write_json_atomic(&layout.record(), &record)?;
-        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
-        let mut child = std::process::Command::new(monitor)
-            .arg(MONITOR_ARG)
-            .arg(&layout.dir)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(report_w))
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                Error::with_source(
-                    ErrorKind::LaunchFailed,
-                    format!("exec monitor {}", monitor.display()),
-                    e,
-                )
-            })?;
-        // The monitor forks and its first process exits at once; reap that one.
-        let status = child
-            .wait()
-            .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "wait for the monitor", e))?;
-        let mut reader = BufReader::new(fs::File::from(report_r));
-        let mut line = String::new();
-        let got = reader.read_line(&mut line).map_err(|e| {
-            Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e)
-        })?;
-        let report: Option<Report> = (got > 0)
-            .then(|| serde_json::from_str(&line).ok())
-            .flatten();
-        match report {
-            Some(Report::Started { monitor }) => Ok(Sandbox {
-                root: self.clone(),
-                id: id.to_string(),
-                layout: layout.clone(),
-                monitor: Some(monitor),
-                report: Some(reader),
-            }),
-            Some(Report::Failed { kind, message }) => Err(Error::new(kind, message)),
-            None => {
-                let log = fs::read_to_string(layout.dir.join("monitor.log")).unwrap_or_default();
-                Err(Error::new(
-                    ErrorKind::LaunchFailed,
-                    format!(
-                        "the monitor exited ({status}) without reporting; its log: {}",
-                        log.trim()
-                    ),
-                ))
-            }
-        }
-    }
-
-    /// Creates the sandbox directory, atomically claiming the id.
-    fn allocate(&self, name: Option<&str>) -> Result<(String, Layout)> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        for _ in 0..16 {
-            let id = match name {
-                Some(n) => n.to_string(),
-                None => {
-                    let nanos = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos());
-                    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-                    format!(
-                        "rb-{:x}-{:x}-{n:x}",
-                        (nanos / 1000) as u64,
-                        std::process::id()
-                    )
-                }
-            };
-            let layout = Layout::new(&self.inner.dir, &id);
-            match fs::DirBuilder::new().mode(0o700).create(&layout.dir) {
-                Ok(()) => return Ok((id, layout)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if name.is_some() {
-                        return Err(Error::new(
-                            ErrorKind::AlreadyExists,
-                            format!("sandbox {id} already exists"),
-                        ));
-                    }
-                }
-                Err(e) => return Err(Error::io("create sandbox directory", &layout.dir, e)),
-            }
-        }
-        Err(Error::new(
-            ErrorKind::Io,
-            "could not allocate a unique sandbox id",
-        ))
-    }
-
-    fn monitor_exe(&self) -> Result<PathBuf> {
-        if let Some(p) = &self.inner.monitor {
-            return Ok(p.clone());
-        }
-        if let Some(p) = std::env::var_os("RUNBOX_MONITOR") {
-            return Ok(PathBuf::from(p));
-        }
-        if SELF_DISPATCH.load(Ordering::Relaxed) {
-            return Ok(PathBuf::from("/proc/self/exe"));
-        }
-        let exe = std::env::current_exe().ok();
-        let near = exe.iter().flat_map(|e| {
-            let dir = e.parent().map(Path::to_path_buf);
-            let parent = dir.as_ref().and_then(|d| d.parent()).map(Path::to_path_buf);
-            [dir, parent].into_iter().flatten()
-        });
-        let path_dirs = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default();
-        for dir in near.chain(path_dirs) {
-            let candidate = dir.join(MONITOR_BIN);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-        Err(Error::new(
-            ErrorKind::UnsupportedHost,
-            "no runbox monitor found: call runbox::monitor_main() at the top of main, set RUNBOX_MONITOR, or put runbox-monitor next to the executable or in PATH",
-        ))
-    }
-}
-
-/// A handle on one sandbox: a view of its state directory. Dropping it never kills the sandbox.
+/// A handle on one sandbox. See the module docs: it is a view of on-disk state.
 #[derive(Debug)]
 pub struct Sandbox {
     root: Root,
     id: String,
     layout: Layout,
-    monitor: Option<ProcIdentity>,
     /// The monitor's report pipe, held by the controller that launched it: end of file means
     /// the monitor exited.
     report: Option<BufReader<fs::File>>,
 }
 
 impl Sandbox {
+    pub(crate) fn new(
+        root: Root,
+        id: String,
+        layout: Layout,
+        report: Option<BufReader<fs::File>>,
+    ) -> Self {
+        Sandbox {
+            root,
+            id,
+            layout,
+            report,
+        }
+    }
+
     /// The sandbox id.
     pub fn id(&self) -> &str {
         &self.id
@@ -375,78 +83,442 @@ impl Sandbox {
         &self.root
     }
 
-    /// Blocks until the sandbox has finished and its monitor has cleaned up, then returns the verdict.
+    fn record(&self) -> Result<SandboxRecord> {
+        let path = self.layout.record();
+        let r: SandboxRecord = state::read_json(&path).map_err(|e| self.not_found(e))?;
+        state::check_format(r.format_version, &path)?;
+        Ok(r)
+    }
+
+    fn monitor_record(&self) -> Result<Option<MonitorRecord>> {
+        let path = self.layout.monitor();
+        match state::read_json::<MonitorRecord>(&path) {
+            Ok(r) => {
+                state::check_format(r.format_version, &path)?;
+                Ok(Some(r))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound && self.layout.dir.is_dir() => Ok(None),
+            Err(e) => Err(self.not_found(e)),
+        }
+    }
+
+    /// Maps "file missing because the whole sandbox is gone" to a NotFound naming the sandbox.
+    fn not_found(&self, e: Error) -> Error {
+        if e.kind() == ErrorKind::NotFound && !self.layout.dir.is_dir() {
+            Error::new(ErrorKind::NotFound, format!("no sandbox {}", self.id))
+        } else {
+            e
+        }
+    }
+
+    /// The sandbox's status, from its state files and a liveness check of its monitor
+    /// (pid and start time, never a bare pid).
     ///
     /// # Errors
-    /// `Io` if the result cannot be read; `LaunchFailed` if the monitor died without a result.
+    /// `NotFound` if the sandbox is gone; `Io` if a state file is unreadable or corrupt.
+    pub fn status(&self) -> Result<SandboxStatus> {
+        Ok(self.status_with_records()?.0)
+    }
+
+    fn status_with_records(&self) -> Result<(SandboxStatus, SandboxRecord, Option<MonitorRecord>)> {
+        let record = self.record()?;
+        if self.layout.exit().exists() {
+            return Ok((SandboxStatus::Stopped, record, self.monitor_record()?));
+        }
+        let monitor = self.monitor_record()?;
+        let status = match &monitor {
+            Some(m) if m.monitor.is_alive() => match m.phase {
+                Phase::Creating => SandboxStatus::Creating,
+                Phase::Created => SandboxStatus::Created,
+                Phase::Running => SandboxStatus::Running,
+            },
+            // The monitor may have finished between the two looks.
+            Some(_) if self.layout.exit().exists() => SandboxStatus::Stopped,
+            Some(_) => SandboxStatus::Lost,
+            None if record.creator.is_alive() => SandboxStatus::Creating,
+            None => SandboxStatus::Lost,
+        };
+        Ok((status, record, monitor))
+    }
+
+    /// Status and identity of the sandbox.
+    ///
+    /// # Errors
+    /// As [`Sandbox::status`].
+    pub fn info(&self) -> Result<SandboxInfo> {
+        let (status, record, monitor) = self.status_with_records()?;
+        Ok(SandboxInfo {
+            id: self.id.clone(),
+            status,
+            created_unix_ms: record.created_unix_ms,
+            monitor_pid: monitor.as_ref().map(|m| m.monitor.pid),
+            init_pid: monitor.as_ref().and_then(|m| m.init.map(|i| i.pid)),
+            command: record.config.args,
+        })
+    }
+
+    /// Starts the program of a created sandbox.
+    ///
+    /// # Errors
+    /// `InvalidConfig` if the sandbox is not in the created state; `NotFound` if it is gone.
+    pub fn start(&self) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.layout.start_fifo();
+        let fifo = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path);
+        let mut fifo = match fifo {
+            Ok(f) => f,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO)
+                    || e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let status = self.status()?;
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "sandbox {} is {status:?}, not created: cannot start it",
+                        self.id
+                    ),
+                ));
+            }
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        fifo.write_all(b"s")
+            .map_err(|e| Error::io("write", &path, e))
+    }
+
+    /// Blocks until the sandbox has finished and its monitor has cleaned up; returns the verdict.
+    /// A lost sandbox gives an `internal_error` verdict.
+    ///
+    /// # Errors
+    /// `NotFound` if the sandbox is gone; `Io` if its result is unreadable.
     pub fn wait(&mut self) -> Result<Verdict> {
-        Ok(self.wait_record()?.verdict)
+        Ok(self
+            .wait_record(None)?
+            .expect("no deadline means a result")
+            .verdict)
     }
 
-    /// Usage figures beyond the verdict (CPU throttling), once the sandbox has finished.
+    /// As [`Sandbox::wait`], but gives up after `timeout` and returns `None`.
     ///
     /// # Errors
-    /// As [`Sandbox::wait`], which it calls.
-    pub fn usage(&mut self) -> Result<Usage> {
-        Ok(self.wait_record()?.usage)
+    /// As [`Sandbox::wait`].
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Verdict>> {
+        Ok(self
+            .wait_record(Some(Instant::now() + timeout))?
+            .map(|r| r.verdict))
     }
 
-    fn wait_record(&mut self) -> Result<ExitRecord> {
-        if let Some(mut reader) = self.report.take() {
-            // Nothing more is reported on success; read to end of file, i.e. monitor exit.
-            let mut rest = String::new();
-            let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
-        } else if let Some(monitor) = self.monitor {
-            wait_for_exit(monitor)?;
+    /// The verdict if the sandbox has finished, else `None`, without blocking.
+    ///
+    /// # Errors
+    /// As [`Sandbox::wait`].
+    pub fn try_wait(&mut self) -> Result<Option<Verdict>> {
+        self.wait_timeout(Duration::ZERO)
+    }
+
+    /// Usage figures beyond the verdict (CPU throttling); waits for the sandbox to finish.
+    ///
+    /// # Errors
+    /// As [`Sandbox::wait`].
+    pub fn usage(&mut self) -> Result<Usage> {
+        Ok(self
+            .wait_record(None)?
+            .expect("no deadline means a result")
+            .usage)
+    }
+
+    /// Waits for the monitor to exit (until `deadline`), then reads the exit record.
+    fn wait_record(&mut self, deadline: Option<Instant>) -> Result<Option<ExitRecord>> {
+        if !self.wait_monitor(deadline)? {
+            return Ok(None);
         }
         let path = self.layout.exit();
-        let record: ExitRecord = state::read_json(&path).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::LaunchFailed,
-                    format!("sandbox {} has no result: its monitor died", self.id),
-                )
-            } else {
-                e
+        match state::read_json::<ExitRecord>(&path) {
+            Ok(r) => {
+                state::check_format(r.format_version, &path)?;
+                Ok(Some(r))
             }
-        })?;
-        state::check_format(record.format_version, &path)?;
-        Ok(record)
+            Err(e) if e.kind() == ErrorKind::NotFound && self.layout.dir.is_dir() => {
+                Ok(Some(self.lost_record()))
+            }
+            Err(e) => Err(self.not_found(e)),
+        }
     }
 
-    /// Removes a finished sandbox's state directory.
+    /// The exit record of a sandbox whose monitor died without writing one.
+    fn lost_record(&self) -> ExitRecord {
+        ExitRecord {
+            format_version: state::FORMAT_VERSION,
+            verdict: Verdict {
+                schema_version: SCHEMA_VERSION,
+                id: self.id.clone(),
+                status: Status::InternalError,
+                exit_code: None,
+                signal: None,
+                cpu_time_us: 0,
+                cpu_user_us: 0,
+                cpu_system_us: 0,
+                wall_time_us: 0,
+                memory_peak_bytes: 0,
+                oom_killed: false,
+                limit: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                message: Some("sandbox lost: its monitor died before writing a result".to_string()),
+            },
+            usage: Usage::default(),
+        }
+    }
+
+    /// Returns true once the monitor has exited (or never will run), false at the deadline.
+    fn wait_monitor(&mut self, deadline: Option<Instant>) -> Result<bool> {
+        if let Some(reader) = self.report.as_mut() {
+            // The launching controller: the report pipe reaches end of file when the monitor exits.
+            loop {
+                if !wait_readable(reader.get_ref().as_fd(), deadline)? {
+                    return Ok(false);
+                }
+                if drain(reader) {
+                    self.report = None;
+                    return Ok(true);
+                }
+            }
+        }
+        loop {
+            if self.layout.exit().exists() {
+                return Ok(true);
+            }
+            match self.monitor_record()? {
+                Some(m) => return wait_for_exit(m.monitor, deadline),
+                None => {
+                    // Still being created: wait for monitor.json to appear (or the creator to die).
+                    if !self.record()?.creator.is_alive() && self.monitor_record()?.is_none() {
+                        return Ok(true);
+                    }
+                    // Re-check the creator at least every second while waiting.
+                    let soon = Instant::now() + Duration::from_secs(1);
+                    let step = deadline.map_or(soon, |d| d.min(soon));
+                    if !wait_for_file(&self.layout, "monitor.json", Some(step))?
+                        && deadline.is_some_and(|d| Instant::now() >= d)
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to the sandbox: to the program through the sandbox's init, which forwards
+    /// it; SIGKILL ends the whole sandbox at once. A created sandbox is ended by any signal.
     ///
     /// # Errors
-    /// `Io` if the directory cannot be removed.
-    pub fn delete(self) -> Result<()> {
+    /// `InvalidConfig` if the sandbox is not created or running (or the signal is invalid),
+    /// `NotFound` if it is gone.
+    pub fn kill(&self, signal: i32) -> Result<()> {
+        if nix::sys::signal::Signal::try_from(signal).is_err() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("{signal} is not a signal"),
+            ));
+        }
+        let (status, _, monitor) = self.status_with_records()?;
+        let init = match (status, monitor.and_then(|m| m.init)) {
+            (SandboxStatus::Created | SandboxStatus::Running, Some(init)) => init,
+            (status, _) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("sandbox {} is {status:?}: nothing to signal", self.id),
+                ))
+            }
+        };
+        let signal = if status == SandboxStatus::Created {
+            libc::SIGKILL
+        } else {
+            signal
+        };
+        signal_verified(init, signal).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("sandbox {} is no longer running", self.id),
+                e,
+            )
+        })
+    }
+
+    /// Removes the sandbox. A stopped or lost sandbox is removed at once (a lost one after its
+    /// processes, cgroup and mounts are cleaned); a created or running one only with `force`,
+    /// which kills it and waits for its monitor to finish first.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a live sandbox without `force`; `NotFound` if it is gone; `Io`.
+    pub fn delete(mut self, force: bool) -> Result<()> {
+        let _lock = crate::gc::lock(&self.layout.dir, true)?
+            .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox lock unavailable"))?;
+        let (status, record, monitor) = self.status_with_records()?;
+        match status {
+            SandboxStatus::Stopped => {}
+            SandboxStatus::Lost => crate::gc::clean_lost(&self.layout, &record)?,
+            live if !force => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "sandbox {} is {live:?}; stop it first or delete with force",
+                        self.id
+                    ),
+                ))
+            }
+            _ => {
+                match monitor.as_ref().and_then(|m| m.init) {
+                    Some(init) => {
+                        let _ = signal_verified(init, libc::SIGKILL);
+                    }
+                    None => {
+                        // Still creating: stop the monitor itself; what it built is then lost.
+                        if let Some(m) = &monitor {
+                            let _ = signal_verified(m.monitor, libc::SIGKILL);
+                        }
+                    }
+                }
+                self.wait_monitor(None)?;
+                if !self.layout.exit().exists() {
+                    crate::gc::clean_lost(&self.layout, &record)?;
+                }
+            }
+        }
         fs::remove_dir_all(&self.layout.dir).map_err(|e| Error::io("remove", &self.layout.dir, e))
+    }
+
+    /// If the sandbox is lost and nobody else holds its lock, cleans it up and removes it.
+    pub(crate) fn collect_if_lost(&self) -> Result<bool> {
+        let Some(_lock) = crate::gc::lock(&self.layout.dir, false)? else {
+            return Ok(false);
+        };
+        let (status, record, _) = self.status_with_records()?;
+        if status != SandboxStatus::Lost {
+            return Ok(false);
+        }
+        crate::gc::clean_lost(&self.layout, &record)?;
+        fs::remove_dir_all(&self.layout.dir)
+            .map_err(|e| Error::io("remove", &self.layout.dir, e))?;
+        Ok(true)
+    }
+
+    /// The captured stdout and stderr so far (complete once the sandbox has stopped).
+    ///
+    /// # Errors
+    /// `NotFound` if the sandbox is gone.
+    pub fn logs(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        let read = |p: std::path::PathBuf| match fs::read(&p) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.layout.dir.is_dir() => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(self.not_found(Error::io("read", p, e))),
+        };
+        Ok((read(self.layout.stdout())?, read(self.layout.stderr())?))
     }
 }
 
-/// Waits for a process that is not our child to exit, through a pidfd verified against its
-/// recorded start time.
-fn wait_for_exit(who: ProcIdentity) -> Result<()> {
+/// Signals exactly the process `who` names: through a pidfd opened first and then checked
+/// against the recorded start time, so a reused pid is never signalled.
+pub(crate) fn signal_verified(who: ProcIdentity, signal: i32) -> std::io::Result<()> {
+    let pidfd = crate::sys::pidfd_open(who.pid)?;
+    if !who.is_alive() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("pid {} is not the recorded process any more", who.pid),
+        ));
+    }
+    crate::sys::pidfd_send_signal(&pidfd, signal)
+}
+
+fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    match deadline {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let ms = d
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000);
+            PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
+/// Waits until `fd` is readable (true) or the deadline passes (false).
+fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(deadline)) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::with_source(ErrorKind::Io, "poll", e)),
+        }
+    }
+}
+
+/// Reads what the report pipe holds; true at end of file (the monitor exited).
+fn drain(reader: &mut BufReader<fs::File>) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {
+                // More report lines (e.g. "started" after "created"); the monitor is alive
+                // unless end of file follows, which a further poll will tell.
+                let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
+                if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Waits for a process that is not our child to exit (true), through a pidfd verified
+/// against its recorded start time, or until the deadline (false).
+fn wait_for_exit(who: ProcIdentity, deadline: Option<Instant>) -> Result<bool> {
     let Ok(pidfd) = crate::sys::pidfd_open(who.pid) else {
-        return Ok(()); // already gone
+        return Ok(true); // already gone
     };
     if !who.is_alive() {
-        return Ok(()); // the pid now names another process, or a zombie
+        return Ok(true); // the pid now names another process, or a zombie
     }
+    wait_readable(pidfd.as_fd(), deadline)
+}
+
+/// Waits until `name` exists in the sandbox directory (true) or the deadline passes (false),
+/// with inotify rather than sleeping.
+fn wait_for_file(layout: &Layout, name: &str, deadline: Option<Instant>) -> Result<bool> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+        .map_err(|e| Error::with_source(ErrorKind::Io, "inotify_init", e))?;
+    inotify
+        .add_watch(
+            &layout.dir,
+            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_DELETE_SELF,
+        )
+        .map_err(|e| Error::with_source(ErrorKind::Io, "inotify_add_watch", e))?;
     loop {
-        let mut fds = [nix::poll::PollFd::new(
-            pidfd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
-            Ok(_) => return Ok(()),
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => {
-                return Err(Error::with_source(
-                    ErrorKind::Io,
-                    "poll the monitor's pidfd",
-                    e,
-                ))
-            }
+        if layout.dir.join(name).exists() || !layout.dir.is_dir() {
+            return Ok(true);
         }
+        if !wait_readable(inotify.as_fd(), deadline)? {
+            return Ok(false);
+        }
+        let _ = inotify.read_events();
     }
 }

@@ -54,6 +54,10 @@ impl Layout {
     pub fn libcontainer_root(&self) -> PathBuf {
         self.dir.join("lc")
     }
+    /// The FIFO a controller writes to to start a created sandbox.
+    pub fn start_fifo(&self) -> PathBuf {
+        self.dir.join("start.fifo")
+    }
     /// Stdin bytes given by the caller.
     pub fn stdin(&self) -> PathBuf {
         self.dir.join("stdin")
@@ -79,8 +83,35 @@ pub(crate) struct SandboxRecord {
     pub cgroup_path: String,
     /// Creation time, milliseconds since the epoch.
     pub created_unix_ms: u64,
+    /// The controller that created it (a sandbox without a monitor whose creator died is lost).
+    pub creator: ProcIdentity,
     /// The validated configuration.
     pub config: SandboxConfig,
+}
+
+/// Where a sandbox's monitor is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    /// Setting up the rootfs and container.
+    Creating,
+    /// Built; the init waits for `start`.
+    Created,
+    /// The program runs.
+    Running,
+}
+
+/// `monitor.json`: the monitor's identity, the init's once it exists, and the phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MonitorRecord {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The monitor process.
+    pub monitor: ProcIdentity,
+    /// The container's init (pid 1 of the sandbox), once built.
+    pub init: Option<ProcIdentity>,
+    /// The phase.
+    pub phase: Phase,
 }
 
 /// `exit.json`: how the run ended, written by the monitor after cleanup.

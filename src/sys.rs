@@ -93,3 +93,17 @@ pub(crate) fn write_inherited_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     nix::unistd::write(fd, buf).map_err(io::Error::from)
 }
+
+/// Borrows a descriptor inherited across clone that stays open for the life of the process.
+pub(crate) fn borrow_inherited_fd(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: the caller names an fd that was open when this process was cloned and that
+    // nothing in the process closes; the process ends (exit_now) without closing it.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Closes a descriptor inherited across clone that this process must not hold.
+pub(crate) fn close_inherited_fd(fd: RawFd) {
+    // SAFETY: the fd was inherited from the monitor and no Rust object in this process owns
+    // it, so taking ownership once and dropping it closes it exactly once.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}

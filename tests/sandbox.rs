@@ -244,7 +244,7 @@ fn half_a_cpu_with_a_short_period_throttles() {
     let mut sandbox = env.root.spawn(&cmd).unwrap();
     let v = sandbox.wait().unwrap();
     let usage = sandbox.usage().unwrap();
-    sandbox.delete().unwrap();
+    sandbox.delete(false).unwrap();
     assert_eq!(v.status, Status::Ok, "{v:?}");
     let wall = v.wall_time_us as f64 / 1e6;
     // 1 s of CPU at half a CPU takes about 2 s; slack for a noisy 2-core machine.
@@ -328,7 +328,7 @@ fn bad_input_is_a_typed_error_and_leaves_nothing() {
     let mut running = env.root.spawn(&first).unwrap();
     assert_eq!(kind(&first), ErrorKind::AlreadyExists);
     assert_eq!(running.wait().unwrap().status, Status::Ok);
-    running.delete().unwrap();
+    running.delete(false).unwrap();
     // The same id is free again afterwards.
     assert_eq!(env.root.run(&first).unwrap().status, Status::Ok);
 

@@ -1,0 +1,185 @@
+//! The sandbox's pid 1: a minimal init run through libcontainer's executor hook. It forks the
+//! program (seccomp, then execve), forwards signals to it, reaps orphans, reports the program's
+//! wait status to the monitor, and kills everything if the monitor dies.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, RawFd};
+
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::seccomp::Filters;
+use crate::sys;
+
+/// Signals the init passes on to the program (SIGKILL and SIGSTOP cannot be caught; a SIGKILL
+/// of the init takes the whole pid namespace down).
+const FORWARDED: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGCONT,
+    Signal::SIGWINCH,
+    Signal::SIGTSTP,
+];
+
+/// The executor libcontainer calls in the container's init after pivot_root, capability drop
+/// and no_new_privs. Everything it needs is allocated before the container is built.
+#[derive(Clone)]
+pub(crate) struct SandboxInit {
+    exe: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    filters: Filters,
+    /// Write end of the status pipe: `exit N`, `signal N` or `error TEXT` for the monitor.
+    status_fd: RawFd,
+    /// Read end of the lifeline pipe: hang-up means the monitor died.
+    lifeline_fd: RawFd,
+    /// The monitor's write end of the lifeline, inherited through clone: closed at once.
+    lifeline_monitor_fd: RawFd,
+}
+
+impl SandboxInit {
+    /// Prepares the init for `cfg`. The fds are the monitor's numbers, valid in the init because
+    /// libcontainer clones it from the monitor (its close_range only marks them close-on-exec).
+    pub fn new(
+        cfg: &SandboxConfig,
+        filters: Filters,
+        status_fd: RawFd,
+        lifeline_fd: RawFd,
+        lifeline_monitor_fd: RawFd,
+    ) -> Result<Self> {
+        let c = |s: &String| {
+            CString::new(s.as_bytes())
+                .map_err(|e| Error::with_source(ErrorKind::InvalidConfig, "nul in argument", e))
+        };
+        Ok(SandboxInit {
+            exe: c(&cfg.exe)?,
+            argv: cfg.args.iter().map(c).collect::<Result<_>>()?,
+            envp: cfg.env.iter().map(c).collect::<Result<_>>()?,
+            filters,
+            status_fd,
+            lifeline_fd,
+            lifeline_monitor_fd,
+        })
+    }
+
+    fn send_status(&self, line: &str) {
+        let _ = sys::write_inherited_fd(self.status_fd, line.as_bytes());
+    }
+
+    /// The program's process: clean signal state, seccomp, execve. Never returns.
+    fn exec_program(&self) -> ! {
+        let err = (|| -> std::result::Result<std::convert::Infallible, String> {
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+                .map_err(|e| format!("reset signal mask: {e}"))?;
+            sys::reset_sigpipe().map_err(|e| format!("reset sigpipe: {e}"))?;
+            self.filters
+                .install()
+                .map_err(|e| format!("install seccomp filters: {e}"))?;
+            let e = nix::unistd::execve(&self.exe, &self.argv, &self.envp).unwrap_err();
+            Err(format!("execve {}: {e}", self.exe.to_string_lossy()))
+        })()
+        .unwrap_err();
+        self.send_status(&format!("error {err}\n"));
+        sys::exit_now(127)
+    }
+
+    /// The init's loop: forward signals, reap orphans, watch the monitor, until the program ends.
+    fn supervise(&self, child: Pid, signals: &SignalFd) -> ! {
+        let lifeline = sys::borrow_inherited_fd(self.lifeline_fd);
+        loop {
+            let mut fds = [
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                PollFd::new(lifeline, PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => {
+                    self.send_status(&format!("error init poll: {e}\n"));
+                    let _ = kill(child, Signal::SIGKILL);
+                    sys::exit_now(125);
+                }
+            }
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                // The monitor is gone: nobody could collect a result. End the sandbox.
+                let _ = kill(child, Signal::SIGKILL);
+                sys::exit_now(137);
+            }
+            while let Ok(Some(info)) = signals.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig != libc::SIGCHLD {
+                    if let Ok(sig) = Signal::try_from(sig) {
+                        let _ = kill(child, sig);
+                    }
+                }
+            }
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                        self.send_status(&format!("exit {code}\n"));
+                        sys::exit_now(code);
+                    }
+                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                        self.send_status(&format!("signal {}\n", sig as i32));
+                        sys::exit_now(128 + sig as i32);
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
+                    Ok(_) | Err(nix::Error::EINTR) => continue,
+                    Err(e) => {
+                        self.send_status(&format!("error init waitpid: {e}\n"));
+                        let _ = kill(child, Signal::SIGKILL);
+                        sys::exit_now(125);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Executor for SandboxInit {
+    fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        sys::close_inherited_fd(self.lifeline_monitor_fd);
+        let mut mask = SigSet::empty();
+        for &s in FORWARDED {
+            mask.add(s);
+        }
+        mask.add(Signal::SIGCHLD);
+        // Blocked signals are queued even for a pid 1 without handlers; the signalfd reads them.
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .map_err(|e| ExecutorError::Other(format!("block signals: {e}")))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
+        match sys::fork_single_threaded()
+            .map_err(|e| ExecutorError::Other(format!("fork the program: {e}")))?
+        {
+            None => self.exec_program(),
+            Some(child) => self.supervise(Pid::from_raw(child), &signals),
+        }
+    }
+
+    fn validate(&self, _spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+        // The controller resolved the program inside the image before any side effect.
+        Ok(())
+    }
+
+    fn setup_envs(
+        &self,
+        _envs: std::collections::HashMap<String, String>,
+    ) -> std::result::Result<(), ExecutorSetEnvsError> {
+        // execve gets exactly the caller's environment; nothing is added (not even HOME).
+        Ok(())
+    }
+}

@@ -1,0 +1,485 @@
+//! The state root: opening it, launching monitors (create, run), listing and collecting garbage.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{self, Command, Stdin};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::Image;
+use crate::monitor::{Mode, Report, MONITOR_ARG};
+use crate::sandbox::{Sandbox, SandboxInfo};
+use crate::state::{self, Layout, ProcIdentity, SandboxRecord};
+use crate::verdict::Verdict;
+
+/// Directory under the state root holding shared images (a dot keeps it apart from ids).
+pub(crate) const IMAGES_DIR: &str = ".images";
+
+/// Prefix of the temporary directories sandboxes are prepared in before their id is claimed.
+pub(crate) const NEW_PREFIX: &str = ".new-";
+
+/// Default state root when neither the caller nor `RUNBOX_ROOT` names one.
+pub const DEFAULT_ROOT: &str = "/run/runbox";
+
+/// Name of the standalone monitor binary looked up next to the current executable.
+pub const MONITOR_BIN: &str = "runbox-monitor";
+
+/// Set when the host binary dispatches monitor invocations itself (see [`crate::monitor_main`]).
+pub(crate) static SELF_DISPATCH: AtomicBool = AtomicBool::new(false);
+
+/// One entry of [`Root::list`]: a sandbox id and what could be learned about it. A corrupt
+/// state file makes only its own entry an error.
+#[derive(Debug)]
+pub struct Listing {
+    /// The sandbox id (its directory name).
+    pub id: String,
+    /// Its state, or why it could not be read.
+    pub info: Result<SandboxInfo>,
+}
+
+/// What [`Root::gc`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Ids of lost sandboxes whose processes, cgroups, mounts and state were removed.
+    pub removed: Vec<String>,
+    /// Other leftovers removed (stray mounts, empty orphan cgroups, unfinished temp dirs).
+    pub cleaned: Vec<String>,
+    /// What could not be cleaned, with the reason.
+    pub errors: Vec<String>,
+}
+
+/// A state root: the directory holding one directory per sandbox. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Root {
+    inner: Arc<RootInner>,
+}
+
+#[derive(Debug)]
+struct RootInner {
+    dir: PathBuf,
+    cgroup_prefix: String,
+    monitor: Option<PathBuf>,
+    host_image: OnceLock<Image>,
+}
+
+/// Options for opening a [`Root`].
+#[derive(Debug, Clone, Default)]
+pub struct RootOptions {
+    cgroup_prefix: Option<String>,
+    monitor: Option<PathBuf>,
+}
+
+impl RootOptions {
+    /// Default options: cgroup prefix `runbox`, monitor found as described on [`Root::open`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts every sandbox's cgroup under `/<prefix>/<id>` in each hierarchy. Default `runbox`.
+    pub fn cgroup_prefix(&mut self, prefix: impl Into<String>) -> &mut Self {
+        self.cgroup_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Uses this monitor executable, overriding every other way of finding one.
+    pub fn monitor_path(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.monitor = Some(path.into());
+        self
+    }
+
+    /// Opens (creating if needed, mode 0700) the state root `dir`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a bad path or prefix; `Io` if the directory cannot be created.
+    pub fn open(&self, dir: impl AsRef<Path>) -> Result<Root> {
+        let dir = dir.as_ref();
+        if !config::is_clean_absolute(dir) || dir.to_str().is_none_or(|s| s.contains([',', ':'])) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "state root {} must be an absolute utf-8 path without '..', ',' or ':'",
+                    dir.display()
+                ),
+            ));
+        }
+        let prefix = self
+            .cgroup_prefix
+            .clone()
+            .unwrap_or_else(|| "runbox".into());
+        let prefix_ok = prefix
+            .split('/')
+            .all(|part| config::validate_id(part).is_ok());
+        if !prefix_ok {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cgroup prefix {prefix:?} must be '/'-separated names like ids"),
+            ));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io("create state root", dir, e))?;
+        Ok(Root {
+            inner: Arc::new(RootInner {
+                dir: dir.to_path_buf(),
+                cgroup_prefix: prefix,
+                monitor: self.monitor.clone(),
+                host_image: OnceLock::new(),
+            }),
+        })
+    }
+}
+
+impl Root {
+    /// Opens the state root `dir` with default options. See [`RootOptions::open`].
+    ///
+    /// The monitor executable is, in order: [`RootOptions::monitor_path`]; `$RUNBOX_MONITOR`;
+    /// the current executable if it called [`crate::monitor_main`] at the top of `main`;
+    /// `runbox-monitor` next to the current executable or in its parent directory (where
+    /// `cargo test` and `cargo build` put it); `runbox-monitor` in `PATH`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Root> {
+        RootOptions::new().open(dir)
+    }
+
+    /// The state root named by `RUNBOX_ROOT`, else [`DEFAULT_ROOT`].
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("RUNBOX_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+    }
+
+    /// The state root directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The cgroup prefix sandboxes are created under.
+    pub fn cgroup_prefix(&self) -> &str {
+        &self.inner.cgroup_prefix
+    }
+
+    fn host_image(&self) -> Result<&Image> {
+        if let Some(img) = self.inner.host_image.get() {
+            return Ok(img);
+        }
+        let img = Image::host_default(&self.inner.dir.join(IMAGES_DIR))?;
+        Ok(self.inner.host_image.get_or_init(|| img))
+    }
+
+    /// The OCI runtime spec runbox would give libcontainer for `cmd`, with the image itself as a
+    /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes).
+    ///
+    /// The spec carries everything but the seccomp filter, which runbox installs itself.
+    ///
+    /// # Errors
+    /// `InvalidConfig` as for [`Root::spawn`].
+    pub fn oci_spec(&self, cmd: &Command) -> Result<crate::oci_spec::runtime::Spec> {
+        let cfg = cmd.to_config(|| self.host_image())?;
+        let lower = match &cfg.image {
+            Some(dir) => dir.clone(),
+            None => self.host_image()?.lower.clone(),
+        };
+        let id = cmd.name.as_deref().unwrap_or("bundle");
+        let cgroup = format!("/{}/{id}", self.inner.cgroup_prefix);
+        crate::spec::build(&cfg, &lower, true, &cgroup, crate::spec::CpuQuota::Include)
+    }
+
+    /// Writes [`Root::oci_spec`] as `<bundle>/config.json`, a bundle `runc run` accepts.
+    ///
+    /// # Errors
+    /// As [`Root::oci_spec`], and `Io` if the file cannot be written.
+    pub fn write_bundle(&self, cmd: &Command, bundle: &Path) -> Result<()> {
+        let spec = self.oci_spec(cmd)?;
+        crate::spec::write_bundle(&spec, bundle)
+    }
+
+    /// Runs `cmd` in a new sandbox, waits for it, removes the sandbox and returns the verdict.
+    ///
+    /// # Errors
+    /// Errors are about runbox, never about the program: a program that fails, crashes or hits
+    /// a limit still gives `Ok` with the matching [`Verdict::status`].
+    pub fn run(&self, cmd: &Command) -> Result<Verdict> {
+        let mut sandbox = self.spawn(cmd)?;
+        let verdict = sandbox.wait();
+        let deleted = sandbox.delete(false);
+        let verdict = verdict?;
+        deleted?;
+        Ok(verdict)
+    }
+
+    /// Creates and starts a sandbox running `cmd`; returns once the program runs. The sandbox
+    /// runs on whatever happens to the caller; dropping the handle does not stop it.
+    ///
+    /// # Errors
+    /// `InvalidConfig` (checked before any side effect), `AlreadyExists`, `LaunchFailed`
+    /// (everything the launch set up is removed again), `UnsupportedHost`, `Io`.
+    pub fn spawn(&self, cmd: &Command) -> Result<Sandbox> {
+        self.launch(cmd, Mode::Run)
+    }
+
+    /// Creates a sandbox for `cmd` whose program does not run until [`Sandbox::start`].
+    ///
+    /// # Errors
+    /// As [`Root::spawn`].
+    pub fn create(&self, cmd: &Command) -> Result<Sandbox> {
+        self.launch(cmd, Mode::Create)
+    }
+
+    /// A handle on the existing sandbox `id`, from any process.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a malformed id, `NotFound` if there is no such sandbox.
+    pub fn sandbox(&self, id: &str) -> Result<Sandbox> {
+        config::validate_id(id)?;
+        let layout = Layout::new(&self.inner.dir, id);
+        if !layout.dir.is_dir() {
+            return Err(Error::new(ErrorKind::NotFound, format!("no sandbox {id}")));
+        }
+        Ok(Sandbox::new(self.clone(), id.to_string(), layout, None))
+    }
+
+    /// Every sandbox in this state root with its status, sorted by id.
+    ///
+    /// # Errors
+    /// `Io` if the state root cannot be read. A sandbox whose state is unreadable or corrupt
+    /// gives an error in its own [`Listing`] only.
+    pub fn list(&self) -> Result<Vec<Listing>> {
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            let info = self.sandbox(&id).and_then(|s| s.info());
+            out.push(Listing { id, info });
+        }
+        Ok(out)
+    }
+
+    /// The ids of every sandbox directory, sorted.
+    pub(crate) fn ids(&self) -> Result<Vec<String>> {
+        let dir = &self.inner.dir;
+        let mut ids: Vec<String> = fs::read_dir(dir)
+            .map_err(|e| Error::io("read state root", dir, e))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| config::validate_id(n).is_ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Removes what crashes left behind: sandboxes whose monitor died (their processes, cgroup,
+    /// libcontainer state, mounts and directory), stray mounts under the state root, empty
+    /// cgroups under this root's prefix that belong to no sandbox, and unfinished temp dirs.
+    /// Idempotent; never touches a live sandbox.
+    pub fn gc(&self) -> GcReport {
+        crate::gc::collect(self)
+    }
+
+    fn launch(&self, cmd: &Command, mode: Mode) -> Result<Sandbox> {
+        let cfg = cmd.to_config(|| self.host_image())?;
+        let monitor = self.monitor_exe()?;
+        let me = ProcIdentity::of(std::process::id() as i32)
+            .ok_or_else(|| Error::new(ErrorKind::Io, "cannot read own /proc entry"))?;
+        let (tmp, tmp_layout) = self.temp_dir(&me)?;
+        let prepared = (|| {
+            if let Stdin::Bytes(bytes) = &cmd.stdin {
+                state::write_atomic(&tmp_layout.stdin(), bytes)?;
+            }
+            Ok::<_, Error>(())
+        })();
+        if let Err(e) = prepared {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let (id, layout) = match self.claim(&tmp, cmd.name.as_deref(), |id| SandboxRecord {
+            format_version: state::FORMAT_VERSION,
+            id: id.to_string(),
+            cgroup_path: format!("/{}/{id}", self.inner.cgroup_prefix),
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            creator: me,
+            config: cfg.clone(),
+        }) {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
+        let _enter = span.enter();
+        match self.start_monitor(&id, &layout, &monitor, mode) {
+            Ok(sandbox) => Ok(sandbox),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&layout.dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Execs the monitor and reads its first report.
+    fn start_monitor(
+        &self,
+        id: &str,
+        layout: &Layout,
+        monitor: &Path,
+        mode: Mode,
+    ) -> Result<Sandbox> {
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
+        let mut child = std::process::Command::new(monitor)
+            .arg(MONITOR_ARG)
+            .arg(&layout.dir)
+            .arg(mode.as_str())
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(report_w))
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::LaunchFailed,
+                    format!("exec monitor {}", monitor.display()),
+                    e,
+                )
+            })?;
+        // The monitor forks and its first process exits at once; reap that one.
+        let status = child
+            .wait()
+            .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "wait for the monitor", e))?;
+        let mut reader = BufReader::new(fs::File::from(report_r));
+        let mut line = String::new();
+        let got = reader.read_line(&mut line).map_err(|e| {
+            Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e)
+        })?;
+        let report: Option<Report> = (got > 0)
+            .then(|| serde_json::from_str(&line).ok())
+            .flatten();
+        match report {
+            Some(Report::Started { .. }) | Some(Report::Created { .. }) => Ok(Sandbox::new(
+                self.clone(),
+                id.to_string(),
+                layout.clone(),
+                Some(reader),
+            )),
+            Some(Report::Failed { kind, message }) => Err(Error::new(kind, message)),
+            None => {
+                let log = fs::read_to_string(layout.dir.join("monitor.log")).unwrap_or_default();
+                Err(Error::new(
+                    ErrorKind::LaunchFailed,
+                    format!(
+                        "the monitor exited ({status}) without reporting; its log: {}",
+                        log.trim()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A private directory to prepare a sandbox in: `.new-<pid>-<start time>-<n>`, so that gc
+    /// can tell when its creator died before claiming an id.
+    fn temp_dir(&self, me: &ProcIdentity) -> Result<(PathBuf, Layout)> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NEW_PREFIX}{}-{}-{n}", me.pid, me.start_time);
+        let tmp = self.inner.dir.join(&name);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        let layout = Layout::new(&self.inner.dir, &name);
+        Ok((tmp, layout))
+    }
+
+    /// Writes `sandbox.json` into `tmp` and renames `tmp` to `<root>/<id>` without replacing
+    /// anything, so an id is claimed atomically and a sandbox directory always has its record.
+    fn claim(
+        &self,
+        tmp: &Path,
+        name: Option<&str>,
+        record: impl Fn(&str) -> SandboxRecord,
+    ) -> Result<(String, Layout)> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        for _ in 0..16 {
+            let id = match name {
+                Some(n) => n.to_string(),
+                None => {
+                    let nanos = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos());
+                    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                    format!(
+                        "rb-{:x}-{:x}-{n:x}",
+                        (nanos / 1000) as u64,
+                        std::process::id()
+                    )
+                }
+            };
+            state::write_json_atomic(&tmp.join("sandbox.json"), &record(&id))?;
+            let layout = Layout::new(&self.inner.dir, &id);
+            match nix::fcntl::renameat2(
+                None,
+                tmp,
+                None,
+                &layout.dir,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => return Ok((id, layout)),
+                Err(nix::Error::EEXIST) if name.is_none() => continue,
+                Err(nix::Error::EEXIST) => {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("sandbox {id} already exists"),
+                    ))
+                }
+                Err(e) => {
+                    return Err(Error::with_source(
+                        ErrorKind::Io,
+                        format!("claim sandbox directory {}", layout.dir.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Io,
+            "could not allocate a unique sandbox id",
+        ))
+    }
+
+    fn monitor_exe(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.inner.monitor {
+            return Ok(p.clone());
+        }
+        if let Some(p) = std::env::var_os("RUNBOX_MONITOR") {
+            return Ok(PathBuf::from(p));
+        }
+        if SELF_DISPATCH.load(Ordering::Relaxed) {
+            return Ok(PathBuf::from("/proc/self/exe"));
+        }
+        let exe = std::env::current_exe().ok();
+        let near = exe.iter().flat_map(|e| {
+            let dir = e.parent().map(Path::to_path_buf);
+            let parent = dir.as_ref().and_then(|d| d.parent()).map(Path::to_path_buf);
+            [dir, parent].into_iter().flatten()
+        });
+        let path_dirs = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for dir in near.chain(path_dirs) {
+            let candidate = dir.join(MONITOR_BIN);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::new(
+            ErrorKind::UnsupportedHost,
+            "no runbox monitor found: call runbox::monitor_main() at the top of main, set RUNBOX_MONITOR, or put runbox-monitor next to the executable or in PATH",
+        ))
+    }
+}
