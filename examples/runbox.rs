@@ -1,4 +1,6 @@
-//! The runbox command line: `runbox run [OPTIONS] -- PROGRAM [ARGS...]`.
+//! The runbox command line: `runbox run [OPTIONS] -- PROGRAM [ARGS...]`, and runc-style verbs
+//! for sandboxes that outlive this process: create, start, state, list, wait, logs, kill,
+//! delete, gc.
 //!
 //! Exit status without `--json`: the program's exit code, 128+N if it died of signal N, 125 if
 //! runbox itself failed. With `--json`: 0 when a result was produced, 125 otherwise.
@@ -28,12 +30,75 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Run a program in a new sandbox and wait for it.
+    /// Run a program in a new sandbox and wait for it (or not, with --detach).
     Run(RunArgs),
+    /// Create a sandbox whose program waits for `start`; prints its id.
+    Create(SandboxArgs),
+    /// Start a created sandbox.
+    Start {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Print a sandbox's state as JSON.
+    State {
+        /// Sandbox id.
+        id: String,
+    },
+    /// List the sandboxes of the state root.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a sandbox to finish; exit as `run` does.
+    Wait {
+        /// Sandbox id.
+        id: String,
+        /// Give up after this many seconds (exit status 124).
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<Duration>,
+        /// Print the verdict as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a sandbox's captured stdout and stderr.
+    Logs {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Send a signal (name or number; default TERM) to a sandbox's program.
+    Kill {
+        /// Sandbox id.
+        id: String,
+        /// Signal, e.g. TERM, SIGKILL or 9.
+        signal: Option<String>,
+    },
+    /// Remove a stopped sandbox (a running one with --force).
+    Delete {
+        /// Kill the sandbox first if it is still running.
+        #[arg(long, short)]
+        force: bool,
+        /// Sandbox id.
+        id: String,
+    },
+    /// Clean up what crashed monitors left behind.
+    Gc,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Start the sandbox, print its id and return without waiting.
+    #[arg(long, short)]
+    detach: bool,
+    /// Print the verdict as one JSON object instead of forwarding the output.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(clap::Args)]
+struct SandboxArgs {
     /// Sandbox id (default: generated).
     #[arg(long)]
     name: Option<String>,
@@ -70,9 +135,6 @@ struct RunArgs {
     /// Working directory inside the sandbox.
     #[arg(long)]
     cwd: Option<String>,
-    /// Print the verdict as one JSON object instead of forwarding the output.
-    #[arg(long)]
-    json: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -106,7 +168,7 @@ fn parse_user(s: &str) -> Result<(u32, u32), String> {
     }
 }
 
-fn build_command(a: &RunArgs) -> Result<runbox::Command, String> {
+fn build_command(a: &SandboxArgs) -> Result<runbox::Command, String> {
     let mut cmd = runbox::Command::new(a.command[0].clone());
     cmd.args(a.command[1..].iter().cloned());
     if let Some(n) = &a.name {
@@ -178,9 +240,68 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e.chain()),
     };
-    match cli.verb {
+    let result = match cli.verb {
         Verb::Run(args) => run(&root, &args),
-    }
+        Verb::Create(args) => build_command(&args)
+            .map_err(|e| e.to_string())
+            .and_then(|cmd| root.create(&cmd).map_err(|e| e.chain()))
+            .map(|s| {
+                println!("{}", s.id());
+                ExitCode::SUCCESS
+            }),
+        Verb::Start { id } => root
+            .sandbox(&id)
+            .and_then(|s| s.start())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| e.chain()),
+        Verb::State { id } => root
+            .sandbox(&id)
+            .and_then(|s| s.info())
+            .map_err(|e| e.chain())
+            .and_then(|info| print_json(&info)),
+        Verb::List { json } => list(&root, json),
+        Verb::Wait { id, timeout, json } => wait(&root, &id, timeout, json),
+        Verb::Logs { id } => root
+            .sandbox(&id)
+            .and_then(|s| s.logs())
+            .map(|(out, err)| {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&out);
+                let _ = std::io::stderr().write_all(&err);
+                ExitCode::SUCCESS
+            })
+            .map_err(|e| e.chain()),
+        Verb::Kill { id, signal } => parse_signal(signal.as_deref().unwrap_or("TERM"))
+            .and_then(|sig| {
+                root.sandbox(&id)
+                    .and_then(|s| s.kill(sig))
+                    .map_err(|e| e.chain())
+            })
+            .map(|()| ExitCode::SUCCESS),
+        Verb::Delete { force, id } => root
+            .sandbox(&id)
+            .and_then(|s| s.delete(force))
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| e.chain()),
+        Verb::Gc => {
+            let report = root.gc();
+            for id in &report.removed {
+                println!("removed lost sandbox {id}");
+            }
+            for what in &report.cleaned {
+                println!("cleaned {what}");
+            }
+            for err in &report.errors {
+                eprintln!("runbox: gc: {err}");
+            }
+            Ok(if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(125)
+            })
+        }
+    };
+    result.unwrap_or_else(fail)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -188,27 +309,100 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(125)
 }
 
-fn run(root: &runbox::Root, args: &RunArgs) -> ExitCode {
-    let cmd = match build_command(args) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
+fn print_json(value: &impl serde::Serialize) -> Result<ExitCode, String> {
+    let text = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Ok(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
     };
-    let verdict = match root.run(&cmd) {
-        Ok(v) => v,
-        Err(e) => return fail(e.chain()),
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("{s:?} is not a signal"))
+}
+
+fn run(root: &runbox::Root, args: &RunArgs) -> Result<ExitCode, String> {
+    let cmd = build_command(&args.sandbox)?;
+    if args.detach {
+        let sandbox = root.spawn(&cmd).map_err(|e| e.chain())?;
+        println!("{}", sandbox.id());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verdict = root.run(&cmd).map_err(|e| e.chain())?;
+    report(&verdict, args.json)
+}
+
+fn wait(
+    root: &runbox::Root,
+    id: &str,
+    timeout: Option<Duration>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut sandbox = root.sandbox(id).map_err(|e| e.chain())?;
+    let verdict = match timeout {
+        None => sandbox.wait().map_err(|e| e.chain())?,
+        Some(t) => match sandbox.wait_timeout(t).map_err(|e| e.chain())? {
+            Some(v) => v,
+            None => {
+                eprintln!("runbox: sandbox {id} still runs after {t:?}");
+                return Ok(ExitCode::from(124));
+            }
+        },
     };
-    if args.json {
-        match serde_json::to_string(&verdict) {
-            Ok(s) => println!("{s}"),
-            Err(e) => return fail(e),
+    report(&verdict, json)
+}
+
+fn list(root: &runbox::Root, json: bool) -> Result<ExitCode, String> {
+    let listing = root.list().map_err(|e| e.chain())?;
+    if json {
+        let items: Vec<serde_json::Value> = listing
+            .iter()
+            .map(|l| match &l.info {
+                Ok(info) => serde_json::to_value(info).unwrap_or_default(),
+                Err(e) => serde_json::json!({"id": l.id, "error": e.chain()}),
+            })
+            .collect();
+        return print_json(&items);
+    }
+    println!("{:<36} {:<9} {:>8} COMMAND", "ID", "STATUS", "PID");
+    for l in &listing {
+        match &l.info {
+            Ok(i) => println!(
+                "{:<36} {:<9} {:>8} {}",
+                i.id,
+                format!("{:?}", i.status).to_lowercase(),
+                i.init_pid.map_or("-".to_string(), |p| p.to_string()),
+                i.command.join(" ")
+            ),
+            Err(e) => println!("{:<36} {:<9} {:>8} {}", l.id, "error", "-", e.chain()),
         }
-        return ExitCode::SUCCESS;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a verdict as `run` does and gives its exit status.
+fn report(verdict: &runbox::Verdict, json: bool) -> Result<ExitCode, String> {
+    if json {
+        return print_json(verdict);
     }
     use std::io::Write;
     let _ = std::io::stdout().write_all(verdict.stdout.as_bytes());
     let _ = std::io::stderr().write_all(verdict.stderr.as_bytes());
-    if let Some(msg) = verdict.message.as_ref().filter(|_| verdict.limit.is_some()) {
+    if let Some(msg) = verdict
+        .message
+        .as_ref()
+        .filter(|_| verdict.limit.is_some() || verdict.status == runbox::Status::InternalError)
+    {
         eprintln!("runbox: {msg}");
     }
-    ExitCode::from(verdict.shell_status().clamp(0, 255) as u8)
+    Ok(ExitCode::from(verdict.shell_status().clamp(0, 255) as u8))
 }

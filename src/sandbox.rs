@@ -286,6 +286,11 @@ impl Sandbox {
                 }
                 if drain(reader) {
                     self.report = None;
+                    // End of file comes as the monitor closes its files while exiting; wait
+                    // for the exit itself so that status() agrees.
+                    if let Some(m) = self.monitor_record()? {
+                        wait_for_exit(m.monitor, None)?;
+                    }
                     return Ok(true);
                 }
             }
@@ -374,15 +379,16 @@ impl Sandbox {
                 ))
             }
             _ => {
-                match monitor.as_ref().and_then(|m| m.init) {
-                    Some(init) => {
-                        let _ = signal_verified(init, libc::SIGKILL);
-                    }
-                    None => {
-                        // Still creating: stop the monitor itself; what it built is then lost.
-                        if let Some(m) = &monitor {
-                            let _ = signal_verified(m.monitor, libc::SIGKILL);
-                        }
+                // Kill the init (the whole pid namespace goes with it). If there is no init yet,
+                // or it cannot be verified, kill the monitor: its init then dies of the lifeline
+                // and what remains is cleaned up as lost.
+                let init_killed = monitor
+                    .as_ref()
+                    .and_then(|m| m.init)
+                    .is_some_and(|init| signal_verified(init, libc::SIGKILL).is_ok());
+                if !init_killed {
+                    if let Some(m) = &monitor {
+                        let _ = signal_verified(m.monitor, libc::SIGKILL);
                     }
                 }
                 self.wait_monitor(None)?;

@@ -7,26 +7,8 @@ use std::process::{Command as Proc, Output};
 
 use common::TestEnv;
 
-/// `target/debug/examples/runbox`, built up to date (a filtered `cargo test` does not build examples).
 fn cli() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Proc::new(cargo)
-                .args(["build", "--quiet", "--example", "runbox"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build --example runbox");
-            assert!(status.success(), "cargo build --example runbox failed");
-            let exe = std::env::current_exe().unwrap();
-            exe.parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("examples/runbox")
-        })
-        .clone()
+    common::example("runbox")
 }
 
 fn runbox(env: &TestEnv, args: &[&str]) -> Output {

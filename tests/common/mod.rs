@@ -141,3 +141,23 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     }
     out
 }
+
+/// `target/debug/examples/NAME`, built up to date (a filtered `cargo test` builds no examples).
+pub fn example(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Proc::new(cargo)
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {name} failed");
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}

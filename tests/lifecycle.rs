@@ -1,0 +1,328 @@
+//! Daemonless lifecycle with real processes: sandboxes outlive their controller, a new
+//! controller (even another binary) picks them up, crashes are reported and collected.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command as Proc, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use runbox::{ErrorKind, SandboxStatus, Status};
+
+fn cli() -> &'static PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| common::example("runbox"))
+}
+
+fn controller() -> &'static PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| common::example("controller"))
+}
+
+/// Starts `examples/controller` on this test's root; returns it with the ids it printed.
+fn start_controller(env: &TestEnv, extra: &[&str]) -> (Child, Vec<String>) {
+    let mut child = Proc::new(controller())
+        .arg("--root")
+        .arg(&env.dir)
+        .args(["--cgroup-parent", &env.prefix, "--image"])
+        .arg(common::image())
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ids = Vec::new();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        ids.push(line);
+    }
+    (child, ids)
+}
+
+fn cli_cmd(env: &TestEnv) -> Proc {
+    let mut p = Proc::new(cli());
+    p.arg("--root")
+        .arg(&env.dir)
+        .args(["--cgroup-parent", &env.prefix])
+        .stdin(Stdio::null());
+    p
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_controller_loses_nothing_and_another_binary_picks_up() {
+    let env = TestEnv::new("pickup");
+    let (mut ctl, ids) = start_controller(
+        &env,
+        &[
+            "--count",
+            "20",
+            "--sleep",
+            "1",
+            "--name-prefix",
+            "s",
+            "--hold",
+        ],
+    );
+    assert_eq!(ids.len(), 20);
+    ctl.kill().unwrap(); // SIGKILL
+    ctl.wait().unwrap();
+
+    // This process never saw those sandboxes: it lists all 20, none lost.
+    let listing = env.root.list().unwrap();
+    assert_eq!(listing.len(), 20);
+    for l in &listing {
+        let status = l.info.as_ref().unwrap().status;
+        assert!(
+            matches!(status, SandboxStatus::Running | SandboxStatus::Stopped),
+            "{status:?}"
+        );
+    }
+    // Half are collected by this test binary, half by the CLI binary (an "upgraded" controller).
+    for i in 0..10 {
+        let mut s = env.root.sandbox(&format!("s{i}")).unwrap();
+        let v = s.wait().unwrap();
+        assert_eq!(v.exit_code, Some(i), "{v:?}");
+        assert_eq!(v.stdout, format!("out-{i}\n"));
+        s.delete(false).unwrap();
+    }
+    for i in 10..20 {
+        let out = cli_cmd(&env)
+            .args(["wait", &format!("s{i}"), "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["exit_code"], i);
+        assert_eq!(v["stdout"], format!("out-{i}\n"));
+        let out = cli_cmd(&env)
+            .args(["delete", &format!("s{i}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    env.finish();
+}
+
+#[test]
+fn runbox_run_killed_mid_run_then_wait_from_a_new_shell() {
+    let env = TestEnv::new("runkill");
+    let mut run = cli_cmd(&env)
+        .args(["run", "--name", "victim", "--image"])
+        .arg(common::image())
+        .args(["--", "/bin/sh", "-c", "sleep 1; echo survived; exit 3"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the sandbox to run", || {
+        env.root
+            .sandbox("victim")
+            .and_then(|s| s.status())
+            .is_ok_and(|s| s == SandboxStatus::Running)
+    });
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let out = cli_cmd(&env).args(["wait", "victim"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "survived\n");
+    let out = cli_cmd(&env).args(["logs", "victim"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "survived\n");
+    env.root.sandbox("victim").unwrap().delete(false).unwrap();
+    env.finish();
+}
+
+#[test]
+fn a_killed_monitor_means_lost_and_gc_cleans_everything() {
+    let env = TestEnv::new("lost");
+    for created_only in [false, true] {
+        let cmd = env.cmd("probe", &["sleep", "60"]);
+        let mut s = if created_only {
+            env.root.create(&cmd).unwrap()
+        } else {
+            env.root.spawn(&cmd).unwrap()
+        };
+        let info = s.info().unwrap();
+        let init = info.init_pid.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(info.monitor_pid.unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let v = s.wait().unwrap();
+        assert_eq!(v.status, Status::InternalError);
+        assert!(v.message.unwrap().contains("lost"));
+        assert_eq!(s.status().unwrap(), SandboxStatus::Lost);
+        if !created_only {
+            // The init noticed its monitor died and took the sandbox down by itself.
+            wait_until("the init to exit", || {
+                !PathBuf::from(format!("/proc/{init}")).exists()
+            });
+        }
+        let report = env.root.gc();
+        assert_eq!(report.removed, vec![s.id().to_string()], "{report:?}");
+        assert!(report.errors.is_empty(), "{report:?}");
+        // Killed by gc (created case) or gone already; the host's init reaps it.
+        wait_until("the init to be reaped", || {
+            !PathBuf::from(format!("/proc/{init}")).exists()
+        });
+        // gc is idempotent.
+        assert_eq!(env.root.gc(), runbox::GcReport::default());
+    }
+    env.finish();
+}
+
+#[test]
+fn two_controllers_fill_one_root_at_once() {
+    let env = TestEnv::new("twoctl");
+    let (a, ids_a) = start_controller(&env, &["--count", "50", "--tag", "a"]);
+    let (b, ids_b) = start_controller(&env, &["--count", "50", "--tag", "b"]);
+    for mut c in [a, b] {
+        assert!(c.wait().unwrap().success());
+    }
+    let all: BTreeSet<&String> = ids_a.iter().chain(&ids_b).collect();
+    assert_eq!(all.len(), 100, "ids must be distinct");
+    let listing = env.root.list().unwrap();
+    assert_eq!(listing.len(), 100);
+    for (tag, ids) in [("a", &ids_a), ("b", &ids_b)] {
+        for (i, id) in ids.iter().enumerate() {
+            let mut s = env.root.sandbox(id).unwrap();
+            let v = s.wait().unwrap();
+            assert_eq!(v.exit_code, Some(i as i32), "{v:?}");
+            assert_eq!(v.stdout, format!("{tag}-{i}\n"));
+            s.delete(false).unwrap();
+        }
+    }
+    env.finish();
+}
+
+#[test]
+fn a_recorded_pid_that_names_another_process_is_never_signalled() {
+    let env = TestEnv::new("identity");
+    let s = env.root.spawn(&env.cmd("probe", &["sleep", "60"])).unwrap();
+    let monitor_json = env.dir.join(s.id()).join("monitor.json");
+    let original = std::fs::read_to_string(&monitor_json).unwrap();
+    let mut bystander = Proc::new("sleep").arg("60").spawn().unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&original).unwrap();
+    forged["init"]["pid"] = bystander.id().into();
+    forged["init"]["start_time"] = 1.into(); // not the bystander's start time
+    std::fs::write(&monitor_json, forged.to_string()).unwrap();
+
+    assert_eq!(s.kill(9).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+
+    // A forced delete falls back to the monitor, still verified, and leaves the bystander alone.
+    s.delete(true).unwrap();
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    env.finish();
+}
+
+#[test]
+fn kill_wait_and_delete_from_processes_that_did_not_create() {
+    let env = TestEnv::new("foreign");
+    let (mut ctl, ids) = start_controller(&env, &["--count", "3", "--sleep", "60"]);
+    assert!(ctl.wait().unwrap().success());
+
+    // This process signals one with SIGTERM: the init forwards it to the program.
+    let mut s0 = env.root.sandbox(&ids[0]).unwrap();
+    assert_eq!(s0.try_wait().unwrap(), None);
+    assert!(s0
+        .wait_timeout(Duration::from_millis(100))
+        .unwrap()
+        .is_none());
+    s0.kill(libc::SIGTERM).unwrap();
+    let v = s0.wait().unwrap();
+    assert_eq!(
+        (v.status, v.signal),
+        (Status::Signaled, Some(libc::SIGTERM)),
+        "{v:?}"
+    );
+    s0.delete(false).unwrap();
+
+    // The CLI refuses to delete a running one without --force, then kills and deletes it.
+    let out = cli_cmd(&env).args(["delete", &ids[1]]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(
+        env.root.sandbox(&ids[1]).unwrap().status().unwrap(),
+        SandboxStatus::Running
+    );
+    let out = cli_cmd(&env)
+        .args(["delete", "--force", &ids[1]])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        env.root.sandbox(&ids[1]).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // The CLI's kill with a signal name.
+    let out = cli_cmd(&env)
+        .args(["kill", &ids[2], "KILL"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut s2 = env.root.sandbox(&ids[2]).unwrap();
+    assert_eq!(s2.wait().unwrap().signal, Some(9));
+    assert_eq!(s2.kill(9).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    s2.delete(false).unwrap();
+    env.finish();
+}
+
+#[test]
+fn create_then_start_and_a_corrupt_state_file_stays_local() {
+    let env = TestEnv::new("create");
+    let mut cmd = env.cmd("/bin/sh", &["-c", "echo started"]);
+    cmd.name("later");
+    let mut s = env.root.create(&cmd).unwrap();
+    assert_eq!(s.status().unwrap(), SandboxStatus::Created);
+    assert!(s.try_wait().unwrap().is_none());
+    let out = cli_cmd(&env).args(["start", "later"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = s.wait().unwrap();
+    assert_eq!(v.stdout, "started\n");
+    assert_eq!(s.start().unwrap_err().kind(), ErrorKind::InvalidConfig);
+
+    let mut other = env.root.spawn(&env.cmd("/bin/true", &[])).unwrap();
+    other.wait().unwrap();
+    // Truncate one sandbox's record: only that one reports an error.
+    let record = env.dir.join("later").join("sandbox.json");
+    let text = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &text[..text.len() / 2]).unwrap();
+    let listing = env.root.list().unwrap();
+    let bad = listing.iter().find(|l| l.id == "later").unwrap();
+    let err = bad.info.as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    let good = listing.iter().find(|l| l.id == other.id()).unwrap();
+    assert_eq!(good.info.as_ref().unwrap().status, SandboxStatus::Stopped);
+    other.delete(false).unwrap();
+    // The corrupt one has no processes, cgroup or mounts left (it had stopped): remove its dir.
+    std::fs::remove_dir_all(env.dir.join("later")).unwrap();
+    env.finish();
+}
