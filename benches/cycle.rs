@@ -1,7 +1,9 @@
 //! Start latency: the full cycle of `/bin/true` in a fresh sandbox (spawn the monitor, mount
 //! the overlay, build and start the container, exit, collect the verdict, clean up).
 //!
-//! Prints median, p90 and p99 over sequential runs, then a criterion measurement.
+//! Prints median, p90 and p99 over sequential runs; the cost of the monitor process (exec,
+//! fork, detach and report, with no sandbox work) and its private memory while its sandbox
+//! sleeps; then a criterion measurement of the full cycle.
 //! Run as root: `cargo bench --bench cycle`.
 
 use std::path::PathBuf;
@@ -27,6 +29,98 @@ fn image() -> PathBuf {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
+}
+
+/// Exec of a monitor in `ping` mode (it forks, detaches, answers): the latency a monitor
+/// process adds to every run, before any sandbox work.
+fn monitor_ping(exe: &std::path::Path, state: &std::path::Path) -> Duration {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .arg(runbox::MONITOR_ARG)
+        .arg(state)
+        .arg("ping")
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("exec monitor");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child.wait().unwrap();
+    let d = t.elapsed();
+    assert!(out.contains("pong"), "monitor answered {out:?}");
+    d
+}
+
+/// `Private_Dirty`, `Private_Clean` and `Pss` of a process, in KiB, from smaps_rollup.
+fn private_memory(pid: i32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kib = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("Private_Dirty:"), kib("Private_Clean:"), kib("Pss:"))
+}
+
+fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let standalone = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join(runbox::MONITOR_BIN))
+        .filter(|p| p.is_file());
+    let mut exes = vec![(
+        "this binary via monitor_main",
+        PathBuf::from("/proc/self/exe"),
+    )];
+    if let Some(p) = &standalone {
+        exes.push(("standalone runbox-monitor", p.clone()));
+    }
+    for (name, exe) in &exes {
+        for _ in 0..5 {
+            monitor_ping(exe, state);
+        }
+        let mut t: Vec<Duration> = (0..100).map(|_| monitor_ping(exe, state)).collect();
+        t.sort();
+        println!(
+            "monitor cost ({name}): exec + fork + detach + report, 100 runs: median {:.2} ms, p90 {:.2} ms",
+            ms(percentile(&t, 0.5)),
+            ms(percentile(&t, 0.9)),
+        );
+    }
+    // Idle memory: the monitor of a sandbox that sleeps.
+    let mut opts = runbox::RootOptions::new();
+    opts.cgroup_prefix(root.cgroup_prefix());
+    if let Some(p) = &standalone {
+        opts.monitor_path(p);
+    }
+    let root = opts.open(root.dir()).unwrap();
+    let mut cmd = runbox::Command::new("/bin/sleep");
+    cmd.arg("3").image(image());
+    let mut sandbox = root.spawn(&cmd).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = sandbox.info().unwrap().monitor_pid.unwrap();
+    let (dirty, clean, pss) = private_memory(pid);
+    println!(
+        "idle monitor ({}): Private_Dirty {dirty} KiB, Private_Clean {clean} KiB, Pss {pss} KiB",
+        if standalone.is_some() {
+            "standalone runbox-monitor"
+        } else {
+            "this binary"
+        }
+    );
+    sandbox.wait().unwrap();
+    sandbox.delete(false).unwrap();
 }
 
 fn main() {
@@ -66,6 +160,8 @@ fn main() {
         ms(percentile(&times, 0.99)),
         ms(times[0]),
     );
+
+    monitor_cost(&root, &state);
 
     let mut c = Criterion::default()
         .sample_size(50)

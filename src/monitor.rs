@@ -48,6 +48,8 @@ pub(crate) enum Report {
         /// The monitor's identity.
         monitor: ProcIdentity,
     },
+    /// Answer to the `ping` mode: the monitor started, forked and detached.
+    Pong,
     /// Launch failed and everything was rolled back.
     Failed {
         /// The error kind.
@@ -76,12 +78,21 @@ impl Mode {
     }
 }
 
-/// Entry point of a monitor process: `argv = [exe, MONITOR_ARG, SANDBOX_DIR, run|create]`.
+/// Entry point of a monitor process: `argv = [exe, MONITOR_ARG, SANDBOX_DIR, run|create]`
+/// (or `ping`, which only detaches and answers, for benchmarks).
 /// Never returns.
 pub(crate) fn main(args: Vec<OsString>) -> ! {
     let mode = match args.get(3).and_then(|m| m.to_str()) {
         Some("create") => Mode::Create,
         Some("run") => Mode::Run,
+        Some("ping") => {
+            // Measures what a monitor costs before it does any work (see benches/cycle.rs).
+            if sys::fork_and_detach().is_ok() {
+                let _ = nix::unistd::setsid();
+                report(&Report::Pong);
+            }
+            std::process::exit(0);
+        }
         _ => {
             eprintln!("usage: runbox-monitor {MONITOR_ARG} SANDBOX_DIR run|create");
             std::process::exit(2);

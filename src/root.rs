@@ -368,7 +368,7 @@ impl Root {
                 Some(reader),
             )),
             Some(Report::Failed { kind, message }) => Err(Error::new(kind, message)),
-            None => {
+            Some(Report::Pong) | None => {
                 let log = fs::read_to_string(layout.dir.join("monitor.log")).unwrap_or_default();
                 Err(Error::new(
                     ErrorKind::LaunchFailed,

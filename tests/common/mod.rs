@@ -41,6 +41,29 @@ pub struct TestEnv {
     pub root: Root,
     pub dir: PathBuf,
     pub prefix: String,
+    finished: bool,
+}
+
+impl Drop for TestEnv {
+    /// A test that failed before `finish` still removes its own sandboxes, cgroups and root, so
+    /// that one failure does not leave processes or cgroups on the machine.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Ok(listing) = self.root.list() {
+            for l in listing {
+                if let Ok(s) = self.root.sandbox(&l.id) {
+                    let _ = s.delete(true);
+                }
+            }
+        }
+        let _ = self.root.gc();
+        for d in cgroup_prefix_dirs(&self.prefix) {
+            let _ = fs::remove_dir(&d);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl TestEnv {
@@ -57,7 +80,12 @@ impl TestEnv {
             .cgroup_prefix(prefix.clone())
             .open(&dir)
             .expect("open state root");
-        TestEnv { root, dir, prefix }
+        TestEnv {
+            root,
+            dir,
+            prefix,
+            finished: false,
+        }
     }
 
     /// A command on the test image.
@@ -68,13 +96,14 @@ impl TestEnv {
     }
 
     /// Asserts nothing is left of this test's sandboxes, then removes the root and prefix.
-    pub fn finish(self) {
+    pub fn finish(mut self) {
         assert_no_leaks(&self.dir, &self.prefix);
         for d in cgroup_prefix_dirs(&self.prefix) {
             fs::remove_dir(&d)
                 .unwrap_or_else(|e| panic!("remove cgroup prefix {}: {e}", d.display()));
         }
         fs::remove_dir_all(&self.dir).expect("remove state root");
+        self.finished = true;
     }
 }
 
