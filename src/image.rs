@@ -227,8 +227,9 @@ fn build_skeleton(images_dir: &Path, lower: &Path) -> Result<()> {
                 fs::copy(&host, &p).map_err(io("copy", &host))?;
             }
         }
-        copy_symlinks(Path::new("/etc/alternatives"), &etc.join("alternatives"))?;
-        copy_tree_files(Path::new("/etc/ld.so.conf.d"), &etc.join("ld.so.conf.d"))?;
+        // /etc/alternatives holds only symlinks; ld.so.conf.d only small config files.
+        copy_flat(Path::new("/etc/alternatives"), &etc.join("alternatives"))?;
+        copy_flat(Path::new("/etc/ld.so.conf.d"), &etc.join("ld.so.conf.d"))?;
         fs::File::create(tmp.join(".runbox-skeleton"))
             .map_err(io("create", &tmp.join(".runbox-skeleton")))?;
         Ok(())
@@ -250,32 +251,23 @@ fn build_skeleton(images_dir: &Path, lower: &Path) -> Result<()> {
     }
 }
 
-/// Copies the symlinks (only) of `src` into `dst`; a missing `src` is fine.
-fn copy_symlinks(src: &Path, dst: &Path) -> Result<()> {
+/// Copies the symlinks and regular files directly in `src` into `dst` (no subdirectories,
+/// no special files); a missing `src` is fine.
+fn copy_flat(src: &Path, dst: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(src) else {
         return Ok(());
     };
     fs::create_dir_all(dst).map_err(|e| Error::io("create", dst, e))?;
     for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-            if let Ok(target) = fs::read_link(entry.path()) {
-                let p = dst.join(entry.file_name());
-                symlink(&target, &p).map_err(|e| Error::io("symlink", p, e))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Copies the regular files (only) of `src` into `dst`; a missing `src` is fine.
-fn copy_tree_files(src: &Path, dst: &Path) -> Result<()> {
-    let Ok(entries) = fs::read_dir(src) else {
-        return Ok(());
-    };
-    fs::create_dir_all(dst).map_err(|e| Error::io("create", dst, e))?;
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
-            let p = dst.join(entry.file_name());
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let p = dst.join(entry.file_name());
+        if kind.is_symlink() {
+            let target =
+                fs::read_link(entry.path()).map_err(|e| Error::io("read link", entry.path(), e))?;
+            symlink(&target, &p).map_err(|e| Error::io("symlink", p, e))?;
+        } else if kind.is_file() {
             fs::copy(entry.path(), &p).map_err(|e| Error::io("copy", p, e))?;
         }
     }
