@@ -83,6 +83,12 @@ enum Verb {
     },
     /// Clean up what crashed monitors left behind.
     Gc,
+    /// Check what this host offers runbox (exit 1 if something required is missing).
+    Check {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -93,6 +99,9 @@ struct RunArgs {
     /// Print the verdict as one JSON object instead of forwarding the output.
     #[arg(long)]
     json: bool,
+    /// Also write the verdict to FILE in isolate's meta-file format.
+    #[arg(long)]
+    meta: Option<PathBuf>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -135,6 +144,21 @@ struct SandboxArgs {
     /// Working directory inside the sandbox.
     #[arg(long)]
     cwd: Option<String>,
+    /// Extra CPU time before the kill; past --time is still a time limit (isolate's --extra-time).
+    #[arg(long = "time-grace", value_parser = parse_secs)]
+    time_grace: Option<Duration>,
+    /// Read-only bind of a host file or directory: HOST:DEST (repeatable).
+    #[arg(long, value_parser = parse_pair)]
+    bind: Vec<(String, String)>,
+    /// Copy a host file or directory into the writable layer: HOST:DEST (repeatable).
+    #[arg(long, value_parser = parse_pair)]
+    copy: Vec<(String, String)>,
+    /// After the run, copy a file out: INSIDE:HOST_DEST (repeatable).
+    #[arg(long, value_parser = parse_pair)]
+    collect: Vec<(String, String)>,
+    /// Feed the program's stdin from this host file (default: /dev/null).
+    #[arg(long)]
+    stdin: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -158,6 +182,12 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .ok()
         .and_then(|f| Duration::try_from_secs_f64(f).ok())
         .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once(':')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| format!("{s:?} is not FROM:TO"))
 }
 
 fn parse_user(s: &str) -> Result<(u32, u32), String> {
@@ -192,7 +222,23 @@ fn build_command(a: &SandboxArgs) -> Result<runbox::Command, String> {
             cmd.env(k, v);
         }
     }
+    for (host, dest) in &a.bind {
+        cmd.bind_ro(host, dest.clone());
+    }
+    for (host, dest) in &a.copy {
+        cmd.copy_in(host, dest.clone());
+    }
+    for (inside, host) in &a.collect {
+        let host = std::path::absolute(host).map_err(|e| format!("{host}: {e}"))?;
+        cmd.collect(inside.clone(), host);
+    }
+    if let Some(f) = &a.stdin {
+        cmd.stdin(runbox::Stdin::File(f.clone()));
+    }
     let l = cmd.limits_mut();
+    if let Some(g) = a.time_grace {
+        l.cpu_time_grace = g;
+    }
     if let Some(m) = a.memory {
         l.memory_bytes = m;
         // Keep the scratch default below a small memory limit.
@@ -231,6 +277,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
         }
     };
+    if let Verb::Check { json } = cli.verb {
+        // Reads the host only: no state root is created.
+        return check(json).unwrap_or_else(fail);
+    }
     let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
     let mut opts = runbox::RootOptions::new();
     if let Some(p) = &cli.cgroup_parent {
@@ -283,6 +333,7 @@ fn main() -> ExitCode {
             .and_then(|s| s.delete(force))
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| e.chain()),
+        Verb::Check { json } => check(json),
         Verb::Gc => {
             let report = root.gc();
             for id in &report.removed {
@@ -307,6 +358,24 @@ fn main() -> ExitCode {
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("runbox: {msg}");
     ExitCode::from(125)
+}
+
+fn check(json: bool) -> Result<ExitCode, String> {
+    let checks = runbox::check_host();
+    let ok = checks.iter().all(|c| c.ok || !c.required);
+    if json {
+        print_json(&checks)?;
+    } else {
+        for c in &checks {
+            let word = match (c.ok, c.required) {
+                (true, _) => "ok",
+                (false, true) => "MISSING",
+                (false, false) => "optional",
+            };
+            println!("{word:<9} {:<16} {}", c.name, c.detail);
+        }
+    }
+    Ok(ExitCode::from(if ok { 0 } else { 1 }))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<ExitCode, String> {
@@ -338,6 +407,10 @@ fn run(root: &runbox::Root, args: &RunArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let verdict = root.run(&cmd).map_err(|e| e.chain())?;
+    if let Some(meta) = &args.meta {
+        std::fs::write(meta, verdict.isolate_meta())
+            .map_err(|e| format!("write {}: {e}", meta.display()))?;
+    }
     report(&verdict, args.json)
 }
 

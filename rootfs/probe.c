@@ -174,7 +174,7 @@ static void usage(void)
         "usage: %s SUBCOMMAND [ARGS...]\n"
         "  true | exit N | echo ARGS... | signal N\n"
         "  sleep SECS | spin SECS | spin-threads N SECS\n"
-        "  memhog MIB | forkbomb | zombies N | daemon\n"
+        "  memhog MIB | forkbomb | zombies N | daemon | stackoverflow\n"
         "  syscall NAME | status | fds | write-bytes N [PATH]\n"
         "  hostname | uid | rlimits\n",
         prog);
@@ -405,6 +405,23 @@ static int cmd_zombies(int argc, char **argv)
     }
     sleep_secs(0.2);
     return 0;
+}
+
+/* Recursion bounded only by a depth no stack holds (2^40 frames of 1 KiB): ends in SIGSEGV at
+ * the stack limit. */
+static int recurse(volatile char *prev, long depth)
+{
+    volatile char frame[1024];
+    frame[0] = (char)depth;
+    frame[1023] = prev ? prev[0] : 0;
+    if (depth > (1L << 40))
+        return frame[0];
+    return recurse(frame, depth + 1) + frame[1023];
+}
+
+static int cmd_stackoverflow(void)
+{
+    return recurse(NULL, 0);
 }
 
 static int cmd_daemon(void)
@@ -1007,6 +1024,8 @@ int main(int argc, char **argv)
         return cmd_zombies(argc, argv);
     if (!strcmp(cmd, "daemon"))
         return cmd_daemon();
+    if (!strcmp(cmd, "stackoverflow"))
+        return cmd_stackoverflow();
 
     fprintf(stderr, "%s: unknown subcommand '%s'\n", prog, cmd);
     usage();

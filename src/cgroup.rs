@@ -83,6 +83,17 @@ pub(crate) struct CpuUsage {
     pub system_us: u64,
 }
 
+impl CpuUsage {
+    /// The usage accrued since `earlier`.
+    pub fn since(self, earlier: CpuUsage) -> CpuUsage {
+        CpuUsage {
+            total_us: self.total_us.saturating_sub(earlier.total_us),
+            user_us: self.user_us.saturating_sub(earlier.user_us),
+            system_us: self.system_us.saturating_sub(earlier.system_us),
+        }
+    }
+}
+
 /// What the cgroup says about a finished run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Figures {
@@ -91,6 +102,7 @@ pub(crate) struct Figures {
     pub oom_kills: u64,
     pub periods: u64,
     pub throttled_periods: u64,
+    pub pids_limit_hits: u64,
 }
 
 fn read(path: &Path) -> io::Result<String> {
@@ -192,7 +204,9 @@ impl Cgroup {
                 )
             }
         };
+        let pids_events = read(&self.file("pids", "pids.events")?).unwrap_or_default();
         Ok(Figures {
+            pids_limit_hits: keyed(&pids_events, "max").unwrap_or(0),
             cpu,
             memory_peak_bytes,
             oom_kills,

@@ -1,6 +1,7 @@
 //! What a caller asks for: the `Command` builder, its limits, and validation before any side effect.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub struct Limits {
     pub cpu_period_us: u64,
     /// CPU-time limit of the whole process tree; `None` for none. Default none.
     pub cpu_time: Option<Duration>,
+    /// Extra CPU time before the kill: a run is killed at `cpu_time + cpu_time_grace` and
+    /// reported as `time_limit` if it used more than `cpu_time` (isolate's `--extra-time`).
+    pub cpu_time_grace: Duration,
     /// Wall-clock limit from start to exit; `None` for none. Default 60 s.
     pub wall_time: Option<Duration>,
     /// Size of the writable layer and of `/tmp` (each a size-capped tmpfs). Default 64 MiB.
@@ -51,6 +55,7 @@ impl Default for Limits {
             cpus: 1.0,
             cpu_period_us: 10_000,
             cpu_time: None,
+            cpu_time_grace: Duration::ZERO,
             wall_time: Some(Duration::from_secs(60)),
             scratch_bytes: 64 * MIB,
             shm_bytes: 16 * MIB,
@@ -171,8 +176,13 @@ pub(crate) struct SandboxConfig {
     pub limits: Limits,
     pub stdin: Stdin,
     pub hostname: String,
-    /// Read-only bind mounts (host source, sandbox destination) on top of the image.
+    /// Read-only bind mounts (host source, sandbox destination) on top of the image: the
+    /// image's own, then the caller's.
     pub binds: Vec<(PathBuf, String)>,
+    /// Host files or directories copied into the writable layer before start.
+    pub copies: Vec<(PathBuf, String)>,
+    /// Files copied out of the sandbox after the run: (path inside, host destination).
+    pub collects: Vec<(String, PathBuf)>,
 }
 
 /// A program to run in a sandbox, built like [`std::process::Command`].
@@ -191,6 +201,9 @@ pub struct Command {
     pub(crate) stdin: Stdin,
     pub(crate) name: Option<String>,
     pub(crate) hostname: String,
+    pub(crate) binds: Vec<(PathBuf, String)>,
+    pub(crate) copies: Vec<(PathBuf, String)>,
+    pub(crate) collects: Vec<(String, PathBuf)>,
 }
 
 impl Command {
@@ -213,6 +226,9 @@ impl Command {
             stdin: Stdin::Null,
             name: None,
             hostname: "runbox".to_string(),
+            binds: Vec::new(),
+            copies: Vec::new(),
+            collects: Vec::new(),
         }
     }
 
@@ -282,6 +298,32 @@ impl Command {
     /// Names the sandbox (`[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`); by default a unique id is generated.
     pub fn name(&mut self, id: impl Into<String>) -> &mut Self {
         self.name = Some(id.into());
+        self
+    }
+
+    /// Makes the host file or directory `host` visible read-only at `dest` inside the sandbox
+    /// (a bind mount: nothing is copied).
+    pub fn bind_ro(&mut self, host: impl Into<PathBuf>, dest: impl Into<String>) -> &mut Self {
+        self.binds.push((host.into(), dest.into()));
+        self
+    }
+
+    /// Copies the host file or directory `host` to `dest` in the sandbox's writable layer before
+    /// the program starts, owned by the sandbox's user. It counts against the scratch size.
+    pub fn copy_in(&mut self, host: impl Into<PathBuf>, dest: impl Into<String>) -> &mut Self {
+        self.copies.push((host.into(), dest.into()));
+        self
+    }
+
+    /// After the run, copies the regular file `inside` (in the writable layer, e.g. under
+    /// `/work`; not `/tmp`, a separate tmpfs) to the host path `host_dest`. Symlinks are
+    /// resolved inside the sandbox, never on the host; a missing file is skipped.
+    pub fn collect(
+        &mut self,
+        inside: impl Into<String>,
+        host_dest: impl Into<PathBuf>,
+    ) -> &mut Self {
+        self.collects.push((inside.into(), host_dest.into()));
         self
     }
 
@@ -358,6 +400,44 @@ impl Command {
                 )));
             }
         }
+        let inside_ok = |p: &str| p.starts_with('/') && is_clean_absolute(Path::new(p)) && p != "/";
+        for (host, dest) in self.binds.iter().chain(&self.copies) {
+            if !inside_ok(dest) {
+                return Err(invalid(format!(
+                    "sandbox path {dest:?} must be absolute, not / and without '..'"
+                )));
+            }
+            if fs::symlink_metadata(host).is_err() {
+                return Err(invalid(format!(
+                    "host path {} does not exist",
+                    host.display()
+                )));
+            }
+        }
+        for (inside, host) in &self.collects {
+            if !inside_ok(inside) {
+                return Err(invalid(format!(
+                    "sandbox path {inside:?} must be absolute, not / and without '..'"
+                )));
+            }
+            if !host.is_absolute() {
+                return Err(invalid(format!(
+                    "collect destination {} must be absolute",
+                    host.display()
+                )));
+            }
+        }
+        let mut binds = image.binds.clone();
+        for (host, dest) in &self.binds {
+            let host = fs::canonicalize(host).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidConfig,
+                    format!("bind source {}", host.display()),
+                    e,
+                )
+            })?;
+            binds.push((host, dest.clone()));
+        }
         let mut args = Vec::with_capacity(self.args.len() + 1);
         args.push(self.program.clone());
         args.extend(self.args.iter().cloned());
@@ -371,7 +451,9 @@ impl Command {
             limits: self.limits.clone(),
             stdin: self.stdin.clone(),
             hostname: self.hostname.clone(),
-            binds: image.binds.clone(),
+            binds,
+            copies: self.copies.clone(),
+            collects: self.collects.clone(),
         })
     }
 }

@@ -39,6 +39,7 @@
 #![deny(unsafe_code)]
 
 mod cgroup;
+mod check;
 mod config;
 mod error;
 mod gc;
@@ -54,6 +55,7 @@ mod state;
 mod sys;
 mod verdict;
 
+pub use check::{check_host, HostCheck};
 pub use config::{Command, Limits, Stdin, User, DEFAULT_PATH};
 pub use error::{Error, ErrorKind, Result};
 pub use monitor::MONITOR_ARG;

@@ -148,6 +148,8 @@ struct Monitor {
     cgroup: Cgroup,
     mounted: rootfs::Mounted,
     container: Option<Container>,
+    /// The cgroup's CPU usage just before start (libcontainer's setup), subtracted from figures.
+    cpu_baseline: cgroup::CpuUsage,
 }
 
 /// What the event loop learned.
@@ -196,6 +198,7 @@ impl Monitor {
             cgroup,
             mounted,
             container: None,
+            cpu_baseline: Default::default(),
         };
         let streams = match m.create(filters) {
             Ok(streams) => streams,
@@ -221,6 +224,8 @@ impl Monitor {
             }
             let _ = fs::remove_file(m.layout.start_fifo());
         }
+        // CPU the sandbox's cgroup used for libcontainer's setup is not the program's.
+        m.cpu_baseline = m.cgroup.cpu_usage().unwrap_or_default();
         if let Err(e) = m.container_mut().start() {
             return Err(m.rollback(launch("start the container", e)));
         }
@@ -383,7 +388,9 @@ impl Monitor {
         let mut budget = limits.output_bytes;
         let wall_deadline = limits.wall_time.map(|w| started + w);
         let cpu_rate = limits.cpus.min(available_cpus());
-        let mut next_cpu_check = limits.cpu_time.map(|c| started + c.div_f64(cpu_rate));
+        // The kill threshold: the CPU-time limit plus its grace.
+        let cpu_kill_at = limits.cpu_time.map(|c| c + limits.cpu_time_grace);
+        let mut next_cpu_check = cpu_kill_at.map(|c| started + c.div_f64(cpu_rate));
         let mut exited: Option<Instant> = None;
         let mut killed = false;
         loop {
@@ -392,9 +399,9 @@ impl Monitor {
             if !killed && exited.is_none() {
                 if wall_deadline.is_some_and(|d| now >= d) {
                     outcome.facts.killed_for = Some(LimitKind::WallTime);
-                } else if let (Some(at), Some(limit)) = (next_cpu_check, limits.cpu_time) {
+                } else if let (Some(at), Some(limit)) = (next_cpu_check, cpu_kill_at) {
                     if now >= at {
-                        match self.cgroup.cpu_usage() {
+                        match self.cgroup.cpu_usage().map(|u| u.since(self.cpu_baseline)) {
                             Ok(u) if Duration::from_micros(u.total_us) >= limit => {
                                 outcome.facts.killed_for = Some(LimitKind::CpuTime);
                             }
@@ -502,7 +509,21 @@ impl Monitor {
 
     /// Reads the cgroup's figures, tears everything down and writes `exit.json`.
     fn finish(mut self, mut outcome: Outcome) -> Result<()> {
-        let figures = self.cgroup.figures();
+        let figures = self.cgroup.figures().map(|mut f| {
+            f.cpu = f.cpu.since(self.cpu_baseline);
+            f
+        });
+        let limits = &self.record.config.limits;
+        if let Err(e) = rootfs::collect_out(
+            &self.layout.rootfs(),
+            &self.record.config.collects,
+            limits.file_size_bytes,
+        ) {
+            outcome
+                .facts
+                .internal_error
+                .get_or_insert(format!("collect files: {}", error_chain(&e)));
+        }
         if let Err(e) = self.teardown() {
             let msg = e.chain();
             outcome.facts.internal_error.get_or_insert(msg);
@@ -518,6 +539,15 @@ impl Monitor {
             }
         };
         outcome.facts.oom_killed = figures.oom_kills > 0;
+        // Past the CPU-time limit is a time limit even if the program ended within the grace.
+        if let Some(limit) = self.record.config.limits.cpu_time {
+            if Duration::from_micros(figures.cpu.total_us) > limit
+                && outcome.facts.killed_for.is_none()
+                && !outcome.facts.oom_killed
+            {
+                outcome.facts.killed_for = Some(LimitKind::CpuTime);
+            }
+        }
         let (status, limit, message) = outcome.facts.classify();
         let cap = self.record.config.limits.output_bytes as usize;
         let verdict = Verdict {
@@ -545,6 +575,7 @@ impl Monitor {
             usage: Usage {
                 cpu_throttled_periods: figures.throttled_periods,
                 cpu_periods: figures.periods,
+                pids_limit_hits: figures.pids_limit_hits,
             },
         };
         state::write_json_atomic(&self.layout.exit(), &record)
@@ -705,6 +736,18 @@ fn host_image_dir(sandbox_dir: &Path) -> Result<PathBuf> {
 
 fn available_cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// An error and its causes joined with `: `.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 /// Reads at most `cap` bytes of `path` as lossy UTF-8.

@@ -42,6 +42,23 @@ pub(crate) enum RootfsError {
         #[source]
         source: std::io::Error,
     },
+    /// A destination resolves outside the rootfs.
+    #[error("sandbox path {path} resolves outside the sandbox's root")]
+    Escape {
+        /// The path inside the sandbox.
+        path: String,
+    },
+    /// Copying into or out of the sandbox failed.
+    #[error("copy {from} to {to}")]
+    Copy {
+        /// Source.
+        from: PathBuf,
+        /// Destination.
+        to: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A path cannot be passed in overlay options.
     #[error(
         "path {path} contains a character overlayfs options cannot carry (',' ':' or whitespace)"
@@ -143,7 +160,101 @@ fn mount_steps(
         source,
     })?;
     mounted.rootfs = Some(rootfs.clone());
-    prepare_cwd(&rootfs, cfg)
+    prepare_cwd(&rootfs, cfg)?;
+    for (host, dest) in &cfg.copies {
+        copy_in(&rootfs, host, dest, cfg.user.uid, cfg.user.gid)?;
+    }
+    Ok(())
+}
+
+/// Copies a host file or tree to `dest` inside the (not yet started) rootfs, owned by the
+/// sandbox's user. The destination's parent must resolve inside the rootfs.
+fn copy_in(rootfs: &Path, host: &Path, dest: &str, uid: u32, gid: u32) -> Result<(), RootfsError> {
+    let target = rootfs.join(dest.trim_start_matches('/'));
+    let parent = target.parent().unwrap_or(rootfs);
+    dir(parent, 0o755)?;
+    let real_parent = fs::canonicalize(parent).map_err(|source| RootfsError::Dir {
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    if !real_parent.starts_with(rootfs) {
+        return Err(RootfsError::Escape {
+            path: dest.to_string(),
+        });
+    }
+    let target = real_parent.join(target.file_name().unwrap_or_default());
+    copy_tree(host, &target, uid, gid).map_err(|source| RootfsError::Copy {
+        from: host.to_path_buf(),
+        to: dest.to_string(),
+        source,
+    })
+}
+
+fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if meta.is_dir() {
+        fs::DirBuilder::new().mode(0o755).create(dst).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists && dst.is_dir() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        for entry in fs::read_dir(src)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &dst.join(entry.file_name()), uid, gid)?;
+        }
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+    } else if meta.is_file() {
+        fs::copy(src, dst)?;
+    } else {
+        return Ok(()); // devices, sockets, fifos are not copied
+    }
+    std::os::unix::fs::lchown(dst, Some(uid), Some(gid))
+}
+
+/// After the run: copies each requested regular file out of the rootfs, resolving the path
+/// inside the rootfs only (the program may have planted symlinks). Missing files are skipped;
+/// at most `max_bytes` are copied per file.
+pub(crate) fn collect_out(
+    rootfs: &Path,
+    collects: &[(String, PathBuf)],
+    max_bytes: u64,
+) -> Result<Vec<String>, RootfsError> {
+    use std::io::Read;
+    let mut missing = Vec::new();
+    if collects.is_empty() {
+        return Ok(missing);
+    }
+    let root = fs::File::open(rootfs).map_err(|source| RootfsError::Dir {
+        path: rootfs.to_path_buf(),
+        source,
+    })?;
+    for (inside, host) in collects {
+        let copy_err = |source| RootfsError::Copy {
+            from: PathBuf::from(inside),
+            to: host.display().to_string(),
+            source,
+        };
+        let mut file = match crate::sys::open_in_root(&root, inside.trim_start_matches('/')) {
+            Ok(f) => f,
+            Err(_) => {
+                missing.push(inside.clone());
+                continue;
+            }
+        };
+        if !file.metadata().map_err(copy_err)?.is_file() {
+            missing.push(inside.clone());
+            continue;
+        }
+        if let Some(parent) = host.parent() {
+            fs::create_dir_all(parent).map_err(copy_err)?;
+        }
+        let mut out = fs::File::create(host).map_err(copy_err)?;
+        std::io::copy(&mut (&mut file).take(max_bytes), &mut out).map_err(copy_err)?;
+    }
+    Ok(missing)
 }
 
 /// Creates the working directory if the image lacks it and hands the default `/work` (or a

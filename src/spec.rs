@@ -244,6 +244,8 @@ mod tests {
             stdin: Stdin::Null,
             hostname: "runbox".into(),
             binds: vec![("/usr".into(), "/usr".into())],
+            copies: Vec::new(),
+            collects: Vec::new(),
         }
     }
 

@@ -107,3 +107,42 @@ pub(crate) fn close_inherited_fd(fd: RawFd) {
     // it, so taking ownership once and dropping it closes it exactly once.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
+
+/// Opens `path` for reading beneath the directory `root` as if `root` were `/`: symlinks,
+/// `..` and absolute paths cannot leave it (`openat2` with `RESOLVE_IN_ROOT`), magic links are
+/// refused, and a final symlink is not followed.
+pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let cpath =
+        std::ffi::CString::new(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    /// `struct open_how` of openat2(2).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `root` is a valid fd for the call, `cpath` a NUL-terminated string and `how` a
+    // fully initialised open_how whose size is passed; the kernel writes nothing back.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            cpath.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(std::fs::File::from(unsafe {
+        OwnedFd::from_raw_fd(fd as i32)
+    }))
+}

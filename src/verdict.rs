@@ -95,6 +95,58 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// The verdict in isolate's meta-file format (`key:value` lines), for graders written
+    /// against isolate (CMS, Judge0). `time` is CPU time and `max-rss` and `cg-mem` are the
+    /// cgroup's peak memory, in seconds and KiB; `status` is RE, SG, TO or XX (absent on
+    /// success); `killed:1` marks a kill by a limit.
+    pub fn isolate_meta(&self) -> String {
+        let mut m = String::new();
+        let mut line = |k: &str, v: String| {
+            m.push_str(k);
+            m.push(':');
+            m.push_str(&v);
+            m.push('\n');
+        };
+        let secs = |us: u64| format!("{}.{:03}", us / 1_000_000, us % 1_000_000 / 1000);
+        line("time", secs(self.cpu_time_us));
+        line("time-wall", secs(self.wall_time_us));
+        line("max-rss", (self.memory_peak_bytes / 1024).to_string());
+        line("cg-mem", (self.memory_peak_bytes / 1024).to_string());
+        if self.oom_killed {
+            line("cg-oom-killed", "1".to_string());
+        }
+        if let Some(code) = self.exit_code {
+            line("exitcode", code.to_string());
+        }
+        if let Some(sig) = self.signal {
+            line("exitsig", sig.to_string());
+        }
+        if self.limit.is_some() {
+            line("killed", "1".to_string());
+        }
+        let status = match self.status {
+            Status::Ok => None,
+            Status::RuntimeError => Some("RE"),
+            Status::Signaled | Status::MemoryLimit | Status::OutputLimit => Some("SG"),
+            Status::TimeLimit | Status::WallTimeLimit => Some("TO"),
+            Status::InternalError => Some("XX"),
+        };
+        if let Some(st) = status {
+            line("status", st.to_string());
+        }
+        let msg = match self.status {
+            Status::TimeLimit => Some("Time limit exceeded"),
+            Status::WallTimeLimit => Some("Time limit exceeded (wall clock)"),
+            _ => self.message.as_deref(),
+        };
+        if let Some(msg) = msg {
+            line("message", msg.replace('\n', " "));
+        }
+        m
+    }
+}
+
 /// Figures beyond the verdict, kept in the sandbox's exit record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -102,6 +154,9 @@ pub struct Usage {
     pub cpu_throttled_periods: u64,
     /// CFS periods that elapsed while the sandbox was runnable.
     pub cpu_periods: u64,
+    /// Forks or clones refused by the pids limit.
+    #[serde(default)]
+    pub pids_limit_hits: u64,
 }
 
 /// Raw facts about a finished run, from which the status follows.
@@ -251,5 +306,14 @@ mod tests {
         assert_eq!(json["status"], "wall_time_limit");
         assert_eq!(json["limit"], "wall_time");
         assert_eq!(v.shell_status(), 137);
+        let meta = v.isolate_meta();
+        assert!(meta.contains("status:TO\n"), "{meta}");
+        assert!(meta.contains("exitsig:9\n"), "{meta}");
+        assert!(meta.contains("killed:1\n"), "{meta}");
+        assert!(meta.contains("time-wall:0.000\n"), "{meta}");
+        assert!(
+            meta.contains("message:Time limit exceeded (wall clock)\n"),
+            "{meta}"
+        );
     }
 }

@@ -1,0 +1,421 @@
+//! The grader's suite: hostile programs in real sandboxes, each with its verdict, a bounded wall
+//! time, the host unaffected and nothing leaked (TestEnv::finish checks the leaks).
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use runbox::{LimitKind, Status, Verdict};
+
+const MIB: u64 = 1 << 20;
+
+fn run(env: &TestEnv, cmd: &runbox::Command) -> Verdict {
+    let t = Instant::now();
+    let v = env.root.run(cmd).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "run took {:?}: {v:?}",
+        t.elapsed()
+    );
+    v
+}
+
+#[test]
+fn cpu_time_limit_counts_every_thread_and_overshoots_little() {
+    let env = TestEnv::new("cpulimit");
+    let mut cmd = env.cmd("probe", &["spin", "30"]);
+    cmd.limits_mut().cpu_time = Some(Duration::from_secs(1));
+    let v = run(&env, &cmd);
+    assert_eq!(
+        (v.status, v.limit),
+        (Status::TimeLimit, Some(LimitKind::CpuTime)),
+        "{v:?}"
+    );
+    assert!((1_000_000..1_100_000).contains(&v.cpu_time_us), "{v:?}");
+    assert!(
+        (1_000_000..1_020_000).contains(&v.cpu_time_us),
+        "overshoot over 20 ms: {v:?}"
+    );
+
+    // Four spinning threads under one CPU: all of them are counted.
+    let mut cmd = env.cmd("probe", &["spin-threads", "4", "30"]);
+    cmd.limits_mut().cpu_time = Some(Duration::from_secs(1));
+    cmd.limits_mut().cpus = 1.0;
+    let v = run(&env, &cmd);
+    assert_eq!(v.status, Status::TimeLimit, "{v:?}");
+    assert!((1_000_000..1_100_000).contains(&v.cpu_time_us), "{v:?}");
+    assert!(v.wall_time_us >= 900_000, "one CPU of bandwidth: {v:?}");
+
+    // A grace lets the run go on, but past the limit is still a time limit.
+    let mut cmd = env.cmd("probe", &["spin", "0.3"]);
+    cmd.limits_mut().cpu_time = Some(Duration::from_millis(200));
+    cmd.limits_mut().cpu_time_grace = Duration::from_millis(500);
+    let v = run(&env, &cmd);
+    assert_eq!(
+        (v.status, v.exit_code),
+        (Status::TimeLimit, Some(0)),
+        "{v:?}"
+    );
+    env.finish();
+}
+
+#[test]
+fn wall_time_limit_on_a_sleeper() {
+    let env = TestEnv::new("walllimit");
+    let mut cmd = env.cmd("probe", &["sleep", "3600"]);
+    cmd.limits_mut().wall_time = Some(Duration::from_secs(1));
+    let t = Instant::now();
+    let v = run(&env, &cmd);
+    assert_eq!(
+        (v.status, v.limit),
+        (Status::WallTimeLimit, Some(LimitKind::WallTime)),
+        "{v:?}"
+    );
+    assert!((1_000_000..1_200_000).contains(&v.wall_time_us), "{v:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    env.finish();
+}
+
+#[test]
+fn memory_hog_and_accuracy_of_peak_memory() {
+    let env = TestEnv::new("memlimit");
+    let mut cmd = env.cmd("probe", &["memhog", "1024"]);
+    cmd.limits_mut().memory_bytes = 64 * MIB;
+    cmd.limits_mut().scratch_bytes = 16 * MIB;
+    let v = run(&env, &cmd);
+    assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
+    assert!(v.oom_killed);
+    assert!(
+        v.memory_peak_bytes >= 64 * MIB * 95 / 100 && v.memory_peak_bytes <= 64 * MIB,
+        "{v:?}"
+    );
+
+    // 100 MiB touched under a 256 MiB limit is reported within 5%.
+    let mut cmd = env.cmd("probe", &["memhog", "100"]);
+    cmd.limits_mut().memory_bytes = 256 * MIB;
+    let v = run(&env, &cmd);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let peak = v.memory_peak_bytes as f64 / MIB as f64;
+    assert!((95.0..=105.0).contains(&peak), "peak {peak:.1} MiB");
+    env.finish();
+}
+
+#[test]
+fn cpu_time_accuracy_within_five_percent() {
+    let env = TestEnv::new("cpuacc");
+    let v = run(&env, &env.cmd("probe", &["spin", "0.5"]));
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!((475_000..=525_000).contains(&v.cpu_time_us), "{v:?}");
+    assert!(v.cpu_user_us > v.cpu_system_us, "{v:?}");
+    env.finish();
+}
+
+#[test]
+fn process_trees_die_with_the_run() {
+    let env = TestEnv::new("trees");
+    // A fork bomb ends at the pids limit; the limit hits are counted.
+    let mut cmd = env.cmd("probe", &["forkbomb"]);
+    cmd.limits_mut().pids = 32;
+    let mut s = env.root.spawn(&cmd).unwrap();
+    let v = s.wait().unwrap();
+    let usage = s.usage().unwrap();
+    s.delete(false).unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!(usage.pids_limit_hits > 0, "{usage:?}");
+
+    // A zombie factory: the init reaps them; the run ends normally.
+    let v = run(&env, &env.cmd("probe", &["zombies", "100"]));
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+
+    // A double-forked daemon cannot outlive the run: the verdict comes at once and nothing
+    // is left (finish() checks the cgroup is gone, which needs it empty).
+    let t = Instant::now();
+    let v = run(
+        &env,
+        &env.cmd("/bin/sh", &["-c", "probe daemon; echo parent done"]),
+    );
+    assert_eq!(v.stdout, "parent done\n");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    env.finish();
+}
+
+#[test]
+fn output_floods_are_capped() {
+    let env = TestEnv::new("flood");
+    for (script, on_stderr) in [
+        ("probe write-bytes 100000000", false),
+        ("probe write-bytes 100000000 >&2", true),
+    ] {
+        let mut cmd = env.cmd("/bin/sh", &["-c", script]);
+        cmd.limits_mut().output_bytes = MIB;
+        let v = run(&env, &cmd);
+        assert_eq!(
+            (v.status, v.limit),
+            (Status::OutputLimit, Some(LimitKind::Output)),
+            "{}",
+            v.stderr.len()
+        );
+        assert!(v.stdout.len() + v.stderr.len() <= MIB as usize);
+        let (kept, truncated) = if on_stderr {
+            (v.stderr.len(), v.stderr_truncated)
+        } else {
+            (v.stdout.len(), v.stdout_truncated)
+        };
+        assert!(truncated);
+        assert_eq!(kept, MIB as usize);
+    }
+    env.finish();
+}
+
+#[test]
+fn disk_fills_end_in_enospc_inside() {
+    let env = TestEnv::new("diskfill");
+    let host_free = || {
+        nix::sys::statvfs::statvfs(&env.dir)
+            .unwrap()
+            .blocks_available()
+    };
+    let before = host_free();
+    for target in ["/work/fill", "/tmp/fill"] {
+        let mut cmd = env.cmd("probe", &["write-bytes", &(1u64 << 30).to_string(), target]);
+        cmd.limits_mut().scratch_bytes = 16 * MIB;
+        cmd.limits_mut().file_size_bytes = 1 << 30;
+        let v = run(&env, &cmd);
+        assert_eq!(v.status, Status::RuntimeError, "{v:?}");
+        assert!(v.stderr.starts_with("error ENOSPC"), "{target}: {v:?}");
+    }
+    // The file-size rlimit fires before the scratch space when smaller.
+    let mut cmd = env.cmd(
+        "probe",
+        &["write-bytes", &(8 * MIB).to_string(), "/work/big"],
+    );
+    cmd.limits_mut().file_size_bytes = MIB;
+    let v = run(&env, &cmd);
+    assert!(v.stderr.starts_with("error EFBIG"), "{v:?}");
+    // The host's disk did not lose the gigabytes the program tried to write.
+    let lost = before.saturating_sub(host_free())
+        * nix::sys::statvfs::statvfs(&env.dir)
+            .unwrap()
+            .fragment_size();
+    assert!(lost < 64 * MIB, "host lost {lost} bytes");
+    env.finish();
+}
+
+#[test]
+fn exits_and_crashes_are_told_apart() {
+    let env = TestEnv::new("crashes");
+    let v = run(&env, &env.cmd("probe", &["exit", "3"]));
+    assert_eq!((v.status, v.exit_code), (Status::RuntimeError, Some(3)));
+    let v = run(&env, &env.cmd("probe", &["stackoverflow"]));
+    assert_eq!(
+        (v.status, v.signal),
+        (Status::Signaled, Some(libc::SIGSEGV)),
+        "{v:?}"
+    );
+    let v = run(&env, &env.cmd("probe", &["signal", "6"]));
+    assert_eq!(
+        (v.status, v.signal),
+        (Status::Signaled, Some(libc::SIGABRT)),
+        "{v:?}"
+    );
+    env.finish();
+}
+
+#[test]
+fn escapes_and_attacks_fail_inside() {
+    let env = TestEnv::new("attacks");
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    for (call, must_not) in [
+        ("connect-out", "ok"),
+        ("mount", "ok"),
+        ("umount", "ok"),
+        ("ptrace", "ok"),
+        ("keyctl", "ok"),
+        ("add_key", "ok"),
+        ("io_uring_setup", "ok"),
+        ("unshare-user", "ok"),
+        ("unshare-net", "ok"),
+        ("setns", "ok"),
+        ("perf_event_open", "ok"),
+        ("bpf", "ok"),
+        ("userfaultfd", "ok"),
+        ("kexec_load", "ok"),
+        ("init_module", "ok"),
+        ("chroot", "ok"),
+        ("sethostname", "ok"),
+        ("sysrq", "ok"),
+        ("write-sys", "ok"),
+        ("tiocsti", "ok"),
+        ("socket-vsock", "ok"),
+    ] {
+        for uid in [65534, 0] {
+            let mut cmd = env.cmd("probe", &["syscall", call]);
+            cmd.user(uid, uid);
+            let v = run(&env, &cmd);
+            let out = v.stdout.trim();
+            assert!(
+                out.starts_with(call) && out != format!("{call} {must_not}"),
+                "uid {uid}: {v:?}"
+            );
+        }
+    }
+    // kill -9 -1 inside kills only the sandbox's own processes.
+    let v = run(
+        &env,
+        &env.cmd(
+            "/bin/sh",
+            &["-c", "sleep 30 & probe syscall kill-all; echo after"],
+        ),
+    );
+    assert!(v.stdout.contains("kill-all ok"), "{v:?}");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "a host process died"
+    );
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(std::process::id() as i32), None).is_ok()
+    );
+    // Host files outside the image are not there.
+    let v = run(
+        &env,
+        &env.cmd(
+            "/bin/sh",
+            &[
+                "-c",
+                "cat /etc/shadow /root/.bashrc /proc/1/root/etc/shadow 2>&1; ls /home | wc -l",
+            ],
+        ),
+    );
+    assert!(!v.stdout.contains("root:"), "{v:?}");
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    env.finish();
+}
+
+#[test]
+fn files_go_in_and_come_out() {
+    let env = TestEnv::new("files");
+    let host = env.dir.join("host-inputs");
+    fs::create_dir_all(host.join("tree/sub")).unwrap();
+    fs::write(host.join("tree/sub/a.txt"), "alpha\n").unwrap();
+    fs::write(host.join("ro.txt"), "read only\n").unwrap();
+    fs::write(host.join("stdin.txt"), "from a file\n").unwrap();
+    let out_dir = env.dir.join("host-outputs");
+    let script = "cat /in/ro.txt; echo x >> /in/ro.txt 2>/dev/null || echo ro-refused; \
+                  cat /work/tree/sub/a.txt; echo changed > /work/tree/sub/a.txt; cat; \
+                  echo result > /work/answer.txt; ln -s /etc/shadow /work/evil";
+    let mut cmd = env.cmd("/bin/sh", &["-c", script]);
+    cmd.bind_ro(host.join("ro.txt"), "/in/ro.txt")
+        .copy_in(host.join("tree"), "/work/tree")
+        .stdin(runbox::Stdin::File(host.join("stdin.txt")))
+        .collect("/work/answer.txt", out_dir.join("answer.txt"))
+        .collect("/work/tree/sub/a.txt", out_dir.join("a.txt"))
+        .collect("/work/evil", out_dir.join("evil"))
+        .collect("/work/missing", out_dir.join("missing"));
+    let v = run(&env, &cmd);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.stdout, "read only\nro-refused\nalpha\nfrom a file\n");
+    assert_eq!(
+        fs::read_to_string(out_dir.join("answer.txt")).unwrap(),
+        "result\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out_dir.join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    // A planted symlink is not followed on the host; a missing file is skipped.
+    assert!(!out_dir.join("evil").exists());
+    assert!(!out_dir.join("missing").exists());
+    // The host's inputs are untouched.
+    assert_eq!(
+        fs::read_to_string(host.join("tree/sub/a.txt")).unwrap(),
+        "alpha\n"
+    );
+    assert_eq!(
+        fs::read_to_string(host.join("ro.txt")).unwrap(),
+        "read only\n"
+    );
+    fs::remove_dir_all(&host).unwrap();
+    fs::remove_dir_all(&out_dir).unwrap();
+    env.finish();
+}
+
+#[test]
+fn meta_file_and_host_check_from_the_cli() {
+    let env = TestEnv::new("meta");
+    let cli = common::example("runbox");
+    let meta = env.dir.join("meta.txt");
+    let out = std::process::Command::new(&cli)
+        .arg("--root")
+        .arg(&env.dir)
+        .args([
+            "--cgroup-parent",
+            &env.prefix,
+            "run",
+            "--time",
+            "0.2",
+            "--meta",
+        ])
+        .arg(&meta)
+        .arg("--image")
+        .arg(common::image())
+        .args(["--", "probe", "spin", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    let text = fs::read_to_string(&meta).unwrap();
+    for line in [
+        "status:TO",
+        "killed:1",
+        "exitsig:9",
+        "message:Time limit exceeded",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing in {text}");
+    }
+    let time: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("time:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.2..0.25).contains(&time), "{text}");
+    fs::remove_file(&meta).unwrap();
+
+    let out = std::process::Command::new(&cli)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "root",
+        "kernel",
+        "cgroup",
+        "overlayfs",
+        "seccomp",
+        "namespaces",
+    ] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    assert!(checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["ok"] == true || c["required"] == false));
+    env.finish();
+}
