@@ -27,6 +27,21 @@ use crate::state::{self, ExitRecord, Layout, MonitorRecord, Phase, ProcIdentity,
 use crate::sys;
 use crate::verdict::{Facts, LimitKind, Usage, Verdict, SCHEMA_VERSION};
 
+/// CLOCK_MONOTONIC (shared by all processes) in microseconds.
+pub(crate) fn monotonic_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+}
+
+/// When each step of this monitor ended (diagnostics for benchmarks; single-threaded process).
+static PHASES: std::sync::Mutex<Vec<(&'static str, u64)>> = std::sync::Mutex::new(Vec::new());
+
+fn mark(phase: &'static str) {
+    if let Ok(mut p) = PHASES.lock() {
+        p.push((phase, monotonic_us()));
+    }
+}
+
 /// `argv[1]` that turns a host binary into a runbox monitor (see [`crate::monitor_main`]).
 pub const MONITOR_ARG: &str = "--runbox-monitor-v1";
 
@@ -98,6 +113,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
             std::process::exit(2);
         }
     };
+    mark("monitor_exec");
     let dir = PathBuf::from(&args[2]);
     if let Err(e) = sys::fork_and_detach() {
         report(&Report::Failed {
@@ -109,6 +125,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     redirect_stderr(&dir.join("monitor.log"));
+    mark("detached");
     let code = match Monitor::run(&dir, mode) {
         Ok(()) => 0,
         Err(e) => {
@@ -179,19 +196,23 @@ impl Monitor {
             phase: Phase::Creating,
         };
         state::write_json_atomic(&layout.monitor(), &status)?;
+        mark("records");
         let filters = Filters::compile_default().map_err(|e| {
             Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e)
         })?;
+        mark("seccomp_compiled");
         let cg_layout = cgroup::Layout::detect()
             .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
         let cgroup = cg_layout.cgroup(&record.cgroup_path);
         private_mount_namespace()?;
+        mark("mount_namespace");
         let lower = match &record.config.image {
             Some(dir) => dir.clone(),
             None => host_image_dir(&layout.dir)?,
         };
         let mounted = rootfs::mount_rootfs(&layout, &record.config, &lower)
             .map_err(|e| launch("mount the sandbox rootfs", e))?;
+        mark("rootfs_mounted");
         let mut m = Monitor {
             layout,
             record,
@@ -230,6 +251,7 @@ impl Monitor {
             return Err(m.rollback(launch("start the container", e)));
         }
         let started = Instant::now();
+        mark("started");
         status.phase = Phase::Running;
         let saved = state::write_json_atomic(&m.layout.monitor(), &status);
         report(&Report::Started { monitor: me });
@@ -268,6 +290,7 @@ impl Monitor {
         let cg_path = &self.record.cgroup_path;
         let first = spec::build(cfg, &rootfs, false, cg_path, CpuQuota::Omit)?;
         spec::write_bundle(&first, &bundle)?;
+        mark("bundle_written");
         let stdin: OwnedFd = match &cfg.stdin {
             Stdin::Null => File::open("/dev/null"),
             Stdin::Bytes(_) => File::open(self.layout.stdin()),
@@ -301,6 +324,7 @@ impl Monitor {
             .with_detach(true)
             .build()
             .map_err(|e| launch("build the container", e))?;
+        mark("container_built");
         // Only the init may hold the status pipe's write end, so its exit is end of file.
         drop(status_w);
         drop(lifeline_r);
@@ -314,6 +338,7 @@ impl Monitor {
             .map_err(|e| launch("write the cpu quota", e))?;
         let full = spec::build(cfg, &rootfs, false, cg_path, CpuQuota::Include)?;
         spec::write_bundle(&full, &bundle)?;
+        mark("quota_and_final_bundle");
         let pidfd = sys::pidfd_open(init.as_raw()).map_err(|e| launch("pidfd_open init", e))?;
         Ok(Streams {
             out: out_r,
@@ -498,6 +523,7 @@ impl Monitor {
             }
             if pidfd_index.is_some_and(|i| ready[i]) {
                 outcome.wall = started.elapsed();
+                mark("program_exited");
                 collect_status(streams.init, &streams.status, &mut outcome.facts);
                 exited = Some(Instant::now());
             }
@@ -513,6 +539,7 @@ impl Monitor {
             f.cpu = f.cpu.since(self.cpu_baseline);
             f
         });
+        mark("figures_read");
         let limits = &self.record.config.limits;
         if let Err(e) = rootfs::collect_out(
             &self.layout.rootfs(),
@@ -528,6 +555,7 @@ impl Monitor {
             let msg = e.chain();
             outcome.facts.internal_error.get_or_insert(msg);
         }
+        mark("torn_down");
         let figures = match figures {
             Ok(f) => f,
             Err(e) => {
@@ -576,6 +604,10 @@ impl Monitor {
                 cpu_throttled_periods: figures.throttled_periods,
                 cpu_periods: figures.periods,
                 pids_limit_hits: figures.pids_limit_hits,
+                phases_monotonic_us: PHASES
+                    .lock()
+                    .map(|p| p.iter().map(|(n, t)| (n.to_string(), *t)).collect())
+                    .unwrap_or_default(),
             },
         };
         state::write_json_atomic(&self.layout.exit(), &record)

@@ -157,6 +157,10 @@ pub struct Usage {
     /// Forks or clones refused by the pids limit.
     #[serde(default)]
     pub pids_limit_hits: u64,
+    /// Diagnostics: when each step of the monitor ended, as CLOCK_MONOTONIC microseconds
+    /// (comparable across processes), in order. For benchmarks; names may change.
+    #[serde(default)]
+    pub phases_monotonic_us: Vec<(String, u64)>,
 }
 
 /// Raw facts about a finished run, from which the status follows.
