@@ -123,13 +123,62 @@ fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
     sandbox.delete(false).unwrap();
 }
 
+fn monotonic_us() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
+}
+
+/// Where the time of a full cycle goes: median duration of each step, from the controller's
+/// spawn through the monitor's marks to the controller's delete.
+fn phases(root: &runbox::Root, cmd: &runbox::Command) {
+    let n = 100;
+    let mut table: Vec<(String, Vec<u64>)> = Vec::new();
+    for _ in 0..n {
+        let t0 = monotonic_us();
+        let mut s = root.spawn(cmd).unwrap();
+        let t_spawned = monotonic_us();
+        s.wait().unwrap();
+        let t_waited = monotonic_us();
+        let usage = s.usage().unwrap();
+        let t_del0 = monotonic_us();
+        s.delete(false).unwrap();
+        let t_deleted = monotonic_us();
+        let mut marks = vec![("controller_spawn".to_string(), t0)];
+        marks.extend(usage.phases_monotonic_us.iter().cloned());
+        marks.push(("exit_record_and_monitor_exit".to_string(), t_waited));
+        marks.push((
+            "controller_delete".to_string(),
+            t_deleted - (t_del0 - t_waited),
+        ));
+        let _ = t_spawned;
+        for w in marks.windows(2) {
+            let d = w[1].1.saturating_sub(w[0].1);
+            match table.iter_mut().find(|(k, _)| *k == w[1].0) {
+                Some((_, v)) => v.push(d),
+                None => table.push((w[1].0.clone(), vec![d])),
+            }
+        }
+    }
+    println!("phases of the full cycle, {n} sequential runs (median and p90 of each step, ms):");
+    let mut total = 0.0;
+    for (name, v) in &mut table {
+        v.sort_unstable();
+        let med = v[v.len() / 2] as f64 / 1e3;
+        let p90 = v[v.len() * 9 / 10] as f64 / 1e3;
+        total += med;
+        println!("  {name:<30} {med:>7.2} {p90:>7.2}");
+    }
+    println!("  {:<30} {total:>7.2}", "sum of medians");
+}
+
 fn main() {
     runbox::monitor_main();
     assert!(
         nix::unistd::geteuid().is_root(),
         "the benchmark runs real sandboxes: run as root"
     );
-    let state = std::env::temp_dir().join(format!("runbox-bench-{}", std::process::id()));
+    // /run is a tmpfs, like the default state root /run/runbox.
+    let state = PathBuf::from(format!("/run/runbox-bench-{}", std::process::id()));
     let root = runbox::RootOptions::new()
         .cgroup_prefix(format!("runbox-bench-{}", std::process::id()))
         .open(&state)
@@ -140,6 +189,11 @@ fn main() {
     // Warm up, then time sequential full cycles.
     for _ in 0..10 {
         assert_eq!(root.run(&cmd).unwrap().status, runbox::Status::Ok);
+    }
+    if std::env::args().any(|a| a == "--phases-only") {
+        phases(&root, &cmd);
+        cleanup(&state);
+        return;
     }
     let n = 200;
     let mut times: Vec<Duration> = (0..n)
@@ -161,6 +215,7 @@ fn main() {
         ms(times[0]),
     );
 
+    phases(&root, &cmd);
     monitor_cost(&root, &state);
 
     let mut c = Criterion::default()
@@ -172,7 +227,11 @@ fn main() {
     });
     c.final_summary();
 
-    let _ = std::fs::remove_dir_all(&state);
+    cleanup(&state);
+}
+
+fn cleanup(state: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(state);
     let prefix = format!("runbox-bench-{}", std::process::id());
     for ctrl in [
         "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "unified", "",

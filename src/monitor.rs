@@ -29,8 +29,9 @@ use crate::verdict::{Facts, LimitKind, Usage, Verdict, SCHEMA_VERSION};
 
 /// CLOCK_MONOTONIC (shared by all processes) in microseconds.
 pub(crate) fn monotonic_us() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
+    })
 }
 
 /// When each step of this monitor ended (diagnostics for benchmarks; single-threaded process).
@@ -62,6 +63,11 @@ pub(crate) enum Report {
     Started {
         /// The monitor's identity.
         monitor: ProcIdentity,
+    },
+    /// The run ended (sandboxes removed on exit): the result, sent before cleanup.
+    Exited {
+        /// The exit record, as also written to `exit.json`.
+        record: Box<ExitRecord>,
     },
     /// Answer to the `ping` mode: the monitor started, forked and detached.
     Pong,
@@ -104,7 +110,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
             // Measures what a monitor costs before it does any work (see benches/cycle.rs).
             if sys::fork_and_detach().is_ok() {
                 let _ = nix::unistd::setsid();
-                report(&Report::Pong);
+                let _ = report(&Report::Pong);
             }
             std::process::exit(0);
         }
@@ -116,7 +122,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     mark("monitor_exec");
     let dir = PathBuf::from(&args[2]);
     if let Err(e) = sys::fork_and_detach() {
-        report(&Report::Failed {
+        let _ = report(&Report::Failed {
             kind: ErrorKind::LaunchFailed,
             message: format!("monitor fork: {e}"),
         });
@@ -129,7 +135,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let code = match Monitor::run(&dir, mode) {
         Ok(()) => 0,
         Err(e) => {
-            report(&Report::Failed {
+            let _ = report(&Report::Failed {
                 kind: e.kind(),
                 message: e.chain(),
             });
@@ -139,13 +145,33 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     std::process::exit(code)
 }
 
-/// Writes one report line to the controller; a controller that went away is not an error.
-fn report(r: &Report) {
-    if let Ok(mut line) = serde_json::to_vec(r) {
-        line.push(b'\n');
-        let mut out = io::stdout().lock();
-        let _ = out.write_all(&line).and_then(|()| out.flush());
-    }
+/// Waits (at most 10 s) for the controller to close its end of the report pipe, then tells
+/// whether it had read everything written to it: the result reached a live controller.
+fn result_delivered() -> bool {
+    let out = io::stdout();
+    let fd = out.as_fd();
+    let mut fds = [PollFd::new(fd, PollFlags::empty())];
+    // A pipe's write end reports POLLERR once no reader is left.
+    let closed = loop {
+        match poll(&mut fds, PollTimeout::from(10_000u16)) {
+            Ok(0) => break false,
+            Ok(_) => break true,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break false,
+        }
+    };
+    closed && sys::pipe_unread(fd).is_ok_and(|n| n == 0)
+}
+
+/// Writes one report line to the controller; true if it was written. A controller that went
+/// away is not an error.
+fn report(r: &Report) -> bool {
+    let Ok(mut line) = serde_json::to_vec(r) else {
+        return false;
+    };
+    line.push(b'\n');
+    let mut out = io::stdout().lock();
+    out.write_all(&line).and_then(|()| out.flush()).is_ok()
 }
 
 fn redirect_stderr(path: &Path) {
@@ -235,7 +261,7 @@ impl Monitor {
             if let Err(e) = state::write_json_atomic(&m.layout.monitor(), &status) {
                 return Err(m.rollback(e));
             }
-            report(&Report::Created { monitor: me });
+            let _ = report(&Report::Created { monitor: me });
             if !wait_for_start(&fifo, &streams.pidfd) {
                 // Killed (or deleted) before it started.
                 let _ = fs::remove_file(m.layout.start_fifo());
@@ -254,12 +280,26 @@ impl Monitor {
         mark("started");
         status.phase = Phase::Running;
         let saved = state::write_json_atomic(&m.layout.monitor(), &status);
-        report(&Report::Started { monitor: me });
+        let _ = report(&Report::Started { monitor: me });
+        // Off the start path: the bundle gets its final limits (for other OCI runtimes).
+        let saved = saved.and_then(|()| m.write_final_bundle());
         let mut outcome = m.supervise(streams, started);
         if let Err(e) = saved {
             outcome.facts.internal_error.get_or_insert(e.chain());
         }
         m.finish(outcome)
+    }
+
+    /// Rewrites `config.json` with the CPU quota that libcontainer was not given.
+    fn write_final_bundle(&self) -> Result<()> {
+        let full = spec::build(
+            &self.record.config,
+            &self.layout.rootfs(),
+            false,
+            &self.record.cgroup_path,
+            CpuQuota::Include,
+        )?;
+        spec::write_bundle(&full, &self.layout.bundle())
     }
 
     /// Makes the start FIFO and opens it read-write (so it never reports hang-up).
@@ -336,9 +376,7 @@ impl Monitor {
         self.cgroup
             .set_cpu_quota(limits.cpu_quota_us(), limits.cpu_period_us)
             .map_err(|e| launch("write the cpu quota", e))?;
-        let full = spec::build(cfg, &rootfs, false, cg_path, CpuQuota::Include)?;
-        spec::write_bundle(&full, &bundle)?;
-        mark("quota_and_final_bundle");
+        mark("quota_written");
         let pidfd = sys::pidfd_open(init.as_raw()).map_err(|e| launch("pidfd_open init", e))?;
         Ok(Streams {
             out: out_r,
@@ -551,11 +589,16 @@ impl Monitor {
                 .internal_error
                 .get_or_insert(format!("collect files: {}", error_chain(&e)));
         }
-        if let Err(e) = self.teardown() {
-            let msg = e.chain();
-            outcome.facts.internal_error.get_or_insert(msg);
+        // A sandbox removed on exit reports first and cleans up after; otherwise the result is
+        // written only once everything is cleaned, so a waiter finds nothing left.
+        let remove_on_exit = self.record.remove_on_exit;
+        if !remove_on_exit {
+            if let Err(e) = self.teardown() {
+                let msg = e.chain();
+                outcome.facts.internal_error.get_or_insert(msg);
+            }
+            mark("torn_down");
         }
-        mark("torn_down");
         let figures = match figures {
             Ok(f) => f,
             Err(e) => {
@@ -610,7 +653,25 @@ impl Monitor {
                     .unwrap_or_default(),
             },
         };
-        state::write_json_atomic(&self.layout.exit(), &record)
+        state::write_json_atomic(&self.layout.exit(), &record)?;
+        if remove_on_exit {
+            let sent = report(&Report::Exited {
+                record: Box::new(record),
+            });
+            // Nobody waits for this part; a failure leaves the directory for `gc`.
+            match self.teardown() {
+                Ok(()) if sent && result_delivered() => {
+                    let _ = fs::remove_dir_all(&self.layout.dir);
+                }
+                // The controller died before reading the result: keep it for a later `wait`.
+                Ok(()) => {}
+                Err(e) => eprintln!(
+                    "runbox monitor: cleanup after the result failed: {}",
+                    e.chain()
+                ),
+            }
+        }
+        Ok(())
     }
 }
 

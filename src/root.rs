@@ -204,13 +204,12 @@ impl Root {
     /// # Errors
     /// Errors are about runbox, never about the program: a program that fails, crashes or hits
     /// a limit still gives `Ok` with the matching [`Verdict::status`].
+    ///
+    /// The verdict arrives as soon as the monitor has it; the monitor then removes the sandbox
+    /// (cgroup, mounts, state directory) on its own, so that cleanup is not on the caller's time.
     pub fn run(&self, cmd: &Command) -> Result<Verdict> {
-        let mut sandbox = self.spawn(cmd)?;
-        let verdict = sandbox.wait();
-        let deleted = sandbox.delete(false);
-        let verdict = verdict?;
-        deleted?;
-        Ok(verdict)
+        let mut sandbox = self.launch(cmd, Mode::Run, true)?;
+        Ok(sandbox.wait_for_report()?.verdict)
     }
 
     /// Creates and starts a sandbox running `cmd`; returns once the program runs. The sandbox
@@ -220,7 +219,7 @@ impl Root {
     /// `InvalidConfig` (checked before any side effect), `AlreadyExists`, `LaunchFailed`
     /// (everything the launch set up is removed again), `UnsupportedHost`, `Io`.
     pub fn spawn(&self, cmd: &Command) -> Result<Sandbox> {
-        self.launch(cmd, Mode::Run)
+        self.launch(cmd, Mode::Run, false)
     }
 
     /// Creates a sandbox for `cmd` whose program does not run until [`Sandbox::start`].
@@ -228,7 +227,7 @@ impl Root {
     /// # Errors
     /// As [`Root::spawn`].
     pub fn create(&self, cmd: &Command) -> Result<Sandbox> {
-        self.launch(cmd, Mode::Create)
+        self.launch(cmd, Mode::Create, false)
     }
 
     /// A handle on the existing sandbox `id`, from any process.
@@ -279,7 +278,7 @@ impl Root {
         crate::gc::collect(self)
     }
 
-    fn launch(&self, cmd: &Command, mode: Mode) -> Result<Sandbox> {
+    fn launch(&self, cmd: &Command, mode: Mode, remove_on_exit: bool) -> Result<Sandbox> {
         let cfg = cmd.to_config(|| self.host_image())?;
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::of(std::process::id() as i32)
@@ -303,6 +302,7 @@ impl Root {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             creator: me,
+            remove_on_exit,
             config: cfg.clone(),
         }) {
             Ok(claimed) => claimed,
@@ -368,7 +368,7 @@ impl Root {
                 Some(reader),
             )),
             Some(Report::Failed { kind, message }) => Err(Error::new(kind, message)),
-            Some(Report::Pong) | None => {
+            Some(Report::Pong) | Some(Report::Exited { .. }) | None => {
                 let log = fs::read_to_string(layout.dir.join("monitor.log")).unwrap_or_default();
                 Err(Error::new(
                     ErrorKind::LaunchFailed,

@@ -231,6 +231,37 @@ impl Sandbox {
             .usage)
     }
 
+    /// For a sandbox removed on exit, launched by this handle: reads the monitor's report pipe
+    /// until the result arrives (the monitor cleans up afterwards, on its own).
+    pub(crate) fn wait_for_report(&mut self) -> Result<ExitRecord> {
+        use std::io::BufRead;
+        let Some(mut reader) = self.report.take() else {
+            return Err(Error::new(ErrorKind::Io, "no report pipe for this sandbox"));
+        };
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Ok(self.lost_record()),
+                Ok(_) => {
+                    if let Ok(crate::monitor::Report::Exited { record }) =
+                        serde_json::from_str(&line)
+                    {
+                        return Ok(*record);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::with_source(
+                        ErrorKind::Io,
+                        "read the monitor's report",
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
     /// Waits for the monitor to exit (until `deadline`), then reads the exit record.
     fn wait_record(&mut self, deadline: Option<Instant>) -> Result<Option<ExitRecord>> {
         if !self.wait_monitor(deadline)? {
@@ -405,8 +436,12 @@ impl Sandbox {
         let Some(_lock) = crate::gc::lock(&self.layout.dir, false)? else {
             return Ok(false);
         };
-        let (status, record, _) = self.status_with_records()?;
-        if status != SandboxStatus::Lost {
+        let (status, record, monitor) = self.status_with_records()?;
+        // A sandbox removed on exit whose monitor died after reporting is garbage too.
+        let abandoned = record.remove_on_exit
+            && status == SandboxStatus::Stopped
+            && monitor.is_none_or(|m| !m.monitor.is_alive());
+        if status != SandboxStatus::Lost && !abandoned {
             return Ok(false);
         }
         crate::gc::clean_lost(&self.layout, &record)?;

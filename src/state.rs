@@ -85,6 +85,10 @@ pub(crate) struct SandboxRecord {
     pub created_unix_ms: u64,
     /// The controller that created it (a sandbox without a monitor whose creator died is lost).
     pub creator: ProcIdentity,
+    /// The monitor reports the result on its pipe, then cleans up and removes the directory
+    /// (one-shot runs); nobody else deletes such a sandbox.
+    #[serde(default)]
+    pub remove_on_exit: bool,
     /// The validated configuration.
     pub config: SandboxConfig,
 }
@@ -163,21 +167,26 @@ fn parse_state(stat: &str) -> Option<char> {
     rest.split_whitespace().next()?.chars().next()
 }
 
-/// Writes `value` as JSON to `path` through a temp file, fsync and rename.
+/// Writes `value` as JSON to `path` through a temp file and rename (see [`write_atomic`]).
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::with_source(ErrorKind::Io, format!("encode {}", path.display()), e))?;
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a temp file, fsync and rename.
+/// Writes `bytes` to `path` through a temp file and rename, so a reader sees the old file or
+/// the new one, never a part.
+///
+/// No fsync: the state describes processes of this boot only (after a power loss every
+/// sandbox is gone and `gc` removes its directory), so durability buys nothing, while an fsync
+/// on a disk-backed state root costs milliseconds on every sandbox start.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        drop(f);
         fs::rename(&tmp, path)
     })();
     result.map_err(|e| {

@@ -146,3 +146,15 @@ pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::
         OwnedFd::from_raw_fd(fd as i32)
     }))
 }
+
+/// Bytes written to the pipe behind `fd` (either end) that no reader has taken yet (FIONREAD).
+pub(crate) fn pipe_unread(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}

@@ -97,6 +97,15 @@ impl TestEnv {
 
     /// Asserts nothing is left of this test's sandboxes, then removes the root and prefix.
     pub fn finish(mut self) {
+        // One-shot runs return their verdict before their monitor has cleaned up: give the
+        // monitors time to finish, then check that nothing is left.
+        let root_str = self.dir.to_string_lossy().into_owned();
+        let t = std::time::Instant::now();
+        while !processes_mentioning(&root_str).is_empty()
+            && t.elapsed() < std::time::Duration::from_secs(20)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_no_leaks(&self.dir, &self.prefix);
         for d in cgroup_prefix_dirs(&self.prefix) {
             fs::remove_dir(&d)
