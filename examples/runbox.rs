@@ -283,6 +283,8 @@ fn main() -> ExitCode {
     }
     let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
     let mut opts = runbox::RootOptions::new();
+    // One command per process: a spare monitor would only be started to exit again.
+    opts.spare_monitors(0);
     if let Some(p) = &cli.cgroup_parent {
         opts.cgroup_prefix(p.clone());
     }

@@ -103,9 +103,11 @@ impl Mode {
 /// (or `ping`, which only detaches and answers, for benchmarks).
 /// Never returns.
 pub(crate) fn main(args: Vec<OsString>) -> ! {
+    mark("monitor_exec");
     let mode = match args.get(3).and_then(|m| m.to_str()) {
         Some("create") => Mode::Create,
         Some("run") => Mode::Run,
+        Some("spare") => spare(),
         Some("ping") => {
             // Measures what a monitor costs before it does any work (see benches/cycle.rs).
             if sys::fork_and_detach().is_ok() {
@@ -115,24 +117,14 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
             std::process::exit(0);
         }
         _ => {
-            eprintln!("usage: runbox-monitor {MONITOR_ARG} SANDBOX_DIR run|create");
+            eprintln!("usage: runbox-monitor {MONITOR_ARG} SANDBOX_DIR run|create|spare");
             std::process::exit(2);
         }
     };
-    mark("monitor_exec");
     let dir = PathBuf::from(&args[2]);
-    if let Err(e) = sys::fork_and_detach() {
-        let _ = report(&Report::Failed {
-            kind: ErrorKind::LaunchFailed,
-            message: format!("monitor fork: {e}"),
-        });
-        std::process::exit(1);
-    }
-    let _ = nix::unistd::setsid();
-    let _ = std::env::set_current_dir("/");
+    detach();
     redirect_stderr(&dir.join("monitor.log"));
-    mark("detached");
-    let code = match Monitor::run(&dir, mode) {
+    let code = match Prepared::new().and_then(|p| Monitor::run(&dir, mode, p)) {
         Ok(()) => 0,
         Err(e) => {
             let _ = report(&Report::Failed {
@@ -143,6 +135,78 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// Forks away from the spawner and starts a new session.
+fn detach() {
+    if let Err(e) = sys::fork_and_detach() {
+        let _ = report(&Report::Failed {
+            kind: ErrorKind::LaunchFailed,
+            message: format!("monitor fork: {e}"),
+        });
+        std::process::exit(1);
+    }
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    mark("detached");
+}
+
+/// A spare monitor: does everything that does not depend on a sandbox (detach, seccomp compile,
+/// mount namespace), then waits for one request line `run|create SANDBOX_DIR` on stdin. End of
+/// file (the controller dropped its root or died) ends it.
+fn spare() -> ! {
+    detach();
+    let prepared = match Prepared::new() {
+        Ok(p) => p,
+        Err(_) => std::process::exit(1), // the controller falls back to a fresh monitor
+    };
+    let mut line = String::new();
+    let got = io::stdin().read_line(&mut line);
+    if !matches!(got, Ok(n) if n > 0) {
+        std::process::exit(0);
+    }
+    if let Ok(mut p) = PHASES.lock() {
+        p.clear();
+    }
+    mark("spare_taken");
+    let line = line.trim_end_matches('\n');
+    let (mode, dir) = match line.split_once(' ') {
+        Some(("run", d)) => (Mode::Run, PathBuf::from(d)),
+        Some(("create", d)) => (Mode::Create, PathBuf::from(d)),
+        _ => std::process::exit(2),
+    };
+    redirect_stderr(&dir.join("monitor.log"));
+    let code = match Monitor::run(&dir, mode, prepared) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = report(&Report::Failed {
+                kind: e.kind(),
+                message: e.chain(),
+            });
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+/// What a monitor sets up before it knows its sandbox.
+struct Prepared {
+    filters: Filters,
+    cgroups: cgroup::Layout,
+}
+
+impl Prepared {
+    fn new() -> Result<Prepared> {
+        let filters = Filters::compile_default().map_err(|e| {
+            Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e)
+        })?;
+        mark("seccomp_compiled");
+        let cgroups = cgroup::Layout::detect()
+            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
+        private_mount_namespace()?;
+        mark("mount_namespace");
+        Ok(Prepared { filters, cgroups })
+    }
 }
 
 /// Waits (at most 10 s) for the controller to close its end of the report pipe, then tells
@@ -206,7 +270,7 @@ struct Outcome {
 
 impl Monitor {
     /// Runs the sandbox to completion and leaves its result in `exit.json`.
-    fn run(dir: &Path, mode: Mode) -> Result<()> {
+    fn run(dir: &Path, mode: Mode, prepared: Prepared) -> Result<()> {
         // Privileged setup, in order; nothing here runs in another thread.
         let layout = Layout {
             dir: dir.to_path_buf(),
@@ -223,15 +287,8 @@ impl Monitor {
         };
         state::write_json_atomic(&layout.monitor(), &status)?;
         mark("records");
-        let filters = Filters::compile_default().map_err(|e| {
-            Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e)
-        })?;
-        mark("seccomp_compiled");
-        let cg_layout = cgroup::Layout::detect()
-            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
-        let cgroup = cg_layout.cgroup(&record.cgroup_path);
-        private_mount_namespace()?;
-        mark("mount_namespace");
+        let Prepared { filters, cgroups } = prepared;
+        let cgroup = cgroups.cgroup(&record.cgroup_path);
         let lower = match &record.config.image {
             Some(dir) => dir.clone(),
             None => host_image_dir(&layout.dir)?,
@@ -802,7 +859,9 @@ fn collect_status(init: i32, mut status: &File, facts: &mut Facts) {
     }
 }
 
-/// Moves the monitor into its own mount namespace, so its mounts vanish with it.
+/// Moves the monitor into its own mount namespace, so its mounts vanish with it. The
+/// namespace is a slave of the host's: mounts made on the host later (a spare monitor waits
+/// for its sandbox) still appear in it, and none of the monitor's leak out.
 fn private_mount_namespace() -> Result<()> {
     use nix::mount::{mount, MsFlags};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
@@ -812,7 +871,7 @@ fn private_mount_namespace() -> Result<()> {
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
     .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "make mounts private", e))

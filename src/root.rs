@@ -6,7 +6,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{self, Command, Stdin};
@@ -65,6 +65,29 @@ struct RootInner {
     cgroup_prefix: String,
     monitor: Option<PathBuf>,
     host_image: OnceLock<Image>,
+    /// Idle monitors that have done their sandbox-independent setup, ready for a request.
+    spares: Mutex<Vec<Spare>>,
+    spare_target: usize,
+}
+
+impl Drop for RootInner {
+    fn drop(&mut self) {
+        if let Ok(mut spares) = self.spares.lock() {
+            for mut spare in spares.drain(..) {
+                drop(spare.request); // end of file: the spare exits
+                let _ = spare.first.wait();
+            }
+        }
+    }
+}
+
+/// A spare monitor: its request socket (we write one line), its report pipe, and the short-lived
+/// first process of its double fork (reaped when the spare is taken).
+#[derive(Debug)]
+struct Spare {
+    request: std::os::fd::OwnedFd,
+    report: BufReader<fs::File>,
+    first: std::process::Child,
 }
 
 /// Options for opening a [`Root`].
@@ -72,6 +95,7 @@ struct RootInner {
 pub struct RootOptions {
     cgroup_prefix: Option<String>,
     monitor: Option<PathBuf>,
+    spare_monitors: Option<usize>,
 }
 
 impl RootOptions {
@@ -89,6 +113,14 @@ impl RootOptions {
     /// Uses this monitor executable, overriding every other way of finding one.
     pub fn monitor_path(&mut self, path: impl Into<PathBuf>) -> &mut Self {
         self.monitor = Some(path.into());
+        self
+    }
+
+    /// How many idle monitors to keep ready (default 1). A spare has already forked, detached,
+    /// compiled the seccomp filter and entered its mount namespace, which takes a few ms off
+    /// each start; it costs about 1 MiB and exits when the [`Root`] is dropped. 0 disables.
+    pub fn spare_monitors(&mut self, n: usize) -> &mut Self {
+        self.spare_monitors = Some(n);
         self
     }
 
@@ -131,6 +163,8 @@ impl RootOptions {
                 cgroup_prefix: prefix,
                 monitor: self.monitor.clone(),
                 host_image: OnceLock::new(),
+                spares: Mutex::new(Vec::new()),
+                spare_target: self.spare_monitors.unwrap_or(1),
             }),
         })
     }
@@ -322,14 +356,82 @@ impl Root {
         }
     }
 
-    /// Execs the monitor and reads its first report.
-    fn start_monitor(
-        &self,
-        id: &str,
-        layout: &Layout,
-        monitor: &Path,
-        mode: Mode,
-    ) -> Result<Sandbox> {
+    /// Releases the spare monitors (they exit); new ones are made on the next launch.
+    pub fn release_spares(&self) {
+        if let Ok(mut spares) = self.inner.spares.lock() {
+            for mut spare in spares.drain(..) {
+                drop(spare.request); // end of file: the spare exits
+                let _ = spare.first.wait();
+            }
+        }
+    }
+
+    /// Hands the sandbox to a spare monitor if one is ready, else execs a new monitor; then
+    /// reads the monitor's first report and tops the spares up again.
+    fn start_monitor(&self, id: &str, layout: &Layout, monitor: &Path, mode: Mode) -> Result<Sandbox> {
+        let spare = self.inner.spares.lock().ok().and_then(|mut s| s.pop());
+        let result = match spare {
+            Some(spare) => match use_spare(spare, layout, mode) {
+                Some(reader) => self.read_first_report(id, layout, reader, None),
+                // The spare died meanwhile: start a fresh monitor instead.
+                None => self.exec_monitor(id, layout, monitor, mode),
+            },
+            None => self.exec_monitor(id, layout, monitor, mode),
+        };
+        if result.is_ok() {
+            self.replenish(monitor);
+        }
+        result
+    }
+
+    /// Starts spare monitors up to the target; failures are ignored (a launch then execs).
+    fn replenish(&self, monitor: &Path) {
+        loop {
+            let have = self.inner.spares.lock().map_or(usize::MAX, |s| s.len());
+            if have >= self.inner.spare_target {
+                return;
+            }
+            match self.spawn_spare(monitor) {
+                Ok(spare) => {
+                    if let Ok(mut s) = self.inner.spares.lock() {
+                        s.push(spare);
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn spawn_spare(&self, monitor: &Path) -> Result<Spare> {
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
+        // A socket, not a pipe: writing to a spare that died must not raise SIGPIPE in the caller.
+        let (request_r, request_w) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
+        let first = std::process::Command::new(monitor)
+            .arg(MONITOR_ARG)
+            .arg(&self.inner.dir)
+            .arg("spare")
+            .env_clear()
+            .stdin(Stdio::from(request_r))
+            .stdout(Stdio::from(report_w))
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "exec a spare monitor", e))?;
+        Ok(Spare {
+            request: request_w,
+            report: BufReader::new(fs::File::from(report_r)),
+            first,
+        })
+    }
+
+    /// Execs a new monitor for the sandbox and reads its first report.
+    fn exec_monitor(&self, id: &str, layout: &Layout, monitor: &Path, mode: Mode) -> Result<Sandbox> {
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
         let mut child = std::process::Command::new(monitor)
@@ -352,7 +454,18 @@ impl Root {
         let status = child
             .wait()
             .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "wait for the monitor", e))?;
-        let mut reader = BufReader::new(fs::File::from(report_r));
+        let reader = BufReader::new(fs::File::from(report_r));
+        self.read_first_report(id, layout, reader, Some(status))
+    }
+
+    /// Reads the monitor's first report: started or created (a handle), or the launch error.
+    fn read_first_report(
+        &self,
+        id: &str,
+        layout: &Layout,
+        mut reader: BufReader<fs::File>,
+        status: Option<std::process::ExitStatus>,
+    ) -> Result<Sandbox> {
         let mut line = String::new();
         let got = reader.read_line(&mut line).map_err(|e| {
             Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e)
@@ -373,7 +486,8 @@ impl Root {
                 Err(Error::new(
                     ErrorKind::LaunchFailed,
                     format!(
-                        "the monitor exited ({status}) without reporting; its log: {}",
+                        "the monitor exited{} without reporting; its log: {}",
+                        status.map_or(String::new(), |s| format!(" ({s})")),
                         log.trim()
                     ),
                 ))
@@ -482,4 +596,17 @@ impl Root {
             "no runbox monitor found: call runbox::monitor_main() at the top of main, set RUNBOX_MONITOR, or put runbox-monitor next to the executable or in PATH",
         ))
     }
+}
+
+/// Gives a sandbox to a spare monitor; `None` if the spare is gone.
+fn use_spare(mut spare: Spare, layout: &Layout, mode: Mode) -> Option<BufReader<fs::File>> {
+    let _ = spare.first.wait();
+    let line = format!("{} {}\n", mode.as_str(), layout.dir.display());
+    let sent = nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(&spare.request),
+        line.as_bytes(),
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+    )
+    .ok()?;
+    (sent == line.len()).then_some(spare.report)
 }

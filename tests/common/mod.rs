@@ -51,6 +51,7 @@ impl Drop for TestEnv {
         if self.finished {
             return;
         }
+        self.root.release_spares();
         if let Ok(listing) = self.root.list() {
             for l in listing {
                 if let Ok(s) = self.root.sandbox(&l.id) {
@@ -97,8 +98,9 @@ impl TestEnv {
 
     /// Asserts nothing is left of this test's sandboxes, then removes the root and prefix.
     pub fn finish(mut self) {
-        // One-shot runs return their verdict before their monitor has cleaned up: give the
-        // monitors time to finish, then check that nothing is left.
+        // Spare monitors exit once released. One-shot runs return their verdict before their
+        // monitor has cleaned up: give the monitors time to finish, then check nothing is left.
+        self.root.release_spares();
         let root_str = self.dir.to_string_lossy().into_owned();
         let t = std::time::Instant::now();
         while !processes_mentioning(&root_str).is_empty()
