@@ -135,7 +135,7 @@ struct SandboxArgs {
     /// Limit on captured stdout plus stderr.
     #[arg(long = "output-limit", value_parser = parse_size)]
     output_limit: Option<u64>,
-    /// Size of the writable layer and of /tmp.
+    /// Size of the writable layer, /tmp included.
     #[arg(long, value_parser = parse_size)]
     scratch: Option<u64>,
     /// Environment variable NAME=VALUE (repeatable); replaces the default environment.

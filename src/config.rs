@@ -33,7 +33,7 @@ pub struct Limits {
     pub cpu_time_grace: Duration,
     /// Wall-clock limit from start to exit; `None` for none. Default 60 s.
     pub wall_time: Option<Duration>,
-    /// Size of the writable layer and of `/tmp` (each a size-capped tmpfs). Default 64 MiB.
+    /// Size of the writable layer, `/tmp` included (a size-capped tmpfs). Default 64 MiB.
     pub scratch_bytes: u64,
     /// Size of `/dev/shm`. Default 16 MiB.
     pub shm_bytes: u64,
@@ -316,7 +316,7 @@ impl Command {
     }
 
     /// After the run, copies the regular file `inside` (in the writable layer, e.g. under
-    /// `/work`; not `/tmp`, a separate tmpfs) to the host path `host_dest`. Symlinks are
+    /// `/work` or `/tmp`; not `/dev/shm`) to the host path `host_dest`. Symlinks are
     /// resolved inside the sandbox, never on the host; a missing file is skipped.
     pub fn collect(
         &mut self,

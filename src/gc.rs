@@ -63,7 +63,7 @@ pub(crate) fn clean_lost(layout: &Layout, record: &SandboxRecord) -> Result<()> 
 }
 
 /// SIGKILLs every process in the cgroup and waits (on pidfds) until they are gone.
-fn kill_cgroup(cg: &Cgroup) -> Result<()> {
+pub(crate) fn kill_cgroup(cg: &Cgroup) -> Result<()> {
     for _ in 0..20 {
         let pids = cg
             .procs()

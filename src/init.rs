@@ -1,6 +1,6 @@
-//! The sandbox's pid 1: a minimal init run through libcontainer's executor hook. It forks the
-//! program (seccomp, then execve), forwards signals to it, reaps orphans, reports the program's
-//! wait status to the monitor, and kills everything if the monitor dies.
+//! The sandbox's pid 1: a minimal init run through libcontainer's executor hook. It installs
+//! the seccomp filter, spawns the program, forwards signals to it, reaps orphans, reports the
+//! program's wait status to the monitor, and kills everything if the monitor dies.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, RawFd};
@@ -80,21 +80,13 @@ impl SandboxInit {
         let _ = sys::write_inherited_fd(self.status_fd, line.as_bytes());
     }
 
-    /// The program's process: clean signal state, seccomp, execve. Never returns.
-    fn exec_program(&self) -> ! {
-        let err = (|| -> std::result::Result<std::convert::Infallible, String> {
-            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-                .map_err(|e| format!("reset signal mask: {e}"))?;
-            sys::reset_sigpipe().map_err(|e| format!("reset sigpipe: {e}"))?;
-            self.filters
-                .install()
-                .map_err(|e| format!("install seccomp filters: {e}"))?;
-            let e = nix::unistd::execve(&self.exe, &self.argv, &self.envp).unwrap_err();
-            Err(format!("execve {}: {e}", self.exe.to_string_lossy()))
-        })()
-        .unwrap_err();
-        self.send_status(&format!("error {err}\n"));
-        sys::exit_now(127)
+    /// Starts the program with `posix_spawn` (no copy of the init's address space), with an
+    /// empty signal mask and default signal actions. The seccomp filter is already installed,
+    /// so the program inherits it. Returns the program's pid.
+    fn spawn_program(&self) -> std::result::Result<Pid, String> {
+        sys::spawn_clean(&self.exe, &self.argv, &self.envp)
+            .map(Pid::from_raw)
+            .map_err(|e| format!("execve {}: {e}", self.exe.to_string_lossy()))
     }
 
     /// The init's loop: forward signals, reap orphans, watch the monitor, until the program ends.
@@ -162,11 +154,17 @@ impl Executor for SandboxInit {
             .map_err(|e| ExecutorError::Other(format!("block signals: {e}")))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
-        match sys::fork_single_threaded()
-            .map_err(|e| ExecutorError::Other(format!("fork the program: {e}")))?
-        {
-            None => self.exec_program(),
-            Some(child) => self.supervise(Pid::from_raw(child), &signals),
+        // The init runs under the filter too: it only polls, reads, waits, kills and writes.
+        if let Err(e) = self.filters.install() {
+            self.send_status(&format!("error install seccomp filters: {e}\n"));
+            sys::exit_now(127);
+        }
+        match self.spawn_program() {
+            Ok(child) => self.supervise(child, &signals),
+            Err(e) => {
+                self.send_status(&format!("error {e}\n"));
+                sys::exit_now(127)
+            }
         }
     }
 

@@ -257,6 +257,8 @@ struct Monitor {
     container: Option<Container>,
     /// The cgroup's CPU usage just before start (libcontainer's setup), subtracted from figures.
     cpu_baseline: cgroup::CpuUsage,
+    /// The container's init has been waited for.
+    init_reaped: bool,
 }
 
 /// What the event loop learned.
@@ -303,6 +305,7 @@ impl Monitor {
             mounted,
             container: None,
             cpu_baseline: Default::default(),
+            init_reaped: false,
         };
         let streams = match m.create(filters) {
             Ok(streams) => streams,
@@ -461,13 +464,22 @@ impl Monitor {
     fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
         let lc_dir = self.layout.libcontainer_root().join(&self.record.id);
-        let container = self
-            .container
-            .take()
-            .or_else(|| Container::load(lc_dir.clone()).ok());
-        if let Some(mut c) = container {
-            if let Err(e) = c.delete(true) {
-                errors.push(format!("delete container: {e}"));
+        if self.init_reaped {
+            // The init was reaped, so its pid namespace is empty: what libcontainer's delete
+            // would do (a new cgroup manager, a kill, rmdirs) reduces to the rmdirs below.
+            self.container = None;
+            if let Err(e) = crate::gc::kill_cgroup(&self.cgroup) {
+                errors.push(e.chain());
+            }
+        } else {
+            let container = self
+                .container
+                .take()
+                .or_else(|| Container::load(lc_dir.clone()).ok());
+            if let Some(mut c) = container {
+                if let Err(e) = c.delete(true) {
+                    errors.push(format!("delete container: {e}"));
+                }
             }
         }
         if let Err(e) = self.cgroup.remove() {
@@ -630,6 +642,8 @@ impl Monitor {
 
     /// Reads the cgroup's figures, tears everything down and writes `exit.json`.
     fn finish(mut self, mut outcome: Outcome) -> Result<()> {
+        // Every path to here has waited for the init (see collect_status).
+        self.init_reaped = true;
         let figures = self.cgroup.figures().map(|mut f| {
             f.cpu = f.cpu.since(self.cpu_baseline);
             f

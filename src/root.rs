@@ -368,7 +368,13 @@ impl Root {
 
     /// Hands the sandbox to a spare monitor if one is ready, else execs a new monitor; then
     /// reads the monitor's first report and tops the spares up again.
-    fn start_monitor(&self, id: &str, layout: &Layout, monitor: &Path, mode: Mode) -> Result<Sandbox> {
+    fn start_monitor(
+        &self,
+        id: &str,
+        layout: &Layout,
+        monitor: &Path,
+        mode: Mode,
+    ) -> Result<Sandbox> {
         let spare = self.inner.spares.lock().ok().and_then(|mut s| s.pop());
         let result = match spare {
             Some(spare) => match use_spare(spare, layout, mode) {
@@ -431,7 +437,13 @@ impl Root {
     }
 
     /// Execs a new monitor for the sandbox and reads its first report.
-    fn exec_monitor(&self, id: &str, layout: &Layout, monitor: &Path, mode: Mode) -> Result<Sandbox> {
+    fn exec_monitor(
+        &self,
+        id: &str,
+        layout: &Layout,
+        monitor: &Path,
+        mode: Mode,
+    ) -> Result<Sandbox> {
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
         let mut child = std::process::Command::new(monitor)

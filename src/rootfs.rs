@@ -160,6 +160,7 @@ fn mount_steps(
         source,
     })?;
     mounted.rootfs = Some(rootfs.clone());
+    prepare_tmp(&rootfs)?;
     prepare_cwd(&rootfs, cfg)?;
     for (host, dest) in &cfg.copies {
         copy_in(&rootfs, host, dest, cfg.user.uid, cfg.user.gid)?;
@@ -255,6 +256,29 @@ pub(crate) fn collect_out(
         std::io::copy(&mut (&mut file).take(max_bytes), &mut out).map_err(copy_err)?;
     }
     Ok(missing)
+}
+
+/// /tmp is part of the writable layer (so it shares the scratch cap and costs no extra mount):
+/// make sure it exists, sticky and world-writable.
+fn prepare_tmp(rootfs: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = rootfs.join("tmp");
+    let meta = fs::symlink_metadata(&tmp);
+    if meta
+        .as_ref()
+        .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o7777 == 0o1777)
+    {
+        return Ok(());
+    }
+    if meta.is_err() {
+        dir(&tmp, 0o1777)?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).map_err(|source| {
+        RootfsError::Dir {
+            path: tmp.clone(),
+            source,
+        }
+    })
 }
 
 /// Creates the working directory if the image lacks it and hands the default `/work` (or a

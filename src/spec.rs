@@ -92,7 +92,6 @@ pub(crate) fn build(
         .build()
         .map_err(spec_error)?;
 
-    let scratch = format!("size={}", limits.scratch_bytes);
     let shm = format!("size={}", limits.shm_bytes);
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
@@ -125,12 +124,6 @@ pub(crate) fn build(
             "sysfs",
             "sysfs",
             &["nosuid", "noexec", "nodev", "ro"],
-        )?,
-        mount(
-            "/tmp",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "nodev", "mode=1777", &scratch],
         )?,
     ];
     for (src, dest) in &cfg.binds {
@@ -285,7 +278,7 @@ mod tests {
             .iter()
             .map(|m| m.destination().to_str().unwrap().to_string())
             .collect();
-        for d in ["/proc", "/dev", "/tmp", "/dev/shm", "/sys", "/usr"] {
+        for d in ["/proc", "/dev", "/dev/shm", "/sys", "/usr"] {
             assert!(dests.iter().any(|x| x == d), "{d} mounted");
         }
         assert!(linux

@@ -53,31 +53,6 @@ pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Restores the default disposition of SIGPIPE, which the Rust runtime sets to ignored and
-/// `execve` would otherwise pass on to the sandboxed program.
-pub(crate) fn reset_sigpipe() -> io::Result<()> {
-    // SAFETY: installing SIG_DFL runs no handler code; it only changes the disposition.
-    unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigDfl,
-        )
-    }
-    .map(|_| ())
-    .map_err(io::Error::from)
-}
-
-/// Forks the calling process, which must be single-threaded (the container's init is).
-/// Returns `None` in the child and the child's pid in the parent.
-pub(crate) fn fork_single_threaded() -> io::Result<Option<i32>> {
-    // SAFETY: the caller is single-threaded (libcontainer's init, cloned from the
-    // single-threaded monitor), so the child is a consistent copy and may allocate.
-    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Parent { child } => Ok(Some(child.as_raw())),
-        nix::unistd::ForkResult::Child => Ok(None),
-    }
-}
-
 /// Ends the process at once with `code`, running no destructors or atexit handlers (for a
 /// forked copy that must not unwind into its parent's state).
 pub(crate) fn exit_now(code: i32) -> ! {
@@ -157,4 +132,69 @@ pub(crate) fn pipe_unread(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> 
         return Err(io::Error::last_os_error());
     }
     Ok(n.max(0) as usize)
+}
+
+/// `posix_spawn` of `exe` with exactly `argv` and `envp`, an empty signal mask and the default
+/// action for every signal (the caller blocks and ignores some; the program must not inherit
+/// that). glibc implements it with `CLONE_VM | CLONE_VFORK`, so the caller's address space is
+/// not copied. Returns the child's pid.
+pub(crate) fn spawn_clean(
+    exe: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    envp: &[std::ffi::CString],
+) -> io::Result<i32> {
+    let mut argv_ptrs: Vec<*mut libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr() as *mut libc::c_char)
+        .collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut envp_ptrs: Vec<*mut libc::c_char> = envp
+        .iter()
+        .map(|e| e.as_ptr() as *mut libc::c_char)
+        .collect();
+    envp_ptrs.push(std::ptr::null_mut());
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
+    // SAFETY: `attr` and the empty sigset are initialised by their init functions before any
+    // other use and `attr` is destroyed once; the full set is built as the plain bitmask a
+    // Linux sigset_t is (same size, signal n at bit n-1 of the first word); the argv/envp arrays are NULL-terminated and point into CStrings
+    // that outlive the call; `pid` is a valid out pointer. posix_spawn copies what it needs.
+    unsafe {
+        let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        check(libc::posix_spawnattr_init(attr.as_mut_ptr()))?;
+        let mut attr = attr.assume_init();
+        let result = (|| {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            let empty = empty.assume_init();
+            // Every signal 1..=64, including the two glibc keeps for itself (32, 33), which
+            // sigfillset leaves out but an inherited "ignore" would otherwise carry over.
+            let mut bits = [0u64; std::mem::size_of::<libc::sigset_t>() / 8];
+            bits[0] = u64::MAX;
+            let all: libc::sigset_t = std::mem::transmute(bits);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+            ))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                exe.as_ptr(),
+                std::ptr::null(),
+                &attr,
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+            ))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        result
+    }
 }

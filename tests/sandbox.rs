@@ -99,6 +99,14 @@ fn confinement_seen_from_inside() {
         assert_eq!(v.stdout.trim(), format!("{call} {want}"), "{v:?}");
     }
 
+    // The program starts with no blocked or ignored signals (the init blocks and ignores some).
+    let v = env
+        .root
+        .run(&env.cmd("/bin/cat", &["/proc/self/status"]))
+        .unwrap();
+    assert_eq!(status_field(&v.stdout, "SigBlk"), "0000000000000000");
+    assert_eq!(status_field(&v.stdout, "SigIgn"), "0000000000000000");
+
     // Only loopback in the network namespace.
     let v = env
         .root
