@@ -13,14 +13,16 @@ use libcontainer::oci_spec::runtime::{
 use crate::config::SandboxConfig;
 use crate::error::{Error, ErrorKind, Result};
 
-/// Whether the spec carries the CPU quota. libcontainer gets it without (its own setup runs in
-/// the cgroup and would be throttled); the monitor writes the quota before start and the
-/// bundle's final `config.json` has it.
+/// Which spec: the one libcontainer builds from, or the complete one the bundle keeps.
+/// libcontainer gets no CPU quota (its own setup runs in the cgroup and would be throttled;
+/// the monitor writes the quota before start) and no `linux.seccomp` (it ignores it without
+/// libseccomp; runbox installs its own filter). The final `config.json` has both, so runc or
+/// crun can run the bundle with the same confinement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CpuQuota {
-    /// Leave `linux.resources.cpu.quota` out.
+    /// For libcontainer: no quota, no seccomp section.
     Omit,
-    /// Put the quota in.
+    /// Complete: quota and the seccomp profile.
     Include,
 }
 
@@ -187,14 +189,19 @@ pub(crate) fn build(
 
     let mut masked = get_default_maskedpaths();
     masked.push("/sys/devices/virtual/powercap".to_string());
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(cgroups_path)
         .resources(resources)
         .masked_paths(masked)
-        .readonly_paths(get_default_readonly_paths())
-        .build()
-        .map_err(spec_error)?;
+        .readonly_paths(get_default_readonly_paths());
+    if quota == CpuQuota::Include {
+        let profile = crate::seccomp::oci_profile().map_err(|e| {
+            Error::with_source(ErrorKind::UnsupportedHost, "build the seccomp profile", e)
+        })?;
+        linux = linux.seccomp(profile);
+    }
+    let linux = linux.build().map_err(spec_error)?;
 
     SpecBuilder::default()
         .version("1.0.2")
@@ -302,5 +309,8 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!(cpu.quota(), None);
+        assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
+        let full = build(&cfg(), Path::new("/r"), false, "/rb/x", CpuQuota::Include).unwrap();
+        assert!(full.linux().as_ref().unwrap().seccomp().is_some());
     }
 }

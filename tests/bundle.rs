@@ -37,6 +37,8 @@ fn runc_runs_a_bundle_runbox_wrote() {
     assert!(stdout.contains("CapBnd:\t0000000000000000"), "{stdout}");
     assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
     assert!(stdout.contains("Uid:\t65534"), "{stdout}");
+    // The bundle carries runbox's seccomp policy as an OCI profile, and runc installed it.
+    assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
     std::fs::remove_dir_all(&bundle).unwrap();
     std::fs::remove_dir_all(&runc_root).unwrap();
     env.finish();
