@@ -160,7 +160,14 @@ impl Executor for SandboxInit {
             sys::exit_now(127);
         }
         match self.spawn_program() {
-            Ok(child) => self.supervise(child, &signals),
+            Ok(child) => {
+                // The init holds the sandbox's stdio only to pass it on: dropping it now lets
+                // the monitor see end of output as soon as the program's side closes.
+                for fd in 0..=2 {
+                    let _ = nix::unistd::close(fd);
+                }
+                self.supervise(child, &signals)
+            }
             Err(e) => {
                 self.send_status(&format!("error {e}\n"));
                 sys::exit_now(127)

@@ -264,6 +264,8 @@ struct Monitor {
 /// What the event loop learned.
 #[derive(Default)]
 struct Outcome {
+    /// The init, when it reported the program's end but was not waited for yet.
+    pending_init: Option<i32>,
     facts: Facts,
     wall: Duration,
     stdout_truncated: bool,
@@ -399,6 +401,11 @@ impl Monitor {
         .map_err(|e| launch("open stdin", e))?
         .into();
         let (status_r, status_w) = pipe()?;
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&status_r),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| launch("make the status pipe non-blocking", e))?;
         // The init holds the read end; its hang-up tells the init the monitor died.
         let (lifeline_r, lifeline_w) = pipe()?;
         let executor = SandboxInit::new(
@@ -524,11 +531,16 @@ impl Monitor {
         let cpu_kill_at = limits.cpu_time.map(|c| c + limits.cpu_time_grace);
         let mut next_cpu_check = cpu_kill_at.map(|c| started + c.div_f64(cpu_rate));
         let mut exited: Option<Instant> = None;
+        // The init reports the program's status before it exits (and its pid namespace is torn
+        // down); the verdict does not wait for that.
+        let mut program_done: Option<Instant> = None;
+        let mut status_text = String::new();
         let mut killed = false;
         loop {
             let now = Instant::now();
+            let finished = exited.or(program_done);
             // Limits first.
-            if !killed && exited.is_none() {
+            if !killed && finished.is_none() {
                 if wall_deadline.is_some_and(|d| now >= d) {
                     outcome.facts.killed_for = Some(LimitKind::WallTime);
                 } else if let (Some(at), Some(limit)) = (next_cpu_check, cpu_kill_at) {
@@ -555,10 +567,10 @@ impl Monitor {
                 }
             }
             let open = sinks.iter().filter(|s| s.open).count();
-            if exited.is_some() && open == 0 {
+            if finished.is_some() && open == 0 {
                 break;
             }
-            if let Some(t) = exited {
+            if let Some(t) = finished {
                 if now >= t + DRAIN_GRACE {
                     // Something still holds the pipes after init died: should not happen (the
                     // pid namespace is gone), but never wait forever.
@@ -568,8 +580,8 @@ impl Monitor {
                     break;
                 }
             }
-            let mut deadline = exited.map(|t| t + DRAIN_GRACE);
-            if !killed && exited.is_none() {
+            let mut deadline = finished.map(|t| t + DRAIN_GRACE);
+            if !killed && finished.is_none() {
                 for d in [wall_deadline, next_cpu_check].into_iter().flatten() {
                     deadline = Some(deadline.map_or(d, |x: Instant| x.min(d)));
                 }
@@ -585,6 +597,12 @@ impl Monitor {
             let pidfd_index = if exited.is_none() {
                 fds.push(PollFd::new(streams.pidfd.as_fd(), PollFlags::POLLIN));
                 Some(0)
+            } else {
+                None
+            };
+            let status_index = if finished.is_none() {
+                fds.push(PollFd::new(streams.status.as_fd(), PollFlags::POLLIN));
+                Some(fds.len() - 1)
             } else {
                 None
             };
@@ -628,22 +646,46 @@ impl Monitor {
                     }
                 }
             }
+            if status_index.is_some_and(|i| ready[i]) {
+                let mut buf = [0u8; 512];
+                if let Ok(n) = (&streams.status).read(&mut buf) {
+                    status_text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+                if parse_status(&status_text, &mut outcome.facts) {
+                    outcome.wall = started.elapsed();
+                    mark("program_exited");
+                    program_done = Some(Instant::now());
+                }
+            }
             if pidfd_index.is_some_and(|i| ready[i]) {
-                outcome.wall = started.elapsed();
-                mark("program_exited");
-                collect_status(streams.init, &streams.status, &mut outcome.facts);
+                if program_done.is_none() {
+                    outcome.wall = started.elapsed();
+                    mark("program_exited");
+                    collect_status(streams.init, &streams.status, &mut outcome.facts);
+                } else {
+                    let _ = waitpid(nix::unistd::Pid::from_raw(streams.init), None);
+                }
                 exited = Some(Instant::now());
             }
         }
         outcome.stdout_truncated = sinks[0].truncated;
         outcome.stderr_truncated = sinks[1].truncated;
+        if exited.is_none() {
+            outcome.pending_init = Some(streams.init);
+        }
         outcome
+    }
+
+    /// Waits for an init that reported the program's end but had not exited yet.
+    fn reap_pending(&mut self, outcome: &mut Outcome) {
+        if let Some(init) = outcome.pending_init.take() {
+            let _ = waitpid(nix::unistd::Pid::from_raw(init), None);
+        }
+        self.init_reaped = true;
     }
 
     /// Reads the cgroup's figures, tears everything down and writes `exit.json`.
     fn finish(mut self, mut outcome: Outcome) -> Result<()> {
-        // Every path to here has waited for the init (see collect_status).
-        self.init_reaped = true;
         let figures = self.cgroup.figures().map(|mut f| {
             f.cpu = f.cpu.since(self.cpu_baseline);
             f
@@ -664,6 +706,7 @@ impl Monitor {
         // written only once everything is cleaned, so a waiter finds nothing left.
         let remove_on_exit = self.record.remove_on_exit;
         if !remove_on_exit {
+            self.reap_pending(&mut outcome);
             if let Err(e) = self.teardown() {
                 let msg = e.chain();
                 outcome.facts.internal_error.get_or_insert(msg);
@@ -730,6 +773,7 @@ impl Monitor {
                 record: Box::new(record),
             });
             // Nobody waits for this part; a failure leaves the directory for `gc`.
+            self.reap_pending(&mut outcome);
             match self.teardown() {
                 Ok(()) if sent && result_delivered() => {
                     let _ = fs::remove_dir_all(&self.layout.dir);
@@ -841,14 +885,12 @@ fn wait_for_start(fifo: &File, init: &OwnedFd) -> bool {
     }
 }
 
-/// Reaps the init and records how the program ended: from the init's status line, or from
-/// the init's own wait status when it was killed before it could write one.
-fn collect_status(init: i32, mut status: &File, facts: &mut Facts) {
-    let init_status = waitpid(nix::unistd::Pid::from_raw(init), None);
-    let mut text = String::new();
-    let _ = status.read_to_string(&mut text);
+/// Parses the init's complete status lines (`exit N`, `signal N`, `error TEXT`) into `facts`;
+/// true once the program's end was reported.
+fn parse_status(text: &str, facts: &mut Facts) -> bool {
     let mut reported = false;
-    for line in text.lines() {
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        let line = line.trim_end();
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         match (word, rest.parse::<i32>()) {
             ("exit", Ok(code)) => facts.exit_code = Some(code),
@@ -860,7 +902,16 @@ fn collect_status(init: i32, mut status: &File, facts: &mut Facts) {
         }
         reported = true;
     }
-    if reported {
+    reported
+}
+
+/// Reaps the init and records how the program ended: from the init's status line, or from
+/// the init's own wait status when it was killed before it could write one.
+fn collect_status(init: i32, mut status: &File, facts: &mut Facts) {
+    let init_status = waitpid(nix::unistd::Pid::from_raw(init), None);
+    let mut text = String::new();
+    let _ = status.read_to_string(&mut text);
+    if parse_status(&text, facts) {
         return;
     }
     match init_status {
