@@ -123,6 +123,67 @@ fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
     sandbox.delete(false).unwrap();
 }
 
+/// Sequential runs after an idle gap, and sustained throughput at several concurrencies.
+fn load(root: &runbox::Root, cmd: &runbox::Command) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let gap = Duration::from_millis(50);
+    let mut t: Vec<Duration> = (0..100)
+        .map(|_| {
+            std::thread::sleep(gap);
+            let t0 = Instant::now();
+            root.run(cmd).unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    t.sort();
+    println!(
+        "full cycle after a 50 ms idle gap, 100 runs: median {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(&t, 0.5)),
+        ms(percentile(&t, 0.9)),
+        ms(percentile(&t, 0.99)),
+    );
+    let secs: u64 = std::env::var("RUNBOX_BENCH_THROUGHPUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    for threads in [1, 2, 4, 8] {
+        // A grader with N workers keeps N spare monitors.
+        let root = runbox::RootOptions::new()
+            .cgroup_prefix(root.cgroup_prefix())
+            .spare_monitors(threads)
+            .open(root.dir())
+            .unwrap();
+        let stop = Instant::now() + Duration::from_secs(secs);
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let root = root.clone();
+                let cmd = cmd.clone();
+                std::thread::spawn(move || {
+                    let mut lat = Vec::new();
+                    while Instant::now() < stop {
+                        let t0 = Instant::now();
+                        let v = root.run(&cmd).unwrap();
+                        assert_eq!(v.status, runbox::Status::Ok);
+                        lat.push(t0.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let mut lat: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let elapsed = started.elapsed().as_secs_f64();
+        lat.sort();
+        println!(
+            "concurrency {threads}: {} runs in {elapsed:.1} s = {:.0} runs/s, median {:.2} ms, p99 {:.2} ms",
+            lat.len(),
+            lat.len() as f64 / elapsed,
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+        );
+    }
+}
+
 fn monotonic_us() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
     t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
@@ -195,6 +256,11 @@ fn main() {
         cleanup(&state);
         return;
     }
+    if std::env::args().any(|a| a == "--load-only") {
+        load(&root, &cmd);
+        cleanup(&state);
+        return;
+    }
     let n = 200;
     let mut times: Vec<Duration> = (0..n)
         .map(|_| {
@@ -216,6 +282,7 @@ fn main() {
     );
 
     phases(&root, &cmd);
+    load(&root, &cmd);
     monitor_cost(&root, &state);
 
     let mut c = Criterion::default()
