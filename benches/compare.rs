@@ -1,0 +1,1058 @@
+//! Start latency of runbox next to other ways of running `/bin/true` from the same image:
+//! a plain fork+exec, bubblewrap, runc and crun (each without and with runbox's seccomp
+//! profile, on the OCI bundle runbox itself writes with [`runbox::Root::write_bundle`]).
+//!
+//! Every run is timed from `std::process::Command::spawn` to a blocking `wait` (for runbox,
+//! around `Root::run`, which does the same with its monitor). Runs are interleaved: each round
+//! runs every variant once, in an order rotated by one each round. Two modes, each its own
+//! table: back to back, and with an idle gap before every start. Then a throughput figure:
+//! runs at concurrency 4 for runbox, crun and bubblewrap.
+//!
+//! Extra rows for reading the others: crun's mount-namespace wrapper alone (crun 1.8 refuses
+//! the hybrid cgroup layout without it), and runbox with `spare_monitors(0)`, which does in
+//! the timed window the monitor setup that the default root does ahead of the call.
+//!
+//! Run as root: `cargo bench --bench compare` or
+//! `cargo bench --bench compare -- --runs 50 --gap-ms 50`. Options: `--runs N` (default 200
+//! counted rounds), `--warmup N` (default 10 rounds, not counted), `--gap-ms MS` (default 50),
+//! `--throughput-runs N` (default 200), `--concurrency N` (default 4).
+//!
+//! Missing runc, crun or bubblewrap are installed from Debian's packages with apt-get. Every
+//! bundle, runtime state directory and cgroup the run creates is removed at the end, and the
+//! harness asserts that nothing is left.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where Debian puts the binaries we look for, besides `PATH`.
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// The script in crun's wrapper: a private mount namespace where an empty tmpfs hides the
+/// (empty) cgroup2 mount, so crun 1.8 sees a plain cgroup v1 layout instead of refusing the
+/// hybrid one. `$0` is the program to exec, the rest its arguments.
+const CRUN_WRAPPER: &str = "mount -t tmpfs none /sys/fs/cgroup/unified && exec \"$0\" \"$@\"";
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+struct Opts {
+    /// Counted rounds per mode.
+    runs: usize,
+    /// Rounds before the counted ones, per mode.
+    warmup: usize,
+    /// Idle time before each start in the gap mode.
+    gap: Duration,
+    /// Runs per variant in the throughput measurement.
+    throughput_runs: usize,
+    /// Threads in the throughput measurement.
+    concurrency: usize,
+}
+
+impl Opts {
+    /// Parses the options; unknown arguments (cargo passes `--bench`) are ignored.
+    fn parse() -> Opts {
+        let mut o = Opts {
+            runs: 200,
+            warmup: 10,
+            gap: Duration::from_millis(50),
+            throughput_runs: 200,
+            concurrency: 4,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut num = |name: &str| -> u64 {
+                let v = args
+                    .next()
+                    .unwrap_or_else(|| panic!("{name} needs a value"));
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} wants a number, got {v:?}"))
+            };
+            match a.as_str() {
+                "--runs" => o.runs = num("--runs") as usize,
+                "--warmup" => o.warmup = num("--warmup") as usize,
+                "--gap-ms" => o.gap = Duration::from_millis(num("--gap-ms")),
+                "--throughput-runs" => o.throughput_runs = num("--throughput-runs") as usize,
+                "--concurrency" => o.concurrency = num("--concurrency") as usize,
+                "--bench" => {}
+                other => eprintln!("compare: ignoring argument {other:?}"),
+            }
+        }
+        assert!(o.runs > 0, "--runs must be at least 1");
+        assert!(o.concurrency > 0, "--concurrency must be at least 1");
+        assert!(
+            o.throughput_runs >= o.concurrency,
+            "--throughput-runs below --concurrency"
+        );
+        o
+    }
+}
+
+/// One way of running `/bin/true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// `<image>/bin/true` exec'd directly on the host.
+    ForkExec,
+    /// bubblewrap with every namespace unshared, the image as a read-only root.
+    Bwrap,
+    /// `runc run` on runbox's bundle.
+    Runc {
+        /// Keep runbox's `linux.seccomp` section.
+        seccomp: bool,
+    },
+    /// `crun run` on runbox's bundle, inside the mount-namespace wrapper.
+    Crun {
+        /// Keep runbox's `linux.seccomp` section.
+        seccomp: bool,
+    },
+    /// The crun wrapper alone, exec'ing `<image>/bin/true` instead of crun.
+    CrunWrapper,
+    /// `crun --cgroup-manager=disabled run` with no wrapper: no cgroups at all.
+    CrunNoCgroups,
+    /// `runbox::Root::run`, in process, with the default options (one spare monitor kept
+    /// ready: forked, detached, seccomp compiled, mount namespace entered before the call).
+    Runbox,
+    /// `runbox::Root::run` on a root with `spare_monitors(0)`: every start execs a monitor
+    /// and does all of its setup inside the timed window, as runc and crun do.
+    RunboxNoSpare,
+}
+
+impl Variant {
+    /// The row label.
+    fn label(self) -> &'static str {
+        match self {
+            Variant::ForkExec => "fork+exec (host, no isolation)",
+            Variant::Bwrap => "bwrap --unshare-all",
+            Variant::Runc { seccomp: false } => "runc, no seccomp",
+            Variant::Runc { seccomp: true } => "runc + seccomp",
+            Variant::Crun { seccomp: false } => "crun, no seccomp (incl. wrapper)",
+            Variant::Crun { seccomp: true } => "crun + seccomp (incl. wrapper)",
+            Variant::CrunWrapper => "crun's wrapper alone (unshare -m + sh + mount + exec true)",
+            Variant::CrunNoCgroups => "crun --cgroup-manager=disabled, no wrapper (NO cgroups)",
+            Variant::Runbox => "runbox (Root::run, defaults: seccomp on, 1 spare monitor)",
+            Variant::RunboxNoSpare => "runbox, spare_monitors(0)",
+        }
+    }
+}
+
+/// Where a tool lives.
+#[derive(Debug, Clone)]
+struct Tools {
+    /// runc.
+    runc: PathBuf,
+    /// crun.
+    crun: PathBuf,
+    /// bubblewrap.
+    bwrap: PathBuf,
+    /// util-linux unshare, for crun's wrapper.
+    unshare: PathBuf,
+    /// The shell of crun's wrapper.
+    sh: PathBuf,
+}
+
+/// Everything a run needs: paths, the runbox root and command, the bundle template.
+struct Bench {
+    /// `runbox-compare-<pid>`: the cgroup prefix of every run and the name of `base`.
+    prefix: String,
+    /// `/run/runbox-compare-<pid>`: holds the runbox root, runtime state and bundles.
+    base: PathBuf,
+    /// The busybox image.
+    image: PathBuf,
+    /// The other runtimes.
+    tools: Tools,
+    /// runbox's state root, `<base>/runbox`, default options.
+    root: runbox::Root,
+    /// A second state root, `<base>/runbox-nospare`, with no spare monitor.
+    root_nospare: runbox::Root,
+    /// `/bin/true` of the image.
+    cmd: runbox::Command,
+    /// runbox's `config.json`, as written by `Root::write_bundle`.
+    template: Value,
+    /// Counter for unique container ids.
+    next_id: AtomicU64,
+}
+
+/// What one timed run gave: its latency, and for runbox how long its monitor's cleanup went
+/// on after the verdict (not part of the latency).
+struct Sample {
+    /// Spawn to wait (runbox: the call to `Root::run`).
+    latency: Duration,
+    /// runbox only: from `run` returning until its sandbox directory was gone.
+    cleanup_tail: Option<Duration>,
+}
+
+impl Bench {
+    /// runc's `--root`.
+    fn runc_state(&self) -> PathBuf {
+        self.base.join("runc")
+    }
+
+    /// crun's `--root`.
+    fn crun_state(&self) -> PathBuf {
+        self.base.join("crun")
+    }
+
+    /// Where the per-run bundles go.
+    fn bundles(&self) -> PathBuf {
+        self.base.join("bundles")
+    }
+
+    /// Whether runbox's bundle has a `linux.seccomp` section.
+    fn has_seccomp(&self) -> bool {
+        self.template["linux"]
+            .get("seccomp")
+            .is_some_and(|s| !s.is_null())
+    }
+
+    /// Writes a bundle for one run: a unique id, its own cgroup, seccomp kept or removed.
+    fn bundle(&self, runtime: &str, seccomp: bool) -> (String, PathBuf) {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{runtime}-{n}");
+        let dir = self.bundles().join(&id);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mut cfg = self.template.clone();
+        cfg["linux"]["cgroupsPath"] = Value::String(format!("/{}/{id}", self.prefix));
+        cfg["process"]["terminal"] = Value::Bool(false);
+        if !seccomp {
+            cfg["linux"]
+                .as_object_mut()
+                .expect("linux is an object")
+                .remove("seccomp");
+        }
+        fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap())
+            .expect("write config.json");
+        (id, dir)
+    }
+
+    /// The process for one run of `v` (not runbox), and the bundle it uses, if any.
+    fn process(&self, v: Variant) -> (Proc, Option<PathBuf>) {
+        let t = &self.tools;
+        let true_bin = self.image.join("bin/true");
+        match v {
+            Variant::ForkExec => (Proc::new(&true_bin), None),
+            Variant::Bwrap => {
+                let mut c = Proc::new(&t.bwrap);
+                c.args(["--unshare-all", "--die-with-parent", "--ro-bind"])
+                    .arg(&self.image)
+                    .args(["/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+                    .arg("/bin/true");
+                (c, None)
+            }
+            Variant::Runc { seccomp } => {
+                let (id, dir) = self.bundle("runc", seccomp);
+                let mut c = Proc::new(&t.runc);
+                c.arg("--root")
+                    .arg(self.runc_state())
+                    .args(["run", "--bundle"])
+                    .arg(&dir)
+                    .arg(id);
+                (c, Some(dir))
+            }
+            Variant::Crun { seccomp } => {
+                let (id, dir) = self.bundle("crun", seccomp);
+                let mut c = self.crun_wrapper(&t.crun);
+                c.arg("--root")
+                    .arg(self.crun_state())
+                    .args(["run", "--bundle"])
+                    .arg(&dir)
+                    .arg(id);
+                (c, Some(dir))
+            }
+            Variant::CrunWrapper => (self.crun_wrapper(&true_bin), None),
+            Variant::CrunNoCgroups => {
+                let (id, dir) = self.bundle("crunnocg", false);
+                let mut c = Proc::new(&t.crun);
+                c.arg("--cgroup-manager=disabled")
+                    .arg("--root")
+                    .arg(self.crun_state())
+                    .args(["run", "--bundle"])
+                    .arg(&dir)
+                    .arg(id);
+                (c, Some(dir))
+            }
+            Variant::Runbox | Variant::RunboxNoSpare => unreachable!("runbox runs in process"),
+        }
+    }
+
+    /// `unshare -m --propagation private sh -c '<mount tmpfs> && exec PROGRAM ARGS…'`; the
+    /// caller appends the arguments.
+    fn crun_wrapper(&self, program: &Path) -> Proc {
+        let mut c = Proc::new(&self.tools.unshare);
+        c.args(["-m", "--propagation", "private"])
+            .arg(&self.tools.sh)
+            .args(["-c", CRUN_WRAPPER])
+            .arg(program);
+        c
+    }
+
+    /// One timed run of `v`; `Err` with what the program said if it failed.
+    fn run(&self, v: Variant) -> Result<Sample, String> {
+        if let Some(root) = self.runbox_root(v) {
+            return run_runbox(root, &self.cmd);
+        }
+        let (mut cmd, bundle) = self.process(v);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let t = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+        let status = child.wait().map_err(|e| format!("wait {cmd:?}: {e}"))?;
+        let latency = t.elapsed();
+        if let Some(dir) = bundle {
+            fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+        }
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut err);
+            }
+            return Err(format!("{cmd:?} ended with {status}: {}", err.trim()));
+        }
+        Ok(Sample {
+            latency,
+            cleanup_tail: None,
+        })
+    }
+
+    /// The runbox root of a runbox variant; `None` for the others.
+    fn runbox_root(&self, v: Variant) -> Option<&runbox::Root> {
+        match v {
+            Variant::Runbox => Some(&self.root),
+            Variant::RunboxNoSpare => Some(&self.root_nospare),
+            _ => None,
+        }
+    }
+}
+
+/// One `Root::run`, then (untimed) waits until its monitor has removed the sandbox, so
+/// that its cleanup does not run into the next variant's measurement.
+fn run_runbox(root: &runbox::Root, cmd: &runbox::Command) -> Result<Sample, String> {
+    let t = Instant::now();
+    let verdict = root.run(cmd).map_err(|e| format!("runbox: {e}"))?;
+    let latency = t.elapsed();
+    if verdict.status != runbox::Status::Ok {
+        return Err(format!("runbox verdict: {verdict:?}"));
+    }
+    let dir = root.dir().join(&verdict.id);
+    let gone = wait_until(Duration::from_secs(20), || !dir.exists());
+    let tail = t.elapsed() - latency;
+    if !gone {
+        return Err(format!(
+            "runbox left {} for 20 s after the verdict",
+            dir.display()
+        ));
+    }
+    Ok(Sample {
+        latency,
+        cleanup_tail: Some(tail),
+    })
+}
+
+/// Polls `done` every 200 µs until it holds or `limit` passes; true if it held. Only used
+/// outside the timed windows.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !done() {
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
+/// The path of `name` in `PATH` or the usual system directories.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Runs apt-get with no stdin and its output on our stderr; true on success.
+fn apt_get(args: &[&str]) -> bool {
+    eprintln!("compare: apt-get {}", args.join(" "));
+    Proc::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::io::stderr()))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs whatever of runc, crun and bubblewrap is missing; returns the tools' paths and
+/// the packages installed.
+fn ensure_tools() -> (Tools, Vec<&'static str>) {
+    let wanted = [("runc", "runc"), ("crun", "crun"), ("bwrap", "bubblewrap")];
+    let missing: Vec<&'static str> = wanted
+        .iter()
+        .filter(|(bin, _)| find_tool(bin).is_none())
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        println!("installing from Debian's packages: {}", missing.join(", "));
+        let mut install = vec!["install", "-y", "-q"];
+        install.extend(&missing);
+        if !apt_get(&install) {
+            assert!(apt_get(&["update", "-q"]), "apt-get update failed");
+            assert!(apt_get(&install), "apt-get install {missing:?} failed");
+        }
+    }
+    let get = |name: &str| find_tool(name).unwrap_or_else(|| panic!("{name} not found"));
+    (
+        Tools {
+            runc: get("runc"),
+            crun: get("crun"),
+            bwrap: get("bwrap"),
+            unshare: get("unshare"),
+            sh: get("sh"),
+        },
+        missing,
+    )
+}
+
+/// Builds (or finds up to date) the busybox test image.
+fn image() -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-image");
+    let status = Proc::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rootfs/build-image.sh"
+        ))
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run rootfs/build-image.sh");
+    assert!(status.success(), "rootfs/build-image.sh failed");
+    out
+}
+
+/// First line of a command's stdout, or what went wrong.
+fn first_line(program: &Path, args: &[&str]) -> String {
+    match Proc::new(program).args(args).stdin(Stdio::null()).output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Err(e) => format!("({} failed: {e})", program.display()),
+    }
+}
+
+/// The 1-minute load average.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The value at fraction `p` of a sorted slice (nearest rank).
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Milliseconds with two decimals.
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// Interleaved measurement of `variants`: `warmup + runs` rounds, each running every variant
+/// once, the order rotated by one each round; `gap` is slept before every start.
+fn measure(
+    bench: &Bench,
+    variants: &[Variant],
+    runs: usize,
+    warmup: usize,
+    gap: Option<Duration>,
+) -> Vec<Vec<Sample>> {
+    let n = variants.len();
+    let mut out: Vec<Vec<Sample>> = (0..n).map(|_| Vec::with_capacity(runs)).collect();
+    for round in 0..warmup + runs {
+        for k in 0..n {
+            let i = (round + k) % n;
+            if let Some(g) = gap {
+                std::thread::sleep(g);
+            }
+            let s = bench
+                .run(variants[i])
+                .unwrap_or_else(|e| panic!("{} failed: {e}", variants[i].label()));
+            if round >= warmup {
+                out[i].push(s);
+            }
+        }
+    }
+    out
+}
+
+/// Prints one mode's Markdown table, and the notes on crun's wrapper and runbox's cleanup.
+fn print_table(title: &str, variants: &[Variant], samples: &[Vec<Sample>]) {
+    let sorted: Vec<Vec<Duration>> = samples
+        .iter()
+        .map(|s| {
+            let mut v: Vec<Duration> = s.iter().map(|x| x.latency).collect();
+            v.sort();
+            v
+        })
+        .collect();
+    let median_of = |v: Variant| {
+        variants
+            .iter()
+            .position(|&x| x == v)
+            .map(|i| percentile(&sorted[i], 0.5))
+    };
+    let base = median_of(Variant::Runbox).expect("runbox is measured");
+    println!();
+    println!("### {title} ({} counted runs per variant)", sorted[0].len());
+    println!();
+    println!("| variant | median (ms) | p90 (ms) | p99 (ms) | median / runbox median |");
+    println!("|---|---|---|---|---|");
+    for (v, s) in variants.iter().zip(&sorted) {
+        let med = percentile(s, 0.5);
+        println!(
+            "| {} | {} | {} | {} | {:.2} |",
+            v.label(),
+            ms(med),
+            ms(percentile(s, 0.9)),
+            ms(percentile(s, 0.99)),
+            med.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+    println!();
+    if let Some(w) = median_of(Variant::CrunWrapper) {
+        for seccomp in [false, true] {
+            if let Some(c) = median_of(Variant::Crun { seccomp }) {
+                println!(
+                    "- {}: median {} ms, of which the wrapper's median is {} ms: crun itself about {} ms",
+                    Variant::Crun { seccomp }.label(),
+                    ms(c),
+                    ms(w),
+                    ms(c.saturating_sub(w))
+                );
+            }
+        }
+    }
+    for (i, v) in variants.iter().enumerate() {
+        if !matches!(v, Variant::Runbox | Variant::RunboxNoSpare) {
+            continue;
+        }
+        let mut tails: Vec<Duration> = samples[i].iter().filter_map(|s| s.cleanup_tail).collect();
+        tails.sort();
+        if !tails.is_empty() {
+            println!(
+                "- {}: the verdict comes before the monitor's cleanup (unmount, cgroup, state \
+                 dir), which went on for a median {} ms (p90 {} ms) after `run` returned; not \
+                 counted above (the runc and crun rows include their delete); the harness waits \
+                 for it untimed before the next start",
+                v.label(),
+                ms(percentile(&tails, 0.5)),
+                ms(percentile(&tails, 0.9))
+            );
+        }
+    }
+}
+
+/// `total` runs of `v` split over `threads` threads, each running back to back. Returns the
+/// wall time (for runbox, until the last sandbox's cleanup is done) and every run's latency.
+fn throughput(
+    bench: &Bench,
+    v: Variant,
+    total: usize,
+    threads: usize,
+) -> (Duration, Vec<Duration>) {
+    let t = Instant::now();
+    let mut lat: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let n = total / threads + usize::from(k < total % threads);
+                s.spawn(move || {
+                    (0..n)
+                        .map(|_| {
+                            let r = if let Some(root) = bench.runbox_root(v) {
+                                // No per-run wait for the cleanup: it overlaps the next runs.
+                                let t = Instant::now();
+                                let verdict = root.run(&bench.cmd);
+                                let d = t.elapsed();
+                                match verdict {
+                                    Ok(vd) if vd.status == runbox::Status::Ok => Ok(d),
+                                    other => Err(format!("{other:?}")),
+                                }
+                            } else {
+                                bench.run(v).map(|s| s.latency)
+                            };
+                            r.unwrap_or_else(|e| panic!("{} failed: {e}", v.label()))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("throughput thread"))
+            .collect()
+    });
+    if let Some(root) = bench.runbox_root(v) {
+        let ok = wait_until(Duration::from_secs(30), || {
+            root.list().is_ok_and(|l| l.is_empty())
+        });
+        assert!(ok, "runbox sandboxes left 30 s after the throughput runs");
+    }
+    let wall = t.elapsed();
+    lat.sort();
+    (wall, lat)
+}
+
+/// The cgroup directories `<hierarchy>/<prefix>` that exist, in every mounted hierarchy.
+fn prefix_cgroups(prefix: &str) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path().join(prefix))
+        .filter(|p| p.is_dir())
+        .collect();
+    if Path::new("/sys/fs/cgroup").join(prefix).is_dir() {
+        dirs.push(Path::new("/sys/fs/cgroup").join(prefix));
+    }
+    dirs
+}
+
+/// Sub-directories of a directory.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes a cgroup directory and the (empty) cgroups below it, deepest first; best effort.
+fn remove_cgroup_tree(dir: &Path) {
+    for sub in subdirs(dir) {
+        remove_cgroup_tree(&sub);
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Container ids a runtime still lists in its state directory (`<runtime> --root STATE list`).
+fn runtime_ids(runtime: &Path, state: &Path) -> Result<Vec<String>, String> {
+    if !state.exists() {
+        return Ok(Vec::new());
+    }
+    let out = Proc::new(runtime)
+        .arg("--root")
+        .arg(state)
+        .args(["list", "-q"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {}: {e}", runtime.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} --root {} list -q: {}: {}",
+            runtime.display(),
+            state.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Pids (other than ours) whose command line mentions a path under `path`: monitors, runtimes, wrappers.
+fn processes_naming(path: &Path) -> Vec<u32> {
+    // With the slash, `/run/x-1` does not match `/run/x-12`.
+    let mut needle = path.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    let me = std::process::id();
+    fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|&pid| pid != me)
+                .filter(|pid| {
+                    fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Best-effort removal of everything the run created (on success and when unwinding).
+struct Cleanup {
+    /// The cgroup prefix.
+    prefix: String,
+    /// The state directory.
+    base: PathBuf,
+    /// The runtimes, to delete containers they still list.
+    tools: Tools,
+}
+
+impl Cleanup {
+    /// Removes containers, bundles, state and cgroups; idempotent.
+    fn sweep(&self) {
+        let t = &self.tools;
+        for (rt, dir) in [(&t.runc, "runc"), (&t.crun, "crun")] {
+            let state = self.base.join(dir);
+            for id in runtime_ids(rt, &state).unwrap_or_default() {
+                let _ = Proc::new(rt)
+                    .arg("--root")
+                    .arg(&state)
+                    .args(["delete", "--force", &id])
+                    .stdin(Stdio::null())
+                    .status();
+            }
+        }
+        // runbox's monitors remove their own sandboxes shortly after the verdict; gc takes
+        // what a dead monitor left.
+        for dir in [self.base.join("runbox"), self.base.join("runbox-nospare")] {
+            if !dir.is_dir() {
+                continue;
+            }
+            if let Ok(root) = runbox::RootOptions::new()
+                .cgroup_prefix(self.prefix.clone())
+                .open(&dir)
+            {
+                wait_until(Duration::from_secs(20), || {
+                    root.list().is_ok_and(|l| l.is_empty())
+                });
+                let report = root.gc();
+                if !report.errors.is_empty() {
+                    eprintln!("compare: runbox gc: {:?}", report.errors);
+                }
+            }
+        }
+        for dir in prefix_cgroups(&self.prefix) {
+            remove_cgroup_tree(&dir);
+        }
+        if self.base.exists() {
+            let _ = fs::remove_dir_all(&self.base);
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("compare: failed; removing what the run created");
+            self.sweep();
+        }
+    }
+}
+
+/// Asserts that no runtime state, bundle, sandbox or cgroup is left, removing the empty
+/// prefix cgroups and the state directory on the way.
+fn verify_clean(bench: &Bench, cleanup: &Cleanup) {
+    let t = &bench.tools;
+    assert_eq!(
+        runtime_ids(&t.runc, &bench.runc_state()),
+        Ok(Vec::new()),
+        "runc state left"
+    );
+    assert_eq!(
+        runtime_ids(&t.crun, &bench.crun_state()),
+        Ok(Vec::new()),
+        "crun state left"
+    );
+    let left = subdirs(&bench.bundles());
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    for root in [&bench.root, &bench.root_nospare] {
+        let ok = wait_until(Duration::from_secs(20), || {
+            root.list().is_ok_and(|l| l.is_empty())
+        });
+        assert!(
+            ok,
+            "runbox sandboxes left in {}: {:?}",
+            root.dir().display(),
+            root.list()
+                .map(|l| l.iter().map(|x| x.id.clone()).collect::<Vec<_>>())
+        );
+        // The spare monitor exits once its request socket is closed.
+        root.release_spares();
+    }
+    for dir in prefix_cgroups(&bench.prefix) {
+        let ok = wait_until(Duration::from_secs(10), || subdirs(&dir).is_empty());
+        assert!(
+            ok,
+            "cgroups left under {}: {:?}",
+            dir.display(),
+            subdirs(&dir)
+        );
+        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+    }
+    let left = prefix_cgroups(&bench.prefix);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+    let ok = wait_until(Duration::from_secs(10), || {
+        processes_naming(&bench.base).is_empty()
+    });
+    assert!(
+        ok,
+        "processes still name {}: {:?}",
+        bench.base.display(),
+        processes_naming(&bench.base)
+    );
+    fs::remove_dir_all(&bench.base)
+        .unwrap_or_else(|e| panic!("remove {}: {e}", bench.base.display()));
+    cleanup.sweep();
+    assert!(!bench.base.exists(), "{} left", bench.base.display());
+}
+
+/// Sets up, measures both modes and throughput, prints Markdown, checks the cleanup.
+fn main() {
+    runbox::monitor_main();
+    let opts = Opts::parse();
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmark runs real containers: run as root"
+    );
+    let load_at_start = loadavg();
+    let started = Instant::now();
+
+    let (tools, installed) = ensure_tools();
+    let image = image();
+    let pid = std::process::id();
+    let prefix = format!("runbox-compare-{pid}");
+    // /run is a tmpfs, like runbox's default state root.
+    let base = PathBuf::from(format!("/run/{prefix}"));
+    let cleanup = Cleanup {
+        prefix: prefix.clone(),
+        base: base.clone(),
+        tools: tools.clone(),
+    };
+    for d in ["bundles", "runc", "crun", "template"] {
+        fs::create_dir_all(base.join(d)).expect("create the state directories");
+    }
+    let root = runbox::RootOptions::new()
+        .cgroup_prefix(prefix.clone())
+        .open(base.join("runbox"))
+        .expect("open the runbox state root");
+    let root_nospare = runbox::RootOptions::new()
+        .cgroup_prefix(prefix.clone())
+        .spare_monitors(0)
+        .open(base.join("runbox-nospare"))
+        .expect("open the second runbox state root");
+    let mut cmd = runbox::Command::new("/bin/true");
+    cmd.image(&image);
+    root.write_bundle(&cmd, &base.join("template"))
+        .expect("runbox write_bundle");
+    let template: Value =
+        serde_json::from_slice(&fs::read(base.join("template/config.json")).unwrap()).unwrap();
+    fs::remove_dir_all(base.join("template")).unwrap();
+
+    let bench = Bench {
+        prefix,
+        base,
+        image,
+        tools,
+        root,
+        root_nospare,
+        cmd,
+        template,
+        next_id: AtomicU64::new(0),
+    };
+
+    // Which variants run here: one probe run each.
+    let seccomp = bench.has_seccomp();
+    let mut candidates = vec![
+        Variant::ForkExec,
+        Variant::Bwrap,
+        Variant::Runc { seccomp: false },
+    ];
+    if seccomp {
+        candidates.push(Variant::Runc { seccomp: true });
+    }
+    candidates.push(Variant::Crun { seccomp: false });
+    if seccomp {
+        candidates.push(Variant::Crun { seccomp: true });
+    }
+    candidates.extend([
+        Variant::CrunWrapper,
+        Variant::CrunNoCgroups,
+        Variant::RunboxNoSpare,
+        Variant::Runbox,
+    ]);
+    let mut notes = Vec::new();
+    notes.push(
+        "the runc/crun bundle's root is the image itself, read-only (write_bundle's escape \
+         hatch): no overlay and no writable layer, which runbox mounts for every run"
+            .to_string(),
+    );
+    if seccomp {
+        let entries = bench.template["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .map_or(0, Vec::len);
+        notes.push(format!(
+            "runbox's `linux.seccomp` profile: {entries} syscall entries, default action {}",
+            bench.template["linux"]["seccomp"]["defaultAction"]
+        ));
+    } else {
+        notes.push(
+            "runbox's write_bundle put no `linux.seccomp` in config.json: the runc + seccomp and \
+             crun + seccomp variants are skipped for lack of a profile"
+                .to_string(),
+        );
+    }
+    let mut variants = Vec::new();
+    for v in candidates {
+        match bench.run(v) {
+            Ok(_) => variants.push(v),
+            Err(e) if v == Variant::CrunNoCgroups => notes.push(format!(
+                "`crun --cgroup-manager=disabled` does not avoid the wrapper: crun checks the \
+                 cgroup layout anyway and refuses ({e}); the crun rows keep the wrapper"
+            )),
+            // The profile is runbox's own and new: a runtime refusing it is reported, not fatal.
+            Err(e)
+                if matches!(
+                    v,
+                    Variant::Runc { seccomp: true } | Variant::Crun { seccomp: true }
+                ) =>
+            {
+                notes.push(format!(
+                    "{} skipped: the runtime refused runbox's seccomp profile: {e}",
+                    v.label()
+                ))
+            }
+            Err(e) => panic!("{} does not run: {e}", v.label()),
+        }
+    }
+    if variants.contains(&Variant::CrunNoCgroups) {
+        notes.push(
+            "`crun --cgroup-manager=disabled` runs without the wrapper, but creates no cgroup at \
+             all (no memory, pids or CPU limit): shown for reference only, the fair crun rows \
+             keep the wrapper and the cgroups"
+                .to_string(),
+        );
+    }
+
+    // The header.
+    let date = first_line(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let uname = first_line(Path::new("uname"), &["-r"]);
+    let nproc = first_line(Path::new("nproc"), &[]);
+    println!();
+    println!("## runbox vs fork+exec, bubblewrap, runc and crun: `/bin/true` of the busybox image");
+    println!();
+    println!("| what | value |");
+    println!("|---|---|");
+    println!("| date | {date} |");
+    println!("| kernel (`uname -r`) | {uname} |");
+    println!("| nproc | {nproc} |");
+    println!(
+        "| load avg (1 min) before the run | {load_at_start} (at start), {} (after setup, before measuring) |",
+        loadavg()
+    );
+    println!(
+        "| runc | {} |",
+        first_line(&bench.tools.runc, &["--version"])
+    );
+    println!(
+        "| crun | {} |",
+        first_line(&bench.tools.crun, &["--version"])
+    );
+    println!(
+        "| bwrap | {} |",
+        first_line(&bench.tools.bwrap, &["--version"])
+    );
+    println!(
+        "| installed by this run | {} |",
+        if installed.is_empty() {
+            "nothing".to_string()
+        } else {
+            installed.join(", ")
+        }
+    );
+    println!("| image | {} |", bench.image.display());
+    println!(
+        "| rounds | {} counted + {} warm-up per mode, interleaved, order rotated each round |",
+        opts.runs, opts.warmup
+    );
+    println!(
+        "| runc/crun bundle | runbox's `write_bundle` config.json; per run: unique id, `linux.cgroupsPath` = `/{}/<id>`, `process.terminal` false{} |",
+        bench.prefix,
+        if seccomp { "; `linux.seccomp` removed in the no-seccomp rows" } else { "" }
+    );
+    println!();
+    for n in &notes {
+        println!("- {n}");
+    }
+
+    let b2b = measure(&bench, &variants, opts.runs, opts.warmup, None);
+    print_table("Back to back", &variants, &b2b);
+    let gap = measure(&bench, &variants, opts.runs, opts.warmup, Some(opts.gap));
+    print_table(
+        &format!(
+            "With an idle gap of {} ms before each start",
+            opts.gap.as_millis()
+        ),
+        &variants,
+        &gap,
+    );
+
+    let crun_tp = if variants.contains(&Variant::Crun { seccomp: true }) {
+        Variant::Crun { seccomp: true }
+    } else {
+        Variant::Crun { seccomp: false }
+    };
+    println!();
+    println!(
+        "### Throughput: {} runs per variant at concurrency {} ({} threads running back to back)",
+        opts.throughput_runs, opts.concurrency, opts.concurrency
+    );
+    println!();
+    println!("| variant | runs/s | median (ms) | p99 latency (ms) | wall (s) |");
+    println!("|---|---|---|---|---|");
+    for v in [Variant::Runbox, crun_tp, Variant::Bwrap] {
+        // A few untimed runs first, so every variant starts warm.
+        throughput(&bench, v, opts.concurrency * 2, opts.concurrency);
+        let (wall, lat) = throughput(&bench, v, opts.throughput_runs, opts.concurrency);
+        println!(
+            "| {} | {:.1} | {} | {} | {:.2} |",
+            v.label(),
+            opts.throughput_runs as f64 / wall.as_secs_f64(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            wall.as_secs_f64()
+        );
+    }
+    println!();
+    println!("- runbox's throughput wall time runs until its last sandbox's cleanup is done");
+
+    verify_clean(&bench, &cleanup);
+    println!(
+        "- cleanup checked: no runc/crun state, no bundles, no runbox sandboxes, no cgroups under \
+         /sys/fs/cgroup/*/{}, state directory {} removed",
+        bench.prefix,
+        bench.base.display()
+    );
+    println!(
+        "- total time of this run: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
