@@ -121,7 +121,6 @@ fn mount_steps(
     let scratch = layout.scratch();
     let rootfs = layout.rootfs();
     dir(&scratch, 0o700)?;
-    dir(&rootfs, 0o755)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let size = format!("size={},mode=0755", cfg.limits.scratch_bytes);
     mount(
@@ -137,6 +136,7 @@ fn mount_steps(
         source,
     })?;
     mounted.scratch = Some(scratch.clone());
+    dir(&rootfs, 0o755)?;
     let upper = scratch.join("upper");
     let work = scratch.join("work");
     dir(&upper, 0o755)?;

@@ -39,20 +39,25 @@ impl Layout {
         self.dir.join("exit.json")
     }
     /// The OCI bundle directory.
+    ///
+    /// It lives on the scratch tmpfs, like libcontainer's state: those files churn on every
+    /// start and a disk-backed state root made creating them slow. Both exist only in the
+    /// monitor's mount namespace.
     pub fn bundle(&self) -> PathBuf {
-        self.dir.join("bundle")
+        self.dir.join("scratch/bundle")
     }
     /// The overlay's merged dir, the container's root.
     pub fn rootfs(&self) -> PathBuf {
-        self.dir.join("bundle/rootfs")
+        self.dir.join("scratch/bundle/rootfs")
     }
-    /// The size-capped tmpfs holding the overlay's upper and work dirs.
+    /// The size-capped tmpfs (mounted in the monitor's mount namespace) holding the overlay's
+    /// upper and work dirs, the bundle and libcontainer's state.
     pub fn scratch(&self) -> PathBuf {
         self.dir.join("scratch")
     }
     /// libcontainer's own state root (kept apart: its delete removes `<lc>/<id>` wholesale).
     pub fn libcontainer_root(&self) -> PathBuf {
-        self.dir.join("lc")
+        self.dir.join("scratch/lc")
     }
     /// The FIFO a controller writes to to start a created sandbox.
     pub fn start_fifo(&self) -> PathBuf {
