@@ -171,7 +171,10 @@ fn load(root: &runbox::Root, cmd: &runbox::Command) {
             })
             .collect();
         let started = Instant::now();
-        let mut lat: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let mut lat: Vec<Duration> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
         let elapsed = started.elapsed().as_secs_f64();
         lat.sort();
         println!(
