@@ -799,6 +799,17 @@ fn verify_clean(bench: &Bench, cleanup: &Cleanup) {
         root.release_spares();
     }
     for dir in prefix_cgroups(&bench.prefix) {
+        // Monitors leave their controller's cgroups for `<prefix>/_monitors`; once they have
+        // exited, that cgroup is empty and goes too.
+        let monitors = dir.join("_monitors");
+        if monitors.is_dir() {
+            let ok = wait_until(Duration::from_secs(10), || {
+                fs::read_to_string(monitors.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+            });
+            assert!(ok, "monitors left in {}", monitors.display());
+            fs::remove_dir(&monitors)
+                .unwrap_or_else(|e| panic!("rmdir {}: {e}", monitors.display()));
+        }
         let ok = wait_until(Duration::from_secs(10), || subdirs(&dir).is_empty());
         assert!(
             ok,

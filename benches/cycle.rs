@@ -306,6 +306,8 @@ fn cleanup(state: &std::path::Path) {
     for ctrl in [
         "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "unified", "",
     ] {
-        let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(ctrl).join(&prefix));
+        let dir = PathBuf::from("/sys/fs/cgroup").join(ctrl).join(&prefix);
+        let _ = std::fs::remove_dir(dir.join("_monitors"));
+        let _ = std::fs::remove_dir(dir);
     }
 }

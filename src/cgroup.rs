@@ -66,6 +66,45 @@ impl Layout {
     }
 }
 
+/// Moves the calling process out of the cgroups it inherited (wherever it is not at a
+/// hierarchy's root) into `/<prefix>/_monitors` of the same hierarchy, so that a service
+/// manager stopping the controller's cgroup does not take the monitor, and with it the sandbox.
+/// `_monitors` cannot clash with a sandbox id (ids start with a letter or digit).
+pub(crate) fn leave_inherited_cgroups(prefix: &str) -> io::Result<()> {
+    let mine = fs::read_to_string("/proc/self/cgroup")?;
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    for line in mine.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(c)) => (a, b, c),
+            _ => continue,
+        };
+        if path == "/" || path.starts_with(&format!("/{prefix}/")) {
+            continue;
+        }
+        let wanted: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+        let mount = mounts.lines().find_map(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            if f.len() < 4 {
+                return None;
+            }
+            let opts: Vec<&str> = f[3].split(',').collect();
+            let matches = match f[2] {
+                "cgroup2" => wanted.is_empty(),
+                "cgroup" => !wanted.is_empty() && wanted.iter().all(|w| opts.contains(w)),
+                _ => false,
+            };
+            matches.then(|| PathBuf::from(f[1]))
+        });
+        let Some(mount) = mount else { continue };
+        let dir = mount.join(prefix).join("_monitors");
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("cgroup.procs"), "0")
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
 /// One sandbox's cgroup directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Cgroup {

@@ -107,7 +107,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let mode = match args.get(3).and_then(|m| m.to_str()) {
         Some("create") => Mode::Create,
         Some("run") => Mode::Run,
-        Some("spare") => spare(),
+        Some("spare") => spare(args.get(4).and_then(|p| p.to_str()).map(str::to_string)),
         Some("ping") => {
             // Measures what a monitor costs before it does any work (see benches/cycle.rs).
             if sys::fork_and_detach().is_ok() {
@@ -124,7 +124,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let dir = PathBuf::from(&args[2]);
     detach();
     redirect_stderr(&dir.join("monitor.log"));
-    let code = match Prepared::new().and_then(|p| Monitor::run(&dir, mode, p)) {
+    let code = match Prepared::new(None).and_then(|p| Monitor::run(&dir, mode, p)) {
         Ok(()) => 0,
         Err(e) => {
             let _ = report(&Report::Failed {
@@ -154,9 +154,9 @@ fn detach() {
 /// A spare monitor: does everything that does not depend on a sandbox (detach, seccomp compile,
 /// mount namespace), then waits for one request line `run|create SANDBOX_DIR` on stdin. End of
 /// file (the controller dropped its root or died) ends it.
-fn spare() -> ! {
+fn spare(prefix: Option<String>) -> ! {
     detach();
-    let prepared = match Prepared::new() {
+    let prepared = match Prepared::new(prefix.as_deref()) {
         Ok(p) => p,
         Err(_) => std::process::exit(1), // the controller falls back to a fresh monitor
     };
@@ -193,10 +193,13 @@ fn spare() -> ! {
 struct Prepared {
     filters: Filters,
     cgroups: cgroup::Layout,
+    /// The monitor already left the cgroups it inherited from its controller.
+    left_cgroups: bool,
 }
 
 impl Prepared {
-    fn new() -> Result<Prepared> {
+    /// `prefix`: the root's cgroup prefix, if known yet (a spare is told it on its command line).
+    fn new(prefix: Option<&str>) -> Result<Prepared> {
         let filters = Filters::compile_default().map_err(|e| {
             Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e)
         })?;
@@ -205,7 +208,23 @@ impl Prepared {
             .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
         private_mount_namespace()?;
         mark("mount_namespace");
-        Ok(Prepared { filters, cgroups })
+        let left_cgroups = prefix.is_some_and(leave_cgroups);
+        Ok(Prepared {
+            filters,
+            cgroups,
+            left_cgroups,
+        })
+    }
+}
+
+/// Leaves the controller's cgroups (best effort: a failure is logged, the sandbox still runs).
+fn leave_cgroups(prefix: &str) -> bool {
+    match cgroup::leave_inherited_cgroups(prefix) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("runbox monitor: could not leave the controller's cgroups: {e}");
+            false
+        }
     }
 }
 
@@ -291,7 +310,21 @@ impl Monitor {
         };
         state::write_json_atomic(&layout.monitor(), &status)?;
         mark("records");
-        let Prepared { filters, cgroups } = prepared;
+        let Prepared {
+            filters,
+            cgroups,
+            left_cgroups,
+        } = prepared;
+        if !left_cgroups {
+            let prefix = Path::new(&record.cgroup_path)
+                .parent()
+                .and_then(|p| p.to_str())
+                .map(|p| p.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            if !prefix.is_empty() {
+                leave_cgroups(&prefix);
+            }
+        }
         let cgroup = cgroups.cgroup(&record.cgroup_path);
         let lower = match &record.config.image {
             Some(dir) => dir.clone(),

@@ -423,6 +423,7 @@ impl Root {
             .arg(MONITOR_ARG)
             .arg(&self.inner.dir)
             .arg("spare")
+            .arg(&self.inner.cgroup_prefix)
             .env_clear()
             .stdin(Stdio::from(request_r))
             .stdout(Stdio::from(report_w))

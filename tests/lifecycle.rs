@@ -326,3 +326,74 @@ fn create_then_start_and_a_corrupt_state_file_stays_local() {
     std::fs::remove_dir_all(env.dir.join("later")).unwrap();
     env.finish();
 }
+
+/// The pids hierarchy's mount point (v1), or the unified hierarchy's (v2).
+fn pids_hierarchy() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let v1 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "pids"))
+            .then(|| PathBuf::from(f[1]))
+    });
+    v1.or_else(|| {
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+    })
+    .expect("a pids or unified cgroup hierarchy")
+}
+
+#[test]
+fn a_sandbox_survives_the_end_of_its_controllers_cgroup() {
+    let env = TestEnv::new("svc");
+    // The controller runs in a cgroup of its own, as under a service manager.
+    let service = pids_hierarchy().join(format!("{}-service", env.prefix));
+    std::fs::create_dir_all(&service).unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+        service.display()
+    );
+    let out = Proc::new("sh")
+        .args(["-c", &script])
+        .arg(cli())
+        .arg("--root")
+        .arg(&env.dir)
+        .args([
+            "--cgroup-parent",
+            &env.prefix,
+            "run",
+            "--detach",
+            "--name",
+            "survivor",
+            "--image",
+        ])
+        .arg(common::image())
+        .args(["--", "/bin/sh", "-c", "sleep 1; echo alive"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The service manager stops the service: it kills whatever is left in its cgroup.
+    let left = std::fs::read_to_string(service.join("cgroup.procs")).unwrap();
+    for pid in left.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        left.trim().is_empty(),
+        "the monitor stayed in the controller's cgroup: {left}"
+    );
+    std::fs::remove_dir(&service).unwrap();
+    let mut s = env.root.sandbox("survivor").unwrap();
+    let v = s.wait().unwrap();
+    assert_eq!(
+        (v.status, v.stdout.as_str()),
+        (Status::Ok, "alive\n"),
+        "{v:?}"
+    );
+    s.delete(false).unwrap();
+    env.finish();
+}

@@ -61,7 +61,7 @@ impl Drop for TestEnv {
         }
         let _ = self.root.gc();
         for d in cgroup_prefix_dirs(&self.prefix) {
-            let _ = fs::remove_dir(&d);
+            let _ = remove_prefix_dir(&d);
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -103,19 +103,36 @@ impl TestEnv {
         self.root.release_spares();
         let root_str = self.dir.to_string_lossy().into_owned();
         let t = std::time::Instant::now();
-        while !processes_mentioning(&root_str).is_empty()
+        // Exited monitors stay in `_monitors` until the host's init reaps them.
+        let monitors_busy = || {
+            cgroup_prefix_dirs(&self.prefix).iter().any(|d| {
+                fs::read_to_string(d.join("_monitors/cgroup.procs"))
+                    .is_ok_and(|p| !p.trim().is_empty())
+            })
+        };
+        while (!processes_mentioning(&root_str).is_empty() || monitors_busy())
             && t.elapsed() < std::time::Duration::from_secs(20)
         {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_no_leaks(&self.dir, &self.prefix);
         for d in cgroup_prefix_dirs(&self.prefix) {
-            fs::remove_dir(&d)
+            remove_prefix_dir(&d)
                 .unwrap_or_else(|e| panic!("remove cgroup prefix {}: {e}", d.display()));
         }
         fs::remove_dir_all(&self.dir).expect("remove state root");
         self.finished = true;
     }
+}
+
+/// Removes a prefix directory and the monitors' cgroup in it (monitors leave their
+/// controller's cgroups for `<prefix>/_monitors`).
+fn remove_prefix_dir(d: &Path) -> std::io::Result<()> {
+    let monitors = d.join("_monitors");
+    if monitors.is_dir() {
+        fs::remove_dir(&monitors)?;
+    }
+    fs::remove_dir(d)
 }
 
 /// The prefix's directory in every mounted cgroup hierarchy that has one.
@@ -152,10 +169,19 @@ pub fn assert_no_leaks(state_root: &Path, prefix: &str) {
         let children: Vec<_> = fs::read_dir(&d)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "_monitors")
             .map(|e| e.path())
             .collect();
         assert!(children.is_empty(), "cgroups left: {children:?}");
+        let monitors = d.join("_monitors/cgroup.procs");
+        if monitors.exists() {
+            let procs = fs::read_to_string(&monitors).unwrap();
+            assert!(
+                procs.trim().is_empty(),
+                "monitors left in {}: {procs}",
+                monitors.display()
+            );
+        }
     }
     let root_str = state_root.to_string_lossy().into_owned();
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
