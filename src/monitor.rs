@@ -124,17 +124,19 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let dir = PathBuf::from(&args[2]);
     detach();
     redirect_stderr(&dir.join("monitor.log"));
-    let code = match Prepared::new(None).and_then(|p| Monitor::run(&dir, mode, p)) {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = report(&Report::Failed {
-                kind: e.kind(),
-                message: e.chain(),
-            });
-            1
-        }
-    };
-    std::process::exit(code)
+    exit_with(Prepared::new(None).and_then(|p| Monitor::run(&dir, mode, p)))
+}
+
+/// Ends the monitor: status 0, or 1 after reporting the error to the controller.
+fn exit_with(result: Result<()>) -> ! {
+    if let Err(e) = result {
+        let _ = report(&Report::Failed {
+            kind: e.kind(),
+            message: e.chain(),
+        });
+        std::process::exit(1);
+    }
+    std::process::exit(0)
 }
 
 /// Forks away from the spawner and starts a new session.
@@ -176,17 +178,7 @@ fn spare(prefix: Option<String>) -> ! {
         _ => std::process::exit(2),
     };
     redirect_stderr(&dir.join("monitor.log"));
-    let code = match Monitor::run(&dir, mode, prepared) {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = report(&Report::Failed {
-                kind: e.kind(),
-                message: e.chain(),
-            });
-            1
-        }
-    };
-    std::process::exit(code)
+    exit_with(Monitor::run(&dir, mode, prepared))
 }
 
 /// What a monitor sets up before it knows its sandbox.

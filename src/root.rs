@@ -70,14 +70,20 @@ struct RootInner {
     spare_target: usize,
 }
 
-impl Drop for RootInner {
-    fn drop(&mut self) {
+impl RootInner {
+    fn release_spares(&self) {
         if let Ok(mut spares) = self.spares.lock() {
             for mut spare in spares.drain(..) {
                 drop(spare.request); // end of file: the spare exits
                 let _ = spare.first.wait();
             }
         }
+    }
+}
+
+impl Drop for RootInner {
+    fn drop(&mut self) {
+        self.release_spares();
     }
 }
 
@@ -358,12 +364,7 @@ impl Root {
 
     /// Releases the spare monitors (they exit); new ones are made on the next launch.
     pub fn release_spares(&self) {
-        if let Ok(mut spares) = self.inner.spares.lock() {
-            for mut spare in spares.drain(..) {
-                drop(spare.request); // end of file: the spare exits
-                let _ = spare.first.wait();
-            }
-        }
+        self.inner.release_spares();
     }
 
     /// Hands the sandbox to a spare monitor if one is ready, else execs a new monitor; then
