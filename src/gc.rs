@@ -51,7 +51,7 @@ pub(crate) fn clean_lost(layout: &Layout, record: &SandboxRecord) -> Result<()> 
     let cg = cgroup::Layout::detect()
         .map_err(|e| Error::with_source(ErrorKind::Io, "read cgroup mounts", e))?
         .cgroup(&record.cgroup_path);
-    kill_cgroup(&cg)?;
+    kill_cgroup(&cg, &record.cgroup_path)?;
     cg.remove()
         .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))?;
     unmount_under(&layout.dir)?;
@@ -62,8 +62,10 @@ pub(crate) fn clean_lost(layout: &Layout, record: &SandboxRecord) -> Result<()> 
     Ok(())
 }
 
-/// SIGKILLs every process in the cgroup and waits (on pidfds) until they are gone.
-pub(crate) fn kill_cgroup(cg: &Cgroup) -> Result<()> {
+/// SIGKILLs every process in the cgroup (at `cgroup_path`) and waits (on pidfds) until they
+/// are gone. Each pid is pinned by a pidfd and then checked to still be in that cgroup, so a
+/// pid reused by another process between the read and the pidfd is never signalled.
+pub(crate) fn kill_cgroup(cg: &Cgroup, cgroup_path: &str) -> Result<()> {
     for _ in 0..20 {
         let pids = cg
             .procs()
@@ -72,9 +74,14 @@ pub(crate) fn kill_cgroup(cg: &Cgroup) -> Result<()> {
             return Ok(());
         }
         // Processes in the sandbox's own cgroup are the sandbox's; a pidfd pins each one.
+        let suffix = format!(":{cgroup_path}");
         let pidfds: Vec<_> = pids
             .iter()
-            .filter_map(|&pid| crate::sys::pidfd_open(pid).ok())
+            .filter_map(|&pid| {
+                let fd = crate::sys::pidfd_open(pid).ok()?;
+                let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+                cgroups.lines().any(|l| l.ends_with(&suffix)).then_some(fd)
+            })
             .collect();
         for fd in &pidfds {
             let _ = crate::sys::pidfd_send_signal(fd, libc::SIGKILL);

@@ -143,6 +143,11 @@ impl SandboxInit {
 
 impl Executor for SandboxInit {
     fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
+        // The init was cloned, never exec'd: with uid 0 it would still be dumpable, and a
+        // program of the same uid could open /proc/1/fd/* (the status pipe) and forge its
+        // verdict. Non-dumpable, its /proc entries are closed to the program.
+        nix::sys::prctl::set_dumpable(false)
+            .map_err(|e| ExecutorError::Other(format!("make the init non-dumpable: {e}")))?;
         sys::close_inherited_fd(self.lifeline_monitor_fd);
         let mut mask = SigSet::empty();
         for &s in FORWARDED {

@@ -368,8 +368,6 @@ impl Monitor {
         status.phase = Phase::Running;
         let saved = state::write_json_atomic(&m.layout.monitor(), &status);
         let _ = report(&Report::Started { monitor: me });
-        // Off the start path: the bundle gets its final limits (for other OCI runtimes).
-        let saved = saved.and_then(|()| m.write_final_bundle());
         let mut outcome = m.supervise(streams, started);
         if let Err(e) = saved {
             outcome.facts.internal_error.get_or_insert(e.chain());
@@ -420,8 +418,7 @@ impl Monitor {
         mark("bundle_written");
         let stdin: OwnedFd = match &cfg.stdin {
             Stdin::Null => File::open("/dev/null"),
-            Stdin::Bytes(_) => File::open(self.layout.stdin()),
-            Stdin::File(p) => File::open(p),
+            Stdin::Bytes(_) | Stdin::File(_) => File::open(self.layout.stdin()),
         }
         .map_err(|e| launch("open stdin", e))?
         .into();
@@ -468,7 +465,10 @@ impl Monitor {
         self.cgroup
             .set_cpu_quota(limits.cpu_quota_us(), limits.cpu_period_us)
             .map_err(|e| launch("write the cpu quota", e))?;
-        mark("quota_written");
+        // The bundle gets its final limits (for other OCI runtimes) before the program runs:
+        // afterwards the program may have filled the scratch tmpfs the bundle lives on.
+        self.write_final_bundle()?;
+        mark("quota_and_final_bundle");
         let pidfd = sys::pidfd_open(init.as_raw()).map_err(|e| launch("pidfd_open init", e))?;
         Ok(Streams {
             out: out_r,
@@ -500,7 +500,7 @@ impl Monitor {
             // The init was reaped, so its pid namespace is empty: what libcontainer's delete
             // would do (a new cgroup manager, a kill, rmdirs) reduces to the rmdirs below.
             self.container = None;
-            if let Err(e) = crate::gc::kill_cgroup(&self.cgroup) {
+            if let Err(e) = crate::gc::kill_cgroup(&self.cgroup, &self.record.cgroup_path) {
                 errors.push(e.chain());
             }
         } else {
@@ -597,11 +597,15 @@ impl Monitor {
             }
             if let Some(t) = finished {
                 if now >= t + DRAIN_GRACE {
-                    // Something still holds the pipes after init died: should not happen (the
-                    // pid namespace is gone), but never wait forever.
-                    outcome.facts.internal_error.get_or_insert_with(|| {
-                        "output pipes stayed open after the sandbox exited".to_string()
-                    });
+                    // Something still holds the pipes after the program ended (its pid namespace
+                    // is going down): stop reading. Without a status it is runbox's failure;
+                    // with one, the status stands (a program must not turn its verdict into
+                    // an internal error by stalling its own teardown).
+                    if outcome.facts.exit_code.is_none() && outcome.facts.signal.is_none() {
+                        outcome.facts.internal_error.get_or_insert_with(|| {
+                            "output pipes stayed open after the sandbox exited".to_string()
+                        });
+                    }
                     break;
                 }
             }
@@ -702,8 +706,17 @@ impl Monitor {
     }
 
     /// Waits for an init that reported the program's end but had not exited yet.
+    /// The init exits right after its status line; one that does not within a second is
+    /// killed (with its pid namespace) before it is waited for.
     fn reap_pending(&mut self, outcome: &mut Outcome) {
         if let Some(init) = outcome.pending_init.take() {
+            // Our unreaped child: its pid cannot name another process.
+            if let Ok(pidfd) = sys::pidfd_open(init) {
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                if !matches!(poll(&mut fds, PollTimeout::from(1000u16)), Ok(n) if n > 0) {
+                    let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                }
+            }
             let _ = waitpid(nix::unistd::Pid::from_raw(init), None);
         }
         self.init_reaped = true;

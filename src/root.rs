@@ -110,7 +110,9 @@ impl RootOptions {
         Self::default()
     }
 
-    /// Puts every sandbox's cgroup under `/<prefix>/<id>` in each hierarchy. Default `runbox`.
+    /// Puts every sandbox's cgroup under `/<prefix>/<id>` in each hierarchy. Default `runbox`
+    /// for the default state root and `runbox-<8 hex digits of a hash of its path>` for others,
+    /// so that two roots never share cgroups.
     pub fn cgroup_prefix(&mut self, prefix: impl Into<String>) -> &mut Self {
         self.cgroup_prefix = Some(prefix.into());
         self
@@ -148,7 +150,7 @@ impl RootOptions {
         let prefix = self
             .cgroup_prefix
             .clone()
-            .unwrap_or_else(|| "runbox".into());
+            .unwrap_or_else(|| default_cgroup_prefix(dir));
         let prefix_ok = prefix
             .split('/')
             .all(|part| config::validate_id(part).is_ok());
@@ -325,8 +327,15 @@ impl Root {
             .ok_or_else(|| Error::new(ErrorKind::Io, "cannot read own /proc entry"))?;
         let (tmp, tmp_layout) = self.temp_dir(&me)?;
         let prepared = (|| {
-            if let Stdin::Bytes(bytes) = &cmd.stdin {
-                state::write_atomic(&tmp_layout.stdin(), bytes)?;
+            // The sandbox gets a private copy: an fd to the caller's own file could be reopened
+            // for writing through /proc/self/fd/0 by a program running as uid 0.
+            match &cmd.stdin {
+                Stdin::Bytes(bytes) => state::write_atomic(&tmp_layout.stdin(), bytes)?,
+                Stdin::File(path) => {
+                    fs::copy(path, tmp_layout.stdin())
+                        .map_err(|e| Error::io("copy stdin from", path, e))?;
+                }
+                Stdin::Null => {}
             }
             Ok::<_, Error>(())
         })();
@@ -356,6 +365,12 @@ impl Root {
         match self.start_monitor(&id, &layout, &monitor, mode) {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
+                // A monitor that reported its failure has rolled back; one that died without a
+                // report may have left an init waiting inside libcontainer and its cgroup:
+                // clean those up as for a lost sandbox before the directory goes.
+                if let Ok(record) = state::read_json::<SandboxRecord>(&layout.record()) {
+                    let _ = crate::gc::clean_lost(&layout, &record);
+                }
                 let _ = fs::remove_dir_all(&layout.dir);
                 Err(e)
             }
@@ -623,4 +638,19 @@ fn use_spare(mut spare: Spare, layout: &Layout, mode: Mode) -> Option<BufReader<
     )
     .ok()?;
     (sent == line.len()).then_some(spare.report)
+}
+
+/// `runbox` for the default state root, `runbox-<hash of the path>` for any other, so that two
+/// state roots never share sandbox cgroups (ids are unique per root only).
+fn default_cgroup_prefix(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_ROOT) {
+        return "runbox".to_string();
+    }
+    // FNV-1a: stable across runs and builds (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("runbox-{:08x}", h as u32)
 }

@@ -43,7 +43,7 @@ pub(crate) enum RootfsError {
         source: std::io::Error,
     },
     /// A destination resolves outside the rootfs.
-    #[error("sandbox path {path} resolves outside the sandbox's root")]
+    #[error("sandbox path {path} crosses a symlink or a non-directory in the image")]
     Escape {
         /// The path inside the sandbox.
         path: String,
@@ -171,24 +171,52 @@ fn mount_steps(
 /// Copies a host file or tree to `dest` inside the (not yet started) rootfs, owned by the
 /// sandbox's user. The destination's parent must resolve inside the rootfs.
 fn copy_in(rootfs: &Path, host: &Path, dest: &str, uid: u32, gid: u32) -> Result<(), RootfsError> {
-    let target = rootfs.join(dest.trim_start_matches('/'));
-    let parent = target.parent().unwrap_or(rootfs);
-    dir(parent, 0o755)?;
-    let real_parent = fs::canonicalize(parent).map_err(|source| RootfsError::Dir {
-        path: parent.to_path_buf(),
-        source,
-    })?;
-    if !real_parent.starts_with(rootfs) {
+    let rel = Path::new(dest.trim_start_matches('/'));
+    let parent = dir_inside(rootfs, rel.parent().unwrap_or(Path::new("")), 0o755)?;
+    let target = parent.join(rel.file_name().unwrap_or_default());
+    if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(RootfsError::Escape {
             path: dest.to_string(),
         });
     }
-    let target = real_parent.join(target.file_name().unwrap_or_default());
     copy_tree(host, &target, uid, gid).map_err(|source| RootfsError::Copy {
         from: host.to_path_buf(),
         to: dest.to_string(),
         source,
     })
+}
+
+/// Walks `rel` below `rootfs` one component at a time, creating missing directories, and
+/// refuses any symlink on the way: a path resolved on the host (as the monitor, root) must not
+/// follow an image's symlinks out of the rootfs. Returns the directory.
+fn dir_inside(rootfs: &Path, rel: &Path, mode: u32) -> Result<PathBuf, RootfsError> {
+    let mut cur = rootfs.to_path_buf();
+    for part in rel.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(RootfsError::Escape {
+                path: rel.display().to_string(),
+            });
+        };
+        cur.push(name);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(RootfsError::Escape {
+                    path: rel.display().to_string(),
+                })
+            }
+            Err(_) => {
+                fs::DirBuilder::new()
+                    .mode(mode)
+                    .create(&cur)
+                    .map_err(|source| RootfsError::Dir {
+                        path: cur.clone(),
+                        source,
+                    })?;
+            }
+        }
+    }
+    Ok(cur)
 }
 
 fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
@@ -208,6 +236,12 @@ fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> 
     } else if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
     } else if meta.is_file() {
+        if fs::symlink_metadata(dst).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(std::io::Error::other(format!(
+                "{} is a symlink in the image",
+                dst.display()
+            )));
+        }
         fs::copy(src, dst)?;
     } else {
         return Ok(()); // devices, sockets, fifos are not copied
@@ -264,6 +298,11 @@ fn prepare_tmp(rootfs: &Path) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = rootfs.join("tmp");
     let meta = fs::symlink_metadata(&tmp);
+    if meta.as_ref().is_ok_and(|m| !m.is_dir()) {
+        return Err(RootfsError::Escape {
+            path: "/tmp".to_string(),
+        });
+    }
     if meta
         .as_ref()
         .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o7777 == 0o1777)
@@ -284,11 +323,9 @@ fn prepare_tmp(rootfs: &Path) -> Result<(), RootfsError> {
 /// Creates the working directory if the image lacks it and hands the default `/work` (or a
 /// directory created here) to the sandbox's user. Lands in the upper layer only.
 fn prepare_cwd(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
-    let cwd = rootfs.join(cfg.cwd.trim_start_matches('/'));
-    let existed = fs::symlink_metadata(&cwd).is_ok();
-    if !existed {
-        dir(&cwd, 0o755)?;
-    }
+    let rel = Path::new(cfg.cwd.trim_start_matches('/'));
+    let existed = fs::symlink_metadata(rootfs.join(rel)).is_ok();
+    let cwd = dir_inside(rootfs, rel, 0o755)?;
     if !existed || cfg.cwd == "/work" {
         chown(&cwd, Some(cfg.user.uid), Some(cfg.user.gid)).map_err(|source| RootfsError::Dir {
             path: cwd.clone(),

@@ -398,7 +398,16 @@ impl Sandbox {
             .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox lock unavailable"))?;
         let (status, record, monitor) = self.status_with_records()?;
         match status {
-            SandboxStatus::Stopped => {}
+            SandboxStatus::Stopped => {
+                // The result is out, but the monitor may still be cleaning up (cgroup, mounts):
+                // the id must not be reused before it is done.
+                if let Some(m) = &monitor {
+                    wait_for_exit(m.monitor, None)?;
+                }
+                if !self.layout.dir.exists() {
+                    return Ok(()); // a one-shot sandbox's monitor removed it itself
+                }
+            }
             SandboxStatus::Lost => crate::gc::clean_lost(&self.layout, &record)?,
             live if !force => {
                 return Err(Error::new(
@@ -418,8 +427,23 @@ impl Sandbox {
                     .and_then(|m| m.init)
                     .is_some_and(|init| signal_verified(init, libc::SIGKILL).is_ok());
                 if !init_killed {
-                    if let Some(m) = &monitor {
-                        let _ = signal_verified(m.monitor, libc::SIGKILL);
+                    match &monitor {
+                        Some(m) => {
+                            let _ = signal_verified(m.monitor, libc::SIGKILL);
+                        }
+                        // Still creating and no monitor record yet: wait for it to appear (or
+                        // for its creator to die), then stop that monitor.
+                        None => loop {
+                            if let Some(m) = self.monitor_record()? {
+                                let _ = signal_verified(m.monitor, libc::SIGKILL);
+                                break;
+                            }
+                            if !record.creator.is_alive() {
+                                break;
+                            }
+                            let soon = Instant::now() + Duration::from_secs(1);
+                            wait_for_file(&self.layout, "monitor.json", Some(soon))?;
+                        },
                     }
                 }
                 self.wait_monitor(None)?;

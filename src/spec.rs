@@ -139,7 +139,7 @@ pub(crate) fn build(
             dest,
             "bind",
             src,
-            &["rbind", "ro", "nosuid", "nodev"],
+            &["rbind", "ro", "rro", "nosuid", "rnosuid", "nodev", "rnodev"],
         )?);
     }
 

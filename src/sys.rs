@@ -9,6 +9,14 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 ///
 /// Must be called while the process is single-threaded.
 pub(crate) fn fork_and_detach() -> io::Result<()> {
+    let threads = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()));
+    if threads.as_deref() != Some("1") {
+        return Err(io::Error::other(
+            "the monitor must be single-threaded when it forks: call runbox::monitor_main() before any thread starts",
+        ));
+    }
     // SAFETY: the monitor calls this first thing in `main`, before it starts any thread, so
     // the child is a full copy of a single-threaded process and may run any code. The parent
     // only calls `_exit`, which is async-signal-safe and runs no destructors or atexit handlers.
@@ -85,7 +93,7 @@ pub(crate) fn close_inherited_fd(fd: RawFd) {
 
 /// Opens `path` for reading beneath the directory `root` as if `root` were `/`: symlinks,
 /// `..` and absolute paths cannot leave it (`openat2` with `RESOLVE_IN_ROOT`), magic links are
-/// refused, and a final symlink is not followed.
+/// refused, a final symlink is not followed, and a FIFO does not block the open.
 pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let cpath =
@@ -98,7 +106,8 @@ pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::
         resolve: u64,
     }
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        // O_NONBLOCK: a FIFO planted by the program must not block the open.
+        flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
         mode: 0,
         resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     };
