@@ -419,3 +419,52 @@ fn meta_file_and_host_check_from_the_cli() {
         .all(|c| c["ok"] == true || c["required"] == false));
     env.finish();
 }
+
+#[test]
+fn the_verdict_and_the_host_cannot_be_tampered_with() {
+    let env = TestEnv::new("tamper");
+    // uid 0 inside cannot reach the init's fds (the status pipe) to forge its exit status.
+    let script = "for f in /proc/1/fd/*; do (echo 'exit 0' > $f) 2>/dev/null && echo wrote; done; \
+                  exit 5";
+    let mut cmd = env.cmd("/bin/sh", &["-c", script]);
+    cmd.user(0, 0);
+    let v = run(&env, &cmd);
+    assert_eq!(
+        (v.status, v.exit_code),
+        (Status::RuntimeError, Some(5)),
+        "{v:?}"
+    );
+    assert!(!v.stdout.contains("wrote"), "{v:?}");
+
+    // A FIFO planted where the grader collects a file does not hang the monitor.
+    let out = env.dir.join("collected");
+    let mut cmd = env.cmd("/bin/sh", &["-c", "mkfifo /work/answer.txt"]);
+    cmd.collect("/work/answer.txt", &out);
+    let v = run(&env, &cmd);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert!(!out.exists());
+
+    // A stdin file is a private copy: writing through /proc/self/fd/0 as uid 0 does not
+    // reach the host's file.
+    let input = env.dir.join("input.txt");
+    fs::write(&input, "question\n").unwrap();
+    let mut cmd = env.cmd("/bin/sh", &["-c", "cat; echo pwned > /proc/self/fd/0"]);
+    cmd.user(0, 0).stdin(runbox::Stdin::File(input.clone()));
+    let v = run(&env, &cmd);
+    assert_eq!(v.stdout, "question\n", "{v:?}");
+    assert_eq!(fs::read_to_string(&input).unwrap(), "question\n");
+    fs::remove_file(&input).unwrap();
+
+    // Copying into the image through one of its symlinks (usr/bin -> ../bin here) is refused
+    // before anything runs, and the failed launch leaves nothing.
+    let mut cmd = env.cmd("/bin/true", &[]);
+    cmd.copy_in(env.dir.join("."), "/usr/bin/planted");
+    let err = env.root.run(&cmd).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        runbox::ErrorKind::LaunchFailed,
+        "{}",
+        err.chain()
+    );
+    env.finish();
+}
