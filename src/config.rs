@@ -138,7 +138,7 @@ pub enum Stdin {
     Null,
     /// These bytes, then end of file.
     Bytes(Vec<u8>),
-    /// The contents of this host file, opened by the monitor.
+    /// The contents of this host file, copied into the sandbox's state when it is created.
     File(PathBuf),
 }
 
