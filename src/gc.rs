@@ -66,39 +66,54 @@ pub(crate) fn clean_lost(layout: &Layout, record: &SandboxRecord) -> Result<()> 
 /// are gone. Each pid is pinned by a pidfd and then checked to still be in that cgroup, so a
 /// pid reused by another process between the read and the pidfd is never signalled.
 pub(crate) fn kill_cgroup(cg: &Cgroup, cgroup_path: &str) -> Result<()> {
-    for _ in 0..20 {
+    // Dead processes stay listed until their parent (often the host's init, which may be
+    // slow) reaps them; they are waited for with a bound, live ones are killed.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let suffix = format!(":{cgroup_path}");
+    loop {
         let pids = cg
             .procs()
             .map_err(|e| Error::with_source(ErrorKind::Io, "read cgroup.procs", e))?;
         if pids.is_empty() {
             return Ok(());
         }
-        // Processes in the sandbox's own cgroup are the sandbox's; a pidfd pins each one.
-        let suffix = format!(":{cgroup_path}");
+        if Instant::now() >= give_up {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "processes {pids:?} are still in the sandbox's cgroup (alive, or dead and not reaped)"
+                ),
+            ));
+        }
+        // A pidfd pins each pid; it must still be a live process in this very cgroup.
         let pidfds: Vec<_> = pids
             .iter()
             .filter_map(|&pid| {
                 let fd = crate::sys::pidfd_open(pid).ok()?;
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let zombie = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().next())
+                    == Some("Z");
                 let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-                cgroups.lines().any(|l| l.ends_with(&suffix)).then_some(fd)
+                (!zombie && cgroups.lines().any(|l| l.ends_with(&suffix))).then_some(fd)
             })
             .collect();
+        if pidfds.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
         for fd in &pidfds {
             let _ = crate::sys::pidfd_send_signal(fd, libc::SIGKILL);
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
         for fd in &pidfds {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = give_up.saturating_duration_since(Instant::now());
             let ms = PollTimeout::try_from(left.as_millis().min(2000) as i32)
                 .unwrap_or(PollTimeout::ZERO);
             let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, ms);
         }
     }
-    Err(Error::new(
-        ErrorKind::Io,
-        "processes in the sandbox's cgroup survive SIGKILL",
-    ))
 }
 
 /// Lazily unmounts every mount at or below `dir` (deepest first).
