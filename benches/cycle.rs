@@ -256,12 +256,12 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--phases-only") {
         phases(&root, &cmd);
-        cleanup(&state);
+        cleanup(root, &state);
         return;
     }
     if std::env::args().any(|a| a == "--load-only") {
         load(&root, &cmd);
-        cleanup(&state);
+        cleanup(root, &state);
         return;
     }
     let n = 200;
@@ -297,10 +297,22 @@ fn main() {
     });
     c.final_summary();
 
-    cleanup(&state);
+    cleanup(root, &state);
 }
 
-fn cleanup(state: &std::path::Path) {
+/// Drops the root (its spare monitor exits), waits for the monitors' cgroup to empty, then
+/// removes the state root and the cgroup prefix.
+fn cleanup(root: runbox::Root, state: &std::path::Path) {
+    drop(root);
+    let monitors = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(format!("runbox-bench-{}", std::process::id()))
+        .join("_monitors/cgroup.procs");
+    let t = Instant::now();
+    while std::fs::read_to_string(&monitors).is_ok_and(|p| !p.trim().is_empty())
+        && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = std::fs::remove_dir_all(state);
     let prefix = format!("runbox-bench-{}", std::process::id());
     for ctrl in [
