@@ -23,6 +23,9 @@ pub(crate) const IMAGES_DIR: &str = ".images";
 /// Prefix of the temporary directories sandboxes are prepared in before their id is claimed.
 pub(crate) const NEW_PREFIX: &str = ".new-";
 
+/// How long a launch waits for the monitor's first report.
+const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Default state root when neither the caller nor `RUNBOX_ROOT` names one.
 pub const DEFAULT_ROOT: &str = "/run/runbox";
 
@@ -495,6 +498,17 @@ impl Root {
         mut reader: BufReader<fs::File>,
         status: Option<std::process::ExitStatus>,
     ) -> Result<Sandbox> {
+        // A monitor that neither reports nor exits (stuck in a mount, say) must not hang the
+        // caller: past the deadline it is killed, and the launch fails (and is cleaned up).
+        if !readable_within(reader.get_ref(), LAUNCH_TIMEOUT) {
+            if let Ok(m) = state::read_json::<crate::state::MonitorRecord>(&layout.monitor()) {
+                let _ = crate::sandbox::signal_verified(m.monitor, libc::SIGKILL);
+            }
+            return Err(Error::new(
+                ErrorKind::LaunchFailed,
+                format!("the monitor did not report within {LAUNCH_TIMEOUT:?}; it was killed"),
+            ));
+        }
         let mut line = String::new();
         let got = reader.read_line(&mut line).map_err(|e| {
             Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e)
@@ -653,4 +667,25 @@ fn default_cgroup_prefix(dir: &Path) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("runbox-{:08x}", h as u32)
+}
+
+/// True if `file` becomes readable (data or end of file) within `timeout`.
+fn readable_within(file: &fs::File, timeout: std::time::Duration) -> bool {
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = nix::poll::PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return true, // let the read report the error
+        }
+    }
 }
