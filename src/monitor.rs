@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::init::SandboxInit;
 use crate::rootfs;
 use crate::seccomp::Filters;
-use crate::spec::{self, CpuQuota};
+use crate::spec::{self, SpecStage};
 use crate::state::{self, ExitRecord, Layout, MonitorRecord, Phase, ProcIdentity, SandboxRecord};
 use crate::sys;
 use crate::verdict::{Facts, LimitKind, Usage, Verdict, SCHEMA_VERSION};
@@ -382,7 +382,7 @@ impl Monitor {
             &self.layout.rootfs(),
             false,
             &self.record.cgroup_path,
-            CpuQuota::Include,
+            SpecStage::Final,
         )?;
         spec::write_bundle(&full, &self.layout.bundle())
     }
@@ -413,7 +413,7 @@ impl Monitor {
         let bundle = self.layout.bundle();
         let rootfs = self.layout.rootfs();
         let cg_path = &self.record.cgroup_path;
-        let first = spec::build(cfg, &rootfs, false, cg_path, CpuQuota::Omit)?;
+        let first = spec::build(cfg, &rootfs, false, cg_path, SpecStage::ForLibcontainer)?;
         spec::write_bundle(&first, &bundle)?;
         mark("bundle_written");
         let stdin: OwnedFd = match &cfg.stdin {

@@ -232,7 +232,7 @@ impl Root {
         };
         let id = cmd.name.as_deref().unwrap_or("bundle");
         let cgroup = format!("/{}/{id}", self.inner.cgroup_prefix);
-        crate::spec::build(&cfg, &lower, true, &cgroup, crate::spec::CpuQuota::Include)
+        crate::spec::build(&cfg, &lower, true, &cgroup, crate::spec::SpecStage::Final)
     }
 
     /// Writes [`Root::oci_spec`] as `<bundle>/config.json`, a bundle `runc run` accepts.

@@ -19,11 +19,11 @@ use crate::error::{Error, ErrorKind, Result};
 /// libseccomp; runbox installs its own filter). The final `config.json` has both, so runc or
 /// crun can run the bundle with the same confinement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CpuQuota {
+pub(crate) enum SpecStage {
     /// For libcontainer: no quota, no seccomp section.
-    Omit,
+    ForLibcontainer,
     /// Complete: quota and the seccomp profile.
-    Include,
+    Final,
 }
 
 fn spec_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -46,7 +46,7 @@ pub(crate) fn build(
     root: &Path,
     readonly_root: bool,
     cgroups_path: &str,
-    quota: CpuQuota,
+    stage: SpecStage,
 ) -> Result<Spec> {
     let limits = &cfg.limits;
     let empty = Capabilities::new();
@@ -158,7 +158,7 @@ pub(crate) fn build(
 
     let memory = i64::try_from(limits.memory_bytes).map_err(spec_error)?;
     let mut cpu = LinuxCpuBuilder::default().period(limits.cpu_period_us);
-    if quota == CpuQuota::Include {
+    if stage == SpecStage::Final {
         cpu = cpu.quota(limits.cpu_quota_us());
     }
     if let Some(set) = &limits.cpuset {
@@ -195,7 +195,7 @@ pub(crate) fn build(
         .resources(resources)
         .masked_paths(masked)
         .readonly_paths(get_default_readonly_paths());
-    if quota == CpuQuota::Include {
+    if stage == SpecStage::Final {
         let profile = crate::seccomp::oci_profile().map_err(|e| {
             Error::with_source(ErrorKind::UnsupportedHost, "build the seccomp profile", e)
         })?;
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn confinement_defaults_are_in_the_spec() {
-        let spec = build(&cfg(), Path::new("/r"), false, "/rb/x", CpuQuota::Include).unwrap();
+        let spec = build(&cfg(), Path::new("/r"), false, "/rb/x", SpecStage::Final).unwrap();
         let p = spec.process().as_ref().unwrap();
         let caps = p.capabilities().as_ref().unwrap();
         for set in [
@@ -297,7 +297,14 @@ mod tests {
 
     #[test]
     fn quota_can_be_left_out() {
-        let spec = build(&cfg(), Path::new("/r"), false, "/rb/x", CpuQuota::Omit).unwrap();
+        let spec = build(
+            &cfg(),
+            Path::new("/r"),
+            false,
+            "/rb/x",
+            SpecStage::ForLibcontainer,
+        )
+        .unwrap();
         let cpu = spec
             .linux()
             .as_ref()
@@ -310,7 +317,7 @@ mod tests {
             .unwrap();
         assert_eq!(cpu.quota(), None);
         assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
-        let full = build(&cfg(), Path::new("/r"), false, "/rb/x", CpuQuota::Include).unwrap();
+        let full = build(&cfg(), Path::new("/r"), false, "/rb/x", SpecStage::Final).unwrap();
         assert!(full.linux().as_ref().unwrap().seccomp().is_some());
     }
 }
