@@ -397,3 +397,31 @@ fn a_sandbox_survives_the_end_of_its_controllers_cgroup() {
     s.delete(false).unwrap();
     env.finish();
 }
+
+#[test]
+fn gc_removes_orphan_cgroups_and_abandoned_temp_dirs_only() {
+    let env = TestEnv::new("gcorphans");
+    let running = env.root.spawn(&env.cmd("probe", &["sleep", "30"])).unwrap();
+    // An empty cgroup under the prefix with no sandbox (a crash between rmdirs), one that
+    // belongs to a live sandbox, and a temp dir whose creator (a made-up dead process) is gone.
+    let pids = pids_hierarchy().join(&env.prefix);
+    let orphan = pids.join("orphan1");
+    std::fs::create_dir_all(&orphan).unwrap();
+    let temp = env.dir.join(".new-999999999-1-0");
+    std::fs::create_dir_all(&temp).unwrap();
+    let report = env.root.gc();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.removed.is_empty(),
+        "a live sandbox was collected: {report:?}"
+    );
+    assert!(!orphan.exists(), "{report:?}");
+    assert!(!temp.exists(), "{report:?}");
+    assert!(
+        pids.join(running.id()).exists(),
+        "the live sandbox's cgroup was removed"
+    );
+    assert_eq!(running.status().unwrap(), SandboxStatus::Running);
+    running.delete(true).unwrap();
+    env.finish();
+}
