@@ -589,10 +589,21 @@ impl Root {
                 Ok(()) => return Ok((id, layout)),
                 Err(nix::Error::EEXIST) if name.is_none() => continue,
                 Err(nix::Error::EEXIST) => {
-                    return Err(Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!("sandbox {id} already exists"),
-                    ))
+                    // The name may still be held by a finished one-shot run whose monitor is
+                    // cleaning up (a few ms): wait for that, then try again.
+                    let finishing = self.sandbox(&id).ok().and_then(|s| s.finishing_one_shot());
+                    match finishing {
+                        Some(monitor) => {
+                            crate::sandbox::wait_for_exit(monitor, None)?;
+                            continue;
+                        }
+                        None => {
+                            return Err(Error::new(
+                                ErrorKind::AlreadyExists,
+                                format!("sandbox {id} already exists"),
+                            ))
+                        }
+                    }
                 }
                 Err(e) => {
                     return Err(Error::with_source(

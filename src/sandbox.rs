@@ -455,6 +455,15 @@ impl Sandbox {
         fs::remove_dir_all(&self.layout.dir).map_err(|e| Error::io("remove", &self.layout.dir, e))
     }
 
+    /// The monitor of a one-shot run that has reported its result and is still cleaning up
+    /// (it removes the directory itself when done), if that is what this sandbox is.
+    pub(crate) fn finishing_one_shot(&self) -> Option<ProcIdentity> {
+        let (status, record, monitor) = self.status_with_records().ok()?;
+        let monitor = monitor?.monitor;
+        (record.remove_on_exit && status == SandboxStatus::Stopped && monitor.is_alive())
+            .then_some(monitor)
+    }
+
     /// If the sandbox is lost and nobody else holds its lock, cleans it up and removes it.
     pub(crate) fn collect_if_lost(&self) -> Result<bool> {
         let Some(_lock) = crate::gc::lock(&self.layout.dir, false)? else {
@@ -555,7 +564,7 @@ fn drain(reader: &mut BufReader<fs::File>) -> bool {
 
 /// Waits for a process that is not our child to exit (true), through a pidfd verified
 /// against its recorded start time, or until the deadline (false).
-fn wait_for_exit(who: ProcIdentity, deadline: Option<Instant>) -> Result<bool> {
+pub(crate) fn wait_for_exit(who: ProcIdentity, deadline: Option<Instant>) -> Result<bool> {
     let Ok(pidfd) = crate::sys::pidfd_open(who.pid) else {
         return Ok(true); // already gone
     };
