@@ -185,6 +185,32 @@ pub(crate) struct SandboxConfig {
     pub collects: Vec<(String, PathBuf)>,
 }
 
+impl SandboxConfig {
+    /// What a container built ahead of its request must share with the request to serve it:
+    /// everything fixed when libcontainer builds the container (image, user, hostname, binds,
+    /// memory, pids, cpuset, CFS period, rlimits, scratch and shm sizes). The parts applied per
+    /// run are blanked: the program, its environment and working directory, stdin, copies in
+    /// and out, and the limits the monitor enforces (CPU bandwidth and time, wall time,
+    /// output).
+    pub(crate) fn build_shape(&self) -> SandboxConfig {
+        let mut shape = self.clone();
+        shape.args = Vec::new();
+        shape.exe = String::new();
+        shape.env = Vec::new();
+        shape.cwd = String::new();
+        shape.stdin = Stdin::Null;
+        shape.copies = Vec::new();
+        shape.collects = Vec::new();
+        let l = &mut shape.limits;
+        l.cpus = 0.0;
+        l.cpu_time = None;
+        l.cpu_time_grace = Duration::ZERO;
+        l.wall_time = None;
+        l.output_bytes = 0;
+        shape
+    }
+}
+
 /// A program to run in a sandbox, built like [`std::process::Command`].
 ///
 /// A built `Command` is reusable: each [`Command::spawn`](crate::Root::spawn) makes a new

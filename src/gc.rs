@@ -11,7 +11,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::{Error, ErrorKind, Result};
-use crate::root::{GcReport, Root, NEW_PREFIX};
+use crate::root::{GcReport, Root, NEW_PREFIX, WARM_PREFIX};
 use crate::state::{Layout, ProcIdentity, SandboxRecord};
 
 /// Takes the sandbox directory's exclusive lock (blocking, or `None` if `block` is false and
@@ -54,12 +54,9 @@ pub(crate) fn clean_lost(layout: &Layout, record: &SandboxRecord) -> Result<()> 
     kill_cgroup(&cg, &record.cgroup_path)?;
     cg.remove()
         .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))?;
-    unmount_under(&layout.dir)?;
-    let lc = layout.libcontainer_root();
-    if lc.exists() {
-        fs::remove_dir_all(&lc).map_err(|e| Error::io("remove", lc, e))?;
-    }
-    Ok(())
+    // Mounts live in the dead monitor's mount namespace; any under the directory on the
+    // host's side (an older layout) go too.
+    unmount_under(&layout.dir)
 }
 
 /// SIGKILLs every process in the cgroup (at `cgroup_path`) and waits (on pidfds) until they
@@ -219,11 +216,47 @@ fn collect_stray_mounts(root: &Root, report: &mut GcReport) {
     }
 }
 
-/// Removes empty cgroups `/<prefix>/<id>` whose sandbox directory no longer exists.
+/// A spare's pre-built container whose controller died (so the spare is gone or going) and
+/// that no sandbox took: its init still waits for a start that never comes. Kill and remove.
+fn collect_warm_cgroup(root: &Root, name: &str, report: &mut GcReport) {
+    let mut parts = name[WARM_PREFIX.len()..].split('-');
+    let (Some(Ok(pid)), Some(Ok(start_time))) = (
+        parts.next().map(str::parse::<i32>),
+        parts.next().map(str::parse::<u64>),
+    ) else {
+        return;
+    };
+    if (ProcIdentity { pid, start_time }).is_alive() {
+        return;
+    }
+    let path = format!("/{}/{name}", root.cgroup_prefix());
+    let taken = root.ids().unwrap_or_default().iter().any(|id| {
+        crate::state::read_json::<SandboxRecord>(&Layout::new(root.dir(), id).record())
+            .is_ok_and(|r| r.cgroup_path == path)
+    });
+    if taken {
+        return;
+    }
+    let Ok(layout) = cgroup::Layout::detect() else {
+        return;
+    };
+    let cg = layout.cgroup(&path);
+    match kill_cgroup(&cg, &path).and_then(|()| {
+        cg.remove()
+            .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))
+    }) {
+        Ok(()) => report.cleaned.push(format!("pre-built container cgroup {path}")),
+        Err(e) => report.errors.push(format!("{path}: {}", e.chain())),
+    }
+}
+
+/// Removes empty cgroups `/<prefix>/<id>` whose sandbox directory no longer exists, and
+/// abandoned pre-built containers' cgroups.
 fn collect_orphan_cgroups(root: &Root, report: &mut GcReport) {
     let Ok(layout) = cgroup::Layout::detect() else {
         return;
     };
+    let mut warm_seen = std::collections::HashSet::new();
     for base in layout
         .cgroup(&format!("/{}", root.cgroup_prefix()))
         .existing_dirs()
@@ -233,10 +266,17 @@ fn collect_orphan_cgroups(root: &Root, report: &mut GcReport) {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !e.file_type().is_ok_and(|t| t.is_dir())
-                || crate::config::validate_id(&name).is_err()
-                || root.dir().join(&name).exists()
-            {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if name.starts_with(WARM_PREFIX) {
+                // Seen once per hierarchy; handled (in all of them) once.
+                if warm_seen.insert(name.clone()) {
+                    collect_warm_cgroup(root, &name, report);
+                }
+                continue;
+            }
+            if crate::config::validate_id(&name).is_err() || root.dir().join(&name).exists() {
                 continue;
             }
             // rmdir fails on a cgroup that still has processes: such a one is left alone.

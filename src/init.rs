@@ -3,7 +3,8 @@
 //! program's wait status to the monitor, and kills everything if the monitor dies.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::{
@@ -14,11 +15,105 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
 use crate::config::SandboxConfig;
-use crate::error::{Error, ErrorKind, Result};
 use crate::seccomp::Filters;
 use crate::sys;
+
+/// Largest program request the init accepts (argv and environment together).
+const MAX_REQUEST: usize = 16 << 20;
+
+/// The program the init starts, sent by the monitor over the request socket once the
+/// container is started, with the program's stdin as an `SCM_RIGHTS` descriptor. Nothing of
+/// the program is fixed when the container is built, so a container can be built before its
+/// program is known (a pre-built spare).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ProgramRequest {
+    /// The resolved executable inside the sandbox.
+    pub exe: String,
+    /// argv, argv[0] included.
+    pub args: Vec<String>,
+    /// The complete environment.
+    pub env: Vec<String>,
+    /// The working directory, which the monitor has created.
+    pub cwd: String,
+    /// RLIMIT_CPU (soft and hard) in seconds: a per-process backstop behind the monitor's
+    /// cgroup-wide CPU-time limit.
+    pub cpu_rlimit_secs: Option<u64>,
+}
+
+impl ProgramRequest {
+    /// The request for `cfg`'s program.
+    pub fn for_config(cfg: &SandboxConfig) -> Self {
+        ProgramRequest {
+            exe: cfg.exe.clone(),
+            args: cfg.args.clone(),
+            env: cfg.env.clone(),
+            cwd: cfg.cwd.clone(),
+            cpu_rlimit_secs: cfg.limits.cpu_time.map(|c| c.as_secs() + 2),
+        }
+    }
+
+    /// Sends the request, length-prefixed JSON, with `stdin` attached to its first byte.
+    /// The init reads it only once started: call this after `start`.
+    pub fn send(&self, sock: &OwnedFd, stdin: &OwnedFd) -> io::Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let body = serde_json::to_vec(self).map_err(io::Error::other)?;
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let fds = [stdin.as_raw_fd()];
+        let iov = [io::IoSlice::new(&frame)];
+        let sent = sendmsg::<()>(
+            sock.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        let mut rest = std::fs::File::from(sock.try_clone()?);
+        rest.write_all(&frame[sent..])
+    }
+
+    /// Reads one request from the inherited socket `fd`: the request and its stdin.
+    fn receive(fd: RawFd) -> std::result::Result<(Self, OwnedFd), String> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut have = 0;
+        let mut stdin = None;
+        let mut want = None;
+        loop {
+            if have == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let (n, fds) = sys::recv_with_fds(fd, &mut buf[have..])
+                .map_err(|e| format!("read the program request: {e}"))?;
+            if stdin.is_none() {
+                stdin = fds.into_iter().next();
+            }
+            if n == 0 {
+                return Err("the monitor closed the request socket".to_string());
+            }
+            have += n;
+            if want.is_none() && have >= 4 {
+                let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                if len > MAX_REQUEST {
+                    return Err(format!("program request of {len} bytes is too large"));
+                }
+                want = Some(4 + len);
+            }
+            if want.is_some_and(|w| have >= w) {
+                break;
+            }
+        }
+        let end = want.unwrap_or(have);
+        let req: ProgramRequest = serde_json::from_slice(&buf[4..end])
+            .map_err(|e| format!("decode the program request: {e}"))?;
+        let stdin = stdin.ok_or("the program request came without stdin")?;
+        Ok((req, stdin))
+    }
+}
 
 /// Signals the init passes on to the program (SIGKILL and SIGSTOP cannot be caught; a SIGKILL
 /// of the init takes the whole pid namespace down).
@@ -39,41 +134,35 @@ const FORWARDED: &[Signal] = &[
 /// and no_new_privs. Everything it needs is allocated before the container is built.
 #[derive(Clone)]
 pub(crate) struct SandboxInit {
-    exe: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
     filters: Filters,
-    /// Write end of the status pipe: `exit N`, `signal N` or `error TEXT` for the monitor.
+    /// Write end of the status pipe: `ready` once the program request is applied, then
+    /// `exit N`, `signal N` or `error TEXT` for the monitor.
     status_fd: RawFd,
     /// Read end of the lifeline pipe: hang-up means the monitor died.
     lifeline_fd: RawFd,
-    /// The monitor's write end of the lifeline, inherited through clone: closed at once.
-    lifeline_monitor_fd: RawFd,
+    /// The init's end of the request socket (see [`ProgramRequest`]).
+    request_fd: RawFd,
+    /// The monitor's ends of the lifeline and the request socket, inherited through clone:
+    /// closed at once.
+    monitor_fds: [RawFd; 2],
 }
 
 impl SandboxInit {
-    /// Prepares the init for `cfg`. The fds are the monitor's numbers, valid in the init because
+    /// Prepares the init. The fds are the monitor's numbers, valid in the init because
     /// libcontainer clones it from the monitor (its close_range only marks them close-on-exec).
     pub fn new(
-        cfg: &SandboxConfig,
         filters: Filters,
         status_fd: RawFd,
-        lifeline_fd: RawFd,
-        lifeline_monitor_fd: RawFd,
-    ) -> Result<Self> {
-        let c = |s: &String| {
-            CString::new(s.as_bytes())
-                .map_err(|e| Error::with_source(ErrorKind::InvalidConfig, "nul in argument", e))
-        };
-        Ok(SandboxInit {
-            exe: c(&cfg.exe)?,
-            argv: cfg.args.iter().map(c).collect::<Result<_>>()?,
-            envp: cfg.env.iter().map(c).collect::<Result<_>>()?,
+        lifeline: (RawFd, RawFd),
+        request: (RawFd, RawFd),
+    ) -> Self {
+        SandboxInit {
             filters,
             status_fd,
-            lifeline_fd,
-            lifeline_monitor_fd,
-        })
+            lifeline_fd: lifeline.0,
+            request_fd: request.0,
+            monitor_fds: [lifeline.1, request.1],
+        }
     }
 
     fn send_status(&self, line: &str) {
@@ -83,10 +172,31 @@ impl SandboxInit {
     /// Starts the program with `posix_spawn` (no copy of the init's address space), with an
     /// empty signal mask and default signal actions. The seccomp filter is already installed,
     /// so the program inherits it. Returns the program's pid.
-    fn spawn_program(&self) -> std::result::Result<Pid, String> {
-        sys::spawn_clean(&self.exe, &self.argv, &self.envp)
+    fn spawn_program(req: &ProgramRequest) -> std::result::Result<Pid, String> {
+        let c = |s: &String| {
+            CString::new(s.as_bytes()).map_err(|_| format!("nul byte in {s:?}"))
+        };
+        let exe = c(&req.exe)?;
+        let argv = req.args.iter().map(c).collect::<std::result::Result<Vec<_>, _>>()?;
+        let envp = req.env.iter().map(c).collect::<std::result::Result<Vec<_>, _>>()?;
+        sys::spawn_clean(&exe, &argv, &envp)
             .map(Pid::from_raw)
-            .map_err(|e| format!("execve {}: {e}", self.exe.to_string_lossy()))
+            .map_err(|e| format!("execve {}: {e}", req.exe))
+    }
+
+    /// Takes the program request and makes the init's state the program's: stdin, working
+    /// directory, CPU rlimit. Runs before the seccomp filter.
+    fn take_request(&self) -> std::result::Result<ProgramRequest, String> {
+        let (req, stdin) = ProgramRequest::receive(self.request_fd)?;
+        sys::close_inherited_fd(self.request_fd);
+        nix::unistd::dup2(stdin.as_raw_fd(), 0).map_err(|e| format!("dup2 stdin: {e}"))?;
+        drop(stdin);
+        nix::unistd::chdir(req.cwd.as_str()).map_err(|e| format!("chdir {}: {e}", req.cwd))?;
+        if let Some(secs) = req.cpu_rlimit_secs {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CPU, secs, secs)
+                .map_err(|e| format!("set RLIMIT_CPU: {e}"))?;
+        }
+        Ok(req)
     }
 
     /// The init's loop: forward signals, reap orphans, watch the monitor, until the program ends.
@@ -148,7 +258,21 @@ impl Executor for SandboxInit {
         // verdict. Non-dumpable, its /proc entries are closed to the program.
         nix::sys::prctl::set_dumpable(false)
             .map_err(|e| ExecutorError::Other(format!("make the init non-dumpable: {e}")))?;
-        sys::close_inherited_fd(self.lifeline_monitor_fd);
+        for fd in self.monitor_fds {
+            sys::close_inherited_fd(fd);
+        }
+        let req = match self.take_request() {
+            Ok(req) => {
+                // The monitor reports the launch only after this line: a request the init
+                // cannot apply (a working directory hidden by a mount…) fails the launch.
+                self.send_status("ready\n");
+                req
+            }
+            Err(e) => {
+                self.send_status(&format!("error {e}\n"));
+                sys::exit_now(127);
+            }
+        };
         let mut mask = SigSet::empty();
         for &s in FORWARDED {
             mask.add(s);
@@ -164,7 +288,7 @@ impl Executor for SandboxInit {
             self.send_status(&format!("error install seccomp filters: {e}\n"));
             sys::exit_now(127);
         }
-        match self.spawn_program() {
+        match Self::spawn_program(&req) {
             Ok(child) => {
                 // The init holds the sandbox's stdio only to pass it on: dropping it now lets
                 // the monitor see end of output as soon as the program's side closes.

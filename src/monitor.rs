@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -19,11 +19,14 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{self, Cgroup};
 use crate::config::Stdin;
 use crate::error::{Error, ErrorKind, Result};
-use crate::init::SandboxInit;
+use crate::config::SandboxConfig;
+use crate::init::{ProgramRequest, SandboxInit};
 use crate::rootfs;
 use crate::seccomp::Filters;
 use crate::spec::{self, SpecStage};
-use crate::state::{self, ExitRecord, Layout, MonitorRecord, Phase, ProcIdentity, SandboxRecord};
+use crate::state::{
+    self, ExitRecord, Layout, MonitorRecord, Phase, ProcIdentity, SandboxRecord, Scratch,
+};
 use crate::sys;
 use crate::verdict::{Facts, LimitKind, Usage, Verdict, SCHEMA_VERSION};
 
@@ -107,7 +110,10 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let mode = match args.get(3).and_then(|m| m.to_str()) {
         Some("create") => Mode::Create,
         Some("run") => Mode::Run,
-        Some("spare") => spare(args.get(4).and_then(|p| p.to_str()).map(str::to_string)),
+        Some("spare") => spare(
+            PathBuf::from(&args[2]),
+            args.get(4).and_then(|p| p.to_str()).map(str::to_string),
+        ),
         Some("ping") => {
             // Measures what a monitor costs before it does any work (see benches/cycle.rs).
             if sys::fork_and_detach().is_ok() {
@@ -124,7 +130,7 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
     let dir = PathBuf::from(&args[2]);
     detach();
     redirect_stderr(&dir.join("monitor.log"));
-    exit_with(Prepared::new(None).and_then(|p| Monitor::run(&dir, mode, p)))
+    exit_with(Prepared::new(None).and_then(|p| Monitor::run(&dir, mode, p, None)))
 }
 
 /// Ends the monitor: status 0, or 1 after reporting the error to the controller.
@@ -154,31 +160,58 @@ fn detach() {
 }
 
 /// A spare monitor: does everything that does not depend on a sandbox (detach, seccomp compile,
-/// mount namespace), then waits for one request line `run|create SANDBOX_DIR` on stdin. End of
-/// file (the controller dropped its root or died) ends it.
-fn spare(prefix: Option<String>) -> ! {
+/// mount namespace), then reads request lines on stdin:
+/// - `warm CGROUP_PATH CONFIG_JSON` (optional, first): builds a container of that shape in
+///   that cgroup ahead of time, program-less (see [`SandboxConfig::build_shape`]);
+/// - `run|create SANDBOX_DIR`: takes that sandbox, with the pre-built container if its
+///   record matches it, else building one.
+///
+/// End of file (the controller dropped its root or died) tears a pre-built container down and
+/// ends the spare.
+fn spare(root: PathBuf, prefix: Option<String>) -> ! {
     detach();
     let prepared = match Prepared::new(prefix.as_deref()) {
         Ok(p) => p,
         Err(_) => std::process::exit(1), // the controller falls back to a fresh monitor
     };
-    let mut line = String::new();
-    let got = io::stdin().read_line(&mut line);
-    if !matches!(got, Ok(n) if n > 0) {
-        std::process::exit(0);
+    let mut warm: Option<Built> = None;
+    let mut stdin = io::stdin().lock();
+    loop {
+        let mut line = String::new();
+        let got = stdin.read_line(&mut line);
+        if !matches!(got, Ok(n) if n > 0) {
+            if let Some(mut b) = warm.take() {
+                let _ = b.teardown();
+            }
+            std::process::exit(0);
+        }
+        let line = line.trim_end_matches('\n');
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let mode = match word {
+            "warm" if warm.is_none() => {
+                warm = prebuild(&root, &prepared, rest);
+                continue;
+            }
+            "run" => Mode::Run,
+            "create" => Mode::Create,
+            _ => std::process::exit(2),
+        };
+        if let Ok(mut p) = PHASES.lock() {
+            p.clear();
+        }
+        mark("spare_taken");
+        let dir = PathBuf::from(rest);
+        redirect_stderr(&dir.join("monitor.log"));
+        exit_with(Monitor::run(&dir, mode, prepared, warm))
     }
-    if let Ok(mut p) = PHASES.lock() {
-        p.clear();
-    }
-    mark("spare_taken");
-    let line = line.trim_end_matches('\n');
-    let (mode, dir) = match line.split_once(' ') {
-        Some(("run", d)) => (Mode::Run, PathBuf::from(d)),
-        Some(("create", d)) => (Mode::Create, PathBuf::from(d)),
-        _ => std::process::exit(2),
-    };
-    redirect_stderr(&dir.join("monitor.log"));
-    exit_with(Monitor::run(&dir, mode, prepared))
+}
+
+/// Builds the container a `warm CGROUP_PATH CONFIG_JSON` line describes; `None` if the line is
+/// malformed or the build fails (the spare then builds when its request comes).
+fn prebuild(root: &Path, prepared: &Prepared, rest: &str) -> Option<Built> {
+    let (cgroup_path, json) = rest.split_once(' ')?;
+    let cfg: SandboxConfig = serde_json::from_str(json).ok()?;
+    Built::new(&cfg, cgroup_path, root, prepared).ok()
 }
 
 /// What a monitor sets up before it knows its sandbox.
@@ -259,17 +292,193 @@ fn launch(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Erro
     Error::with_source(ErrorKind::LaunchFailed, what.to_string(), e)
 }
 
-/// What the monitor set up, so that a failure at any step undoes exactly that.
+/// The libcontainer id of every container (each monitor has its own libcontainer root).
+const CONTAINER_ID: &str = "sandbox";
+
+/// A container built and parked before start, with no program yet: rootfs mounted, bundle
+/// written, cgroup made, libcontainer's init waiting for `start`. Built for a request, or
+/// ahead of one by a spare. Undoes exactly what was set up.
+struct Built {
+    /// The [`SandboxConfig::build_shape`] it was built for.
+    shape: SandboxConfig,
+    cgroup_path: String,
+    cgroup: Cgroup,
+    scratch: Scratch,
+    mounted: rootfs::Mounted,
+    container: Option<Container>,
+    /// The init's pid and pidfd, once built.
+    init: Option<(i32, OwnedFd)>,
+    /// Taken by the run that uses the container.
+    streams: Option<Streams>,
+    /// The container's init has been waited for.
+    init_reaped: bool,
+}
+
+impl Built {
+    /// Mounts the rootfs and builds the container for `cfg`'s shape in `cgroup_path`.
+    /// On failure everything is rolled back.
+    fn new(cfg: &SandboxConfig, cgroup_path: &str, root: &Path, prepared: &Prepared) -> Result<Built> {
+        let lower = match &cfg.image {
+            Some(dir) => dir.clone(),
+            None => crate::image::Image::host_default(&root.join(crate::root::IMAGES_DIR))?.lower,
+        };
+        let scratch = Scratch::of_root(root);
+        let mounted = rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower)
+            .map_err(|e| launch("mount the sandbox rootfs", e))?;
+        mark("rootfs_mounted");
+        let mut built = Built {
+            shape: cfg.build_shape(),
+            cgroup_path: cgroup_path.to_string(),
+            cgroup: prepared.cgroups.cgroup(cgroup_path),
+            scratch,
+            mounted,
+            container: None,
+            init: None,
+            streams: None,
+            init_reaped: false,
+        };
+        match built.build(cfg, prepared.filters.clone()) {
+            Ok(()) => Ok(built),
+            Err(e) => Err(built.rollback(e)),
+        }
+    }
+
+    /// Writes the bundle and builds the container (the init waits for start).
+    fn build(&mut self, cfg: &SandboxConfig, filters: Filters) -> Result<()> {
+        let bundle = self.scratch.bundle();
+        let rootfs = self.scratch.rootfs();
+        let first = spec::build(cfg, &rootfs, false, &self.cgroup_path, SpecStage::ForLibcontainer)?;
+        spec::write_bundle(&first, &bundle)?;
+        mark("bundle_written");
+        let (status_r, status_w) = pipe()?;
+        nix::fcntl::fcntl(
+            status_r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| launch("make the status pipe non-blocking", e))?;
+        // The init holds the read end; its hang-up tells the init the monitor died.
+        let (lifeline_r, lifeline_w) = pipe()?;
+        let (request_init, request) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| launch("create the request socket", e))?;
+        let executor = SandboxInit::new(
+            filters,
+            status_w.as_raw_fd(),
+            (lifeline_r.as_raw_fd(), lifeline_w.as_raw_fd()),
+            (request_init.as_raw_fd(), request.as_raw_fd()),
+        );
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let null: OwnedFd = File::open("/dev/null")
+            .map_err(|e| launch("open /dev/null", e))?
+            .into();
+        let lc_root = self.scratch.libcontainer_root();
+        fs::create_dir_all(&lc_root).map_err(|e| Error::io("create", &lc_root, e))?;
+        let container = ContainerBuilder::new(CONTAINER_ID.to_string(), SyscallType::Linux)
+            .with_root_path(&lc_root)
+            .map_err(|e| launch("set libcontainer root", e))?
+            .with_executor(executor)
+            .with_stdin(null)
+            .with_stdout(out_w)
+            .with_stderr(err_w)
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| launch("build the container", e))?;
+        mark("container_built");
+        // Only the init may hold these ends, so its exit is end of file on them.
+        drop(status_w);
+        drop(lifeline_r);
+        drop(request_init);
+        let init = container
+            .pid()
+            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "container has no init pid"))?
+            .as_raw();
+        self.container = Some(container);
+        let pidfd = sys::pidfd_open(init).map_err(|e| launch("pidfd_open init", e))?;
+        let pidfd2 = pidfd.try_clone().map_err(|e| launch("dup the init's pidfd", e))?;
+        self.init = Some((init, pidfd2));
+        self.streams = Some(Streams {
+            out: out_r,
+            err: err_r,
+            status: File::from(status_r),
+            _lifeline: lifeline_w,
+            request,
+            status_text: String::new(),
+            init,
+            pidfd,
+        });
+        Ok(())
+    }
+
+    /// Undoes whatever was set up and returns `err` (with any cleanup error appended).
+    fn rollback(&mut self, err: Error) -> Error {
+        match self.teardown() {
+            Ok(()) => err,
+            Err(cleanup) => Error::new(
+                err.kind(),
+                format!("{}; cleanup also failed: {}", err.chain(), cleanup.chain()),
+            ),
+        }
+    }
+
+    /// Kills what is left of the container, removes its cgroup and unmounts the rootfs (with
+    /// libcontainer's state on it). Safe to call after a partial setup, and twice.
+    fn teardown(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        if !self.init_reaped {
+            if let Some((pid, pidfd)) = &self.init {
+                // Our unreaped child: SIGKILL takes its pid namespace down with it.
+                let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
+                let _ = waitpid(nix::unistd::Pid::from_raw(*pid), None);
+                self.init_reaped = true;
+            }
+        }
+        if self.init_reaped {
+            // The init was reaped, so its pid namespace is empty: what libcontainer's delete
+            // would do (a new cgroup manager, a kill, rmdirs) reduces to the rmdirs below.
+            self.container = None;
+            if let Err(e) = crate::gc::kill_cgroup(&self.cgroup, &self.cgroup_path) {
+                errors.push(e.chain());
+            }
+        } else {
+            let lc_dir = self.scratch.libcontainer_root().join(CONTAINER_ID);
+            let container = self
+                .container
+                .take()
+                .or_else(|| Container::load(lc_dir).ok());
+            if let Some(mut c) = container {
+                if let Err(e) = c.delete(true) {
+                    errors.push(format!("delete container: {e}"));
+                }
+            }
+        }
+        if let Err(e) = self.cgroup.remove() {
+            errors.push(format!("remove cgroup: {e}"));
+        }
+        if let Err(e) = rootfs::unmount(&mut self.mounted) {
+            errors.push(format!("{e}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Io, errors.join("; ")))
+        }
+    }
+}
+
+/// A sandbox's monitor: its state directory, record and container.
 struct Monitor {
     layout: Layout,
     record: SandboxRecord,
-    cgroup: Cgroup,
-    mounted: rootfs::Mounted,
-    container: Option<Container>,
+    built: Built,
     /// The cgroup's CPU usage just before start (libcontainer's setup), subtracted from figures.
     cpu_baseline: cgroup::CpuUsage,
-    /// The container's init has been waited for.
-    init_reaped: bool,
 }
 
 /// What the event loop learned.
@@ -284,30 +493,42 @@ struct Outcome {
 }
 
 impl Monitor {
-    /// Runs the sandbox to completion and leaves its result in `exit.json`.
-    fn run(dir: &Path, mode: Mode, prepared: Prepared) -> Result<()> {
+    /// Runs the sandbox to completion and leaves its result in `exit.json`. `warm` is a
+    /// container a spare built ahead: used if the record asks for exactly it, else torn down.
+    fn run(dir: &Path, mode: Mode, prepared: Prepared, warm: Option<Built>) -> Result<()> {
         // Privileged setup, in order; nothing here runs in another thread.
         let layout = Layout {
             dir: dir.to_path_buf(),
         };
-        let record: SandboxRecord = state::read_json(&layout.record())?;
-        state::check_format(record.format_version, &layout.record())?;
         let me = ProcIdentity::of(std::process::id() as i32)
-            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "cannot read own /proc entry"))?;
+            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "cannot read own /proc entry"));
+        let record = state::read_json::<SandboxRecord>(&layout.record()).and_then(|r| {
+            state::check_format(r.format_version, &layout.record())?;
+            Ok(r)
+        });
+        let (record, me) = match (record, me) {
+            (Ok(r), Ok(me)) => (r, me),
+            (Err(e), _) | (_, Err(e)) => {
+                if let Some(mut b) = warm {
+                    let _ = b.teardown();
+                }
+                return Err(e);
+            }
+        };
         let mut status = MonitorRecord {
             format_version: state::FORMAT_VERSION,
             monitor: me,
             init: None,
             phase: Phase::Creating,
         };
-        state::write_json_atomic(&layout.monitor(), &status)?;
+        if let Err(e) = state::write_json_atomic(&layout.monitor(), &status) {
+            if let Some(mut b) = warm {
+                let _ = b.teardown();
+            }
+            return Err(e);
+        }
         mark("records");
-        let Prepared {
-            filters,
-            cgroups,
-            left_cgroups,
-        } = prepared;
-        if !left_cgroups {
+        if !prepared.left_cgroups {
             let prefix = Path::new(&record.cgroup_path)
                 .parent()
                 .and_then(|p| p.to_str())
@@ -317,25 +538,34 @@ impl Monitor {
                 leave_cgroups(&prefix);
             }
         }
-        let cgroup = cgroups.cgroup(&record.cgroup_path);
-        let lower = match &record.config.image {
-            Some(dir) => dir.clone(),
-            None => host_image_dir(&layout.dir)?,
+        let root = dir
+            .parent()
+            .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
+        let built = match warm {
+            Some(b)
+                if b.cgroup_path == record.cgroup_path
+                    && b.shape == record.config.build_shape() =>
+            {
+                mark("prebuilt_taken");
+                b
+            }
+            other => {
+                if let Some(mut b) = other {
+                    // Built for another shape: it must go first (it may hold this cgroup).
+                    let _ = b.teardown();
+                }
+                Built::new(&record.config, &record.cgroup_path, root, &prepared)?
+            }
         };
-        let mounted = rootfs::mount_rootfs(&layout, &record.config, &lower)
-            .map_err(|e| launch("mount the sandbox rootfs", e))?;
-        mark("rootfs_mounted");
         let mut m = Monitor {
             layout,
             record,
-            cgroup,
-            mounted,
-            container: None,
+            built,
             cpu_baseline: Default::default(),
-            init_reaped: false,
         };
-        let streams = match m.create(filters) {
-            Ok(streams) => streams,
+        let mut streams = m.built.streams.take().expect("a built container has streams");
+        let stdin = match m.bind() {
+            Ok(stdin) => stdin,
             Err(e) => return Err(m.rollback(e)),
         };
         status.init = ProcIdentity::of(streams.init);
@@ -359,9 +589,17 @@ impl Monitor {
             let _ = fs::remove_file(m.layout.start_fifo());
         }
         // CPU the sandbox's cgroup used for libcontainer's setup is not the program's.
-        m.cpu_baseline = m.cgroup.cpu_usage().unwrap_or_default();
+        m.cpu_baseline = m.built.cgroup.cpu_usage().unwrap_or_default();
         if let Err(e) = m.container_mut().start() {
             return Err(m.rollback(launch("start the container", e)));
+        }
+        let request = ProgramRequest::for_config(&m.record.config);
+        if let Err(e) = request.send(&streams.request, &stdin) {
+            return Err(m.rollback(launch("send the program to the init", e)));
+        }
+        drop(stdin);
+        if let Err(e) = streams.wait_ready() {
+            return Err(m.rollback(e));
         }
         let started = Instant::now();
         mark("started");
@@ -375,16 +613,26 @@ impl Monitor {
         m.finish(outcome)
     }
 
-    /// Rewrites `config.json` with the CPU quota that libcontainer was not given.
-    fn write_final_bundle(&self) -> Result<()> {
-        let full = spec::build(
-            &self.record.config,
-            &self.layout.rootfs(),
-            false,
-            &self.record.cgroup_path,
-            SpecStage::Final,
-        )?;
-        spec::write_bundle(&full, &self.layout.bundle())
+    /// Prepares the built container for this run: working directory and copies in the
+    /// rootfs, CPU quota. Returns the program's stdin. (The bundle keeps the spec libcontainer
+    /// built from: it lives in this monitor's mount namespace only, and libcontainer reads
+    /// its own saved copy at start; [`crate::Root::oci_spec`] gives the complete one.)
+    fn bind(&mut self) -> Result<OwnedFd> {
+        let cfg = &self.record.config;
+        rootfs::prepare_run(&self.built.scratch.rootfs(), cfg)
+            .map_err(|e| launch("prepare the sandbox rootfs", e))?;
+        let limits = &cfg.limits;
+        self.built
+            .cgroup
+            .set_cpu_quota(limits.cpu_quota_us(), limits.cpu_period_us)
+            .map_err(|e| launch("write the cpu quota", e))?;
+        mark("bound");
+        let stdin = match &cfg.stdin {
+            Stdin::Null => File::open("/dev/null"),
+            Stdin::Bytes(_) | Stdin::File(_) => File::open(self.layout.stdin()),
+        }
+        .map_err(|e| launch("open stdin", e))?;
+        Ok(stdin.into())
     }
 
     /// Makes the start FIFO and opens it read-write (so it never reports hang-up).
@@ -401,140 +649,20 @@ impl Monitor {
     }
 
     fn container_mut(&mut self) -> &mut Container {
-        self.container
+        self.built
+            .container
             .as_mut()
             .expect("container is built before use")
     }
 
-    /// Writes the bundle, builds the container (init waits for start), sets the CPU quota and
-    /// rewrites the bundle with it. Returns the read ends of stdout and stderr and the init's pidfd.
-    fn create(&mut self, filters: Filters) -> Result<Streams> {
-        let cfg = &self.record.config;
-        let bundle = self.layout.bundle();
-        let rootfs = self.layout.rootfs();
-        let cg_path = &self.record.cgroup_path;
-        let first = spec::build(cfg, &rootfs, false, cg_path, SpecStage::ForLibcontainer)?;
-        spec::write_bundle(&first, &bundle)?;
-        mark("bundle_written");
-        let stdin: OwnedFd = match &cfg.stdin {
-            Stdin::Null => File::open("/dev/null"),
-            Stdin::Bytes(_) | Stdin::File(_) => File::open(self.layout.stdin()),
-        }
-        .map_err(|e| launch("open stdin", e))?
-        .into();
-        let (status_r, status_w) = pipe()?;
-        nix::fcntl::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&status_r),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .map_err(|e| launch("make the status pipe non-blocking", e))?;
-        // The init holds the read end; its hang-up tells the init the monitor died.
-        let (lifeline_r, lifeline_w) = pipe()?;
-        let executor = SandboxInit::new(
-            cfg,
-            filters,
-            status_w.as_raw_fd(),
-            lifeline_r.as_raw_fd(),
-            lifeline_w.as_raw_fd(),
-        )?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let lc_root = self.layout.libcontainer_root();
-        fs::create_dir_all(&lc_root).map_err(|e| Error::io("create", &lc_root, e))?;
-        let container = ContainerBuilder::new(self.record.id.clone(), SyscallType::Linux)
-            .with_root_path(&lc_root)
-            .map_err(|e| launch("set libcontainer root", e))?
-            .with_executor(executor)
-            .with_stdin(stdin)
-            .with_stdout(out_w)
-            .with_stderr(err_w)
-            .as_init(&bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| launch("build the container", e))?;
-        mark("container_built");
-        // Only the init may hold the status pipe's write end, so its exit is end of file.
-        drop(status_w);
-        drop(lifeline_r);
-        let init = container
-            .pid()
-            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "container has no init pid"))?;
-        self.container = Some(container);
-        let limits = &cfg.limits;
-        self.cgroup
-            .set_cpu_quota(limits.cpu_quota_us(), limits.cpu_period_us)
-            .map_err(|e| launch("write the cpu quota", e))?;
-        // The bundle gets its final limits (for other OCI runtimes) before the program runs:
-        // afterwards the program may have filled the scratch tmpfs the bundle lives on.
-        self.write_final_bundle()?;
-        mark("quota_and_final_bundle");
-        let pidfd = sys::pidfd_open(init.as_raw()).map_err(|e| launch("pidfd_open init", e))?;
-        Ok(Streams {
-            out: out_r,
-            err: err_r,
-            status: File::from(status_r),
-            _lifeline: lifeline_w,
-            init: init.as_raw(),
-            pidfd,
-        })
-    }
-
-    /// Undoes whatever was set up and returns `err` (with any cleanup error appended).
+    /// Undoes whatever was set up and returns `err`.
     fn rollback(mut self, err: Error) -> Error {
-        match self.teardown() {
-            Ok(()) => err,
-            Err(cleanup) => Error::new(
-                err.kind(),
-                format!("{}; cleanup also failed: {}", err.chain(), cleanup.chain()),
-            ),
-        }
-    }
-
-    /// Deletes the container (killing what is left), removes its cgroup and libcontainer state,
-    /// and unmounts the rootfs. Safe to call after a partial setup.
-    fn teardown(&mut self) -> Result<()> {
-        let mut errors = Vec::new();
-        let lc_dir = self.layout.libcontainer_root().join(&self.record.id);
-        if self.init_reaped {
-            // The init was reaped, so its pid namespace is empty: what libcontainer's delete
-            // would do (a new cgroup manager, a kill, rmdirs) reduces to the rmdirs below.
-            self.container = None;
-            if let Err(e) = crate::gc::kill_cgroup(&self.cgroup, &self.record.cgroup_path) {
-                errors.push(e.chain());
-            }
-        } else {
-            let container = self
-                .container
-                .take()
-                .or_else(|| Container::load(lc_dir.clone()).ok());
-            if let Some(mut c) = container {
-                if let Err(e) = c.delete(true) {
-                    errors.push(format!("delete container: {e}"));
-                }
-            }
-        }
-        if let Err(e) = self.cgroup.remove() {
-            errors.push(format!("remove cgroup: {e}"));
-        }
-        if lc_dir.exists() {
-            if let Err(e) = fs::remove_dir_all(&lc_dir) {
-                errors.push(format!("remove {}: {e}", lc_dir.display()));
-            }
-        }
-        if let Err(e) = rootfs::unmount(&mut self.mounted) {
-            errors.push(format!("{e}"));
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(ErrorKind::Io, errors.join("; ")))
-        }
+        self.built.rollback(err)
     }
 
     /// Waits for the init to exit while capturing output and enforcing CPU, wall and output
     /// limits. Kills the sandbox (its init, which takes the pid namespace down) on a limit.
-    fn supervise(&mut self, streams: Streams, started: Instant) -> Outcome {
+    fn supervise(&mut self, mut streams: Streams, started: Instant) -> Outcome {
         let limits = self.record.config.limits.clone();
         let mut outcome = Outcome::default();
         let mut sinks = match (
@@ -559,7 +687,7 @@ impl Monitor {
         // The init reports the program's status before it exits (and its pid namespace is torn
         // down); the verdict does not wait for that.
         let mut program_done: Option<Instant> = None;
-        let mut status_text = String::new();
+        let mut status_text = std::mem::take(&mut streams.status_text);
         let mut killed = false;
         loop {
             let now = Instant::now();
@@ -570,7 +698,7 @@ impl Monitor {
                     outcome.facts.killed_for = Some(LimitKind::WallTime);
                 } else if let (Some(at), Some(limit)) = (next_cpu_check, cpu_kill_at) {
                     if now >= at {
-                        match self.cgroup.cpu_usage().map(|u| u.since(self.cpu_baseline)) {
+                        match self.built.cgroup.cpu_usage().map(|u| u.since(self.cpu_baseline)) {
                             Ok(u) if Duration::from_micros(u.total_us) >= limit => {
                                 outcome.facts.killed_for = Some(LimitKind::CpuTime);
                             }
@@ -719,19 +847,19 @@ impl Monitor {
             }
             let _ = waitpid(nix::unistd::Pid::from_raw(init), None);
         }
-        self.init_reaped = true;
+        self.built.init_reaped = true;
     }
 
     /// Reads the cgroup's figures, tears everything down and writes `exit.json`.
     fn finish(mut self, mut outcome: Outcome) -> Result<()> {
-        let figures = self.cgroup.figures().map(|mut f| {
+        let figures = self.built.cgroup.figures().map(|mut f| {
             f.cpu = f.cpu.since(self.cpu_baseline);
             f
         });
         mark("figures_read");
         let limits = &self.record.config.limits;
         if let Err(e) = rootfs::collect_out(
-            &self.layout.rootfs(),
+            &self.built.scratch.rootfs(),
             &self.record.config.collects,
             limits.file_size_bytes,
         ) {
@@ -745,7 +873,7 @@ impl Monitor {
         let remove_on_exit = self.record.remove_on_exit;
         if !remove_on_exit {
             self.reap_pending(&mut outcome);
-            if let Err(e) = self.teardown() {
+            if let Err(e) = self.built.teardown() {
                 let msg = e.chain();
                 outcome.facts.internal_error.get_or_insert(msg);
             }
@@ -812,7 +940,7 @@ impl Monitor {
             });
             // Nobody waits for this part; a failure leaves the directory for `gc`.
             self.reap_pending(&mut outcome);
-            match self.teardown() {
+            match self.built.teardown() {
                 Ok(()) if sent && result_delivered() => {
                     let _ = fs::remove_dir_all(&self.layout.dir);
                 }
@@ -836,8 +964,64 @@ struct Streams {
     status: File,
     /// The monitor's end of the lifeline, held until the monitor exits.
     _lifeline: OwnedFd,
+    /// The monitor's end of the init's request socket (see [`ProgramRequest`]).
+    request: OwnedFd,
+    /// Status text read before supervision began (what followed `ready`).
+    status_text: String,
     init: i32,
     pidfd: OwnedFd,
+}
+
+impl Streams {
+    /// Waits (at most 10 s) for the init's `ready` line: the program request was applied and
+    /// the program is being started. An `error` line or the init's end fails the launch.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(end) = self.status_text.find('\n') {
+                let line = self.status_text[..end].to_string();
+                self.status_text.drain(..=end);
+                return match line.split_once(' ') {
+                    _ if line == "ready" => Ok(()),
+                    Some(("error", why)) => Err(Error::new(
+                        ErrorKind::LaunchFailed,
+                        format!("the sandbox's init could not start the program: {why}"),
+                    )),
+                    _ => Err(Error::new(
+                        ErrorKind::LaunchFailed,
+                        format!("unexpected line from the sandbox's init: {line:?}"),
+                    )),
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::LaunchFailed,
+                    "the sandbox's init did not take the program within 10 s",
+                ));
+            }
+            let ms = PollTimeout::try_from(left.as_millis().min(10_000) as i32)
+                .unwrap_or(PollTimeout::ZERO);
+            let mut fds = [PollFd::new(self.status.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, ms) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(launch("poll the init's status", e)),
+            }
+            let mut buf = [0u8; 512];
+            match (&self.status).read(&mut buf) {
+                Ok(0) => {
+                    return Err(Error::new(
+                        ErrorKind::LaunchFailed,
+                        "the sandbox's init ended before taking the program",
+                    ))
+                }
+                Ok(n) => self.status_text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(launch("read the init's status", e)),
+            }
+        }
+    }
 }
 
 enum Pump {
@@ -978,15 +1162,6 @@ fn private_mount_namespace() -> Result<()> {
         None::<&str>,
     )
     .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "make mounts private", e))
-}
-
-/// The host-based default image's skeleton, which the controller created under the state root.
-fn host_image_dir(sandbox_dir: &Path) -> Result<PathBuf> {
-    let root = sandbox_dir
-        .parent()
-        .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
-    let image = crate::image::Image::host_default(&root.join(crate::root::IMAGES_DIR))?;
-    Ok(image.lower)
 }
 
 fn available_cpus() -> f64 {

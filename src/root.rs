@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{self, Command, Stdin};
+use crate::config::{self, Command, SandboxConfig, Stdin};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::Image;
 use crate::monitor::{Mode, Report, MONITOR_ARG};
@@ -22,6 +22,10 @@ pub(crate) const IMAGES_DIR: &str = ".images";
 
 /// Prefix of the temporary directories sandboxes are prepared in before their id is claimed.
 pub(crate) const NEW_PREFIX: &str = ".new-";
+
+/// Prefix of the cgroups spares pre-build containers in, followed by the controller's pid and
+/// start time and a counter (sandbox ids cannot start with `_`).
+pub(crate) const WARM_PREFIX: &str = "_warm-";
 
 /// How long a launch waits for the monitor's first report.
 const LAUNCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -71,13 +75,18 @@ struct RootInner {
     /// Idle monitors that have done their sandbox-independent setup, ready for a request.
     spares: Mutex<Vec<Spare>>,
     spare_target: usize,
+    /// Spares pre-build a container shaped like the last launch.
+    prebuild: bool,
+    /// The build shape of the last launch (what new spares pre-build).
+    last_shape: Mutex<Option<SandboxConfig>>,
 }
 
 impl RootInner {
     fn release_spares(&self) {
         if let Ok(mut spares) = self.spares.lock() {
             for mut spare in spares.drain(..) {
-                drop(spare.request); // end of file: the spare exits
+                // End of file: the spare tears down what it pre-built and exits.
+                drop(spare.request);
                 let _ = spare.first.wait();
             }
         }
@@ -90,13 +99,29 @@ impl Drop for RootInner {
     }
 }
 
-/// A spare monitor: its request socket (we write one line), its report pipe, and the short-lived
-/// first process of its double fork (reaped when the spare is taken).
+/// A spare monitor: its request socket (we write request lines), its report pipe, the
+/// short-lived first process of its double fork (reaped when the spare is taken), and what it
+/// pre-builds, if anything.
 #[derive(Debug)]
 struct Spare {
     request: std::os::fd::OwnedFd,
     report: BufReader<fs::File>,
     first: std::process::Child,
+    warm: Option<Warm>,
+}
+
+/// A container a spare builds ahead of its request: in this cgroup, of this build shape.
+#[derive(Debug)]
+struct Warm {
+    cgroup_path: String,
+    shape: SandboxConfig,
+}
+
+impl Spare {
+    /// True if the spare's pre-built container can serve a config of build shape `shape`.
+    fn fits(&self, shape: &SandboxConfig) -> bool {
+        self.warm.as_ref().is_some_and(|w| &w.shape == shape)
+    }
 }
 
 /// Options for opening a [`Root`].
@@ -105,6 +130,7 @@ pub struct RootOptions {
     cgroup_prefix: Option<String>,
     monitor: Option<PathBuf>,
     spare_monitors: Option<usize>,
+    no_prebuild: bool,
 }
 
 impl RootOptions {
@@ -132,6 +158,23 @@ impl RootOptions {
     /// each start; it costs about 1 MiB and exits when the [`Root`] is dropped. 0 disables.
     pub fn spare_monitors(&mut self, n: usize) -> &mut Self {
         self.spare_monitors = Some(n);
+        self
+    }
+
+    /// Whether spare monitors pre-build a container (default true): each new spare builds a
+    /// sandbox shaped like the last launch (same image, user, binds, memory and pids limits…;
+    /// see below) up to the point where only the program is missing, so a launch of the same
+    /// shape only binds its program, stdin, copies and CPU limits and starts it. A launch of
+    /// another shape finds the spare's container torn down and builds its own (about the
+    /// cost of a spare that pre-built nothing). What must match: image, user, hostname, binds,
+    /// memory, pids, cpuset, CFS period, open-files and file-size limits, scratch and shm
+    /// sizes. What may differ: program, arguments, environment, working directory, stdin,
+    /// copies in and out, CPU bandwidth, CPU and wall time, output limit.
+    ///
+    /// A pre-built container holds its mounts, cgroup and namespaces while it waits (a few
+    /// MiB); it is torn down when the [`Root`] is dropped or its controller dies.
+    pub fn prebuild(&mut self, on: bool) -> &mut Self {
+        self.no_prebuild = !on;
         self
     }
 
@@ -176,6 +219,8 @@ impl RootOptions {
                 host_image: OnceLock::new(),
                 spares: Mutex::new(Vec::new()),
                 spare_target: self.spare_monitors.unwrap_or(1),
+                prebuild: !self.no_prebuild,
+                last_shape: Mutex::new(None),
             }),
         })
     }
@@ -346,10 +391,21 @@ impl Root {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        // A spare whose pre-built container fits is taken first: the sandbox then lives in
+        // that container's cgroup.
+        let shape = cfg.build_shape();
+        let spare = self.take_spare(&shape);
+        let warm_cgroup = spare
+            .as_ref()
+            .filter(|s| s.fits(&shape))
+            .and_then(|s| s.warm.as_ref())
+            .map(|w| w.cgroup_path.clone());
         let (id, layout) = match self.claim(&tmp, cmd.name.as_deref(), |id| SandboxRecord {
             format_version: state::FORMAT_VERSION,
             id: id.to_string(),
-            cgroup_path: format!("/{}/{id}", self.inner.cgroup_prefix),
+            cgroup_path: warm_cgroup
+                .clone()
+                .unwrap_or_else(|| format!("/{}/{id}", self.inner.cgroup_prefix)),
             created_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -360,12 +416,20 @@ impl Root {
             Ok(claimed) => claimed,
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
+                if let Some(spare) = spare {
+                    self.put_back(spare);
+                }
                 return Err(e);
             }
         };
         let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
         let _enter = span.enter();
-        match self.start_monitor(&id, &layout, &monitor, mode) {
+        if self.inner.prebuild {
+            if let Ok(mut last) = self.inner.last_shape.lock() {
+                *last = Some(shape);
+            }
+        }
+        match self.start_monitor(&id, &layout, &monitor, mode, spare) {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
                 // A monitor that reported its failure has rolled back; one that died without a
@@ -380,26 +444,49 @@ impl Root {
         }
     }
 
+    /// Takes a spare monitor, preferring one whose pre-built container fits `shape`.
+    fn take_spare(&self, shape: &SandboxConfig) -> Option<Spare> {
+        let mut spares = self.inner.spares.lock().ok()?;
+        let i = spares
+            .iter()
+            .rposition(|s| s.fits(shape))
+            .or_else(|| spares.len().checked_sub(1))?;
+        Some(spares.swap_remove(i))
+    }
+
+    /// Returns an unused spare to the pool.
+    fn put_back(&self, spare: Spare) {
+        if let Ok(mut spares) = self.inner.spares.lock() {
+            spares.push(spare);
+        }
+    }
+
     /// Releases the spare monitors (they exit); new ones are made on the next launch.
     pub fn release_spares(&self) {
         self.inner.release_spares();
     }
 
-    /// Hands the sandbox to a spare monitor if one is ready, else execs a new monitor; then
-    /// reads the monitor's first report and tops the spares up again.
+    /// Hands the sandbox to `spare` if given and alive, else execs a new monitor; then reads
+    /// the monitor's first report and tops the spares up again.
     fn start_monitor(
         &self,
         id: &str,
         layout: &Layout,
         monitor: &Path,
         mode: Mode,
+        spare: Option<Spare>,
     ) -> Result<Sandbox> {
-        let spare = self.inner.spares.lock().ok().and_then(|mut s| s.pop());
         let result = match spare {
             Some(spare) => match use_spare(spare, layout, mode) {
-                Some(reader) => self.read_first_report(id, layout, reader, None),
-                // The spare died meanwhile: start a fresh monitor instead.
-                None => self.exec_monitor(id, layout, monitor, mode),
+                Ok(reader) => self.read_first_report(id, layout, reader, None),
+                // The spare died meanwhile: start a fresh monitor instead (in the cgroup the
+                // record names, which the dead spare's container may still hold: clean it).
+                Err(dead) => {
+                    if let Some(w) = dead.warm {
+                        let _ = remove_cgroup(&w.cgroup_path);
+                    }
+                    self.exec_monitor(id, layout, monitor, mode)
+                }
             },
             None => self.exec_monitor(id, layout, monitor, mode),
         };
@@ -417,11 +504,7 @@ impl Root {
                 return;
             }
             match self.spawn_spare(monitor) {
-                Ok(spare) => {
-                    if let Ok(mut s) = self.inner.spares.lock() {
-                        s.push(spare);
-                    }
-                }
+                Ok(spare) => self.put_back(spare),
                 Err(_) => return,
             }
         }
@@ -449,11 +532,43 @@ impl Root {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "exec a spare monitor", e))?;
-        Ok(Spare {
+        let mut spare = Spare {
             request: request_w,
             report: BufReader::new(fs::File::from(report_r)),
             first,
-        })
+            warm: None,
+        };
+        let shape = self.inner.last_shape.lock().ok().and_then(|s| s.clone());
+        if let Some(shape) = shape.filter(|_| self.inner.prebuild) {
+            self.send_warm(&mut spare, shape);
+        }
+        Ok(spare)
+    }
+
+    /// Asks `spare` to pre-build a container of `shape` in a cgroup of its own,
+    /// `/<prefix>/_warm-<controller pid>-<start time>-<n>` (ids cannot start with `_`).
+    fn send_warm(&self, spare: &mut Spare, shape: SandboxConfig) {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let Some(me) = ProcIdentity::of(std::process::id() as i32) else {
+            return;
+        };
+        let Ok(json) = serde_json::to_string(&shape) else {
+            return;
+        };
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let cgroup_path = format!(
+            "/{}/{WARM_PREFIX}{}-{}-{n}",
+            self.inner.cgroup_prefix, me.pid, me.start_time
+        );
+        let line = format!("warm {cgroup_path} {json}\n");
+        // The line must go whole into the socket's buffer (the spare reads it when it can);
+        // one that does not fit is not sent, and the spare stays cold.
+        if line.len() > 64 * 1024 {
+            return;
+        }
+        if send_line(&spare.request, &line) {
+            spare.warm = Some(Warm { cgroup_path, shape });
+        }
     }
 
     /// Execs a new monitor for the sandbox and reads its first report.
@@ -652,17 +767,36 @@ impl Root {
     }
 }
 
-/// Gives a sandbox to a spare monitor; `None` if the spare is gone.
-fn use_spare(mut spare: Spare, layout: &Layout, mode: Mode) -> Option<BufReader<fs::File>> {
+/// Gives a sandbox to a spare monitor: its report reader, or the spare back if it is gone.
+fn use_spare(mut spare: Spare, layout: &Layout, mode: Mode) -> std::result::Result<BufReader<fs::File>, Spare> {
     let _ = spare.first.wait();
     let line = format!("{} {}\n", mode.as_str(), layout.dir.display());
+    if send_line(&spare.request, &line) {
+        Ok(spare.report)
+    } else {
+        Err(spare)
+    }
+}
+
+/// Writes `line` whole to a spare's request socket without blocking or raising SIGPIPE.
+fn send_line(socket: &std::os::fd::OwnedFd, line: &str) -> bool {
     let sent = nix::sys::socket::send(
-        std::os::fd::AsRawFd::as_raw_fd(&spare.request),
+        std::os::fd::AsRawFd::as_raw_fd(socket),
         line.as_bytes(),
-        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-    )
-    .ok()?;
-    (sent == line.len()).then_some(spare.report)
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    );
+    matches!(sent, Ok(n) if n == line.len())
+}
+
+/// Kills what is left in the cgroup at `path` (a dead spare's pre-built container) and
+/// removes it.
+fn remove_cgroup(path: &str) -> Result<()> {
+    let cg = crate::cgroup::Layout::detect()
+        .map_err(|e| Error::with_source(ErrorKind::Io, "read cgroup mounts", e))?
+        .cgroup(path);
+    crate::gc::kill_cgroup(&cg, path)?;
+    cg.remove()
+        .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))
 }
 
 /// `runbox` for the default state root, `runbox-<hash of the path>` for any other, so that two

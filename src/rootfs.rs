@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::config::SandboxConfig;
-use crate::state::Layout;
+use crate::state::Scratch;
 
 /// One failing step of setting up or tearing down the rootfs.
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +96,15 @@ pub(crate) struct Mounted {
     rootfs: Option<PathBuf>,
 }
 
-/// Mounts the scratch tmpfs and the overlay with `lower` as the read-only image, and prepares
-/// the working directory for the sandbox's user. On error, what was mounted is unmounted.
+/// Mounts the scratch tmpfs (`scratch_bytes` large) and the overlay with `lower` as the
+/// read-only image, with a world-writable /tmp. On error, what was mounted is unmounted.
 pub(crate) fn mount_rootfs(
-    layout: &Layout,
-    cfg: &SandboxConfig,
+    scratch: &Scratch,
+    scratch_bytes: u64,
     lower: &Path,
 ) -> Result<Mounted, RootfsError> {
     let mut mounted = Mounted::default();
-    let result = mount_steps(layout, cfg, lower, &mut mounted);
+    let result = mount_steps(scratch, scratch_bytes, lower, &mut mounted);
     if let Err(e) = result {
         let _ = unmount(&mut mounted);
         return Err(e);
@@ -113,19 +113,19 @@ pub(crate) fn mount_rootfs(
 }
 
 fn mount_steps(
-    layout: &Layout,
-    cfg: &SandboxConfig,
+    scratch: &Scratch,
+    scratch_bytes: u64,
     lower: &Path,
     mounted: &mut Mounted,
 ) -> Result<(), RootfsError> {
-    let scratch = layout.scratch();
-    let rootfs = layout.rootfs();
-    dir(&scratch, 0o700)?;
+    let rootfs = scratch.rootfs();
+    let scratch = &scratch.dir;
+    dir(scratch, 0o700)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let size = format!("size={},mode=0755", cfg.limits.scratch_bytes);
+    let size = format!("size={scratch_bytes},mode=0755");
     mount(
         Some("runbox-scratch"),
-        &scratch,
+        scratch,
         Some("tmpfs"),
         flags,
         Some(size.as_str()),
@@ -160,10 +160,16 @@ fn mount_steps(
         source,
     })?;
     mounted.rootfs = Some(rootfs.clone());
-    prepare_tmp(&rootfs)?;
-    prepare_cwd(&rootfs, cfg)?;
+    prepare_tmp(&rootfs)
+}
+
+/// Prepares the mounted rootfs for one run of `cfg`: its working directory and the files
+/// copied in. Works before or after the container is built (not yet started): the container's
+/// root is this same overlay.
+pub(crate) fn prepare_run(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
+    prepare_cwd(rootfs, cfg)?;
     for (host, dest) in &cfg.copies {
-        copy_in(&rootfs, host, dest, cfg.user.uid, cfg.user.gid)?;
+        copy_in(rootfs, host, dest, cfg.user.uid, cfg.user.gid)?;
     }
     Ok(())
 }

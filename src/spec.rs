@@ -14,10 +14,10 @@ use crate::config::SandboxConfig;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Which spec: the one libcontainer builds from, or the complete one the bundle keeps.
-/// libcontainer gets no CPU quota (its own setup runs in the cgroup and would be throttled;
+/// libcontainer gets no program (see [`crate::init::ProgramRequest`]), no CPU quota (its own setup runs in the cgroup and would be throttled;
 /// the monitor writes the quota before start) and no `linux.seccomp` (it ignores it without
-/// libseccomp; runbox installs its own filter). The final `config.json` has both, so runc or
-/// crun can run the bundle with the same confinement.
+/// libseccomp; runbox installs its own filter). The final spec has all of them, so runc or
+/// crun can run a bundle from [`crate::Root::write_bundle`] with the same confinement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpecStage {
     /// For libcontainer: no quota, no seccomp section.
@@ -71,9 +71,17 @@ pub(crate) fn build(
         rlimit(PosixRlimitType::RlimitNofile, limits.open_files)?,
         rlimit(PosixRlimitType::RlimitFsize, limits.file_size_bytes)?,
     ];
-    if let Some(cpu) = limits.cpu_time {
-        // A per-process backstop one second past the cgroup-wide limit the monitor enforces.
-        rlimits.push(rlimit(PosixRlimitType::RlimitCpu, cpu.as_secs() + 2)?);
+    // The program is not part of the container libcontainer builds: the init receives it
+    // (argv, environment, working directory, RLIMIT_CPU) at start, so a container can be
+    // built before its program is known. The final spec carries the real ones.
+    let (args, env, cwd) = match stage {
+        SpecStage::ForLibcontainer => (vec!["runbox-init".to_string()], Vec::new(), "/".into()),
+        SpecStage::Final => (cfg.args.clone(), cfg.env.clone(), cfg.cwd.clone()),
+    };
+    if let (SpecStage::Final, Some(cpu)) = (stage, limits.cpu_time) {
+        // A per-process backstop past the cgroup-wide limit the monitor enforces.
+        let secs = crate::init::ProgramRequest::for_config(cfg).cpu_rlimit_secs;
+        rlimits.push(rlimit(PosixRlimitType::RlimitCpu, secs.unwrap_or(cpu.as_secs()))?);
     }
     let process = ProcessBuilder::default()
         .terminal(false)
@@ -85,9 +93,9 @@ pub(crate) fn build(
                 .build()
                 .map_err(spec_error)?,
         )
-        .args(cfg.args.clone())
-        .env(cfg.env.clone())
-        .cwd(cfg.cwd.clone())
+        .args(args)
+        .env(env)
+        .cwd(cwd)
         .capabilities(caps)
         .no_new_privileges(true)
         .rlimits(rlimits)

@@ -38,27 +38,6 @@ impl Layout {
     pub fn exit(&self) -> PathBuf {
         self.dir.join("exit.json")
     }
-    /// The OCI bundle directory.
-    ///
-    /// It lives on the scratch tmpfs, like libcontainer's state: those files churn on every
-    /// start and a disk-backed state root made creating them slow. Both exist only in the
-    /// monitor's mount namespace.
-    pub fn bundle(&self) -> PathBuf {
-        self.dir.join("scratch/bundle")
-    }
-    /// The overlay's merged dir, the container's root.
-    pub fn rootfs(&self) -> PathBuf {
-        self.dir.join("scratch/bundle/rootfs")
-    }
-    /// The size-capped tmpfs (mounted in the monitor's mount namespace) holding the overlay's
-    /// upper and work dirs, the bundle and libcontainer's state.
-    pub fn scratch(&self) -> PathBuf {
-        self.dir.join("scratch")
-    }
-    /// libcontainer's own state root (kept apart: its delete removes `<lc>/<id>` wholesale).
-    pub fn libcontainer_root(&self) -> PathBuf {
-        self.dir.join("scratch/lc")
-    }
     /// The FIFO a controller writes to to start a created sandbox.
     pub fn start_fifo(&self) -> PathBuf {
         self.dir.join("start.fifo")
@@ -74,6 +53,42 @@ impl Layout {
     /// Captured stderr.
     pub fn stderr(&self) -> PathBuf {
         self.dir.join("stderr")
+    }
+}
+
+/// Name of the directory under the state root that every monitor mounts its own scratch
+/// tmpfs on, in its private mount namespace.
+pub(crate) const SCRATCH_DIR: &str = ".scratch";
+
+/// A monitor's scratch space: `<root>/.scratch`, over which each monitor mounts a size-capped
+/// tmpfs in its own mount namespace (so they never collide, and the host never sees them). It
+/// holds the overlay's upper and work dirs, the OCI bundle and libcontainer's state, at paths
+/// that do not depend on the sandbox id: a spare monitor builds its container before it knows
+/// which sandbox it will be.
+#[derive(Debug, Clone)]
+pub(crate) struct Scratch {
+    /// `<root>/.scratch`.
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    /// The scratch mount point of the state root `root`.
+    pub fn of_root(root: &Path) -> Self {
+        Scratch {
+            dir: root.join(SCRATCH_DIR),
+        }
+    }
+    /// The OCI bundle directory.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+    /// The overlay's merged dir, the container's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("bundle/rootfs")
+    }
+    /// libcontainer's own state root.
+    pub fn libcontainer_root(&self) -> PathBuf {
+        self.dir.join("lc")
     }
 }
 

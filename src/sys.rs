@@ -207,3 +207,25 @@ pub(crate) fn spawn_clean(
         result
     }
 }
+
+/// Reads from the stream socket `fd` (inherited across clone, open for the process's life)
+/// into `buf`, taking any descriptors sent along with `SCM_RIGHTS` (close-on-exec).
+/// Returns the bytes read and the received descriptors.
+pub(crate) fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for r in raw {
+                // SAFETY: the kernel just installed `r` in this process's fd table for this
+                // message; nothing else refers to it, so it gets exactly one owner here.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    Ok((msg.bytes, fds))
+}
