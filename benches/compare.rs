@@ -753,9 +753,46 @@ impl Cleanup {
         for dir in prefix_cgroups(&self.prefix) {
             remove_cgroup_tree(&dir);
         }
+        unmount_state_tmpfs(&self.base);
         if self.base.exists() {
             let _ = fs::remove_dir_all(&self.base);
         }
+    }
+}
+
+/// Puts `dir` on a tmpfs of its own if it is not on one already, as the state roots of
+/// runbox (`/run/runbox`), runc (`/run/runc`) and crun (`/run/crun`) are on a host whose /run
+/// is a tmpfs. This machine's /run is ext4, where creating the small state files costs every
+/// runtime an inode-allocation scan (ext4's `recently_deleted`). Returns a line for the report.
+fn state_on_tmpfs(dir: &Path) -> String {
+    let on_tmpfs = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if on_tmpfs {
+        return format!("{} is on a tmpfs already", dir.display());
+    }
+    nix::mount::mount(
+        Some("runbox-compare"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("size=2g,mode=0700"),
+    )
+    .unwrap_or_else(|e| panic!("mount a tmpfs on {}: {e}", dir.display()));
+    format!(
+        "{} is a tmpfs mounted by the harness for this run (the host's /run is not a tmpfs): every runtime's state lives there",
+        dir.display()
+    )
+}
+
+/// Unmounts what [`state_on_tmpfs`] mounted (nothing if it mounted nothing).
+fn unmount_state_tmpfs(dir: &Path) {
+    let ours = fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split_whitespace().nth(4) == dir.to_str() && l.contains(" - tmpfs runbox-compare ")
+        })
+    });
+    if ours {
+        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -830,6 +867,7 @@ fn verify_clean(bench: &Bench, cleanup: &Cleanup) {
         bench.base.display(),
         processes_naming(&bench.base)
     );
+    unmount_state_tmpfs(&bench.base);
     fs::remove_dir_all(&bench.base)
         .unwrap_or_else(|e| panic!("remove {}: {e}", bench.base.display()));
     cleanup.sweep();
@@ -851,13 +889,14 @@ fn main() {
     let image = image();
     let pid = std::process::id();
     let prefix = format!("runbox-compare-{pid}");
-    // /run is a tmpfs, like runbox's default state root.
     let base = PathBuf::from(format!("/run/{prefix}"));
     let cleanup = Cleanup {
         prefix: prefix.clone(),
         base: base.clone(),
         tools: tools.clone(),
     };
+    fs::create_dir_all(&base).expect("create the state directory");
+    let state_fs = state_on_tmpfs(&base);
     for d in ["bundles", "runc", "crun", "template"] {
         fs::create_dir_all(base.join(d)).expect("create the state directories");
     }
@@ -1000,6 +1039,7 @@ fn main() {
         }
     );
     println!("| image | {} |", bench.image.display());
+    println!("| state directories | {state_fs} |");
     println!(
         "| rounds | {} counted + {} warm-up per mode, interleaved, order rotated each round |",
         opts.runs, opts.warmup

@@ -243,8 +243,32 @@ fn main() {
     );
     // /run is a tmpfs, like the default state root /run/runbox.
     let state = PathBuf::from(format!("/run/runbox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&state).expect("create the state root");
+    // The default state root /run/runbox is on a tmpfs on a usual host; here /run may not be
+    // (ext4 on the development machine), so the bench mounts one for its root.
+    let on_tmpfs = nix::sys::statfs::statfs(&state)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs {
+        nix::mount::mount(
+            Some("runbox-bench"),
+            &state,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=1g,mode=0700"),
+        )
+        .expect("mount a tmpfs on the bench state root");
+        println!(
+            "state root {} on a tmpfs mounted for the bench",
+            state.display()
+        );
+    }
+    let spares: usize = std::env::var("RUNBOX_BENCH_SPARES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let root = runbox::RootOptions::new()
         .cgroup_prefix(format!("runbox-bench-{}", std::process::id()))
+        .spare_monitors(spares)
         .open(&state)
         .expect("open state root");
     let mut cmd = runbox::Command::new("/bin/true");
@@ -312,6 +336,13 @@ fn cleanup(root: runbox::Root, state: &std::path::Path) {
         && t.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(10));
+    }
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(4) == state.to_str() && l.contains(" runbox-bench "))
+    });
+    if mounted {
+        let _ = nix::mount::umount2(state, nix::mount::MntFlags::MNT_DETACH);
     }
     let _ = std::fs::remove_dir_all(state);
     let prefix = format!("runbox-bench-{}", std::process::id());

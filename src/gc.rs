@@ -12,7 +12,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::cgroup::{self, Cgroup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::root::{GcReport, Root, NEW_PREFIX, WARM_PREFIX};
-use crate::state::{Layout, ProcIdentity, SandboxRecord};
+use crate::state::{Layout, ProcIdentity, SandboxRecord, GONE_PREFIX};
 
 /// Takes the sandbox directory's exclusive lock (blocking, or `None` if `block` is false and
 /// another process holds it). Delete and gc take it; readers need none (files are replaced
@@ -159,14 +159,18 @@ pub(crate) fn collect(root: &Root) -> GcReport {
     report
 }
 
-/// Removes `.new-<pid>-<start>-<n>` directories whose creator died before claiming an id.
+/// Removes `.new-<pid>-<start>-<n>` directories whose creator died before claiming an id, and
+/// `.gone-<pid>-<start>-<n>` ones whose remover died while removing them.
 fn collect_temp_dirs(root: &Root, report: &mut GcReport) {
     let Ok(entries) = fs::read_dir(root.dir()) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NEW_PREFIX) else {
+        let Some(rest) = name
+            .strip_prefix(NEW_PREFIX)
+            .or_else(|| name.strip_prefix(GONE_PREFIX))
+        else {
             continue;
         };
         let mut parts = rest.split('-');
@@ -245,7 +249,9 @@ fn collect_warm_cgroup(root: &Root, name: &str, report: &mut GcReport) {
         cg.remove()
             .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))
     }) {
-        Ok(()) => report.cleaned.push(format!("pre-built container cgroup {path}")),
+        Ok(()) => report
+            .cleaned
+            .push(format!("pre-built container cgroup {path}")),
         Err(e) => report.errors.push(format!("{path}: {}", e.chain())),
     }
 }

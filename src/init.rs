@@ -136,7 +136,7 @@ const FORWARDED: &[Signal] = &[
 pub(crate) struct SandboxInit {
     filters: Filters,
     /// Write end of the status pipe: `ready` once the program request is applied, then
-    /// `exit N`, `signal N` or `error TEXT` for the monitor.
+    /// `exit N`, `signal N` or `error TEXT` for the monitor (and `t LABEL US` timestamps).
     status_fd: RawFd,
     /// Read end of the lifeline pipe: hang-up means the monitor died.
     lifeline_fd: RawFd,
@@ -169,16 +169,27 @@ impl SandboxInit {
         let _ = sys::write_inherited_fd(self.status_fd, line.as_bytes());
     }
 
+    /// A timestamp line (`t LABEL MICROSECONDS`, CLOCK_MONOTONIC) for the monitor's phases.
+    fn send_mark(&self, label: &str) {
+        self.send_status(&format!("t {label} {}\n", crate::monitor::monotonic_us()));
+    }
+
     /// Starts the program with `posix_spawn` (no copy of the init's address space), with an
     /// empty signal mask and default signal actions. The seccomp filter is already installed,
     /// so the program inherits it. Returns the program's pid.
     fn spawn_program(req: &ProgramRequest) -> std::result::Result<Pid, String> {
-        let c = |s: &String| {
-            CString::new(s.as_bytes()).map_err(|_| format!("nul byte in {s:?}"))
-        };
+        let c = |s: &String| CString::new(s.as_bytes()).map_err(|_| format!("nul byte in {s:?}"));
         let exe = c(&req.exe)?;
-        let argv = req.args.iter().map(c).collect::<std::result::Result<Vec<_>, _>>()?;
-        let envp = req.env.iter().map(c).collect::<std::result::Result<Vec<_>, _>>()?;
+        let argv = req
+            .args
+            .iter()
+            .map(c)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let envp = req
+            .env
+            .iter()
+            .map(c)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         sys::spawn_clean(&exe, &argv, &envp)
             .map(Pid::from_raw)
             .map_err(|e| format!("execve {}: {e}", req.exe))
@@ -231,6 +242,7 @@ impl SandboxInit {
             loop {
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                        self.send_mark("reaped");
                         self.send_status(&format!("exit {code}\n"));
                         sys::exit_now(code);
                     }
@@ -253,11 +265,6 @@ impl SandboxInit {
 
 impl Executor for SandboxInit {
     fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
-        // The init was cloned, never exec'd: with uid 0 it would still be dumpable, and a
-        // program of the same uid could open /proc/1/fd/* (the status pipe) and forge its
-        // verdict. Non-dumpable, its /proc entries are closed to the program.
-        nix::sys::prctl::set_dumpable(false)
-            .map_err(|e| ExecutorError::Other(format!("make the init non-dumpable: {e}")))?;
         for fd in self.monitor_fds {
             sys::close_inherited_fd(fd);
         }
@@ -284,12 +291,9 @@ impl Executor for SandboxInit {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
         // The init runs under the filter too: it only polls, reads, waits, kills and writes.
-        if let Err(e) = self.filters.install() {
-            self.send_status(&format!("error install seccomp filters: {e}\n"));
-            sys::exit_now(127);
-        }
         match Self::spawn_program(&req) {
             Ok(child) => {
+                self.send_mark("spawned");
                 // The init holds the sandbox's stdio only to pass it on: dropping it now lets
                 // the monitor see end of output as soon as the program's side closes.
                 for fd in 0..=2 {
@@ -304,9 +308,22 @@ impl Executor for SandboxInit {
         }
     }
 
+    /// Runs in the init before it waits for start, where libcontainer would install a
+    /// seccomp profile itself: after pivot_root, the user switch, the capability drop and
+    /// no_new_privs. The filter goes on here, so it costs nothing at start and covers the
+    /// init's own remaining steps (its start handshake, the program request, the spawn).
     fn validate(&self, _spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
-        // The controller resolved the program inside the image before any side effect.
-        Ok(())
+        // The init was cloned, never exec'd: with uid 0 it would still be dumpable, and a
+        // program of the same uid could open /proc/1/fd/* (the status pipe) and forge its
+        // verdict. Non-dumpable, its /proc entries are closed to the program.
+        nix::sys::prctl::set_dumpable(false).map_err(|e| {
+            ExecutorValidationError::ArgValidationError(format!("make the init non-dumpable: {e}"))
+        })?;
+        // The init runs under the filter too: it only polls, reads, waits, kills and writes.
+        // The program was resolved inside the image by the controller.
+        self.filters.install().map_err(|e| {
+            ExecutorValidationError::ArgValidationError(format!("install seccomp filters: {e}"))
+        })
     }
 
     fn setup_envs(

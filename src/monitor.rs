@@ -17,9 +17,9 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{self, Cgroup};
+use crate::config::SandboxConfig;
 use crate::config::Stdin;
 use crate::error::{Error, ErrorKind, Result};
-use crate::config::SandboxConfig;
 use crate::init::{ProgramRequest, SandboxInit};
 use crate::rootfs;
 use crate::seccomp::Filters;
@@ -317,7 +317,12 @@ struct Built {
 impl Built {
     /// Mounts the rootfs and builds the container for `cfg`'s shape in `cgroup_path`.
     /// On failure everything is rolled back.
-    fn new(cfg: &SandboxConfig, cgroup_path: &str, root: &Path, prepared: &Prepared) -> Result<Built> {
+    fn new(
+        cfg: &SandboxConfig,
+        cgroup_path: &str,
+        root: &Path,
+        prepared: &Prepared,
+    ) -> Result<Built> {
         let lower = match &cfg.image {
             Some(dir) => dir.clone(),
             None => crate::image::Image::host_default(&root.join(crate::root::IMAGES_DIR))?.lower,
@@ -347,7 +352,13 @@ impl Built {
     fn build(&mut self, cfg: &SandboxConfig, filters: Filters) -> Result<()> {
         let bundle = self.scratch.bundle();
         let rootfs = self.scratch.rootfs();
-        let first = spec::build(cfg, &rootfs, false, &self.cgroup_path, SpecStage::ForLibcontainer)?;
+        let first = spec::build(
+            cfg,
+            &rootfs,
+            false,
+            &self.cgroup_path,
+            SpecStage::ForLibcontainer,
+        )?;
         spec::write_bundle(&first, &bundle)?;
         mark("bundle_written");
         let (status_r, status_w) = pipe()?;
@@ -401,7 +412,9 @@ impl Built {
             .as_raw();
         self.container = Some(container);
         let pidfd = sys::pidfd_open(init).map_err(|e| launch("pidfd_open init", e))?;
-        let pidfd2 = pidfd.try_clone().map_err(|e| launch("dup the init's pidfd", e))?;
+        let pidfd2 = pidfd
+            .try_clone()
+            .map_err(|e| launch("dup the init's pidfd", e))?;
         self.init = Some((init, pidfd2));
         self.streams = Some(Streams {
             out: out_r,
@@ -563,7 +576,11 @@ impl Monitor {
             built,
             cpu_baseline: Default::default(),
         };
-        let mut streams = m.built.streams.take().expect("a built container has streams");
+        let mut streams = m
+            .built
+            .streams
+            .take()
+            .expect("a built container has streams");
         let stdin = match m.bind() {
             Ok(stdin) => stdin,
             Err(e) => return Err(m.rollback(e)),
@@ -698,7 +715,12 @@ impl Monitor {
                     outcome.facts.killed_for = Some(LimitKind::WallTime);
                 } else if let (Some(at), Some(limit)) = (next_cpu_check, cpu_kill_at) {
                     if now >= at {
-                        match self.built.cgroup.cpu_usage().map(|u| u.since(self.cpu_baseline)) {
+                        match self
+                            .built
+                            .cgroup
+                            .cpu_usage()
+                            .map(|u| u.since(self.cpu_baseline))
+                        {
                             Ok(u) if Duration::from_micros(u.total_us) >= limit => {
                                 outcome.facts.killed_for = Some(LimitKind::CpuTime);
                             }
@@ -942,7 +964,7 @@ impl Monitor {
             self.reap_pending(&mut outcome);
             match self.built.teardown() {
                 Ok(()) if sent && result_delivered() => {
-                    let _ = fs::remove_dir_all(&self.layout.dir);
+                    let _ = state::remove_sandbox_dir(&self.layout.dir);
                 }
                 // The controller died before reading the result: keep it for a later `wait`.
                 Ok(()) => {}
@@ -1015,7 +1037,9 @@ impl Streams {
                         "the sandbox's init ended before taking the program",
                     ))
                 }
-                Ok(n) => self.status_text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(n) => self
+                    .status_text
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(launch("read the init's status", e)),
@@ -1117,6 +1141,21 @@ fn parse_status(text: &str, facts: &mut Facts) -> bool {
         match (word, rest.parse::<i32>()) {
             ("exit", Ok(code)) => facts.exit_code = Some(code),
             ("signal", Ok(sig)) => facts.signal = Some(sig),
+            ("t", _) => {
+                // The init's timestamps, kept once each as phases.
+                let (label, t) = rest.split_once(' ').unwrap_or((rest, ""));
+                let label = match label {
+                    "spawned" => "init_spawned",
+                    "reaped" => "init_reaped",
+                    _ => continue,
+                };
+                if let (Ok(t), Ok(mut p)) = (t.parse::<u64>(), PHASES.lock()) {
+                    if !p.iter().any(|(n, _)| *n == label) {
+                        p.push((label, t));
+                    }
+                }
+                continue;
+            }
             ("error", _) => {
                 facts.internal_error = Some(format!("in the sandbox's init: {rest}"));
             }

@@ -477,17 +477,25 @@ impl Root {
         spare: Option<Spare>,
     ) -> Result<Sandbox> {
         let result = match spare {
-            Some(spare) => match use_spare(spare, layout, mode) {
-                Ok(reader) => self.read_first_report(id, layout, reader, None),
-                // The spare died meanwhile: start a fresh monitor instead (in the cgroup the
-                // record names, which the dead spare's container may still hold: clean it).
-                Err(dead) => {
-                    if let Some(w) = dead.warm {
-                        let _ = remove_cgroup(&w.cgroup_path);
+            Some(spare) => {
+                let warm_cgroup = spare.warm.as_ref().map(|w| w.cgroup_path.clone());
+                let taken = use_spare(spare, layout, mode)
+                    .map(|reader| self.read_first_report(id, layout, reader, None));
+                match taken {
+                    Ok(Ok(sandbox)) => Ok(sandbox),
+                    Ok(Err(e)) if layout.monitor().exists() => Err(e),
+                    // The spare died before it took the sandbox (the request could not be
+                    // sent, or it ended before writing monitor.json): start a fresh monitor
+                    // instead, once the dead spare's container (if any) is gone from the
+                    // cgroup the record may name.
+                    _ => {
+                        if let Some(path) = warm_cgroup {
+                            let _ = remove_cgroup(&path);
+                        }
+                        self.exec_monitor(id, layout, monitor, mode)
                     }
-                    self.exec_monitor(id, layout, monitor, mode)
                 }
-            },
+            }
             None => self.exec_monitor(id, layout, monitor, mode),
         };
         if result.is_ok() {
@@ -705,20 +713,22 @@ impl Root {
                 Err(nix::Error::EEXIST) if name.is_none() => continue,
                 Err(nix::Error::EEXIST) => {
                     // The name may still be held by a finished one-shot run whose monitor is
-                    // cleaning up (a few ms): wait for that, then try again.
-                    let finishing = self.sandbox(&id).ok().and_then(|s| s.finishing_one_shot());
-                    match finishing {
-                        Some(monitor) => {
-                            crate::sandbox::wait_for_exit(monitor, None)?;
-                            continue;
-                        }
-                        None => {
-                            return Err(Error::new(
-                                ErrorKind::AlreadyExists,
-                                format!("sandbox {id} already exists"),
-                            ))
+                    // cleaning up (a few ms): wait for that, then try again. The directory may
+                    // also vanish while we look (it is renamed away before removal).
+                    match self.sandbox(&id) {
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                        Ok(s) => {
+                            if let Some(monitor) = s.finishing_one_shot() {
+                                crate::sandbox::wait_for_exit(monitor, None)?;
+                                continue;
+                            }
                         }
                     }
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("sandbox {id} already exists"),
+                    ));
                 }
                 Err(e) => {
                     return Err(Error::with_source(
@@ -767,14 +777,18 @@ impl Root {
     }
 }
 
-/// Gives a sandbox to a spare monitor: its report reader, or the spare back if it is gone.
-fn use_spare(mut spare: Spare, layout: &Layout, mode: Mode) -> std::result::Result<BufReader<fs::File>, Spare> {
+/// Gives a sandbox to a spare monitor: its report reader, or `Err` if the spare is gone.
+fn use_spare(
+    mut spare: Spare,
+    layout: &Layout,
+    mode: Mode,
+) -> std::result::Result<BufReader<fs::File>, ()> {
     let _ = spare.first.wait();
     let line = format!("{} {}\n", mode.as_str(), layout.dir.display());
     if send_line(&spare.request, &line) {
         Ok(spare.report)
     } else {
-        Err(spare)
+        Err(())
     }
 }
 

@@ -452,7 +452,7 @@ impl Sandbox {
                 }
             }
         }
-        fs::remove_dir_all(&self.layout.dir).map_err(|e| Error::io("remove", &self.layout.dir, e))
+        crate::state::remove_sandbox_dir(&self.layout.dir)
     }
 
     /// The monitor of a one-shot run that has reported its result and is still cleaning up
@@ -478,8 +478,7 @@ impl Sandbox {
             return Ok(false);
         }
         crate::gc::clean_lost(&self.layout, &record)?;
-        fs::remove_dir_all(&self.layout.dir)
-            .map_err(|e| Error::io("remove", &self.layout.dir, e))?;
+        crate::state::remove_sandbox_dir(&self.layout.dir)?;
         Ok(true)
     }
 

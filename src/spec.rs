@@ -81,7 +81,10 @@ pub(crate) fn build(
     if let (SpecStage::Final, Some(cpu)) = (stage, limits.cpu_time) {
         // A per-process backstop past the cgroup-wide limit the monitor enforces.
         let secs = crate::init::ProgramRequest::for_config(cfg).cpu_rlimit_secs;
-        rlimits.push(rlimit(PosixRlimitType::RlimitCpu, secs.unwrap_or(cpu.as_secs()))?);
+        rlimits.push(rlimit(
+            PosixRlimitType::RlimitCpu,
+            secs.unwrap_or(cpu.as_secs()),
+        )?);
     }
     let process = ProcessBuilder::default()
         .terminal(false)

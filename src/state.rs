@@ -92,6 +92,27 @@ impl Scratch {
     }
 }
 
+/// Prefix of the names sandbox directories are renamed to just before they are removed,
+/// followed by the remover's pid and start time and a counter.
+pub(crate) const GONE_PREFIX: &str = ".gone-";
+
+/// Removes a sandbox directory so that its id disappears at once: renamed out of the way
+/// (to `.gone-<pid>-<start>-<n>`, which `gc` collects if the remover dies), then removed. A
+/// claim of the same id never sees a half-removed directory.
+pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let me = ProcIdentity::of(std::process::id() as i32)
+        .ok_or_else(|| Error::new(ErrorKind::Io, "cannot read own /proc entry"))?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let parent = dir
+        .parent()
+        .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
+    let gone = parent.join(format!("{GONE_PREFIX}{}-{}-{n}", me.pid, me.start_time));
+    fs::rename(dir, &gone).map_err(|e| Error::io("rename", dir, e))?;
+    fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))
+}
+
 /// `sandbox.json`: what the sandbox is, written by the controller before the monitor starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SandboxRecord {

@@ -1,0 +1,252 @@
+//! Pre-built spares: a spare monitor builds the next sandbox (shaped like the last launch)
+//! before its request. The pre-built path must give the same confinement and verdicts as a
+//! fresh build, apply every per-run part of the request, fall back when the shape differs,
+//! and leave nothing behind when its spare or controller dies.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command as Proc, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use runbox::{Status, Stdin};
+
+/// Spawns `cmd`, waits for it, and tells whether it ran in a pre-built container.
+fn run_traced(env: &TestEnv, cmd: &runbox::Command) -> (runbox::Verdict, bool) {
+    let mut s = env.root.spawn(cmd).unwrap();
+    let v = s.wait().unwrap();
+    let prebuilt = s
+        .usage()
+        .unwrap()
+        .phases_monotonic_us
+        .iter()
+        .any(|(name, _)| name == "prebuilt_taken");
+    s.delete(false).unwrap();
+    (v, prebuilt)
+}
+
+/// The pids hierarchy's directory of this test's cgroup prefix (v1), or the unified one (v2).
+fn prefix_dir(prefix: &str) -> PathBuf {
+    common::cgroup_prefix_dirs(prefix)
+        .into_iter()
+        .find(|d| d.join("cgroup.procs").exists() && d.to_string_lossy().contains("/pids/"))
+        .or_else(|| common::cgroup_prefix_dirs(prefix).into_iter().next())
+        .expect("a cgroup hierarchy with the test's prefix")
+}
+
+/// The pre-built containers' cgroups (`_warm-*`) under the prefix, with their processes.
+fn warm_cgroups(prefix: &str) -> Vec<(PathBuf, Vec<i32>)> {
+    let Ok(entries) = std::fs::read_dir(prefix_dir(prefix)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("_warm-"))
+        .map(|e| {
+            let procs = std::fs::read_to_string(e.path().join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            (e.path(), procs)
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The parent pid of `pid`.
+fn ppid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The pid of the spare monitor holding the one pre-built container (its init's parent).
+fn warm_spare(prefix: &str) -> i32 {
+    let mut init = 0;
+    wait_until("a pre-built container", || {
+        let warm = warm_cgroups(prefix);
+        match warm.as_slice() {
+            [(_, procs)] if !procs.is_empty() => {
+                init = procs[0];
+                true
+            }
+            _ => false,
+        }
+    });
+    let parent = ppid(init);
+    assert!(
+        parent > 1,
+        "the pre-built init's parent is not its spare monitor"
+    );
+    parent
+}
+
+#[test]
+fn a_prebuilt_sandbox_is_confined_alike_and_takes_every_per_run_part() {
+    let env = TestEnv::new("prebuilt");
+    let status = env.cmd("probe", &["status"]);
+    let (cold, was_prebuilt) = run_traced(&env, &status);
+    assert!(!was_prebuilt, "the first launch has no spare to take");
+    assert_eq!(cold.status, Status::Ok, "{cold:?}");
+    let (warm, was_prebuilt) = run_traced(&env, &status);
+    assert!(was_prebuilt, "the second launch of one shape is pre-built");
+    assert_eq!(
+        warm.stdout, cold.stdout,
+        "uid, capabilities, no_new_privs and seccomp differ on the pre-built path"
+    );
+    assert!(warm.stdout.contains("Seccomp:\t2"), "{warm:?}");
+    assert!(
+        warm.stdout.contains("CapBnd:\t0000000000000000"),
+        "{warm:?}"
+    );
+
+    // Program, arguments, environment, working directory, stdin and CPU rlimit are per run.
+    let mut shell = env.cmd(
+        "/bin/sh",
+        &["-c", "pwd; cat; echo \"$FOO\"; ulimit -t; hostname"],
+    );
+    shell
+        .current_dir("/tmp")
+        .env("FOO", "bar")
+        .stdin(Stdin::Bytes(b"from stdin\n".to_vec()));
+    shell.limits_mut().cpu_time = Some(Duration::from_secs(3));
+    let (v, was_prebuilt) = run_traced(&env, &shell);
+    assert!(was_prebuilt);
+    assert_eq!(
+        (v.status, v.stdout.as_str()),
+        (Status::Ok, "/tmp\nfrom stdin\nbar\n5\nrunbox\n"),
+        "{v:?}"
+    );
+
+    // Copies in and out.
+    let files = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("prebuilt-files-{}", std::process::id()));
+    std::fs::create_dir_all(&files).unwrap();
+    let host_in = files.join("input.txt");
+    let host_out = files.join("collected/out.txt");
+    std::fs::write(&host_in, "copied in\n").unwrap();
+    let mut copy = env.cmd(
+        "/bin/sh",
+        &["-c", "cat /work/in.txt; echo made > /work/out.txt"],
+    );
+    copy.copy_in(&host_in, "/work/in.txt")
+        .collect("/work/out.txt", &host_out);
+    let (v, was_prebuilt) = run_traced(&env, &copy);
+    assert!(was_prebuilt);
+    assert_eq!(
+        (v.status, v.stdout.as_str()),
+        (Status::Ok, "copied in\n"),
+        "{v:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&host_out).unwrap(), "made\n");
+    std::fs::remove_dir_all(&files).unwrap();
+
+    // A CPU-time limit and a wall-time limit fire on the pre-built path.
+    let mut spin = env.cmd("probe", &["spin", "10"]);
+    spin.limits_mut().cpu_time = Some(Duration::from_millis(300));
+    let (v, was_prebuilt) = run_traced(&env, &spin);
+    assert!(was_prebuilt);
+    assert_eq!(v.status, Status::TimeLimit, "{v:?}");
+    let mut sleep = env.cmd("probe", &["sleep", "10"]);
+    sleep.limits_mut().wall_time = Some(Duration::from_millis(300));
+    let (v, was_prebuilt) = run_traced(&env, &sleep);
+    assert!(was_prebuilt);
+    assert_eq!(v.status, Status::WallTimeLimit, "{v:?}");
+
+    // Each run starts from the image: the last run's files are gone.
+    let (v, _) = run_traced(&env, &env.cmd("/bin/sh", &["-c", "ls /work"]));
+    assert_eq!((v.status, v.stdout.as_str()), (Status::Ok, ""), "{v:?}");
+
+    // Another memory limit is another shape: built afresh, and the limit holds.
+    let mut small = env.cmd("probe", &["memhog", "200"]);
+    small.limits_mut().memory_bytes = 96 << 20;
+    small.limits_mut().scratch_bytes = 16 << 20;
+    let (v, was_prebuilt) = run_traced(&env, &small);
+    assert!(
+        !was_prebuilt,
+        "a spare pre-built for 512 MiB served a 96 MiB run"
+    );
+    assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
+    let (v, was_prebuilt) = run_traced(&env, &small);
+    assert!(was_prebuilt, "the spares follow the last shape");
+    assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
+    env.finish();
+}
+
+#[test]
+fn a_launch_that_finds_its_prebuilt_spare_dead_builds_afresh_and_leaks_nothing() {
+    let env = TestEnv::new("deadspare");
+    let cmd = env.cmd("probe", &["echo", "hi"]);
+    let (v, _) = run_traced(&env, &cmd);
+    assert_eq!(v.status, Status::Ok);
+    // SIGKILL the spare: its pre-built init keeps waiting inside libcontainer for a start.
+    let spare = warm_spare(&env.prefix);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spare),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (v, was_prebuilt) = run_traced(&env, &cmd);
+    assert!(!was_prebuilt);
+    assert_eq!((v.status, v.stdout.as_str()), (Status::Ok, "hi\n"), "{v:?}");
+    // The dead spare's container went with the launch that found it dead; the new spare's
+    // container is the only one left.
+    wait_until("one pre-built container", || {
+        warm_cgroups(&env.prefix).len() == 1
+    });
+    env.finish();
+}
+
+#[test]
+fn gc_removes_the_prebuilt_container_of_a_dead_controller_and_spare_only() {
+    let env = TestEnv::new("warmgc");
+    let controller = common::example("controller");
+    let mut child = Proc::new(controller)
+        .arg("--root")
+        .arg(&env.dir)
+        .args(["--cgroup-parent", &env.prefix, "--image"])
+        .arg(common::image())
+        .args(["--count", "1", "--sleep", "30", "--hold"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let id = lines.next().unwrap().unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // Both the spare and its controller die abruptly: nobody tears the container down.
+    let spare = warm_spare(&env.prefix);
+    for pid in [spare, child.id() as i32] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    child.wait().unwrap();
+    let report = env.root.gc();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.cleaned.iter().any(|c| c.contains("_warm-")),
+        "{report:?}"
+    );
+    assert!(warm_cgroups(&env.prefix).is_empty());
+    // The controller's running sandbox is not the spare's: it runs on.
+    let s = env.root.sandbox(&id).unwrap();
+    assert_eq!(s.status().unwrap(), runbox::SandboxStatus::Running);
+    s.delete(true).unwrap();
+    env.finish();
+}
