@@ -217,7 +217,6 @@ fn prebuild(root: &Path, prepared: &Prepared, rest: &str) -> Option<Built> {
 /// What a monitor sets up before it knows its sandbox.
 struct Prepared {
     filters: Filters,
-    cgroups: cgroup::Layout,
     /// The monitor already left the cgroups it inherited from its controller.
     left_cgroups: bool,
 }
@@ -229,16 +228,70 @@ impl Prepared {
             Error::with_source(ErrorKind::UnsupportedHost, "compile seccomp filters", e)
         })?;
         mark("seccomp_compiled");
-        let cgroups = cgroup::Layout::detect()
-            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
         private_mount_namespace()?;
         mark("mount_namespace");
         let left_cgroups = prefix.is_some_and(leave_cgroups);
         Ok(Prepared {
             filters,
-            cgroups,
             left_cgroups,
         })
+    }
+}
+
+/// cgroup v1 hierarchies a sandbox joins: those that carry its limits and figures (cpu,
+/// cpuacct, memory, pids, cpuset) and its device policy (devices).
+const SANDBOX_V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"];
+
+/// In the monitor's own mount namespace only, unmounts the cgroup v1 hierarchies that carry
+/// nothing of the sandbox's (freezer, blkio, net_cls, perf_event, hugetlb, named hierarchies
+/// such as `name=systemd`) and, on a hybrid host, the unified cgroup2 beside them, so that
+/// libcontainer neither creates, joins nor removes a cgroup in each of them for every sandbox.
+/// The sandbox's processes stay in the monitor's cgroup there. Idempotent; failures are
+/// ignored (libcontainer then uses the hierarchy as before). The host's mounts are untouched.
+fn trim_cgroup_mounts() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut v1_kept = false;
+    let mut drop = Vec::new();
+    let mut unified = Vec::new();
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = left.split_whitespace().nth(4) else {
+            continue;
+        };
+        let mut fields = right.split_whitespace();
+        let (Some(fstype), Some(_source), Some(options)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        match fstype {
+            "cgroup" => {
+                if options
+                    .split(',')
+                    .any(|o| SANDBOX_V1_CONTROLLERS.contains(&o))
+                {
+                    v1_kept = true;
+                } else {
+                    drop.push(mount_point.replace("\\040", " "));
+                }
+            }
+            "cgroup2" => unified.push(mount_point.replace("\\040", " ")),
+            _ => {}
+        }
+    }
+    if !v1_kept {
+        return; // a cgroup v2 host: one hierarchy, nothing to trim
+    }
+    for target in drop.iter().chain(&unified) {
+        let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -327,6 +380,9 @@ impl Built {
             Some(dir) => dir.clone(),
             None => crate::image::Image::host_default(&root.join(crate::root::IMAGES_DIR))?.lower,
         };
+        trim_cgroup_mounts();
+        let cgroups = cgroup::Layout::detect()
+            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
         let scratch = Scratch::of_root(root);
         let mounted = rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower)
             .map_err(|e| launch("mount the sandbox rootfs", e))?;
@@ -334,7 +390,7 @@ impl Built {
         let mut built = Built {
             shape: cfg.build_shape(),
             cgroup_path: cgroup_path.to_string(),
-            cgroup: prepared.cgroups.cgroup(cgroup_path),
+            cgroup: cgroups.cgroup(cgroup_path),
             scratch,
             mounted,
             container: None,
