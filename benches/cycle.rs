@@ -98,7 +98,8 @@ fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
             ms(percentile(&t, 0.9)),
         );
     }
-    // Idle memory: the monitor of a sandbox that sleeps.
+    // Idle memory: what 10 sleeping sandboxes cost the host in user space (monitor and init
+    // of each; the program itself is the caller's), and a spare with its pre-built container.
     let mut opts = runbox::RootOptions::new();
     opts.cgroup_prefix(root.cgroup_prefix());
     if let Some(p) = &standalone {
@@ -106,21 +107,58 @@ fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
     }
     let root = opts.open(root.dir()).unwrap();
     let mut cmd = runbox::Command::new("/bin/sleep");
-    cmd.arg("3").image(image());
-    let mut sandbox = root.spawn(&cmd).unwrap();
+    cmd.arg("30").image(image());
+    let sandboxes: Vec<_> = (0..10).map(|_| root.spawn(&cmd).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(500));
-    let pid = sandbox.info().unwrap().monitor_pid.unwrap();
-    let (dirty, clean, pss) = private_memory(pid);
-    println!(
-        "idle monitor ({}): Private_Dirty {dirty} KiB, Private_Clean {clean} KiB, Pss {pss} KiB",
-        if standalone.is_some() {
-            "standalone runbox-monitor"
-        } else {
-            "this binary"
+    let mut sums = [(0u64, 0u64, 0u64, 0u64); 2];
+    for s in &sandboxes {
+        let info = s.info().unwrap();
+        for (k, pid) in [info.monitor_pid, info.init_pid].into_iter().enumerate() {
+            let m = memory(pid.unwrap());
+            sums[k] = (sums[k].0 + m.0, sums[k].1 + m.1, sums[k].2 + m.2, sums[k].3 + m.3);
         }
+    }
+    let exe = if standalone.is_some() {
+        "standalone runbox-monitor"
+    } else {
+        "this binary"
+    };
+    for (k, what) in ["monitor", "init"].iter().enumerate() {
+        let (dirty, clean, pss, rss) = sums[k];
+        println!(
+            "idle sandbox ({exe}), mean of 10, {what}: Pss {} KiB, Rss {} KiB, Private_Dirty {} KiB, Private_Clean {} KiB",
+            pss / 10,
+            rss / 10,
+            dirty / 10,
+            clean / 10
+        );
+    }
+    let (pss, rss) = (sums[0].2 + sums[1].2, sums[0].3 + sums[1].3);
+    println!(
+        "idle sandbox ({exe}), mean of 10, monitor + init: Pss {} KiB, Rss {} KiB",
+        pss / 10,
+        rss / 10
     );
-    sandbox.wait().unwrap();
-    sandbox.delete(false).unwrap();
+    for s in sandboxes {
+        s.kill(libc::SIGKILL).unwrap();
+        let mut s = s;
+        s.wait().unwrap();
+        s.delete(false).unwrap();
+    }
+    root.release_spares();
+}
+
+/// `Private_Dirty`, `Private_Clean`, `Pss` and `Rss` of a process, in KiB.
+fn memory(pid: i32) -> (u64, u64, u64, u64) {
+    let (dirty, clean, pss) = private_memory(pid);
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let rss = text
+        .lines()
+        .find(|l| l.starts_with("Rss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (dirty, clean, pss, rss)
 }
 
 /// Sequential runs after an idle gap, and sustained throughput at several concurrencies.
@@ -280,6 +318,11 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--phases-only") {
         phases(&root, &cmd);
+        cleanup(root, &state);
+        return;
+    }
+    if std::env::args().any(|a| a == "--memory-only") {
+        monitor_cost(&root, &state);
         cleanup(root, &state);
         return;
     }

@@ -79,7 +79,7 @@ impl ProgramRequest {
 
     /// Reads one request from the inherited socket `fd`: the request and its stdin.
     fn receive(fd: RawFd) -> std::result::Result<(Self, OwnedFd), String> {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 4096];
         let mut have = 0;
         let mut stdin = None;
         let mut want = None;
@@ -290,7 +290,7 @@ impl Executor for SandboxInit {
             .map_err(|e| ExecutorError::Other(format!("block signals: {e}")))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
-        // The init runs under the filter too: it only polls, reads, waits, kills and writes.
+        // The seccomp filter (installed in `validate`) is inherited by the program.
         match Self::spawn_program(&req) {
             Ok(child) => {
                 self.send_mark("spawned");
@@ -299,6 +299,8 @@ impl Executor for SandboxInit {
                 for fd in 0..=2 {
                     let _ = nix::unistd::close(fd);
                 }
+                drop(req);
+                sys::release_free_heap();
                 self.supervise(child, &signals)
             }
             Err(e) => {

@@ -679,6 +679,8 @@ impl Monitor {
         status.phase = Phase::Running;
         let saved = state::write_json_atomic(&m.layout.monitor(), &status);
         let _ = report(&Report::Started { monitor: me });
+        // The monitor may idle for as long as the program runs: keep only what it uses.
+        sys::release_free_heap();
         let mut outcome = m.supervise(streams, started);
         if let Err(e) = saved {
             outcome.facts.internal_error.get_or_insert(e.chain());

@@ -229,3 +229,13 @@ pub(crate) fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec
     }
     Ok((msg.bytes, fds))
 }
+
+/// Returns the heap's free memory to the kernel (glibc `malloc_trim(0)`): a long-lived idle
+/// process (monitor, init) keeps only what it uses.
+pub(crate) fn release_free_heap() {
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes an
+    // integer and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
