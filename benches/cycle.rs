@@ -115,7 +115,12 @@ fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
         let info = s.info().unwrap();
         for (k, pid) in [info.monitor_pid, info.init_pid].into_iter().enumerate() {
             let m = memory(pid.unwrap());
-            sums[k] = (sums[k].0 + m.0, sums[k].1 + m.1, sums[k].2 + m.2, sums[k].3 + m.3);
+            sums[k] = (
+                sums[k].0 + m.0,
+                sums[k].1 + m.1,
+                sums[k].2 + m.2,
+                sums[k].3 + m.3,
+            );
         }
     }
     let exe = if standalone.is_some() {
@@ -139,6 +144,37 @@ fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
         pss / 10,
         rss / 10
     );
+    // The spare the last spawn left, with its pre-built container (init waiting for start).
+    let warm_init = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .find_map(|h| {
+            let dir = PathBuf::from(h).join(root.cgroup_prefix());
+            std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with("_warm-") {
+                    return None;
+                }
+                let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).ok()?;
+                procs.lines().next()?.trim().parse::<i32>().ok()
+            })
+        });
+    if let Some(init) = warm_init {
+        let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap();
+        let spare: i32 = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (a, b) = (memory(spare), memory(init));
+        println!(
+            "spare with a pre-built container ({exe}): spare Pss {} KiB, init Pss {} KiB, Rss {} KiB in all, Private_Dirty {} KiB in all",
+            a.2,
+            b.2,
+            a.3 + b.3,
+            a.0 + b.0
+        );
+    }
     for s in sandboxes {
         s.kill(libc::SIGKILL).unwrap();
         let mut s = s;
