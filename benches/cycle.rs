@@ -270,8 +270,17 @@ fn monotonic_us() -> u64 {
 /// spawn through the monitor's marks to the controller's delete.
 fn phases(root: &runbox::Root, cmd: &runbox::Command) {
     let n = 100;
+    // `RUNBOX_BENCH_PHASE_GAP_MS`: idle time before each start (a spare then has time to
+    // pre-build; without a gap the run waits for its build).
+    let gap = std::env::var("RUNBOX_BENCH_PHASE_GAP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     let mut table: Vec<(String, Vec<u64>)> = Vec::new();
     for _ in 0..n {
+        if let Some(gap) = gap {
+            std::thread::sleep(gap);
+        }
         let t0 = monotonic_us();
         let mut s = root.spawn(cmd).unwrap();
         let t_spawned = monotonic_us();
@@ -283,12 +292,14 @@ fn phases(root: &runbox::Root, cmd: &runbox::Command) {
         let t_deleted = monotonic_us();
         let mut marks = vec![("controller_spawn".to_string(), t0)];
         marks.extend(usage.phases_monotonic_us.iter().cloned());
+        marks.push(("controller_spawn_returned".to_string(), t_spawned));
+        // The init's marks come from another process: order everything by time.
+        marks.sort_by_key(|m| m.1);
         marks.push(("exit_record_and_monitor_exit".to_string(), t_waited));
         marks.push((
             "controller_delete".to_string(),
             t_deleted - (t_del0 - t_waited),
         ));
-        let _ = t_spawned;
         for w in marks.windows(2) {
             let d = w[1].1.saturating_sub(w[0].1);
             match table.iter_mut().find(|(k, _)| *k == w[1].0) {
