@@ -126,6 +126,9 @@ enum Variant {
     /// `runbox::Root::run` on a root with `spare_monitors(0)`: every start execs a monitor
     /// and does all of its setup inside the timed window, as runc and crun do.
     RunboxNoSpare,
+    /// `runbox::Root::run` on a root keeping one spare monitor per throughput thread, as the
+    /// README advises a grader with N workers (throughput only).
+    RunboxPool,
 }
 
 impl Variant {
@@ -142,6 +145,7 @@ impl Variant {
             Variant::CrunNoCgroups => "crun --cgroup-manager=disabled, no wrapper (NO cgroups)",
             Variant::Runbox => "runbox (Root::run, defaults: seccomp on, 1 spare monitor)",
             Variant::RunboxNoSpare => "runbox, spare_monitors(0)",
+            Variant::RunboxPool => "runbox (Root::run, one spare monitor per thread)",
         }
     }
 }
@@ -175,6 +179,8 @@ struct Bench {
     root: runbox::Root,
     /// A second state root, `<base>/runbox-nospare`, with no spare monitor.
     root_nospare: runbox::Root,
+    /// `<base>/runbox-pool`, one spare monitor per throughput thread.
+    root_pool: runbox::Root,
     /// `/bin/true` of the image.
     cmd: runbox::Command,
     /// runbox's `config.json`, as written by `Root::write_bundle`.
@@ -281,7 +287,9 @@ impl Bench {
                     .arg(id);
                 (c, Some(dir))
             }
-            Variant::Runbox | Variant::RunboxNoSpare => unreachable!("runbox runs in process"),
+            Variant::Runbox | Variant::RunboxNoSpare | Variant::RunboxPool => {
+                unreachable!("runbox runs in process")
+            }
         }
     }
 
@@ -330,6 +338,7 @@ impl Bench {
         match v {
             Variant::Runbox => Some(&self.root),
             Variant::RunboxNoSpare => Some(&self.root_nospare),
+            Variant::RunboxPool => Some(&self.root_pool),
             _ => None,
         }
     }
@@ -552,7 +561,10 @@ fn print_table(title: &str, variants: &[Variant], samples: &[Vec<Sample>]) {
         }
     }
     for (i, v) in variants.iter().enumerate() {
-        if !matches!(v, Variant::Runbox | Variant::RunboxNoSpare) {
+        if !matches!(
+            v,
+            Variant::Runbox | Variant::RunboxNoSpare | Variant::RunboxPool
+        ) {
             continue;
         }
         let mut tails: Vec<Duration> = samples[i].iter().filter_map(|s| s.cleanup_tail).collect();
@@ -733,7 +745,7 @@ impl Cleanup {
         }
         // runbox's monitors remove their own sandboxes shortly after the verdict; gc takes
         // what a dead monitor left.
-        for dir in [self.base.join("runbox"), self.base.join("runbox-nospare")] {
+        for dir in ["runbox", "runbox-nospare", "runbox-pool"].map(|d| self.base.join(d)) {
             if !dir.is_dir() {
                 continue;
             }
@@ -821,7 +833,7 @@ fn verify_clean(bench: &Bench, cleanup: &Cleanup) {
     );
     let left = subdirs(&bench.bundles());
     assert!(left.is_empty(), "bundles left: {left:?}");
-    for root in [&bench.root, &bench.root_nospare] {
+    for root in [&bench.root, &bench.root_nospare, &bench.root_pool] {
         let ok = wait_until(Duration::from_secs(20), || {
             root.list().is_ok_and(|l| l.is_empty())
         });
@@ -909,6 +921,11 @@ fn main() {
         .spare_monitors(0)
         .open(base.join("runbox-nospare"))
         .expect("open the second runbox state root");
+    let root_pool = runbox::RootOptions::new()
+        .cgroup_prefix(prefix.clone())
+        .spare_monitors(opts.concurrency)
+        .open(base.join("runbox-pool"))
+        .expect("open the third runbox state root");
     let mut cmd = runbox::Command::new("/bin/true");
     cmd.image(&image);
     root.write_bundle(&cmd, &base.join("template"))
@@ -924,6 +941,7 @@ fn main() {
         tools,
         root,
         root_nospare,
+        root_pool,
         cmd,
         template,
         next_id: AtomicU64::new(0),
@@ -1079,7 +1097,12 @@ fn main() {
     println!();
     println!("| variant | runs/s | median (ms) | p99 latency (ms) | wall (s) |");
     println!("|---|---|---|---|---|");
-    for v in [Variant::Runbox, crun_tp, Variant::Bwrap] {
+    for v in [
+        Variant::Runbox,
+        Variant::RunboxPool,
+        crun_tp,
+        Variant::Bwrap,
+    ] {
         // A few untimed runs first, so every variant starts warm.
         throughput(&bench, v, opts.concurrency * 2, opts.concurrency);
         let (wall, lat) = throughput(&bench, v, opts.throughput_runs, opts.concurrency);

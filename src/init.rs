@@ -3,7 +3,7 @@
 //! program's wait status to the monitor, and kills everything if the monitor dies.
 
 use std::ffi::CString;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use libcontainer::oci_spec::runtime::Spec;
@@ -73,8 +73,15 @@ impl ProgramRequest {
             None,
         )
         .map_err(io::Error::from)?;
-        let mut rest = std::fs::File::from(sock.try_clone()?);
-        rest.write_all(&frame[sent..])
+        let mut rest = &frame[sent..];
+        while !rest.is_empty() {
+            match nix::sys::socket::send(sock.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Reads one request from the inherited socket `fd`: the request and its stdin.
@@ -85,7 +92,9 @@ impl ProgramRequest {
         let mut want = None;
         loop {
             if have == buf.len() {
-                buf.resize(buf.len() * 2, 0);
+                // Grow to the announced frame (or by doubling until its header is in).
+                let next = want.unwrap_or(buf.len() * 2).max(buf.len() + 1);
+                buf.resize(next, 0);
             }
             let (n, fds) = sys::recv_with_fds(fd, &mut buf[have..])
                 .map_err(|e| format!("read the program request: {e}"))?;
@@ -196,7 +205,8 @@ impl SandboxInit {
     }
 
     /// Takes the program request and makes the init's state the program's: stdin, working
-    /// directory, CPU rlimit. Runs before the seccomp filter.
+    /// directory (entered as the sandbox's user, who must be able to search it), CPU rlimit
+    /// (at most the hard limit the init has).
     fn take_request(&self) -> std::result::Result<ProgramRequest, String> {
         let (req, stdin) = ProgramRequest::receive(self.request_fd)?;
         sys::close_inherited_fd(self.request_fd);
@@ -204,7 +214,11 @@ impl SandboxInit {
         drop(stdin);
         nix::unistd::chdir(req.cwd.as_str()).map_err(|e| format!("chdir {}: {e}", req.cwd))?;
         if let Some(secs) = req.cpu_rlimit_secs {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CPU, secs, secs)
+            use nix::sys::resource::{getrlimit, setrlimit, Resource};
+            // Lowering needs no privilege; the init has none left to raise it.
+            let (_, hard) = getrlimit(Resource::RLIMIT_CPU).unwrap_or((u64::MAX, u64::MAX));
+            let secs = secs.min(hard);
+            setrlimit(Resource::RLIMIT_CPU, secs, secs)
                 .map_err(|e| format!("set RLIMIT_CPU: {e}"))?;
         }
         Ok(req)
@@ -320,6 +334,14 @@ impl Executor for SandboxInit {
         // verdict. Non-dumpable, its /proc entries are closed to the program.
         nix::sys::prctl::set_dumpable(false).map_err(|e| {
             ExecutorValidationError::ArgValidationError(format!("make the init non-dumpable: {e}"))
+        })?;
+        // The monitor is the init's parent (libcontainer clones it with CLONE_PARENT). If the
+        // monitor dies while the init waits for start (a created sandbox, a pre-built one)
+        // nothing else would end the init: SIGKILL it then (set after the user switch, which
+        // clears it; a signal from the dying parent in the ancestor pid namespace is forced
+        // even on a namespace's pid 1).
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| {
+            ExecutorValidationError::ArgValidationError(format!("set the parent-death signal: {e}"))
         })?;
         // The init runs under the filter too: it only polls, reads, waits, kills and writes.
         // The program was resolved inside the image by the controller.

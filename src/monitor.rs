@@ -114,6 +114,10 @@ pub(crate) fn main(args: Vec<OsString>) -> ! {
             PathBuf::from(&args[2]),
             args.get(4).and_then(|p| p.to_str()).map(str::to_string),
         ),
+        Some("factory") => factory(
+            PathBuf::from(&args[2]),
+            args.get(4).and_then(|p| p.to_str()).unwrap_or_default(),
+        ),
         Some("ping") => {
             // Measures what a monitor costs before it does any work (see benches/cycle.rs).
             if sys::fork_and_detach().is_ok() {
@@ -174,6 +178,11 @@ fn spare(root: PathBuf, prefix: Option<String>) -> ! {
         Ok(p) => p,
         Err(_) => std::process::exit(1), // the controller falls back to a fresh monitor
     };
+    spare_loop(root, prepared)
+}
+
+/// The request loop of a spare (exec'd, or forked by a factory).
+fn spare_loop(root: PathBuf, prepared: Prepared) -> ! {
     let mut warm: Option<Built> = None;
     let mut stdin = io::stdin().lock();
     loop {
@@ -194,7 +203,12 @@ fn spare(root: PathBuf, prefix: Option<String>) -> ! {
             }
             "run" => Mode::Run,
             "create" => Mode::Create,
-            _ => std::process::exit(2),
+            _ => {
+                if let Some(mut b) = warm.take() {
+                    let _ = b.teardown();
+                }
+                std::process::exit(2)
+            }
         };
         if let Ok(mut p) = PHASES.lock() {
             p.clear();
@@ -203,6 +217,64 @@ fn spare(root: PathBuf, prefix: Option<String>) -> ! {
         let dir = PathBuf::from(rest);
         redirect_stderr(&dir.join("monitor.log"));
         exit_with(Monitor::run(&dir, mode, prepared, warm))
+    }
+}
+
+/// A spare factory: one per `Root`, exec'd once. It detaches, compiles the seccomp filter and
+/// leaves the controller's cgroups, then for each message on stdin (`spare`, with the new
+/// spare's request socket and report pipe as `SCM_RIGHTS` descriptors) forks a spare that
+/// starts from that state: no exec, no dynamic linking, no filter compilation and no cgroup
+/// migration per spare. The spare forks once more so that, like an exec'd monitor, it is
+/// reparented to init and the factory reaps only the short-lived middle process. End of file
+/// (the controller released its spares or died) ends the factory; its spares live on.
+fn factory(root: PathBuf, prefix: &str) -> ! {
+    detach();
+    let Ok(filters) = Filters::compile_default() else {
+        std::process::exit(1); // the controller falls back to exec'd spares
+    };
+    let left_cgroups = !prefix.is_empty() && leave_cgroups(prefix);
+    let stdin = io::stdin().as_raw_fd();
+    loop {
+        let mut buf = [0u8; 64];
+        let (n, fds) = match sys::recv_with_fds(stdin, &mut buf) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => std::process::exit(1),
+        };
+        if n == 0 {
+            std::process::exit(0);
+        }
+        let [request, report]: [OwnedFd; 2] = match fds.try_into() {
+            Ok(pair) if &buf[..n] == b"spare\n" => pair,
+            _ => continue, // malformed: ignored (its descriptors are closed)
+        };
+        match sys::fork_single_threaded() {
+            Ok(Some(child)) => {
+                drop((request, report));
+                let _ = waitpid(nix::unistd::Pid::from_raw(child), None);
+            }
+            Ok(None) => {
+                // The forked spare: the new descriptors become its stdin and stdout.
+                let ok = nix::unistd::dup2(request.as_raw_fd(), 0).is_ok()
+                    && nix::unistd::dup2(report.as_raw_fd(), 1).is_ok();
+                drop((request, report));
+                if !ok || sys::fork_and_detach().is_err() {
+                    sys::exit_now(1);
+                }
+                if let Ok(mut p) = PHASES.lock() {
+                    p.clear();
+                }
+                let prepared = private_mount_namespace().map(|()| Prepared {
+                    filters: filters.clone(),
+                    left_cgroups,
+                });
+                match prepared {
+                    Ok(prepared) => spare_loop(root, prepared),
+                    Err(_) => std::process::exit(1),
+                }
+            }
+            Err(_) => drop((request, report)),
+        }
     }
 }
 
@@ -365,6 +437,24 @@ struct Built {
     streams: Option<Streams>,
     /// The container's init has been waited for.
     init_reaped: bool,
+    /// Identity of the image directory and each bind source when the container was built
+    /// (`None` if one changed during the build): a request is served only if they still match.
+    sources: Option<Vec<SourceId>>,
+}
+
+/// A host path and the (device, inode) it resolved to.
+type SourceId = (PathBuf, Option<(u64, u64)>);
+
+/// The identity of the image directory and of every bind source of `cfg`, as resolved now.
+fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
+    use std::os::unix::fs::MetadataExt;
+    std::iter::once(lower)
+        .chain(cfg.binds.iter().map(|(src, _)| src.as_path()))
+        .map(|p| {
+            let id = fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+            (p.to_path_buf(), id)
+        })
+        .collect()
 }
 
 impl Built {
@@ -384,6 +474,7 @@ impl Built {
         let cgroups = cgroup::Layout::detect()
             .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?;
         let scratch = Scratch::of_root(root);
+        let before = source_ids(&lower, cfg);
         let mounted = rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower)
             .map_err(|e| launch("mount the sandbox rootfs", e))?;
         mark("rootfs_mounted");
@@ -397,11 +488,29 @@ impl Built {
             init: None,
             streams: None,
             init_reaped: false,
+            sources: None,
         };
         match built.build(cfg, prepared.filters.clone()) {
-            Ok(()) => Ok(built),
+            Ok(()) => {
+                // A source replaced while it was being mounted leaves the identity unknown.
+                built.sources = (source_ids(&lower, cfg) == before).then_some(before);
+                Ok(built)
+            }
             Err(e) => Err(built.rollback(e)),
         }
+    }
+
+    /// True if this container can serve `cfg`: built in `cgroup_path` for its build shape,
+    /// from an image directory and bind sources that are still the same files (a grader may
+    /// swap a directory for another under the same path between runs: the pre-built mounts
+    /// would still show the old one).
+    fn serves(&self, cfg: &SandboxConfig, cgroup_path: &str) -> bool {
+        self.cgroup_path == cgroup_path
+            && self.shape == cfg.build_shape()
+            && self.sources.as_ref().is_some_and(|ids| {
+                ids.first()
+                    .is_some_and(|(lower, _)| &source_ids(lower, cfg) == ids)
+            })
     }
 
     /// Writes the bundle and builds the container (the init waits for start).
@@ -611,16 +720,14 @@ impl Monitor {
             .parent()
             .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
         let built = match warm {
-            Some(b)
-                if b.cgroup_path == record.cgroup_path
-                    && b.shape == record.config.build_shape() =>
-            {
+            Some(b) if b.serves(&record.config, &record.cgroup_path) => {
                 mark("prebuilt_taken");
                 b
             }
             other => {
                 if let Some(mut b) = other {
-                    // Built for another shape: it must go first (it may hold this cgroup).
+                    // Built for another shape (or from sources since replaced): it must go
+                    // first (it may hold this cgroup).
                     let _ = b.teardown();
                 }
                 Built::new(&record.config, &record.cgroup_path, root, &prepared)?

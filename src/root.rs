@@ -79,6 +79,15 @@ struct RootInner {
     prebuild: bool,
     /// The build shape of the last launch (what new spares pre-build).
     last_shape: Mutex<Option<SandboxConfig>>,
+    /// The spare factory (forks spares), once started; `Err` once it could not be started.
+    factory: Mutex<std::result::Result<Option<Factory>, ()>>,
+}
+
+/// A spare factory (see the monitor's `factory` mode): the socket it takes fork requests on.
+/// Dropping it ends the factory.
+#[derive(Debug)]
+struct Factory {
+    request: std::os::fd::OwnedFd,
 }
 
 impl RootInner {
@@ -87,7 +96,15 @@ impl RootInner {
             for mut spare in spares.drain(..) {
                 // End of file: the spare tears down what it pre-built and exits.
                 drop(spare.request);
-                let _ = spare.first.wait();
+                if let Some(first) = spare.first.as_mut() {
+                    let _ = first.wait();
+                }
+            }
+        }
+        if let Ok(mut factory) = self.factory.lock() {
+            // End of file: the factory exits (the spares it forked are on their own).
+            if let Ok(f) = factory.as_mut() {
+                *f = None;
             }
         }
     }
@@ -100,13 +117,13 @@ impl Drop for RootInner {
 }
 
 /// A spare monitor: its request socket (we write request lines), its report pipe, the
-/// short-lived first process of its double fork (reaped when the spare is taken), and what it
-/// pre-builds, if anything.
+/// short-lived first process of its double fork if we exec'd it (reaped when the spare is
+/// taken; a factory reaps those of the spares it forks), and what it pre-builds, if anything.
 #[derive(Debug)]
 struct Spare {
     request: std::os::fd::OwnedFd,
     report: BufReader<fs::File>,
-    first: std::process::Child,
+    first: Option<std::process::Child>,
     warm: Option<Warm>,
 }
 
@@ -221,6 +238,7 @@ impl RootOptions {
                 spare_target: self.spare_monitors.unwrap_or(1),
                 prebuild: !self.no_prebuild,
                 last_shape: Mutex::new(None),
+                factory: Mutex::new(Ok(None)),
             }),
         })
     }
@@ -479,15 +497,23 @@ impl Root {
         let result = match spare {
             Some(spare) => {
                 let warm_cgroup = spare.warm.as_ref().map(|w| w.cgroup_path.clone());
-                let taken = use_spare(spare, layout, mode)
-                    .map(|reader| self.read_first_report(id, layout, reader, None));
+                let taken = use_spare(spare, layout, mode).map(|reader| {
+                    let probe = reader.get_ref().try_clone().ok();
+                    (self.read_first_report(id, layout, reader, None), probe)
+                });
                 match taken {
-                    Ok(Ok(sandbox)) => Ok(sandbox),
-                    Ok(Err(e)) if layout.monitor().exists() => Err(e),
+                    Ok((Ok(sandbox), _)) => Ok(sandbox),
+                    // A failure of a spare that took the sandbox, or of one that may still
+                    // be alive (it timed out), stands.
+                    Ok((Err(e), probe))
+                        if layout.monitor().exists() || !probe.as_ref().is_some_and(no_writer) =>
+                    {
+                        Err(e)
+                    }
                     // The spare died before it took the sandbox (the request could not be
-                    // sent, or it ended before writing monitor.json): start a fresh monitor
-                    // instead, once the dead spare's container (if any) is gone from the
-                    // cgroup the record may name.
+                    // sent, or its report pipe closed before it wrote monitor.json): start a
+                    // fresh monitor instead, once the dead spare's container (if any) is gone
+                    // from the cgroup the record may name.
                     _ => {
                         if let Some(path) = warm_cgroup {
                             let _ = remove_cgroup(&path);
@@ -529,17 +555,27 @@ impl Root {
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
-        let first = std::process::Command::new(monitor)
-            .arg(MONITOR_ARG)
-            .arg(&self.inner.dir)
-            .arg("spare")
-            .arg(&self.inner.cgroup_prefix)
-            .env_clear()
-            .stdin(Stdio::from(request_r))
-            .stdout(Stdio::from(report_w))
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "exec a spare monitor", e))?;
+        // Forked by the factory if there is one; else exec'd.
+        let first = if self.fork_spare(monitor, &request_r, &report_w) {
+            drop((request_r, report_w));
+            None
+        } else {
+            Some(
+                std::process::Command::new(monitor)
+                    .arg(MONITOR_ARG)
+                    .arg(&self.inner.dir)
+                    .arg("spare")
+                    .arg(&self.inner.cgroup_prefix)
+                    .env_clear()
+                    .stdin(Stdio::from(request_r))
+                    .stdout(Stdio::from(report_w))
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| {
+                        Error::with_source(ErrorKind::LaunchFailed, "exec a spare monitor", e)
+                    })?,
+            )
+        };
         let mut spare = Spare {
             request: request_w,
             report: BufReader::new(fs::File::from(report_r)),
@@ -551,6 +587,84 @@ impl Root {
             self.send_warm(&mut spare, shape);
         }
         Ok(spare)
+    }
+
+    /// Has the spare factory fork a spare with these ends of its request socket and report
+    /// pipe, starting the factory first if needed. False if there is no working factory (the
+    /// caller execs the spare instead).
+    fn fork_spare(
+        &self,
+        monitor: &Path,
+        request: &std::os::fd::OwnedFd,
+        report: &std::os::fd::OwnedFd,
+    ) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(mut slot) = self.inner.factory.lock() else {
+            return false;
+        };
+        let Ok(factory) = slot.as_mut() else {
+            return false; // could not be started before: exec spares
+        };
+        if factory.is_none() {
+            match self.start_factory(monitor) {
+                Ok(f) => *factory = Some(f),
+                Err(_) => {
+                    *slot = Err(());
+                    return false;
+                }
+            }
+        }
+        let Some(f) = factory.as_ref() else {
+            return false;
+        };
+        let fds = [request.as_raw_fd(), report.as_raw_fd()];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            f.request.as_raw_fd(),
+            &[std::io::IoSlice::new(b"spare\n")],
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            None,
+        );
+        if matches!(sent, Ok(6)) {
+            return true;
+        }
+        // The factory died (or is stuck): start another next time.
+        *factory = None;
+        false
+    }
+
+    /// Execs the spare factory (it detaches at once) and reaps its first process.
+    fn start_factory(&self, monitor: &Path) -> Result<Factory> {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::with_source(ErrorKind::Io, "create the factory socket", e))?;
+        let mut first = std::process::Command::new(monitor)
+            .arg(MONITOR_ARG)
+            .arg(&self.inner.dir)
+            .arg("factory")
+            .arg(&self.inner.cgroup_prefix)
+            .env_clear()
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                Error::with_source(ErrorKind::LaunchFailed, "exec the spare factory", e)
+            })?;
+        let status = first
+            .wait()
+            .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "wait for the factory", e))?;
+        if !status.success() {
+            return Err(Error::new(
+                ErrorKind::LaunchFailed,
+                format!("the spare factory failed to start ({status})"),
+            ));
+        }
+        Ok(Factory { request: ours })
     }
 
     /// Asks `spare` to pre-build a container of `shape` in a cgroup of its own,
@@ -723,6 +837,10 @@ impl Root {
                                 crate::sandbox::wait_for_exit(monitor, None)?;
                                 continue;
                             }
+                            // Its records could not be read because it went meanwhile.
+                            if !layout.dir.exists() {
+                                continue;
+                            }
                         }
                     }
                     return Err(Error::new(
@@ -783,7 +901,9 @@ fn use_spare(
     layout: &Layout,
     mode: Mode,
 ) -> std::result::Result<BufReader<fs::File>, ()> {
-    let _ = spare.first.wait();
+    if let Some(first) = spare.first.as_mut() {
+        let _ = first.wait();
+    }
     let line = format!("{} {}\n", mode.as_str(), layout.dir.display());
     if send_line(&spare.request, &line) {
         Ok(spare.report)
@@ -826,6 +946,19 @@ fn default_cgroup_prefix(dir: &Path) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("runbox-{:08x}", h as u32)
+}
+
+/// True if no process holds the write end of the pipe `file` reads any more.
+fn no_writer(file: &fs::File) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        file.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP))
 }
 
 /// True if `file` becomes readable (data or end of file) within `timeout`.

@@ -4,11 +4,10 @@
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Forks; the parent exits at once with status 0 and the child returns. Used by the monitor
-/// to detach from its spawner (the controller then reaps only the short-lived parent).
-///
-/// Must be called while the process is single-threaded.
-pub(crate) fn fork_and_detach() -> io::Result<()> {
+/// Forks a single-threaded process: `Some(child pid)` in the parent, `None` in the child.
+/// Refuses (with an error) in a multi-threaded process, where the child could inherit a lock
+/// held by another thread.
+pub(crate) fn fork_single_threaded() -> io::Result<Option<i32>> {
     let threads = std::fs::read_to_string("/proc/self/status")?
         .lines()
         .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()));
@@ -17,16 +16,23 @@ pub(crate) fn fork_and_detach() -> io::Result<()> {
             "the monitor must be single-threaded when it forks: call runbox::monitor_main() before any thread starts",
         ));
     }
-    // SAFETY: the monitor calls this first thing in `main`, before it starts any thread, so
-    // the child is a full copy of a single-threaded process and may run any code. The parent
-    // only calls `_exit`, which is async-signal-safe and runs no destructors or atexit handlers.
+    // SAFETY: checked just above that this process runs a single thread, so the child is a
+    // full copy of a single-threaded process and may run any code.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
-        nix::unistd::ForkResult::Parent { .. } => {
-            // SAFETY: `_exit` never returns and touches no Rust state.
-            unsafe { libc::_exit(0) }
-        }
-        nix::unistd::ForkResult::Child => Ok(()),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(None),
     }
+}
+
+/// Forks; the parent exits at once with status 0 and the child returns. Used by the monitor
+/// to detach from its spawner (the spawner then reaps only the short-lived parent).
+///
+/// Must be called while the process is single-threaded.
+pub(crate) fn fork_and_detach() -> io::Result<()> {
+    if fork_single_threaded()?.is_some() {
+        exit_now(0);
+    }
+    Ok(())
 }
 
 /// `pidfd_open(pid, 0)`: a file descriptor that becomes readable when `pid` exits. It refers to

@@ -75,6 +75,16 @@ fn ppid(pid: i32) -> i32 {
 
 /// The pid of the spare monitor holding the one pre-built container (its init's parent).
 fn warm_spare(prefix: &str) -> i32 {
+    let parent = ppid(warm_init(prefix));
+    assert!(
+        parent > 1,
+        "the pre-built init's parent is not its spare monitor"
+    );
+    parent
+}
+
+/// The pid of the init of the one pre-built container, once it exists.
+fn warm_init(prefix: &str) -> i32 {
     let mut init = 0;
     wait_until("a pre-built container", || {
         let warm = warm_cgroups(prefix);
@@ -86,12 +96,7 @@ fn warm_spare(prefix: &str) -> i32 {
             _ => false,
         }
     });
-    let parent = ppid(init);
-    assert!(
-        parent > 1,
-        "the pre-built init's parent is not its spare monitor"
-    );
-    parent
+    init
 }
 
 #[test]
@@ -184,6 +189,45 @@ fn a_prebuilt_sandbox_is_confined_alike_and_takes_every_per_run_part() {
     assert!(was_prebuilt, "the spares follow the last shape");
     assert_eq!(v.status, Status::MemoryLimit, "{v:?}");
     env.finish();
+}
+
+#[test]
+fn a_bind_source_swapped_between_runs_is_never_served_from_the_old_tree() {
+    let env = TestEnv::new("swapbind");
+    let data =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("swap-{}", std::process::id()));
+    let old = data.with_extension("old");
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("answer"), "first submission\n").unwrap();
+    let mut cat = env.cmd("/bin/cat", &["/data/answer"]);
+    cat.bind_ro(&data, "/data");
+    let (v, _) = run_traced(&env, &cat);
+    assert_eq!(v.stdout, "first submission\n", "{v:?}");
+    // Once the spare's container is built (its init has installed seccomp, the last step
+    // before it waits for start), the grader swaps the directory for a new one under the same
+    // path: the pre-built container has the old one mounted, so it must not serve this run.
+    let init = warm_init(&env.prefix);
+    wait_until("the pre-built init to be ready", || {
+        std::fs::read_to_string(format!("/proc/{init}/status"))
+            .is_ok_and(|s| s.contains("Seccomp:\t2"))
+    });
+    std::fs::rename(&data, &old).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("answer"), "second submission\n").unwrap();
+    let (v, was_prebuilt) = run_traced(&env, &cat);
+    assert!(!was_prebuilt);
+    assert_eq!(v.stdout, "second submission\n", "{v:?}");
+    let (v, was_prebuilt) = run_traced(&env, &cat);
+    assert!(
+        was_prebuilt,
+        "the next spare was built from the new directory"
+    );
+    assert_eq!(v.stdout, "second submission\n", "{v:?}");
+    env.finish();
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::remove_dir_all(&old).unwrap();
 }
 
 #[test]
