@@ -173,14 +173,7 @@ fn collect_temp_dirs(root: &Root, report: &mut GcReport) {
         else {
             continue;
         };
-        let mut parts = rest.split('-');
-        let (Some(Ok(pid)), Some(Ok(start_time))) = (
-            parts.next().map(str::parse::<i32>),
-            parts.next().map(str::parse::<u64>),
-        ) else {
-            continue;
-        };
-        if (ProcIdentity { pid, start_time }).is_alive() {
+        if ProcIdentity::parse_prefix(rest).is_none_or(|owner| owner.is_alive()) {
             continue;
         }
         match fs::remove_dir_all(e.path()) {
@@ -223,14 +216,7 @@ fn collect_stray_mounts(root: &Root, report: &mut GcReport) {
 /// A spare's pre-built container whose controller died (so the spare is gone or going) and
 /// that no sandbox took: its init still waits for a start that never comes. Kill and remove.
 fn collect_warm_cgroup(root: &Root, name: &str, report: &mut GcReport) {
-    let mut parts = name[WARM_PREFIX.len()..].split('-');
-    let (Some(Ok(pid)), Some(Ok(start_time))) = (
-        parts.next().map(str::parse::<i32>),
-        parts.next().map(str::parse::<u64>),
-    ) else {
-        return;
-    };
-    if (ProcIdentity { pid, start_time }).is_alive() {
+    if ProcIdentity::parse_prefix(&name[WARM_PREFIX.len()..]).is_none_or(|c| c.is_alive()) {
         return;
     }
     let path = format!("/{}/{name}", root.cgroup_prefix());

@@ -534,13 +534,8 @@ impl Built {
         .map_err(|e| launch("make the status pipe non-blocking", e))?;
         // The init holds the read end; its hang-up tells the init the monitor died.
         let (lifeline_r, lifeline_w) = pipe()?;
-        let (request_init, request) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| launch("create the request socket", e))?;
+        let (request_init, request) =
+            sys::stream_socket_pair().map_err(|e| launch("create the request socket", e))?;
         let executor = SandboxInit::new(
             filters,
             status_w.as_raw_fd(),

@@ -548,13 +548,8 @@ impl Root {
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
         // A socket, not a pipe: writing to a spare that died must not raise SIGPIPE in the caller.
-        let (request_r, request_w) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
+        let (request_r, request_w) = crate::sys::stream_socket_pair()
+            .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
         // Forked by the factory if there is one; else exec'd.
         let first = if self.fork_spare(monitor, &request_r, &report_w) {
             drop((request_r, report_w));
@@ -635,13 +630,8 @@ impl Root {
 
     /// Execs the spare factory (it detaches at once) and reaps its first process.
     fn start_factory(&self, monitor: &Path) -> Result<Factory> {
-        let (ours, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::with_source(ErrorKind::Io, "create the factory socket", e))?;
+        let (ours, theirs) = crate::sys::stream_socket_pair()
+            .map_err(|e| Error::with_source(ErrorKind::Io, "create the factory socket", e))?;
         let mut first = std::process::Command::new(monitor)
             .arg(MONITOR_ARG)
             .arg(&self.inner.dir)

@@ -187,6 +187,15 @@ impl ProcIdentity {
     }
 
     /// True if the same process (pid and start time) still exists and is not a zombie.
+    /// The identity at the start of a name part `<pid>-<start time>[-…]` (temp dirs, warm
+    /// cgroups name their owner that way).
+    pub fn parse_prefix(text: &str) -> Option<ProcIdentity> {
+        let mut parts = text.split('-');
+        let pid = parts.next()?.parse().ok()?;
+        let start_time = parts.next()?.parse().ok()?;
+        Some(ProcIdentity { pid, start_time })
+    }
+
     pub fn is_alive(&self) -> bool {
         let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
             return false;

@@ -245,3 +245,16 @@ pub(crate) fn release_free_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// A connected pair of close-on-exec Unix stream sockets (request channels: writing to one
+/// whose peer died gives `EPIPE` with `MSG_NOSIGNAL`, never SIGPIPE).
+pub(crate) fn stream_socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}

@@ -8,9 +8,9 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::TestEnv;
+use common::{wait_until, TestEnv};
 use runbox::{Status, Stdin};
 
 /// Spawns `cmd`, waits for it, and tells whether it ran in a pre-built container.
@@ -55,17 +55,6 @@ fn warm_cgroups(prefix: &str) -> Vec<(PathBuf, Vec<i32>)> {
         .collect()
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The parent pid of `pid`.
 fn ppid(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -83,17 +72,25 @@ fn warm_spare(prefix: &str) -> i32 {
     parent
 }
 
-/// The pid of the init of the one pre-built container, once it exists.
+/// The pid of the init of the one pre-built container, once it is built: it has installed
+/// seccomp, the last step before it waits for start. (Right after the cgroup appears it may
+/// still hold libcontainer's intermediate process, which exits.)
 fn warm_init(prefix: &str) -> i32 {
     let mut init = 0;
-    wait_until("a pre-built container", || {
+    wait_until("a built pre-built container", || {
         let warm = warm_cgroups(prefix);
-        match warm.as_slice() {
-            [(_, procs)] if !procs.is_empty() => {
-                init = procs[0];
+        let [(_, procs)] = warm.as_slice() else {
+            return false;
+        };
+        match procs.iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.contains("Seccomp:\t2"))
+        }) {
+            Some(&pid) => {
+                init = pid;
                 true
             }
-            _ => false,
+            None => false,
         }
     });
     init
@@ -208,11 +205,7 @@ fn a_bind_source_swapped_between_runs_is_never_served_from_the_old_tree() {
     // Once the spare's container is built (its init has installed seccomp, the last step
     // before it waits for start), the grader swaps the directory for a new one under the same
     // path: the pre-built container has the old one mounted, so it must not serve this run.
-    let init = warm_init(&env.prefix);
-    wait_until("the pre-built init to be ready", || {
-        std::fs::read_to_string(format!("/proc/{init}/status"))
-            .is_ok_and(|s| s.contains("Seccomp:\t2"))
-    });
+    warm_init(&env.prefix);
     std::fs::rename(&data, &old).unwrap();
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("answer"), "second submission\n").unwrap();
