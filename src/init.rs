@@ -358,3 +358,61 @@ impl Executor for SandboxInit {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn a_program_request_crosses_the_socket_whole_with_its_stdin() {
+        let (monitor, init) = sys::stream_socket_pair().unwrap();
+        let req = ProgramRequest {
+            exe: "/bin/sh".into(),
+            args: vec!["sh".into(), "-c".into(), "echo ü".into()],
+            // Larger than a socket buffer: the frame arrives in many reads.
+            env: (0..20_000)
+                .map(|i| format!("VAR{i}={}", "x".repeat(20)))
+                .collect(),
+            cwd: "/work".into(),
+            cpu_rlimit_secs: Some(5),
+        };
+        let path = std::env::temp_dir().join(format!("rb-req-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.write_all(b"the stdin").unwrap();
+        file.rewind().unwrap();
+        let stdin = OwnedFd::from(file);
+        let sender = {
+            let req = req.clone();
+            std::thread::spawn(move || req.send(&monitor, &stdin))
+        };
+        let (got, fd) = ProgramRequest::receive(init.as_raw_fd()).unwrap();
+        sender.join().unwrap().unwrap();
+        assert_eq!(got, req);
+        let mut text = String::new();
+        std::fs::File::from(fd).read_to_string(&mut text).unwrap();
+        assert_eq!(text, "the stdin");
+    }
+
+    #[test]
+    fn a_truncated_or_oversized_request_is_an_error_not_a_hang() {
+        let (monitor, init) = sys::stream_socket_pair().unwrap();
+        nix::unistd::write(&monitor, &(MAX_REQUEST as u32 + 1).to_le_bytes()).unwrap();
+        assert!(ProgramRequest::receive(init.as_raw_fd())
+            .unwrap_err()
+            .contains("too large"));
+        let (monitor, init) = sys::stream_socket_pair().unwrap();
+        nix::unistd::write(&monitor, &[10, 0, 0, 0, b'{']).unwrap();
+        drop(monitor);
+        assert!(ProgramRequest::receive(init.as_raw_fd())
+            .unwrap_err()
+            .contains("closed"));
+    }
+}

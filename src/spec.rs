@@ -306,6 +306,77 @@ mod tests {
             .contains(&"/proc/kcore".to_string()));
     }
 
+    /// The spec libcontainer builds from, as JSON.
+    fn built(cfg: &SandboxConfig) -> String {
+        let spec = build(
+            cfg,
+            Path::new("/r"),
+            false,
+            "/rb/x",
+            SpecStage::ForLibcontainer,
+        );
+        serde_json::to_string(&spec.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_build_shape_decides_the_container_libcontainer_builds() {
+        // A pre-built container serves any request of its build shape: whatever the shape
+        // blanks must not reach the spec libcontainer builds from...
+        let base = cfg();
+        let per_run: [fn(&mut SandboxConfig); 12] = [
+            |c| c.args = vec!["/bin/sh".into(), "-c".into(), "x".into()],
+            |c| c.exe = "/bin/sh".into(),
+            |c| c.env = vec!["A=1".into()],
+            |c| c.cwd = "/tmp".into(),
+            |c| c.stdin = Stdin::Bytes(b"in".to_vec()),
+            |c| c.copies = vec![("/etc/hosts".into(), "/work/h".into())],
+            |c| c.collects = vec![("/work/o".into(), "/tmp/o".into())],
+            |c| c.limits.cpus = 0.25,
+            |c| c.limits.cpu_time = Some(std::time::Duration::from_secs(3)),
+            |c| c.limits.cpu_time_grace = std::time::Duration::from_secs(1),
+            |c| c.limits.wall_time = None,
+            |c| c.limits.output_bytes = 1,
+        ];
+        for (i, change) in per_run.iter().enumerate() {
+            let mut c = base.clone();
+            change(&mut c);
+            assert_eq!(c.build_shape(), base.build_shape(), "per-run change {i}");
+            assert_eq!(
+                built(&c),
+                built(&base),
+                "per-run change {i} reached the spec"
+            );
+        }
+        // ...and whatever reaches it is part of the shape.
+        let baked: [fn(&mut SandboxConfig); 11] = [
+            |c| {
+                c.user = User {
+                    uid: 1000,
+                    gid: 1000,
+                }
+            },
+            |c| c.image = Some("/other".into()),
+            |c| c.hostname = "other".into(),
+            |c| c.binds.push(("/opt".into(), "/opt".into())),
+            |c| c.limits.memory_bytes /= 2,
+            |c| c.limits.pids = 7,
+            |c| c.limits.cpu_period_us = 100_000,
+            |c| c.limits.shm_bytes *= 2,
+            |c| c.limits.open_files = 7,
+            |c| c.limits.file_size_bytes = 7,
+            |c| c.limits.cpuset = Some("0".into()),
+        ];
+        for (i, change) in baked.iter().enumerate() {
+            let mut c = base.clone();
+            change(&mut c);
+            assert_ne!(c.build_shape(), base.build_shape(), "build-time change {i}");
+        }
+        // The scratch size is not in the spec but sizes the pre-mounted tmpfs.
+        let mut c = base.clone();
+        c.limits.scratch_bytes *= 2;
+        assert_ne!(c.build_shape(), base.build_shape());
+    }
+
     #[test]
     fn quota_can_be_left_out() {
         let spec = build(
