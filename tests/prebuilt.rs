@@ -287,3 +287,35 @@ fn gc_removes_the_prebuilt_container_of_a_dead_controller_and_spare_only() {
     s.delete(true).unwrap();
     env.finish();
 }
+
+#[test]
+fn a_grader_rotating_between_two_shapes_with_two_spares_gets_every_run_prebuilt() {
+    let env = TestEnv::new("twoshapes");
+    let root = runbox::RootOptions::new()
+        .cgroup_prefix(env.prefix.clone())
+        .spare_monitors(2)
+        .open(&env.dir)
+        .unwrap();
+    let mut a = env.cmd("probe", &["echo", "a"]);
+    a.limits_mut().memory_bytes = 256 << 20;
+    let mut b = env.cmd("probe", &["echo", "b"]);
+    b.limits_mut().memory_bytes = 128 << 20;
+    let mut prebuilt = Vec::new();
+    for cmd in [&a, &b, &a, &b, &a, &b] {
+        let mut s = root.spawn(cmd).unwrap();
+        let v = s.wait().unwrap();
+        assert_eq!(v.status, Status::Ok, "{v:?}");
+        prebuilt.push(
+            s.usage()
+                .unwrap()
+                .phases_monotonic_us
+                .iter()
+                .any(|(name, _)| name == "prebuilt_taken"),
+        );
+        s.delete(false).unwrap();
+    }
+    // The first of each shape is built on demand; after that a spare of each shape waits.
+    assert_eq!(prebuilt, [false, false, true, true, true, true]);
+    drop(root);
+    env.finish();
+}
