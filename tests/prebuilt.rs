@@ -168,6 +168,27 @@ fn a_prebuilt_sandbox_is_confined_alike_and_takes_every_per_run_part() {
     assert!(was_prebuilt);
     assert_eq!(v.status, Status::WallTimeLimit, "{v:?}");
 
+    // Create now, start later: the pre-built container waits in the created state.
+    let echo = env.cmd("probe", &["echo", "started later"]);
+    let (v, _) = run_traced(&env, &echo);
+    assert_eq!(v.status, Status::Ok);
+    let mut created = env.root.create(&echo).unwrap();
+    assert_eq!(created.status().unwrap(), runbox::SandboxStatus::Created);
+    created.start().unwrap();
+    let v = created.wait().unwrap();
+    assert_eq!(
+        (v.status, v.stdout.as_str()),
+        (Status::Ok, "started later\n"),
+        "{v:?}"
+    );
+    assert!(created
+        .usage()
+        .unwrap()
+        .phases_monotonic_us
+        .iter()
+        .any(|(name, _)| name == "prebuilt_taken"));
+    created.delete(false).unwrap();
+
     // Each run starts from the image: the last run's files are gone.
     let (v, _) = run_traced(&env, &env.cmd("/bin/sh", &["-c", "ls /work"]));
     assert_eq!((v.status, v.stdout.as_str()), (Status::Ok, ""), "{v:?}");
