@@ -93,12 +93,8 @@ struct Factory {
 impl RootInner {
     fn release_spares(&self) {
         if let Ok(mut spares) = self.spares.lock() {
-            for mut spare in spares.drain(..) {
-                // End of file: the spare tears down what it pre-built and exits.
-                drop(spare.request);
-                if let Some(first) = spare.first.as_mut() {
-                    let _ = first.wait();
-                }
+            for spare in spares.drain(..) {
+                spare.release();
             }
         }
         if let Ok(mut factory) = self.factory.lock() {
@@ -135,6 +131,15 @@ struct Warm {
 }
 
 impl Spare {
+    /// Lets the spare go: end of file on its socket makes it tear down what it pre-built and
+    /// exit.
+    fn release(mut self) {
+        drop(self.request);
+        if let Some(first) = self.first.as_mut() {
+            let _ = first.wait();
+        }
+    }
+
     /// True if the spare's pre-built container can serve a config of build shape `shape`.
     fn fits(&self, shape: &SandboxConfig) -> bool {
         self.warm.as_ref().is_some_and(|w| &w.shape == shape)
@@ -482,6 +487,38 @@ impl Root {
     /// Releases the spare monitors (they exit); new ones are made on the next launch.
     pub fn release_spares(&self) {
         self.inner.release_spares();
+    }
+
+    /// Starts the spare monitors now, each pre-building a sandbox shaped like `cmd` (see
+    /// [`RootOptions::prebuild`]), so that even the first launch of that shape finds one
+    /// ready: a grader calls it at start-up with a typical command. Idle spares of another
+    /// shape are released. Returns once the spares are started, not built (they build in
+    /// the background). Does nothing with `spare_monitors(0)` or `prebuild(false)`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` as for [`Root::spawn`]; `UnsupportedHost` if no monitor is found.
+    pub fn warm_up(&self, cmd: &Command) -> Result<()> {
+        let shape = cmd.to_config(|| self.host_image())?.build_shape();
+        let monitor = self.monitor_exe()?;
+        if !self.inner.prebuild || self.inner.spare_target == 0 {
+            return Ok(());
+        }
+        if let Ok(mut last) = self.inner.last_shape.lock() {
+            *last = Some(shape.clone());
+        }
+        let stale: Vec<Spare> = match self.inner.spares.lock() {
+            Ok(mut spares) => {
+                let (keep, stale) = spares.drain(..).partition(|s| s.fits(&shape));
+                *spares = keep;
+                stale
+            }
+            Err(_) => Vec::new(),
+        };
+        for spare in stale {
+            spare.release();
+        }
+        self.replenish(&monitor);
+        Ok(())
     }
 
     /// Hands the sandbox to `spare` if given and alive, else execs a new monitor; then reads

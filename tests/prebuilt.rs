@@ -340,3 +340,26 @@ fn a_grader_rotating_between_two_shapes_with_two_spares_gets_every_run_prebuilt(
     drop(root);
     env.finish();
 }
+
+#[test]
+fn warm_up_makes_even_the_first_launch_prebuilt() {
+    let env = TestEnv::new("warmup");
+    let mut a = env.cmd("probe", &["echo", "a"]);
+    a.limits_mut().memory_bytes = 200 << 20;
+    let mut b = env.cmd("probe", &["echo", "b"]);
+    b.limits_mut().memory_bytes = 100 << 20;
+    env.root.warm_up(&a).unwrap();
+    // Another shape announced before any launch: the idle spare of the first one goes.
+    env.root.warm_up(&b).unwrap();
+    let (v, was_prebuilt) = run_traced(&env, &b);
+    assert_eq!((v.status, v.stdout.as_str()), (Status::Ok, "b\n"), "{v:?}");
+    assert!(was_prebuilt, "the first launch after warm_up is pre-built");
+    // Bad input is refused before anything starts.
+    let mut bad = env.cmd("probe", &["echo"]);
+    bad.limits_mut().memory_bytes = 0;
+    assert_eq!(
+        env.root.warm_up(&bad).unwrap_err().kind(),
+        runbox::ErrorKind::InvalidConfig
+    );
+    env.finish();
+}
