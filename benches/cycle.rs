@@ -276,11 +276,17 @@ fn phases(root: &runbox::Root, cmd: &runbox::Command) {
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
+    // `RUNBOX_BENCH_ALTERNATE=1`: every other run has another memory limit, so no run finds
+    // a spare pre-built for its shape (the cost of a shape change).
+    let alternate = std::env::var_os("RUNBOX_BENCH_ALTERNATE").is_some();
+    let mut other = cmd.clone();
+    other.limits_mut().memory_bytes /= 2;
     let mut table: Vec<(String, Vec<u64>)> = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
         if let Some(gap) = gap {
             std::thread::sleep(gap);
         }
+        let cmd = if alternate && i % 2 == 1 { &other } else { cmd };
         let t0 = monotonic_us();
         let mut s = root.spawn(cmd).unwrap();
         let t_spawned = monotonic_us();
