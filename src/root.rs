@@ -175,9 +175,12 @@ impl RootOptions {
         self
     }
 
-    /// How many idle monitors to keep ready (default 1). A spare has already forked, detached,
-    /// compiled the seccomp filter and entered its mount namespace, which takes a few ms off
-    /// each start; it costs about 1 MiB and exits when the [`Root`] is dropped. 0 disables.
+    /// How many idle monitors to keep ready (default 1; a grader with N worker threads, or
+    /// rotating between N build shapes, wants N). A spare is forked by the root's spare
+    /// factory with its seccomp filter compiled, enters its own mount namespace and, unless
+    /// [`RootOptions::prebuild`] is off, builds the next sandbox ahead of its request. It
+    /// costs under 1 MiB of memory and exits when the [`Root`] is dropped. 0 disables spares
+    /// (and the factory): every launch execs a monitor.
     pub fn spare_monitors(&mut self, n: usize) -> &mut Self {
         self.spare_monitors = Some(n);
         self
