@@ -279,7 +279,8 @@ fn main() -> ExitCode {
     };
     if let Verb::Check { json } = cli.verb {
         // Reads the host only: no state root is created.
-        return check(json).unwrap_or_else(fail);
+        let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
+        return check(json, &root_dir).unwrap_or_else(fail);
     }
     let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
     let mut opts = runbox::RootOptions::new();
@@ -335,7 +336,7 @@ fn main() -> ExitCode {
             .and_then(|s| s.delete(force))
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| e.chain()),
-        Verb::Check { json } => check(json),
+        Verb::Check { json } => check(json, &root_dir),
         Verb::Gc => {
             let report = root.gc();
             for id in &report.removed {
@@ -362,8 +363,9 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(125)
 }
 
-fn check(json: bool) -> Result<ExitCode, String> {
-    let checks = runbox::check_host();
+fn check(json: bool, root: &std::path::Path) -> Result<ExitCode, String> {
+    let mut checks = runbox::check_host();
+    checks.push(runbox::check_state_root(root));
     let ok = checks.iter().all(|c| c.ok || !c.required);
     if json {
         print_json(&checks)?;

@@ -55,7 +55,7 @@ mod state;
 mod sys;
 mod verdict;
 
-pub use check::{check_host, HostCheck};
+pub use check::{check_host, check_state_root, HostCheck};
 pub use config::{Command, Limits, Stdin, User, DEFAULT_PATH};
 pub use error::{Error, ErrorKind, Result};
 pub use monitor::MONITOR_ARG;
