@@ -291,7 +291,8 @@ impl Root {
     /// The OCI runtime spec runbox would give libcontainer for `cmd`, with the image itself as a
     /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes).
     ///
-    /// The spec carries everything but the seccomp filter, which runbox installs itself.
+    /// The spec is complete: program, limits (CPU quota included) and runbox's seccomp policy
+    /// as an OCI profile, so `runc run` confines the program as runbox does.
     ///
     /// # Errors
     /// `InvalidConfig` as for [`Root::spawn`].

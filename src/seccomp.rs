@@ -156,8 +156,10 @@ impl Filters {
         Ok(filters)
     }
 
-    /// Installs every program in this thread (requires no_new_privs already set). Called in the container
-    /// init just before execve; must allocate nothing (no Vec building here, just apply the precompiled programs).
+    /// Installs every program in this thread (requires no_new_privs already set). Called in the
+    /// container's init before it waits for start (the executor's `validate` step); the
+    /// program inherits the filters. Must allocate nothing (it only applies the precompiled
+    /// programs).
     ///
     /// `seccompiler::apply_filter` also sets `PR_SET_NO_NEW_PRIVS` itself before each program
     /// (idempotent). Nothing is allocated on the success path nor on the error path (the OS
