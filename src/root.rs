@@ -288,8 +288,10 @@ impl Root {
         Ok(self.inner.host_image.get_or_init(|| img))
     }
 
-    /// The OCI runtime spec runbox would give libcontainer for `cmd`, with the image itself as a
+    /// The complete OCI runtime spec of a sandbox running `cmd`, with the image itself as a
     /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes).
+    /// (libcontainer itself builds from this spec minus the program, the quota and the
+    /// seccomp section, which runbox applies itself.)
     ///
     /// The spec is complete: program, limits (CPU quota included) and runbox's seccomp policy
     /// as an OCI profile, so `runc run` confines the program as runbox does.
