@@ -59,6 +59,9 @@ impl Drop for TestEnv {
                 }
             }
         }
+        // Monitors and spares finish their own cleanup after the deletes return: wait for
+        // them, or the prefix (still holding their cgroups) could not be removed.
+        self.wait_for_monitors();
         let _ = self.root.gc();
         for d in cgroup_prefix_dirs(&self.prefix) {
             let _ = remove_prefix_dir(&d);
@@ -96,14 +99,11 @@ impl TestEnv {
         c
     }
 
-    /// Asserts nothing is left of this test's sandboxes, then removes the root and prefix.
-    pub fn finish(mut self) {
-        // Spare monitors exit once released. One-shot runs return their verdict before their
-        // monitor has cleaned up: give the monitors time to finish, then check nothing is left.
-        self.root.release_spares();
+    /// Waits (at most 20 s) until no process names this test's root and no monitor is left
+    /// in `_monitors` (exited monitors stay there until the host's init reaps them).
+    fn wait_for_monitors(&self) {
         let root_str = self.dir.to_string_lossy().into_owned();
         let t = std::time::Instant::now();
-        // Exited monitors stay in `_monitors` until the host's init reaps them.
         let monitors_busy = || {
             cgroup_prefix_dirs(&self.prefix).iter().any(|d| {
                 fs::read_to_string(d.join("_monitors/cgroup.procs"))
@@ -115,6 +115,14 @@ impl TestEnv {
         {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// Asserts nothing is left of this test's sandboxes, then removes the root and prefix.
+    pub fn finish(mut self) {
+        // Spare monitors exit once released. One-shot runs return their verdict before their
+        // monitor has cleaned up: give the monitors time to finish, then check nothing is left.
+        self.root.release_spares();
+        self.wait_for_monitors();
         assert_no_leaks(&self.dir, &self.prefix);
         for d in cgroup_prefix_dirs(&self.prefix) {
             remove_prefix_dir(&d)
