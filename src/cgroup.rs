@@ -18,6 +18,37 @@ const V1_CONTROLLERS: &[&str] = &[
     "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio",
 ];
 
+/// The v1 controllers a sandbox joins: those that carry its limits and figures (cpu,
+/// cpuacct, cpuset, memory, pids) and its device policy (devices).
+const SANDBOX_V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"];
+
+/// From `/proc/self/mounts` text of a v1 (or hybrid) host: the mount points of the cgroup
+/// hierarchies that carry nothing of a sandbox's (freezer, blkio, net_cls, perf_event,
+/// hugetlb, named ones such as `name=systemd`, and a hybrid host's cgroup2). None on a v2 host.
+pub(crate) fn limitless_hierarchies(mounts: &str) -> Vec<PathBuf> {
+    let mut kept_v1 = false;
+    let mut limitless = Vec::new();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let mount_point = || PathBuf::from(f[1].replace("\\040", " "));
+        match f[2] {
+            "cgroup" if f[3].split(',').any(|o| SANDBOX_V1_CONTROLLERS.contains(&o)) => {
+                kept_v1 = true;
+            }
+            "cgroup" | "cgroup2" => limitless.push(mount_point()),
+            _ => {}
+        }
+    }
+    if kept_v1 {
+        limitless
+    } else {
+        Vec::new() // a v2 host: its one hierarchy is the sandbox's
+    }
+}
+
 impl Layout {
     /// Reads the layout from `/proc/self/mounts`.
     pub fn detect() -> io::Result<Layout> {
@@ -321,6 +352,23 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             Some(Path::new("/sys/fs/cgroup/memory/runbox/a"))
         );
         assert!(cg.dir("pids").is_none());
+    }
+
+    #[test]
+    fn limitless_hierarchies_are_named_on_v1_only() {
+        let mut hybrid = HYBRID.to_string();
+        hybrid.push_str("cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n");
+        hybrid.push_str("cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n");
+        assert_eq!(
+            limitless_hierarchies(&hybrid),
+            [
+                PathBuf::from("/sys/fs/cgroup/systemd"),
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/sys/fs/cgroup/freezer"),
+            ]
+        );
+        let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert!(limitless_hierarchies(v2).is_empty());
     }
 
     #[test]

@@ -189,9 +189,7 @@ fn spare_loop(root: PathBuf, prepared: Prepared) -> ! {
         let mut line = String::new();
         let got = stdin.read_line(&mut line);
         if !matches!(got, Ok(n) if n > 0) {
-            if let Some(mut b) = warm.take() {
-                let _ = b.teardown();
-            }
+            drop(warm); // tears the pre-built container down
             std::process::exit(0);
         }
         let line = line.trim_end_matches('\n');
@@ -204,9 +202,7 @@ fn spare_loop(root: PathBuf, prepared: Prepared) -> ! {
             "run" => Mode::Run,
             "create" => Mode::Create,
             _ => {
-                if let Some(mut b) = warm.take() {
-                    let _ = b.teardown();
-                }
+                drop(warm); // tears the pre-built container down
                 std::process::exit(2)
             }
         };
@@ -310,60 +306,19 @@ impl Prepared {
     }
 }
 
-/// cgroup v1 hierarchies a sandbox joins: those that carry its limits and figures (cpu,
-/// cpuacct, memory, pids, cpuset) and its device policy (devices).
-const SANDBOX_V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"];
-
-/// In the monitor's own mount namespace only, unmounts the cgroup v1 hierarchies that carry
-/// nothing of the sandbox's (freezer, blkio, net_cls, perf_event, hugetlb, named hierarchies
-/// such as `name=systemd`) and, on a hybrid host, the unified cgroup2 beside them, so that
-/// libcontainer neither creates, joins nor removes a cgroup in each of them for every sandbox.
-/// The sandbox's processes stay in the monitor's cgroup there. Idempotent; failures are
-/// ignored (libcontainer then uses the hierarchy as before). The host's mounts are untouched.
+/// In the monitor's own mount namespace only, unmounts the cgroup hierarchies that carry
+/// nothing of the sandbox's ([`cgroup::limitless_hierarchies`]), so that libcontainer neither
+/// creates, joins nor removes a cgroup in each of them for every sandbox. The sandbox's
+/// processes stay in the monitor's cgroup there. Idempotent; failures are ignored
+/// (libcontainer then uses the hierarchy as before). The host's mounts are untouched.
 fn trim_cgroup_mounts() {
     static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if DONE.swap(true, std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut v1_kept = false;
-    let mut drop = Vec::new();
-    let mut unified = Vec::new();
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount_point) = left.split_whitespace().nth(4) else {
-            continue;
-        };
-        let mut fields = right.split_whitespace();
-        let (Some(fstype), Some(_source), Some(options)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        match fstype {
-            "cgroup" => {
-                if options
-                    .split(',')
-                    .any(|o| SANDBOX_V1_CONTROLLERS.contains(&o))
-                {
-                    v1_kept = true;
-                } else {
-                    drop.push(mount_point.replace("\\040", " "));
-                }
-            }
-            "cgroup2" => unified.push(mount_point.replace("\\040", " ")),
-            _ => {}
-        }
-    }
-    if !v1_kept {
-        return; // a cgroup v2 host: one hierarchy, nothing to trim
-    }
-    for target in drop.iter().chain(&unified) {
-        let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for target in cgroup::limitless_hierarchies(&mounts) {
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -431,8 +386,8 @@ struct Built {
     scratch: Scratch,
     mounted: rootfs::Mounted,
     container: Option<Container>,
-    /// The init's pid and pidfd, once built.
-    init: Option<(i32, OwnedFd)>,
+    /// The container's init, once built.
+    init: Option<Init>,
     /// Taken by the run that uses the container.
     streams: Option<Streams>,
     /// The container's init has been waited for.
@@ -440,6 +395,25 @@ struct Built {
     /// Identity of the image directory and each bind source when the container was built
     /// (`None` if one changed during the build): a request is served only if they still match.
     sources: Option<Vec<SourceId>>,
+    /// [`Built::teardown`] ran: nothing is left to undo.
+    torn_down: bool,
+}
+
+impl Drop for Built {
+    /// A container nobody tore down explicitly (a spare's that was never used, a launch that
+    /// failed before its monitor took it over) is torn down here.
+    fn drop(&mut self) {
+        if !self.torn_down {
+            let _ = self.teardown();
+        }
+    }
+}
+
+/// The container's init: our child (libcontainer clones it with CLONE_PARENT), so its pid
+/// names it until we reap it; the pidfd is for polling and signalling.
+struct Init {
+    pid: i32,
+    pidfd: OwnedFd,
 }
 
 /// A host path and the (device, inode) it resolved to.
@@ -489,6 +463,7 @@ impl Built {
             streams: None,
             init_reaped: false,
             sources: None,
+            torn_down: false,
         };
         match built.build(cfg, prepared.filters.clone()) {
             Ok(()) => {
@@ -572,10 +547,7 @@ impl Built {
             .as_raw();
         self.container = Some(container);
         let pidfd = sys::pidfd_open(init).map_err(|e| launch("pidfd_open init", e))?;
-        let pidfd2 = pidfd
-            .try_clone()
-            .map_err(|e| launch("dup the init's pidfd", e))?;
-        self.init = Some((init, pidfd2));
+        self.init = Some(Init { pid: init, pidfd });
         self.streams = Some(Streams {
             out: out_r,
             err: err_r,
@@ -583,8 +555,6 @@ impl Built {
             _lifeline: lifeline_w,
             request,
             status_text: String::new(),
-            init,
-            pidfd,
         });
         Ok(())
     }
@@ -601,14 +571,17 @@ impl Built {
     }
 
     /// Kills what is left of the container, removes its cgroup and unmounts the rootfs (with
-    /// libcontainer's state on it). Safe to call after a partial setup, and twice.
+    /// libcontainer's state on it). Safe to call after a partial setup; once only does work.
     fn teardown(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return Ok(());
+        }
         let mut errors = Vec::new();
         if !self.init_reaped {
-            if let Some((pid, pidfd)) = &self.init {
+            if let Some(init) = &self.init {
                 // Our unreaped child: SIGKILL takes its pid namespace down with it.
-                let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
-                let _ = waitpid(nix::unistd::Pid::from_raw(*pid), None);
+                let _ = sys::pidfd_send_signal(&init.pidfd, libc::SIGKILL);
+                let _ = waitpid(nix::unistd::Pid::from_raw(init.pid), None);
                 self.init_reaped = true;
             }
         }
@@ -667,39 +640,24 @@ struct Outcome {
 
 impl Monitor {
     /// Runs the sandbox to completion and leaves its result in `exit.json`. `warm` is a
-    /// container a spare built ahead: used if the record asks for exactly it, else torn down.
+    /// container a spare built ahead: used if the record asks for exactly it, else torn down
+    /// (on an early error, when it is dropped).
     fn run(dir: &Path, mode: Mode, prepared: Prepared, warm: Option<Built>) -> Result<()> {
         // Privileged setup, in order; nothing here runs in another thread.
         let layout = Layout {
             dir: dir.to_path_buf(),
         };
+        let record: SandboxRecord = state::read_json(&layout.record())?;
+        state::check_format(record.format_version, &layout.record())?;
         let me = ProcIdentity::of(std::process::id() as i32)
-            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "cannot read own /proc entry"));
-        let record = state::read_json::<SandboxRecord>(&layout.record()).and_then(|r| {
-            state::check_format(r.format_version, &layout.record())?;
-            Ok(r)
-        });
-        let (record, me) = match (record, me) {
-            (Ok(r), Ok(me)) => (r, me),
-            (Err(e), _) | (_, Err(e)) => {
-                if let Some(mut b) = warm {
-                    let _ = b.teardown();
-                }
-                return Err(e);
-            }
-        };
+            .ok_or_else(|| Error::new(ErrorKind::LaunchFailed, "cannot read own /proc entry"))?;
         let mut status = MonitorRecord {
             format_version: state::FORMAT_VERSION,
             monitor: me,
             init: None,
             phase: Phase::Creating,
         };
-        if let Err(e) = state::write_json_atomic(&layout.monitor(), &status) {
-            if let Some(mut b) = warm {
-                let _ = b.teardown();
-            }
-            return Err(e);
-        }
+        state::write_json_atomic(&layout.monitor(), &status)?;
         mark("records");
         if !prepared.left_cgroups {
             let prefix = Path::new(&record.cgroup_path)
@@ -743,7 +701,7 @@ impl Monitor {
             Ok(stdin) => stdin,
             Err(e) => return Err(m.rollback(e)),
         };
-        status.init = ProcIdentity::of(streams.init);
+        status.init = ProcIdentity::of(m.init().pid);
         if mode == Mode::Create {
             let fifo = match m.start_fifo() {
                 Ok(f) => f,
@@ -754,11 +712,11 @@ impl Monitor {
                 return Err(m.rollback(e));
             }
             let _ = report(&Report::Created { monitor: me });
-            if !wait_for_start(&fifo, &streams.pidfd) {
+            if !wait_for_start(&fifo, &m.init().pidfd) {
                 // Killed (or deleted) before it started.
                 let _ = fs::remove_file(m.layout.start_fifo());
                 let mut outcome = Outcome::default();
-                collect_status(streams.init, &streams.status, &mut outcome.facts);
+                collect_status(m.init().pid, &streams.status, &mut outcome.facts);
                 return m.finish(outcome);
             }
             let _ = fs::remove_file(m.layout.start_fifo());
@@ -825,6 +783,13 @@ impl Monitor {
             .map_err(|e| launch("open the start fifo", e))
     }
 
+    fn init(&self) -> &Init {
+        self.built
+            .init
+            .as_ref()
+            .expect("a built container has an init")
+    }
+
     fn container_mut(&mut self) -> &mut Container {
         self.built
             .container
@@ -839,7 +804,9 @@ impl Monitor {
 
     /// Waits for the init to exit while capturing output and enforcing CPU, wall and output
     /// limits. Kills the sandbox (its init, which takes the pid namespace down) on a limit.
-    fn supervise(&mut self, mut streams: Streams, started: Instant) -> Outcome {
+    fn supervise(&self, mut streams: Streams, started: Instant) -> Outcome {
+        let init = self.init();
+        let (init_pid, pidfd) = (init.pid, &init.pidfd);
         let limits = self.record.config.limits.clone();
         let mut outcome = Outcome::default();
         let mut sinks = match (
@@ -849,8 +816,8 @@ impl Monitor {
             (Ok(o), Ok(e)) => [Sink::new(streams.out, o), Sink::new(streams.err, e)],
             (Err(e), _) | (_, Err(e)) => {
                 outcome.facts.internal_error = Some(format!("create output files: {e}"));
-                let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
-                let _ = waitpid(nix::unistd::Pid::from_raw(streams.init), None);
+                let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
+                let _ = waitpid(nix::unistd::Pid::from_raw(init_pid), None);
                 return outcome;
             }
         };
@@ -897,7 +864,7 @@ impl Monitor {
                     }
                 }
                 if outcome.facts.killed_for.is_some() {
-                    let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
+                    let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
                     killed = true;
                 }
             }
@@ -934,7 +901,7 @@ impl Monitor {
             };
             let mut fds = Vec::with_capacity(3);
             let pidfd_index = if exited.is_none() {
-                fds.push(PollFd::new(streams.pidfd.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
                 Some(0)
             } else {
                 None
@@ -955,9 +922,9 @@ impl Monitor {
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => {
                     outcome.facts.internal_error = Some(format!("poll: {e}"));
-                    let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
+                    let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
                     if exited.is_none() {
-                        collect_status(streams.init, &streams.status, &mut outcome.facts);
+                        collect_status(init_pid, &streams.status, &mut outcome.facts);
                         outcome.wall = started.elapsed();
                     }
                     break;
@@ -974,7 +941,7 @@ impl Monitor {
                         Pump::Ok => {}
                         Pump::Overflow if !killed => {
                             outcome.facts.killed_for = Some(LimitKind::Output);
-                            let _ = sys::pidfd_send_signal(&streams.pidfd, libc::SIGKILL);
+                            let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
                             killed = true;
                         }
                         Pump::Overflow => {}
@@ -1000,9 +967,9 @@ impl Monitor {
                 if program_done.is_none() {
                     outcome.wall = started.elapsed();
                     mark("program_exited");
-                    collect_status(streams.init, &streams.status, &mut outcome.facts);
+                    collect_status(init_pid, &streams.status, &mut outcome.facts);
                 } else {
-                    let _ = waitpid(nix::unistd::Pid::from_raw(streams.init), None);
+                    let _ = waitpid(nix::unistd::Pid::from_raw(init_pid), None);
                 }
                 exited = Some(Instant::now());
             }
@@ -1010,7 +977,7 @@ impl Monitor {
         outcome.stdout_truncated = sinks[0].truncated;
         outcome.stderr_truncated = sinks[1].truncated;
         if exited.is_none() {
-            outcome.pending_init = Some(streams.init);
+            outcome.pending_init = Some(init_pid);
         }
         outcome
     }
@@ -1138,7 +1105,7 @@ impl Monitor {
     }
 }
 
-/// The init's output pipes and identity, handed from `create` to `supervise`.
+/// The init's output, status and request channels, handed from `Built::build` to `supervise`.
 struct Streams {
     out: OwnedFd,
     err: OwnedFd,
@@ -1150,8 +1117,6 @@ struct Streams {
     request: OwnedFd,
     /// Status text read before supervision began (what followed `ready`).
     status_text: String,
-    init: i32,
-    pidfd: OwnedFd,
 }
 
 impl Streams {

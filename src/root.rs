@@ -467,7 +467,7 @@ impl Root {
                 if let Ok(record) = state::read_json::<SandboxRecord>(&layout.record()) {
                     let _ = crate::gc::clean_lost(&layout, &record);
                 }
-                let _ = fs::remove_dir_all(&layout.dir);
+                let _ = state::remove_sandbox_dir(&layout.dir);
                 Err(e)
             }
         }
@@ -620,8 +620,9 @@ impl Root {
             first,
             warm: None,
         };
+        // Set only when pre-building is on.
         let shape = self.inner.last_shape.lock().ok().and_then(|s| s.clone());
-        if let Some(shape) = shape.filter(|_| self.inner.prebuild) {
+        if let Some(shape) = shape {
             self.send_warm(&mut spare, shape);
         }
         Ok(spare)
