@@ -228,8 +228,12 @@ fn dir_inside(rootfs: &Path, rel: &Path, mode: u32) -> Result<PathBuf, RootfsErr
 fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     let meta = fs::symlink_metadata(src)?;
     if meta.is_dir() {
+        // An existing destination must be a real directory: the image's symlinks are resolved
+        // here on the host, as root, and could point anywhere.
         fs::DirBuilder::new().mode(0o755).create(dst).or_else(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists && dst.is_dir() {
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir())
+            {
                 Ok(())
             } else {
                 Err(e)

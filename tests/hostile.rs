@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
@@ -469,4 +470,43 @@ fn the_verdict_and_the_host_cannot_be_tampered_with() {
         err.chain()
     );
     env.finish();
+}
+
+#[test]
+fn copy_in_never_writes_through_an_image_symlink_below_its_destination() {
+    let env = TestEnv::new("copylink");
+    // An image (hard-linked copy of the test image) with a symlink to a host directory below
+    // a real directory, and a host tree whose copy would pass through that symlink.
+    let base =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("copylink-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&base);
+    let (image, outside, tree) = (base.join("image"), base.join("outside"), base.join("tree"));
+    fs::create_dir_all(&base).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(common::image())
+        .arg(&image)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    fs::create_dir_all(image.join("data")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, image.join("data/esc")).unwrap();
+    fs::create_dir_all(tree.join("esc")).unwrap();
+    fs::write(tree.join("esc/planted"), "x").unwrap();
+    let mut cmd = runbox::Command::new("/bin/true");
+    cmd.image(&image).copy_in(&tree, "/data");
+    let err = env.root.run(&cmd).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        runbox::ErrorKind::LaunchFailed,
+        "{}",
+        err.chain()
+    );
+    assert!(
+        !outside.join("planted").exists(),
+        "copy_in wrote through the image's symlink onto the host"
+    );
+    env.finish();
+    fs::remove_dir_all(&base).unwrap();
 }
