@@ -277,12 +277,11 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
         }
     };
+    let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
     if let Verb::Check { json } = cli.verb {
         // Reads the host only: no state root is created.
-        let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
         return check(json, &root_dir).unwrap_or_else(fail);
     }
-    let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
     let mut opts = runbox::RootOptions::new();
     // One command per process: a spare monitor would only be started to exit again.
     opts.spare_monitors(0);
@@ -336,7 +335,7 @@ fn main() -> ExitCode {
             .and_then(|s| s.delete(force))
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| e.chain()),
-        Verb::Check { json } => check(json, &root_dir),
+        Verb::Check { .. } => unreachable!("handled before the root is opened"),
         Verb::Gc => {
             let report = root.gc();
             for id in &report.removed {

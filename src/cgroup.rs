@@ -312,8 +312,8 @@ impl Cgroup {
         Ok(pids)
     }
 
-    /// Removes the directories that remain (they must hold no process). Used after a failed
-    /// launch or a crash; the normal path leaves this to libcontainer's delete.
+    /// Removes the directories that remain (they must hold no process): the monitor's teardown
+    /// once the init is reaped, and the cleanup after a failed launch or a crash.
     pub fn remove(&self) -> io::Result<()> {
         let mut first_err = None;
         for d in self.existing_dirs() {

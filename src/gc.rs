@@ -48,15 +48,20 @@ pub(crate) fn lock(dir: &Path, block: bool) -> Result<Option<Flock<File>>> {
 /// removes the cgroup, libcontainer's state and any mount under its directory. The caller
 /// holds the sandbox's lock and removes the directory afterwards.
 pub(crate) fn clean_lost(layout: &Layout, record: &SandboxRecord) -> Result<()> {
-    let cg = cgroup::Layout::detect()
-        .map_err(|e| Error::with_source(ErrorKind::Io, "read cgroup mounts", e))?
-        .cgroup(&record.cgroup_path);
-    kill_cgroup(&cg, &record.cgroup_path)?;
-    cg.remove()
-        .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))?;
+    kill_and_remove_cgroup(&record.cgroup_path)?;
     // Mounts live in the dead monitor's mount namespace; any under the directory on the
     // host's side (an older layout) go too.
     unmount_under(&layout.dir)
+}
+
+/// [`kill_cgroup`], then removes the cgroup at `cgroup_path` in every hierarchy.
+pub(crate) fn kill_and_remove_cgroup(cgroup_path: &str) -> Result<()> {
+    let cg = cgroup::Layout::detect()
+        .map_err(|e| Error::with_source(ErrorKind::Io, "read cgroup mounts", e))?
+        .cgroup(cgroup_path);
+    kill_cgroup(&cg, cgroup_path)?;
+    cg.remove()
+        .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))
 }
 
 /// SIGKILLs every process in the cgroup (at `cgroup_path`) and waits (on pidfds) until they
@@ -88,10 +93,7 @@ pub(crate) fn kill_cgroup(cg: &Cgroup, cgroup_path: &str) -> Result<()> {
             .filter_map(|&pid| {
                 let fd = crate::sys::pidfd_open(pid).ok()?;
                 let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                let zombie = stat
-                    .rfind(')')
-                    .and_then(|i| stat[i + 1..].split_whitespace().next())
-                    == Some("Z");
+                let zombie = crate::state::parse_state(&stat) == Some('Z');
                 let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
                 (!zombie && cgroups.lines().any(|l| l.ends_with(&suffix))).then_some(fd)
             })
@@ -227,14 +229,7 @@ fn collect_warm_cgroup(root: &Root, name: &str, report: &mut GcReport) {
     if taken {
         return;
     }
-    let Ok(layout) = cgroup::Layout::detect() else {
-        return;
-    };
-    let cg = layout.cgroup(&path);
-    match kill_cgroup(&cg, &path).and_then(|()| {
-        cg.remove()
-            .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))
-    }) {
+    match kill_and_remove_cgroup(&path) {
         Ok(()) => report
             .cleaned
             .push(format!("pre-built container cgroup {path}")),

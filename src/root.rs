@@ -402,7 +402,7 @@ impl Root {
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::of(std::process::id() as i32)
             .ok_or_else(|| Error::new(ErrorKind::Io, "cannot read own /proc entry"))?;
-        let (tmp, tmp_layout) = self.temp_dir(&me)?;
+        let (tmp, tmp_layout) = self.temp_dir()?;
         let prepared = (|| {
             // The sandbox gets a private copy: an fd to the caller's own file could be reopened
             // for writing through /proc/self/fd/0 by a program running as uid 0.
@@ -559,7 +559,7 @@ impl Root {
                     // from the cgroup the record may name.
                     _ => {
                         if let Some(path) = warm_cgroup {
-                            let _ = remove_cgroup(&path);
+                            let _ = crate::gc::kill_and_remove_cgroup(&path);
                         }
                         self.exec_monitor(id, layout, monitor, mode)
                     }
@@ -704,18 +704,13 @@ impl Root {
     /// Asks `spare` to pre-build a container of `shape` in a cgroup of its own,
     /// `/<prefix>/_warm-<controller pid>-<start time>-<n>` (ids cannot start with `_`).
     fn send_warm(&self, spare: &mut Spare, shape: SandboxConfig) {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let Some(me) = ProcIdentity::of(std::process::id() as i32) else {
+        let (Ok(name), Ok(json)) = (
+            state::owned_name(WARM_PREFIX),
+            serde_json::to_string(&shape),
+        ) else {
             return;
         };
-        let Ok(json) = serde_json::to_string(&shape) else {
-            return;
-        };
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let cgroup_path = format!(
-            "/{}/{WARM_PREFIX}{}-{}-{n}",
-            self.inner.cgroup_prefix, me.pid, me.start_time
-        );
+        let cgroup_path = format!("/{}/{name}", self.inner.cgroup_prefix);
         let line = format!("warm {cgroup_path} {json}\n");
         // The line must go whole into the socket's buffer (the spare reads it when it can);
         // one that does not fit is not sent, and the spare stays cold.
@@ -811,10 +806,8 @@ impl Root {
 
     /// A private directory to prepare a sandbox in: `.new-<pid>-<start time>-<n>`, so that gc
     /// can tell when its creator died before claiming an id.
-    fn temp_dir(&self, me: &ProcIdentity) -> Result<(PathBuf, Layout)> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{NEW_PREFIX}{}-{}-{n}", me.pid, me.start_time);
+    fn temp_dir(&self) -> Result<(PathBuf, Layout)> {
+        let name = state::owned_name(NEW_PREFIX)?;
         let tmp = self.inner.dir.join(&name);
         fs::DirBuilder::new()
             .mode(0o700)
@@ -954,17 +947,6 @@ fn send_line(socket: &std::os::fd::OwnedFd, line: &str) -> bool {
         nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
     );
     matches!(sent, Ok(n) if n == line.len())
-}
-
-/// Kills what is left in the cgroup at `path` (a dead spare's pre-built container) and
-/// removes it.
-fn remove_cgroup(path: &str) -> Result<()> {
-    let cg = crate::cgroup::Layout::detect()
-        .map_err(|e| Error::with_source(ErrorKind::Io, "read cgroup mounts", e))?
-        .cgroup(path);
-    crate::gc::kill_cgroup(&cg, path)?;
-    cg.remove()
-        .map_err(|e| Error::with_source(ErrorKind::Io, "remove cgroup", e))
 }
 
 /// `runbox` for the default state root, `runbox-<hash of the path>` for any other, so that two

@@ -1,4 +1,5 @@
-//! Default seccomp policy: compiled with seccompiler once, installed right before execve.
+//! Default seccomp policy: compiled with seccompiler once per monitor, installed by the
+//! container's init before it waits for start (so the program inherits it).
 //!
 //! The policy follows the spirit of Docker's default profile, inverted into a deny list: every
 //! syscall is allowed except the ones below, which fail with `EPERM`.
@@ -604,10 +605,6 @@ fn deny_program(arch: TargetArch, list: &[Denied]) -> Result<BpfProgram, Seccomp
 /// Remaining differences: on x86_64, x32 syscall numbers are killed by libseccomp's x32
 /// check instead of failing with `EPERM`; and runtimes skip syscall names their libseccomp
 /// does not know (runc silently, crun with a warning).
-#[allow(
-    dead_code,
-    reason = "not called by the bundle writer yet; remove once it is"
-)]
 pub(crate) fn oci_profile() -> Result<LinuxSeccomp, SeccompError> {
     let native = native_arch().ok_or(SeccompError::UnsupportedArch {
         arch: std::env::consts::ARCH,

@@ -92,6 +92,18 @@ impl Scratch {
     }
 }
 
+/// A name unique on this host and owned by this process: `<prefix><pid>-<start time>-<n>`.
+/// Temp dirs, dirs being removed and pre-built containers' cgroups are named so, and `gc`
+/// collects them once their owner is dead ([`ProcIdentity::parse_prefix`]).
+pub(crate) fn owned_name(prefix: &str) -> Result<String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let me = ProcIdentity::of(std::process::id() as i32)
+        .ok_or_else(|| Error::new(ErrorKind::Io, "cannot read own /proc entry"))?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Ok(format!("{prefix}{}-{}-{n}", me.pid, me.start_time))
+}
+
 /// Prefix of the names sandbox directories are renamed to just before they are removed,
 /// followed by the remover's pid and start time and a counter.
 pub(crate) const GONE_PREFIX: &str = ".gone-";
@@ -100,15 +112,10 @@ pub(crate) const GONE_PREFIX: &str = ".gone-";
 /// (to `.gone-<pid>-<start>-<n>`, which `gc` collects if the remover dies), then removed. A
 /// claim of the same id never sees a half-removed directory.
 pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let me = ProcIdentity::of(std::process::id() as i32)
-        .ok_or_else(|| Error::new(ErrorKind::Io, "cannot read own /proc entry"))?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let parent = dir
         .parent()
         .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
-    let gone = parent.join(format!("{GONE_PREFIX}{}-{}-{n}", me.pid, me.start_time));
+    let gone = parent.join(owned_name(GONE_PREFIX)?);
     fs::rename(dir, &gone).map_err(|e| Error::io("rename", dir, e))?;
     fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))
 }
@@ -186,9 +193,8 @@ impl ProcIdentity {
         parse_start_time(&stat).map(|start_time| ProcIdentity { pid, start_time })
     }
 
-    /// True if the same process (pid and start time) still exists and is not a zombie.
-    /// The identity at the start of a name part `<pid>-<start time>[-…]` (temp dirs, warm
-    /// cgroups name their owner that way).
+    /// The identity at the start of a name part `<pid>-<start time>[-…]` (see
+    /// [`owned_name`]).
     pub fn parse_prefix(text: &str) -> Option<ProcIdentity> {
         let mut parts = text.split('-');
         let pid = parts.next()?.parse().ok()?;
@@ -196,6 +202,7 @@ impl ProcIdentity {
         Some(ProcIdentity { pid, start_time })
     }
 
+    /// True if the same process (pid and start time) still exists and is not a zombie.
     pub fn is_alive(&self) -> bool {
         let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
             return false;
@@ -212,7 +219,7 @@ fn parse_start_time(stat: &str) -> Option<u64> {
 }
 
 /// Field 3 (state) of a `/proc/<pid>/stat` line.
-fn parse_state(stat: &str) -> Option<char> {
+pub(crate) fn parse_state(stat: &str) -> Option<char> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().next()?.chars().next()
 }

@@ -34,7 +34,6 @@ fn cpu_time_limit_counts_every_thread_and_overshoots_little() {
         (Status::TimeLimit, Some(LimitKind::CpuTime)),
         "{v:?}"
     );
-    assert!((1_000_000..1_100_000).contains(&v.cpu_time_us), "{v:?}");
     assert!(
         (1_000_000..1_020_000).contains(&v.cpu_time_us),
         "overshoot over 20 ms: {v:?}"
@@ -283,9 +282,6 @@ fn escapes_and_attacks_fail_inside() {
     assert!(
         bystander.try_wait().unwrap().is_none(),
         "a host process died"
-    );
-    assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(std::process::id() as i32), None).is_ok()
     );
     // Host files outside the image are not there.
     let v = run(

@@ -48,14 +48,24 @@ fn echo_exit_codes_and_signals() {
 #[test]
 fn stdin_env_and_cwd_reach_the_program() {
     let env = TestEnv::new("stdio");
-    let mut cmd = env.cmd("/bin/sh", &["-c", "cat; echo \"[$FOO]\"; pwd; env | wc -l"]);
+    let mut cmd = env.cmd(
+        "/bin/sh",
+        &[
+            "-c",
+            "cat; echo \"[$FOO]\"; pwd; env | cut -d= -f1 | sort | tr '\\n' ' '",
+        ],
+    );
     cmd.stdin(runbox::Stdin::Bytes(b"from stdin\n".to_vec()))
         .env("FOO", "bar baz");
     let v = env.root.run(&cmd).unwrap();
-    // Exactly the caller's environment: PATH and FOO (sh adds PWD, SHLVL only to its children's view).
+    // Exactly the caller's environment: PATH and FOO (sh itself adds PWD and SHLVL).
     assert_eq!(v.status, Status::Ok, "{v:?}");
     let lines: Vec<&str> = v.stdout.lines().collect();
-    assert_eq!(&lines[..3], ["from stdin", "[bar baz]", "/work"]);
+    assert_eq!(
+        lines,
+        ["from stdin", "[bar baz]", "/work", "FOO PATH PWD SHLVL "],
+        "{v:?}"
+    );
     env.finish();
 }
 
