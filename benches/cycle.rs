@@ -4,7 +4,7 @@
 //! Prints median, p90 and p99 over sequential runs; the cost of the monitor process (exec,
 //! fork, detach and report, with no sandbox work) and its private memory while its sandbox
 //! sleeps; then a criterion measurement of the full cycle.
-//! Run as root: `cargo bench --bench cycle`.
+//! Run as root: `cargo bench --features bench --bench cycle`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -36,10 +36,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn monitor_ping(exe: &std::path::Path, state: &std::path::Path) -> Duration {
     use std::io::Read;
     let t = Instant::now();
-    let mut child = std::process::Command::new(exe)
-        .arg(runbox::MONITOR_ARG)
-        .arg(state)
-        .arg("ping")
+    let _ = state;
+    let mut child = runbox::bench::ping_command(exe)
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -176,7 +174,7 @@ fn monitor_cost(root: &runbox::Root, state: &std::path::Path) {
         );
     }
     for s in sandboxes {
-        s.kill(libc::SIGKILL).unwrap();
+        s.kill(runbox::Signal::SIGKILL).unwrap();
         let mut s = s;
         s.wait().unwrap();
         s.delete(false).unwrap();

@@ -1,6 +1,10 @@
-//! The runbox command line: `runbox run [OPTIONS] -- PROGRAM [ARGS...]`, and runc-style verbs
+//! The runbox command line: `runbox run [OPTIONS] PROGRAM [ARGS...]`, and runc-style verbs
 //! for sandboxes that outlive this process: create, start, state, list, wait, logs, kill,
-//! delete, gc.
+//! delete, gc, and check.
+//!
+//! As in `podman run`, everything from PROGRAM on belongs to the program, words starting with
+//! `-` included; `runbox run [OPTIONS] -- PROGRAM [ARGS...]` works too. `-e K=V` adds to the
+//! default environment (`PATH` only); `--env-clear` starts from an empty one.
 //!
 //! Exit status without `--json`: the program's exit code, 128+N if it died of signal N, 125 if
 //! runbox itself failed. With `--json`: 0 when a result was produced, 125 otherwise.
@@ -10,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nix::sys::signal::Signal;
 
 #[derive(Parser)]
 #[command(
@@ -118,7 +123,7 @@ struct SandboxArgs {
     #[arg(long, value_parser = parse_user)]
     user: Option<(u32, u32)>,
     /// Memory limit, e.g. 256M (K, M, G are powers of 1024).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, short = 'm', value_parser = parse_size)]
     memory: Option<u64>,
     /// Maximum number of processes and threads.
     #[arg(long)]
@@ -138,14 +143,17 @@ struct SandboxArgs {
     /// Size of the writable layer, /tmp included.
     #[arg(long, value_parser = parse_size)]
     scratch: Option<u64>,
-    /// Environment variable NAME=VALUE (repeatable); replaces the default environment.
+    /// Environment variable NAME=VALUE (repeatable); added to the default environment (PATH).
     #[arg(long = "env", short = 'e')]
     env: Vec<String>,
-    /// Working directory inside the sandbox.
-    #[arg(long)]
+    /// Start from an empty environment (no PATH): only the --env variables are set.
+    #[arg(long = "env-clear")]
+    env_clear: bool,
+    /// Working directory inside the sandbox (default /work).
+    #[arg(long, short = 'w', visible_alias = "workdir")]
     cwd: Option<String>,
-    /// Extra CPU time before the kill; past --time is still a time limit (isolate's --extra-time).
-    #[arg(long = "time-grace", value_parser = parse_secs)]
+    /// Extra CPU time before the kill; past --time is still a time limit.
+    #[arg(long = "time-grace", visible_alias = "extra-time", value_parser = parse_secs)]
     time_grace: Option<Duration>,
     /// Read-only bind of a host file or directory: HOST:DEST (repeatable).
     #[arg(long, value_parser = parse_pair)]
@@ -159,8 +167,9 @@ struct SandboxArgs {
     /// Feed the program's stdin from this host file (default: /dev/null).
     #[arg(long)]
     stdin: Option<PathBuf>,
-    /// The program and its arguments.
-    #[arg(last = true, required = true)]
+    /// The program and its arguments: everything from PROGRAM on is the program's, words
+    /// starting with `-` included.
+    #[arg(value_name = "PROGRAM", trailing_var_arg = true, required = true)]
     command: Vec<String>,
 }
 
@@ -198,7 +207,7 @@ fn parse_user(s: &str) -> Result<(u32, u32), String> {
     }
 }
 
-fn build_command(a: &SandboxArgs) -> Result<runbox::Command, String> {
+fn build_command(a: &SandboxArgs) -> Result<runbox::Command, Failure> {
     let mut cmd = runbox::Command::new(a.command[0].clone());
     cmd.args(a.command[1..].iter().cloned());
     if let Some(n) = &a.name {
@@ -213,14 +222,14 @@ fn build_command(a: &SandboxArgs) -> Result<runbox::Command, String> {
     if let Some(c) = &a.cwd {
         cmd.current_dir(c.clone());
     }
-    if !a.env.is_empty() {
+    if a.env_clear {
         cmd.env_clear();
-        for kv in &a.env {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("--env {kv:?} is not NAME=VALUE"))?;
-            cmd.env(k, v);
-        }
+    }
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--env {kv:?} is not NAME=VALUE"))?;
+        cmd.env(k, v);
     }
     for (host, dest) in &a.bind {
         cmd.bind_ro(host, dest.clone());
@@ -277,92 +286,180 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
         }
     };
-    let root_dir = cli.root.clone().unwrap_or_else(runbox::Root::default_dir);
+    let root_dir = cli.root.unwrap_or_else(runbox::Root::default_dir);
     if let Verb::Check { json } = cli.verb {
         // Reads the host only: no state root is created.
-        return check(json, &root_dir).unwrap_or_else(fail);
+        return exit(check(json, &root_dir));
     }
+    let root = match open_root(&root_dir, cli.cgroup_parent) {
+        Ok(root) => root,
+        Err(e) => return exit(Err(e)),
+    };
+    exit(match cli.verb {
+        Verb::Run(args) => run(&root, &args),
+        Verb::Create(args) => create(&root, &args),
+        Verb::Start { id } => start(&root, &id),
+        Verb::State { id } => state(&root, &id),
+        Verb::List { json } => list(&root, json),
+        Verb::Wait { id, timeout, json } => wait(&root, &id, timeout, json),
+        Verb::Logs { id } => logs(&root, &id),
+        Verb::Kill { id, signal } => kill(&root, &id, signal.as_deref()),
+        Verb::Delete { force, id } => delete(&root, &id, force),
+        Verb::Gc => gc(&root),
+        Verb::Check { .. } => unreachable!("handled before the root is opened"),
+    })
+}
+
+/// A failure of runbox itself (not of the program): printed once as `runbox: MESSAGE`, exit 125.
+struct Failure(String);
+
+impl From<runbox::Error> for Failure {
+    fn from(e: runbox::Error) -> Failure {
+        // The kind, the message and every cause, once.
+        Failure(e.chain())
+    }
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Failure {
+        Failure(msg)
+    }
+}
+
+/// What every verb returns: the exit status, or runbox's own failure.
+type Outcome = Result<ExitCode, Failure>;
+
+fn exit(outcome: Outcome) -> ExitCode {
+    outcome.unwrap_or_else(|Failure(msg)| {
+        eprintln!("runbox: {msg}");
+        ExitCode::from(125)
+    })
+}
+
+fn open_root(
+    dir: &std::path::Path,
+    cgroup_parent: Option<String>,
+) -> Result<runbox::Root, Failure> {
     let mut opts = runbox::RootOptions::new();
     // One command per process: a spare monitor would only be started to exit again.
     opts.spare_monitors(0);
-    if let Some(p) = &cli.cgroup_parent {
-        opts.cgroup_prefix(p.clone());
+    if let Some(p) = cgroup_parent {
+        opts.cgroup_prefix(p);
     }
-    let root = match opts.open(&root_dir) {
-        Ok(r) => r,
-        Err(e) => return fail(e.chain()),
-    };
-    let result = match cli.verb {
-        Verb::Run(args) => run(&root, &args),
-        Verb::Create(args) => build_command(&args)
-            .map_err(|e| e.to_string())
-            .and_then(|cmd| root.create(&cmd).map_err(|e| e.chain()))
-            .map(|s| {
-                println!("{}", s.id());
-                ExitCode::SUCCESS
-            }),
-        Verb::Start { id } => root
-            .sandbox(&id)
-            .and_then(|s| s.start())
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(|e| e.chain()),
-        Verb::State { id } => root
-            .sandbox(&id)
-            .and_then(|s| s.info())
-            .map_err(|e| e.chain())
-            .and_then(|info| print_json(&info)),
-        Verb::List { json } => list(&root, json),
-        Verb::Wait { id, timeout, json } => wait(&root, &id, timeout, json),
-        Verb::Logs { id } => root
-            .sandbox(&id)
-            .and_then(|s| s.logs())
-            .map(|(out, err)| {
-                use std::io::Write;
-                let _ = std::io::stdout().write_all(&out);
-                let _ = std::io::stderr().write_all(&err);
-                ExitCode::SUCCESS
+    Ok(opts.open(dir)?)
+}
+
+fn run(root: &runbox::Root, args: &RunArgs) -> Outcome {
+    let cmd = build_command(&args.sandbox)?;
+    if args.detach {
+        let sandbox = root.spawn(&cmd)?;
+        println!("{}", sandbox.id());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verdict = root.run(&cmd)?;
+    if let Some(meta) = &args.meta {
+        std::fs::write(meta, verdict.isolate_meta())
+            .map_err(|e| format!("write {}: {e}", meta.display()))?;
+    }
+    report(&verdict, args.json)
+}
+
+fn create(root: &runbox::Root, args: &SandboxArgs) -> Outcome {
+    let sandbox = root.create(&build_command(args)?)?;
+    println!("{}", sandbox.id());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn start(root: &runbox::Root, id: &str) -> Outcome {
+    root.sandbox(id)?.start()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state(root: &runbox::Root, id: &str) -> Outcome {
+    print_json(&root.sandbox(id)?.info()?)
+}
+
+fn list(root: &runbox::Root, json: bool) -> Outcome {
+    let listing = root.list()?;
+    if json {
+        let items: Vec<serde_json::Value> = listing
+            .iter()
+            .map(|l| match &l.info {
+                Ok(info) => serde_json::to_value(info).unwrap_or_default(),
+                Err(e) => serde_json::json!({"id": l.id, "error": e.chain()}),
             })
-            .map_err(|e| e.chain()),
-        Verb::Kill { id, signal } => parse_signal(signal.as_deref().unwrap_or("TERM"))
-            .and_then(|sig| {
-                root.sandbox(&id)
-                    .and_then(|s| s.kill(sig))
-                    .map_err(|e| e.chain())
-            })
-            .map(|()| ExitCode::SUCCESS),
-        Verb::Delete { force, id } => root
-            .sandbox(&id)
-            .and_then(|s| s.delete(force))
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(|e| e.chain()),
-        Verb::Check { .. } => unreachable!("handled before the root is opened"),
-        Verb::Gc => {
-            let report = root.gc();
-            for id in &report.removed {
-                println!("removed lost sandbox {id}");
-            }
-            for what in &report.cleaned {
-                println!("cleaned {what}");
-            }
-            for err in &report.errors {
-                eprintln!("runbox: gc: {err}");
-            }
-            Ok(if report.errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(125)
-            })
+            .collect();
+        return print_json(&items);
+    }
+    println!("{:<36} {:<9} {:>8} COMMAND", "ID", "STATUS", "PID");
+    for l in &listing {
+        match &l.info {
+            Ok(i) => println!(
+                "{:<36} {:<9} {:>8} {}",
+                i.id,
+                format!("{:?}", i.state).to_lowercase(),
+                i.init_pid.map_or("-".to_string(), |p| p.to_string()),
+                i.command.join(" ")
+            ),
+            Err(e) => println!("{:<36} {:<9} {:>8} {}", l.id, "error", "-", e.chain()),
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wait(root: &runbox::Root, id: &str, timeout: Option<Duration>, json: bool) -> Outcome {
+    let mut sandbox = root.sandbox(id)?;
+    let verdict = match timeout {
+        None => sandbox.wait()?,
+        Some(t) => match sandbox.wait_timeout(t)? {
+            Some(v) => v,
+            None => {
+                eprintln!("runbox: sandbox {id} still runs after {t:?}");
+                return Ok(ExitCode::from(124));
+            }
+        },
     };
-    result.unwrap_or_else(fail)
+    report(&verdict, json)
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("runbox: {msg}");
-    ExitCode::from(125)
+fn logs(root: &runbox::Root, id: &str) -> Outcome {
+    use std::io::Write;
+    let (out, err) = root.sandbox(id)?.logs()?;
+    let _ = std::io::stdout().write_all(&out);
+    let _ = std::io::stderr().write_all(&err);
+    Ok(ExitCode::SUCCESS)
 }
 
-fn check(json: bool, root: &std::path::Path) -> Result<ExitCode, String> {
+fn kill(root: &runbox::Root, id: &str, signal: Option<&str>) -> Outcome {
+    let sig = parse_signal(signal.unwrap_or("TERM"))?;
+    root.sandbox(id)?.kill(sig)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(root: &runbox::Root, id: &str, force: bool) -> Outcome {
+    root.sandbox(id)?.delete(force)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gc(root: &runbox::Root) -> Outcome {
+    let report = root.gc();
+    for id in &report.removed {
+        println!("removed lost sandbox {id}");
+    }
+    for what in &report.cleaned {
+        println!("cleaned {what}");
+    }
+    for err in &report.errors {
+        eprintln!("runbox: gc: {err}");
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(125)
+    })
+}
+
+fn check(json: bool, root: &std::path::Path) -> Outcome {
     let mut checks = runbox::check_host();
     checks.push(runbox::check_state_root(root));
     let ok = checks.iter().all(|c| c.ok || !c.required);
@@ -381,92 +478,31 @@ fn check(json: bool, root: &std::path::Path) -> Result<ExitCode, String> {
     Ok(ExitCode::from(if ok { 0 } else { 1 }))
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<ExitCode, String> {
+fn print_json(value: &impl serde::Serialize) -> Outcome {
     let text = serde_json::to_string(value).map_err(|e| e.to_string())?;
     println!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_signal(s: &str) -> Result<i32, String> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Ok(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = if name.starts_with("SIG") {
-        name
-    } else {
-        format!("SIG{name}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|s| s as i32)
-        .map_err(|_| format!("{s:?} is not a signal"))
-}
-
-fn run(root: &runbox::Root, args: &RunArgs) -> Result<ExitCode, String> {
-    let cmd = build_command(&args.sandbox)?;
-    if args.detach {
-        let sandbox = root.spawn(&cmd).map_err(|e| e.chain())?;
-        println!("{}", sandbox.id());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let verdict = root.run(&cmd).map_err(|e| e.chain())?;
-    if let Some(meta) = &args.meta {
-        std::fs::write(meta, verdict.isolate_meta())
-            .map_err(|e| format!("write {}: {e}", meta.display()))?;
-    }
-    report(&verdict, args.json)
-}
-
-fn wait(
-    root: &runbox::Root,
-    id: &str,
-    timeout: Option<Duration>,
-    json: bool,
-) -> Result<ExitCode, String> {
-    let mut sandbox = root.sandbox(id).map_err(|e| e.chain())?;
-    let verdict = match timeout {
-        None => sandbox.wait().map_err(|e| e.chain())?,
-        Some(t) => match sandbox.wait_timeout(t).map_err(|e| e.chain())? {
-            Some(v) => v,
-            None => {
-                eprintln!("runbox: sandbox {id} still runs after {t:?}");
-                return Ok(ExitCode::from(124));
-            }
-        },
-    };
-    report(&verdict, json)
-}
-
-fn list(root: &runbox::Root, json: bool) -> Result<ExitCode, String> {
-    let listing = root.list().map_err(|e| e.chain())?;
-    if json {
-        let items: Vec<serde_json::Value> = listing
-            .iter()
-            .map(|l| match &l.info {
-                Ok(info) => serde_json::to_value(info).unwrap_or_default(),
-                Err(e) => serde_json::json!({"id": l.id, "error": e.chain()}),
-            })
-            .collect();
-        return print_json(&items);
-    }
-    println!("{:<36} {:<9} {:>8} COMMAND", "ID", "STATUS", "PID");
-    for l in &listing {
-        match &l.info {
-            Ok(i) => println!(
-                "{:<36} {:<9} {:>8} {}",
-                i.id,
-                format!("{:?}", i.status).to_lowercase(),
-                i.init_pid.map_or("-".to_string(), |p| p.to_string()),
-                i.command.join(" ")
-            ),
-            Err(e) => println!("{:<36} {:<9} {:>8} {}", l.id, "error", "-", e.chain()),
+/// A signal by name (`TERM`, `sigterm`, `SIGTERM`) or number (`15`).
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    let sig = match s.parse::<i32>() {
+        Ok(n) => Signal::try_from(n).ok(),
+        Err(_) => {
+            let name = s.to_ascii_uppercase();
+            let name = if name.starts_with("SIG") {
+                name
+            } else {
+                format!("SIG{name}")
+            };
+            name.parse::<Signal>().ok()
         }
-    }
-    Ok(ExitCode::SUCCESS)
+    };
+    sig.ok_or_else(|| format!("{s:?} is not a signal"))
 }
 
 /// Prints a verdict as `run` does and gives its exit status.
-fn report(verdict: &runbox::Verdict, json: bool) -> Result<ExitCode, String> {
+fn report(verdict: &runbox::Verdict, json: bool) -> Outcome {
     if json {
         return print_json(verdict);
     }

@@ -1,7 +1,7 @@
-//! What a caller asks for: the `Command` builder, its limits, and validation before any side effect.
+//! What a caller asks for: the `Command` builder, its limits, the validated `SandboxConfig`
+//! stored in a sandbox's state, and the checks that need no file system. Pure.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ const MIB: u64 = 1024 * 1024;
 /// Resource limits of one sandbox. Every field has a bounded default (see [`Limits::default`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Limits {
     /// Memory limit in bytes (cgroup; swap is disabled). Default 512 MiB.
     pub memory_bytes: u64,
@@ -68,12 +69,19 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// RLIMIT_CPU in seconds for [`Limits::cpu_time`]: a per-process backstop 2 s past the
+    /// cgroup-wide limit the monitor enforces.
+    pub(crate) fn cpu_rlimit_secs(&self) -> Option<u64> {
+        self.cpu_time.map(|c| c.as_secs() + 2)
+    }
+
     /// The CFS quota in microseconds for [`Limits::cpus`].
     pub(crate) fn cpu_quota_us(&self) -> i64 {
         ((self.cpus * self.cpu_period_us as f64).round() as i64).max(1000)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every limit against its bounds.
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::new(ErrorKind::InvalidConfig, msg));
         if self.memory_bytes < 4 * MIB {
             return bad(format!("memory limit {} is below 4 MiB", self.memory_bytes));
@@ -132,6 +140,7 @@ impl Limits {
 /// Where the program's standard input comes from. Never the caller's terminal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stdin {
     /// `/dev/null` (the default).
     #[default]
@@ -144,6 +153,7 @@ pub enum Stdin {
 
 /// The user the program runs as. It never has capabilities, whatever the uid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct User {
     /// User id inside the sandbox. Default 65534 (nobody).
     pub uid: u32,
@@ -208,6 +218,25 @@ impl SandboxConfig {
         l.wall_time = None;
         l.output_bytes = 0;
         shape
+    }
+
+    /// A small valid config (for unit tests of the layers that consume it).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> SandboxConfig {
+        SandboxConfig {
+            args: vec!["/bin/true".into()],
+            exe: "/bin/true".into(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/work".into(),
+            user: User::default(),
+            image: None,
+            limits: Limits::default(),
+            stdin: Stdin::Null,
+            hostname: "runbox".into(),
+            binds: vec![("/usr".into(), "/usr".into())],
+            copies: Vec::new(),
+            collects: Vec::new(),
+        }
     }
 }
 
@@ -357,130 +386,6 @@ impl Command {
     pub fn hostname(&mut self, name: impl Into<String>) -> &mut Self {
         self.hostname = name.into();
         self
-    }
-
-    /// Checks everything that can be checked without side effects and resolves the program
-    /// inside the image. `host_image` gives the default image, asked for only when needed.
-    pub(crate) fn to_config<'a>(
-        &self,
-        host_image: impl FnOnce() -> Result<&'a crate::image::Image>,
-    ) -> Result<SandboxConfig> {
-        let invalid = |msg: String| Error::new(ErrorKind::InvalidConfig, msg);
-        if let Some(id) = &self.name {
-            validate_id(id)?;
-        }
-        self.limits.validate()?;
-        if self.program.is_empty() || self.program.contains('\0') {
-            return Err(invalid(
-                "program must be a non-empty string without NUL".into(),
-            ));
-        }
-        let all_strings = self
-            .args
-            .iter()
-            .chain(self.env.keys())
-            .chain(self.env.values());
-        if all_strings.clone().any(|s| s.contains('\0')) {
-            return Err(invalid(
-                "arguments and environment must not contain NUL".into(),
-            ));
-        }
-        if self.env.keys().any(|k| k.is_empty() || k.contains('=')) {
-            return Err(invalid(
-                "environment names must be non-empty and without '='".into(),
-            ));
-        }
-        let cwd = self.cwd.clone().unwrap_or_else(|| "/work".to_string());
-        if !cwd.starts_with('/') {
-            return Err(invalid(format!(
-                "working directory {cwd:?} must be absolute"
-            )));
-        }
-        let hostname_ok = !self.hostname.is_empty()
-            && self.hostname.len() <= 64
-            && self
-                .hostname
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if !hostname_ok {
-            return Err(invalid(format!(
-                "hostname {:?} is not valid",
-                self.hostname
-            )));
-        }
-        let owned_image;
-        let image = match &self.image {
-            Some(dir) => {
-                owned_image = crate::image::Image::from_dir(dir)?;
-                &owned_image
-            }
-            None => host_image()?,
-        };
-        let path_var = self.env.get("PATH").map(String::as_str).unwrap_or("");
-        let exe = image.resolve_program(&self.program, path_var)?;
-        if let Stdin::File(path) = &self.stdin {
-            if !path.is_file() {
-                return Err(invalid(format!(
-                    "stdin file {} does not exist or is not a file",
-                    path.display()
-                )));
-            }
-        }
-        let inside_ok = |p: &str| p.starts_with('/') && is_clean_absolute(Path::new(p)) && p != "/";
-        for (host, dest) in self.binds.iter().chain(&self.copies) {
-            if !inside_ok(dest) {
-                return Err(invalid(format!(
-                    "sandbox path {dest:?} must be absolute, not / and without '..'"
-                )));
-            }
-            if fs::symlink_metadata(host).is_err() {
-                return Err(invalid(format!(
-                    "host path {} does not exist",
-                    host.display()
-                )));
-            }
-        }
-        for (inside, host) in &self.collects {
-            if !inside_ok(inside) {
-                return Err(invalid(format!(
-                    "sandbox path {inside:?} must be absolute, not / and without '..'"
-                )));
-            }
-            if !host.is_absolute() {
-                return Err(invalid(format!(
-                    "collect destination {} must be absolute",
-                    host.display()
-                )));
-            }
-        }
-        let mut binds = image.binds.clone();
-        for (host, dest) in &self.binds {
-            let host = fs::canonicalize(host).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::InvalidConfig,
-                    format!("bind source {}", host.display()),
-                    e,
-                )
-            })?;
-            binds.push((host, dest.clone()));
-        }
-        let mut args = Vec::with_capacity(self.args.len() + 1);
-        args.push(self.program.clone());
-        args.extend(self.args.iter().cloned());
-        Ok(SandboxConfig {
-            args,
-            exe,
-            env: self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            cwd,
-            user: self.user,
-            image: self.image.as_ref().map(|_| image.lower.clone()),
-            limits: self.limits.clone(),
-            stdin: self.stdin.clone(),
-            hostname: self.hostname.clone(),
-            binds,
-            copies: self.copies.clone(),
-            collects: self.collects.clone(),
-        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! The public error type: a small, stable set of kinds plus the detailed cause.
+//! The public error type: a small, stable set of kinds plus the detailed cause. Pure; used in
+//! every process (the monitor sends its errors to the controller through `proto`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ pub enum ErrorKind {
     UnsupportedHost,
     /// The sandbox could not be created or started; everything it set up was rolled back.
     LaunchFailed,
+    /// The sandbox is not in a state that allows the call: starting one that is not created,
+    /// signalling one that does not run, deleting a live one without force.
+    InvalidState,
     /// An I/O error on runbox's own state.
     Io,
 }
@@ -31,6 +35,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "already_exists",
             ErrorKind::UnsupportedHost => "unsupported_host",
             ErrorKind::LaunchFailed => "launch_failed",
+            ErrorKind::InvalidState => "invalid_state",
             ErrorKind::Io => "io",
         }
     }
@@ -84,16 +89,87 @@ impl Error {
         self.kind
     }
 
-    /// The message and every cause, joined with `: ` (what the CLI prints).
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The kind, the message and every cause, joined with `: ` (what the CLI prints).
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
+        format!("{}: {}", self.kind, self.detail())
+    }
+
+    /// The message and every cause, joined with `: `, without the kind.
+    pub(crate) fn detail(&self) -> String {
+        let mut out = self.message.clone();
+        for cause in self.causes() {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+        out
+    }
+
+    /// Each cause's own message, outermost first.
+    pub(crate) fn causes(&self) -> Vec<String> {
+        let mut out = Vec::new();
         let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
         while let Some(e) = cur {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
+            out.push(e.to_string());
             cur = e.source();
         }
         out
+    }
+
+    /// Rebuilds an error that crossed a process boundary as its parts (see
+    /// [`Error::causes`]): the same kind, message and chain of causes.
+    pub(crate) fn rebuilt(kind: ErrorKind, message: String, causes: Vec<String>) -> Self {
+        let source = causes
+            .into_iter()
+            .rev()
+            .fold(None, |inner: Option<Cause>, text| {
+                Some(Cause {
+                    text,
+                    source: inner.map(Box::new),
+                })
+            });
+        Error {
+            kind,
+            message,
+            source: source.map(|c| Box::new(c) as Box<dyn std::error::Error + Send + Sync>),
+        }
+    }
+
+    /// `self`, with the error of a failed cleanup after it appended to its message.
+    pub(crate) fn with_cleanup_error(self, cleanup: &Error) -> Self {
+        Error::new(
+            self.kind,
+            format!(
+                "{}; cleanup also failed: {}",
+                self.detail(),
+                cleanup.detail()
+            ),
+        )
+    }
+}
+
+/// One cause of an error rebuilt from its text (see [`Error::rebuilt`]).
+#[derive(Debug)]
+struct Cause {
+    text: String,
+    source: Option<Box<Cause>>,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -113,3 +189,23 @@ impl std::error::Error for Error {
 
 /// Shorthand for results of public runbox calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_rebuilt_from_its_parts_prints_its_kind_once_and_every_cause() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::with_source(ErrorKind::LaunchFailed, "prepare the rootfs", inner);
+        assert_eq!(e.chain(), "launch_failed: prepare the rootfs: no such file");
+        let back = Error::rebuilt(e.kind(), e.message().to_string(), e.causes());
+        assert_eq!(back.kind(), ErrorKind::LaunchFailed);
+        assert_eq!(back.chain(), e.chain());
+        let cleanup = Error::new(ErrorKind::Io, "unmount x");
+        assert_eq!(
+            e.with_cleanup_error(&cleanup).chain(),
+            "launch_failed: prepare the rootfs: no such file; cleanup also failed: unmount x"
+        );
+    }
+}

@@ -1,128 +1,27 @@
-//! The sandbox's pid 1: a minimal init run through libcontainer's executor hook. It installs
-//! the seccomp filter, spawns the program, forwards signals to it, reaps orphans, reports the
-//! program's wait status to the monitor, and kills everything if the monitor dies.
+//! The container's init (pid 1 of the sandbox), run through libcontainer's executor hook in a
+//! process libcontainer clones from the monitor, never exec'd. Runs under the seccomp filter
+//! it installs itself; it only polls, reads, waits, kills, writes and spawns the program, and
+//! imports nothing but the protocol, the seccomp filters and `host::sys`.
+//!
+//! It takes the program request, spawns the program, forwards signals to it, reaps orphans,
+//! reports the program's wait status to the monitor, and kills everything if the monitor dies.
 
 use std::ffi::CString;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::{
     Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
 };
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
-use crate::config::SandboxConfig;
-use crate::seccomp::Filters;
-use crate::sys;
-
-/// Largest program request the init accepts (argv and environment together).
-const MAX_REQUEST: usize = 16 << 20;
-
-/// The program the init starts, sent by the monitor over the request socket once the
-/// container is started, with the program's stdin as an `SCM_RIGHTS` descriptor. Nothing of
-/// the program is fixed when the container is built, so a container can be built before its
-/// program is known (a pre-built spare).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ProgramRequest {
-    /// The resolved executable inside the sandbox.
-    pub exe: String,
-    /// argv, argv[0] included.
-    pub args: Vec<String>,
-    /// The complete environment.
-    pub env: Vec<String>,
-    /// The working directory, which the monitor has created.
-    pub cwd: String,
-    /// RLIMIT_CPU (soft and hard) in seconds: a per-process backstop behind the monitor's
-    /// cgroup-wide CPU-time limit.
-    pub cpu_rlimit_secs: Option<u64>,
-}
-
-impl ProgramRequest {
-    /// The request for `cfg`'s program.
-    pub fn for_config(cfg: &SandboxConfig) -> Self {
-        ProgramRequest {
-            exe: cfg.exe.clone(),
-            args: cfg.args.clone(),
-            env: cfg.env.clone(),
-            cwd: cfg.cwd.clone(),
-            cpu_rlimit_secs: cfg.limits.cpu_time.map(|c| c.as_secs() + 2),
-        }
-    }
-
-    /// Sends the request, length-prefixed JSON, with `stdin` attached to its first byte.
-    /// The init reads it only once started: call this after `start`.
-    pub fn send(&self, sock: &OwnedFd, stdin: &OwnedFd) -> io::Result<()> {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-        let body = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&body);
-        let fds = [stdin.as_raw_fd()];
-        let iov = [io::IoSlice::new(&frame)];
-        let sent = sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(io::Error::from)?;
-        let mut rest = &frame[sent..];
-        while !rest.is_empty() {
-            match nix::sys::socket::send(sock.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
-                Ok(n) => rest = &rest[n..],
-                Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads one request from the inherited socket `fd`: the request and its stdin.
-    fn receive(fd: RawFd) -> std::result::Result<(Self, OwnedFd), String> {
-        let mut buf = vec![0u8; 4096];
-        let mut have = 0;
-        let mut stdin = None;
-        let mut want = None;
-        loop {
-            if have == buf.len() {
-                // Grow to the announced frame (or by doubling until its header is in).
-                let next = want.unwrap_or(buf.len() * 2).max(buf.len() + 1);
-                buf.resize(next, 0);
-            }
-            let (n, fds) = sys::recv_with_fds(fd, &mut buf[have..])
-                .map_err(|e| format!("read the program request: {e}"))?;
-            if stdin.is_none() {
-                stdin = fds.into_iter().next();
-            }
-            if n == 0 {
-                return Err("the monitor closed the request socket".to_string());
-            }
-            have += n;
-            if want.is_none() && have >= 4 {
-                let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if len > MAX_REQUEST {
-                    return Err(format!("program request of {len} bytes is too large"));
-                }
-                want = Some(4 + len);
-            }
-            if want.is_some_and(|w| have >= w) {
-                break;
-            }
-        }
-        let end = want.unwrap_or(have);
-        let req: ProgramRequest = serde_json::from_slice(&buf[4..end])
-            .map_err(|e| format!("decode the program request: {e}"))?;
-        let stdin = stdin.ok_or("the program request came without stdin")?;
-        Ok((req, stdin))
-    }
-}
+use crate::host::sys;
+use crate::policy::seccomp::Filters;
+use crate::proto::{InitStatus, ProgramRequest};
 
 /// Signals the init passes on to the program (SIGKILL and SIGSTOP cannot be caught; a SIGKILL
 /// of the init takes the whole pid namespace down).
@@ -139,66 +38,71 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGTSTP,
 ];
 
+/// The descriptors the init inherits from the monitor, by their numbers there (valid in the
+/// init: libcontainer clones it from the monitor, and its close_range only marks them
+/// close-on-exec, so the program never holds them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InheritedFds {
+    /// Write end of the status pipe ([`InitStatus`] lines for the monitor).
+    pub status: RawFd,
+    /// Read end of the lifeline pipe: hang-up means the monitor died.
+    pub lifeline: RawFd,
+    /// The init's end of the request socket (see [`ProgramRequest`]).
+    pub request: RawFd,
+    /// The monitor's ends of the lifeline and the request socket: closed at once.
+    pub monitor_ends: [RawFd; 2],
+}
+
 /// The executor libcontainer calls in the container's init after pivot_root, capability drop
 /// and no_new_privs. Everything it needs is allocated before the container is built.
 #[derive(Clone)]
 pub(crate) struct SandboxInit {
     filters: Filters,
-    /// Write end of the status pipe: `ready` once the program request is applied, then
-    /// `exit N`, `signal N` or `error TEXT` for the monitor (and `t LABEL US` timestamps).
-    status_fd: RawFd,
-    /// Read end of the lifeline pipe: hang-up means the monitor died.
-    lifeline_fd: RawFd,
-    /// The init's end of the request socket (see [`ProgramRequest`]).
-    request_fd: RawFd,
-    /// The monitor's ends of the lifeline and the request socket, inherited through clone:
-    /// closed at once.
-    monitor_fds: [RawFd; 2],
+    fds: InheritedFds,
 }
 
-impl SandboxInit {
-    /// Prepares the init. The fds are the monitor's numbers, valid in the init because
-    /// libcontainer clones it from the monitor (its close_range only marks them close-on-exec).
-    pub fn new(
-        filters: Filters,
-        status_fd: RawFd,
-        lifeline: (RawFd, RawFd),
-        request: (RawFd, RawFd),
-    ) -> Self {
-        SandboxInit {
-            filters,
-            status_fd,
-            lifeline_fd: lifeline.0,
-            request_fd: request.0,
-            monitor_fds: [lifeline.1, request.1],
+/// The init's own descriptors, once adopted in `exec`.
+struct Channels {
+    status: OwnedFd,
+    lifeline: OwnedFd,
+}
+
+impl Channels {
+    fn send(&self, status: &InitStatus) {
+        let _ = nix::unistd::write(&self.status, status.encode().as_bytes());
+    }
+
+    /// A timestamp line (CLOCK_MONOTONIC) for the monitor's phase breakdown (benchmarks).
+    fn mark(&self, label: &str) {
+        if cfg!(feature = "bench") {
+            self.send(&InitStatus::Mark {
+                label: label.to_string(),
+                us: sys::monotonic_us(),
+            });
         }
     }
 
-    fn send_status(&self, line: &str) {
-        let _ = sys::write_inherited_fd(self.status_fd, line.as_bytes());
+    /// Reports `status`, then ends the init (and with it the pid namespace).
+    fn fail(&self, status: &InitStatus, code: i32) -> ! {
+        self.send(status);
+        sys::exit_now(code)
     }
+}
 
-    /// A timestamp line (`t LABEL MICROSECONDS`, CLOCK_MONOTONIC) for the monitor's phases.
-    fn send_mark(&self, label: &str) {
-        self.send_status(&format!("t {label} {}\n", crate::monitor::monotonic_us()));
+impl SandboxInit {
+    /// Prepares the init: it will install `filters` and use the descriptors `fds`.
+    pub fn new(filters: Filters, fds: InheritedFds) -> Self {
+        SandboxInit { filters, fds }
     }
 
     /// Starts the program with `posix_spawn` (no copy of the init's address space), with an
     /// empty signal mask and default signal actions. The seccomp filter is already installed,
     /// so the program inherits it. Returns the program's pid.
-    fn spawn_program(req: &ProgramRequest) -> std::result::Result<Pid, String> {
+    fn spawn_program(req: &ProgramRequest) -> Result<Pid, String> {
         let c = |s: &String| CString::new(s.as_bytes()).map_err(|_| format!("nul byte in {s:?}"));
         let exe = c(&req.exe)?;
-        let argv = req
-            .args
-            .iter()
-            .map(c)
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let envp = req
-            .env
-            .iter()
-            .map(c)
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let argv = req.args.iter().map(c).collect::<Result<Vec<_>, _>>()?;
+        let envp = req.env.iter().map(c).collect::<Result<Vec<_>, _>>()?;
         sys::spawn_clean(&exe, &argv, &envp)
             .map(Pid::from_raw)
             .map_err(|e| format!("execve {}: {e}", req.exe))
@@ -207,9 +111,9 @@ impl SandboxInit {
     /// Takes the program request and makes the init's state the program's: stdin, working
     /// directory (entered as the sandbox's user, who must be able to search it), CPU rlimit
     /// (at most the hard limit the init has).
-    fn take_request(&self) -> std::result::Result<ProgramRequest, String> {
-        let (req, stdin) = ProgramRequest::receive(self.request_fd)?;
-        sys::close_inherited_fd(self.request_fd);
+    fn take_request(request: OwnedFd) -> Result<ProgramRequest, String> {
+        let (req, stdin) = ProgramRequest::receive(&request)?;
+        drop(request);
         nix::unistd::dup2(stdin.as_raw_fd(), 0).map_err(|e| format!("dup2 stdin: {e}"))?;
         drop(stdin);
         nix::unistd::chdir(req.cwd.as_str()).map_err(|e| format!("chdir {}: {e}", req.cwd))?;
@@ -225,30 +129,25 @@ impl SandboxInit {
     }
 
     /// The init's loop: forward signals, reap orphans, watch the monitor, until the program ends.
-    fn supervise(&self, child: Pid, signals: &SignalFd) -> ! {
-        let lifeline = sys::borrow_inherited_fd(self.lifeline_fd);
+    fn supervise(ch: &Channels, child: Pid, signals: &SignalFd) -> ! {
         loop {
             let mut fds = [
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-                PollFd::new(lifeline, PollFlags::POLLIN),
+                PollFd::new(ch.lifeline.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(e) => {
-                    self.send_status(&format!("error init poll: {e}\n"));
-                    let _ = kill(child, Signal::SIGKILL);
-                    sys::exit_now(125);
-                }
+            if let Err(e) = sys::poll_until(&mut fds, None) {
+                let _ = kill(child, Signal::SIGKILL);
+                ch.fail(&InitStatus::Failed(format!("init poll: {e}")), 125);
             }
-            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            if sys::has_event(&fds[1]) {
                 // The monitor is gone: nobody could collect a result. End the sandbox.
                 let _ = kill(child, Signal::SIGKILL);
                 sys::exit_now(137);
             }
             while let Ok(Some(info)) = signals.read_signal() {
-                let sig = info.ssi_signo as i32;
-                if sig != libc::SIGCHLD {
-                    if let Ok(sig) = Signal::try_from(sig) {
+                let sig = i32::try_from(info.ssi_signo).map(Signal::try_from);
+                if let Ok(Ok(sig)) = sig {
+                    if sig != Signal::SIGCHLD {
                         let _ = kill(child, sig);
                     }
                 }
@@ -256,20 +155,18 @@ impl SandboxInit {
             loop {
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(pid, code)) if pid == child => {
-                        self.send_mark("reaped");
-                        self.send_status(&format!("exit {code}\n"));
-                        sys::exit_now(code);
+                        ch.mark("reaped");
+                        ch.fail(&InitStatus::Exited(code), code);
                     }
                     Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                        self.send_status(&format!("signal {}\n", sig as i32));
-                        sys::exit_now(128 + sig as i32);
+                        let sig = sig as i32;
+                        ch.fail(&InitStatus::Signaled(sig), 128 + sig);
                     }
                     Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
                     Ok(_) | Err(nix::Error::EINTR) => continue,
                     Err(e) => {
-                        self.send_status(&format!("error init waitpid: {e}\n"));
                         let _ = kill(child, Signal::SIGKILL);
-                        sys::exit_now(125);
+                        ch.fail(&InitStatus::Failed(format!("init waitpid: {e}")), 125);
                     }
                 }
             }
@@ -278,21 +175,31 @@ impl SandboxInit {
 }
 
 impl Executor for SandboxInit {
-    fn exec(&self, _spec: &Spec) -> std::result::Result<(), ExecutorError> {
-        for fd in self.monitor_fds {
-            sys::close_inherited_fd(fd);
-        }
-        let req = match self.take_request() {
+    fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
+        let f = self.fds;
+        #[allow(unsafe_code)]
+        // SAFETY: these are the monitor's descriptor numbers, open when libcontainer cloned
+        // this process from it (its close_range only marks them close-on-exec); no object in
+        // this process owns them, each is listed once, and this is the only adoption.
+        let [status, lifeline, request, monitor_lifeline, monitor_request] = unsafe {
+            sys::adopt_inherited_fds([
+                f.status,
+                f.lifeline,
+                f.request,
+                f.monitor_ends[0],
+                f.monitor_ends[1],
+            ])
+        };
+        drop((monitor_lifeline, monitor_request));
+        let ch = Channels { status, lifeline };
+        let req = match Self::take_request(request) {
             Ok(req) => {
                 // The monitor reports the launch only after this line: a request the init
                 // cannot apply (a working directory hidden by a mount…) fails the launch.
-                self.send_status("ready\n");
+                ch.send(&InitStatus::Ready);
                 req
             }
-            Err(e) => {
-                self.send_status(&format!("error {e}\n"));
-                sys::exit_now(127);
-            }
+            Err(e) => ch.fail(&InitStatus::Failed(e), 127),
         };
         let mut mask = SigSet::empty();
         for &s in FORWARDED {
@@ -307,7 +214,7 @@ impl Executor for SandboxInit {
         // The seccomp filter (installed in `validate`) is inherited by the program.
         match Self::spawn_program(&req) {
             Ok(child) => {
-                self.send_mark("spawned");
+                ch.mark("spawned");
                 // The init holds the sandbox's stdio only to pass it on: dropping it now lets
                 // the monitor see end of output as soon as the program's side closes.
                 for fd in 0..=2 {
@@ -315,12 +222,9 @@ impl Executor for SandboxInit {
                 }
                 drop(req);
                 sys::release_free_heap();
-                self.supervise(child, &signals)
+                Self::supervise(&ch, child, &signals)
             }
-            Err(e) => {
-                self.send_status(&format!("error {e}\n"));
-                sys::exit_now(127)
-            }
+            Err(e) => ch.fail(&InitStatus::Failed(e), 127),
         }
     }
 
@@ -328,7 +232,7 @@ impl Executor for SandboxInit {
     /// seccomp profile itself: after pivot_root, the user switch, the capability drop and
     /// no_new_privs. The filter goes on here, so it costs nothing at start and covers the
     /// init's own remaining steps (its start handshake, the program request, the spawn).
-    fn validate(&self, _spec: &Spec) -> std::result::Result<(), ExecutorValidationError> {
+    fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
         // The init was cloned, never exec'd: with uid 0 it would still be dumpable, and a
         // program of the same uid could open /proc/1/fd/* (the status pipe) and forge its
         // verdict. Non-dumpable, its /proc entries are closed to the program.
@@ -353,66 +257,8 @@ impl Executor for SandboxInit {
     fn setup_envs(
         &self,
         _envs: std::collections::HashMap<String, String>,
-    ) -> std::result::Result<(), ExecutorSetEnvsError> {
+    ) -> Result<(), ExecutorSetEnvsError> {
         // execve gets exactly the caller's environment; nothing is added (not even HOME).
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Seek, Write};
-
-    #[test]
-    fn a_program_request_crosses_the_socket_whole_with_its_stdin() {
-        let (monitor, init) = sys::stream_socket_pair().unwrap();
-        let req = ProgramRequest {
-            exe: "/bin/sh".into(),
-            args: vec!["sh".into(), "-c".into(), "echo ü".into()],
-            // Larger than a socket buffer: the frame arrives in many reads.
-            env: (0..20_000)
-                .map(|i| format!("VAR{i}={}", "x".repeat(20)))
-                .collect(),
-            cwd: "/work".into(),
-            cpu_rlimit_secs: Some(5),
-        };
-        let path = std::env::temp_dir().join(format!("rb-req-{}", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file.write_all(b"the stdin").unwrap();
-        file.rewind().unwrap();
-        let stdin = OwnedFd::from(file);
-        let sender = {
-            let req = req.clone();
-            std::thread::spawn(move || req.send(&monitor, &stdin))
-        };
-        let (got, fd) = ProgramRequest::receive(init.as_raw_fd()).unwrap();
-        sender.join().unwrap().unwrap();
-        assert_eq!(got, req);
-        let mut text = String::new();
-        std::fs::File::from(fd).read_to_string(&mut text).unwrap();
-        assert_eq!(text, "the stdin");
-    }
-
-    #[test]
-    fn a_truncated_or_oversized_request_is_an_error_not_a_hang() {
-        let (monitor, init) = sys::stream_socket_pair().unwrap();
-        nix::unistd::write(&monitor, &(MAX_REQUEST as u32 + 1).to_le_bytes()).unwrap();
-        assert!(ProgramRequest::receive(init.as_raw_fd())
-            .unwrap_err()
-            .contains("too large"));
-        let (monitor, init) = sys::stream_socket_pair().unwrap();
-        nix::unistd::write(&monitor, &[10, 0, 0, 0, b'{']).unwrap();
-        drop(monitor);
-        assert!(ProgramRequest::receive(init.as_raw_fd())
-            .unwrap_err()
-            .contains("closed"));
     }
 }

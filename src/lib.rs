@@ -11,8 +11,9 @@
 //! (no swap), pids and CPU (10 ms CFS period); rlimits; only fds 0-2.
 //!
 //! The main types: [`Root`] (a state root), [`Command`] (what to run, built like
-//! [`std::process::Command`]), [`Limits`], [`Sandbox`] (a handle on a running sandbox) and
-//! [`Verdict`] (the grader's answer, stable JSON).
+//! [`std::process::Command`]), [`Limits`], [`Sandbox`] (a handle on a sandbox, whose
+//! lifecycle is a [`SandboxState`]) and [`Verdict`] (the grader's answer, stable JSON, whose
+//! [`Status`] says how the run ended).
 //!
 //! # Privileges
 //! Root on Linux with cgroups (v1, hybrid or v2), overlayfs, seccomp and namespaces.
@@ -36,46 +37,86 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # In an async program
+//! [`monitor_main`] must run before any thread starts, so a tokio program does not use
+//! `#[tokio::main]` (which starts the runtime's threads before `main`'s body): it calls
+//! `monitor_main` in a plain `fn main` and builds the runtime after. The calls that wait
+//! ([`Root::run`], [`Sandbox::wait`], [`Sandbox::delete`] with force) block the calling
+//! thread: run them with `spawn_blocking`. A [`Root`] is `Send + Sync` and cheap to clone.
+//! ```ignore
+//! fn main() -> anyhow::Result<()> {
+//!     runbox::monitor_main(); // first: the process may be a monitor
+//!     let runtime = tokio::runtime::Runtime::new()?;
+//!     runtime.block_on(serve())
+//! }
+//!
+//! async fn serve() -> anyhow::Result<()> {
+//!     let root = runbox::Root::open("/run/runbox")?;
+//!     let cmd = runbox::Command::new("/bin/true");
+//!     let verdict = tokio::task::spawn_blocking(move || root.run(&cmd)).await??;
+//!     println!("{:?}", verdict.status);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Where code runs
+//! The source tree is the process model: `controller/` runs in the caller's process,
+//! `monitor/` in the monitor processes runbox starts, `init.rs` as the sandbox's pid 1;
+//! `proto.rs` holds every message between them; `host/` and `policy/` are shared helpers.
 #![deny(unsafe_code)]
 
-mod cgroup;
-mod check;
 mod config;
+mod controller;
 mod error;
-mod gc;
-mod image;
+mod host;
 mod init;
+mod layout;
 mod monitor;
-mod root;
-mod rootfs;
-mod sandbox;
-mod seccomp;
-mod spec;
-mod state;
-mod sys;
+mod policy;
+#[cfg(test)]
+mod process_model;
+mod proto;
 mod verdict;
 
-pub use check::{check_host, check_state_root, HostCheck};
 pub use config::{Command, Limits, Stdin, User, DEFAULT_PATH};
+pub use controller::exec::MONITOR_BIN;
+pub use controller::gc::GcReport;
+pub use controller::root::{Listing, Root, RootOptions, DEFAULT_ROOT};
+pub use controller::sandbox::{Sandbox, SandboxInfo, SandboxState};
 pub use error::{Error, ErrorKind, Result};
-pub use monitor::MONITOR_ARG;
-pub use root::{GcReport, Listing, Root, RootOptions, DEFAULT_ROOT, MONITOR_BIN};
-pub use sandbox::{Sandbox, SandboxInfo, SandboxStatus};
+pub use host::check::{check_host, check_state_root, HostCheck};
 pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
 
 /// The OCI runtime spec types runbox builds bundles with (libcontainer's own copy).
 pub use libcontainer::oci_spec;
 
+/// The signals [`Sandbox::kill`] sends (nix's type, re-exported).
+pub use nix::sys::signal::Signal;
+
 /// Makes the current program usable as its own sandbox monitor. Call it first thing in `main`,
 /// before any thread starts.
 ///
-/// If the process was started as a monitor (`argv[1] == MONITOR_ARG`), this runs the monitor
-/// and never returns. Otherwise it returns at once, and sandboxes launched by this process
-/// use this same executable as their monitor, so nothing has to be installed.
+/// If the process was started as a monitor (by runbox, with its private command line), this
+/// runs the monitor and never returns. Otherwise it returns at once, and sandboxes launched
+/// by this process use this same executable as their monitor, so nothing has to be installed.
 pub fn monitor_main() {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == MONITOR_ARG) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(args) = proto::MonitorArgs::parse(&argv) {
         monitor::main(args);
     }
-    root::SELF_DISPATCH.store(true, std::sync::atomic::Ordering::Relaxed);
+    controller::exec::SELF_DISPATCH.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Benchmark plumbing (the `bench` feature): not part of the stable API.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench {
+    /// A command that starts `monitor` in its `ping` mode: it forks, detaches and answers
+    /// one line containing `pong`, doing no sandbox work (the cost of a monitor process).
+    pub fn ping_command(monitor: &std::path::Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new(monitor);
+        cmd.args(crate::proto::MonitorArgs::Ping.to_args());
+        cmd
+    }
 }

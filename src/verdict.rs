@@ -1,4 +1,5 @@
-//! The grader's answer for one run: the stable JSON result (contract v1).
+//! The grader's answer for one run: the stable JSON result (contract v1) and how it is
+//! derived from what happened. Pure; built in the monitor, read by controllers.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +9,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// How the run ended, from the grader's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Status {
     /// Exited with code 0 within every limit.
     Ok,
@@ -30,6 +32,7 @@ pub enum Status {
 /// Which limit ended the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum LimitKind {
     /// CPU time of the whole process tree.
     CpuTime,
@@ -45,6 +48,7 @@ pub enum LimitKind {
 ///
 /// Field names and meanings are stable within a `schema_version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Verdict {
     /// Always [`SCHEMA_VERSION`].
     pub schema_version: u32,
@@ -149,6 +153,7 @@ impl Verdict {
 
 /// Figures beyond the verdict, kept in the sandbox's exit record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Usage {
     /// CFS periods in which the sandbox was throttled by its CPU quota.
     pub cpu_throttled_periods: u64,
@@ -158,7 +163,9 @@ pub struct Usage {
     #[serde(default)]
     pub pids_limit_hits: u64,
     /// Diagnostics: when each step of the monitor ended, as CLOCK_MONOTONIC microseconds
-    /// (comparable across processes), in order. For benchmarks; names may change.
+    /// (comparable across processes), in order. For benchmarks (the `bench` feature); names
+    /// may change.
+    #[cfg(feature = "bench")]
     #[serde(default)]
     pub phases_monotonic_us: Vec<(String, u64)>,
 }

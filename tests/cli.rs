@@ -84,3 +84,180 @@ fn run_forwards_output_and_exit_status() {
     assert_eq!(out.status.code(), Some(125));
     env.finish();
 }
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn program_needs_no_double_dash_and_keeps_its_flags() {
+    let env = TestEnv::new("cli-program");
+    let img = common::image().to_str().unwrap().to_string();
+    // No `--`: everything from the program on is the program's.
+    let out = runbox(&env, &["run", "--image", &img, "/bin/sh", "-c", "echo hi"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "hi\n");
+    // Words that look like runbox's own flags reach the program, `--` after it included.
+    let out = runbox(
+        &env,
+        &[
+            "run",
+            "--image",
+            &img,
+            "-m",
+            "64M",
+            "/bin/sh",
+            "-c",
+            "echo \"$@\"",
+            "x",
+            "--json",
+            "-e",
+            "A=1",
+            "--",
+            "-c",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "--json -e A=1 -- -c\n");
+    // `--` before the program still works and is not passed on.
+    let out = runbox(
+        &env,
+        &[
+            "run",
+            "--image",
+            &img,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo \"$0 $#\"",
+            "--",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "-- 0\n");
+    // An unknown option before the program is still an error, not the program.
+    let out = runbox(
+        &env,
+        &["run", "--image", &img, "--no-such-flag", "/bin/true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"),
+        "{out:?}"
+    );
+    // A missing program is an error too.
+    let out = runbox(&env, &["run", "--image", &img]);
+    assert_eq!(out.status.code(), Some(125));
+    let out = runbox(&env, &["run", "--image", &img, "--"]);
+    assert_eq!(out.status.code(), Some(125));
+    // create takes the program the same way.
+    let out = runbox(
+        &env,
+        &[
+            "create",
+            "--image",
+            &img,
+            "--name",
+            "c1",
+            "/bin/sh",
+            "-c",
+            "echo created",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "c1\n");
+    assert_eq!(runbox(&env, &["start", "c1"]).status.code(), Some(0));
+    let out = runbox(&env, &["wait", "c1"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "created\n");
+    let out = runbox(&env, &["state", "c1"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["command"],
+        serde_json::json!(["/bin/sh", "-c", "echo created"])
+    );
+    assert_eq!(runbox(&env, &["delete", "c1"]).status.code(), Some(0));
+    env.finish();
+}
+
+#[test]
+fn env_adds_to_path_and_aliases_match_their_long_names() {
+    let env = TestEnv::new("cli-env");
+    let img = common::image().to_str().unwrap().to_string();
+    // -e adds to the default environment: bare `sh` and `env` are still found through PATH.
+    let out = runbox(
+        &env,
+        &["run", "--image", &img, "-e", "A=1", "sh", "-c", "env"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    let mut vars: Vec<&str> = text.lines().collect();
+    vars.retain(|l| l.starts_with("A=") || l.starts_with("PATH="));
+    vars.sort();
+    assert_eq!(vars.len(), 2, "{out:?}");
+    assert_eq!(vars[0], "A=1");
+    assert!(vars[1].starts_with("PATH=/"), "{vars:?}");
+    let out = runbox(&env, &["run", "--image", &img, "--env", "A=1", "env"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout(&out).lines().any(|l| l == "A=1"), "{out:?}");
+    // --env-clear starts from nothing: exactly the -e variables.
+    let out = runbox(
+        &env,
+        &[
+            "run",
+            "--image",
+            &img,
+            "--env-clear",
+            "-e",
+            "A=1",
+            "/bin/env",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out), "A=1\n");
+    // ... so a bare name is no longer found.
+    let out = runbox(&env, &["run", "--image", &img, "--env-clear", "env"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    // -e without a value is refused.
+    let out = runbox(&env, &["run", "--image", &img, "-e", "A", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+
+    // -m is --memory.
+    for flag in ["-m", "--memory"] {
+        let out = runbox(
+            &env,
+            &[
+                "run", "--image", &img, flag, "32M", "--json", "probe", "memhog", "100",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{flag}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["status"], "memory_limit", "{flag}: {v}");
+    }
+    // -w and --workdir are --cwd.
+    for flag in ["-w", "--workdir", "--cwd"] {
+        let out = runbox(&env, &["run", "--image", &img, flag, "/tmp", "pwd"]);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {out:?}");
+        assert_eq!(stdout(&out), "/tmp\n", "{flag}");
+    }
+    // --extra-time is --time-grace: the spinner is killed only past --time plus the grace,
+    // and still reported as a time limit.
+    for flag in ["--extra-time", "--time-grace"] {
+        let out = runbox(
+            &env,
+            &[
+                "run", "--image", &img, "--time", "0.2", flag, "1", "--json", "probe", "spin", "30",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{flag}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["status"], "time_limit", "{flag}: {v}");
+        assert!(
+            v["cpu_time_us"].as_u64().unwrap() >= 1_000_000,
+            "{flag}: killed before the grace: {v}"
+        );
+        let out = runbox(&env, &["run", "--image", &img, flag, "soon", "/bin/true"]);
+        assert_eq!(out.status.code(), Some(125), "{flag}: {out:?}");
+    }
+    env.finish();
+}

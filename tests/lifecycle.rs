@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{wait_until, TestEnv};
-use runbox::{ErrorKind, SandboxStatus, Status};
+use runbox::{ErrorKind, SandboxState, Signal, Status};
 
 fn cli() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
@@ -79,9 +79,9 @@ fn a_killed_controller_loses_nothing_and_another_binary_picks_up() {
     let listing = env.root.list().unwrap();
     assert_eq!(listing.len(), 20);
     for l in &listing {
-        let status = l.info.as_ref().unwrap().status;
+        let status = l.info.as_ref().unwrap().state;
         assert!(
-            matches!(status, SandboxStatus::Running | SandboxStatus::Stopped),
+            matches!(status, SandboxState::Running | SandboxState::Stopped),
             "{status:?}"
         );
     }
@@ -124,8 +124,8 @@ fn runbox_run_killed_mid_run_then_wait_from_a_new_shell() {
     wait_until("the sandbox to run", || {
         env.root
             .sandbox("victim")
-            .and_then(|s| s.status())
-            .is_ok_and(|s| s == SandboxStatus::Running)
+            .and_then(|s| s.state())
+            .is_ok_and(|s| s == SandboxState::Running)
     });
     run.kill().unwrap();
     run.wait().unwrap();
@@ -158,7 +158,7 @@ fn a_killed_monitor_means_lost_and_gc_cleans_everything() {
         let v = s.wait().unwrap();
         assert_eq!(v.status, Status::InternalError);
         assert!(v.message.unwrap().contains("lost"));
-        assert_eq!(s.status().unwrap(), SandboxStatus::Lost);
+        assert_eq!(s.state().unwrap(), SandboxState::Lost);
         // The init took the sandbox down by itself, before any gc: running, it saw its
         // lifeline close; created (parked inside libcontainer), its parent-death signal
         // killed it. (The host's init reaps it.)
@@ -210,7 +210,10 @@ fn a_recorded_pid_that_names_another_process_is_never_signalled() {
     forged["init"]["start_time"] = 1.into(); // not the bystander's start time
     std::fs::write(&monitor_json, forged.to_string()).unwrap();
 
-    assert_eq!(s.kill(9).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert_eq!(
+        s.kill(Signal::SIGKILL).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
     assert!(
         bystander.try_wait().unwrap().is_none(),
         "the bystander was signalled"
@@ -240,7 +243,7 @@ fn kill_wait_and_delete_from_processes_that_did_not_create() {
         .wait_timeout(Duration::from_millis(100))
         .unwrap()
         .is_none());
-    s0.kill(libc::SIGTERM).unwrap();
+    s0.kill(Signal::SIGTERM).unwrap();
     let v = s0.wait().unwrap();
     assert_eq!(
         (v.status, v.signal),
@@ -253,8 +256,8 @@ fn kill_wait_and_delete_from_processes_that_did_not_create() {
     let out = cli_cmd(&env).args(["delete", &ids[1]]).output().unwrap();
     assert_eq!(out.status.code(), Some(125));
     assert_eq!(
-        env.root.sandbox(&ids[1]).unwrap().status().unwrap(),
-        SandboxStatus::Running
+        env.root.sandbox(&ids[1]).unwrap().state().unwrap(),
+        SandboxState::Running
     );
     let out = cli_cmd(&env)
         .args(["delete", "--force", &ids[1]])
@@ -274,7 +277,10 @@ fn kill_wait_and_delete_from_processes_that_did_not_create() {
     assert!(out.status.success(), "{out:?}");
     let mut s2 = env.root.sandbox(&ids[2]).unwrap();
     assert_eq!(s2.wait().unwrap().signal, Some(9));
-    assert_eq!(s2.kill(9).unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert_eq!(
+        s2.kill(Signal::SIGKILL).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
     s2.delete(false).unwrap();
     env.finish();
 }
@@ -285,13 +291,13 @@ fn create_then_start_and_a_corrupt_state_file_stays_local() {
     let mut cmd = env.cmd("/bin/sh", &["-c", "echo started"]);
     cmd.name("later");
     let mut s = env.root.create(&cmd).unwrap();
-    assert_eq!(s.status().unwrap(), SandboxStatus::Created);
+    assert_eq!(s.state().unwrap(), SandboxState::Created);
     assert!(s.try_wait().unwrap().is_none());
     let out = cli_cmd(&env).args(["start", "later"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let v = s.wait().unwrap();
     assert_eq!(v.stdout, "started\n");
-    assert_eq!(s.start().unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert_eq!(s.start().unwrap_err().kind(), ErrorKind::InvalidState);
 
     let mut other = env.root.spawn(&env.cmd("/bin/true", &[])).unwrap();
     other.wait().unwrap();
@@ -305,7 +311,7 @@ fn create_then_start_and_a_corrupt_state_file_stays_local() {
     assert_eq!(err.kind(), ErrorKind::Io);
     assert!(err.to_string().contains("corrupt"), "{err}");
     let good = listing.iter().find(|l| l.id == other.id()).unwrap();
-    assert_eq!(good.info.as_ref().unwrap().status, SandboxStatus::Stopped);
+    assert_eq!(good.info.as_ref().unwrap().state, SandboxState::Stopped);
     other.delete(false).unwrap();
     // The corrupt one has no processes, cgroup or mounts left (it had stopped): remove its dir.
     std::fs::remove_dir_all(env.dir.join("later")).unwrap();
@@ -406,7 +412,7 @@ fn gc_removes_orphan_cgroups_and_abandoned_temp_dirs_only() {
         pids.join(running.id()).exists(),
         "the live sandbox's cgroup was removed"
     );
-    assert_eq!(running.status().unwrap(), SandboxStatus::Running);
+    assert_eq!(running.state().unwrap(), SandboxState::Running);
     running.delete(true).unwrap();
     env.finish();
 }

@@ -17,12 +17,7 @@ use runbox::{Status, Stdin};
 fn run_traced(env: &TestEnv, cmd: &runbox::Command) -> (runbox::Verdict, bool) {
     let mut s = env.root.spawn(cmd).unwrap();
     let v = s.wait().unwrap();
-    let prebuilt = s
-        .usage()
-        .unwrap()
-        .phases_monotonic_us
-        .iter()
-        .any(|(name, _)| name == "prebuilt_taken");
+    let prebuilt = s.info().unwrap().prebuilt;
     s.delete(false).unwrap();
     (v, prebuilt)
 }
@@ -173,7 +168,7 @@ fn a_prebuilt_sandbox_is_confined_alike_and_takes_every_per_run_part() {
     let (v, _) = run_traced(&env, &echo);
     assert_eq!(v.status, Status::Ok);
     let mut created = env.root.create(&echo).unwrap();
-    assert_eq!(created.status().unwrap(), runbox::SandboxStatus::Created);
+    assert_eq!(created.state().unwrap(), runbox::SandboxState::Created);
     created.start().unwrap();
     let v = created.wait().unwrap();
     assert_eq!(
@@ -181,12 +176,7 @@ fn a_prebuilt_sandbox_is_confined_alike_and_takes_every_per_run_part() {
         (Status::Ok, "started later\n"),
         "{v:?}"
     );
-    assert!(created
-        .usage()
-        .unwrap()
-        .phases_monotonic_us
-        .iter()
-        .any(|(name, _)| name == "prebuilt_taken"));
+    assert!(created.info().unwrap().prebuilt);
     created.delete(false).unwrap();
 
     // Each run starts from the image: the last run's files are gone.
@@ -304,7 +294,7 @@ fn gc_removes_the_prebuilt_container_of_a_dead_controller_and_spare_only() {
     assert!(warm_cgroups(&env.prefix).is_empty());
     // The controller's running sandbox is not the spare's: it runs on.
     let s = env.root.sandbox(&id).unwrap();
-    assert_eq!(s.status().unwrap(), runbox::SandboxStatus::Running);
+    assert_eq!(s.state().unwrap(), runbox::SandboxState::Running);
     s.delete(true).unwrap();
     env.finish();
 }
@@ -326,13 +316,7 @@ fn a_grader_rotating_between_two_shapes_with_two_spares_gets_every_run_prebuilt(
         let mut s = root.spawn(cmd).unwrap();
         let v = s.wait().unwrap();
         assert_eq!(v.status, Status::Ok, "{v:?}");
-        prebuilt.push(
-            s.usage()
-                .unwrap()
-                .phases_monotonic_us
-                .iter()
-                .any(|(name, _)| name == "prebuilt_taken"),
-        );
+        prebuilt.push(s.info().unwrap().prebuilt);
         s.delete(false).unwrap();
     }
     // The first of each shape is built on demand; after that a spare of each shape waits.

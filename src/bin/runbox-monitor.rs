@@ -3,9 +3,6 @@
 
 fn main() {
     runbox::monitor_main();
-    eprintln!(
-        "runbox-monitor is started by the runbox library ({} SANDBOX_DIR); it is not run by hand",
-        runbox::MONITOR_ARG
-    );
+    eprintln!("runbox-monitor is started by the runbox library; it is not run by hand");
     std::process::exit(2);
 }

@@ -1,5 +1,6 @@
-//! The sandbox's root: a size-capped tmpfs holding the overlay's upper and work dirs, and the
-//! overlay of the read-only image mounted at the bundle's `rootfs`.
+//! The sandbox's root: a size-capped tmpfs holding the overlay's upper and work dirs, the
+//! overlay of the read-only image mounted at the bundle's `rootfs`, and the files copied in
+//! and out. Runs in the monitor, in its own mount namespace.
 
 use std::fs;
 use std::os::unix::fs::{chown, DirBuilderExt};
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::config::SandboxConfig;
-use crate::state::Scratch;
+use crate::layout::Scratch;
 
 /// One failing step of setting up or tearing down the rootfs.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +179,7 @@ pub(crate) fn prepare_run(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), Root
 /// sandbox's user. The destination's parent must resolve inside the rootfs.
 fn copy_in(rootfs: &Path, host: &Path, dest: &str, uid: u32, gid: u32) -> Result<(), RootfsError> {
     let rel = Path::new(dest.trim_start_matches('/'));
-    let parent = dir_inside(rootfs, rel.parent().unwrap_or(Path::new("")), 0o755)?;
+    let parent = dir_inside(rootfs, rel.parent().unwrap_or(Path::new("")), 0o755, dest)?;
     let target = parent.join(rel.file_name().unwrap_or_default());
     if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(RootfsError::Escape {
@@ -194,23 +195,21 @@ fn copy_in(rootfs: &Path, host: &Path, dest: &str, uid: u32, gid: u32) -> Result
 
 /// Walks `rel` below `rootfs` one component at a time, creating missing directories, and
 /// refuses any symlink on the way: a path resolved on the host (as the monitor, root) must not
-/// follow an image's symlinks out of the rootfs. Returns the directory.
-fn dir_inside(rootfs: &Path, rel: &Path, mode: u32) -> Result<PathBuf, RootfsError> {
+/// follow an image's symlinks out of the rootfs. Returns the directory. `shown` is the
+/// sandbox path as the caller wrote it, for errors.
+fn dir_inside(rootfs: &Path, rel: &Path, mode: u32, shown: &str) -> Result<PathBuf, RootfsError> {
+    let escape = || RootfsError::Escape {
+        path: shown.to_string(),
+    };
     let mut cur = rootfs.to_path_buf();
     for part in rel.components() {
         let std::path::Component::Normal(name) = part else {
-            return Err(RootfsError::Escape {
-                path: rel.display().to_string(),
-            });
+            return Err(escape());
         };
         cur.push(name);
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(RootfsError::Escape {
-                    path: rel.display().to_string(),
-                })
-            }
+            Ok(_) => return Err(escape()),
             Err(_) => {
                 fs::DirBuilder::new()
                     .mode(mode)
@@ -282,7 +281,7 @@ pub(crate) fn collect_out(
             to: host.display().to_string(),
             source,
         };
-        let mut file = match crate::sys::open_in_root(&root, inside.trim_start_matches('/')) {
+        let mut file = match crate::host::sys::open_in_root(&root, inside.trim_start_matches('/')) {
             Ok(f) => f,
             Err(_) => {
                 missing.push(inside.clone());
@@ -335,7 +334,7 @@ fn prepare_tmp(rootfs: &Path) -> Result<(), RootfsError> {
 fn prepare_cwd(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
     let rel = Path::new(cfg.cwd.trim_start_matches('/'));
     let existed = fs::symlink_metadata(rootfs.join(rel)).is_ok();
-    let cwd = dir_inside(rootfs, rel, 0o755)?;
+    let cwd = dir_inside(rootfs, rel, 0o755, &cfg.cwd)?;
     if !existed || cfg.cwd == "/work" {
         chown(&cwd, Some(cfg.user.uid), Some(cfg.user.gid)).map_err(|source| RootfsError::Dir {
             path: cwd.clone(),

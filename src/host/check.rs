@@ -1,14 +1,16 @@
-//! `runbox check`: what this host offers and what runbox needs from it.
+//! `runbox check`: what this host offers and what runbox needs from it. Runs in the
+//! controller (or the CLI); reads only.
 
 use std::fs;
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cgroup;
+use crate::host::cgroup;
 
 /// One fact about the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HostCheck {
     /// What was checked (`root`, `kernel`, `cgroup`, ...).
     pub name: &'static str,
@@ -189,7 +191,7 @@ pub fn check_host() -> Vec<HostCheck> {
         },
     ));
 
-    let pidfd = crate::sys::pidfd_open(std::process::id() as i32);
+    let pidfd = crate::host::sys::pidfd_open(std::process::id() as i32);
     out.push(item(
         "pidfd",
         pidfd.is_ok(),
@@ -200,7 +202,8 @@ pub fn check_host() -> Vec<HostCheck> {
         ),
     ));
 
-    let openat2 = fs::File::open("/").and_then(|root| crate::sys::open_in_root(&root, "proc"));
+    let openat2 =
+        fs::File::open("/").and_then(|root| crate::host::sys::open_in_root(&root, "proc"));
     out.push(item(
         "openat2",
         openat2.is_ok(),

@@ -1,23 +1,32 @@
-//! A handle on one sandbox: a view of its state directory, usable from any process. Dropping a
-//! handle never touches the sandbox.
+//! A handle on one sandbox: a view of its state directory, usable from any process, and the
+//! cleanup of a sandbox whose monitor died. Dropping a handle never touches the sandbox. Runs
+//! in the controller.
 
 use std::fs;
 use std::io::{BufReader, Read};
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+use crate::config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::root::Root;
-use crate::state::{self, ExitRecord, Layout, MonitorRecord, Phase, ProcIdentity, SandboxRecord};
+use crate::host::proc::{self, ProcIdentity};
+use crate::host::state::{self, ExitRecord, MonitorPhase, MonitorRecord, SandboxRecord};
+use crate::host::{cgroup, mounts, sys};
+use crate::layout::Layout;
+use crate::proto::Report;
 use crate::verdict::{Status, Usage, Verdict, SCHEMA_VERSION};
 
-/// Where a sandbox is in its life.
+/// Where a sandbox is in its life (runc's "status"; not to be confused with a verdict's
+/// [`Status`], how a finished run ended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SandboxStatus {
+#[non_exhaustive]
+pub enum SandboxState {
     /// Being set up by its monitor.
     Creating,
     /// Set up; the program waits for [`Sandbox::start`].
@@ -26,17 +35,19 @@ pub enum SandboxStatus {
     Running,
     /// Finished; the verdict is available.
     Stopped,
-    /// Its monitor died without a verdict; [`Root::gc`] or a forced delete cleans it up.
+    /// Its monitor died without a verdict; [`crate::Root::gc`] or a forced delete cleans it up.
     Lost,
 }
 
-/// What [`Sandbox::info`] and [`Root::list`] report.
+/// What [`Sandbox::info`] and [`crate::Root::list`] report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SandboxInfo {
     /// The sandbox id.
     pub id: String,
-    /// Its status.
-    pub status: SandboxStatus,
+    /// Its state (serialized as `status`, as runc's `state` prints it).
+    #[serde(rename = "status")]
+    pub state: SandboxState,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     /// The monitor's pid, once it runs.
@@ -45,12 +56,43 @@ pub struct SandboxInfo {
     pub init_pid: Option<i32>,
     /// The program and its arguments.
     pub command: Vec<String>,
+    /// The sandbox runs in a container a spare monitor built before the launch (see
+    /// [`crate::RootOptions::prebuild`]).
+    #[serde(default)]
+    pub prebuilt: bool,
 }
 
-/// A handle on one sandbox. See the module docs: it is a view of on-disk state.
+/// A sandbox's state, derived from its records: stopped once `exit.json` exists
+/// (`exit_written`, asked again after a dead monitor is seen, since it may have finished
+/// between the two looks); else the phase of a live monitor; creating while the creator
+/// lives and no monitor has recorded itself; lost otherwise. `alive` tells whether a recorded
+/// process still runs.
+pub(super) fn derive_state(
+    exit_written: impl Fn() -> bool,
+    monitor: Option<&MonitorRecord>,
+    creator: &ProcIdentity,
+    alive: impl Fn(&ProcIdentity) -> bool,
+) -> SandboxState {
+    if exit_written() {
+        return SandboxState::Stopped;
+    }
+    match monitor {
+        Some(m) if alive(&m.monitor) => match m.phase {
+            MonitorPhase::Creating => SandboxState::Creating,
+            MonitorPhase::Created => SandboxState::Created,
+            MonitorPhase::Running => SandboxState::Running,
+        },
+        Some(_) if exit_written() => SandboxState::Stopped,
+        Some(_) => SandboxState::Lost,
+        None if alive(creator) => SandboxState::Creating,
+        None => SandboxState::Lost,
+    }
+}
+
+/// A handle on one sandbox: a view of its state on disk. It holds nothing of its root's (no
+/// spare monitors); dropping it never touches the sandbox.
 #[derive(Debug)]
 pub struct Sandbox {
-    root: Root,
     id: String,
     layout: Layout,
     /// The monitor's report pipe, held by the controller that launched it: end of file means
@@ -59,28 +101,32 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub(crate) fn new(
-        root: Root,
-        id: String,
-        layout: Layout,
-        report: Option<BufReader<fs::File>>,
-    ) -> Self {
+    /// The handle of a sandbox this controller just launched, with its monitor's report pipe.
+    pub(super) fn launched(id: String, layout: Layout, report: BufReader<fs::File>) -> Self {
         Sandbox {
-            root,
             id,
             layout,
-            report,
+            report: Some(report),
         }
+    }
+
+    /// A handle on the existing sandbox `id` of the state root `root`.
+    pub(super) fn open(root: &Path, id: &str) -> Result<Sandbox> {
+        config::validate_id(id)?;
+        let layout = Layout::new(root, id);
+        if !layout.dir.is_dir() {
+            return Err(Error::new(ErrorKind::NotFound, format!("no sandbox {id}")));
+        }
+        Ok(Sandbox {
+            id: id.to_string(),
+            layout,
+            report: None,
+        })
     }
 
     /// The sandbox id.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// The state root this sandbox lives in.
-    pub fn root(&self) -> &Root {
-        &self.root
     }
 
     fn record(&self) -> Result<SandboxRecord> {
@@ -111,34 +157,25 @@ impl Sandbox {
         }
     }
 
-    /// The sandbox's status, from its state files and a liveness check of its monitor
+    /// The sandbox's state, from its state files and a liveness check of its monitor
     /// (pid and start time, never a bare pid).
     ///
     /// # Errors
     /// `NotFound` if the sandbox is gone; `Io` if a state file is unreadable or corrupt.
-    pub fn status(&self) -> Result<SandboxStatus> {
-        Ok(self.status_with_records()?.0)
+    pub fn state(&self) -> Result<SandboxState> {
+        Ok(self.state_with_records()?.0)
     }
 
-    fn status_with_records(&self) -> Result<(SandboxStatus, SandboxRecord, Option<MonitorRecord>)> {
+    fn state_with_records(&self) -> Result<(SandboxState, SandboxRecord, Option<MonitorRecord>)> {
         let record = self.record()?;
-        if self.layout.exit().exists() {
-            return Ok((SandboxStatus::Stopped, record, self.monitor_record()?));
-        }
         let monitor = self.monitor_record()?;
-        let status = match &monitor {
-            Some(m) if m.monitor.is_alive() => match m.phase {
-                Phase::Creating => SandboxStatus::Creating,
-                Phase::Created => SandboxStatus::Created,
-                Phase::Running => SandboxStatus::Running,
-            },
-            // The monitor may have finished between the two looks.
-            Some(_) if self.layout.exit().exists() => SandboxStatus::Stopped,
-            Some(_) => SandboxStatus::Lost,
-            None if record.creator.is_alive() => SandboxStatus::Creating,
-            None => SandboxStatus::Lost,
-        };
-        Ok((status, record, monitor))
+        let state = derive_state(
+            || self.layout.exit().exists(),
+            monitor.as_ref(),
+            &record.creator,
+            ProcIdentity::is_alive,
+        );
+        Ok((state, record, monitor))
     }
 
     /// Status and identity of the sandbox.
@@ -146,21 +183,22 @@ impl Sandbox {
     /// # Errors
     /// As [`Sandbox::status`].
     pub fn info(&self) -> Result<SandboxInfo> {
-        let (status, record, monitor) = self.status_with_records()?;
+        let (state, record, monitor) = self.state_with_records()?;
         Ok(SandboxInfo {
             id: self.id.clone(),
-            status,
+            state,
             created_unix_ms: record.created_unix_ms,
             monitor_pid: monitor.as_ref().map(|m| m.monitor.pid),
             init_pid: monitor.as_ref().and_then(|m| m.init.map(|i| i.pid)),
             command: record.config.args,
+            prebuilt: monitor.is_some_and(|m| m.prebuilt),
         })
     }
 
     /// Starts the program of a created sandbox.
     ///
     /// # Errors
-    /// `InvalidConfig` if the sandbox is not in the created state; `NotFound` if it is gone.
+    /// `InvalidState` if the sandbox is not in the created state; `NotFound` if it is gone.
     pub fn start(&self) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -175,11 +213,11 @@ impl Sandbox {
                 if e.raw_os_error() == Some(libc::ENXIO)
                     || e.kind() == std::io::ErrorKind::NotFound =>
             {
-                let status = self.status()?;
+                let state = self.state()?;
                 return Err(Error::new(
-                    ErrorKind::InvalidConfig,
+                    ErrorKind::InvalidState,
                     format!(
-                        "sandbox {} is {status:?}, not created: cannot start it",
+                        "sandbox {} is {state:?}, not created: cannot start it",
                         self.id
                     ),
                 ));
@@ -190,8 +228,9 @@ impl Sandbox {
             .map_err(|e| Error::io("write", &path, e))
     }
 
-    /// Blocks until the sandbox has finished and its monitor has cleaned up; returns the verdict.
-    /// A lost sandbox gives an `internal_error` verdict.
+    /// Blocks until the sandbox has finished and its monitor has cleaned up; returns the
+    /// verdict. A lost sandbox gives an `internal_error` verdict. (In an async program, call
+    /// it from a blocking task.)
     ///
     /// # Errors
     /// `NotFound` if the sandbox is gone; `Io` if its result is unreadable.
@@ -220,7 +259,8 @@ impl Sandbox {
         self.wait_timeout(Duration::ZERO)
     }
 
-    /// Usage figures beyond the verdict (CPU throttling); waits for the sandbox to finish.
+    /// Usage figures beyond the verdict (CPU throttling). Blocks until the sandbox has
+    /// finished, as [`Sandbox::wait`] does.
     ///
     /// # Errors
     /// As [`Sandbox::wait`].
@@ -244,9 +284,7 @@ impl Sandbox {
             match reader.read_line(&mut line) {
                 Ok(0) => return Ok(self.lost_record()),
                 Ok(_) => {
-                    if let Ok(crate::monitor::Report::Exited { record }) =
-                        serde_json::from_str(&line)
-                    {
+                    if let Some(Report::Exited { record }) = Report::parse(&line) {
                         return Ok(*record);
                     }
                 }
@@ -354,33 +392,26 @@ impl Sandbox {
     /// it; SIGKILL ends the whole sandbox at once. A created sandbox is ended by any signal.
     ///
     /// # Errors
-    /// `InvalidConfig` if the sandbox is not created or running (or the signal is invalid),
-    /// `NotFound` if it is gone.
-    pub fn kill(&self, signal: i32) -> Result<()> {
-        if nix::sys::signal::Signal::try_from(signal).is_err() {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!("{signal} is not a signal"),
-            ));
-        }
-        let (status, _, monitor) = self.status_with_records()?;
-        let init = match (status, monitor.and_then(|m| m.init)) {
-            (SandboxStatus::Created | SandboxStatus::Running, Some(init)) => init,
-            (status, _) => {
+    /// `InvalidState` if the sandbox is not created or running, `NotFound` if it is gone.
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        let (state, _, monitor) = self.state_with_records()?;
+        let init = match (state, monitor.and_then(|m| m.init)) {
+            (SandboxState::Created | SandboxState::Running, Some(init)) => init,
+            (state, _) => {
                 return Err(Error::new(
-                    ErrorKind::InvalidConfig,
-                    format!("sandbox {} is {status:?}: nothing to signal", self.id),
+                    ErrorKind::InvalidState,
+                    format!("sandbox {} is {state:?}: nothing to signal", self.id),
                 ))
             }
         };
-        let signal = if status == SandboxStatus::Created {
-            libc::SIGKILL
+        let signal = if state == SandboxState::Created {
+            Signal::SIGKILL
         } else {
             signal
         };
-        signal_verified(init, signal).map_err(|e| {
+        proc::signal_verified(init, signal as i32).map_err(|e| {
             Error::with_source(
-                ErrorKind::InvalidConfig,
+                ErrorKind::InvalidState,
                 format!("sandbox {} is no longer running", self.id),
                 e,
             )
@@ -391,14 +422,16 @@ impl Sandbox {
     /// processes, cgroup and mounts are cleaned); a created or running one only with `force`,
     /// which kills it and waits for its monitor to finish first.
     ///
+    /// Blocks while a forced delete waits for the monitor.
+    ///
     /// # Errors
-    /// `InvalidConfig` for a live sandbox without `force`; `NotFound` if it is gone; `Io`.
+    /// `InvalidState` for a live sandbox without `force`; `NotFound` if it is gone; `Io`.
     pub fn delete(mut self, force: bool) -> Result<()> {
-        let _lock = crate::gc::lock(&self.layout.dir, true)?
+        let _lock = state::lock(&self.layout.dir, true)?
             .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox lock unavailable"))?;
-        let (status, record, monitor) = self.status_with_records()?;
-        match status {
-            SandboxStatus::Stopped => {
+        let (sandbox_state, record, monitor) = self.state_with_records()?;
+        match sandbox_state {
+            SandboxState::Stopped => {
                 // The result is out, but the monitor may still be cleaning up (cgroup, mounts):
                 // the id must not be reused before it is done.
                 if let Some(m) = &monitor {
@@ -408,10 +441,10 @@ impl Sandbox {
                     return Ok(()); // a one-shot sandbox's monitor removed it itself
                 }
             }
-            SandboxStatus::Lost => crate::gc::clean_lost(&self.layout, &record)?,
+            SandboxState::Lost => clean_lost(&self.layout, &record)?,
             live if !force => {
                 return Err(Error::new(
-                    ErrorKind::InvalidConfig,
+                    ErrorKind::InvalidState,
                     format!(
                         "sandbox {} is {live:?}; stop it first or delete with force",
                         self.id
@@ -425,17 +458,17 @@ impl Sandbox {
                 let init_killed = monitor
                     .as_ref()
                     .and_then(|m| m.init)
-                    .is_some_and(|init| signal_verified(init, libc::SIGKILL).is_ok());
+                    .is_some_and(|init| proc::signal_verified(init, libc::SIGKILL).is_ok());
                 if !init_killed {
                     match &monitor {
                         Some(m) => {
-                            let _ = signal_verified(m.monitor, libc::SIGKILL);
+                            let _ = proc::signal_verified(m.monitor, libc::SIGKILL);
                         }
                         // Still creating and no monitor record yet: wait for it to appear (or
                         // for its creator to die), then stop that monitor.
                         None => loop {
                             if let Some(m) = self.monitor_record()? {
-                                let _ = signal_verified(m.monitor, libc::SIGKILL);
+                                let _ = proc::signal_verified(m.monitor, libc::SIGKILL);
                                 break;
                             }
                             if !record.creator.is_alive() {
@@ -448,37 +481,37 @@ impl Sandbox {
                 }
                 self.wait_monitor(None)?;
                 if !self.layout.exit().exists() {
-                    crate::gc::clean_lost(&self.layout, &record)?;
+                    clean_lost(&self.layout, &record)?;
                 }
             }
         }
-        crate::state::remove_sandbox_dir(&self.layout.dir)
+        state::remove_sandbox_dir(&self.layout.dir)
     }
 
     /// The monitor of a one-shot run that has reported its result and is still cleaning up
     /// (it removes the directory itself when done), if that is what this sandbox is.
-    pub(crate) fn finishing_one_shot(&self) -> Option<ProcIdentity> {
-        let (status, record, monitor) = self.status_with_records().ok()?;
+    pub(super) fn finishing_one_shot(&self) -> Option<ProcIdentity> {
+        let (state, record, monitor) = self.state_with_records().ok()?;
         let monitor = monitor?.monitor;
-        (record.remove_on_exit && status == SandboxStatus::Stopped && monitor.is_alive())
+        (record.remove_on_exit && state == SandboxState::Stopped && monitor.is_alive())
             .then_some(monitor)
     }
 
     /// If the sandbox is lost and nobody else holds its lock, cleans it up and removes it.
-    pub(crate) fn collect_if_lost(&self) -> Result<bool> {
-        let Some(_lock) = crate::gc::lock(&self.layout.dir, false)? else {
+    pub(super) fn collect_if_lost(&self) -> Result<bool> {
+        let Some(_lock) = state::lock(&self.layout.dir, false)? else {
             return Ok(false);
         };
-        let (status, record, monitor) = self.status_with_records()?;
+        let (sandbox_state, record, monitor) = self.state_with_records()?;
         // A sandbox removed on exit whose monitor died after reporting is garbage too.
         let abandoned = record.remove_on_exit
-            && status == SandboxStatus::Stopped
+            && sandbox_state == SandboxState::Stopped
             && monitor.is_none_or(|m| !m.monitor.is_alive());
-        if status != SandboxStatus::Lost && !abandoned {
+        if sandbox_state != SandboxState::Lost && !abandoned {
             return Ok(false);
         }
-        crate::gc::clean_lost(&self.layout, &record)?;
-        crate::state::remove_sandbox_dir(&self.layout.dir)?;
+        clean_lost(&self.layout, &record)?;
+        state::remove_sandbox_dir(&self.layout.dir)?;
         Ok(true)
     }
 
@@ -498,47 +531,40 @@ impl Sandbox {
     }
 }
 
-/// Signals exactly the process `who` names: through a pidfd opened first and then checked
-/// against the recorded start time, so a reused pid is never signalled.
-pub(crate) fn signal_verified(who: ProcIdentity, signal: i32) -> std::io::Result<()> {
-    let pidfd = crate::sys::pidfd_open(who.pid)?;
-    if !who.is_alive() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("pid {} is not the recorded process any more", who.pid),
-        ));
-    }
-    crate::sys::pidfd_send_signal(&pidfd, signal)
+/// Cleans up after a sandbox whose monitor died: kills every process left in its cgroup,
+/// removes the cgroup and any mount under its directory. The caller holds the sandbox's lock
+/// and removes the directory afterwards.
+pub(super) fn clean_lost(layout: &Layout, record: &SandboxRecord) -> Result<()> {
+    cgroup::kill_and_remove(&record.cgroup_path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!("remove the sandbox's cgroup {}", record.cgroup_path),
+            e,
+        )
+    })?;
+    // Mounts live in the dead monitor's mount namespace; any under the directory on the
+    // host's side (an older layout) go too.
+    unmount_under(&layout.dir)
 }
 
-fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
-    match deadline {
-        None => PollTimeout::NONE,
-        Some(d) => {
-            let ms = d
-                .saturating_duration_since(Instant::now())
-                .as_micros()
-                .div_ceil(1000);
-            PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
-        }
+/// Lazily unmounts every mount at or below `dir` (deepest first).
+pub(super) fn unmount_under(dir: &Path) -> Result<()> {
+    let mut targets = mounts::under(dir);
+    targets.sort_by_key(|t| std::cmp::Reverse(t.as_os_str().len()));
+    for t in targets {
+        nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            Error::with_source(ErrorKind::Io, format!("unmount {}", t.display()), e)
+        })?;
     }
+    Ok(())
 }
 
 /// Waits until `fd` is readable (true) or the deadline passes (false).
 fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
-    loop {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, poll_timeout(deadline)) {
-            Ok(0) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(false);
-                }
-            }
-            Ok(_) => return Ok(true),
-            Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(Error::with_source(ErrorKind::Io, "poll", e)),
-        }
-    }
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let n = sys::poll_until(&mut fds, deadline)
+        .map_err(|e| Error::with_source(ErrorKind::Io, "poll", e))?;
+    Ok(n > 0)
 }
 
 /// Reads what the report pipe holds; true at end of file (the monitor exited).
@@ -550,8 +576,7 @@ fn drain(reader: &mut BufReader<fs::File>) -> bool {
             Ok(_) => {
                 // More report lines (e.g. "started" after "created"); the monitor is alive
                 // unless end of file follows, which a further poll will tell.
-                let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
-                if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                if !wait_readable(reader.get_ref().as_fd(), Some(Instant::now())).unwrap_or(false) {
                     return false;
                 }
             }
@@ -561,16 +586,10 @@ fn drain(reader: &mut BufReader<fs::File>) -> bool {
     }
 }
 
-/// Waits for a process that is not our child to exit (true), through a pidfd verified
-/// against its recorded start time, or until the deadline (false).
-pub(crate) fn wait_for_exit(who: ProcIdentity, deadline: Option<Instant>) -> Result<bool> {
-    let Ok(pidfd) = crate::sys::pidfd_open(who.pid) else {
-        return Ok(true); // already gone
-    };
-    if !who.is_alive() {
-        return Ok(true); // the pid now names another process, or a zombie
-    }
-    wait_readable(pidfd.as_fd(), deadline)
+/// Waits for the monitor `who` to exit (true) or the deadline (false).
+pub(super) fn wait_for_exit(who: ProcIdentity, deadline: Option<Instant>) -> Result<bool> {
+    proc::wait_for_exit(who, deadline)
+        .map_err(|e| Error::with_source(ErrorKind::Io, "wait for the monitor", e))
 }
 
 /// Waits until `name` exists in the sandbox directory (true) or the deadline passes (false),
@@ -593,5 +612,75 @@ fn wait_for_file(layout: &Layout, name: &str, deadline: Option<Instant>) -> Resu
             return Ok(false);
         }
         let _ = inotify.read_events();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitor(phase: MonitorPhase) -> MonitorRecord {
+        MonitorRecord {
+            format_version: state::FORMAT_VERSION,
+            monitor: ProcIdentity {
+                pid: 10,
+                start_time: 1,
+            },
+            init: None,
+            phase,
+            prebuilt: false,
+        }
+    }
+
+    #[test]
+    fn the_state_is_derived_from_the_records_and_who_lives() {
+        let creator = ProcIdentity {
+            pid: 20,
+            start_time: 2,
+        };
+        let all = |_: &ProcIdentity| true;
+        let none = |_: &ProcIdentity| false;
+        let only_creator = |p: &ProcIdentity| p.pid == 20;
+        let running = monitor(MonitorPhase::Running);
+        let created = monitor(MonitorPhase::Created);
+        let creating = monitor(MonitorPhase::Creating);
+        let no = || false;
+        assert_eq!(
+            derive_state(|| true, Some(&running), &creator, all),
+            SandboxState::Stopped
+        );
+        assert_eq!(
+            derive_state(no, Some(&running), &creator, all),
+            SandboxState::Running
+        );
+        assert_eq!(
+            derive_state(no, Some(&created), &creator, all),
+            SandboxState::Created
+        );
+        assert_eq!(
+            derive_state(no, Some(&creating), &creator, all),
+            SandboxState::Creating
+        );
+        // A dead monitor without a result: lost, whoever else lives.
+        assert_eq!(
+            derive_state(no, Some(&running), &creator, only_creator),
+            SandboxState::Lost
+        );
+        // ...unless the result appeared between the two looks.
+        let looks = std::cell::Cell::new(0);
+        let second_look = || {
+            looks.set(looks.get() + 1);
+            looks.get() > 1
+        };
+        assert_eq!(
+            derive_state(second_look, Some(&running), &creator, none),
+            SandboxState::Stopped
+        );
+        // No monitor yet: creating while the creator lives, lost after.
+        assert_eq!(
+            derive_state(no, None, &creator, only_creator),
+            SandboxState::Creating
+        );
+        assert_eq!(derive_state(no, None, &creator, none), SandboxState::Lost);
     }
 }

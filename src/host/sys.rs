@@ -1,8 +1,12 @@
-//! The only module with `unsafe`: thin wrappers over syscalls that nix does not cover safely.
+//! Thin wrappers over syscalls, and the only module with `unsafe`. Used in every process,
+//! including the container's init under seccomp (nothing here allocates after a fork).
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use nix::poll::{PollFd, PollTimeout};
 
 /// Forks a single-threaded process: `Some(child pid)` in the parent, `None` in the child.
 /// Refuses (with an error) in a multi-threaded process, where the child could inherit a lock
@@ -49,7 +53,6 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd refers to.
 pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: the fd is valid for the duration of the call (borrowed from an OwnedFd); a null
     // siginfo pointer is allowed and means "as kill(2) would".
     let rc = unsafe {
@@ -74,34 +77,24 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Writes `buf` to `fd`, a descriptor inherited across clone that the caller knows is open
-/// for its whole life (the status pipe in the container's init).
-pub(crate) fn write_inherited_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: the fd was open when the process was cloned and nothing in it closes the fd;
-    // the borrow lasts for this one call only.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    nix::unistd::write(fd, buf).map_err(io::Error::from)
-}
-
-/// Borrows a descriptor inherited across clone that stays open for the life of the process.
-pub(crate) fn borrow_inherited_fd(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: the caller names an fd that was open when this process was cloned and that
-    // nothing in the process closes; the process ends (exit_now) without closing it.
-    unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
-/// Closes a descriptor inherited across clone that this process must not hold.
-pub(crate) fn close_inherited_fd(fd: RawFd) {
-    // SAFETY: the fd was inherited from the monitor and no Rust object in this process owns
-    // it, so taking ownership once and dropping it closes it exactly once.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+/// Takes ownership of descriptors this process inherited across a `clone` without exec,
+/// by their numbers in the parent (the container's init receives the monitor's pipe and
+/// socket ends so).
+///
+/// # Safety
+/// Each number must name a descriptor that was open in the parent when this process was
+/// cloned, that nothing else in this process owns or closes (no `OwnedFd`, `File` or other
+/// owner of it exists here), and that appears once in `fds`. Call this once per process for
+/// a given set: every returned `OwnedFd` closes its descriptor when dropped.
+pub(crate) unsafe fn adopt_inherited_fds<const N: usize>(fds: [RawFd; N]) -> [OwnedFd; N] {
+    // SAFETY: the caller guarantees each fd is open, unowned and listed once.
+    fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Opens `path` for reading beneath the directory `root` as if `root` were `/`: symlinks,
 /// `..` and absolute paths cannot leave it (`openat2` with `RESOLVE_IN_ROOT`), magic links are
 /// refused, a final symlink is not followed, and a FIFO does not block the open.
 pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let cpath =
         std::ffi::CString::new(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     /// `struct open_how` of openat2(2).
@@ -138,8 +131,7 @@ pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::
 }
 
 /// Bytes written to the pipe behind `fd` (either end) that no reader has taken yet (FIONREAD).
-pub(crate) fn pipe_unread(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
+pub(crate) fn pipe_unread(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int through the pointer, which points at a live local.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
@@ -214,15 +206,22 @@ pub(crate) fn spawn_clean(
     }
 }
 
-/// Reads from the stream socket `fd` (inherited across clone, open for the process's life)
-/// into `buf`, taking any descriptors sent along with `SCM_RIGHTS` (close-on-exec).
+/// Reads from the stream socket `fd` into `buf`, taking any descriptors sent along with `SCM_RIGHTS` (close-on-exec).
 /// Returns the bytes read and the received descriptors.
-pub(crate) fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+pub(crate) fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut iov = [io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(io::Error::from)?;
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(raw) = cmsg {
@@ -257,4 +256,69 @@ pub(crate) fn stream_socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(io::Error::from)
+}
+
+/// `poll(2)` until an event or `deadline` (`None`: no deadline): the number of descriptors
+/// with events, 0 once the deadline has passed. An interrupted call is resumed with the time
+/// left; the timeout is rounded up to whole milliseconds, so the deadline has passed when 0
+/// is returned.
+pub(crate) fn poll_until(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<usize> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let ms = d
+                    .saturating_duration_since(Instant::now())
+                    .as_micros()
+                    .div_ceil(1000);
+                PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match nix::poll::poll(fds, timeout) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() < d) => continue,
+            Ok(n) => return Ok(usize::try_from(n).unwrap_or(0)),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// True if `fd` has an event (readable, hang-up, error) right now.
+pub(crate) fn has_event(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|r| !r.is_empty())
+}
+
+/// CLOCK_MONOTONIC (shared by all processes) in microseconds.
+pub(crate) fn monotonic_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+        let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
+        secs * 1_000_000 + nanos / 1000
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::poll::PollFlags;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    #[test]
+    fn poll_until_waits_for_the_deadline_and_reports_events() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(30);
+        let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll_until(&mut fds, Some(deadline)).unwrap(), 0);
+        assert!(Instant::now() >= deadline);
+        nix::unistd::write(&w, b"x").unwrap();
+        let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll_until(&mut fds, None).unwrap(), 1);
+        assert!(has_event(&fds[0]));
+        // A deadline already passed polls once without waiting.
+        let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll_until(&mut fds, Some(Instant::now())).unwrap(), 1);
+    }
 }

@@ -1,4 +1,5 @@
-//! Pure translation of a sandbox config into an OCI runtime `Spec`, and the bundle writer.
+//! Pure translation of a sandbox config into an OCI runtime `Spec` (the one libcontainer builds
+//! from, or the complete one for other runtimes). Runs in the monitor and the controller.
 
 use std::path::Path;
 
@@ -12,9 +13,10 @@ use libcontainer::oci_spec::runtime::{
 
 use crate::config::SandboxConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::policy::seccomp;
 
 /// Which spec: the one libcontainer builds from, or the complete one the bundle keeps.
-/// libcontainer gets no program (see [`crate::init::ProgramRequest`]), no CPU quota (its own setup runs in the cgroup and would be throttled;
+/// libcontainer gets no program (the init receives it at start), no CPU quota (its own setup runs in the cgroup and would be throttled;
 /// the monitor writes the quota before start) and no `linux.seccomp` (it ignores it without
 /// libseccomp; runbox installs its own filter). The final spec has all of them, so runc or
 /// crun can run a bundle from [`crate::Root::write_bundle`] with the same confinement.
@@ -80,11 +82,8 @@ pub(crate) fn build(
     };
     if let (SpecStage::Final, Some(cpu)) = (stage, limits.cpu_time) {
         // A per-process backstop past the cgroup-wide limit the monitor enforces.
-        let secs = crate::init::ProgramRequest::for_config(cfg).cpu_rlimit_secs;
-        rlimits.push(rlimit(
-            PosixRlimitType::RlimitCpu,
-            secs.unwrap_or(cpu.as_secs()),
-        )?);
+        let secs = limits.cpu_rlimit_secs().unwrap_or(cpu.as_secs());
+        rlimits.push(rlimit(PosixRlimitType::RlimitCpu, secs)?);
     }
     let process = ProcessBuilder::default()
         .terminal(false)
@@ -207,7 +206,7 @@ pub(crate) fn build(
         .masked_paths(masked)
         .readonly_paths(get_default_readonly_paths());
     if stage == SpecStage::Final {
-        let profile = crate::seccomp::oci_profile().map_err(|e| {
+        let profile = seccomp::oci_profile().map_err(|e| {
             Error::with_source(ErrorKind::UnsupportedHost, "build the seccomp profile", e)
         })?;
         linux = linux.seccomp(profile);
@@ -231,33 +230,13 @@ pub(crate) fn build(
         .map_err(spec_error)
 }
 
-/// Writes `spec` as `<bundle>/config.json` through a temp file and rename.
-pub(crate) fn write_bundle(spec: &Spec, bundle: &Path) -> Result<()> {
-    let json = serde_json::to_vec_pretty(spec)
-        .map_err(|e| Error::with_source(ErrorKind::Io, "encode config.json", e))?;
-    crate::state::write_atomic(&bundle.join("config.json"), &json)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Limits, Stdin, User};
+    use crate::config::{Stdin, User};
 
     fn cfg() -> SandboxConfig {
-        SandboxConfig {
-            args: vec!["/bin/true".into()],
-            exe: "/bin/true".into(),
-            env: vec!["PATH=/bin".into()],
-            cwd: "/work".into(),
-            user: User::default(),
-            image: None,
-            limits: Limits::default(),
-            stdin: Stdin::Null,
-            hostname: "runbox".into(),
-            binds: vec![("/usr".into(), "/usr".into())],
-            copies: Vec::new(),
-            collects: Vec::new(),
-        }
+        SandboxConfig::for_tests()
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! The sandbox's cgroup beyond what libcontainer does: the CPU quota written before start,
-//! figures read before delete, OOM detection, leftover removal. Handles v1 (and hybrid) and v2.
+//! figures read before delete, OOM detection, killing and removing leftovers. Handles v1 (and
+//! hybrid) and v2. Used by monitors (limits, figures, teardown) and controllers (gc).
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags};
+
+use crate::host::mounts::{self, MountEntry};
+use crate::host::{proc, sys};
 
 /// Which cgroup layout the host uses, as libcontainer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,23 +30,18 @@ const V1_CONTROLLERS: &[&str] = &[
 /// cpuacct, cpuset, memory, pids) and its device policy (devices).
 const SANDBOX_V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"];
 
-/// From `/proc/self/mounts` text of a v1 (or hybrid) host: the mount points of the cgroup
-/// hierarchies that carry nothing of a sandbox's (freezer, blkio, net_cls, perf_event,
-/// hugetlb, named ones such as `name=systemd`, and a hybrid host's cgroup2). None on a v2 host.
-pub(crate) fn limitless_hierarchies(mounts: &str) -> Vec<PathBuf> {
+/// From the mount table of a v1 (or hybrid) host: the mount points of the cgroup hierarchies
+/// that carry nothing of a sandbox's (freezer, blkio, net_cls, perf_event, hugetlb, named
+/// ones such as `name=systemd`, and a hybrid host's cgroup2). None on a v2 host.
+pub(crate) fn limitless_hierarchies(mounts: &[MountEntry]) -> Vec<PathBuf> {
     let mut kept_v1 = false;
     let mut limitless = Vec::new();
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
-        }
-        let mount_point = || PathBuf::from(f[1].replace("\\040", " "));
-        match f[2] {
-            "cgroup" if f[3].split(',').any(|o| SANDBOX_V1_CONTROLLERS.contains(&o)) => {
+    for m in mounts {
+        match m.fstype.as_str() {
+            "cgroup" if SANDBOX_V1_CONTROLLERS.iter().any(|c| m.has_option(c)) => {
                 kept_v1 = true;
             }
-            "cgroup" | "cgroup2" => limitless.push(mount_point()),
+            "cgroup" | "cgroup2" => limitless.push(m.target.clone()),
             _ => {}
         }
     }
@@ -52,26 +55,24 @@ pub(crate) fn limitless_hierarchies(mounts: &str) -> Vec<PathBuf> {
 impl Layout {
     /// Reads the layout from `/proc/self/mounts`.
     pub fn detect() -> io::Result<Layout> {
-        Ok(Layout::parse(&fs::read_to_string("/proc/self/mounts")?))
+        Ok(Layout::parse(&mounts::read()?))
     }
 
-    fn parse(mounts: &str) -> Layout {
-        let mut v1 = Vec::new();
+    fn parse(mounts: &[MountEntry]) -> Layout {
+        let mut v1: Vec<(String, PathBuf)> = Vec::new();
         let mut v2 = None;
-        for line in mounts.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 4 {
-                continue;
-            }
-            match f[2] {
+        for m in mounts {
+            match m.fstype.as_str() {
                 "cgroup" => {
-                    for opt in f[3].split(',') {
-                        if V1_CONTROLLERS.contains(&opt) && !v1.iter().any(|(c, _)| c == opt) {
-                            v1.push((opt.to_string(), PathBuf::from(f[1])));
+                    for opt in &m.options {
+                        if V1_CONTROLLERS.contains(&opt.as_str())
+                            && !v1.iter().any(|(c, _)| c == opt)
+                        {
+                            v1.push((opt.clone(), m.target.clone()));
                         }
                     }
                 }
-                "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(f[1])),
+                "cgroup2" if v2.is_none() => v2 = Some(m.target.clone()),
                 _ => {}
             }
         }
@@ -103,7 +104,7 @@ impl Layout {
 /// `_monitors` cannot clash with a sandbox id (ids start with a letter or digit).
 pub(crate) fn leave_inherited_cgroups(prefix: &str) -> io::Result<()> {
     let mine = fs::read_to_string("/proc/self/cgroup")?;
-    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    let mounts = mounts::read()?;
     for line in mine.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
@@ -114,21 +115,16 @@ pub(crate) fn leave_inherited_cgroups(prefix: &str) -> io::Result<()> {
             continue;
         }
         let wanted: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
-        let mount = mounts.lines().find_map(|m| {
-            let f: Vec<&str> = m.split_whitespace().collect();
-            if f.len() < 4 {
-                return None;
-            }
-            let opts: Vec<&str> = f[3].split(',').collect();
-            let matches = match f[2] {
+        let mount = mounts.iter().find_map(|m| {
+            let matches = match m.fstype.as_str() {
                 "cgroup2" => wanted.is_empty(),
-                "cgroup" => !wanted.is_empty() && wanted.iter().all(|w| opts.contains(w)),
+                "cgroup" => !wanted.is_empty() && wanted.iter().all(|w| m.has_option(w)),
                 _ => false,
             };
-            matches.then(|| PathBuf::from(f[1]))
+            matches.then(|| m.target.clone())
         });
         let Some(mount) = mount else { continue };
-        let dir = mount.join(prefix).join("_monitors");
+        let dir = mount.join(prefix).join(crate::layout::MONITORS_CGROUP);
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("cgroup.procs"), "0")
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
@@ -327,6 +323,56 @@ impl Cgroup {
     }
 }
 
+/// [`kill_cgroup`], then removes the cgroup at `cgroup_path` in every hierarchy.
+pub(crate) fn kill_and_remove(cgroup_path: &str) -> io::Result<()> {
+    let cg = Layout::detect()?.cgroup(cgroup_path);
+    kill_cgroup(&cg, cgroup_path)?;
+    cg.remove()
+}
+
+/// SIGKILLs every process in the cgroup (at `cgroup_path`) and waits (on pidfds) until they
+/// are gone. Each pid is pinned by a pidfd and then checked to still be in that cgroup, so a
+/// pid reused by another process between the read and the pidfd is never signalled.
+pub(crate) fn kill_cgroup(cg: &Cgroup, cgroup_path: &str) -> io::Result<()> {
+    // Dead processes stay listed until their parent (often the host's init, which may be
+    // slow) reaps them; they are waited for with a bound, live ones are killed.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let suffix = format!(":{cgroup_path}");
+    loop {
+        let pids = cg.procs()?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= give_up {
+            return Err(io::Error::other(format!(
+                "processes {pids:?} are still in the sandbox's cgroup (alive, or dead and not reaped)"
+            )));
+        }
+        // A pidfd pins each pid; it must still be a live process in this very cgroup.
+        let pidfds: Vec<_> = pids
+            .iter()
+            .filter_map(|&pid| {
+                let fd = sys::pidfd_open(pid).ok()?;
+                let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+                (!proc::is_zombie(pid) && cgroups.lines().any(|l| l.ends_with(&suffix)))
+                    .then_some(fd)
+            })
+            .collect();
+        if pidfds.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        for fd in &pidfds {
+            let _ = sys::pidfd_send_signal(fd, libc::SIGKILL);
+        }
+        for fd in &pidfds {
+            let step = (Instant::now() + Duration::from_secs(2)).min(give_up);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            let _ = sys::poll_until(&mut fds, Some(step));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,7 +387,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn hybrid_is_v1() {
-        let l = Layout::parse(HYBRID);
+        let l = Layout::parse(&mounts::parse(HYBRID));
         let Layout::V1(ctrls) = &l else {
             panic!("{l:?}")
         };
@@ -360,7 +406,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         hybrid.push_str("cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n");
         hybrid.push_str("cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n");
         assert_eq!(
-            limitless_hierarchies(&hybrid),
+            limitless_hierarchies(&mounts::parse(&hybrid)),
             [
                 PathBuf::from("/sys/fs/cgroup/systemd"),
                 PathBuf::from("/sys/fs/cgroup/unified"),
@@ -368,12 +414,14 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             ]
         );
         let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
-        assert!(limitless_hierarchies(v2).is_empty());
+        assert!(limitless_hierarchies(&mounts::parse(v2)).is_empty());
     }
 
     #[test]
     fn comounted_v1_controllers() {
-        let l = Layout::parse("cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n");
+        let l = Layout::parse(&mounts::parse(
+            "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n",
+        ));
         let cg = l.cgroup("/p/x");
         assert_eq!(
             cg.dir("cpuacct"),
@@ -383,7 +431,9 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn unified_is_v2() {
-        let l = Layout::parse("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n");
+        let l = Layout::parse(&mounts::parse(
+            "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n",
+        ));
         assert_eq!(l, Layout::V2("/sys/fs/cgroup".into()));
         assert_eq!(l.cgroup("/p/x"), Cgroup::V2("/sys/fs/cgroup/p/x".into()));
     }

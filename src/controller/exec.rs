@@ -1,0 +1,149 @@
+//! How the controller starts monitor processes: finding the monitor executable, exec'ing it
+//! with its [`MonitorArgs`] (the one place that does), and reading its first report. Runs in
+//! the controller, which may be multi-threaded: it only ever execs, never forks into Rust.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::proc::signal_verified;
+use crate::host::state::{self, MonitorRecord};
+use crate::host::sys;
+use crate::layout::Layout;
+use crate::proto::{MonitorArgs, Report};
+
+/// Name of the standalone monitor binary looked up next to the current executable.
+pub const MONITOR_BIN: &str = "runbox-monitor";
+
+/// How long a launch waits for the monitor's first report.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Set when the host binary dispatches monitor invocations itself (see [`crate::monitor_main`]).
+pub(crate) static SELF_DISPATCH: AtomicBool = AtomicBool::new(false);
+
+/// The monitor executable: `explicit`; `$RUNBOX_MONITOR`; the current executable if it
+/// called [`crate::monitor_main`]; `runbox-monitor` next to the current executable or in its
+/// parent directory; `runbox-monitor` in `PATH`.
+pub(super) fn find_monitor(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("RUNBOX_MONITOR") {
+        return Ok(PathBuf::from(p));
+    }
+    if SELF_DISPATCH.load(Ordering::Relaxed) {
+        return Ok(PathBuf::from("/proc/self/exe"));
+    }
+    let exe = std::env::current_exe().ok();
+    let near = exe.iter().flat_map(|e| {
+        let dir = e.parent().map(Path::to_path_buf);
+        let parent = dir.as_ref().and_then(|d| d.parent()).map(Path::to_path_buf);
+        [dir, parent].into_iter().flatten()
+    });
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for dir in near.chain(path_dirs) {
+        let candidate = dir.join(MONITOR_BIN);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::new(
+        ErrorKind::UnsupportedHost,
+        "no runbox monitor found: call runbox::monitor_main() at the top of main, set RUNBOX_MONITOR, or put runbox-monitor next to the executable or in PATH",
+    ))
+}
+
+/// Execs the monitor `exe` as `args`, with an empty environment, the given stdin and stdout
+/// and no stderr (a monitor logs into its sandbox's directory). Every monitor forks and
+/// detaches at once: the caller reaps the returned first process ([`reap`]), at once or when
+/// convenient, so it never holds a zombie for long.
+pub(super) fn spawn_monitor(
+    exe: &Path,
+    args: &MonitorArgs,
+    stdin: Stdio,
+    stdout: Stdio,
+) -> Result<Child> {
+    std::process::Command::new(exe)
+        .args(args.to_args())
+        .env_clear()
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::LaunchFailed,
+                format!("exec monitor {}", exe.display()),
+                e,
+            )
+        })
+}
+
+/// Reaps the first process of a monitor (it exits as soon as it has forked).
+pub(super) fn reap(first: &mut Child) -> Result<std::process::ExitStatus> {
+    first
+        .wait()
+        .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "wait for the monitor", e))
+}
+
+/// Reads a sandbox monitor's first report: started or created (the report pipe is returned
+/// for the handle), or the launch error. `status` is the exit status of the monitor's first
+/// process, if this controller exec'd it.
+pub(super) fn read_first_report(
+    layout: &Layout,
+    mut reader: BufReader<File>,
+    status: Option<std::process::ExitStatus>,
+) -> Result<BufReader<File>> {
+    // A monitor that neither reports nor exits (stuck in a mount, say) must not hang the
+    // caller: past the deadline it is killed, and the launch fails (and is cleaned up).
+    let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
+    if matches!(
+        sys::poll_until(&mut fds, Some(Instant::now() + LAUNCH_TIMEOUT)),
+        Ok(0)
+    ) {
+        if let Ok(m) = state::read_json::<MonitorRecord>(&layout.monitor()) {
+            let _ = signal_verified(m.monitor, libc::SIGKILL);
+        }
+        return Err(Error::new(
+            ErrorKind::LaunchFailed,
+            format!("the monitor did not report within {LAUNCH_TIMEOUT:?}; it was killed"),
+        ));
+    }
+    let mut line = String::new();
+    let got = reader
+        .read_line(&mut line)
+        .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e))?;
+    match (got > 0).then(|| Report::parse(&line)).flatten() {
+        Some(Report::Started { .. } | Report::Created { .. }) => Ok(reader),
+        Some(Report::Failed { error }) => Err(error.into()),
+        _ => {
+            let log = std::fs::read_to_string(layout.dir.join("monitor.log")).unwrap_or_default();
+            Err(Error::new(
+                ErrorKind::LaunchFailed,
+                format!(
+                    "the monitor exited{} without reporting; its log: {}",
+                    status.map_or(String::new(), |s| format!(" ({s})")),
+                    log.trim()
+                ),
+            ))
+        }
+    }
+}
+
+/// True if no process holds the write end of the pipe `file` reads any more.
+pub(super) fn no_writer(file: &File) -> bool {
+    let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+    matches!(sys::poll_until(&mut fds, Some(Instant::now())), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+}

@@ -1,0 +1,249 @@
+//! Launching a sandbox, top to bottom: resolve the command (every check before a side effect),
+//! stage its directory, take a spare, claim the id atomically, hand the sandbox to the spare
+//! or exec a monitor, read its first report, top the spares up. Runs in the controller.
+
+use std::fs;
+use std::io::BufReader;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{Command, Stdin};
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::proc::ProcIdentity;
+use crate::host::state::SandboxRecord;
+use crate::host::{cgroup, state};
+use crate::layout::{Layout, NEW_PREFIX};
+use crate::proto::{Mode, MonitorArgs};
+
+use super::exec::{no_writer, read_first_report, reap, spawn_monitor};
+use super::resolve::resolve;
+use super::root::Root;
+use super::sandbox::{clean_lost, wait_for_exit, Sandbox};
+use super::spares::Spare;
+
+impl Root {
+    /// Launches `cmd` in `mode`; `remove_on_exit` for one-shot runs (the monitor removes the
+    /// sandbox once it has reported the verdict).
+    pub(super) fn launch(
+        &self,
+        cmd: &Command,
+        mode: Mode,
+        remove_on_exit: bool,
+    ) -> Result<Sandbox> {
+        let cfg = resolve(cmd, || self.host_image())?;
+        let monitor = self.monitor_exe()?;
+        let me = ProcIdentity::own()
+            .map_err(|e| Error::with_source(ErrorKind::Io, "identify this process", e))?;
+        let tmp = self.stage(&cmd.stdin)?;
+        // A spare whose pre-built container fits is taken first: the sandbox then lives in
+        // that container's cgroup.
+        let shape = cfg.build_shape();
+        let spare = self.inner.spares.take(&shape);
+        let warm_cgroup = spare
+            .as_ref()
+            .filter(|s| s.fits(&shape))
+            .and_then(|s| s.warm_cgroup())
+            .map(str::to_string);
+        let claimed = self.claim(&tmp, cmd.name.as_deref(), |id| SandboxRecord {
+            format_version: state::FORMAT_VERSION,
+            id: id.to_string(),
+            cgroup_path: warm_cgroup
+                .clone()
+                .unwrap_or_else(|| format!("/{}/{id}", self.inner.cgroup_prefix)),
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            creator: me,
+            remove_on_exit,
+            config: cfg.clone(),
+        });
+        let (id, layout) = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                if let Some(spare) = spare {
+                    self.inner.spares.put_back(spare);
+                }
+                return Err(e);
+            }
+        };
+        let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
+        let _enter = span.enter();
+        self.inner.spares.remember_shape(shape);
+        match self.start_monitor(&layout, &monitor, mode, spare) {
+            Ok(report) => Ok(Sandbox::launched(id, layout, report)),
+            Err(e) => {
+                // A monitor that reported its failure has rolled back; one that died without a
+                // report may have left an init waiting inside libcontainer and its cgroup:
+                // clean those up as for a lost sandbox before the directory goes.
+                if let Ok(record) = state::read_json::<SandboxRecord>(&layout.record()) {
+                    let _ = clean_lost(&layout, &record);
+                }
+                let _ = state::remove_sandbox_dir(&layout.dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// A private directory to prepare a sandbox in, `.new-<pid>-<start time>-<n>` (so that gc
+    /// can tell when its creator died before claiming an id), holding the program's stdin.
+    fn stage(&self, stdin: &Stdin) -> Result<PathBuf> {
+        let name = state::owned_name(NEW_PREFIX)?;
+        let tmp = self.inner.dir.join(&name);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        let layout = Layout::new(&self.inner.dir, &name);
+        // The sandbox gets a private copy: an fd to the caller's own file could be reopened
+        // for writing through /proc/self/fd/0 by a program running as uid 0.
+        let written = match stdin {
+            Stdin::Bytes(bytes) => state::write_atomic(&layout.stdin(), bytes),
+            Stdin::File(path) => fs::copy(path, layout.stdin())
+                .map(drop)
+                .map_err(|e| Error::io("copy stdin from", path, e)),
+            Stdin::Null => Ok(()),
+        };
+        match written {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `sandbox.json` into `tmp` and renames `tmp` to `<root>/<id>` without replacing
+    /// anything, so an id is claimed atomically and a sandbox directory always has its record.
+    fn claim(
+        &self,
+        tmp: &Path,
+        name: Option<&str>,
+        record: impl Fn(&str) -> SandboxRecord,
+    ) -> Result<(String, Layout)> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        for _ in 0..16 {
+            let id = match name {
+                Some(n) => n.to_string(),
+                None => {
+                    let micros = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+                    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                    format!("rb-{micros:x}-{:x}-{n:x}", std::process::id())
+                }
+            };
+            state::write_json_atomic(&tmp.join("sandbox.json"), &record(&id))?;
+            let layout = Layout::new(&self.inner.dir, &id);
+            match nix::fcntl::renameat2(
+                None,
+                tmp,
+                None,
+                &layout.dir,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => return Ok((id, layout)),
+                Err(nix::Error::EEXIST) if name.is_none() => continue,
+                Err(nix::Error::EEXIST) => {
+                    // The name may still be held by a finished one-shot run whose monitor is
+                    // cleaning up (a few ms): wait for that, then try again. The directory may
+                    // also vanish while we look (it is renamed away before removal).
+                    match self.sandbox(&id) {
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                        Ok(s) => {
+                            if let Some(monitor) = s.finishing_one_shot() {
+                                wait_for_exit(monitor, None)?;
+                                continue;
+                            }
+                            // Its records could not be read because it went meanwhile.
+                            if !layout.dir.exists() {
+                                continue;
+                            }
+                        }
+                    }
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("sandbox {id} already exists"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::with_source(
+                        ErrorKind::Io,
+                        format!("claim sandbox directory {}", layout.dir.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Io,
+            "could not allocate a unique sandbox id",
+        ))
+    }
+
+    /// Hands the sandbox to `spare` if given and alive, else execs a new monitor; then reads
+    /// the monitor's first report and tops the spares up again. Returns the report pipe.
+    fn start_monitor(
+        &self,
+        layout: &Layout,
+        monitor: &Path,
+        mode: Mode,
+        spare: Option<Spare>,
+    ) -> Result<BufReader<fs::File>> {
+        let result = match spare {
+            Some(spare) => {
+                let warm_cgroup = spare.warm_cgroup().map(str::to_string);
+                let taken = spare.hand_over(layout, mode).map(|reader| {
+                    let probe = reader.get_ref().try_clone().ok();
+                    (read_first_report(layout, reader, None), probe)
+                });
+                match taken {
+                    Ok((Ok(report), _)) => Ok(report),
+                    // A failure of a spare that took the sandbox, or of one that may still
+                    // be alive (it timed out), stands.
+                    Ok((Err(e), probe))
+                        if layout.monitor().exists() || !probe.as_ref().is_some_and(no_writer) =>
+                    {
+                        Err(e)
+                    }
+                    // The spare died before it took the sandbox (the request could not be
+                    // sent, or its report pipe closed before it wrote monitor.json): start a
+                    // fresh monitor instead, once the dead spare's container (if any) is gone
+                    // from the cgroup the record may name.
+                    _ => {
+                        if let Some(path) = warm_cgroup {
+                            let _ = cgroup::kill_and_remove(&path);
+                        }
+                        exec_monitor(layout, monitor, mode)
+                    }
+                }
+            }
+            None => exec_monitor(layout, monitor, mode),
+        };
+        if result.is_ok() {
+            self.inner.spares.replenish(&self.spare_target(monitor));
+        }
+        result
+    }
+}
+
+/// Execs a new monitor for the sandbox at `layout` and reads its first report.
+fn exec_monitor(layout: &Layout, monitor: &Path, mode: Mode) -> Result<BufReader<fs::File>> {
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
+    let args = MonitorArgs::Sandbox {
+        dir: layout.dir.clone(),
+        mode,
+    };
+    let mut first = spawn_monitor(monitor, &args, Stdio::null(), Stdio::from(report_w))?;
+    let status = reap(&mut first)?;
+    read_first_report(
+        layout,
+        BufReader::new(fs::File::from(report_r)),
+        Some(status),
+    )
+}

@@ -1,0 +1,133 @@
+//! Turns a [`Command`] into the validated [`SandboxConfig`] a sandbox is made from: every
+//! check before the first side effect, the image opened, the program looked up in it, bind
+//! sources canonicalized. Runs in the controller.
+
+use std::fs;
+use std::path::Path;
+
+use crate::config::{self, Command, SandboxConfig, Stdin};
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::image::Image;
+
+/// Checks everything about `cmd` that can be checked without side effects and resolves the
+/// program inside the image: the config a sandbox is made from. `host_image` gives the
+/// default image, asked for only when needed.
+pub(super) fn resolve<'a>(
+    cmd: &Command,
+    host_image: impl FnOnce() -> Result<&'a Image>,
+) -> Result<SandboxConfig> {
+    let invalid = |msg: String| Error::new(ErrorKind::InvalidConfig, msg);
+    if let Some(id) = &cmd.name {
+        config::validate_id(id)?;
+    }
+    cmd.limits.validate()?;
+    if cmd.program.is_empty() || cmd.program.contains('\0') {
+        return Err(invalid(
+            "program must be a non-empty string without NUL".into(),
+        ));
+    }
+    let all_strings = cmd
+        .args
+        .iter()
+        .chain(cmd.env.keys())
+        .chain(cmd.env.values());
+    if all_strings.clone().any(|s| s.contains('\0')) {
+        return Err(invalid(
+            "arguments and environment must not contain NUL".into(),
+        ));
+    }
+    if cmd.env.keys().any(|k| k.is_empty() || k.contains('=')) {
+        return Err(invalid(
+            "environment names must be non-empty and without '='".into(),
+        ));
+    }
+    let cwd = cmd.cwd.clone().unwrap_or_else(|| "/work".to_string());
+    if !cwd.starts_with('/') {
+        return Err(invalid(format!(
+            "working directory {cwd:?} must be absolute"
+        )));
+    }
+    let hostname_ok = !cmd.hostname.is_empty()
+        && cmd.hostname.len() <= 64
+        && cmd
+            .hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !hostname_ok {
+        return Err(invalid(format!("hostname {:?} is not valid", cmd.hostname)));
+    }
+    let owned_image;
+    let image = match &cmd.image {
+        Some(dir) => {
+            owned_image = Image::from_dir(dir)?;
+            &owned_image
+        }
+        None => host_image()?,
+    };
+    let path_var = cmd.env.get("PATH").map(String::as_str).unwrap_or("");
+    let exe = image.resolve_program(&cmd.program, path_var)?;
+    if let Stdin::File(path) = &cmd.stdin {
+        if !path.is_file() {
+            return Err(invalid(format!(
+                "stdin file {} does not exist or is not a file",
+                path.display()
+            )));
+        }
+    }
+    let inside_ok =
+        |p: &str| p.starts_with('/') && config::is_clean_absolute(Path::new(p)) && p != "/";
+    for (host, dest) in cmd.binds.iter().chain(&cmd.copies) {
+        if !inside_ok(dest) {
+            return Err(invalid(format!(
+                "sandbox path {dest:?} must be absolute, not / and without '..'"
+            )));
+        }
+        if fs::symlink_metadata(host).is_err() {
+            return Err(invalid(format!(
+                "host path {} does not exist",
+                host.display()
+            )));
+        }
+    }
+    for (inside, host) in &cmd.collects {
+        if !inside_ok(inside) {
+            return Err(invalid(format!(
+                "sandbox path {inside:?} must be absolute, not / and without '..'"
+            )));
+        }
+        if !host.is_absolute() {
+            return Err(invalid(format!(
+                "collect destination {} must be absolute",
+                host.display()
+            )));
+        }
+    }
+    let mut binds = image.binds.clone();
+    for (host, dest) in &cmd.binds {
+        let host = fs::canonicalize(host).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("bind source {}", host.display()),
+                e,
+            )
+        })?;
+        binds.push((host, dest.clone()));
+    }
+    let mut args = Vec::with_capacity(cmd.args.len() + 1);
+    args.push(cmd.program.clone());
+    args.extend(cmd.args.iter().cloned());
+    Ok(SandboxConfig {
+        args,
+        exe,
+        env: cmd.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd,
+        user: cmd.user,
+        image: cmd.image.as_ref().map(|_| image.lower.clone()),
+        limits: cmd.limits.clone(),
+        stdin: cmd.stdin.clone(),
+        hostname: cmd.hostname.clone(),
+        binds,
+        copies: cmd.copies.clone(),
+        collects: cmd.collects.clone(),
+    })
+}

@@ -1,0 +1,373 @@
+//! The state root as callers see it: opening it, launching sandboxes (see `launch.rs`),
+//! handles on existing ones, listing, gc, spares. Runs in the controller, the process linking
+//! runbox (often multi-threaded): it never forks, only execs monitors.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use libcontainer::oci_spec::runtime::Spec;
+
+use crate::config::{self, Command};
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::image::Image;
+use crate::host::state;
+use crate::layout::IMAGES_DIR;
+use crate::policy::spec::{self, SpecStage};
+use crate::proto::Mode;
+use crate::verdict::Verdict;
+
+use super::exec;
+use super::gc::{self, GcReport};
+use super::resolve::resolve;
+use super::sandbox::{Sandbox, SandboxInfo};
+use super::spares::{Spares, Target};
+
+/// Default state root when neither the caller nor `RUNBOX_ROOT` names one.
+pub const DEFAULT_ROOT: &str = "/run/runbox";
+
+/// One entry of [`Root::list`]: a sandbox id and what could be learned about it. A corrupt
+/// state file makes only its own entry an error.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Listing {
+    /// The sandbox id (its directory name).
+    pub id: String,
+    /// Its state, or why it could not be read.
+    pub info: Result<SandboxInfo>,
+}
+
+/// A state root: the directory holding one directory per sandbox. Cheap to clone; `Send` and
+/// `Sync`, so one `Root` serves every thread of a grader. Its spare monitors live as long as
+/// the last clone.
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub(super) inner: Arc<RootInner>,
+}
+
+#[derive(Debug)]
+pub(super) struct RootInner {
+    pub dir: PathBuf,
+    pub cgroup_prefix: String,
+    monitor: Option<PathBuf>,
+    host_image: OnceLock<Image>,
+    /// Idle monitors ready for a request (released when the root is dropped).
+    pub spares: Spares,
+}
+
+/// Options for opening a [`Root`].
+#[derive(Debug, Clone, Default)]
+pub struct RootOptions {
+    cgroup_prefix: Option<String>,
+    monitor: Option<PathBuf>,
+    spare_monitors: Option<usize>,
+    no_prebuild: bool,
+}
+
+impl RootOptions {
+    /// Default options: cgroup prefix `runbox`, monitor found as described on [`Root::open`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Puts every sandbox's cgroup under `/<prefix>/<id>` in each hierarchy. Default `runbox`
+    /// for the default state root and `runbox-<8 hex digits of a hash of its path>` for others,
+    /// so that two roots never share cgroups.
+    pub fn cgroup_prefix(&mut self, prefix: impl Into<String>) -> &mut Self {
+        self.cgroup_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Uses this monitor executable, overriding every other way of finding one.
+    pub fn monitor_path(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.monitor = Some(path.into());
+        self
+    }
+
+    /// How many idle monitors to keep ready (default 1; a grader with N worker threads, or
+    /// rotating between N build shapes, wants N). A spare is forked by the root's spare
+    /// factory with its seccomp filter compiled, enters its own mount namespace and, unless
+    /// [`RootOptions::prebuild`] is off, builds the next sandbox ahead of its request. It
+    /// costs under 1 MiB of memory and exits when the [`Root`] is dropped. 0 disables spares
+    /// (and the factory): every launch execs a monitor.
+    pub fn spare_monitors(&mut self, n: usize) -> &mut Self {
+        self.spare_monitors = Some(n);
+        self
+    }
+
+    /// Whether spare monitors pre-build a container (default true): each new spare builds a
+    /// sandbox shaped like the last launch (same image, user, binds, memory and pids limits…;
+    /// see below) up to the point where only the program is missing, so a launch of the same
+    /// shape only binds its program, stdin, copies and CPU limits and starts it. A launch of
+    /// another shape finds the spare's container torn down and builds its own (about the
+    /// cost of a spare that pre-built nothing). What must match: image, user, hostname, binds,
+    /// memory, pids, cpuset, CFS period, open-files and file-size limits, scratch and shm
+    /// sizes. What may differ: program, arguments, environment, working directory, stdin,
+    /// copies in and out, CPU bandwidth, CPU and wall time, output limit.
+    ///
+    /// A pre-built container holds its mounts, cgroup and namespaces while it waits (a few
+    /// MiB); it is torn down when the [`Root`] is dropped or its controller dies.
+    pub fn prebuild(&mut self, on: bool) -> &mut Self {
+        self.no_prebuild = !on;
+        self
+    }
+
+    /// Opens (creating if needed, mode 0700) the state root `dir`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a bad path or prefix; `Io` if the directory cannot be created.
+    pub fn open(&self, dir: impl AsRef<Path>) -> Result<Root> {
+        let dir = dir.as_ref();
+        if !config::is_clean_absolute(dir) || dir.to_str().is_none_or(|s| s.contains([',', ':'])) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "state root {} must be an absolute utf-8 path without '..', ',' or ':'",
+                    dir.display()
+                ),
+            ));
+        }
+        let prefix = self
+            .cgroup_prefix
+            .clone()
+            .unwrap_or_else(|| default_cgroup_prefix(dir));
+        let prefix_ok = prefix
+            .split('/')
+            .all(|part| config::validate_id(part).is_ok());
+        if !prefix_ok {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("cgroup prefix {prefix:?} must be '/'-separated names like ids"),
+            ));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io("create state root", dir, e))?;
+        Ok(Root {
+            inner: Arc::new(RootInner {
+                dir: dir.to_path_buf(),
+                cgroup_prefix: prefix,
+                monitor: self.monitor.clone(),
+                host_image: OnceLock::new(),
+                spares: Spares::new(self.spare_monitors.unwrap_or(1), !self.no_prebuild),
+            }),
+        })
+    }
+}
+
+impl Root {
+    /// Opens the state root `dir` with default options. See [`RootOptions::open`].
+    ///
+    /// The monitor executable is, in order: [`RootOptions::monitor_path`]; `$RUNBOX_MONITOR`;
+    /// the current executable if it called [`crate::monitor_main`] at the top of `main`;
+    /// `runbox-monitor` next to the current executable or in its parent directory (where
+    /// `cargo test` and `cargo build` put it); `runbox-monitor` in `PATH`.
+    ///
+    /// # Errors
+    /// As [`RootOptions::open`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Root> {
+        RootOptions::new().open(dir)
+    }
+
+    /// The state root named by `RUNBOX_ROOT`, else [`DEFAULT_ROOT`].
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("RUNBOX_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+    }
+
+    /// The state root directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The cgroup prefix sandboxes are created under.
+    pub fn cgroup_prefix(&self) -> &str {
+        &self.inner.cgroup_prefix
+    }
+
+    /// The host-based default image (its skeleton made once per root).
+    pub(super) fn host_image(&self) -> Result<&Image> {
+        if let Some(img) = self.inner.host_image.get() {
+            return Ok(img);
+        }
+        let img = Image::host_default(&self.inner.dir.join(IMAGES_DIR))?;
+        Ok(self.inner.host_image.get_or_init(|| img))
+    }
+
+    /// The monitor executable (see [`Root::open`]).
+    pub(super) fn monitor_exe(&self) -> Result<PathBuf> {
+        exec::find_monitor(self.inner.monitor.as_deref())
+    }
+
+    /// Where this root's spares are made, with the monitor `exe`.
+    pub(super) fn spare_target<'a>(&'a self, exe: &'a Path) -> Target<'a> {
+        Target {
+            exe,
+            root: &self.inner.dir,
+            prefix: &self.inner.cgroup_prefix,
+        }
+    }
+
+    /// The complete OCI runtime spec of a sandbox running `cmd`, with the image itself as a
+    /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes).
+    /// (libcontainer itself builds from this spec minus the program, the quota and the
+    /// seccomp section, which runbox applies itself.)
+    ///
+    /// The spec is complete: program, limits (CPU quota included) and runbox's seccomp policy
+    /// as an OCI profile, so `runc run` confines the program as runbox does.
+    ///
+    /// # Errors
+    /// `InvalidConfig` as for [`Root::spawn`].
+    pub fn oci_spec(&self, cmd: &Command) -> Result<Spec> {
+        let cfg = resolve(cmd, || self.host_image())?;
+        let lower = match &cfg.image {
+            Some(dir) => dir.clone(),
+            None => self.host_image()?.lower.clone(),
+        };
+        let id = cmd.name.as_deref().unwrap_or("bundle");
+        let cgroup = format!("/{}/{id}", self.inner.cgroup_prefix);
+        spec::build(&cfg, &lower, true, &cgroup, SpecStage::Final)
+    }
+
+    /// Writes [`Root::oci_spec`] as `<bundle>/config.json`, a bundle `runc run` accepts.
+    ///
+    /// # Errors
+    /// As [`Root::oci_spec`], and `Io` if the file cannot be written.
+    pub fn write_bundle(&self, cmd: &Command, bundle: &Path) -> Result<()> {
+        state::write_bundle(&self.oci_spec(cmd)?, bundle)
+    }
+
+    /// Runs `cmd` in a new sandbox, **blocks until it has finished**, and returns the verdict;
+    /// the sandbox is removed. (In an async program, call it from a blocking task.)
+    ///
+    /// # Errors
+    /// Errors are about runbox, never about the program: a program that fails, crashes or hits
+    /// a limit still gives `Ok` with the matching [`Verdict::status`].
+    ///
+    /// The verdict arrives as soon as the monitor has it; the monitor then removes the sandbox
+    /// (cgroup, mounts, state directory) on its own, so that cleanup is not on the caller's time.
+    pub fn run(&self, cmd: &Command) -> Result<Verdict> {
+        let mut sandbox = self.launch(cmd, Mode::Run, true)?;
+        Ok(sandbox.wait_for_report()?.verdict)
+    }
+
+    /// Creates and starts a sandbox running `cmd`; returns once the program runs. The sandbox
+    /// runs on whatever happens to the caller; dropping the handle does not stop it.
+    ///
+    /// # Errors
+    /// `InvalidConfig` (checked before any side effect), `AlreadyExists`, `LaunchFailed`
+    /// (everything the launch set up is removed again), `UnsupportedHost`, `Io`.
+    pub fn spawn(&self, cmd: &Command) -> Result<Sandbox> {
+        self.launch(cmd, Mode::Run, false)
+    }
+
+    /// Creates a sandbox for `cmd` whose program does not run until [`Sandbox::start`].
+    ///
+    /// # Errors
+    /// As [`Root::spawn`].
+    pub fn create(&self, cmd: &Command) -> Result<Sandbox> {
+        self.launch(cmd, Mode::Create, false)
+    }
+
+    /// A handle on the existing sandbox `id`, from any process.
+    ///
+    /// # Errors
+    /// `InvalidConfig` for a malformed id, `NotFound` if there is no such sandbox.
+    pub fn sandbox(&self, id: &str) -> Result<Sandbox> {
+        Sandbox::open(&self.inner.dir, id)
+    }
+
+    /// Every sandbox in this state root with its state, sorted by id.
+    ///
+    /// # Errors
+    /// `Io` if the state root cannot be read. A sandbox whose state is unreadable or corrupt
+    /// gives an error in its own [`Listing`] only.
+    pub fn list(&self) -> Result<Vec<Listing>> {
+        let mut out = Vec::new();
+        for id in state::sandbox_ids(&self.inner.dir)? {
+            let info = self.sandbox(&id).and_then(|s| s.info());
+            out.push(Listing { id, info });
+        }
+        Ok(out)
+    }
+
+    /// Removes what crashes left behind: sandboxes whose monitor died (their processes, cgroup,
+    /// libcontainer state, mounts and directory), stray mounts under the state root, empty
+    /// cgroups under this root's prefix that belong to no sandbox, and unfinished temp dirs.
+    /// Idempotent; never touches a live sandbox.
+    pub fn gc(&self) -> GcReport {
+        gc::collect(&self.inner.dir, &self.inner.cgroup_prefix)
+    }
+
+    /// Releases the spare monitors (they exit); new ones are made on the next launch.
+    pub fn release_spares(&self) {
+        self.inner.spares.release();
+    }
+
+    /// Starts the spare monitors now, each pre-building a sandbox shaped like `cmd` (see
+    /// [`RootOptions::prebuild`]), so that even the first launch of that shape finds one
+    /// ready: a grader calls it at start-up with a typical command. Idle spares of another
+    /// shape are released. Returns once the spares are started, not built (they build in
+    /// the background). Does nothing with `spare_monitors(0)` or `prebuild(false)`.
+    ///
+    /// # Errors
+    /// `InvalidConfig` as for [`Root::spawn`]; `UnsupportedHost` if no monitor is found.
+    pub fn warm_up(&self, cmd: &Command) -> Result<()> {
+        let shape = resolve(cmd, || self.host_image())?.build_shape();
+        let exe = self.monitor_exe()?;
+        self.inner.spares.warm_up(shape, &self.spare_target(&exe));
+        Ok(())
+    }
+}
+
+/// `runbox` for the default state root, `runbox-<hash of the path>` for any other, so that two
+/// state roots never share sandbox cgroups (ids are unique per root only).
+fn default_cgroup_prefix(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_ROOT) {
+        return "runbox".to_string();
+    }
+    // FNV-1a: stable across runs and builds (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // The low 32 bits, as earlier releases named them.
+    format!("runbox-{:08x}", h & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_cgroup_prefixes_are_stable_and_differ_per_root() {
+        assert_eq!(default_cgroup_prefix(Path::new(DEFAULT_ROOT)), "runbox");
+        let a = default_cgroup_prefix(Path::new("/srv/a"));
+        assert_eq!(a, default_cgroup_prefix(Path::new("/srv/a")));
+        assert_ne!(a, default_cgroup_prefix(Path::new("/srv/b")));
+        assert!(
+            a.starts_with("runbox-") && a.len() == "runbox-".len() + 8,
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn bad_state_roots_and_prefixes_are_refused_before_anything_is_made() {
+        for dir in ["relative", "/a/../b", "/a,b", "/a:b"] {
+            let e = Root::open(dir).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{dir}");
+            assert!(!Path::new(dir).exists());
+        }
+        let e = RootOptions::new()
+            .cgroup_prefix("bad prefix")
+            .open("/nonexistent-runbox-unit/root")
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(!Path::new("/nonexistent-runbox-unit").exists());
+    }
+}

@@ -1,0 +1,383 @@
+//! A root's spare monitors: idle monitors made ahead of launches (forked by the root's spare
+//! factory, else exec'd), each optionally pre-building a container shaped like the last
+//! launch. Runs in the controller; spares and the factory are separate processes reached
+//! only through [`SpareRequest`] and [`FactoryRequest`] messages.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::socket::MsgFlags;
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::{state, sys};
+use crate::layout::{Layout, WARM_PREFIX};
+use crate::proto::{FactoryRequest, Mode, MonitorArgs, SpareRequest, MAX_SPARE_LINE};
+
+use super::exec::{reap, spawn_monitor};
+
+/// Where spares are made: the monitor executable, the state root and its cgroup prefix.
+pub(super) struct Target<'a> {
+    /// The monitor executable.
+    pub exe: &'a Path,
+    /// The state root.
+    pub root: &'a Path,
+    /// The root's cgroup prefix.
+    pub prefix: &'a str,
+}
+
+/// The spares of one root. Dropping it releases them (they tear down what they pre-built
+/// and exit) and ends the factory.
+#[derive(Debug)]
+pub(super) struct Spares {
+    idle: Mutex<Vec<Spare>>,
+    target: usize,
+    /// Spares pre-build a container shaped like the last launch.
+    prebuild: bool,
+    /// The build shape of the last launch (what new spares pre-build).
+    last_shape: Mutex<Option<SandboxConfig>>,
+    /// The spare factory, once started; `Err` once it could not be started.
+    factory: Mutex<std::result::Result<Option<Factory>, ()>>,
+}
+
+/// A spare factory: the socket it takes fork requests on. Dropping it ends the factory.
+#[derive(Debug)]
+struct Factory {
+    request: OwnedFd,
+}
+
+/// A spare monitor: its request socket, its report pipe, the short-lived first process of its
+/// double fork if it was exec'd (reaped when the spare is taken or released; a factory reaps
+/// those of the spares it forks), and what it pre-builds, if anything.
+#[derive(Debug)]
+pub(super) struct Spare {
+    request: OwnedFd,
+    report: BufReader<File>,
+    first: Option<Child>,
+    warm: Option<Warm>,
+}
+
+/// A container a spare builds ahead of its request: in this cgroup, of this build shape.
+#[derive(Debug)]
+struct Warm {
+    cgroup_path: String,
+    shape: SandboxConfig,
+}
+
+impl Spare {
+    /// Lets the spare go: end of file on its socket makes it tear down what it pre-built and
+    /// exit.
+    fn release(mut self) {
+        drop(self.request);
+        if let Some(first) = self.first.as_mut() {
+            let _ = reap(first);
+        }
+    }
+
+    /// True if the spare's pre-built container can serve a config of build shape `shape`.
+    pub fn fits(&self, shape: &SandboxConfig) -> bool {
+        self.warm.as_ref().is_some_and(|w| &w.shape == shape)
+    }
+
+    /// The cgroup the spare pre-builds in, if it pre-builds.
+    pub fn warm_cgroup(&self) -> Option<&str> {
+        self.warm.as_ref().map(|w| w.cgroup_path.as_str())
+    }
+
+    /// Gives the sandbox at `layout` to the spare: its report reader, or `Err` if the spare
+    /// is gone.
+    pub fn hand_over(
+        mut self,
+        layout: &Layout,
+        mode: Mode,
+    ) -> std::result::Result<BufReader<File>, ()> {
+        if let Some(first) = self.first.as_mut() {
+            let _ = reap(first);
+        }
+        let request = SpareRequest::Take {
+            mode,
+            dir: layout.dir.clone(),
+        };
+        if send_request(&self.request, &request) {
+            Ok(self.report)
+        } else {
+            Err(())
+        }
+    }
+}
+
+/// Writes `request` whole to a spare's socket without blocking or raising SIGPIPE; false if
+/// it could not (the spare is gone, or the line does not fit the socket's buffer).
+fn send_request(socket: &OwnedFd, request: &SpareRequest) -> bool {
+    let Ok(line) = request.encode() else {
+        return false;
+    };
+    if line.len() > MAX_SPARE_LINE {
+        return false;
+    }
+    let sent = nix::sys::socket::send(
+        socket.as_raw_fd(),
+        line.as_bytes(),
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    );
+    matches!(sent, Ok(n) if n == line.len())
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Spares {
+    /// Keeps `target` spares (0: none, and no factory), pre-building if `prebuild`.
+    pub fn new(target: usize, prebuild: bool) -> Self {
+        Spares {
+            idle: Mutex::new(Vec::new()),
+            target,
+            prebuild,
+            last_shape: Mutex::new(None),
+            factory: Mutex::new(Ok(None)),
+        }
+    }
+
+    /// Takes a spare, preferring one whose pre-built container fits `shape`.
+    pub fn take(&self, shape: &SandboxConfig) -> Option<Spare> {
+        let mut idle = self.idle.lock().ok()?;
+        let i = idle
+            .iter()
+            .rposition(|s| s.fits(shape))
+            .or_else(|| idle.len().checked_sub(1))?;
+        Some(idle.swap_remove(i))
+    }
+
+    /// Returns an unused spare.
+    pub fn put_back(&self, spare: Spare) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(spare);
+        }
+    }
+
+    /// Releases every spare (they exit) and ends the factory; new ones are made on the next
+    /// launch.
+    pub fn release(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            for spare in idle.drain(..) {
+                spare.release();
+            }
+        }
+        if let Ok(mut factory) = self.factory.lock() {
+            // End of file: the factory exits (the spares it forked are on their own).
+            if let Ok(f) = factory.as_mut() {
+                *f = None;
+            }
+        }
+    }
+
+    /// Remembers the build shape of a launch: the next spares pre-build it.
+    pub fn remember_shape(&self, shape: SandboxConfig) {
+        if self.prebuild {
+            if let Ok(mut last) = self.last_shape.lock() {
+                *last = Some(shape);
+            }
+        }
+    }
+
+    /// Starts the spares now, each pre-building `shape`; idle spares of another shape are
+    /// released. Does nothing without spares or pre-building.
+    pub fn warm_up(&self, shape: SandboxConfig, t: &Target<'_>) {
+        if !self.prebuild || self.target == 0 {
+            return;
+        }
+        let stale: Vec<Spare> = match self.idle.lock() {
+            Ok(mut idle) => {
+                let (keep, stale) = idle.drain(..).partition(|s| s.fits(&shape));
+                *idle = keep;
+                stale
+            }
+            Err(_) => Vec::new(),
+        };
+        self.remember_shape(shape);
+        for spare in stale {
+            spare.release();
+        }
+        self.replenish(t);
+    }
+
+    /// Starts spares up to the target; failures are ignored (a launch then execs a monitor).
+    pub fn replenish(&self, t: &Target<'_>) {
+        loop {
+            let have = self.idle.lock().map_or(usize::MAX, |s| s.len());
+            if have >= self.target {
+                return;
+            }
+            match self.spawn(t) {
+                Ok(spare) => self.put_back(spare),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// A new spare: forked by the factory if there is one, else exec'd; told to pre-build
+    /// the last launch's shape.
+    fn spawn(&self, t: &Target<'_>) -> Result<Spare> {
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
+        // A socket, not a pipe: writing to a spare that died must not raise SIGPIPE in the caller.
+        let (request_r, request_w) = sys::stream_socket_pair()
+            .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
+        let first = if self.fork(t, &request_r, &report_w) {
+            drop((request_r, report_w));
+            None
+        } else {
+            let args = MonitorArgs::Spare {
+                root: t.root.to_path_buf(),
+                prefix: t.prefix.to_string(),
+            };
+            Some(spawn_monitor(
+                t.exe,
+                &args,
+                Stdio::from(request_r),
+                Stdio::from(report_w),
+            )?)
+        };
+        let mut spare = Spare {
+            request: request_w,
+            report: BufReader::new(File::from(report_r)),
+            first,
+            warm: None,
+        };
+        // Set only when pre-building is on.
+        let shape = self.last_shape.lock().ok().and_then(|s| s.clone());
+        if let Some(shape) = shape {
+            send_warm(&mut spare, shape, t.prefix);
+        }
+        Ok(spare)
+    }
+
+    /// Has the factory fork a spare with these ends of its request socket and report pipe,
+    /// starting the factory first if needed. False if there is no working factory (the
+    /// caller execs the spare instead).
+    fn fork(&self, t: &Target<'_>, request: &OwnedFd, report: &OwnedFd) -> bool {
+        let Ok(mut slot) = self.factory.lock() else {
+            return false;
+        };
+        let Ok(factory) = slot.as_mut() else {
+            return false; // could not be started before: exec spares
+        };
+        if factory.is_none() {
+            match start_factory(t) {
+                Ok(f) => *factory = Some(f),
+                Err(_) => {
+                    *slot = Err(());
+                    return false;
+                }
+            }
+        }
+        let Some(f) = factory.as_ref() else {
+            return false;
+        };
+        let fds = [request.as_raw_fd(), report.as_raw_fd()];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            f.request.as_raw_fd(),
+            &[std::io::IoSlice::new(FactoryRequest::WIRE)],
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        );
+        if matches!(sent, Ok(n) if n == FactoryRequest::WIRE.len()) {
+            return true;
+        }
+        // The factory died (or is stuck): start another next time.
+        *factory = None;
+        false
+    }
+}
+
+/// Execs the spare factory (it detaches at once) and reaps its first process.
+fn start_factory(t: &Target<'_>) -> Result<Factory> {
+    let (ours, theirs) = sys::stream_socket_pair()
+        .map_err(|e| Error::with_source(ErrorKind::Io, "create the factory socket", e))?;
+    let args = MonitorArgs::Factory {
+        root: t.root.to_path_buf(),
+        prefix: t.prefix.to_string(),
+    };
+    let mut first = spawn_monitor(t.exe, &args, Stdio::from(theirs), Stdio::null())?;
+    let status = reap(&mut first)?;
+    if !status.success() {
+        return Err(Error::new(
+            ErrorKind::LaunchFailed,
+            format!("the spare factory failed to start ({status})"),
+        ));
+    }
+    Ok(Factory { request: ours })
+}
+
+/// Asks `spare` to pre-build a container of `shape` in a cgroup of its own,
+/// `/<prefix>/_warm-<controller pid>-<start time>-<n>` (ids cannot start with `_`).
+fn send_warm(spare: &mut Spare, shape: SandboxConfig, prefix: &str) {
+    let Ok(name) = state::owned_name(WARM_PREFIX) else {
+        return;
+    };
+    let cgroup_path = format!("/{prefix}/{name}");
+    let request = SpareRequest::Warm {
+        cgroup_path: cgroup_path.clone(),
+        shape: Box::new(shape),
+    };
+    // The line must go whole into the socket's buffer (the spare reads it when it can); one
+    // that does not fit is not sent, and the spare stays cold.
+    if send_request(&spare.request, &request) {
+        let SpareRequest::Warm { shape, .. } = request else {
+            return;
+        };
+        spare.warm = Some(Warm {
+            cgroup_path,
+            shape: *shape,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare(warm: Option<SandboxConfig>) -> Spare {
+        let (request, _) = sys::stream_socket_pair().unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        Spare {
+            request,
+            report: BufReader::new(File::from(r)),
+            first: None,
+            warm: warm.map(|shape| Warm {
+                cgroup_path: "/p/_warm-1-2-3".into(),
+                shape,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_spare_fits_only_the_shape_it_pre_builds_and_a_launch_prefers_it() {
+        let a = SandboxConfig::for_tests().build_shape();
+        let mut other = SandboxConfig::for_tests();
+        other.limits.memory_bytes /= 2;
+        let b = other.build_shape();
+        assert!(spare(Some(a.clone())).fits(&a));
+        assert!(!spare(Some(a.clone())).fits(&b));
+        assert!(!spare(None).fits(&a), "a cold spare fits nothing");
+        assert_eq!(spare(Some(a.clone())).warm_cgroup(), Some("/p/_warm-1-2-3"));
+
+        let pool = Spares::new(3, true);
+        pool.put_back(spare(Some(a.clone())));
+        pool.put_back(spare(Some(b.clone())));
+        pool.put_back(spare(None));
+        // The one of the launch's shape first, wherever it is; else any.
+        assert!(pool.take(&a).unwrap().fits(&a));
+        assert!(pool.take(&b).unwrap().fits(&b));
+        assert!(pool.take(&a).is_some_and(|s| !s.fits(&a)));
+        assert!(pool.take(&a).is_none());
+    }
+}

@@ -1,0 +1,238 @@
+//! On-disk state: the records of a sandbox directory (format v1), atomic JSON files, the
+//! sandbox lock, listing and removing sandbox directories. Used by controllers and monitors.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::proc::ProcIdentity;
+use crate::layout::{self, GONE_PREFIX};
+use crate::verdict::{Usage, Verdict};
+
+/// Version of the on-disk format of a sandbox directory. Readers refuse other versions.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Removes a sandbox directory so that its id disappears at once: renamed out of the way
+/// (to `.gone-<pid>-<start>-<n>`, which `gc` collects if the remover dies), then removed. A
+/// claim of the same id never sees a half-removed directory.
+pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
+    let parent = dir
+        .parent()
+        .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
+    let gone = parent.join(owned_name(GONE_PREFIX)?);
+    fs::rename(dir, &gone).map_err(|e| Error::io("rename", dir, e))?;
+    fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))
+}
+
+/// `sandbox.json`: what the sandbox is, written by the controller before the monitor starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SandboxRecord {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The sandbox id.
+    pub id: String,
+    /// The cgroup path given to libcontainer (`/<prefix>/<id>`).
+    pub cgroup_path: String,
+    /// Creation time, milliseconds since the epoch.
+    pub created_unix_ms: u64,
+    /// The controller that created it (a sandbox without a monitor whose creator died is lost).
+    pub creator: ProcIdentity,
+    /// The monitor reports the result on its pipe, then cleans up and removes the directory
+    /// (one-shot runs); nobody else deletes such a sandbox.
+    #[serde(default)]
+    pub remove_on_exit: bool,
+    /// The validated configuration.
+    pub config: SandboxConfig,
+}
+
+/// Where a sandbox's monitor is in its life, as it records it (the sandbox's state, for
+/// callers, is derived from this and the liveness of its processes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum MonitorPhase {
+    /// Setting up the rootfs and container.
+    Creating,
+    /// Built; the init waits for `start`.
+    Created,
+    /// The program runs.
+    Running,
+}
+
+/// `monitor.json`: the monitor's identity, the init's once it exists, and the phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MonitorRecord {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The monitor process.
+    pub monitor: ProcIdentity,
+    /// The container's init (pid 1 of the sandbox), once built.
+    pub init: Option<ProcIdentity>,
+    /// The phase.
+    pub phase: MonitorPhase,
+    /// The sandbox runs in a container a spare built before the request came.
+    #[serde(default)]
+    pub prebuilt: bool,
+}
+
+/// `exit.json`: how the run ended, written by the monitor after cleanup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ExitRecord {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The grader's verdict.
+    pub verdict: Verdict,
+    /// Figures beyond the verdict.
+    pub usage: Usage,
+}
+
+/// Writes `value` as JSON to `path` through a temp file and rename (see [`write_atomic`]).
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::with_source(ErrorKind::Io, format!("encode {}", path.display()), e))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temp file and rename, so a reader sees the old file or
+/// the new one, never a part.
+///
+/// No fsync: the state describes processes of this boot only (after a power loss every
+/// sandbox is gone and `gc` removes its directory), so durability buys nothing, while an fsync
+/// on a disk-backed state root costs milliseconds on every sandbox start.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("write", path, e)
+    })
+}
+
+/// Writes `spec` as `<bundle>/config.json` through a temp file and rename.
+pub(crate) fn write_bundle(
+    spec: &libcontainer::oci_spec::runtime::Spec,
+    bundle: &Path,
+) -> Result<()> {
+    let json = serde_json::to_vec_pretty(spec)
+        .map_err(|e| Error::with_source(ErrorKind::Io, "encode config.json", e))?;
+    write_atomic(&bundle.join("config.json"), &json)
+}
+
+/// Reads a JSON state file; a missing file is `NotFound`, a corrupt one `Io` naming the file.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::with_source(
+                ErrorKind::NotFound,
+                format!("{} is missing", path.display()),
+                e,
+            )
+        } else {
+            Error::io("read", path, e)
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Io,
+            format!("state file {} is corrupt", path.display()),
+            e,
+        )
+    })
+}
+
+/// [`layout::owned_name`] for this process.
+pub(crate) fn owned_name(prefix: &str) -> Result<String> {
+    let me = ProcIdentity::own()
+        .map_err(|e| Error::with_source(ErrorKind::Io, "identify this process", e))?;
+    Ok(layout::owned_name(prefix, me))
+}
+
+/// Takes the sandbox directory's exclusive lock (blocking, or `None` if `block` is false and
+/// another process holds it). Delete and gc take it; readers need none (files are replaced
+/// atomically).
+pub(crate) fn lock(dir: &Path, block: bool) -> Result<Option<Flock<File>>> {
+    let f = File::open(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no sandbox at {}", dir.display()),
+            )
+        } else {
+            Error::io("open", dir, e)
+        }
+    })?;
+    let arg = if block {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::with_source(
+            ErrorKind::Io,
+            format!("lock {}", dir.display()),
+            e,
+        )),
+    }
+}
+
+/// The ids of every sandbox directory in the state root `root`, sorted.
+pub(crate) fn sandbox_ids(root: &Path) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = fs::read_dir(root)
+        .map_err(|e| Error::io("read state root", root, e))?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| crate::config::validate_id(n).is_ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Checks the format version of a record read from disk.
+pub(crate) fn check_format(version: u32, path: &Path) -> Result<()> {
+    if version == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "state file {} has format version {version}, this runbox reads {FORMAT_VERSION}",
+                path.display()
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_then_read() {
+        let dir = std::env::temp_dir().join(format!("runbox-unit-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.json");
+        write_json_atomic(&p, &vec![1, 2, 3]).unwrap();
+        let back: Vec<i32> = read_json(&p).unwrap();
+        assert_eq!(back, vec![1, 2, 3]);
+        fs::write(&p, b"{trunc").unwrap();
+        assert_eq!(read_json::<Vec<i32>>(&p).unwrap_err().kind(), ErrorKind::Io);
+        assert_eq!(
+            read_json::<Vec<i32>>(&dir.join("none")).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,417 @@
+//! A container built and parked before start: rootfs mounted, bundle written, cgroup made,
+//! libcontainer's init waiting for `start`, with no program yet. Built for a request, or ahead
+//! of one by a spare. Runs in the monitor (libcontainer clones the init from this process).
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::wait::waitpid;
+
+use crate::config::SandboxConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::cgroup::{self, Cgroup};
+use crate::host::image::Image;
+use crate::host::{rootfs, state, sys};
+use crate::init::{InheritedFds, SandboxInit};
+use crate::layout::{Scratch, IMAGES_DIR};
+use crate::policy::spec::{self, SpecStage};
+use crate::proto::{InitStatus, StatusLines};
+
+use super::phases;
+use super::process::{self, Prepared};
+
+/// The libcontainer id of every container (each monitor has its own libcontainer root).
+const CONTAINER_ID: &str = "sandbox";
+
+/// How long the monitor waits for the init to take the program.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The container's init: our child (libcontainer clones it with CLONE_PARENT), so its pid
+/// names it until we reap it; the pidfd is for polling and signalling.
+pub(super) struct Init {
+    /// Its pid in the host's pid namespace.
+    pub pid: i32,
+    /// A pidfd of it.
+    pub pidfd: OwnedFd,
+}
+
+/// The init's output, status and request channels, from the build to the supervisor.
+pub(super) struct Streams {
+    /// The read end of the program's stdout.
+    pub out: OwnedFd,
+    /// The read end of the program's stderr.
+    pub err: OwnedFd,
+    /// The read end of the init's status pipe ([`InitStatus`] lines), non-blocking.
+    pub status: File,
+    /// The monitor's end of the lifeline, held until the monitor exits.
+    _lifeline: OwnedFd,
+    /// The monitor's end of the init's request socket.
+    pub request: OwnedFd,
+    /// Status lines read so far and not yet taken (what followed `ready`).
+    pub lines: StatusLines,
+}
+
+impl Streams {
+    /// Waits (at most 10 s) for the init's `ready` line: the program request was applied and
+    /// the program is being started. An `error` line or the init's end fails the launch.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.lines.next_line() {
+                Some(InitStatus::Ready) => return Ok(()),
+                Some(InitStatus::Failed(why)) => {
+                    return Err(Error::new(
+                        ErrorKind::LaunchFailed,
+                        format!("the sandbox's init could not start the program: {why}"),
+                    ))
+                }
+                Some(InitStatus::Mark { label, us }) => {
+                    phases::mark_at(&label, us);
+                    continue;
+                }
+                Some(other) => {
+                    return Err(Error::new(
+                        ErrorKind::LaunchFailed,
+                        format!("unexpected line from the sandbox's init: {other:?}"),
+                    ))
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::LaunchFailed,
+                    format!("the sandbox's init did not take the program within {READY_TIMEOUT:?}"),
+                ));
+            }
+            let mut fds = [PollFd::new(self.status.as_fd(), PollFlags::POLLIN)];
+            sys::poll_until(&mut fds, Some(deadline))
+                .map_err(|e| launch("poll the init's status", e))?;
+            let mut buf = [0u8; 512];
+            match (&self.status).read(&mut buf) {
+                Ok(0) => {
+                    return Err(Error::new(
+                        ErrorKind::LaunchFailed,
+                        "the sandbox's init ended before taking the program",
+                    ))
+                }
+                Ok(n) => self.lines.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(launch("read the init's status", e)),
+            }
+        }
+    }
+}
+
+/// What is left to undo of a built container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The init lives (parked before start, or running the program), unreaped.
+    InitLive,
+    /// The init was reaped: its pid namespace is empty; cgroup and mounts remain.
+    InitReaped,
+    /// Nothing is left.
+    TornDown,
+}
+
+/// A host path and the (device, inode) it resolved to.
+type SourceId = (PathBuf, Option<(u64, u64)>);
+
+/// The identity of the image directory and of every bind source of `cfg`, as resolved now.
+fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
+    use std::os::unix::fs::MetadataExt;
+    std::iter::once(lower)
+        .chain(cfg.binds.iter().map(|(src, _)| src.as_path()))
+        .map(|p| {
+            let id = fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+            (p.to_path_buf(), id)
+        })
+        .collect()
+}
+
+/// A built container (see the module docs). Dropping it tears it down.
+pub(super) struct Built {
+    /// The [`SandboxConfig::build_shape`] it was built for.
+    shape: SandboxConfig,
+    cgroup_path: String,
+    /// The sandbox's cgroup.
+    pub cgroup: Cgroup,
+    /// The scratch the rootfs and libcontainer's state live on.
+    pub scratch: Scratch,
+    mounted: rootfs::Mounted,
+    container: Container,
+    /// The container's init.
+    pub init: Init,
+    /// Identity of the image directory and each bind source when the container was built
+    /// (`None` if one changed during the build): a request is served only if they still match.
+    sources: Option<Vec<SourceId>>,
+    stage: Stage,
+}
+
+impl Drop for Built {
+    /// A container nobody tore down explicitly (a spare's that was never used, a launch that
+    /// failed before its monitor took it over) is torn down here.
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
+
+impl Built {
+    /// Mounts the rootfs and builds the container for `cfg`'s shape in `cgroup_path`, under
+    /// the state root `root`. On failure everything is rolled back.
+    pub fn new(
+        cfg: &SandboxConfig,
+        cgroup_path: &str,
+        root: &Path,
+        prepared: &Prepared,
+    ) -> Result<(Built, Streams)> {
+        let lower = match &cfg.image {
+            Some(dir) => dir.clone(),
+            None => Image::host_default(&root.join(IMAGES_DIR))?.lower,
+        };
+        process::hide_limitless_hierarchies();
+        let cgroup = cgroup::Layout::detect()
+            .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?
+            .cgroup(cgroup_path);
+        let scratch = Scratch::of_root(root);
+        let before = source_ids(&lower, cfg);
+        let mut mounted = rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower)
+            .map_err(|e| launch("mount the sandbox rootfs", e))?;
+        phases::mark("rootfs_mounted");
+        match build_container(cfg, &scratch, cgroup_path, prepared) {
+            Ok((container, init, streams)) => {
+                // A source replaced while it was being mounted leaves the identity unknown.
+                let sources = (source_ids(&lower, cfg) == before).then_some(before);
+                let built = Built {
+                    shape: cfg.build_shape(),
+                    cgroup_path: cgroup_path.to_string(),
+                    cgroup,
+                    scratch,
+                    mounted,
+                    container,
+                    init,
+                    sources,
+                    stage: Stage::InitLive,
+                };
+                Ok((built, streams))
+            }
+            Err(Unbuilt { error, container }) => {
+                let undone = undo_unbuilt(container, &scratch, &cgroup, &mut mounted);
+                Err(match undone {
+                    Ok(()) => error,
+                    Err(cleanup) => error.with_cleanup_error(&cleanup),
+                })
+            }
+        }
+    }
+
+    /// True if this container can serve `cfg`: built in `cgroup_path` for its build shape,
+    /// from an image directory and bind sources that are still the same files (a grader may
+    /// swap a directory for another under the same path between runs: the pre-built mounts
+    /// would still show the old one).
+    pub fn serves(&self, cfg: &SandboxConfig, cgroup_path: &str) -> bool {
+        self.cgroup_path == cgroup_path
+            && self.shape == cfg.build_shape()
+            && self.sources.as_ref().is_some_and(|ids| {
+                ids.first()
+                    .is_some_and(|(lower, _)| &source_ids(lower, cfg) == ids)
+            })
+    }
+
+    /// Starts the container: the init goes on to read its program request.
+    pub fn start(&mut self) -> Result<()> {
+        self.container
+            .start()
+            .map_err(|e| launch("start the container", e))
+    }
+
+    /// Records that the caller has reaped the init.
+    pub fn init_reaped(&mut self) {
+        if self.stage == Stage::InitLive {
+            self.stage = Stage::InitReaped;
+        }
+    }
+
+    /// Undoes whatever was set up and returns `err` (with any cleanup error appended).
+    pub fn rollback(&mut self, err: Error) -> Error {
+        match self.teardown() {
+            Ok(()) => err,
+            Err(cleanup) => err.with_cleanup_error(&cleanup),
+        }
+    }
+
+    /// Kills what is left of the container, removes its cgroup and unmounts the rootfs (with
+    /// libcontainer's state on it). Only the first call does work.
+    pub fn teardown(&mut self) -> Result<()> {
+        if self.stage == Stage::TornDown {
+            return Ok(());
+        }
+        if self.stage == Stage::InitLive {
+            // Our unreaped child: SIGKILL takes its pid namespace down with it.
+            let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
+            let _ = waitpid(nix::unistd::Pid::from_raw(self.init.pid), None);
+        }
+        self.stage = Stage::TornDown;
+        let mut errors = Vec::new();
+        // The init was reaped, so its pid namespace is empty: what libcontainer's delete
+        // would do (a new cgroup manager, a kill, rmdirs) reduces to the rmdirs below.
+        if let Err(e) = cgroup::kill_cgroup(&self.cgroup, &self.cgroup_path) {
+            errors.push(format!("empty the cgroup: {e}"));
+        }
+        if let Err(e) = self.cgroup.remove() {
+            errors.push(format!("remove cgroup: {e}"));
+        }
+        if let Err(e) = rootfs::unmount(&mut self.mounted) {
+            errors.push(format!("{e}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Io, errors.join("; ")))
+        }
+    }
+}
+
+/// A failed build: the error, and the container if libcontainer had made it.
+struct Unbuilt {
+    error: Error,
+    container: Option<Container>,
+}
+
+impl From<Error> for Unbuilt {
+    fn from(error: Error) -> Self {
+        Unbuilt {
+            error,
+            container: None,
+        }
+    }
+}
+
+/// Writes the bundle and builds the container (the init then waits for start).
+fn build_container(
+    cfg: &SandboxConfig,
+    scratch: &Scratch,
+    cgroup_path: &str,
+    prepared: &Prepared,
+) -> std::result::Result<(Container, Init, Streams), Unbuilt> {
+    let bundle = scratch.bundle();
+    let first = spec::build(
+        cfg,
+        &scratch.rootfs(),
+        false,
+        cgroup_path,
+        SpecStage::ForLibcontainer,
+    )?;
+    state::write_bundle(&first, &bundle)?;
+    phases::mark("bundle_written");
+    let (status_r, status_w) = pipe()?;
+    nix::fcntl::fcntl(
+        status_r.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| launch("make the status pipe non-blocking", e))?;
+    // The init holds the read end; its hang-up tells the init the monitor died.
+    let (lifeline_r, lifeline_w) = pipe()?;
+    let (request_init, request) =
+        sys::stream_socket_pair().map_err(|e| launch("create the request socket", e))?;
+    let executor = SandboxInit::new(
+        prepared.filters.clone(),
+        InheritedFds {
+            status: status_w.as_raw_fd(),
+            lifeline: lifeline_r.as_raw_fd(),
+            request: request_init.as_raw_fd(),
+            monitor_ends: [lifeline_w.as_raw_fd(), request.as_raw_fd()],
+        },
+    );
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let null: OwnedFd = File::open("/dev/null")
+        .map_err(|e| launch("open /dev/null", e))?
+        .into();
+    let lc_root = scratch.libcontainer_root();
+    fs::create_dir_all(&lc_root).map_err(|e| Error::io("create", &lc_root, e))?;
+    let container = ContainerBuilder::new(CONTAINER_ID.to_string(), SyscallType::Linux)
+        .with_root_path(&lc_root)
+        .map_err(|e| launch("set libcontainer root", e))?
+        .with_executor(executor)
+        .with_stdin(null)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(&bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| launch("build the container", e))?;
+    phases::mark("container_built");
+    // Only the init may hold these ends, so its exit is end of file on them.
+    drop((status_w, lifeline_r, request_init));
+    let Some(pid) = container.pid().map(|p| p.as_raw()) else {
+        return Err(Unbuilt {
+            error: Error::new(ErrorKind::LaunchFailed, "container has no init pid"),
+            container: Some(container),
+        });
+    };
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return Err(Unbuilt {
+                error: launch("pidfd_open init", e),
+                container: Some(container),
+            })
+        }
+    };
+    let streams = Streams {
+        out: out_r,
+        err: err_r,
+        status: File::from(status_r),
+        _lifeline: lifeline_w,
+        request,
+        lines: StatusLines::default(),
+    };
+    Ok((container, Init { pid, pidfd }, streams))
+}
+
+/// Undoes a build that failed before the container's init was ours: deletes what
+/// libcontainer made (through its own delete, since the init may not be known), removes the
+/// cgroup and unmounts the rootfs.
+fn undo_unbuilt(
+    container: Option<Container>,
+    scratch: &Scratch,
+    cgroup: &Cgroup,
+    mounted: &mut rootfs::Mounted,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    let lc_dir = scratch.libcontainer_root().join(CONTAINER_ID);
+    if let Some(mut c) = container.or_else(|| Container::load(lc_dir).ok()) {
+        if let Err(e) = c.delete(true) {
+            errors.push(format!("delete container: {e}"));
+        }
+    }
+    if let Err(e) = cgroup.remove() {
+        errors.push(format!("remove cgroup: {e}"));
+    }
+    if let Err(e) = rootfs::unmount(mounted) {
+        errors.push(format!("{e}"));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::Io, errors.join("; ")))
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| launch("create a pipe", e))
+}
+
+/// A launch step's error.
+pub(super) fn launch(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::with_source(ErrorKind::LaunchFailed, what.to_string(), e)
+}

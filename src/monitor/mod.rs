@@ -1,0 +1,53 @@
+//! The monitor side: every process runbox starts from the monitor executable, which never
+//! imports the controller side. Dispatches on the command line ([`MonitorArgs`]):
+//!
+//! - `factory`: one per `Root`; forks spares (`factory.rs`);
+//! - `spare`: an idle monitor that may pre-build a container, then becomes a sandbox's
+//!   monitor (`spare.rs`);
+//! - a sandbox's monitor: `run.rs` (open, launch), `built.rs` (the container),
+//!   `supervise.rs` (limits and output while the program runs), `finish.rs` (verdict,
+//!   teardown).
+//!
+//! Every monitor is single-threaded (it forks, and libcontainer clones from it) and detached
+//! from its spawner (`process.rs`).
+
+mod built;
+mod factory;
+mod finish;
+mod phases;
+mod process;
+mod run;
+mod spare;
+mod supervise;
+
+use crate::proto::MonitorArgs;
+
+use process::Prepared;
+
+/// Entry point of a monitor process, for the parsed command line. Never returns.
+pub(crate) fn main(args: Result<MonitorArgs, String>) -> ! {
+    phases::mark("monitor_exec");
+    match args {
+        Err(usage) => {
+            eprintln!("runbox monitor: {usage}");
+            std::process::exit(2)
+        }
+        Ok(MonitorArgs::Sandbox { dir, mode }) => {
+            process::detach();
+            process::redirect_stderr(&dir.join("monitor.log"));
+            let result = Prepared::new(None).and_then(|p| run::run(&dir, mode, &p, None));
+            process::exit_with(result)
+        }
+        Ok(MonitorArgs::Spare { root, prefix }) => spare::exec(root, &prefix),
+        Ok(MonitorArgs::Factory { root, prefix }) => factory::run(root, &prefix),
+        #[cfg(feature = "bench")]
+        Ok(MonitorArgs::Ping) => {
+            // Measures what a monitor costs before it does any work (benches/cycle.rs).
+            if crate::host::sys::fork_and_detach().is_ok() {
+                let _ = nix::unistd::setsid();
+                let _ = process::report(&crate::proto::Report::Pong);
+            }
+            std::process::exit(0)
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The monitor of one sandbox, top to bottom: [`open`] its records, [`leave_controller_cgroups`],
+//! [`launch`] (take the pre-built container or build one, bind the run, wait for start in
+//! create mode, start, hand the init its program), then supervise and finish. Runs in the
+//! sandbox's monitor: an exec'd monitor, or a spare that was taken. Privileged steps come
+//! first; nothing here runs in another thread.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+use nix::poll::{PollFd, PollFlags};
+
+use crate::config::Stdin;
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::cgroup::CpuUsage;
+use crate::host::proc::ProcIdentity;
+use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
+use crate::host::{rootfs, sys};
+use crate::layout::Layout;
+use crate::proto::{Mode, ProgramRequest, Report};
+
+use super::built::{launch as launch_error, Built, Streams};
+use super::finish::finish;
+use super::phases;
+use super::process::{self, Prepared};
+use super::supervise::{self, Outcome};
+
+/// Runs the sandbox in `dir` to completion and leaves its result in `exit.json`. `warm` is
+/// a container a spare built ahead: used if the record asks for exactly it, else torn down.
+pub(super) fn run(
+    dir: &Path,
+    mode: Mode,
+    prepared: &Prepared,
+    warm: Option<(Built, Streams)>,
+) -> Result<()> {
+    let mut opened = open(dir)?;
+    leave_controller_cgroups(&opened.record, prepared);
+    let launched = launch(&mut opened, mode, prepared, warm)?;
+    let Opened { layout, record, .. } = opened;
+    match launched {
+        Launched::NeverStarted { built, outcome } => {
+            finish(&layout, &record, built, CpuUsage::default(), outcome)
+        }
+        Launched::Running {
+            built,
+            streams,
+            started,
+            cpu_baseline,
+            recorded,
+        } => {
+            // The monitor may idle for as long as the program runs: keep only what it uses.
+            sys::release_free_heap();
+            let mut outcome = supervise::supervise(
+                &built.init,
+                &built.cgroup,
+                cpu_baseline,
+                &record.config.limits,
+                &layout,
+                streams,
+                started,
+            );
+            if let Err(e) = recorded {
+                outcome.facts.internal_error.get_or_insert(e.chain());
+            }
+            finish(&layout, &record, built, cpu_baseline, outcome)
+        }
+    }
+}
+
+/// A sandbox whose monitor has read its record and announced itself.
+struct Opened {
+    layout: Layout,
+    record: SandboxRecord,
+    /// What `monitor.json` says now.
+    status: MonitorRecord,
+}
+
+impl Opened {
+    /// Rewrites `monitor.json` with the current status.
+    fn save(&self) -> Result<()> {
+        state::write_json_atomic(&self.layout.monitor(), &self.status)
+    }
+}
+
+/// Reads the sandbox's record and writes `monitor.json` (phase `creating`, this monitor's
+/// identity), which tells every controller who owns the sandbox now.
+fn open(dir: &Path) -> Result<Opened> {
+    let layout = Layout {
+        dir: dir.to_path_buf(),
+    };
+    let record: SandboxRecord = state::read_json(&layout.record())?;
+    state::check_format(record.format_version, &layout.record())?;
+    let me = ProcIdentity::own()
+        .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "identify the monitor", e))?;
+    let opened = Opened {
+        layout,
+        record,
+        status: MonitorRecord {
+            format_version: state::FORMAT_VERSION,
+            monitor: me,
+            init: None,
+            phase: MonitorPhase::Creating,
+            prebuilt: false,
+        },
+    };
+    opened.save()?;
+    phases::mark("records");
+    Ok(opened)
+}
+
+/// Leaves the controller's cgroups, unless the monitor did as a spare (best effort).
+fn leave_controller_cgroups(record: &SandboxRecord, prepared: &Prepared) {
+    if prepared.left_cgroups {
+        return;
+    }
+    let prefix = Path::new(&record.cgroup_path)
+        .parent()
+        .and_then(|p| p.to_str())
+        .map(|p| p.trim_start_matches('/'))
+        .unwrap_or_default();
+    if !prefix.is_empty() {
+        process::leave_cgroups(prefix);
+    }
+}
+
+/// How the launch ended.
+enum Launched {
+    /// The program runs.
+    Running {
+        built: Built,
+        streams: Streams,
+        started: Instant,
+        /// The cgroup's CPU usage just before start (libcontainer's setup), not the program's.
+        cpu_baseline: CpuUsage,
+        /// Whether `monitor.json` was updated to `running`.
+        recorded: Result<()>,
+    },
+    /// A created sandbox was killed or deleted before it started.
+    NeverStarted { built: Built, outcome: Outcome },
+}
+
+/// Takes or builds the container, binds this run to it, waits for start in create mode,
+/// starts it and hands the init its program. Reports `created`/`started` to the controller;
+/// on failure everything is rolled back.
+fn launch(
+    o: &mut Opened,
+    mode: Mode,
+    prepared: &Prepared,
+    warm: Option<(Built, Streams)>,
+) -> Result<Launched> {
+    let (mut built, mut streams, prebuilt) = take_or_build(o, prepared, warm)?;
+    o.status.prebuilt = prebuilt;
+    let stdin = match bind(&mut built, o) {
+        Ok(stdin) => stdin,
+        Err(e) => return Err(built.rollback(e)),
+    };
+    o.status.init = ProcIdentity::of(built.init.pid);
+    if mode == Mode::Create {
+        let fifo = match start_fifo(&o.layout) {
+            Ok(f) => f,
+            Err(e) => return Err(built.rollback(e)),
+        };
+        o.status.phase = MonitorPhase::Created;
+        if let Err(e) = o.save() {
+            return Err(built.rollback(e));
+        }
+        let _ = process::report(&Report::Created {
+            monitor: o.status.monitor,
+        });
+        let start = wait_for_start(&fifo, &built.init.pidfd);
+        let _ = fs::remove_file(o.layout.start_fifo());
+        if !start {
+            let mut outcome = Outcome::default();
+            supervise::collect_unstarted(&built.init, &mut streams, &mut outcome.facts);
+            built.init_reaped();
+            return Ok(Launched::NeverStarted { built, outcome });
+        }
+    }
+    let cpu_baseline = built.cgroup.cpu_usage().unwrap_or_default();
+    if let Err(e) = built.start() {
+        return Err(built.rollback(e));
+    }
+    let request = ProgramRequest::for_config(&o.record.config);
+    if let Err(e) = request.send(&streams.request, &stdin) {
+        return Err(built.rollback(launch_error("send the program to the init", e)));
+    }
+    drop(stdin);
+    if let Err(e) = streams.wait_ready() {
+        return Err(built.rollback(e));
+    }
+    let started = Instant::now();
+    phases::mark("started");
+    o.status.phase = MonitorPhase::Running;
+    let recorded = o.save();
+    let _ = process::report(&Report::Started {
+        monitor: o.status.monitor,
+    });
+    Ok(Launched::Running {
+        built,
+        streams,
+        started,
+        cpu_baseline,
+        recorded,
+    })
+}
+
+/// The spare's pre-built container if it serves this record, else a fresh build (after
+/// tearing down a pre-built container of another shape, which may hold this cgroup).
+/// Tells whether the container was pre-built.
+fn take_or_build(
+    o: &Opened,
+    prepared: &Prepared,
+    warm: Option<(Built, Streams)>,
+) -> Result<(Built, Streams, bool)> {
+    let cfg = &o.record.config;
+    match warm {
+        Some((built, streams)) if built.serves(cfg, &o.record.cgroup_path) => {
+            phases::mark("prebuilt_taken");
+            Ok((built, streams, true))
+        }
+        other => {
+            if let Some((mut built, _)) = other {
+                let _ = built.teardown();
+            }
+            let root = o
+                .layout
+                .dir
+                .parent()
+                .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
+            let (built, streams) = Built::new(cfg, &o.record.cgroup_path, root, prepared)?;
+            Ok((built, streams, false))
+        }
+    }
+}
+
+/// Prepares the built container for this run: working directory and copies in the rootfs,
+/// CPU quota. Returns the program's stdin. (The bundle keeps the spec libcontainer built
+/// from: it lives in this monitor's mount namespace only, and libcontainer reads its own
+/// saved copy at start; the controller's `Root::oci_spec` gives the complete one.)
+fn bind(built: &mut Built, o: &Opened) -> Result<OwnedFd> {
+    let cfg = &o.record.config;
+    rootfs::prepare_run(&built.scratch.rootfs(), cfg)
+        .map_err(|e| launch_error("prepare the sandbox rootfs", e))?;
+    let limits = &cfg.limits;
+    built
+        .cgroup
+        .set_cpu_quota(limits.cpu_quota_us(), limits.cpu_period_us)
+        .map_err(|e| launch_error("write the cpu quota", e))?;
+    phases::mark("bound");
+    let stdin = match &cfg.stdin {
+        Stdin::Null => File::open("/dev/null"),
+        Stdin::Bytes(_) | Stdin::File(_) => File::open(o.layout.stdin()),
+    }
+    .map_err(|e| launch_error("open stdin", e))?;
+    Ok(stdin.into())
+}
+
+/// Makes the start FIFO and opens it read-write (so it never reports hang-up).
+fn start_fifo(layout: &Layout) -> Result<File> {
+    let path = layout.start_fifo();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| launch_error("create the start fifo", e))?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| launch_error("open the start fifo", e))
+}
+
+/// Waits in the created state until a controller writes to the start FIFO (true) or the init
+/// dies (false: killed or deleted before start).
+fn wait_for_start(fifo: &File, init: &OwnedFd) -> bool {
+    loop {
+        let mut fds = [
+            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
+            PollFd::new(init.as_fd(), PollFlags::POLLIN),
+        ];
+        if sys::poll_until(&mut fds, None).is_err() || sys::has_event(&fds[1]) {
+            return false;
+        }
+        if sys::has_event(&fds[0]) {
+            let mut byte = [0u8; 16];
+            if matches!((&*fifo).read(&mut byte), Ok(n) if n > 0) {
+                return true;
+            }
+        }
+    }
+}

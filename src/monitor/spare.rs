@@ -1,0 +1,59 @@
+//! A spare monitor: everything that does not depend on a sandbox is done (detached, seccomp
+//! compiled, own mount namespace, out of the controller's cgroups); it may pre-build a
+//! container shaped like the last launch, then becomes the monitor of the sandbox it is
+//! handed. Runs in a spare (exec'd, or forked by the factory), reading [`SpareRequest`]s.
+
+use std::io::{self, BufRead};
+use std::path::PathBuf;
+
+use crate::proto::SpareRequest;
+
+use super::built::{Built, Streams};
+use super::phases;
+use super::process::{self, Prepared};
+use super::run;
+
+/// An exec'd spare (`MONITOR_ARG ROOT spare PREFIX`).
+pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
+    process::detach();
+    match Prepared::new(Some(prefix)) {
+        Ok(prepared) => serve(root, &prepared),
+        Err(_) => std::process::exit(1), // the controller falls back to a fresh monitor
+    }
+}
+
+/// The request loop of a spare:
+/// - `warm` (optional, first): builds a container of that shape in that cgroup ahead of
+///   time, program-less (see [`crate::config::SandboxConfig::build_shape`]);
+/// - `run|create SANDBOX_DIR`: becomes that sandbox's monitor, with the pre-built container
+///   if its record matches it, else building one.
+///
+/// End of file (the controller dropped its root or died), or a request it does not
+/// understand, tears a pre-built container down and ends the spare.
+pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
+    let mut warm: Option<(Built, Streams)> = None;
+    let mut stdin = io::stdin().lock();
+    loop {
+        let mut line = String::new();
+        if !matches!(stdin.read_line(&mut line), Ok(n) if n > 0) {
+            drop(warm); // tears the pre-built container down
+            std::process::exit(0);
+        }
+        match SpareRequest::parse(&line) {
+            Ok(SpareRequest::Warm { cgroup_path, shape }) if warm.is_none() => {
+                // A failed build leaves the spare cold: it builds when its request comes.
+                warm = Built::new(&shape, &cgroup_path, &root, prepared).ok();
+            }
+            Ok(SpareRequest::Take { mode, dir }) => {
+                phases::clear();
+                phases::mark("spare_taken");
+                process::redirect_stderr(&dir.join("monitor.log"));
+                process::exit_with(run::run(&dir, mode, prepared, warm))
+            }
+            _ => {
+                drop(warm); // tears the pre-built container down
+                std::process::exit(2)
+            }
+        }
+    }
+}

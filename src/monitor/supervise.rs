@@ -1,0 +1,511 @@
+//! The monitor's supervision of a running sandbox: one `poll` over the init's pidfd, its
+//! status pipe and the output pipes, with a timeout at the next wall-clock deadline or
+//! CPU-time check; each limit is its own check, the state an explicit enum. Runs in the
+//! sandbox's monitor while the program runs.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+
+use crate::config::Limits;
+use crate::host::cgroup::{Cgroup, CpuUsage};
+use crate::host::sys;
+use crate::layout::Layout;
+use crate::proto::{InitStatus, StatusLines};
+use crate::verdict::{Facts, LimitKind};
+
+use super::built::{Init, Streams};
+use super::phases;
+
+/// How long the monitor drains output after the sandbox's first process exited before it
+/// kills whatever still holds the pipes.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// What supervision learned.
+#[derive(Debug, Default)]
+pub(super) struct Outcome {
+    /// The init reported the program's end but was not waited for yet.
+    pub init_unreaped: bool,
+    /// How the program ended, and why.
+    pub facts: Facts,
+    /// Wall time from start to the program's end.
+    pub wall: Duration,
+    /// Stdout was cut at the output limit.
+    pub stdout_truncated: bool,
+    /// Stderr was cut at the output limit.
+    pub stderr_truncated: bool,
+}
+
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The program runs; every limit is checked.
+    Running,
+    /// A limit fired and the init was killed; waiting for its end (no deadline: the kill
+    /// ends it).
+    Killed,
+    /// The program's end is known (`at`); the output is drained for at most [`DRAIN_GRACE`]
+    /// after it, and the init is waited for if it was not yet.
+    Ended { at: Instant, init_reaped: bool },
+}
+
+/// When the CPU-time budget is next worth reading, given the CPU time `used` so far, the
+/// kill threshold `limit` and the bandwidth `rate` (CPUs): the earliest moment the rest of the
+/// budget could be used up, at least 1 ms ahead; `None` once `used` has reached `limit`.
+pub(super) fn next_cpu_check(
+    now: Instant,
+    used: Duration,
+    limit: Duration,
+    rate: f64,
+) -> Option<Instant> {
+    let left = limit.checked_sub(used).filter(|l| !l.is_zero())?;
+    Some(now + left.div_f64(rate).max(Duration::from_millis(1)))
+}
+
+/// Supervises the started sandbox until the program has ended and its output is drained.
+/// Kills the sandbox (its init, which takes the pid namespace down) on a limit.
+pub(super) fn supervise(
+    init: &Init,
+    cgroup: &Cgroup,
+    cpu_baseline: CpuUsage,
+    limits: &Limits,
+    layout: &Layout,
+    streams: Streams,
+    started: Instant,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let sinks = match (File::create(layout.stdout()), File::create(layout.stderr())) {
+        (Ok(o), Ok(e)) => [Sink::new(streams.out, o), Sink::new(streams.err, e)],
+        (Err(e), _) | (_, Err(e)) => {
+            outcome.facts.internal_error = Some(format!("create output files: {e}"));
+            let _ = sys::pidfd_send_signal(&init.pidfd, libc::SIGKILL);
+            let _ = waitpid(nix::unistd::Pid::from_raw(init.pid), None);
+            return outcome;
+        }
+    };
+    let cpu_rate = limits.cpus.min(available_cpus());
+    // The kill threshold: the CPU-time limit plus its grace.
+    let cpu_kill_at = limits.cpu_time.map(|c| c + limits.cpu_time_grace);
+    let mut s = Supervisor {
+        init,
+        cgroup,
+        cpu_baseline,
+        cpu_rate,
+        cpu_kill_at,
+        wall_deadline: limits.wall_time.map(|w| started + w),
+        next_cpu_check: cpu_kill_at
+            .and_then(|l| next_cpu_check(started, Duration::ZERO, l, cpu_rate)),
+        budget: limits.output_bytes,
+        sinks,
+        status: streams.status,
+        lines: streams.lines,
+        started,
+        state: State::Running,
+        outcome,
+    };
+    s.run();
+    s.outcome.stdout_truncated = s.sinks[0].truncated;
+    s.outcome.stderr_truncated = s.sinks[1].truncated;
+    s.outcome.init_unreaped = matches!(
+        s.state,
+        State::Ended {
+            init_reaped: false,
+            ..
+        }
+    );
+    s.outcome
+}
+
+struct Supervisor<'a> {
+    init: &'a Init,
+    cgroup: &'a Cgroup,
+    cpu_baseline: CpuUsage,
+    cpu_rate: f64,
+    cpu_kill_at: Option<Duration>,
+    wall_deadline: Option<Instant>,
+    next_cpu_check: Option<Instant>,
+    /// Output bytes still allowed, stdout and stderr together.
+    budget: u64,
+    sinks: [Sink; 2],
+    status: File,
+    lines: StatusLines,
+    started: Instant,
+    state: State,
+    outcome: Outcome,
+}
+
+impl Supervisor<'_> {
+    fn run(&mut self) {
+        loop {
+            let now = Instant::now();
+            if self.state == State::Running {
+                self.check_wall_time(now);
+            }
+            if self.state == State::Running {
+                self.check_cpu_time(now);
+            }
+            if let State::Ended { at, .. } = self.state {
+                if self.sinks.iter().all(|s| !s.open) {
+                    return;
+                }
+                if now >= at + DRAIN_GRACE {
+                    self.drain_timed_out();
+                    return;
+                }
+            }
+            if !self.poll_once() {
+                return;
+            }
+        }
+    }
+
+    /// Kills the sandbox for `limit`, unless a limit already did (the first one stands).
+    fn kill_for(&mut self, limit: LimitKind) {
+        if self.outcome.facts.killed_for.is_some() {
+            return;
+        }
+        self.outcome.facts.killed_for = Some(limit);
+        let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
+        if self.state == State::Running {
+            self.state = State::Killed;
+        }
+    }
+
+    fn check_wall_time(&mut self, now: Instant) {
+        if self.wall_deadline.is_some_and(|d| now >= d) {
+            self.kill_for(LimitKind::WallTime);
+        }
+    }
+
+    /// Reads the cgroup's CPU usage once the budget could be used up, and schedules the next
+    /// read at the earliest moment the rest could be.
+    fn check_cpu_time(&mut self, now: Instant) {
+        let (Some(at), Some(limit)) = (self.next_cpu_check, self.cpu_kill_at) else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        match self.cgroup.cpu_usage() {
+            Ok(u) => {
+                let used = Duration::from_micros(u.since(self.cpu_baseline).total_us);
+                self.next_cpu_check = next_cpu_check(now, used, limit, self.cpu_rate);
+                if self.next_cpu_check.is_none() {
+                    self.kill_for(LimitKind::CpuTime);
+                }
+            }
+            Err(e) => {
+                self.outcome.facts.internal_error = Some(format!("read cpu usage: {e}"));
+                self.next_cpu_check = None;
+            }
+        }
+    }
+
+    /// Something still holds the pipes after the program ended (its pid namespace is going
+    /// down): stop reading. Without a status it is runbox's failure; with one, the status
+    /// stands (a program must not turn its verdict into an internal error by stalling its own
+    /// teardown).
+    fn drain_timed_out(&mut self) {
+        let facts = &mut self.outcome.facts;
+        if facts.exit_code.is_none() && facts.signal.is_none() {
+            facts.internal_error.get_or_insert_with(|| {
+                "output pipes stayed open after the sandbox exited".to_string()
+            });
+        }
+    }
+
+    /// The next moment something must be done without an event.
+    fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Ended { at, .. } => Some(at + DRAIN_GRACE),
+            State::Killed => None,
+            State::Running => [self.wall_deadline, self.next_cpu_check]
+                .into_iter()
+                .flatten()
+                .min(),
+        }
+    }
+
+    /// One poll and the handling of what it reports; false when supervision must stop.
+    fn poll_once(&mut self) -> bool {
+        let init_waited = matches!(
+            self.state,
+            State::Ended {
+                init_reaped: true,
+                ..
+            }
+        );
+        let ended = matches!(self.state, State::Ended { .. });
+        let mut fds = Vec::with_capacity(4);
+        let pidfd_at = (!init_waited).then(|| {
+            fds.push(PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let status_at = (!ended).then(|| {
+            fds.push(PollFd::new(self.status.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let mut sink_at = [None; 2];
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if sink.open {
+                fds.push(PollFd::new(sink.pipe.as_fd(), PollFlags::POLLIN));
+                sink_at[i] = Some(fds.len() - 1);
+            }
+        }
+        if let Err(e) = sys::poll_until(&mut fds, self.deadline()) {
+            self.outcome.facts.internal_error = Some(format!("poll: {e}"));
+            let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
+            if !init_waited {
+                self.init_exited();
+            }
+            return false;
+        }
+        let ready: Vec<bool> = fds.iter().map(sys::has_event).collect();
+        drop(fds);
+        let ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
+        for (i, at) in sink_at.into_iter().enumerate() {
+            if ready(at) {
+                self.pump(i);
+            }
+        }
+        if ready(status_at) {
+            self.read_status();
+        }
+        if ready(pidfd_at) {
+            self.init_exited();
+        }
+        true
+    }
+
+    /// Copies what output pipe `i` holds; past the budget the sandbox is killed (also while
+    /// the output is drained after the program's end: the verdict is then `output_limit`).
+    fn pump(&mut self, i: usize) {
+        match self.sinks[i].pump(&mut self.budget) {
+            Pump::Ok => {}
+            Pump::Overflow => self.kill_for(LimitKind::Output),
+            Pump::Failed(e) => {
+                self.outcome
+                    .facts
+                    .internal_error
+                    .get_or_insert_with(|| format!("capture output: {e}"));
+            }
+        }
+    }
+
+    /// Reads the init's status lines; the program's end is recorded when reported.
+    fn read_status(&mut self) {
+        let mut buf = [0u8; 512];
+        if let Ok(n) = (&self.status).read(&mut buf) {
+            self.lines.push(&buf[..n]);
+        }
+        if take_status(&mut self.lines, &mut self.outcome.facts) {
+            self.program_ended(false);
+        }
+    }
+
+    /// The init exited (pidfd readable): reap it, and take the program's end from its last
+    /// status lines or, if it was killed before writing one, from its own wait status.
+    fn init_exited(&mut self) {
+        let was_ended = matches!(self.state, State::Ended { .. });
+        let wait = waitpid(nix::unistd::Pid::from_raw(self.init.pid), None);
+        if !was_ended {
+            let mut rest = Vec::new();
+            let _ = (&self.status).read_to_end(&mut rest);
+            self.lines.push(&rest);
+            if !take_status(&mut self.lines, &mut self.outcome.facts) {
+                facts_from_wait(wait, &mut self.outcome.facts);
+            }
+        }
+        self.program_ended(true);
+    }
+
+    fn program_ended(&mut self, init_reaped: bool) {
+        if !matches!(self.state, State::Ended { .. }) {
+            self.outcome.wall = self.started.elapsed();
+            phases::mark("program_exited");
+        }
+        self.state = State::Ended {
+            at: Instant::now(),
+            init_reaped,
+        };
+    }
+}
+
+/// Applies the complete status lines received so far to `facts`; true if one reported the
+/// program's end (`exit N`, `signal N`, or an `error` of the init).
+fn take_status(lines: &mut StatusLines, facts: &mut Facts) -> bool {
+    let mut ended = false;
+    while let Some(line) = lines.next_line() {
+        match line {
+            InitStatus::Exited(code) => facts.exit_code = Some(code),
+            InitStatus::Signaled(sig) => facts.signal = Some(sig),
+            InitStatus::Failed(why) => {
+                facts.internal_error = Some(format!("in the sandbox's init: {why}"));
+            }
+            InitStatus::Mark { label, us } => {
+                phases::mark_at(&label, us);
+                continue;
+            }
+            InitStatus::Ready | InitStatus::Unknown(_) => continue,
+        }
+        ended = true;
+    }
+    ended
+}
+
+/// How the program ended, from the init's own wait status (the init was killed before it
+/// could report).
+fn facts_from_wait(wait: nix::Result<WaitStatus>, facts: &mut Facts) {
+    match wait {
+        Ok(WaitStatus::Exited(_, code)) => facts.exit_code = Some(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => facts.signal = Some(sig as i32),
+        Ok(other) => facts.internal_error = Some(format!("unexpected wait status {other:?}")),
+        Err(e) => facts.internal_error = Some(format!("waitpid init: {e}")),
+    }
+}
+
+/// Reaps the init of a sandbox killed before it started, taking its end as
+/// [`Supervisor::init_exited`] does.
+pub(super) fn collect_unstarted(init: &Init, streams: &mut Streams, facts: &mut Facts) {
+    let wait = waitpid(nix::unistd::Pid::from_raw(init.pid), None);
+    let mut rest = Vec::new();
+    let _ = (&streams.status).read_to_end(&mut rest);
+    streams.lines.push(&rest);
+    if !take_status(&mut streams.lines, facts) {
+        facts_from_wait(wait, facts);
+    }
+}
+
+fn available_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| {
+        f64::from(u32::try_from(n.get()).unwrap_or(u32::MAX))
+    })
+}
+
+enum Pump {
+    Ok,
+    Overflow,
+    Failed(io::Error),
+}
+
+/// One captured stream: a pipe copied into a file, within the shared output budget.
+struct Sink {
+    pipe: File,
+    file: File,
+    open: bool,
+    truncated: bool,
+}
+
+impl Sink {
+    fn new(pipe: OwnedFd, file: File) -> Self {
+        Sink {
+            pipe: File::from(pipe),
+            file,
+            open: true,
+            truncated: false,
+        }
+    }
+
+    /// Copies what the pipe holds now; at end of file marks the sink closed.
+    fn pump(&mut self, budget: &mut u64) -> Pump {
+        let mut buf = [0u8; 64 * 1024];
+        match self.pipe.read(&mut buf) {
+            Ok(0) => {
+                self.open = false;
+                Pump::Ok
+            }
+            Ok(n) => {
+                let keep = usize::try_from(*budget).map_or(n, |b| b.min(n));
+                *budget -= keep as u64;
+                if let Err(e) = self.file.write_all(&buf[..keep]) {
+                    return Pump::Failed(e);
+                }
+                if keep < n {
+                    self.truncated = true;
+                    self.open = false;
+                    Pump::Overflow
+                } else {
+                    Pump::Ok
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Pump::Ok,
+            Err(e) => {
+                self.open = false;
+                Pump::Failed(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_check_comes_when_the_rest_of_the_budget_could_be_used_up() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // Nothing used, 1 CPU: the whole budget away.
+        assert_eq!(next_cpu_check(now, s(0), s(2), 1.0), Some(now + s(2)));
+        // Half a CPU stretches it, two CPUs shrink it.
+        assert_eq!(next_cpu_check(now, s(1), s(2), 0.5), Some(now + s(2)));
+        assert_eq!(next_cpu_check(now, s(1), s(2), 2.0), Some(now + ms(500)));
+        // Converging on the limit: never closer than 1 ms, and over it means kill.
+        assert_eq!(
+            next_cpu_check(now, s(2) - Duration::from_micros(10), s(2), 1.0),
+            Some(now + ms(1))
+        );
+        assert_eq!(next_cpu_check(now, s(2), s(2), 1.0), None);
+        assert_eq!(next_cpu_check(now, s(3), s(2), 1.0), None);
+    }
+
+    #[test]
+    fn status_lines_decide_the_facts_and_the_end() {
+        let mut lines = StatusLines::default();
+        let mut facts = Facts::default();
+        lines.push(b"t spawned 5\n");
+        assert!(
+            !take_status(&mut lines, &mut facts),
+            "a mark is not the end"
+        );
+        lines.push(b"exit 3\npartial");
+        assert!(take_status(&mut lines, &mut facts));
+        assert_eq!(facts.exit_code, Some(3));
+        lines.push(b" line\nsignal 9\n");
+        assert!(take_status(&mut lines, &mut facts));
+        assert_eq!(facts.signal, Some(9));
+        let mut facts = Facts::default();
+        lines.push(b"error execve /x: ENOENT\n");
+        assert!(take_status(&mut lines, &mut facts));
+        assert_eq!(
+            facts.internal_error.as_deref(),
+            Some("in the sandbox's init: execve /x: ENOENT")
+        );
+    }
+
+    #[test]
+    fn a_wait_status_stands_in_for_a_missing_status_line() {
+        let pid = nix::unistd::Pid::from_raw(1);
+        let mut facts = Facts::default();
+        facts_from_wait(
+            Ok(WaitStatus::Signaled(
+                pid,
+                nix::sys::signal::Signal::SIGKILL,
+                false,
+            )),
+            &mut facts,
+        );
+        assert_eq!(facts.signal, Some(9));
+        let mut facts = Facts::default();
+        facts_from_wait(Ok(WaitStatus::Exited(pid, 137)), &mut facts);
+        assert_eq!(facts.exit_code, Some(137));
+        let mut facts = Facts::default();
+        facts_from_wait(Err(nix::Error::ECHILD), &mut facts);
+        assert!(facts.internal_error.is_some());
+    }
+}
