@@ -72,7 +72,7 @@ impl Opts {
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
-            let mut num = |name: &str| -> u64 {
+            let mut num = |name: &str| -> usize {
                 let v = args
                     .next()
                     .unwrap_or_else(|| panic!("{name} needs a value"));
@@ -80,11 +80,11 @@ impl Opts {
                     .unwrap_or_else(|_| panic!("{name} wants a number, got {v:?}"))
             };
             match a.as_str() {
-                "--runs" => o.runs = num("--runs") as usize,
-                "--warmup" => o.warmup = num("--warmup") as usize,
-                "--gap-ms" => o.gap = Duration::from_millis(num("--gap-ms")),
-                "--throughput-runs" => o.throughput_runs = num("--throughput-runs") as usize,
-                "--concurrency" => o.concurrency = num("--concurrency") as usize,
+                "--runs" => o.runs = num("--runs"),
+                "--warmup" => o.warmup = num("--warmup"),
+                "--gap-ms" => o.gap = Duration::from_millis(num("--gap-ms") as u64),
+                "--throughput-runs" => o.throughput_runs = num("--throughput-runs"),
+                "--concurrency" => o.concurrency = num("--concurrency"),
                 "--bench" => {}
                 other => eprintln!("compare: ignoring argument {other:?}"),
             }
@@ -475,9 +475,14 @@ fn loadavg() -> String {
 }
 
 /// The value at fraction `p` of a sorted slice (nearest rank).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "p is in [0, 1]: the rank is an index within the slice"
+)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Milliseconds with two decimals.

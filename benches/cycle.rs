@@ -26,9 +26,14 @@ fn image() -> PathBuf {
     out
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "p is in [0, 1]: the rank is an index within the slice"
+)]
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Exec of a monitor in `ping` mode (it forks, detaches, answers): the latency a monitor
@@ -261,7 +266,9 @@ fn load(root: &runbox::Root, cmd: &runbox::Command) {
 
 fn monotonic_us() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-    t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
+    let secs = u64::try_from(t.tv_sec()).unwrap();
+    let nanos = u64::try_from(t.tv_nsec()).unwrap();
+    secs * 1_000_000 + nanos / 1000
 }
 
 /// Where the time of a full cycle goes: median duration of each step, from the controller's

@@ -516,5 +516,6 @@ fn report(verdict: &runbox::Verdict, json: bool) -> Outcome {
     {
         eprintln!("runbox: {msg}");
     }
-    Ok(ExitCode::from(verdict.shell_status().clamp(0, 255) as u8))
+    let status = u8::try_from(verdict.shell_status().clamp(0, 255)).unwrap_or(125);
+    Ok(ExitCode::from(status))
 }

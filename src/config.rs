@@ -76,6 +76,10 @@ impl Limits {
     }
 
     /// The CFS quota in microseconds for [`Limits::cpus`].
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "validated: cpus <= 1024 and the period <= 1 s, so the quota fits an i64"
+    )]
     pub(crate) fn cpu_quota_us(&self) -> i64 {
         ((self.cpus * self.cpu_period_us as f64).round() as i64).max(1000)
     }

@@ -371,7 +371,7 @@ pub(crate) const MAX_PROGRAM_REQUEST: usize = 16 << 20;
 pub(crate) struct ProgramRequest {
     /// The resolved executable inside the sandbox.
     pub exe: String,
-    /// argv, argv[0] included.
+    /// argv, `argv[0]` included.
     pub args: Vec<String>,
     /// The complete environment.
     pub env: Vec<String>,

@@ -161,14 +161,14 @@ fn output_floods_are_capped() {
             "{}",
             v.stderr.len()
         );
-        assert!(v.stdout.len() + v.stderr.len() <= MIB as usize);
+        assert!((v.stdout.len() + v.stderr.len()) as u64 <= MIB);
         let (kept, truncated) = if on_stderr {
             (v.stderr.len(), v.stderr_truncated)
         } else {
             (v.stdout.len(), v.stdout_truncated)
         };
         assert!(truncated);
-        assert_eq!(kept, MIB as usize);
+        assert_eq!(kept as u64, MIB);
     }
     env.finish();
 }

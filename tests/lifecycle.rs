@@ -190,7 +190,7 @@ fn two_controllers_fill_one_root_at_once() {
         for (i, id) in ids.iter().enumerate() {
             let mut s = env.root.sandbox(id).unwrap();
             let v = s.wait().unwrap();
-            assert_eq!(v.exit_code, Some(i as i32), "{v:?}");
+            assert_eq!(v.exit_code, Some(i32::try_from(i).unwrap()), "{v:?}");
             assert_eq!(v.stdout, format!("{tag}-{i}\n"));
             s.delete(false).unwrap();
         }

@@ -277,7 +277,7 @@ fn gc_removes_the_prebuilt_container_of_a_dead_controller_and_spare_only() {
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     // Both the spare and its controller die abruptly: nobody tears the container down.
     let spare = warm_spare(&env.prefix);
-    for pid in [spare, child.id() as i32] {
+    for pid in [spare, i32::try_from(child.id()).unwrap()] {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,

@@ -181,7 +181,7 @@ impl Sandbox {
     /// Status and identity of the sandbox.
     ///
     /// # Errors
-    /// As [`Sandbox::status`].
+    /// As [`Sandbox::state`].
     pub fn info(&self) -> Result<SandboxInfo> {
         let (state, record, monitor) = self.state_with_records()?;
         Ok(SandboxInfo {

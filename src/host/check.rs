@@ -191,7 +191,7 @@ pub fn check_host() -> Vec<HostCheck> {
         },
     ));
 
-    let pidfd = crate::host::sys::pidfd_open(std::process::id() as i32);
+    let pidfd = crate::host::sys::pidfd_open(nix::unistd::getpid().as_raw());
     out.push(item(
         "pidfd",
         pidfd.is_ok(),

@@ -47,8 +47,9 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
     // SAFETY: the kernel returned a fresh fd that nothing else owns (it has O_CLOEXEC).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd refers to.
@@ -124,10 +125,9 @@ pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
     // SAFETY: the kernel returned a fresh fd that nothing else owns.
-    Ok(std::fs::File::from(unsafe {
-        OwnedFd::from_raw_fd(fd as i32)
-    }))
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Bytes written to the pipe behind `fd` (either end) that no reader has taken yet (FIONREAD).
@@ -138,7 +138,7 @@ pub(crate) fn pipe_unread(fd: BorrowedFd<'_>) -> io::Result<usize> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(n.max(0) as usize)
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// `posix_spawn` of `exe` with exactly `argv` and `envp`, an empty signal mask and the default
@@ -186,10 +186,10 @@ pub(crate) fn spawn_clean(
             let all: libc::sigset_t = std::mem::transmute(bits);
             check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
             check(libc::posix_spawnattr_setsigdefault(&mut attr, &all))?;
-            check(libc::posix_spawnattr_setflags(
-                &mut attr,
-                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
-            ))?;
+            let flags =
+                libc::c_short::try_from(libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF)
+                    .map_err(io::Error::other)?;
+            check(libc::posix_spawnattr_setflags(&mut attr, flags))?;
             let mut pid: libc::pid_t = 0;
             check(libc::posix_spawn(
                 &mut pid,

@@ -282,7 +282,7 @@ impl Built {
 /// A failed build: the error, and the container if libcontainer had made it.
 struct Unbuilt {
     error: Error,
-    container: Option<Container>,
+    container: Option<Box<Container>>,
 }
 
 impl From<Error> for Unbuilt {
@@ -355,7 +355,7 @@ fn build_container(
     let Some(pid) = container.pid().map(|p| p.as_raw()) else {
         return Err(Unbuilt {
             error: Error::new(ErrorKind::LaunchFailed, "container has no init pid"),
-            container: Some(container),
+            container: Some(Box::new(container)),
         });
     };
     let pidfd = match sys::pidfd_open(pid) {
@@ -363,7 +363,7 @@ fn build_container(
         Err(e) => {
             return Err(Unbuilt {
                 error: launch("pidfd_open init", e),
-                container: Some(container),
+                container: Some(Box::new(container)),
             })
         }
     };
@@ -382,14 +382,14 @@ fn build_container(
 /// libcontainer made (through its own delete, since the init may not be known), removes the
 /// cgroup and unmounts the rootfs.
 fn undo_unbuilt(
-    container: Option<Container>,
+    container: Option<Box<Container>>,
     scratch: &Scratch,
     cgroup: &Cgroup,
     mounted: &mut rootfs::Mounted,
 ) -> Result<()> {
     let mut errors = Vec::new();
     let lc_dir = scratch.libcontainer_root().join(CONTAINER_ID);
-    if let Some(mut c) = container.or_else(|| Container::load(lc_dir).ok()) {
+    if let Some(mut c) = container.or_else(|| Container::load(lc_dir).ok().map(Box::new)) {
         if let Err(e) = c.delete(true) {
             errors.push(format!("delete container: {e}"));
         }

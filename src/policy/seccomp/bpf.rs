@@ -113,8 +113,8 @@ fn ret_errno(errno: libc::c_int) -> u32 {
 /// Hand-assembles program 2: foreign arch -> kill, x32 -> `EPERM`, `clone3` -> `ENOSYS`,
 /// anything else -> allow.
 pub(super) fn guard_program(audit_arch: u32, reject_x32: bool) -> BpfProgram {
-    // Syscall numbers are small and non-negative: the cast is lossless.
-    let clone3 = CLONE3.nr as u32;
+    // Syscall numbers are small and non-negative: the conversion cannot fail.
+    let clone3 = u32::try_from(CLONE3.nr).unwrap_or(u32::MAX);
     let mut program = Vec::with_capacity(9);
     program.push(bpf_stmt(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_ARCH_OFFSET));
     program.push(bpf_jump(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 1, 0));

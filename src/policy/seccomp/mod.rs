@@ -198,7 +198,8 @@ mod testutil {
             .rev()
             .map(|program| run(program, data))
             .reduce(|best, ret| {
-                let rank = |r: u32| (r & RET_ACTION_FULL) as i32;
+                // The kernel ranks actions as signed values (KILL_PROCESS is negative).
+                let rank = |r: u32| i32::from_ne_bytes((r & RET_ACTION_FULL).to_ne_bytes());
                 if rank(ret) < rank(best) {
                     ret
                 } else {
