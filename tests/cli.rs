@@ -261,3 +261,58 @@ fn env_adds_to_path_and_aliases_match_their_long_names() {
     }
     env.finish();
 }
+
+#[test]
+fn a_failed_launch_prints_its_kind_once_and_the_path_as_written() {
+    let env = TestEnv::new("cli-errors");
+    // An image whose /bin is a symlink (as on merged-/usr hosts): a copy into it is refused
+    // (the monitor, as root, never follows an image's symlinks on the host).
+    let img = env.dir.join("symlinked-bin-image");
+    std::fs::create_dir_all(img.join("usr/bin")).unwrap();
+    std::fs::copy(
+        common::image().join("bin/busybox"),
+        img.join("usr/bin/true"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("usr/bin", img.join("bin")).unwrap();
+    let out = runbox(
+        &env,
+        &[
+            "run",
+            "--image",
+            img.to_str().unwrap(),
+            "--copy",
+            "/etc/hosts:/bin/x",
+            "/usr/bin/true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("launch_failed").count(), 1, "{err}");
+    assert!(err.starts_with("runbox: launch_failed: "), "{err}");
+    assert!(err.contains("sandbox path /bin/x "), "{err}");
+    // A wrong-state call is its own kind.
+    let out = runbox(
+        &env,
+        &[
+            "run",
+            "--image",
+            img.to_str().unwrap(),
+            "--name",
+            "done",
+            "-d",
+            "/usr/bin/true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = runbox(&env, &["wait", "done"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = runbox(&env, &["start", "done"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("runbox: invalid_state: "), "{err}");
+    let out = runbox(&env, &["delete", "done"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::remove_dir_all(&img).unwrap();
+    env.finish();
+}

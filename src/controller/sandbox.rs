@@ -235,10 +235,7 @@ impl Sandbox {
     /// # Errors
     /// `NotFound` if the sandbox is gone; `Io` if its result is unreadable.
     pub fn wait(&mut self) -> Result<Verdict> {
-        Ok(self
-            .wait_record(None)?
-            .expect("no deadline means a result")
-            .verdict)
+        Ok(self.wait_to_end()?.verdict)
     }
 
     /// As [`Sandbox::wait`], but gives up after `timeout` and returns `None`.
@@ -265,10 +262,17 @@ impl Sandbox {
     /// # Errors
     /// As [`Sandbox::wait`].
     pub fn usage(&mut self) -> Result<Usage> {
-        Ok(self
-            .wait_record(None)?
-            .expect("no deadline means a result")
-            .usage)
+        Ok(self.wait_to_end()?.usage)
+    }
+
+    /// Waits without a deadline for the exit record.
+    fn wait_to_end(&mut self) -> Result<ExitRecord> {
+        self.wait_record(None)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                format!("waiting for sandbox {} ended without a result", self.id),
+            )
+        })
     }
 
     /// For a sandbox removed on exit, launched by this handle: reads the monitor's report pipe
