@@ -1,4 +1,5 @@
 //! Images: a read-only lower dir plus read-only host binds; the host-based default skeleton.
+//! Opened in the controller (the program is resolved in it) and the monitor (its lower dir).
 
 use std::fs;
 use std::io::Write;
