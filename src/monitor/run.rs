@@ -45,7 +45,7 @@ pub(super) fn run(
             finish(&layout, &record, built, CpuUsage::default(), outcome)
         }
         Launched::Running {
-            built,
+            mut built,
             streams,
             started,
             cpu_baseline,
@@ -62,6 +62,9 @@ pub(super) fn run(
                 streams,
                 started,
             );
+            if !outcome.init_unreaped {
+                built.init_reaped(); // supervision waited for it
+            }
             if let Err(e) = recorded {
                 outcome.facts.internal_error.get_or_insert(e.chain());
             }
@@ -173,6 +176,8 @@ fn launch(
         let start = wait_for_start(&fifo, &built.init.pidfd);
         let _ = fs::remove_file(o.layout.start_fifo());
         if !start {
+            // Killed or deleted before it started (or the wait failed: end it then).
+            let _ = sys::pidfd_send_signal(&built.init.pidfd, libc::SIGKILL);
             let mut outcome = Outcome::default();
             supervise::collect_unstarted(&built.init, &mut streams, &mut outcome.facts);
             built.init_reaped();
@@ -222,7 +227,9 @@ fn take_or_build(
             Ok((built, streams, true))
         }
         other => {
-            if let Some((mut built, _)) = other {
+            if let Some((mut built, streams)) = other {
+                // Its channels go too, before the new container's init is cloned from here.
+                drop(streams);
                 let _ = built.teardown();
             }
             let root = o

@@ -29,7 +29,8 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 ///   if its record matches it, else building one.
 ///
 /// End of file (the controller dropped its root or died), or a request it does not
-/// understand, tears a pre-built container down and ends the spare.
+/// understand (other than a `warm` line it cannot read, which leaves it cold), tears a
+/// pre-built container down and ends the spare.
 pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
     let mut warm: Option<(Built, Streams)> = None;
     let mut stdin = io::stdin().lock();
@@ -44,6 +45,8 @@ pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
                 // A failed build leaves the spare cold: it builds when its request comes.
                 warm = Built::new(&shape, &cgroup_path, &root, prepared).ok();
             }
+            // A shape it cannot read (a controller of another version, say) leaves it cold.
+            Err(_) if warm.is_none() && line.starts_with("warm ") => {}
             Ok(SpareRequest::Take { mode, dir }) => {
                 phases::clear();
                 phases::mark("spare_taken");
