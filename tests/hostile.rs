@@ -61,9 +61,24 @@ fn cpu_time_limit_counts_every_thread_and_overshoots_little() {
     env.finish();
 }
 
+/// What a run of an empty program costs here, end to end (the caller's wall time): the
+/// yardstick for bounds that include launching and tearing down, which a slow machine or an
+/// emulated guest stretches. The slowest of three, to stay above this machine's noise.
+fn empty_run_cost(env: &TestEnv) -> Duration {
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(run(env, &env.cmd("probe", &["true"])).status, Status::Ok);
+            t.elapsed()
+        })
+        .max()
+        .unwrap()
+}
+
 #[test]
 fn wall_time_limit_on_a_sleeper() {
     let env = TestEnv::new("walllimit");
+    let overhead = empty_run_cost(&env);
     let mut cmd = env.cmd("probe", &["sleep", "3600"]);
     cmd.limits_mut().wall_time = Some(Duration::from_secs(1));
     let t = Instant::now();
@@ -73,12 +88,12 @@ fn wall_time_limit_on_a_sleeper() {
         (Status::WallTimeLimit, Some(LimitKind::WallTime)),
         "{v:?}"
     );
+    // The monitor's own clock: killed within 200 ms of the limit.
     assert!((1_000_000..1_200_000).contains(&v.wall_time_us), "{v:?}");
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
+    // The caller has the verdict within half a second of the limit plus twice what an empty
+    // run costs here (a few ms on the host, where the bound stays 1.5 s as it always was).
+    let bound = Duration::from_millis(1500) + 2 * overhead;
+    assert!(t.elapsed() < bound, "{:?} (bound {bound:?})", t.elapsed());
     env.finish();
 }
 
@@ -505,4 +520,61 @@ fn copy_in_never_writes_through_an_image_symlink_below_its_destination() {
     );
     env.finish();
     fs::remove_dir_all(&base).unwrap();
+}
+
+/// A device node the program finds in its image or in a bind mount cannot be opened, it
+/// cannot make one, and its /dev holds the default nodes only. These are the layers that
+/// stand without a device cgroup (which runbox does not get on cgroup v2: libcgroups applies
+/// device rules there only through BPF): the rootfs overlay and every bind are `nodev`, the
+/// program has no CAP_MKNOD, /dev is a small tmpfs. The nodes here are world-readable copies
+/// of /dev/null and /dev/zero, so only `nodev` (and, on v1, the device cgroup) refuse them.
+#[test]
+fn device_nodes_the_program_finds_cannot_be_opened_or_made() {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let env = TestEnv::new("devices");
+    let img = env.dir.join("device-image");
+    fs::create_dir_all(img.join("bin")).unwrap();
+    fs::copy(common::image().join("bin/busybox"), img.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", img.join("bin/sh")).unwrap();
+    let rw = Mode::from_bits_truncate(0o666);
+    mknod(&img.join("null"), SFlag::S_IFCHR, rw, makedev(1, 3)).unwrap();
+    let bound = env.dir.join("device-bind");
+    fs::create_dir_all(&bound).unwrap();
+    mknod(&bound.join("zero"), SFlag::S_IFCHR, rw, makedev(1, 5)).unwrap();
+    let script = "for f in /null /bound/zero; do \
+                    if busybox head -c 1 $f >/dev/null 2>&1; then echo opened $f; else echo refused $f; fi; \
+                  done; \
+                  busybox mknod /tmp/made c 1 3 2>/dev/null && echo made || echo mknod-refused; \
+                  cd /dev && for f in *; do \
+                    if [ ! -L $f ] && { [ -c $f ] || [ -b $f ]; }; then echo node $f; fi; \
+                  done; true";
+    for uid in [65534, 0] {
+        let mut cmd = runbox::Command::new("/bin/sh");
+        cmd.args(["-c", script])
+            .image(&img)
+            .bind_ro(&bound, "/bound")
+            .user(uid, uid);
+        let v = run(&env, &cmd);
+        assert_eq!(v.status, Status::Ok, "{v:?}");
+        for line in ["refused /null", "refused /bound/zero", "mknod-refused"] {
+            assert!(
+                v.stdout.lines().any(|l| l == line),
+                "uid {uid}: {line}: {v:?}"
+            );
+        }
+        let mut nodes: Vec<&str> = v
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("node "))
+            .collect();
+        nodes.sort_unstable();
+        assert_eq!(
+            nodes,
+            ["full", "null", "random", "tty", "urandom", "zero"],
+            "uid {uid}: {v:?}"
+        );
+    }
+    fs::remove_dir_all(&img).unwrap();
+    fs::remove_dir_all(&bound).unwrap();
+    env.finish();
 }

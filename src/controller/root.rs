@@ -303,7 +303,9 @@ impl Root {
         gc::collect(&self.inner.dir, &self.inner.cgroup_prefix)
     }
 
-    /// Releases the spare monitors (they exit); new ones are made on the next launch.
+    /// Releases the spare monitors and returns once they have exited (a spare building a
+    /// container finishes and tears it down first; at most a minute); new ones are made on
+    /// the next launch. Dropping the last clone of a `Root` does the same.
     pub fn release_spares(&self) {
         self.inner.spares.release();
     }

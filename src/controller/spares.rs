@@ -4,12 +4,14 @@
 //! only through [`SpareRequest`] and [`FactoryRequest`] messages.
 
 use std::fs::File;
-use std::io::BufReader;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::MsgFlags;
 
 use crate::config::SandboxConfig;
@@ -68,14 +70,19 @@ struct Warm {
     shape: SandboxConfig,
 }
 
+/// How long releasing spares waits for them to exit: a spare in the middle of a build
+/// finishes it, then tears it down.
+const RELEASE_WAIT: Duration = Duration::from_secs(60);
+
 impl Spare {
     /// Lets the spare go: end of file on its socket makes it tear down what it pre-built and
-    /// exit.
-    fn release(mut self) {
+    /// exit. Returns its report pipe, whose end of file tells that it has exited.
+    fn release(mut self) -> File {
         drop(self.request);
         if let Some(first) = self.first.as_mut() {
             let _ = reap(first);
         }
+        self.report.into_inner()
     }
 
     /// True if the spare's pre-built container can serve a config of build shape `shape`.
@@ -162,20 +169,23 @@ impl Spares {
         }
     }
 
-    /// Releases every spare (they exit) and ends the factory; new ones are made on the next
-    /// launch.
+    /// Releases every spare and ends the factory; returns once the spares have exited (their
+    /// report pipes reach end of file: a spare being forked or building when released
+    /// finishes, tears down and exits first), or after [`RELEASE_WAIT`]. New ones are made
+    /// on the next launch.
     pub fn release(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            for spare in idle.drain(..) {
-                spare.release();
-            }
-        }
+        let reports: Vec<File> = match self.idle.lock() {
+            Ok(mut idle) => idle.drain(..).map(Spare::release).collect(),
+            Err(_) => Vec::new(),
+        };
         if let Ok(mut factory) = self.factory.lock() {
-            // End of file: the factory exits (the spares it forked are on their own).
+            // End of file: the factory exits once it has forked what it was asked to (those
+            // spares are among the ones waited for below).
             if let Ok(f) = factory.as_mut() {
                 *f = None;
             }
         }
+        wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
     }
 
     /// Remembers the build shape of a launch: the next spares pre-build it.
@@ -203,7 +213,7 @@ impl Spares {
         };
         self.remember_shape(shape);
         for spare in stale {
-            spare.release();
+            drop(spare.release()); // they exit on their own; nobody waits for them
         }
         self.replenish(t);
     }
@@ -295,6 +305,30 @@ impl Spares {
         // The factory died (or is stuck): start another next time.
         *factory = None;
         false
+    }
+}
+
+/// Reads each pipe until end of file (every writer gone) or the deadline.
+fn wait_for_end_of_file(mut pipes: Vec<File>, deadline: Instant) {
+    while !pipes.is_empty() {
+        let mut fds: Vec<PollFd<'_>> = pipes
+            .iter()
+            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if !matches!(sys::poll_until(&mut fds, Some(deadline)), Ok(n) if n > 0) {
+            return;
+        }
+        let ready: Vec<bool> = fds.iter().map(sys::has_event).collect();
+        drop(fds);
+        let mut i = 0;
+        pipes.retain_mut(|p| {
+            let at_end = ready[i] && {
+                let mut buf = [0u8; 512];
+                !matches!(p.read(&mut buf), Ok(n) if n > 0)
+            };
+            i += 1;
+            !at_end
+        });
     }
 }
 

@@ -227,6 +227,25 @@ impl Cgroup {
         }
     }
 
+    /// Forbids swap: on v2 writes `memory.swap.max` 0, which libcgroups 0.7 skips (it turns
+    /// the spec's swap limit, equal to the memory limit, into 0 and then writes nothing). On
+    /// v1 libcgroups' `memory.memsw.limit_in_bytes` already does it. A v2 kernel without swap
+    /// accounting has no such file: there is no swap to forbid per cgroup, and `runbox
+    /// check` reports it.
+    pub fn forbid_swap(&self) -> io::Result<()> {
+        match self {
+            Cgroup::V1(_) => Ok(()),
+            Cgroup::V2(d) => {
+                let file = d.join("memory.swap.max");
+                match fs::write(&file, "0") {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && d.is_dir() => Ok(()),
+                    other => other
+                        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display()))),
+                }
+            }
+        }
+    }
+
     /// CPU time used so far by every process that ever ran in the cgroup.
     pub fn cpu_usage(&self) -> io::Result<CpuUsage> {
         match self {

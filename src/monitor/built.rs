@@ -189,7 +189,7 @@ impl Built {
             Ok((container, init, streams)) => {
                 // A source replaced while it was being mounted leaves the identity unknown.
                 let sources = (source_ids(&lower, cfg) == before).then_some(before);
-                let built = Built {
+                let mut built = Built {
                     shape: cfg.build_shape(),
                     cgroup_path: cgroup_path.to_string(),
                     cgroup,
@@ -200,6 +200,9 @@ impl Built {
                     sources,
                     stage: Stage::InitLive,
                 };
+                if let Err(e) = built.cgroup.forbid_swap() {
+                    return Err(built.rollback(launch("forbid swap", e)));
+                }
                 Ok((built, streams))
             }
             Err(Unbuilt { error, container }) => {
