@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Runs runbox's whole test suite on this machine, as root. Installs what the tests need from
-# Debian's packages first (runc for the bundle test; gcc and dpkg-deb for the test image, whose
-# busybox comes from Debian's busybox-static package, unpacked, not installed).
+# Runs runbox's whole test suite, as root: on this host, then again in a qemu guest whose
+# only cgroup hierarchy is cgroup v2 (with swap on), and fails if either fails.
+#
+#   ./test.sh            both
+#   ./test.sh host       this host only (its cgroup layout, v1 hybrid here)
+#   ./test.sh guest      the cgroup v2 guest only (tests/vm/run.sh; builds on the host first)
+#   ./test.sh host ARGS  extra arguments go to `cargo test` (e.g. `--test hostile`)
+#
+# Installs what the tests need from Debian's packages first: runc for the bundle test; gcc
+# and dpkg-deb for the test image, whose busybox comes from Debian's busybox-static package,
+# unpacked, not installed; qemu-system-x86 and (fetched, never installed) Debian's kernel
+# package for the guest.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,16 +19,43 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+where=all
+case "${1:-}" in
+  host|guest|all) where=$1; shift ;;
+esac
+# Inside the guest, the guest is the host.
+[ -n "${RUNBOX_IN_GUEST:-}" ] && where=host
+
 missing=()
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+if [ "$where" != host ]; then
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 export RUNBOX_TESTS_MUST_RUN=1
-cargo test --locked "$@"
+host_status=0
+guest_status=0
+if [ "$where" != guest ]; then
+  echo "test.sh: the suite on this host" >&2
+  cargo test --locked "$@" || host_status=$?
+fi
+if [ "$where" != host ]; then
+  # Everything the guest runs is built here: a build under emulation would take far too long.
+  cargo test --locked --no-run "$@" >/dev/null 2>&1 || cargo test --locked --no-run "$@"
+  cargo build --locked --quiet --examples
+  echo "test.sh: the suite in a cgroup v2 guest (tests/vm/run.sh)" >&2
+  args=$(printf ' %q' "$@")
+  bash tests/vm/run.sh --swap 1G "cargo test --locked$args" || guest_status=$?
+fi
+if [ "$host_status" != 0 ] || [ "$guest_status" != 0 ]; then
+  echo "test.sh: FAILED (host: $host_status, cgroup v2 guest: $guest_status)" >&2
+  exit 1
+fi

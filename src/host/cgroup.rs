@@ -227,6 +227,20 @@ impl Cgroup {
         }
     }
 
+    /// Creates the cgroup's parent directories (the root's prefix) if missing. libcgroups'
+    /// v2 manager creates each missing component with a plain `mkdir`, so two sandboxes built
+    /// at once under a new prefix race and one fails with `EEXIST`; v1 tolerates it.
+    pub fn create_parents(&self) -> io::Result<()> {
+        match self {
+            Cgroup::V1(_) => Ok(()),
+            Cgroup::V2(d) => match d.parent() {
+                Some(parent) => fs::create_dir_all(parent)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", parent.display()))),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Forbids swap: on v2 writes `memory.swap.max` 0, which libcgroups 0.7 skips (it turns
     /// the spec's swap limit, equal to the memory limit, into 0 and then writes nothing). On
     /// v1 libcgroups' `memory.memsw.limit_in_bytes` already does it. A v2 kernel without swap

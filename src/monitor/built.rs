@@ -180,6 +180,9 @@ impl Built {
         let cgroup = cgroup::Layout::detect()
             .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?
             .cgroup(cgroup_path);
+        cgroup
+            .create_parents()
+            .map_err(|e| launch("create the cgroup prefix", e))?;
         let scratch = Scratch::of_root(root);
         let before = source_ids(&lower, cfg);
         let mut mounted = rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower)

@@ -4,6 +4,7 @@
 # directory's cmd.sh with its output on the console and in the run directory, records its
 # exit status and powers off. As pid 1 it also reaps orphans (exited monitors) as they come.
 set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 run=${runbox_run:?}
 # /proc, /sys and /dev were mounted by the initramfs.
 mkdir -p /dev/pts /dev/shm
@@ -13,7 +14,8 @@ mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mount -t tmpfs -o mode=755 run /run
 mount -t tmpfs -o mode=1777 tmp /tmp
 echo 1 > /proc/sys/kernel/sysrq
-dmesg -n 1
+# Kernel errors (and soft lockups) reach the console; warnings such as OOM kills do not.
+dmesg -n 4
 hostname runbox-guest
 ip link set lo up
 echo "+cpuset +cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
