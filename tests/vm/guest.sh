@@ -14,8 +14,8 @@ mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mount -t tmpfs -o mode=755 run /run
 mount -t tmpfs -o mode=1777 tmp /tmp
 echo 1 > /proc/sys/kernel/sysrq
-# Kernel errors (and soft lockups) reach the console; warnings such as OOM kills do not.
-dmesg -n 4
+# Critical kernel messages (panics, soft lockups) reach the console; OOM kills do not.
+dmesg -n 3
 hostname runbox-guest
 ip link set lo up
 echo "+cpuset +cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
