@@ -52,7 +52,8 @@ if [ "$where" != host ]; then
   cargo test --locked --no-run "$@" >/dev/null 2>&1 || cargo test --locked --no-run "$@"
   cargo build --locked --quiet --examples
   echo "test.sh: the suite in a cgroup v2 guest (tests/vm/run.sh)" >&2
-  args=$(printf ' %q' "$@")
+  args=""
+  [ "$#" -gt 0 ] && args=$(printf ' %q' "$@")
   bash tests/vm/run.sh --swap 1G "cargo test --locked$args" || guest_status=$?
 fi
 if [ "$host_status" != 0 ] || [ "$guest_status" != 0 ]; then

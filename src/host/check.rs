@@ -66,6 +66,146 @@ pub fn check_state_root(dir: &Path) -> HostCheck {
     }
 }
 
+/// What `runbox check` reads about a cgroup v2 hierarchy.
+#[derive(Debug, Default)]
+struct V2Facts {
+    mount: std::path::PathBuf,
+    read_only: bool,
+    /// `cgroup.controllers` of the hierarchy's root (as this process sees it).
+    controllers: String,
+    /// `cgroup.subtree_control` of the root: what its children get.
+    subtree_control: String,
+    /// This process's cgroup (`0::PATH` of /proc/self/cgroup).
+    own_cgroup: String,
+    /// The root is itself a non-root cgroup (it has `cgroup.type`): a cgroup namespace's or a
+    /// container's view, where the no-internal-processes rule applies to it.
+    root_is_nested: bool,
+    /// `cgroup.type` of the root when nested.
+    root_type: String,
+    /// Processes in the root's `cgroup.procs`.
+    root_procs: usize,
+    /// Swap is in use on the host.
+    swap_active: bool,
+    /// Some cgroup below the root has `memory.swap.max` (`None`: no cgroup to look at).
+    swap_max_seen: Option<bool>,
+}
+
+impl V2Facts {
+    fn read(mount: &Path) -> V2Facts {
+        let read = |name: &str| fs::read_to_string(mount.join(name)).unwrap_or_default();
+        let children: Vec<std::path::PathBuf> = fs::read_dir(mount)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        V2Facts {
+            mount: mount.to_path_buf(),
+            read_only: crate::host::mounts::read()
+                .unwrap_or_default()
+                .iter()
+                .any(|m| m.target == mount && m.has_option("ro")),
+            controllers: read("cgroup.controllers").trim().to_string(),
+            subtree_control: read("cgroup.subtree_control").trim().to_string(),
+            own_cgroup: fs::read_to_string("/proc/self/cgroup")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or("?")
+                .to_string(),
+            root_is_nested: mount.join("cgroup.type").exists(),
+            root_type: read("cgroup.type").trim().to_string(),
+            root_procs: read("cgroup.procs").lines().count(),
+            swap_active: fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1),
+            swap_max_seen: (!children.is_empty())
+                .then(|| children.iter().any(|c| c.join("memory.swap.max").exists())),
+        }
+    }
+}
+
+/// The v2 items of `runbox check`, from what was read (pure, for tests).
+fn v2_checks(f: &V2Facts) -> Vec<HostCheck> {
+    let mut out = Vec::new();
+    let has = |list: &str, c: &str| list.split_whitespace().any(|x| x == c);
+    let missing: Vec<&str> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| !has(&f.controllers, c))
+        .collect();
+    out.push(item(
+        "cgroup",
+        missing.is_empty() && !f.read_only,
+        true,
+        format!(
+            "v2 at {}{} with {}; enabled for its children: {}{}",
+            f.mount.display(),
+            if f.read_only {
+                " (mounted read-only)"
+            } else {
+                ""
+            },
+            f.controllers,
+            if f.subtree_control.is_empty() {
+                "none yet (libcontainer enables them)"
+            } else {
+                &f.subtree_control
+            },
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; missing {}", missing.join(", "))
+            }
+        ),
+    ));
+    // A container's (or cgroup namespace's) root is a real cgroup: holding processes, it
+    // cannot give controllers to children (no internal processes), and a launch fails.
+    let blocked = f.root_is_nested && f.root_procs > 0;
+    out.push(item(
+        "cgroup-nesting",
+        !blocked && !f.root_type.contains("threaded") && f.root_type != "domain invalid",
+        true,
+        if !f.root_is_nested {
+            "the hierarchy's root is the host's: it may hold processes".to_string()
+        } else if blocked {
+            format!(
+                "this hierarchy's root is a nested cgroup (type {}, a container's or a cgroup namespace's) and holds {} processes: the kernel gives no controllers below a cgroup with processes, so sandboxes cannot get limits; move those processes into a leaf first (mkdir {}/init and write each pid to its cgroup.procs)",
+                f.root_type,
+                f.root_procs,
+                f.mount.display()
+            )
+        } else {
+            format!("nested root (type {}) without processes: children can get controllers", f.root_type)
+        },
+    ));
+    out.push(item(
+        "cgroup-placement",
+        f.own_cgroup == "/",
+        false,
+        if f.own_cgroup == "/" {
+            "this process is in the hierarchy's root; sandboxes go to /<prefix>/<id>".to_string()
+        } else {
+            format!(
+                "this process is in {}; runbox makes its cgroups at /<prefix> of the hierarchy, outside that subtree (a delegated subtree is not used yet)",
+                f.own_cgroup
+            )
+        },
+    ));
+    let swap_ok = !f.swap_active || f.swap_max_seen != Some(false);
+    out.push(item(
+        "swap accounting",
+        swap_ok,
+        true,
+        match (f.swap_active, f.swap_max_seen) {
+            (false, _) => "no swap in use".to_string(),
+            (true, Some(true)) => "swap in use; memory.swap.max present: runbox sets it to 0 per sandbox".to_string(),
+            (true, None) => "swap in use; no cgroup below the root to check memory.swap.max in yet".to_string(),
+            (true, Some(false)) => "swap in use but no memory.swap.max: sandboxes could swap past their memory limit (boot without swapaccount=0, a kernel with CONFIG_MEMCG_SWAP)".to_string(),
+        },
+    ));
+    out
+}
+
 /// Inspects the host: root, kernel version, cgroup layout and controllers, swap accounting,
 /// overlayfs, seccomp, namespaces, pidfd and openat2. Reads only; changes nothing.
 pub fn check_host() -> Vec<HostCheck> {
@@ -129,21 +269,7 @@ pub fn check_host() -> Vec<HostCheck> {
                 },
             ));
         }
-        Ok(cgroup::Layout::V2(mnt)) => {
-            let ctrls = fs::read_to_string(mnt.join("cgroup.controllers")).unwrap_or_default();
-            let needed = ["cpu", "memory", "pids"];
-            let missing: Vec<&str> = needed
-                .iter()
-                .copied()
-                .filter(|c| !ctrls.split_whitespace().any(|x| x == *c))
-                .collect();
-            out.push(item(
-                "cgroup",
-                missing.is_empty(),
-                true,
-                format!("v2 at {} with {}", mnt.display(), ctrls.trim()),
-            ));
-        }
+        Ok(cgroup::Layout::V2(mnt)) => out.extend(v2_checks(&V2Facts::read(&mnt))),
         Err(e) => out.push(item(
             "cgroup",
             false,
@@ -219,6 +345,71 @@ pub fn check_host() -> Vec<HostCheck> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v2_checks_name_what_blocks_sandboxes() {
+        let ok_host = V2Facts {
+            mount: "/sys/fs/cgroup".into(),
+            controllers: "cpuset cpu io memory pids".into(),
+            own_cgroup: "/".into(),
+            ..V2Facts::default()
+        };
+        let all = |f: &V2Facts| v2_checks(f).iter().all(|c| c.ok || !c.required);
+        assert!(all(&ok_host));
+        // A container whose cgroup root holds its own processes: refused, and said why.
+        let nested = V2Facts {
+            root_is_nested: true,
+            root_type: "domain".into(),
+            root_procs: 3,
+            ..V2Facts {
+                ..ok_host_clone(&ok_host)
+            }
+        };
+        let checks = v2_checks(&nested);
+        let n = checks.iter().find(|c| c.name == "cgroup-nesting").unwrap();
+        assert!(
+            !n.ok && n.required && n.detail.contains("3 processes"),
+            "{n:?}"
+        );
+        // Swap without swap accounting is a required miss; without swap, fine.
+        let swapping = V2Facts {
+            swap_active: true,
+            swap_max_seen: Some(false),
+            ..ok_host_clone(&ok_host)
+        };
+        assert!(!all(&swapping));
+        let unaccounted = V2Facts {
+            swap_max_seen: Some(false),
+            ..ok_host_clone(&ok_host)
+        };
+        assert!(all(&unaccounted));
+        // Missing controllers, or a read-only mount.
+        let no_memory = V2Facts {
+            controllers: "cpu pids".into(),
+            ..ok_host_clone(&ok_host)
+        };
+        assert!(!all(&no_memory));
+        let read_only = V2Facts {
+            read_only: true,
+            ..ok_host_clone(&ok_host)
+        };
+        assert!(!all(&read_only));
+        // A service's cgroup is reported, not refused.
+        let service = V2Facts {
+            own_cgroup: "/system.slice/grader.service".into(),
+            ..ok_host_clone(&ok_host)
+        };
+        assert!(all(&service));
+    }
+
+    fn ok_host_clone(f: &V2Facts) -> V2Facts {
+        V2Facts {
+            mount: f.mount.clone(),
+            controllers: f.controllers.clone(),
+            own_cgroup: f.own_cgroup.clone(),
+            ..V2Facts::default()
+        }
+    }
 
     #[test]
     fn the_state_root_check_tells_a_tmpfs_from_a_disk() {

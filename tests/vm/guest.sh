@@ -11,8 +11,8 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
-mount -t tmpfs -o mode=755 run /run
-mount -t tmpfs -o mode=1777 tmp /tmp
+# /tmp and /run stay the overlay's (writable, private to the guest): a tmpfs over them would
+# hide a checkout or run directory that lives there.
 echo 1 > /proc/sys/kernel/sysrq
 # Critical kernel messages (panics, soft lockups) reach the console; OOM kills do not.
 dmesg -n 3
