@@ -364,9 +364,15 @@ pub(crate) fn kill_and_remove(cgroup_path: &str) -> io::Result<()> {
 }
 
 /// SIGKILLs every process in the cgroup (at `cgroup_path`) and waits (on pidfds) until they
-/// are gone. Each pid is pinned by a pidfd and then checked to still be in that cgroup, so a
-/// pid reused by another process between the read and the pidfd is never signalled.
+/// are gone. On v2 the kernel does it first (`cgroup.kill`: every process of the cgroup and
+/// below, atomically, no pid involved); any left are then, as on v1, pinned by a pidfd each
+/// and checked to still be in that cgroup, so a pid reused by another process between the
+/// read and the pidfd is never signalled.
 pub(crate) fn kill_cgroup(cg: &Cgroup, cgroup_path: &str) -> io::Result<()> {
+    if let Cgroup::V2(d) = cg {
+        // Absent before 5.14 and on a cgroup already removed: the loop below does the work.
+        let _ = fs::write(d.join("cgroup.kill"), "1");
+    }
     // Dead processes stay listed until their parent (often the host's init, which may be
     // slow) reaps them; they are waited for with a bound, live ones are killed.
     let give_up = Instant::now() + Duration::from_secs(10);
