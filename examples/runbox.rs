@@ -29,6 +29,10 @@ struct Cli {
     /// cgroup parent of every sandbox (`/<PARENT>/<id>` in each hierarchy). Default `runbox`.
     #[arg(long = "cgroup-parent", global = true)]
     cgroup_parent: Option<String>,
+    /// cgroup subtree runbox was delegated (e.g. a systemd unit with Delegate=yes): the
+    /// parent goes under it, and runbox writes nothing outside it. Default `/`.
+    #[arg(long = "cgroup-base", global = true)]
+    cgroup_base: Option<String>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -291,7 +295,7 @@ fn main() -> ExitCode {
         // Reads the host only: no state root is created.
         return exit(check(json, &root_dir));
     }
-    let root = match open_root(&root_dir, cli.cgroup_parent) {
+    let root = match open_root(&root_dir, cli.cgroup_parent, cli.cgroup_base) {
         Ok(root) => root,
         Err(e) => return exit(Err(e)),
     };
@@ -339,12 +343,16 @@ fn exit(outcome: Outcome) -> ExitCode {
 fn open_root(
     dir: &std::path::Path,
     cgroup_parent: Option<String>,
+    cgroup_base: Option<String>,
 ) -> Result<runbox::Root, Failure> {
     let mut opts = runbox::RootOptions::new();
     // One command per process: a spare monitor would only be started to exit again.
     opts.spare_monitors(0);
     if let Some(p) = cgroup_parent {
         opts.cgroup_prefix(p);
+    }
+    if let Some(b) = cgroup_base {
+        opts.cgroup_base(b);
     }
     Ok(opts.open(dir)?)
 }

@@ -416,3 +416,152 @@ fn gc_removes_orphan_cgroups_and_abandoned_temp_dirs_only() {
     running.delete(true).unwrap();
     env.finish();
 }
+
+/// Every cgroup hierarchy mounted here (v1: one per controller group; v2: the one).
+fn cgroup_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .collect()
+}
+
+/// The hierarchy holding the memory controller (v1) or the unified one (v2).
+fn memory_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "memory"))
+        .map(|f| PathBuf::from(f[1]))
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+}
+
+/// A host that delegates runbox a subtree (a systemd unit with `Delegate=yes`, here made by
+/// hand in every hierarchy, with a process of its own on v2) gets every cgroup of runbox's
+/// inside it and none at the hierarchy's root; the controller runs in a unit of its own, and
+/// killing that unit as systemd stops a service (`cgroup.kill` on v2, every process on v1)
+/// leaves the sandbox running for the next controller.
+#[test]
+fn a_delegated_cgroup_base_holds_everything_and_outlives_the_controllers_unit() {
+    let env = TestEnv::new("base");
+    let v2 = !memory_mount().join("memory.limit_in_bytes").exists();
+    let pid = std::process::id();
+    let unit = format!("runbox-test-{pid}-sandboxes.service");
+    let ci = format!("runbox-test-{pid}-ci.service");
+    for m in cgroup_mounts() {
+        std::fs::create_dir_all(m.join(&unit)).unwrap();
+        std::fs::create_dir_all(m.join(&ci)).unwrap();
+    }
+    let mem = memory_mount();
+    // The unit's own process (v2 only: there it must move to a leaf for the unit to give
+    // controllers to runbox's cgroups).
+    let mut holder = Proc::new("sleep").arg("3600").spawn().unwrap();
+    if v2 {
+        std::fs::write(
+            mem.join(&unit).join("cgroup.procs"),
+            holder.id().to_string(),
+        )
+        .unwrap();
+    }
+    // The controller (the CLI) starts inside its own unit (cpuset is left out on v1: a new
+    // cpuset cgroup has no CPUs until someone writes them).
+    let joins: Vec<String> = cgroup_mounts()
+        .iter()
+        .filter(|m| v2 || !m.to_string_lossy().contains("cpuset"))
+        .map(|m| format!("echo $$ > {}/{ci}/cgroup.procs", m.display()))
+        .collect();
+    let script = format!("{}; exec \"$@\"", joins.join("; "));
+    let base = format!("/{unit}");
+    let out = Proc::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(cli())
+        .args([
+            "--root",
+            env.dir.to_str().unwrap(),
+            "--cgroup-parent",
+            &env.prefix,
+        ])
+        .args(["--cgroup-base", &base])
+        .args(["run", "-d", "--name", "kept", "-m", "64M", "--image"])
+        .arg(common::image())
+        .args(["probe", "sleep", "3600"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let sandbox_cg = mem.join(&unit).join(&env.prefix).join("kept");
+    assert!(sandbox_cg.is_dir(), "no {}", sandbox_cg.display());
+    if v2 {
+        let limit = std::fs::read_to_string(sandbox_cg.join("memory.max")).unwrap();
+        assert_eq!(limit.trim(), (64u64 << 20).to_string());
+        let holder_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", holder.id())).unwrap();
+        assert_eq!(holder_cg.trim(), format!("0::/{unit}/runbox-leaf"));
+    }
+    // Nothing at the hierarchies' root.
+    for m in cgroup_mounts() {
+        assert!(
+            !m.join(&env.prefix).exists(),
+            "{} exists",
+            m.join(&env.prefix).display()
+        );
+    }
+    // Stop the controller's unit as systemd would.
+    let ci_dir = mem.join(&ci);
+    if v2 {
+        std::fs::write(ci_dir.join("cgroup.kill"), "1").unwrap();
+    } else {
+        for p in std::fs::read_to_string(ci_dir.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.trim().parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    wait_until("the controller's unit to empty", || {
+        std::fs::read_to_string(ci_dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+    });
+    // A new controller, with the same base, finds the sandbox running and ends it.
+    let root = runbox::RootOptions::new()
+        .cgroup_prefix(env.prefix.clone())
+        .cgroup_base(base.clone())
+        .spare_monitors(0)
+        .open(&env.dir)
+        .unwrap();
+    let mut s = root.sandbox("kept").unwrap();
+    assert_eq!(s.state().unwrap(), SandboxState::Running);
+    s.kill(Signal::SIGKILL).unwrap();
+    assert_eq!(s.wait().unwrap().signal, Some(9));
+    s.delete(false).unwrap();
+    wait_until("the sandbox's monitor to exit", || {
+        std::fs::read_to_string(
+            mem.join(&unit)
+                .join(&env.prefix)
+                .join("_monitors/cgroup.procs"),
+        )
+        .is_ok_and(|p| p.trim().is_empty())
+    });
+    drop(root);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    for m in cgroup_mounts() {
+        for d in [
+            m.join(&unit).join(&env.prefix).join("_monitors"),
+            m.join(&unit).join(&env.prefix),
+            m.join(&unit).join("runbox-leaf"),
+            m.join(&unit),
+            m.join(&ci),
+        ] {
+            if d.is_dir() {
+                std::fs::remove_dir(&d).unwrap_or_else(|e| panic!("remove {}: {e}", d.display()));
+            }
+        }
+    }
+    env.finish();
+}

@@ -11,6 +11,7 @@ use libcontainer::oci_spec::runtime::Spec;
 
 use crate::config::{self, Command};
 use crate::error::{Error, ErrorKind, Result};
+use crate::host::cgroup;
 use crate::host::image::Image;
 use crate::host::state;
 use crate::layout::IMAGES_DIR;
@@ -59,6 +60,7 @@ pub(super) struct RootInner {
 /// Options for opening a [`Root`].
 #[derive(Debug, Clone, Default)]
 pub struct RootOptions {
+    cgroup_base: Option<String>,
     cgroup_prefix: Option<String>,
     monitor: Option<PathBuf>,
     spare_monitors: Option<usize>,
@@ -76,6 +78,20 @@ impl RootOptions {
     /// so that two roots never share cgroups.
     pub fn cgroup_prefix(&mut self, prefix: impl Into<String>) -> &mut Self {
         self.cgroup_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Puts the prefix under the cgroup `base` instead of a hierarchy's root: sandboxes at
+    /// `<base>/<prefix>/<id>`, monitors at `<base>/<prefix>/_monitors`, and nothing written
+    /// outside `base` by runbox. For a host that delegates runbox a subtree, e.g. a systemd
+    /// unit with `Delegate=yes` (README: "On a systemd host"); `base` must exist. Its own
+    /// processes are moved into `<base>/runbox-leaf` on cgroup v2, where a cgroup that gives
+    /// controllers to children may hold no processes. Default `/`.
+    ///
+    /// Sandboxes outlive their controller only if `base` does: a base inside the
+    /// controller's own service goes when that service is stopped; a separate unit's does not.
+    pub fn cgroup_base(&mut self, base: impl Into<String>) -> &mut Self {
+        self.cgroup_base = Some(base.into());
         self
     }
 
@@ -116,7 +132,8 @@ impl RootOptions {
     /// Opens (creating if needed, mode 0700) the state root `dir`.
     ///
     /// # Errors
-    /// `InvalidConfig` for a bad path or prefix; `Io` if the directory cannot be created.
+    /// `InvalidConfig` for a bad path, prefix or cgroup base (or a base that does not exist);
+    /// `Io` if the directory cannot be created or the base prepared.
     pub fn open(&self, dir: impl AsRef<Path>) -> Result<Root> {
         let dir = dir.as_ref();
         if !config::is_clean_absolute(dir) || dir.to_str().is_none_or(|s| s.contains([',', ':'])) {
@@ -141,6 +158,28 @@ impl RootOptions {
                 format!("cgroup prefix {prefix:?} must be '/'-separated names like ids"),
             ));
         }
+        let base = self.cgroup_base.as_deref().unwrap_or("/");
+        if !cgroup::valid_base(base) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "cgroup base {base:?} must be an absolute cgroup path without '..', ',' or ':'"
+                ),
+            ));
+        }
+        cgroup::prepare_base(base).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::InvalidConfig
+            } else {
+                ErrorKind::Io
+            };
+            Error::with_source(kind, format!("prepare the cgroup base {base}"), e)
+        })?;
+        // The prefix as every cgroup path uses it, relative to the hierarchy's root.
+        let prefix = match base.trim_matches('/') {
+            "" => prefix,
+            base => format!("{base}/{prefix}"),
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -184,7 +223,8 @@ impl Root {
         &self.inner.dir
     }
 
-    /// The cgroup prefix sandboxes are created under.
+    /// The cgroup prefix sandboxes are created under, relative to a hierarchy's root (with
+    /// the cgroup base in front, if one was given: `system.slice/x.service/runbox`).
     pub fn cgroup_prefix(&self) -> &str {
         &self.inner.cgroup_prefix
     }

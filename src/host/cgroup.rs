@@ -98,6 +98,102 @@ impl Layout {
     }
 }
 
+/// The leaf a delegated subtree's own processes are moved into (see [`prepare_base`]).
+pub(crate) const BASE_LEAF: &str = "runbox-leaf";
+
+/// The controllers runbox gives its sandboxes on v2.
+const V2_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "pids"];
+
+/// Checks a cgroup base (`/`, or a path like `/system.slice/sandboxes.service`): absolute,
+/// no `.`/`..`, nothing a spec or mount option could misread.
+pub(crate) fn valid_base(base: &str) -> bool {
+    base.starts_with('/')
+        && base.split('/').skip(1).all(|part| {
+            base == "/"
+                || (!part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && !part.contains([',', ':'])
+                    && !part.contains(char::is_whitespace))
+        })
+}
+
+/// Makes the cgroup `base` (a subtree runbox was given, e.g. a systemd unit with
+/// `Delegate=yes`) able to hold runbox's cgroups, writing nothing outside it. It must exist
+/// in every hierarchy runbox uses. On v2, the no-internal-processes rule: a cgroup that gives
+/// controllers to children holds no processes, so the processes in `base` (the unit's own)
+/// move into `base/runbox-leaf` first; then the controllers `base` has are enabled for its
+/// children. On v1 nothing needs moving. `/` needs nothing.
+pub(crate) fn prepare_base(base: &str) -> io::Result<()> {
+    if base == "/" {
+        return Ok(());
+    }
+    let rel = base.trim_start_matches('/');
+    match Layout::detect()? {
+        Layout::V1(ctrls) => {
+            for (c, mnt) in ctrls
+                .iter()
+                .filter(|(c, _)| SANDBOX_V1_CONTROLLERS.contains(&c.as_str()))
+            {
+                let dir = mnt.join(rel);
+                if !dir.is_dir() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "cgroup base {base} does not exist in the {c} hierarchy ({})",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Layout::V2(mnt) => {
+            let dir = mnt.join(rel);
+            if !dir.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("cgroup base {base} does not exist ({})", dir.display()),
+                ));
+            }
+            let available = read(&dir.join("cgroup.controllers"))?;
+            let wanted: Vec<String> = V2_CONTROLLERS
+                .iter()
+                .filter(|c| available.split_whitespace().any(|a| a == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            let control = dir.join("cgroup.subtree_control");
+            // Processes may be forked into it while we move them: retry a few times.
+            let mut last = None;
+            for _ in 0..10 {
+                let procs = read(&dir.join("cgroup.procs"))?;
+                if !procs.trim().is_empty() {
+                    let leaf = dir.join(BASE_LEAF);
+                    fs::create_dir_all(&leaf)?;
+                    for pid in procs.lines() {
+                        // A process that exited meanwhile is fine.
+                        let _ = fs::write(leaf.join("cgroup.procs"), pid.trim());
+                    }
+                }
+                match fs::write(&control, wanted.join(" ")) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}", control.display()),
+                        ))
+                    }
+                }
+            }
+            Err(last.map_or_else(
+                || io::Error::other("cgroup base kept gaining processes"),
+                |e| io::Error::new(e.kind(), format!("{}: {e}", control.display())),
+            ))
+        }
+    }
+}
+
 /// Moves the calling process out of the cgroups it inherited (wherever it is not at a
 /// hierarchy's root) into `/<prefix>/_monitors` of the same hierarchy, so that a service
 /// manager stopping the controller's cgroup does not take the monitor, and with it the sandbox.
@@ -475,6 +571,30 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         ));
         assert_eq!(l, Layout::V2("/sys/fs/cgroup".into()));
         assert_eq!(l.cgroup("/p/x"), Cgroup::V2("/sys/fs/cgroup/p/x".into()));
+    }
+
+    #[test]
+    fn cgroup_bases_are_absolute_paths_a_spec_can_carry() {
+        for ok in [
+            "/",
+            "/system.slice/runbox.service",
+            "/user.slice/user@0.service/app.slice",
+        ] {
+            assert!(valid_base(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "system.slice",
+            "/a/../b",
+            "/a/./b",
+            "/a//b",
+            "/a/",
+            "/a,b",
+            "/a:b",
+            "/a b",
+        ] {
+            assert!(!valid_base(bad), "{bad}");
+        }
     }
 
     #[test]

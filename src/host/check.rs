@@ -186,7 +186,7 @@ fn v2_checks(f: &V2Facts) -> Vec<HostCheck> {
             "this process is in the hierarchy's root; sandboxes go to /<prefix>/<id>".to_string()
         } else {
             format!(
-                "this process is in {}; runbox makes its cgroups at /<prefix> of the hierarchy, outside that subtree (a delegated subtree is not used yet)",
+                "this process is in {}; runbox makes its cgroups at /<prefix> of the hierarchy unless given a delegated subtree (--cgroup-base, RootOptions::cgroup_base)",
                 f.own_cgroup
             )
         },
