@@ -565,3 +565,93 @@ fn a_delegated_cgroup_base_holds_everything_and_outlives_the_controllers_unit() 
     }
     env.finish();
 }
+
+/// Inside a container (its own cgroup and mount namespaces, every hierarchy remounted, so the
+/// cgroup it sits in is its root and holds its processes), a sandbox still gets its limits:
+/// on cgroup v2, where a cgroup holding processes can give no controllers to children,
+/// runbox moves the container's processes into `/runbox-leaf` first; on v1 nothing needs
+/// moving. (A launch failed there with EOPNOTSUPP before.)
+#[test]
+fn inside_a_container_whose_cgroup_root_holds_processes_sandboxes_get_their_limits() {
+    let env = TestEnv::new("nested");
+    let v2 = !memory_mount().join("memory.limit_in_bytes").exists();
+    let ct = format!("runbox-test-{}-container", std::process::id());
+    let mounts: Vec<(String, String, String)> = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+        .map(|f| (f[1].clone(), f[2].clone(), f[3].clone()))
+        .collect();
+    let mut join = Vec::new();
+    let mut remount = Vec::new();
+    for (target, fstype, opts) in &mounts {
+        let dir = PathBuf::from(target).join(&ct);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(PathBuf::from(target).join(f)) {
+                std::fs::write(dir.join(f), v.trim()).unwrap();
+            }
+        }
+        join.push(format!("echo $$ > {}/cgroup.procs", dir.display()));
+        remount.push(format!(
+            "umount {target} && mount -t {fstype} -o {opts} none {target}"
+        ));
+    }
+    let inner = format!("{} && exec \"$@\"", remount.join(" && "));
+    let script = format!(
+        "{} && exec unshare -C -m sh -c '{inner}' sh \"$@\"",
+        join.join(" && ")
+    );
+    let out = Proc::new("sh")
+        .args(["-c", &script, "sh"])
+        .arg(cli())
+        .args([
+            "--root",
+            env.dir.to_str().unwrap(),
+            "--cgroup-parent",
+            &env.prefix,
+        ])
+        .args(["run", "--json", "-m", "32M", "--image"])
+        .arg(common::image())
+        .args(["probe", "memhog", "100"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "memory_limit", "{v}");
+    let mem_ct = memory_mount().join(&ct);
+    if v2 {
+        let enabled = std::fs::read_to_string(mem_ct.join("cgroup.subtree_control")).unwrap();
+        assert!(
+            enabled.split_whitespace().any(|c| c == "memory"),
+            "{enabled}"
+        );
+        assert!(mem_ct.join("runbox-leaf").is_dir());
+    }
+    // The one-shot run's monitor cleans up after the verdict (on v1 it stays in the
+    // container's cgroup, its root as it sees it, until it exits and is reaped).
+    let root_str = env.dir.to_string_lossy().into_owned();
+    wait_until("the monitor to finish", || {
+        common::processes_mentioning(&root_str).is_empty()
+            && mounts.iter().all(|(target, _, _)| {
+                std::fs::read_to_string(PathBuf::from(target).join(&ct).join("cgroup.procs"))
+                    .is_ok_and(|p| p.trim().is_empty())
+            })
+    });
+    for (target, _, _) in &mounts {
+        let dir = PathBuf::from(target).join(&ct);
+        for d in [
+            dir.join(&env.prefix).join("_monitors"),
+            dir.join(&env.prefix),
+            dir.join("runbox-leaf"),
+            dir.clone(),
+        ] {
+            if d.is_dir() {
+                std::fs::remove_dir(&d).unwrap_or_else(|e| panic!("remove {}: {e}", d.display()));
+            }
+        }
+    }
+    env.finish();
+}

@@ -123,13 +123,14 @@ pub(crate) fn valid_base(base: &str) -> bool {
 /// in every hierarchy runbox uses. On v2, the no-internal-processes rule: a cgroup that gives
 /// controllers to children holds no processes, so the processes in `base` (the unit's own)
 /// move into `base/runbox-leaf` first; then the controllers `base` has are enabled for its
-/// children. On v1 nothing needs moving. `/` needs nothing.
+/// children. The same holds for `/` inside a container (a cgroup namespace whose root is a
+/// real cgroup, with the container's processes in it): they move into `/runbox-leaf`, as
+/// container engines' init scripts do. The host's own root (exempt from the rule) and v1
+/// need nothing moved.
 pub(crate) fn prepare_base(base: &str) -> io::Result<()> {
-    if base == "/" {
-        return Ok(());
-    }
     let rel = base.trim_start_matches('/');
     match Layout::detect()? {
+        Layout::V1(_) if rel.is_empty() => Ok(()),
         Layout::V1(ctrls) => {
             for (c, mnt) in ctrls
                 .iter()
@@ -148,6 +149,8 @@ pub(crate) fn prepare_base(base: &str) -> io::Result<()> {
             }
             Ok(())
         }
+        // The host's root: every process may stay where it is.
+        Layout::V2(mnt) if rel.is_empty() && !mnt.join("cgroup.type").exists() => Ok(()),
         Layout::V2(mnt) => {
             let dir = mnt.join(rel);
             if !dir.is_dir() {
@@ -163,6 +166,15 @@ pub(crate) fn prepare_base(base: &str) -> io::Result<()> {
                 .map(|c| format!("+{c}"))
                 .collect();
             let control = dir.join("cgroup.subtree_control");
+            let enabled = read(&control)?;
+            let procs = read(&dir.join("cgroup.procs"))?;
+            if procs.trim().is_empty()
+                && wanted
+                    .iter()
+                    .all(|w| enabled.split_whitespace().any(|e| e == &w[1..]))
+            {
+                return Ok(()); // prepared already (by another controller, say)
+            }
             // Processes may be forked into it while we move them: retry a few times.
             let mut last = None;
             for _ in 0..10 {

@@ -159,18 +159,23 @@ fn v2_checks(f: &V2Facts) -> Vec<HostCheck> {
         ),
     ));
     // A container's (or cgroup namespace's) root is a real cgroup: holding processes, it
-    // cannot give controllers to children (no internal processes), and a launch fails.
-    let blocked = f.root_is_nested && f.root_procs > 0;
+    // cannot give controllers to children (no internal processes). runbox moves them into a
+    // leaf when it opens a state root; a threaded or invalid root it cannot fix.
+    let broken = f.root_type.contains("threaded") || f.root_type == "domain invalid";
     out.push(item(
         "cgroup-nesting",
-        !blocked && !f.root_type.contains("threaded") && f.root_type != "domain invalid",
+        !broken,
         true,
         if !f.root_is_nested {
             "the hierarchy's root is the host's: it may hold processes".to_string()
-        } else if blocked {
+        } else if broken {
             format!(
-                "this hierarchy's root is a nested cgroup (type {}, a container's or a cgroup namespace's) and holds {} processes: the kernel gives no controllers below a cgroup with processes, so sandboxes cannot get limits; move those processes into a leaf first (mkdir {}/init and write each pid to its cgroup.procs)",
-                f.root_type,
+                "this hierarchy's root is a nested cgroup of type {:?}: no domain controllers (memory, pids) can be given below it; restart the container with its cgroup root as a plain domain",
+                f.root_type
+            )
+        } else if f.root_procs > 0 {
+            format!(
+                "this hierarchy's root is a nested cgroup (a container's or a cgroup namespace's) holding {} processes: the kernel gives no controllers below a cgroup with processes, so runbox moves them into {}/runbox-leaf when it opens a state root, as container engines' init scripts do",
                 f.root_procs,
                 f.mount.display()
             )
@@ -368,9 +373,16 @@ mod tests {
         let checks = v2_checks(&nested);
         let n = checks.iter().find(|c| c.name == "cgroup-nesting").unwrap();
         assert!(
-            !n.ok && n.required && n.detail.contains("3 processes"),
+            n.ok && n.detail.contains("3 processes") && n.detail.contains("runbox-leaf"),
             "{n:?}"
         );
+        // A threaded root cannot be fixed by moving processes: refused, and said why.
+        let threaded = V2Facts {
+            root_is_nested: true,
+            root_type: "domain threaded".into(),
+            ..ok_host_clone(&ok_host)
+        };
+        assert!(!all(&threaded));
         // Swap without swap accounting is a required miss; without swap, fine.
         let swapping = V2Facts {
             swap_active: true,
