@@ -606,3 +606,120 @@ fn device_nodes_the_program_finds_cannot_be_opened_or_made() {
     fs::remove_dir_all(&bound).unwrap();
     env.finish();
 }
+
+/// The host's /, /proc, /sys and /dev (and what is below them, symlinks resolved) cannot be
+/// bound or copied in by mistake (a bound /proc shows every host process's environment), and
+/// a copy source that is no regular file or directory is an error, not a silent skip; each
+/// refusal leaves nothing behind.
+#[test]
+fn host_trees_and_special_files_cannot_be_bound_or_copied() {
+    let env = TestEnv::new("sources");
+    let link = env.dir.join("proc-link");
+    std::os::unix::fs::symlink("/proc/1", &link).unwrap();
+    let link = link.to_str().unwrap().to_string();
+    for src in [
+        "/",
+        "/proc",
+        "/proc/1",
+        "/sys",
+        "/sys/kernel",
+        "/dev",
+        "/dev/null",
+        &link,
+    ] {
+        let mut bind = env.cmd("/bin/true", &[]);
+        bind.bind_ro(src, "/x");
+        let mut copy = env.cmd("/bin/true", &[]);
+        copy.copy_in(src, "/work/x");
+        for (what, cmd) in [("bind", bind), ("copy", copy)] {
+            let err = env.root.spawn(&cmd).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                runbox::ErrorKind::InvalidConfig,
+                "{what} {src}: {}",
+                err.chain()
+            );
+            assert!(
+                err.chain().contains("refused"),
+                "{what} {src}: {}",
+                err.chain()
+            );
+        }
+    }
+    // A FIFO as the source, or inside a copied tree.
+    let fifo = env.dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut copy = env.cmd("/bin/true", &[]);
+    copy.copy_in(&fifo, "/work/fifo");
+    let err = env.root.spawn(&copy).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        runbox::ErrorKind::InvalidConfig,
+        "{}",
+        err.chain()
+    );
+    assert!(
+        err.chain()
+            .contains("neither a regular file nor a directory"),
+        "{}",
+        err.chain()
+    );
+    let tree = env.dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("a"), "a").unwrap();
+    nix::unistd::mkfifo(
+        &tree.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let mut copy = env.cmd("/bin/true", &[]);
+    copy.copy_in(&tree, "/work/tree");
+    let err = env.root.spawn(&copy).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        runbox::ErrorKind::LaunchFailed,
+        "{}",
+        err.chain()
+    );
+    assert!(
+        err.chain()
+            .contains("not a regular file, directory or symlink"),
+        "{}",
+        err.chain()
+    );
+    fs::remove_dir_all(&tree).unwrap();
+    fs::remove_file(&fifo).unwrap();
+    fs::remove_file(env.dir.join("proc-link")).unwrap();
+    env.finish();
+}
+
+/// Every file directly in /proc that only root may read on this host (kpageflags,
+/// kpagecount, kpagecgroup, slabinfo, vmallocinfo, pagetypeinfo, kmsg...) shows nothing to a
+/// sandbox, even one running as uid 0 (which has no capabilities but owns those files' mode).
+#[test]
+fn root_only_proc_files_show_nothing_even_to_uid_0() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new("procmask");
+    let files: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o404 == 0o400)
+        })
+        .map(|e| format!("/proc/{}", e.file_name().to_string_lossy()))
+        .collect();
+    assert!(files.iter().any(|f| f == "/proc/kpageflags"), "{files:?}");
+    let script = format!(
+        "for f in {}; do n=$(timeout 2 head -c 64 $f 2>/dev/null | wc -c); \
+         if [ \"$n\" -gt 0 ]; then echo readable $f; fi; done; echo checked",
+        files.join(" ")
+    );
+    let mut cmd = env.cmd("/bin/sh", &["-c", &script]);
+    cmd.user(0, 0);
+    let v = run(&env, &cmd);
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(v.stdout, "checked\n", "{v:?}");
+    env.finish();
+}

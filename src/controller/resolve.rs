@@ -9,6 +9,36 @@ use crate::config::{self, Command, SandboxConfig, Stdin};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::image::Image;
 
+/// The host trees no bind or copy may take from, whatever the path says after symlinks: the
+/// whole host (its secrets), and the kernel's views of every process, device and setting.
+const FORBIDDEN_SOURCES: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Refuses a bind or copy source that is the host's `/`, or `/proc`, `/sys`, `/dev` or
+/// anything below them (after resolving symlinks): binding `/proc` would show the sandbox
+/// every host process's environment and memory maps.
+fn host_source_allowed(host: &Path) -> Result<()> {
+    let resolved = fs::canonicalize(host).map_err(|e| {
+        Error::with_source(
+            ErrorKind::InvalidConfig,
+            format!("host path {}", host.display()),
+            e,
+        )
+    })?;
+    let forbidden =
+        resolved == Path::new("/") || FORBIDDEN_SOURCES.iter().any(|f| resolved.starts_with(f));
+    if forbidden {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "host path {} ({}) cannot be bound or copied into a sandbox: the host's /, /proc, /sys and /dev and what is below them are refused",
+                host.display(),
+                resolved.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks everything about `cmd` that can be checked without side effects and resolves the
 /// program inside the image: the config a sandbox is made from. `host_image` gives the
 /// default image, asked for only when needed.
@@ -85,6 +115,16 @@ pub(super) fn resolve<'a>(
         if fs::symlink_metadata(host).is_err() {
             return Err(invalid(format!(
                 "host path {} does not exist",
+                host.display()
+            )));
+        }
+        host_source_allowed(host)?;
+    }
+    for (host, _) in &cmd.copies {
+        let regular_or_dir = fs::metadata(host).is_ok_and(|m| m.is_file() || m.is_dir());
+        if !regular_or_dir {
+            return Err(invalid(format!(
+                "copy source {} is neither a regular file nor a directory",
                 host.display()
             )));
         }

@@ -270,7 +270,8 @@ impl Root {
         };
         let id = cmd.name.as_deref().unwrap_or("bundle");
         let cgroup = format!("/{}/{id}", self.inner.cgroup_prefix);
-        spec::build(&cfg, &lower, true, &cgroup, SpecStage::Final)
+        let masked = crate::host::proc::root_only_proc_files();
+        spec::build(&cfg, &lower, true, &cgroup, SpecStage::Final, &masked)
     }
 
     /// Writes [`Root::oci_spec`] as `<bundle>/config.json`, a bundle `runc run` accepts.

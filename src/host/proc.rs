@@ -70,6 +70,30 @@ pub(crate) fn is_zombie(pid: i32) -> bool {
         .is_none_or(|stat| parse_state(&stat) == Some('Z'))
 }
 
+/// The regular files directly in `/proc` that only root may read (owned by uid 0, readable by
+/// it, no read bit for others; write-only ones such as `sysrq-trigger` stay as they are, a
+/// read-only bind in every sandbox: the kernel log, page maps of physical memory, slab and vmalloc details,
+/// timer lists...). A sandbox's uid 0 has no capabilities, but reads those a capability does
+/// not guard: every one found is masked in the sandbox. Read from this host each time a spec
+/// is built (the set differs between kernels).
+pub(crate) fn root_only_proc_files() -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<String> = fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter(|e| {
+                    e.metadata()
+                        .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o404 == 0o400)
+                })
+                .map(|e| format!("/proc/{}", e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// Signals exactly the process `who` names: through a pidfd opened first and then checked
 /// against the recorded start time, so a reused pid is never signalled.
 pub(crate) fn signal_verified(who: ProcIdentity, signal: i32) -> std::io::Result<()> {

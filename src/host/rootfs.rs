@@ -253,7 +253,14 @@ fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> 
         }
         fs::copy(src, dst)?;
     } else {
-        return Ok(()); // devices, sockets, fifos are not copied
+        // A device, socket or FIFO: never recreated inside (and a silent skip would lose it).
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file, directory or symlink",
+                src.display()
+            ),
+        ));
     }
     std::os::unix::fs::lchown(dst, Some(uid), Some(gid))
 }

@@ -314,6 +314,7 @@ fn build_container(
         false,
         cgroup_path,
         SpecStage::ForLibcontainer,
+        &crate::host::proc::root_only_proc_files(),
     )?;
     state::write_bundle(&first, &bundle)?;
     phases::mark("bundle_written");

@@ -42,13 +42,15 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount>
         .map_err(spec_error)
 }
 
-/// Builds the spec for `cfg` with `root` as the container's root and `cgroups_path` as its cgroup.
+/// Builds the spec for `cfg` with `root` as the container's root and `cgroups_path` as its
+/// cgroup; `masked_extra` are further paths to mask (the host's root-only /proc files).
 pub(crate) fn build(
     cfg: &SandboxConfig,
     root: &Path,
     readonly_root: bool,
     cgroups_path: &str,
     stage: SpecStage,
+    masked_extra: &[String],
 ) -> Result<Spec> {
     let limits = &cfg.limits;
     let empty = Capabilities::new();
@@ -199,6 +201,11 @@ pub(crate) fn build(
 
     let mut masked = get_default_maskedpaths();
     masked.push("/sys/devices/virtual/powercap".to_string());
+    for extra in masked_extra {
+        if !masked.contains(extra) {
+            masked.push(extra.clone());
+        }
+    }
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(cgroups_path)
@@ -241,7 +248,15 @@ mod tests {
 
     #[test]
     fn confinement_defaults_are_in_the_spec() {
-        let spec = build(&cfg(), Path::new("/r"), false, "/rb/x", SpecStage::Final).unwrap();
+        let spec = build(
+            &cfg(),
+            Path::new("/r"),
+            false,
+            "/rb/x",
+            SpecStage::Final,
+            &[],
+        )
+        .unwrap();
         let p = spec.process().as_ref().unwrap();
         let caps = p.capabilities().as_ref().unwrap();
         for set in [
@@ -293,6 +308,7 @@ mod tests {
             false,
             "/rb/x",
             SpecStage::ForLibcontainer,
+            &[],
         );
         serde_json::to_string(&spec.unwrap()).unwrap()
     }
@@ -364,6 +380,7 @@ mod tests {
             false,
             "/rb/x",
             SpecStage::ForLibcontainer,
+            &[],
         )
         .unwrap();
         let cpu = spec
@@ -378,7 +395,15 @@ mod tests {
             .unwrap();
         assert_eq!(cpu.quota(), None);
         assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
-        let full = build(&cfg(), Path::new("/r"), false, "/rb/x", SpecStage::Final).unwrap();
+        let full = build(
+            &cfg(),
+            Path::new("/r"),
+            false,
+            "/rb/x",
+            SpecStage::Final,
+            &[],
+        )
+        .unwrap();
         assert!(full.linux().as_ref().unwrap().seccomp().is_some());
     }
 }
