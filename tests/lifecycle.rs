@@ -417,16 +417,42 @@ fn gc_removes_orphan_cgroups_and_abandoned_temp_dirs_only() {
     env.finish();
 }
 
-/// Every cgroup hierarchy mounted here (v1: one per controller group; v2: the one).
-fn cgroup_mounts() -> Vec<PathBuf> {
+/// Every cgroup hierarchy mounted here (v1: one per controller group; v2: the one), as
+/// (mount point, file system type, options).
+fn cgroup_mount_entries() -> Vec<(String, String, String)> {
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap()
         .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 3 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
-        })
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+        .map(|f| (f[1].clone(), f[2].clone(), f[3].clone()))
         .collect()
+}
+
+/// The mount points of [`cgroup_mount_entries`].
+fn cgroup_mounts() -> Vec<PathBuf> {
+    cgroup_mount_entries()
+        .into_iter()
+        .map(|(target, _, _)| PathBuf::from(target))
+        .collect()
+}
+
+/// The CLI on this test's root and prefix, started by `sh -c script` (which ends in
+/// `exec "$@"`, after joining cgroups or namespaces), with `args`.
+fn cli_after(env: &TestEnv, script: &str, args: &[&str]) -> std::process::Output {
+    Proc::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(cli())
+        .args([
+            "--root",
+            env.dir.to_str().unwrap(),
+            "--cgroup-parent",
+            &env.prefix,
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// The hierarchy holding the memory controller (v1) or the unified one (v2).
@@ -476,22 +502,26 @@ fn a_delegated_cgroup_base_holds_everything_and_outlives_the_controllers_unit() 
         .collect();
     let script = format!("{}; exec \"$@\"", joins.join("; "));
     let base = format!("/{unit}");
-    let out = Proc::new("sh")
-        .args(["-c", &script, "sh"])
-        .arg(cli())
-        .args([
-            "--root",
-            env.dir.to_str().unwrap(),
-            "--cgroup-parent",
-            &env.prefix,
-        ])
-        .args(["--cgroup-base", &base])
-        .args(["run", "-d", "--name", "kept", "-m", "64M", "--image"])
-        .arg(common::image())
-        .args(["probe", "sleep", "3600"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let image = common::image().to_str().unwrap().to_string();
+    let out = cli_after(
+        &env,
+        &script,
+        &[
+            "--cgroup-base",
+            &base,
+            "run",
+            "-d",
+            "--name",
+            "kept",
+            "-m",
+            "64M",
+            "--image",
+            &image,
+            "probe",
+            "sleep",
+            "3600",
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
     let sandbox_cg = mem.join(&unit).join(&env.prefix).join("kept");
     assert!(sandbox_cg.is_dir(), "no {}", sandbox_cg.display());
@@ -576,13 +606,7 @@ fn inside_a_container_whose_cgroup_root_holds_processes_sandboxes_get_their_limi
     let env = TestEnv::new("nested");
     let v2 = !memory_mount().join("memory.limit_in_bytes").exists();
     let ct = format!("runbox-test-{}-container", std::process::id());
-    let mounts: Vec<(String, String, String)> = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .filter(|f| f.len() > 3 && (f[2] == "cgroup" || f[2] == "cgroup2"))
-        .map(|f| (f[1].clone(), f[2].clone(), f[3].clone()))
-        .collect();
+    let mounts = cgroup_mount_entries();
     let mut join = Vec::new();
     let mut remount = Vec::new();
     for (target, fstype, opts) in &mounts {
@@ -603,21 +627,14 @@ fn inside_a_container_whose_cgroup_root_holds_processes_sandboxes_get_their_limi
         "{} && exec unshare -C -m sh -c '{inner}' sh \"$@\"",
         join.join(" && ")
     );
-    let out = Proc::new("sh")
-        .args(["-c", &script, "sh"])
-        .arg(cli())
-        .args([
-            "--root",
-            env.dir.to_str().unwrap(),
-            "--cgroup-parent",
-            &env.prefix,
-        ])
-        .args(["run", "--json", "-m", "32M", "--image"])
-        .arg(common::image())
-        .args(["probe", "memhog", "100"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let image = common::image().to_str().unwrap().to_string();
+    let out = cli_after(
+        &env,
+        &script,
+        &[
+            "run", "--json", "-m", "32M", "--image", &image, "probe", "memhog", "100",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], "memory_limit", "{v}");
