@@ -2,9 +2,11 @@
 //! with its [`MonitorArgs`] (the one place that does), and reading its first report. Runs in
 //! the controller, which may be multi-threaded: it only ever execs, never forks into Rust.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,37 +64,95 @@ pub(super) fn find_monitor(explicit: Option<&Path>) -> Result<PathBuf> {
     ))
 }
 
-/// Execs the monitor `exe` as `args`, with an empty environment, the given stdin and stdout
-/// and no stderr (a monitor logs into its sandbox's directory). Every monitor forks and
-/// detaches at once: the caller reaps the returned first process ([`reap`]), at once or when
-/// convenient, so it never holds a zombie for long.
+/// Execs the monitor `exe` as `args`, with an empty environment, `stdin` and `stdout` (each
+/// `/dev/null` if `None`) and no stderr (a monitor logs into its sandbox's directory). With
+/// `cgroup` (the root's cgroup v2 monitors directory, see [`crate::host::cgroup::monitors_cgroup_v2`]) the
+/// monitor is born there (`CLONE_INTO_CGROUP`), so it is never in the controller's cgroup,
+/// which a service manager may kill at any moment; where that fails (a kernel before 5.7) it
+/// is exec'd plainly and moves itself. Every monitor forks and detaches at once: the caller
+/// reaps the returned first process ([`reap`]), at once or when convenient, so it never holds
+/// a zombie for long.
 pub(super) fn spawn_monitor(
     exe: &Path,
     args: &MonitorArgs,
-    stdin: Stdio,
-    stdout: Stdio,
-) -> Result<Child> {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<FirstProcess> {
+    let failed = |e| {
+        Error::with_source(
+            ErrorKind::LaunchFailed,
+            format!("exec monitor {}", exe.display()),
+            e,
+        )
+    };
+    let words = args.to_args();
+    if let Some(cgroup) = cgroup {
+        let null = File::open("/dev/null").map_err(failed)?;
+        let cexe = CString::new(exe.as_os_str().as_bytes())
+            .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let mut argv = vec![cexe.clone()];
+        for w in &words {
+            argv.push(
+                CString::new(w.as_bytes()).map_err(|e| {
+                    failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                })?,
+            );
+        }
+        let stdio = [
+            stdin.as_ref().map_or(null.as_fd(), AsFd::as_fd),
+            stdout.as_ref().map_or(null.as_fd(), AsFd::as_fd),
+            null.as_fd(),
+        ];
+        match sys::spawn_into_cgroup(&cexe, &argv, stdio, cgroup).map_err(failed)? {
+            Ok(pid) => return Ok(FirstProcess::Cloned { pid, status: None }),
+            // Nothing started (clone3 refused): exec it the plain way below.
+            Err(e) => {
+                tracing::debug!("clone3 into the monitors' cgroup failed ({e}); exec'ing plainly");
+            }
+        }
+    }
+    let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
     std::process::Command::new(exe)
-        .args(args.to_args())
+        .args(words)
         .env_clear()
-        .stdin(stdin)
-        .stdout(stdout)
+        .stdin(stdio(stdin))
+        .stdout(stdio(stdout))
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| {
-            Error::with_source(
-                ErrorKind::LaunchFailed,
-                format!("exec monitor {}", exe.display()),
-                e,
-            )
-        })
+        .map(FirstProcess::Exec)
+        .map_err(failed)
 }
 
-/// Reaps the first process of a monitor (it exits as soon as it has forked).
-pub(super) fn reap(first: &mut Child) -> Result<std::process::ExitStatus> {
-    first
-        .wait()
-        .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "wait for the monitor", e))
+/// The first process of a monitor, as started by [`spawn_monitor`].
+#[derive(Debug)]
+pub(super) enum FirstProcess {
+    /// Exec'd by `std::process::Command`.
+    Exec(Child),
+    /// Cloned into the monitors' cgroup; `status` once reaped.
+    Cloned {
+        pid: i32,
+        status: Option<std::process::ExitStatus>,
+    },
+}
+
+/// Reaps the first process of a monitor (it exits as soon as it has forked). Calling it
+/// again returns the same status.
+pub(super) fn reap(first: &mut FirstProcess) -> Result<std::process::ExitStatus> {
+    let failed = |e| Error::with_source(ErrorKind::LaunchFailed, "wait for the monitor", e);
+    match first {
+        FirstProcess::Exec(child) => child.wait().map_err(failed),
+        FirstProcess::Cloned {
+            status: Some(status),
+            ..
+        } => Ok(*status),
+        FirstProcess::Cloned { pid, status } => {
+            use std::os::unix::process::ExitStatusExt;
+            let got = std::process::ExitStatus::from_raw(sys::wait_pid(*pid).map_err(failed)?);
+            *status = Some(got);
+            Ok(got)
+        }
+    }
 }
 
 /// Reads a sandbox monitor's first report: started or created (the report pipe is returned

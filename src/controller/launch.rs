@@ -4,9 +4,9 @@
 
 use std::fs;
 use std::io::BufReader;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -218,11 +218,11 @@ impl Root {
                         if let Some(path) = warm_cgroup {
                             let _ = cgroup::kill_and_remove(&path);
                         }
-                        exec_monitor(layout, monitor, mode)
+                        exec_monitor(layout, monitor, mode, self.monitors_cgroup())
                     }
                 }
             }
-            None => exec_monitor(layout, monitor, mode),
+            None => exec_monitor(layout, monitor, mode, self.monitors_cgroup()),
         };
         if result.is_ok() {
             self.inner.spares.replenish(&self.spare_target(monitor));
@@ -232,14 +232,19 @@ impl Root {
 }
 
 /// Execs a new monitor for the sandbox at `layout` and reads its first report.
-fn exec_monitor(layout: &Layout, monitor: &Path, mode: Mode) -> Result<BufReader<fs::File>> {
+fn exec_monitor(
+    layout: &Layout,
+    monitor: &Path,
+    mode: Mode,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<BufReader<fs::File>> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
     let args = MonitorArgs::Sandbox {
         dir: layout.dir.clone(),
         mode,
     };
-    let mut first = spawn_monitor(monitor, &args, Stdio::null(), Stdio::from(report_w))?;
+    let mut first = spawn_monitor(monitor, &args, None, Some(report_w), cgroup)?;
     let status = reap(&mut first)?;
     read_first_report(
         layout,

@@ -53,6 +53,9 @@ pub(super) struct RootInner {
     pub cgroup_prefix: String,
     monitor: Option<PathBuf>,
     host_image: OnceLock<Image>,
+    /// The cgroup v2 directory monitors are born in, if they leave the controller's cgroup
+    /// there ([`cgroup::monitors_cgroup_v2`]).
+    pub monitors_cgroup: Option<std::os::fd::OwnedFd>,
     /// Idle monitors ready for a request (released when the root is dropped).
     pub spares: Spares,
 }
@@ -187,6 +190,7 @@ impl RootOptions {
             .map_err(|e| Error::io("create state root", dir, e))?;
         Ok(Root {
             inner: Arc::new(RootInner {
+                monitors_cgroup: cgroup::monitors_cgroup_v2(&prefix),
                 dir: dir.to_path_buf(),
                 cgroup_prefix: prefix,
                 monitor: self.monitor.clone(),
@@ -249,7 +253,14 @@ impl Root {
             exe,
             root: &self.inner.dir,
             prefix: &self.inner.cgroup_prefix,
+            cgroup: self.monitors_cgroup(),
         }
+    }
+
+    /// The cgroup v2 directory monitors are born in, if any.
+    pub(super) fn monitors_cgroup(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.inner.monitors_cgroup.as_ref().map(AsFd::as_fd)
     }
 
     /// The complete OCI runtime spec of a sandbox running `cmd`, with the image itself as a

@@ -5,9 +5,8 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use crate::host::{state, sys};
 use crate::layout::{Layout, WARM_PREFIX};
 use crate::proto::{FactoryRequest, Mode, MonitorArgs, SpareRequest, MAX_SPARE_LINE};
 
-use super::exec::{reap, spawn_monitor};
+use super::exec::{reap, spawn_monitor, FirstProcess};
 
 /// Where spares are made: the monitor executable, the state root and its cgroup prefix.
 pub(super) struct Target<'a> {
@@ -30,6 +29,8 @@ pub(super) struct Target<'a> {
     pub root: &'a Path,
     /// The root's cgroup prefix.
     pub prefix: &'a str,
+    /// The root's cgroup v2 monitors directory, if monitors are born there.
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// The spares of one root. Dropping it releases them (they tear down what they pre-built
@@ -59,7 +60,7 @@ struct Factory {
 pub(super) struct Spare {
     request: OwnedFd,
     report: BufReader<File>,
-    first: Option<Child>,
+    first: Option<FirstProcess>,
     warm: Option<Warm>,
 }
 
@@ -251,8 +252,9 @@ impl Spares {
             Some(spawn_monitor(
                 t.exe,
                 &args,
-                Stdio::from(request_r),
-                Stdio::from(report_w),
+                Some(request_r),
+                Some(report_w),
+                t.cgroup,
             )?)
         };
         let mut spare = Spare {
@@ -340,7 +342,7 @@ fn start_factory(t: &Target<'_>) -> Result<Factory> {
         root: t.root.to_path_buf(),
         prefix: t.prefix.to_string(),
     };
-    let mut first = spawn_monitor(t.exe, &args, Stdio::from(theirs), Stdio::null())?;
+    let mut first = spawn_monitor(t.exe, &args, Some(theirs), None, t.cgroup)?;
     let status = reap(&mut first)?;
     if !status.success() {
         return Err(Error::new(

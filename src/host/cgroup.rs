@@ -4,7 +4,8 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -238,6 +239,33 @@ pub(crate) fn leave_inherited_cgroups(prefix: &str) -> io::Result<()> {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
     }
     Ok(())
+}
+
+/// The cgroup v2 directory `/<prefix>/_monitors`, created if needed and opened, for monitors
+/// to be born in (`CLONE_INTO_CGROUP`, see [`crate::host::sys::spawn_into_cgroup`]): the
+/// same place [`leave_inherited_cgroups`] moves a monitor to in the unified hierarchy, under
+/// the same rule (only if the calling process is neither at the hierarchy's root nor under
+/// the prefix). `None` where there is no unified hierarchy or nothing to leave; the
+/// monitors then move themselves as before (and always do in v1 hierarchies).
+pub(crate) fn monitors_cgroup_v2(prefix: &str) -> Option<OwnedFd> {
+    let mine = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = mine.lines().find_map(|l| l.strip_prefix("0::"))?;
+    if path == "/" || path.starts_with(&format!("/{prefix}/")) {
+        return None;
+    }
+    let mounts = mounts::read().ok()?;
+    let mount = mounts.iter().find(|m| m.fstype == "cgroup2")?;
+    let dir = mount
+        .target
+        .join(prefix)
+        .join(crate::layout::MONITORS_CGROUP);
+    fs::create_dir_all(&dir).ok()?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(&dir)
+        .ok()?;
+    Some(OwnedFd::from(file))
 }
 
 /// One sandbox's cgroup directories.

@@ -298,6 +298,141 @@ pub(crate) fn monotonic_us() -> u64 {
     })
 }
 
+/// Starts `exe` with exactly `argv`, an empty environment, `stdin`, `stdout` and `stderr` as
+/// descriptors 0-2 (close-on-exec cleared), an empty signal mask and the default action for
+/// SIGPIPE, born in the cgroup v2 directory `cgroup` (`clone3` with `CLONE_INTO_CGROUP`): it is
+/// never in the caller's cgroup, not even for an instant. `CLONE_VFORK` holds the caller until
+/// the child has exec'd or failed to, so an exec error comes back as this call's error.
+/// Returns the child's pid (reap it with [`wait_pid`]), or `Ok(Err(_))` with the error of
+/// `clone3` itself (a kernel before 5.7, a cgroup gone or not a domain): nothing was started
+/// and the caller may start the process another way.
+///
+/// Safe to call from a multi-threaded process: the child only calls async-signal-safe
+/// functions (`sigprocmask`, `signal`, `dup2`, `fcntl`, `execve`, `write`, `_exit`) on data
+/// prepared before the clone.
+pub(crate) fn spawn_into_cgroup(
+    exe: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    stdio: [BorrowedFd<'_>; 3],
+    cgroup: BorrowedFd<'_>,
+) -> io::Result<Result<i32, io::Error>> {
+    /// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // A source among 0-2 other than its own target could be overwritten by an earlier dup2
+    // in the child: give it a number above 2 first.
+    let mut moved = Vec::new();
+    let mut fds = stdio.map(|fd| fd.as_raw_fd());
+    for (target, fd) in (0..).zip(fds.iter_mut()) {
+        if *fd < 3 && *fd != target {
+            let high = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+            // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+            moved.push(unsafe { OwnedFd::from_raw_fd(high) });
+            *fd = high;
+        }
+    }
+    let cgroup_fd = u64::try_from(cgroup.as_raw_fd()).map_err(io::Error::other)?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let err_w_raw = err_w.as_raw_fd();
+    let args = CloneArgs {
+        flags: libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_fd,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a fully initialised clone_args whose size is passed. Without CLONE_VM
+    // the child runs on a copy of this address space (as after fork), and the branch below
+    // that it takes calls only async-signal-safe functions on pointers and descriptors made
+    // before the clone (the CStrings and fds outlive the call), then execs or `_exit`s: it
+    // never returns into Rust code, allocates, or touches a lock another thread may hold.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        // SAFETY: in the child, as described above; every call is async-signal-safe.
+        unsafe {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut ok = true;
+            for (target, &fd) in (0..).zip(fds.iter()) {
+                ok &= if fd == target {
+                    libc::fcntl(fd, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(fd, target) == target
+                };
+            }
+            if ok {
+                libc::execve(exe.as_ptr(), argv_ptrs.as_ptr(), envp.as_ptr());
+            }
+            let errno = *libc::__errno_location();
+            libc::write(
+                err_w_raw,
+                (&errno as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>(),
+            );
+            libc::_exit(127);
+        }
+    }
+    if pid < 0 {
+        return Ok(Err(io::Error::last_os_error()));
+    }
+    let pid = i32::try_from(pid).map_err(io::Error::other)?;
+    drop((err_w, moved));
+    let mut buf = [0u8; std::mem::size_of::<libc::c_int>()];
+    let n = loop {
+        match nix::unistd::read(err_r.as_raw_fd(), &mut buf) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.unwrap_or(0),
+        }
+    };
+    if n == buf.len() {
+        let _ = wait_pid(pid);
+        return Err(io::Error::from_raw_os_error(libc::c_int::from_ne_bytes(
+            buf,
+        )));
+    }
+    Ok(Ok(pid))
+}
+
+/// Waits for the child `pid` to exit (retrying on `EINTR`) and returns its raw wait status.
+pub(crate) fn wait_pid(pid: i32) -> io::Result<i32> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes one c_int through the pointer, which points at a live local.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +455,66 @@ mod tests {
         // A deadline already passed polls once without waiting.
         let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
         assert_eq!(poll_until(&mut fds, Some(Instant::now())).unwrap(), 1);
+    }
+
+    /// The cgroup v2 hierarchy's mount point (`unified` on a hybrid host).
+    fn cgroup2_mount() -> std::path::PathBuf {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+            .expect("a cgroup2 hierarchy is mounted");
+        line.split_whitespace().nth(1).unwrap().into()
+    }
+
+    #[test]
+    fn spawn_into_cgroup_starts_the_program_in_that_cgroup_from_birth() {
+        let name = format!("runbox-unit-clone3-{}", std::process::id());
+        let dir = cgroup2_mount().join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let cg = std::fs::File::open(&dir).unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let cat = std::ffi::CString::new("/bin/cat").unwrap();
+        // `cat` reads its own cgroup as its first act: no later migration could hide a miss.
+        let argv = [
+            cat.clone(),
+            std::ffi::CString::new("/proc/self/cgroup").unwrap(),
+        ];
+        let pid = spawn_into_cgroup(
+            &cat,
+            &argv,
+            [null.as_fd(), w.as_fd(), null.as_fd()],
+            cg.as_fd(),
+        )
+        .unwrap()
+        .expect("clone3 with CLONE_INTO_CGROUP");
+        drop(w);
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+        let status = wait_pid(pid).unwrap();
+        let _ = std::fs::remove_dir(&dir);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{status}"
+        );
+        assert!(out.lines().any(|l| l == format!("0::/{name}")), "{out}");
+
+        // An exec failure comes back as this call's error, with nothing left to reap.
+        std::fs::create_dir(&dir).unwrap();
+        let cg = std::fs::File::open(&dir).unwrap();
+        let missing = std::ffi::CString::new("/nonexistent/runbox-exe").unwrap();
+        let err = spawn_into_cgroup(
+            &missing,
+            std::slice::from_ref(&missing),
+            [null.as_fd(); 3],
+            cg.as_fd(),
+        )
+        .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert!(std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap()
+            .is_empty());
+        std::fs::remove_dir(&dir).unwrap();
     }
 }
