@@ -33,6 +33,11 @@ struct Cli {
     /// parent goes under it, and runbox writes nothing outside it. Default `/`.
     #[arg(long = "cgroup-base", global = true)]
     cgroup_base: Option<String>,
+    /// Host uids (and gids) sandboxes get one each from, as FIRST:COUNT; a `--user` wins.
+    /// Default 60000:1000. Must hold no user or group of /etc/passwd, /etc/group,
+    /// /etc/subuid or /etc/subgid.
+    #[arg(long = "uid-range", global = true, value_name = "FIRST:COUNT", value_parser = parse_uid_range)]
+    uid_range: Option<(u32, u32)>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -295,7 +300,7 @@ fn main() -> ExitCode {
         // Reads the host only: no state root is created.
         return exit(check(json, &root_dir));
     }
-    let root = match open_root(&root_dir, cli.cgroup_parent, cli.cgroup_base) {
+    let root = match open_root(&root_dir, cli.cgroup_parent, cli.cgroup_base, cli.uid_range) {
         Ok(root) => root,
         Err(e) => return exit(Err(e)),
     };
@@ -344,6 +349,7 @@ fn open_root(
     dir: &std::path::Path,
     cgroup_parent: Option<String>,
     cgroup_base: Option<String>,
+    uid_range: Option<(u32, u32)>,
 ) -> Result<runbox::Root, Failure> {
     let mut opts = runbox::RootOptions::new();
     // One command per process: a spare monitor would only be started to exit again.
@@ -354,7 +360,22 @@ fn open_root(
     if let Some(b) = cgroup_base {
         opts.cgroup_base(b);
     }
+    if let Some((first, count)) = uid_range {
+        opts.uid_range(first, count);
+    }
     Ok(opts.open(dir)?)
+}
+
+/// `FIRST:COUNT` of `--uid-range`.
+fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
+    let (first, count) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not FIRST:COUNT"))?;
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|e| format!("{v:?} in {s:?} is not a uid: {e}"))
+    };
+    Ok((num(first)?, num(count)?))
 }
 
 fn run(root: &runbox::Root, args: &RunArgs) -> Outcome {

@@ -46,6 +46,29 @@ pub struct Limits {
     pub file_size_bytes: u64,
     /// CPUs the sandbox may run on (`cpuset.cpus` syntax, e.g. `"0-1"`); `None` for all.
     pub cpuset: Option<String>,
+    /// Signals queued to the sandbox's user at once (RLIMIT_SIGPENDING, a per-uid budget).
+    /// Default 1024.
+    #[serde(default = "default_pending_signals")]
+    pub pending_signals: u64,
+    /// Bytes of POSIX message queues the sandbox's user may hold (RLIMIT_MSGQUEUE, per uid).
+    /// Default 819 200 (the kernel's own default, whatever the host raised it to).
+    #[serde(default = "default_mqueue_bytes")]
+    pub mqueue_bytes: u64,
+    /// Memory a process may lock (RLIMIT_MEMLOCK). Default 64 KiB.
+    #[serde(default = "default_locked_memory_bytes")]
+    pub locked_memory_bytes: u64,
+}
+
+fn default_pending_signals() -> u64 {
+    1024
+}
+
+fn default_mqueue_bytes() -> u64 {
+    819_200
+}
+
+fn default_locked_memory_bytes() -> u64 {
+    64 * 1024
 }
 
 impl Default for Limits {
@@ -64,6 +87,9 @@ impl Default for Limits {
             open_files: 256,
             file_size_bytes: 64 * MIB,
             cpuset: None,
+            pending_signals: default_pending_signals(),
+            mqueue_bytes: default_mqueue_bytes(),
+            locked_memory_bytes: default_locked_memory_bytes(),
         }
     }
 }
@@ -155,13 +181,15 @@ pub enum Stdin {
     File(PathBuf),
 }
 
-/// The user the program runs as. It never has capabilities, whatever the uid.
+/// The user the program runs as. It never has capabilities, whatever the uid. By default each
+/// sandbox gets a host uid and gid of its own from its root's range
+/// ([`crate::RootOptions::uid_range`]); [`Command::user`] names one instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct User {
-    /// User id inside the sandbox. Default 65534 (nobody).
+    /// User id inside the sandbox (the same on the host: there is no user namespace).
     pub uid: u32,
-    /// Group id inside the sandbox. Default 65534 (nogroup).
+    /// Group id inside the sandbox.
     pub gid: u32,
 }
 
@@ -185,6 +213,10 @@ pub(crate) struct SandboxConfig {
     pub env: Vec<String>,
     pub cwd: String,
     pub user: User,
+    /// `user` is a uid leased from the root's range for this sandbox alone (released when
+    /// the sandbox is removed), not one the caller named.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uid_leased: bool,
     /// `None`: the host-based default image.
     pub image: Option<PathBuf>,
     pub limits: Limits,
@@ -215,6 +247,10 @@ impl SandboxConfig {
         shape.stdin = Stdin::Null;
         shape.copies = Vec::new();
         shape.collects = Vec::new();
+        // Any uid of the range serves a request for one (the request takes the spare's).
+        if shape.uid_leased {
+            shape.user = User::default();
+        }
         let l = &mut shape.limits;
         l.cpus = 0.0;
         l.cpu_time = None;
@@ -233,6 +269,7 @@ impl SandboxConfig {
             env: vec!["PATH=/bin".into()],
             cwd: "/work".into(),
             user: User::default(),
+            uid_leased: false,
             image: None,
             limits: Limits::default(),
             stdin: Stdin::Null,
@@ -254,7 +291,7 @@ pub struct Command {
     pub(crate) args: Vec<String>,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) cwd: Option<String>,
-    pub(crate) user: User,
+    pub(crate) user: Option<User>,
     pub(crate) image: Option<PathBuf>,
     pub(crate) limits: Limits,
     pub(crate) stdin: Stdin,
@@ -268,7 +305,7 @@ pub struct Command {
 impl Command {
     /// A command running `program` (a path inside the sandbox, or a name looked up in `PATH`).
     ///
-    /// Defaults: the host-based image, uid/gid 65534, `PATH` only in the environment,
+    /// Defaults: the host-based image, a uid/gid of the sandbox's own, `PATH` only in the environment,
     /// working directory `/work` (writable by the user), stdin from `/dev/null`,
     /// [`Limits::default`].
     pub fn new(program: impl Into<String>) -> Self {
@@ -279,7 +316,7 @@ impl Command {
             args: Vec::new(),
             env,
             cwd: None,
-            user: User::default(),
+            user: None,
             image: None,
             limits: Limits::default(),
             stdin: Stdin::Null,
@@ -325,9 +362,11 @@ impl Command {
         self
     }
 
-    /// Sets the user and group ids the program runs as.
+    /// Sets the user and group ids the program runs as, instead of a uid and gid of the
+    /// sandbox's own from the root's range (the default). Sandboxes given the same uid share
+    /// the kernel's per-uid budgets (pending signals, message queues, inotify, pipes).
     pub fn user(&mut self, uid: u32, gid: u32) -> &mut Self {
-        self.user = User { uid, gid };
+        self.user = Some(User { uid, gid });
         self
     }
 

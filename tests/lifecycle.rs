@@ -315,6 +315,12 @@ fn create_then_start_and_a_corrupt_state_file_stays_local() {
     other.delete(false).unwrap();
     // The corrupt one has no processes, cgroup or mounts left (it had stopped): remove its dir.
     std::fs::remove_dir_all(env.dir.join("later")).unwrap();
+    // Its uid went with a directory removed by hand: gc gives it back.
+    let report = env.root.gc();
+    assert!(
+        report.cleaned.iter().any(|c| c.starts_with("uid lease")),
+        "{report:?}"
+    );
     env.finish();
 }
 

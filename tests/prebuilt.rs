@@ -100,9 +100,35 @@ fn a_prebuilt_sandbox_is_confined_alike_and_takes_every_per_run_part() {
     assert_eq!(cold.status, Status::Ok, "{cold:?}");
     let (warm, was_prebuilt) = run_traced(&env, &status);
     assert!(was_prebuilt, "the second launch of one shape is pre-built");
+    // Each sandbox runs as a uid of its own from the range (the pre-built one as the uid its
+    // container was built for); everything else is the same.
+    let uid_of = |out: &str| -> u32 {
+        let line = out.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let ids: Vec<u32> = line[4..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(ids.iter().all(|&i| i == ids[0]), "{line}");
+        let gid = out.lines().find(|l| l.starts_with("Gid:")).unwrap();
+        assert!(
+            gid[4..].split_whitespace().all(|g| g == ids[0].to_string()),
+            "{gid}"
+        );
+        ids[0]
+    };
+    let (cold_uid, warm_uid) = (uid_of(&cold.stdout), uid_of(&warm.stdout));
+    assert!((60_000..61_000).contains(&cold_uid) && (60_000..61_000).contains(&warm_uid));
+    assert_ne!(cold_uid, warm_uid, "two sandboxes share a uid");
+    let no_ids = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| !l.starts_with("Uid:") && !l.starts_with("Gid:"))
+            .map(str::to_string)
+            .collect()
+    };
     assert_eq!(
-        warm.stdout, cold.stdout,
-        "uid, capabilities, no_new_privs and seccomp differ on the pre-built path"
+        no_ids(&warm.stdout),
+        no_ids(&cold.stdout),
+        "capabilities, no_new_privs and seccomp differ on the pre-built path"
     );
     assert!(warm.stdout.contains("Seccomp:\t2"), "{warm:?}");
     assert!(

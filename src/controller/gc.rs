@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use crate::error::ErrorKind;
-use crate::host::cgroup;
 use crate::host::state::{self, SandboxRecord};
+use crate::host::{cgroup, uids};
 use crate::layout::{self, Layout, GONE_PREFIX, NEW_PREFIX, WARM_PREFIX};
 
 use super::sandbox::{Sandbox, SandboxState};
@@ -48,6 +48,7 @@ pub(super) fn collect(dir: &Path, prefix: &str) -> GcReport {
         Err(e) => report.errors.push(e.chain()),
     }
     collect_temp_dirs(root, &mut report);
+    collect_uid_leases(root, &mut report);
     collect_stray_mounts(root, &mut report);
     collect_orphan_cgroups(root, &mut report);
     report
@@ -70,6 +71,26 @@ fn collect_temp_dirs(root: &StateRoot<'_>, report: &mut GcReport) {
             Ok(()) => report.cleaned.push(format!("temp dir {name}")),
             Err(err) => report.errors.push(format!("remove {name}: {err}")),
         }
+    }
+}
+
+/// Gives back uids leased by controllers that died before a sandbox record named them (or
+/// whose sandbox directory went without releasing them).
+fn collect_uid_leases(root: &StateRoot<'_>, report: &mut GcReport) {
+    let in_use = || {
+        state::sandbox_ids(root.dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| {
+                state::read_json::<SandboxRecord>(&Layout::new(root.dir, id).record()).ok()
+            })
+            .filter(|r| r.config.uid_leased)
+            .map(|r| r.config.user.uid)
+            .collect()
+    };
+    for uid in uids::stale(root.dir, in_use) {
+        uids::release(root.dir, uid);
+        report.cleaned.push(format!("uid lease {uid}"));
     }
 }
 

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Command, Stdin};
+use crate::config::{Command, Stdin, User};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::proc::ProcIdentity;
 use crate::host::state::SandboxRecord;
-use crate::host::{cgroup, state};
+use crate::host::{cgroup, state, uids};
 use crate::layout::{Layout, NEW_PREFIX};
 use crate::proto::{Mode, MonitorArgs};
 
@@ -33,7 +33,7 @@ impl Root {
         mode: Mode,
         remove_on_exit: bool,
     ) -> Result<Sandbox> {
-        let cfg = resolve(cmd, || self.host_image())?;
+        let mut cfg = resolve(cmd, || self.host_image())?;
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::own()
             .map_err(|e| Error::with_source(ErrorKind::Io, "identify this process", e))?;
@@ -47,6 +47,27 @@ impl Root {
             .filter(|s| s.fits(&shape))
             .and_then(|s| s.warm_cgroup())
             .map(str::to_string);
+        // A uid of the sandbox's own: the spare's (its container may be built as it), else a
+        // fresh lease, owned by the staging directory's name until the record names it.
+        let spare_uid = spare.as_ref().and_then(Spare::warm_uid);
+        let leased = match (cfg.uid_leased, spare_uid) {
+            (false, _) => Ok(None),
+            (true, Some(uid)) => Ok(Some((uid, false))),
+            (true, None) => self.lease_uid(&tmp).map(|uid| Some((uid, true))),
+        };
+        let leased = match leased {
+            Ok(leased) => leased,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                if let Some(spare) = spare {
+                    self.inner.spares.put_back(spare);
+                }
+                return Err(e);
+            }
+        };
+        if let Some((uid, _)) = leased {
+            cfg.user = User { uid, gid: uid };
+        }
         let claimed = self.claim(&tmp, cmd.name.as_deref(), |id| SandboxRecord {
             format_version: state::FORMAT_VERSION,
             id: id.to_string(),
@@ -64,12 +85,20 @@ impl Root {
             Ok(claimed) => claimed,
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
+                if let Some((uid, true)) = leased {
+                    uids::release(&self.inner.dir, uid);
+                }
                 if let Some(spare) = spare {
                     self.inner.spares.put_back(spare);
                 }
                 return Err(e);
             }
         };
+        // A spare's uid the sandbox does not take (it names its own user) is given back by
+        // the spare, once it has torn its container down.
+        if let Some((uid, _)) = leased {
+            uids::transfer(&self.inner.dir, uid, &id);
+        }
         let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
         let _enter = span.enter();
         self.inner.spares.remember_shape(shape);
@@ -85,6 +114,23 @@ impl Root {
                 let _ = state::remove_sandbox_dir(&layout.dir);
                 Err(e)
             }
+        }
+    }
+
+    /// Leases a uid of the root's range for the sandbox staged in `tmp`.
+    fn lease_uid(&self, tmp: &Path) -> Result<u32> {
+        let owner = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let range = self.inner.uid_range;
+        match range.lease(&self.inner.dir, owner) {
+            Ok(Some(uid)) => Ok(uid),
+            Ok(None) => Err(Error::new(
+                ErrorKind::LaunchFailed,
+                format!(
+                    "every uid of the range {}+{} is held by a sandbox: remove some, or widen the range",
+                    range.first, range.count
+                ),
+            )),
+            Err(e) => Err(Error::with_source(ErrorKind::Io, "lease a uid", e)),
         }
     }
 

@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::host::cgroup;
 use crate::host::image::Image;
 use crate::host::state;
+use crate::host::uids::UidRange;
 use crate::layout::IMAGES_DIR;
 use crate::policy::spec::{self, SpecStage};
 use crate::proto::Mode;
@@ -52,6 +53,8 @@ pub(super) struct RootInner {
     pub dir: PathBuf,
     pub cgroup_prefix: String,
     monitor: Option<PathBuf>,
+    /// The host uids sandboxes get theirs from.
+    pub uid_range: UidRange,
     host_image: OnceLock<Image>,
     /// The cgroup v2 directory monitors are born in, if they leave the controller's cgroup
     /// there ([`cgroup::monitors_cgroup_v2`]).
@@ -68,6 +71,7 @@ pub struct RootOptions {
     monitor: Option<PathBuf>,
     spare_monitors: Option<usize>,
     no_prebuild: bool,
+    uid_range: Option<UidRange>,
 }
 
 impl RootOptions {
@@ -95,6 +99,22 @@ impl RootOptions {
     /// controller's own service goes when that service is stopped; a separate unit's does not.
     pub fn cgroup_base(&mut self, base: impl Into<String>) -> &mut Self {
         self.cgroup_base = Some(base.into());
+        self
+    }
+
+    /// Gives each sandbox a host uid and gid of its own (the same number) from `count` ids
+    /// starting at `first`, unless its [`Command::user`] names one. Default 60000 and 1000
+    /// (isolate's `first_uid` and `num_boxes`). The kernel keeps budgets per uid (pending
+    /// signals, message queue bytes, inotify instances and watches, in-flight descriptors,
+    /// pipe buffers, processes): a uid per sandbox keeps one sandbox from draining them for
+    /// the others. Controllers sharing a state root never hand out one uid twice; a uid
+    /// returns to the range when its sandbox is removed (or by [`Root::gc`] after a crash).
+    ///
+    /// [`RootOptions::open`] refuses a range that holds a user or group of the host's
+    /// `/etc/passwd` or `/etc/group`, or overlaps a range of `/etc/subuid` or `/etc/subgid`,
+    /// 65534 or 65535. Launches fail with `LaunchFailed` while every uid of it is in use.
+    pub fn uid_range(&mut self, first: u32, count: u32) -> &mut Self {
+        self.uid_range = Some(UidRange { first, count });
         self
     }
 
@@ -161,6 +181,11 @@ impl RootOptions {
                 format!("cgroup prefix {prefix:?} must be '/'-separated names like ids"),
             ));
         }
+        let uid_range = self.uid_range.unwrap_or_default();
+        uid_range
+            .validate()
+            .and_then(|()| uid_range.check_host(Path::new("/etc")))
+            .map_err(|msg| Error::new(ErrorKind::InvalidConfig, msg))?;
         let base = self.cgroup_base.as_deref().unwrap_or("/");
         if !cgroup::valid_base(base) {
             return Err(Error::new(
@@ -194,6 +219,7 @@ impl RootOptions {
                 dir: dir.to_path_buf(),
                 cgroup_prefix: prefix,
                 monitor: self.monitor.clone(),
+                uid_range,
                 host_image: OnceLock::new(),
                 spares: Spares::new(self.spare_monitors.unwrap_or(1), !self.no_prebuild),
             }),
@@ -254,6 +280,7 @@ impl Root {
             root: &self.inner.dir,
             prefix: &self.inner.cgroup_prefix,
             cgroup: self.monitors_cgroup(),
+            uid_range: self.inner.uid_range,
         }
     }
 
@@ -268,13 +295,19 @@ impl Root {
     /// (libcontainer itself builds from this spec minus the program, the quota and the
     /// seccomp section, which runbox applies itself.)
     ///
+    /// The program runs as the command's [`Command::user`], else as 65534 (a bundle gets no
+    /// uid of the root's range: runbox does not see when it ends).
+    ///
     /// The spec is complete: program, limits (CPU quota included) and runbox's seccomp policy
     /// as an OCI profile, so `runc run` confines the program as runbox does.
     ///
     /// # Errors
     /// `InvalidConfig` as for [`Root::spawn`].
     pub fn oci_spec(&self, cmd: &Command) -> Result<Spec> {
-        let cfg = resolve(cmd, || self.host_image())?;
+        let mut cfg = resolve(cmd, || self.host_image())?;
+        // A bundle is run by another runtime, outside runbox's leases: uid 65534 unless the
+        // command names one.
+        cfg.uid_leased = false;
         let lower = match &cfg.image {
             Some(dir) => dir.clone(),
             None => self.host_image()?.lower.clone(),

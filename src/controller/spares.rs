@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::socket::MsgFlags;
 
-use crate::config::SandboxConfig;
+use crate::config::{SandboxConfig, User};
 use crate::error::{Error, ErrorKind, Result};
+use crate::host::uids::{self, UidRange};
 use crate::host::{state, sys};
 use crate::layout::{Layout, WARM_PREFIX};
 use crate::proto::{FactoryRequest, Mode, MonitorArgs, SpareRequest, MAX_SPARE_LINE};
@@ -31,6 +32,8 @@ pub(super) struct Target<'a> {
     pub prefix: &'a str,
     /// The root's cgroup v2 monitors directory, if monitors are born there.
     pub cgroup: Option<BorrowedFd<'a>>,
+    /// The uids pre-built containers get theirs from.
+    pub uid_range: UidRange,
 }
 
 /// The spares of one root. Dropping it releases them (they tear down what they pre-built
@@ -64,11 +67,13 @@ pub(super) struct Spare {
     warm: Option<Warm>,
 }
 
-/// A container a spare builds ahead of its request: in this cgroup, of this build shape.
+/// A container a spare builds ahead of its request: in this cgroup, of this build shape, as
+/// this leased uid (when the shape asks for one of the range).
 #[derive(Debug)]
 struct Warm {
     cgroup_path: String,
     shape: SandboxConfig,
+    uid: Option<u32>,
 }
 
 /// How long releasing spares waits for them to exit: a spare in the middle of a build
@@ -76,14 +81,20 @@ struct Warm {
 const RELEASE_WAIT: Duration = Duration::from_secs(60);
 
 impl Spare {
-    /// Lets the spare go: end of file on its socket makes it tear down what it pre-built and
-    /// exit. Returns its report pipe, whose end of file tells that it has exited.
+    /// Lets the spare go: end of file on its socket makes it tear down what it pre-built,
+    /// give back the uid it held, if any, and exit. Returns its report pipe, whose end of
+    /// file tells that it has exited.
     fn release(mut self) -> File {
         drop(self.request);
         if let Some(first) = self.first.as_mut() {
             let _ = reap(first);
         }
         self.report.into_inner()
+    }
+
+    /// The leased uid of the spare's pre-built container, if it has one.
+    pub fn warm_uid(&self) -> Option<u32> {
+        self.warm.as_ref().and_then(|w| w.uid)
     }
 
     /// True if the spare's pre-built container can serve a config of build shape `shape`.
@@ -266,7 +277,7 @@ impl Spares {
         // Set only when pre-building is on.
         let shape = self.last_shape.lock().ok().and_then(|s| s.clone());
         if let Some(shape) = shape {
-            send_warm(&mut spare, shape, t.prefix);
+            send_warm(&mut spare, shape, t);
         }
         Ok(spare)
     }
@@ -355,25 +366,37 @@ fn start_factory(t: &Target<'_>) -> Result<Factory> {
 
 /// Asks `spare` to pre-build a container of `shape` in a cgroup of its own,
 /// `/<prefix>/_warm-<controller pid>-<start time>-<n>` (ids cannot start with `_`).
-fn send_warm(spare: &mut Spare, shape: SandboxConfig, prefix: &str) {
+/// A shape that asks for a uid of the range gets one leased for the container (owned by the
+/// cgroup's name, so gc can tell when its controller died).
+fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
     let Ok(name) = state::owned_name(WARM_PREFIX) else {
         return;
     };
-    let cgroup_path = format!("/{prefix}/{name}");
+    let cgroup_path = format!("/{}/{name}", t.prefix);
+    let mut built = shape.clone();
+    let uid = if shape.uid_leased {
+        let Ok(Some(uid)) = t.uid_range.lease(t.root, &name) else {
+            return; // no uid free: the spare stays cold
+        };
+        built.user = User { uid, gid: uid };
+        Some(uid)
+    } else {
+        None
+    };
     let request = SpareRequest::Warm {
         cgroup_path: cgroup_path.clone(),
-        shape: Box::new(shape),
+        shape: Box::new(built),
     };
     // The line must go whole into the socket's buffer (the spare reads it when it can); one
     // that does not fit is not sent, and the spare stays cold.
     if send_request(&spare.request, &request) {
-        let SpareRequest::Warm { shape, .. } = request else {
-            return;
-        };
         spare.warm = Some(Warm {
             cgroup_path,
-            shape: *shape,
+            shape,
+            uid,
         });
+    } else if let Some(uid) = uid {
+        uids::release(t.root, uid);
     }
 }
 
@@ -391,6 +414,7 @@ mod tests {
             warm: warm.map(|shape| Warm {
                 cgroup_path: "/p/_warm-1-2-3".into(),
                 shape,
+                uid: None,
             }),
         }
     }

@@ -1,5 +1,5 @@
 //! Host helpers shared by every process role: syscalls (`sys`, the only `unsafe`), process
-//! identities, the mount table, cgroups, the sandbox's rootfs, images, on-disk state and the
+//! identities, the mount table, cgroups, the sandbox's rootfs, images, on-disk state, uid leases and the
 //! host check. None of them starts a process of its own or knows which role calls it.
 
 pub(crate) mod cgroup;
@@ -10,3 +10,4 @@ pub(crate) mod proc;
 pub(crate) mod rootfs;
 pub(crate) mod state;
 pub(crate) mod sys;
+pub(crate) mod uids;

@@ -25,8 +25,16 @@ pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
     let parent = dir
         .parent()
         .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
+    // The uid it leased goes back once nothing of it is left (its processes are gone by now).
+    let leased = read_json::<SandboxRecord>(&dir.join("sandbox.json"))
+        .ok()
+        .filter(|r| r.config.uid_leased)
+        .map(|r| r.config.user.uid);
     let gone = parent.join(owned_name(GONE_PREFIX)?);
     fs::rename(dir, &gone).map_err(|e| Error::io("rename", dir, e))?;
+    if let Some(uid) = leased {
+        crate::host::uids::release(parent, uid);
+    }
     fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))
 }
 

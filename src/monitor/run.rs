@@ -35,10 +35,19 @@ pub(super) fn run(
     mode: Mode,
     prepared: &Prepared,
     warm: Option<(Built, Streams)>,
+    warm_uid: Option<u32>,
 ) -> Result<()> {
     let mut opened = open(dir)?;
     leave_controller_cgroups(&opened.record, prepared);
-    let launched = launch(&mut opened, mode, prepared, warm)?;
+    let cfg = &opened.record.config;
+    // The uid a spare held for its pre-built container, if the sandbox does not run as it:
+    // given back once that container is torn down (the launch below does so).
+    let unused_uid = warm_uid.filter(|&uid| !(cfg.uid_leased && cfg.user.uid == uid));
+    let launched = launch(&mut opened, mode, prepared, warm);
+    if let (Some(uid), Some(root)) = (unused_uid, dir.parent()) {
+        crate::host::uids::release(root, uid);
+    }
+    let launched = launched?;
     let Opened { layout, record, .. } = opened;
     match launched {
         Launched::NeverStarted { built, outcome } => {

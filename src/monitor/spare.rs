@@ -6,6 +6,7 @@
 use std::io::{self, BufRead};
 use std::path::PathBuf;
 
+use crate::host::uids;
 use crate::proto::SpareRequest;
 
 use super::built::{Built, Streams};
@@ -31,17 +32,30 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 /// End of file (the controller dropped its root or died), or a request it does not
 /// understand (other than a `warm` line it cannot read, which leaves it cold), tears a
 /// pre-built container down and ends the spare.
+///
+/// A `warm` shape with a uid leased for it ([`crate::config::SandboxConfig::uid_leased`])
+/// makes the spare that uid's holder: it gives the uid back once its pre-built container is
+/// torn down, unless the sandbox it is handed runs as that uid (the controller gives the
+/// spare's uid to a sandbox that wants one of the range), whose removal then gives it back.
 pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
     let mut warm: Option<(Built, Streams)> = None;
+    let mut warm_uid: Option<u32> = None;
     let mut stdin = io::stdin().lock();
+    let end = |warm: Option<(Built, Streams)>, warm_uid: Option<u32>, code| -> ! {
+        drop(warm); // tears the pre-built container down
+        if let Some(uid) = warm_uid {
+            uids::release(&root, uid);
+        }
+        std::process::exit(code)
+    };
     loop {
         let mut line = String::new();
         if !matches!(stdin.read_line(&mut line), Ok(n) if n > 0) {
-            drop(warm); // tears the pre-built container down
-            std::process::exit(0);
+            end(warm, warm_uid, 0);
         }
         match SpareRequest::parse(&line) {
             Ok(SpareRequest::Warm { cgroup_path, shape }) if warm.is_none() => {
+                warm_uid = shape.uid_leased.then_some(shape.user.uid);
                 // A failed build leaves the spare cold: it builds when its request comes.
                 warm = Built::new(&shape, &cgroup_path, &root, prepared).ok();
             }
@@ -51,12 +65,9 @@ pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
                 phases::clear();
                 phases::mark("spare_taken");
                 process::redirect_stderr(&dir.join("monitor.log"));
-                process::exit_with(run::run(&dir, mode, prepared, warm))
+                process::exit_with(run::run(&dir, mode, prepared, warm, warm_uid))
             }
-            _ => {
-                drop(warm); // tears the pre-built container down
-                std::process::exit(2)
-            }
+            _ => end(warm, warm_uid, 2),
         }
     }
 }

@@ -15,6 +15,9 @@ use crate::config::SandboxConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::seccomp;
 
+/// Ptys a sandbox may hold at once (its devpts instance's `max=`).
+pub(crate) const PTY_MAX: u32 = 16;
+
 /// Which spec: the one libcontainer builds from, or the complete one the bundle keeps.
 /// libcontainer gets no program (the init receives it at start), no CPU quota (its own setup runs in the cgroup and would be throttled;
 /// the monitor writes the quota before start) and no `linux.seccomp` (it ignores it without
@@ -74,7 +77,20 @@ pub(crate) fn build(
         rlimit(PosixRlimitType::RlimitCore, 0)?,
         rlimit(PosixRlimitType::RlimitNofile, limits.open_files)?,
         rlimit(PosixRlimitType::RlimitFsize, limits.file_size_bytes)?,
+        // Budgets the kernel keeps per uid: bounded whatever the host's defaults.
+        rlimit(PosixRlimitType::RlimitSigpending, limits.pending_signals)?,
+        rlimit(PosixRlimitType::RlimitMsgqueue, limits.mqueue_bytes)?,
+        rlimit(PosixRlimitType::RlimitMemlock, limits.locked_memory_bytes)?,
     ];
+    if cfg.uid_leased {
+        // A second line behind the pids cgroup (one above it, so the cgroup, which counts
+        // its hits, refuses first). It counts every process of the uid on the host, so only
+        // a uid of the sandbox's own may carry it.
+        rlimits.push(rlimit(
+            PosixRlimitType::RlimitNproc,
+            limits.pids.saturating_add(1),
+        )?);
+    }
     // The program is not part of the container libcontainer builds: the init receives it
     // (argv, environment, working directory, RLIMIT_CPU) at start, so a container can be
     // built before its program is known. The final spec carries the real ones.
@@ -107,6 +123,9 @@ pub(crate) fn build(
         .map_err(spec_error)?;
 
     let shm = format!("size={}", limits.shm_bytes);
+    // Non-initial devpts instances share one host-wide budget (kernel.pty.max less
+    // kernel.pty.reserve): each sandbox gets a few ptys, never the host's whole supply.
+    let pty_max = format!("max={PTY_MAX}");
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -125,6 +144,7 @@ pub(crate) fn build(
                 "newinstance",
                 "ptmxmode=0666",
                 "mode=0620",
+                &pty_max,
             ],
         )?,
         mount(

@@ -165,13 +165,26 @@ pub fn assert_no_leaks(state_root: &Path, prefix: &str) {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 // The shared image and the monitors' scratch mount point stay by design.
-                .filter(|n| n != ".images" && n != ".scratch")
+                // The uid leases' directory stays; its leases must not.
+                .filter(|n| n != ".images" && n != ".scratch" && n != ".uids")
                 .collect()
         })
         .unwrap_or_default();
     assert!(
         dirs.is_empty(),
         "sandbox dirs left in {}: {dirs:?}",
+        state_root.display()
+    );
+    let leases: Vec<_> = fs::read_dir(state_root.join(".uids"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leases.is_empty(),
+        "uid leases left in {}: {leases:?}",
         state_root.display()
     );
     for d in cgroup_prefix_dirs(prefix) {

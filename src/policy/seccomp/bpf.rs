@@ -260,6 +260,40 @@ mod tests {
             allow,
         );
         check("socket vsock", Data::call(libc::SYS_socket, &[40]), eperm);
+        // Netlink: route sockets (getifaddrs) work, the host's device events do not.
+        let netlink = libc::AF_NETLINK as u64;
+        let raw = libc::SOCK_RAW as u64;
+        check(
+            "socket netlink route",
+            Data::call(libc::SYS_socket, &[netlink, raw, 0]),
+            allow,
+        );
+        check(
+            "socket netlink uevent",
+            Data::call(libc::SYS_socket, &[netlink, raw, 15]),
+            eperm,
+        );
+        check(
+            "socket inet proto 15",
+            Data::call(libc::SYS_socket, &[af_inet, raw, 15]),
+            allow,
+        );
+        for (cmd, expected) in [
+            (libc::F_GETLK, allow),
+            (libc::F_SETFD, allow),
+            (libc::F_SETFL, allow),
+            (libc::F_OFD_GETLK, allow),
+            (libc::F_SETLK, eperm),
+            (libc::F_SETLKW, eperm),
+            (libc::F_OFD_SETLK, eperm),
+            (libc::F_OFD_SETLKW, eperm),
+            (libc::F_SETLEASE, eperm),
+        ] {
+            let cmd = u64::try_from(cmd).unwrap();
+            check("fcntl", Data::call(libc::SYS_fcntl, &[0, cmd]), expected);
+        }
+        check("io_setup", Data::call(libc::SYS_io_setup, &[]), eperm);
+        check("flock", Data::call(libc::SYS_flock, &[0, 2]), allow);
         check(
             "ioctl tcgets",
             Data::call(libc::SYS_ioctl, &[0, 0x5401]),

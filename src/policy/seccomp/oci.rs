@@ -254,7 +254,8 @@ mod tests {
     use libcontainer::oci_spec::runtime::Arch;
 
     use super::super::table::{
-        sys, Args, AF_VSOCK, CLONE_NAMESPACE_FLAGS, PERSONALITY_ALLOWED, TIOCLINUX, TIOCSTI,
+        sys, Args, AF_NETLINK, AF_VSOCK, CLONE_NAMESPACE_FLAGS, FCNTL_DENIED,
+        NETLINK_KOBJECT_UEVENT, PERSONALITY_ALLOWED, TIOCLINUX, TIOCSTI,
     };
     use super::super::testutil::{filters, native, verdict, Data, RET_ACTION_FULL};
     use super::*;
@@ -542,8 +543,33 @@ mod tests {
                 assert_eq!(args[0].value_two(), Some(u64::from(value)), "{name}");
             }
         };
-        check("socket", 0, &[AF_VSOCK]);
         check("ioctl", 1, &[TIOCSTI, TIOCLINUX]);
+        check("fcntl", 1, FCNTL_DENIED);
+        // socket: (AF_VSOCK) or (AF_NETLINK and NETLINK_KOBJECT_UEVENT), both masked.
+        let found = entries_for(&profile, "socket");
+        let shapes: Vec<Vec<(usize, u64)>> = found
+            .iter()
+            .map(|e| {
+                args_of(e)
+                    .iter()
+                    .map(|a| {
+                        assert_eq!(a.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+                        assert_eq!(a.value(), 0xffff_ffff);
+                        (a.index(), a.value_two().unwrap())
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![(0, u64::from(AF_VSOCK))],
+                vec![
+                    (0, u64::from(AF_NETLINK)),
+                    (2, u64::from(NETLINK_KOBJECT_UEVENT))
+                ]
+            ]
+        );
     }
 
     /// The JSON form is what runc/crun expect.

@@ -61,6 +61,12 @@ pub(super) const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// `AF_VSOCK` address family (kernel ABI value; not exported by libc for every target env).
 pub(super) const AF_VSOCK: u32 = 40;
 /// `TIOCSTI` ioctl: fakes terminal input (lets a process inject commands into its tty).
+/// `AF_NETLINK`.
+pub(super) const AF_NETLINK: u32 = 16;
+/// `NETLINK_KOBJECT_UEVENT`: the kernel's device events.
+pub(super) const NETLINK_KOBJECT_UEVENT: u32 = 15;
+/// fcntl commands denied: `F_SETLK`, `F_SETLKW`, `F_OFD_SETLK`, `F_OFD_SETLKW`, `F_SETLEASE`.
+pub(super) const FCNTL_DENIED: &[u32] = &[6, 7, 37, 38, 1024];
 pub(super) const TIOCSTI: u32 = 0x5412;
 /// `TIOCLINUX` ioctl: virtual-console subcommands (selection paste can also inject input).
 pub(super) const TIOCLINUX: u32 = 0x541C;
@@ -113,6 +119,12 @@ pub(super) enum Args {
         index: u8,
         /// Single-bit flags, any of which denies the syscall.
         bits: &'static [u32],
+    },
+    /// Denied when, for one of the `alternatives`, every `(index, value)` pair holds
+    /// (argument `index` equals `value`).
+    Matches {
+        /// OR-ed alternatives, each a list of AND-ed argument equalities.
+        alternatives: &'static [&'static [(u8, u32)]],
     },
 }
 
@@ -203,13 +215,32 @@ pub(super) const DENY_LIST: &[Denied] = &[
             allowed: PERSONALITY_ALLOWED
         }
     ),
+    // vsock reaches the hypervisor; a kobject-uevent netlink socket hears the host's device
+    // events (a network namespace owned by the initial user namespace receives them all).
     sys!(
         SYS_socket,
-        Args::Equals {
-            index: 0,
-            values: &[AF_VSOCK]
+        Args::Matches {
+            alternatives: &[
+                &[(0, AF_VSOCK)],
+                &[(0, AF_NETLINK), (2, NETLINK_KOBJECT_UEVENT)]
+            ]
         }
     ),
+    // Byte-range and open-file-description locks: the kernel does not charge them to the
+    // memory cgroup and bounds neither their number nor their memory (RLIMIT_LOCKS is not
+    // enforced), so one sandbox could pin gigabytes of kernel memory. flock(2) stays allowed
+    // (one lock per open file, bounded by RLIMIT_NOFILE and pids). Leases let a holder stall
+    // writers of a file it shares with others.
+    sys!(
+        SYS_fcntl,
+        Args::Equals {
+            index: 1,
+            values: FCNTL_DENIED
+        }
+    ),
+    // Linux AIO contexts come from one host-wide table (fs.aio-max-nr) that one sandbox
+    // could drain for everyone; io_uring is denied above for its own reasons.
+    sys!(SYS_io_setup),
     sys!(
         SYS_ioctl,
         Args::Equals {
@@ -306,6 +337,7 @@ pub(super) struct Cmp {
 pub(super) fn match_rules(entry: &Denied) -> Result<Vec<Vec<Cmp>>, SeccompError> {
     let (index, values) = match entry.args {
         Args::Any => return Ok(Vec::new()),
+        Args::Matches { alternatives } => return match_all_of(entry, alternatives),
         Args::Unless { index, allowed: v }
         | Args::Equals { index, values: v }
         | Args::AnyBit { index, bits: v } => (index, v),
@@ -324,7 +356,7 @@ pub(super) fn match_rules(entry: &Denied) -> Result<Vec<Vec<Cmp>>, SeccompError>
     }
     let cmp = |op, value| Cmp { index, op, value };
     Ok(match entry.args {
-        Args::Any => Vec::new(),
+        Args::Any | Args::Matches { .. } => Vec::new(),
         // One rule whose conditions are AND-ed: denied when different from every allowed value.
         Args::Unless { allowed, .. } => {
             vec![allowed.iter().map(|&value| cmp(CmpOp::Ne, value)).collect()]
@@ -340,6 +372,39 @@ pub(super) fn match_rules(entry: &Denied) -> Result<Vec<Vec<Cmp>>, SeccompError>
             .map(|&bit| vec![cmp(CmpOp::MaskedEq(bit), bit)])
             .collect(),
     })
+}
+
+/// The rules of an [`Args::Matches`] entry: one rule per alternative.
+fn match_all_of(
+    entry: &Denied,
+    alternatives: &[&[(u8, u32)]],
+) -> Result<Vec<Vec<Cmp>>, SeccompError> {
+    if alternatives.is_empty() || alternatives.iter().any(|a| a.is_empty()) {
+        return Err(SeccompError::EmptyArgs {
+            syscall: entry.name(),
+        });
+    }
+    alternatives
+        .iter()
+        .map(|pairs| {
+            pairs
+                .iter()
+                .map(|&(index, value)| {
+                    if index > MAX_ARG_INDEX {
+                        return Err(SeccompError::Rule {
+                            syscall: entry.name(),
+                            source: BackendError::InvalidArgumentNumber,
+                        });
+                    }
+                    Ok(Cmp {
+                        index,
+                        op: CmpOp::Eq,
+                        value,
+                    })
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

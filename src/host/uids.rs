@@ -1,0 +1,289 @@
+//! A host uid (and the gid of the same number) per sandbox, from a configured range
+//! (isolate's `first_uid + box_id` model): leases are files `<root>/.uids/<uid>` created with
+//! `O_EXCL`, so controllers sharing a state root never hand out one uid twice. A lease file
+//! holds the name of what took it, an owned name (`.new-<pid>-<start>-<n>` for a launch,
+//! `_warm-…` for a spare's pre-built container) naming the controller process; once the
+//! sandbox is claimed its record carries the uid. Used by the controller (lease, release,
+//! gc) and by whoever removes a sandbox directory (release).
+//!
+//! Why: the kernel keeps several budgets per uid (pending signals, POSIX message queue bytes,
+//! inotify instances and watches, in-flight `SCM_RIGHTS` descriptors, pipe buffer pages,
+//! processes), so sandboxes sharing one uid share them, and one could drain them for all.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::layout::{self, NEW_PREFIX, WARM_PREFIX};
+
+/// Directory under the state root holding one lease file per uid in use.
+pub(crate) const UIDS_DIR: &str = ".uids";
+
+/// Default first uid of the range (isolate's default `first_uid`).
+pub(crate) const DEFAULT_FIRST: u32 = 60_000;
+/// Default number of uids in the range (isolate's default `num_boxes`).
+pub(crate) const DEFAULT_COUNT: u32 = 1_000;
+
+/// A range of host uids (and the gids of the same numbers) handed to sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UidRange {
+    /// First uid.
+    pub first: u32,
+    /// How many.
+    pub count: u32,
+}
+
+impl Default for UidRange {
+    fn default() -> Self {
+        UidRange {
+            first: DEFAULT_FIRST,
+            count: DEFAULT_COUNT,
+        }
+    }
+}
+
+impl UidRange {
+    /// The last uid of the range.
+    fn last(&self) -> u32 {
+        self.first + (self.count - 1)
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        (u64::from(self.first)..=u64::from(self.last())).contains(&id)
+    }
+
+    /// Checks the range itself: not empty, no uid 0, below 2^31, and neither 65534 (nobody)
+    /// nor 65535 (the 16-bit "no uid").
+    pub fn validate(&self) -> Result<(), String> {
+        if self.count == 0 || self.first == 0 {
+            return Err(format!(
+                "uid range {}+{} must be non-empty and start above 0",
+                self.first, self.count
+            ));
+        }
+        let end = u64::from(self.first) + u64::from(self.count);
+        if end > 1 << 31 {
+            return Err(format!(
+                "uid range {}+{} must end below 2^31",
+                self.first, self.count
+            ));
+        }
+        if self.contains(65534) || self.contains(65535) {
+            return Err(format!(
+                "uid range {}+{} must not contain 65534 (nobody) or 65535",
+                self.first, self.count
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that no real user or group of the host falls in the range: no uid in
+    /// `/etc/passwd`, no gid in `/etc/group`, and no subordinate range in `/etc/subuid` or
+    /// `/etc/subgid` overlapping it (a sandbox must never own a user's files). Missing files
+    /// are fine.
+    pub fn check_host(&self, etc: &Path) -> Result<(), String> {
+        for (file, field) in [("passwd", 2), ("group", 2)] {
+            let Ok(text) = fs::read_to_string(etc.join(file)) else {
+                continue;
+            };
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let parts: Vec<&str> = line.split(':').collect();
+                let id = parts.get(field).and_then(|v| v.parse::<u64>().ok());
+                if let Some(id) = id.filter(|&id| self.contains(id)) {
+                    return Err(format!(
+                        "uid range {}-{} holds {} of {:?} in {}: choose another range",
+                        self.first,
+                        self.last(),
+                        id,
+                        parts[0],
+                        etc.join(file).display()
+                    ));
+                }
+            }
+        }
+        for file in ["subuid", "subgid"] {
+            let Ok(text) = fs::read_to_string(etc.join(file)) else {
+                continue;
+            };
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let parts: Vec<&str> = line.split(':').collect();
+                let (Some(start), Some(n)) = (
+                    parts.get(1).and_then(|v| v.parse::<u64>().ok()),
+                    parts.get(2).and_then(|v| v.parse::<u64>().ok()),
+                ) else {
+                    continue;
+                };
+                let overlaps =
+                    n > 0 && start <= u64::from(self.last()) && start + n > u64::from(self.first);
+                if overlaps {
+                    return Err(format!(
+                        "uid range {}-{} overlaps {}'s subordinate ids {}-{} in {}: choose another range",
+                        self.first,
+                        self.last(),
+                        parts[0],
+                        start,
+                        start + n - 1,
+                        etc.join(file).display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leases a free uid of the range for `owner` (an owned name). Probing starts at a place
+    /// that differs per call, so concurrent controllers rarely contend. `Ok(None)` when every
+    /// uid of the range is leased.
+    pub fn lease(&self, root: &Path, owner: &str) -> io::Result<Option<u32>> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = root.join(UIDS_DIR);
+        let start = NEXT
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(std::process::id().wrapping_mul(7919));
+        for i in 0..self.count {
+            let uid = self.first + start.wrapping_add(i) % self.count;
+            let path = dir.join(uid.to_string());
+            let created = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            let mut file = match created {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && i == 0 => {
+                    fs::create_dir_all(&dir)?;
+                    return self.lease(root, owner);
+                }
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = file.write_all(owner.as_bytes()) {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+            return Ok(Some(uid));
+        }
+        Ok(None)
+    }
+}
+
+/// The lease file of `uid` under `root`.
+fn lease_path(root: &Path, uid: u32) -> PathBuf {
+    root.join(UIDS_DIR).join(uid.to_string())
+}
+
+/// Makes the sandbox `id` the owner of the lease of `uid` (once its directory is claimed),
+/// so that the lease outlives the controller that took it and [`stale`] can tell when the
+/// sandbox went without giving it back. Atomic: the file is replaced by a rename. A failure
+/// leaves the launch's owner, which the sandbox record still covers.
+pub(crate) fn transfer(root: &Path, uid: u32, id: &str) {
+    let path = lease_path(root, uid);
+    let tmp = root.join(UIDS_DIR).join(format!(".{uid}.{id}"));
+    if fs::write(&tmp, id).is_err() || fs::rename(&tmp, &path).is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+/// Gives `uid` back (nothing if it was not leased).
+pub(crate) fn release(root: &Path, uid: u32) {
+    let _ = fs::remove_file(lease_path(root, uid));
+}
+
+/// Leases whose owner is gone (a launch's or spare's controller process that died, or a
+/// sandbox whose directory is no more) and whose uid is not in `in_use` (the uids that
+/// sandbox records name, read *after* this listing, so that a launch that claimed its
+/// sandbox and then exited is seen). Returns the uids; the caller releases them.
+pub(crate) fn stale(root: &Path, in_use: impl FnOnce() -> Vec<u32>) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(root.join(UIDS_DIR)) else {
+        return Vec::new();
+    };
+    let mut orphaned = Vec::new();
+    for e in entries.flatten() {
+        let Some(uid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let owner = fs::read_to_string(e.path()).unwrap_or_default();
+        let alive = match layout::owner_of(&owner, NEW_PREFIX)
+            .or_else(|| layout::owner_of(&owner, WARM_PREFIX))
+        {
+            Some(process) => process.is_alive(),
+            None => crate::config::validate_id(&owner).is_ok() && root.join(&owner).exists(),
+        };
+        if !alive {
+            orphaned.push(uid);
+        }
+    }
+    if orphaned.is_empty() {
+        return orphaned;
+    }
+    let in_use = in_use();
+    orphaned.retain(|uid| !in_use.contains(uid));
+    orphaned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_against_the_hosts_users_and_subordinate_ids() {
+        let etc = std::env::temp_dir().join(format!("runbox-uids-etc-{}", std::process::id()));
+        fs::create_dir_all(&etc).unwrap();
+        fs::write(
+            etc.join("passwd"),
+            "root:x:0:0::/root:/bin/sh\nalice:x:60010:100::/home/a:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(etc.join("group"), "root:x:0:\nbots:x:61500:\n").unwrap();
+        fs::write(etc.join("subuid"), "alice:100000:65536\n").unwrap();
+        let r = |first, count| UidRange { first, count };
+        let err = r(60_000, 1000).check_host(&etc).unwrap_err();
+        assert!(err.contains("60010") && err.contains("alice"), "{err}");
+        let err = r(61_000, 1000).check_host(&etc).unwrap_err();
+        assert!(err.contains("61500") && err.contains("group"), "{err}");
+        let err = r(165_000, 10).check_host(&etc).unwrap_err();
+        assert!(err.contains("subordinate"), "{err}");
+        r(70_000, 1000).check_host(&etc).unwrap();
+        r(165_536, 10).check_host(&etc).unwrap();
+        fs::remove_dir_all(&etc).unwrap();
+
+        assert!(r(0, 10).validate().is_err());
+        assert!(r(10, 0).validate().is_err());
+        assert!(r(65_000, 1000).validate().is_err());
+        assert!(r(u32::MAX - 5, 3).validate().is_err());
+        r(60_000, 1000).validate().unwrap();
+    }
+
+    #[test]
+    fn leases_are_exclusive_until_released_and_run_out() {
+        let root = std::env::temp_dir().join(format!("runbox-uids-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let range = UidRange {
+            first: 70_000,
+            count: 3,
+        };
+        let mut got: Vec<u32> = (0..3)
+            .map(|_| range.lease(&root, ".new-1-1-0").unwrap().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![70_000, 70_001, 70_002]);
+        assert_eq!(range.lease(&root, "x").unwrap(), None);
+        release(&root, 70_001);
+        assert_eq!(range.lease(&root, "y").unwrap(), Some(70_001));
+        // Owners that are no process: every lease is stale unless a record names its uid,
+        // or it was handed to a sandbox whose directory exists.
+        transfer(&root, 70_000, "box1");
+        fs::create_dir(root.join("box1")).unwrap();
+        let mut stale_uids = stale(&root, || vec![70_002]);
+        stale_uids.sort_unstable();
+        assert_eq!(stale_uids, vec![70_001]);
+        assert_eq!(
+            fs::read_to_string(lease_path(&root, 70_000)).unwrap(),
+            "box1"
+        );
+        fs::remove_dir(root.join("box1")).unwrap();
+        assert_eq!(stale(&root, Vec::new).len(), 3);
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
