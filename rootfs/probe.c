@@ -37,6 +37,8 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
+#include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -176,7 +178,9 @@ static void usage(void)
         "  sleep SECS | spin SECS | spin-threads N SECS\n"
         "  memhog MIB | forkbomb | zombies N | daemon | stackoverflow\n"
         "  syscall NAME | status | fds | write-bytes N [PATH]\n"
-        "  hostname | uid | rlimits\n",
+        "  hostname | uid | rlimits\n"
+        "  sigqueue-hoard SECS | sigqueue | pty-hoard SECS | pty\n"
+        "  fcntl-locks N PATH | flock-hold PATH SECS | inotify DIR SECS\n",
         prog);
 }
 
@@ -921,7 +925,49 @@ static int sc_unshare_ns(void) { return sc_unshare(CLONE_NEWNS); }
 static int sc_socket_vsock(void) { return sc_socket(AF_VSOCK); }
 static int sc_socket_inet(void) { return sc_socket(AF_INET); }
 
+static int sc_socket_uevent(void)
+{
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, 15 /* KOBJECT_UEVENT */);
+    if (fd < 0)
+        return errno;
+    close(fd);
+    return 0;
+}
+
+static int sc_socket_netlink_route(void)
+{
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, 0 /* ROUTE */);
+    if (fd < 0)
+        return errno;
+    close(fd);
+    return 0;
+}
+
+static int sc_io_setup(void)
+{
+    unsigned long ctx = 0;
+    if (syscall(SYS_io_setup, 1, &ctx) < 0)
+        return errno;
+    syscall(SYS_io_destroy, ctx);
+    return 0;
+}
+
+/* A read lease on a file of the image's shared /usr (needs ownership: uid 0). */
+static int sc_setlease(void)
+{
+    int fd = open("/usr/bin/env", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    int e = fcntl(fd, F_SETLEASE, F_RDLCK) < 0 ? errno : 0;
+    close(fd);
+    return e;
+}
+
 static const struct syscall_test syscall_tests[] = {
+    {"socket-uevent", sc_socket_uevent},
+    {"socket-netlink-route", sc_socket_netlink_route},
+    {"io_setup", sc_io_setup},
+    {"setlease", sc_setlease},
     {"keyctl", sc_keyctl},
     {"add_key", sc_add_key},
     {"unshare-user", sc_unshare_user},
@@ -971,6 +1017,161 @@ static int cmd_syscall(int argc, char **argv)
         fprintf(stderr, " %s", syscall_tests[i].name);
     fputc('\n', stderr);
     return EXIT_USAGE;
+}
+
+/* ------------------------------------------------------------------------ */
+/* neighbours: per-uid budgets, system-wide tables, shared inodes           */
+
+/* Queues SIGRTMIN (blocked) to itself until sigqueue fails; prints "hoarded N ERRNO",
+ * then holds them for SECS. */
+static int cmd_sigqueue_hoard(int argc, char **argv)
+{
+    need_args(argc, 3, "sigqueue-hoard");
+    double secs = parse_secs(argv[2]);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMIN);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    union sigval v = {0};
+    long n = 0;
+    int e = 0;
+    for (;;) {
+        if (sigqueue(getpid(), SIGRTMIN, v) < 0) {
+            e = errno;
+            break;
+        }
+        if (++n >= 10000000)
+            break;
+    }
+    printf("hoarded %ld %s\n", n, errno_name(e));
+    fflush(stdout);
+    sleep_secs(secs);
+    return 0;
+}
+
+/* Queues one blocked SIGRTMIN to itself: "sigqueue ok" or "sigqueue ERRNO". */
+static int cmd_sigqueue(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMIN);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    union sigval v = {0};
+    int e = sigqueue(getpid(), SIGRTMIN, v) < 0 ? errno : 0;
+    printf("sigqueue %s\n", e ? errno_name(e) : "ok");
+    return 0;
+}
+
+/* Opens /dev/ptmx until it fails; prints "ptys N ERRNO", then holds them for SECS. */
+static int cmd_pty_hoard(int argc, char **argv)
+{
+    need_args(argc, 3, "pty-hoard");
+    double secs = parse_secs(argv[2]);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    long n = 0;
+    int e = 0;
+    for (;;) {
+        int fd = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0) {
+            e = errno;
+            break;
+        }
+        n++;
+    }
+    printf("ptys %ld %s\n", n, errno_name(e));
+    fflush(stdout);
+    sleep_secs(secs);
+    return 0;
+}
+
+/* Opens one pty: "pty ok" or "pty ERRNO". */
+static int cmd_pty(void)
+{
+    int fd = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    printf("pty %s\n", fd < 0 ? errno_name(errno) : "ok");
+    return 0;
+}
+
+/* Takes up to N one-byte write locks on distinct bytes of PATH (created):
+ * "locks K ERRNO" (K taken before the first failure). */
+static int cmd_fcntl_locks(int argc, char **argv)
+{
+    need_args(argc, 4, "fcntl-locks");
+    long want = (long)parse_ll(argv[2], 1, 100000000);
+    int fd = open(argv[3], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        printf("locks 0 %s\n", errno_name(errno));
+        return 0;
+    }
+    long n = 0;
+    int e = 0;
+    for (; n < want; n++) {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                           .l_start = 2 * n, .l_len = 1};
+        if (fcntl(fd, F_SETLK, &fl) < 0) {
+            e = errno;
+            break;
+        }
+    }
+    printf("locks %ld %s\n", n, errno_name(e));
+    return 0;
+}
+
+/* flock(LOCK_EX) on PATH opened read-only; prints "locked" (or "flock ERRNO") and holds
+ * the lock for SECS. */
+static int cmd_flock_hold(int argc, char **argv)
+{
+    need_args(argc, 4, "flock-hold");
+    double secs = parse_secs(argv[3]);
+    int fd = open(argv[2], O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        printf("flock %s\n", errno_name(errno));
+        return 0;
+    }
+    printf("locked\n");
+    fflush(stdout);
+    sleep_secs(secs);
+    return 0;
+}
+
+/* Watches DIR for opens and reads for SECS after printing "watching"; then prints
+ * "events N". */
+static int cmd_inotify(int argc, char **argv)
+{
+    need_args(argc, 4, "inotify");
+    double secs = parse_secs(argv[3]);
+    int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    if (fd < 0 || inotify_add_watch(fd, argv[2], IN_OPEN | IN_ACCESS) < 0) {
+        printf("inotify %s\n", errno_name(errno));
+        return 0;
+    }
+    printf("watching\n");
+    fflush(stdout);
+    long events = 0;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double left = secs - ((now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9);
+        if (left <= 0)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, (int)(left * 1000) + 1) > 0) {
+            char buf[4096];
+            ssize_t r = read(fd, buf, sizeof buf);
+            for (ssize_t off = 0; r > 0 && off < r;) {
+                struct inotify_event *ev = (struct inotify_event *)(buf + off);
+                events++;
+                off += (ssize_t)(sizeof *ev + ev->len);
+            }
+        }
+    }
+    printf("events %ld\n", events);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1026,6 +1227,20 @@ int main(int argc, char **argv)
         return cmd_daemon();
     if (!strcmp(cmd, "stackoverflow"))
         return cmd_stackoverflow();
+    if (!strcmp(cmd, "sigqueue-hoard"))
+        return cmd_sigqueue_hoard(argc, argv);
+    if (!strcmp(cmd, "sigqueue"))
+        return cmd_sigqueue();
+    if (!strcmp(cmd, "pty-hoard"))
+        return cmd_pty_hoard(argc, argv);
+    if (!strcmp(cmd, "pty"))
+        return cmd_pty();
+    if (!strcmp(cmd, "fcntl-locks"))
+        return cmd_fcntl_locks(argc, argv);
+    if (!strcmp(cmd, "flock-hold"))
+        return cmd_flock_hold(argc, argv);
+    if (!strcmp(cmd, "inotify"))
+        return cmd_inotify(argc, argv);
 
     fprintf(stderr, "%s: unknown subcommand '%s'\n", prog, cmd);
     usage();

@@ -222,8 +222,12 @@ pub(crate) struct SandboxConfig {
     pub limits: Limits,
     pub stdin: Stdin,
     pub hostname: String,
-    /// Read-only bind mounts (host source, sandbox destination) on top of the image: the
-    /// image's own, then the caller's.
+    /// The image's shared host trees (host dir, sandbox destination): each a read-only
+    /// overlay of the sandbox's own (the host-based image's /usr and /lib*).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_trees: Vec<(PathBuf, String)>,
+    /// The caller's read-only bind mounts (host source, sandbox destination), on top of the
+    /// image.
     pub binds: Vec<(PathBuf, String)>,
     /// Host files or directories copied into the writable layer before start.
     pub copies: Vec<(PathBuf, String)>,
@@ -274,7 +278,8 @@ impl SandboxConfig {
             limits: Limits::default(),
             stdin: Stdin::Null,
             hostname: "runbox".into(),
-            binds: vec![("/usr".into(), "/usr".into())],
+            image_trees: vec![("/usr".into(), "/usr".into())],
+            binds: Vec::new(),
             copies: Vec::new(),
             collects: Vec::new(),
         }

@@ -59,6 +59,8 @@ pub(crate) struct InheritedFds {
 pub(crate) struct SandboxInit {
     filters: Filters,
     fds: InheritedFds,
+    /// The monitor's command line (which names the state root), blanked in the init.
+    cmdline: Option<sys::CmdlineArea>,
 }
 
 /// The init's own descriptors, once adopted in `exec`.
@@ -92,7 +94,11 @@ impl Channels {
 impl SandboxInit {
     /// Prepares the init: it will install `filters` and use the descriptors `fds`.
     pub fn new(filters: Filters, fds: InheritedFds) -> Self {
-        SandboxInit { filters, fds }
+        SandboxInit {
+            filters,
+            fds,
+            cmdline: sys::CmdlineArea::own(),
+        }
     }
 
     /// Starts the program with `posix_spawn` (no copy of the init's address space), with an
@@ -176,6 +182,10 @@ impl SandboxInit {
 
 impl Executor for SandboxInit {
     fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
+        // What the program sees as pid 1's command line.
+        if let Some(area) = self.cmdline {
+            area.blank(b"runbox-init");
+        }
         let f = self.fds;
         #[allow(unsafe_code)]
         // SAFETY: these are the monitor's descriptor numbers, open when libcontainer cloned

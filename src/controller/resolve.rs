@@ -142,7 +142,7 @@ pub(super) fn resolve<'a>(
             )));
         }
     }
-    let mut binds = image.binds.clone();
+    let mut binds = Vec::new();
     for (host, dest) in &cmd.binds {
         let host = fs::canonicalize(host).map_err(|e| {
             Error::with_source(
@@ -167,8 +167,24 @@ pub(super) fn resolve<'a>(
         limits: cmd.limits.clone(),
         stdin: cmd.stdin.clone(),
         hostname: cmd.hostname.clone(),
+        image_trees: image.binds.clone(),
         binds,
-        copies: cmd.copies.clone(),
+        // Absolute: the monitor copies from its own working directory, `/`.
+        copies: cmd
+            .copies
+            .iter()
+            .map(|(host, dest)| {
+                std::path::absolute(host)
+                    .map(|host| (host, dest.clone()))
+                    .map_err(|e| {
+                        Error::with_source(
+                            ErrorKind::InvalidConfig,
+                            format!("copy source {}", host.display()),
+                            e,
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?,
         collects: cmd.collects.clone(),
     })
 }

@@ -98,14 +98,23 @@ pub(crate) struct Mounted {
 }
 
 /// Mounts the scratch tmpfs (`scratch_bytes` large) and the overlay with `lower` as the
-/// read-only image, with a world-writable /tmp. On error, what was mounted is unmounted.
+/// read-only image, with a world-writable /tmp, and each of the image's shared host `trees`
+/// (host dir, destination) as a read-only overlay of its own at its destination. On error,
+/// what was mounted is unmounted.
+///
+/// A tree gets an overlay rather than a bind so that its files are inodes of this sandbox
+/// only: an inotify watch, a `flock` or a lease taken inside sees and blocks nobody else (a
+/// bind would share the host's inodes with the host and every other sandbox). Overlay
+/// options name their directories as `/proc/self/fd/N`, so the sandbox's mountinfo shows no
+/// host path of the state root.
 pub(crate) fn mount_rootfs(
     scratch: &Scratch,
     scratch_bytes: u64,
     lower: &Path,
+    trees: &[(PathBuf, String)],
 ) -> Result<Mounted, RootfsError> {
     let mut mounted = Mounted::default();
-    let result = mount_steps(scratch, scratch_bytes, lower, &mut mounted);
+    let result = mount_steps(scratch, scratch_bytes, lower, trees, &mut mounted);
     if let Err(e) = result {
         let _ = unmount(&mut mounted);
         return Err(e);
@@ -117,6 +126,7 @@ fn mount_steps(
     scratch: &Scratch,
     scratch_bytes: u64,
     lower: &Path,
+    trees: &[(PathBuf, String)],
     mounted: &mut Mounted,
 ) -> Result<(), RootfsError> {
     let rootfs = scratch.rootfs();
@@ -142,11 +152,12 @@ fn mount_steps(
     let work = scratch.join("work");
     dir(&upper, 0o755)?;
     dir(&work, 0o700)?;
+    let (lower_fd, upper_fd, work_fd) = (path_fd(lower)?, path_fd(&upper)?, path_fd(&work)?);
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        option_path(lower)?,
-        option_path(&upper)?,
-        option_path(&work)?
+        fd_path(&lower_fd),
+        fd_path(&upper_fd),
+        fd_path(&work_fd)
     );
     mount(
         Some("runbox-overlay"),
@@ -161,7 +172,51 @@ fn mount_steps(
         source,
     })?;
     mounted.rootfs = Some(rootfs.clone());
-    prepare_tmp(&rootfs)
+    prepare_tmp(&rootfs)?;
+    if trees.is_empty() {
+        return Ok(());
+    }
+    // overlayfs wants two lower layers when it has no upper one: the tree over an empty dir.
+    let empty = scratch.join("empty");
+    dir(&empty, 0o555)?;
+    let empty_fd = path_fd(&empty)?;
+    for (host, dest) in trees {
+        let rel = dest.trim_start_matches('/');
+        let target = dir_inside(&rootfs, Path::new(rel), 0o755, dest)?;
+        let opts = format!("lowerdir={}:{}", option_path(host)?, fd_path(&empty_fd));
+        mount(
+            Some("runbox-tree"),
+            &target,
+            Some("overlay"),
+            flags | MsFlags::MS_RDONLY,
+            Some(opts.as_str()),
+        )
+        .map_err(|source| RootfsError::Mount {
+            fstype: "overlay",
+            target: target.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// An `O_PATH` descriptor of the directory `path`, for overlay options.
+fn path_fd(path: &Path) -> Result<fs::File, RootfsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(path)
+        .map_err(|source| RootfsError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// `/proc/self/fd/N` of `fd`: what overlayfs resolves, and what mountinfo shows.
+fn fd_path(fd: &fs::File) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// Prepares the mounted rootfs for one run of `cfg`: its working directory and the files

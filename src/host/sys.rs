@@ -433,6 +433,47 @@ pub(crate) fn wait_pid(pid: i32) -> io::Result<i32> {
     }
 }
 
+/// Where this process's command line lies in its memory (`arg_start`..`arg_end` of
+/// `/proc/self/stat`); also valid in a process cloned from it without exec (same layout).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CmdlineArea {
+    start: usize,
+    end: usize,
+}
+
+impl CmdlineArea {
+    /// This process's, read from `/proc/self/stat`; `None` if it cannot be read.
+    pub(crate) fn own() -> Option<CmdlineArea> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command's closing parenthesis start at field 3; arg_start and
+        // arg_end are fields 48 and 49.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let start = fields.get(48 - 3)?.parse().ok()?;
+        let end = fields.get(49 - 3)?.parse().ok()?;
+        (start < end).then_some(CmdlineArea { start, end })
+    }
+
+    /// Overwrites the command line in place with `name` and NUL bytes, so that
+    /// `/proc/<pid>/cmdline` shows only `name` (the container's init is a clone of its
+    /// monitor, whose arguments name the state root). Affects this process only: the memory
+    /// is private to it since the clone. `name` is cut to fit.
+    pub(crate) fn blank(self, name: &[u8]) {
+        let len = self.end - self.start;
+        let keep = name.len().min(len.saturating_sub(1));
+        // SAFETY: `start..end` is the argument area the kernel set up at exec, read from
+        // /proc/self/stat by this process or the one it was cloned from without exec (so the
+        // same address range maps this process's private, writable copy of that stack area);
+        // the writes stay inside it. Nothing in this process reads argv afterwards (the
+        // standard library's copy of the pointers is not used by the init).
+        unsafe {
+            let area = std::slice::from_raw_parts_mut(self.start as *mut u8, len);
+            area[..keep].copy_from_slice(&name[..keep]);
+            area[keep..].fill(0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

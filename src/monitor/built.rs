@@ -128,7 +128,12 @@ type SourceId = (PathBuf, Option<(u64, u64)>);
 fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
     use std::os::unix::fs::MetadataExt;
     std::iter::once(lower)
-        .chain(cfg.binds.iter().map(|(src, _)| src.as_path()))
+        .chain(
+            cfg.image_trees
+                .iter()
+                .chain(&cfg.binds)
+                .map(|(src, _)| src.as_path()),
+        )
         .map(|p| {
             let id = fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
             (p.to_path_buf(), id)
@@ -185,8 +190,9 @@ impl Built {
             .map_err(|e| launch("create the cgroup prefix", e))?;
         let scratch = Scratch::of_root(root);
         let before = source_ids(&lower, cfg);
-        let mut mounted = rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower)
-            .map_err(|e| launch("mount the sandbox rootfs", e))?;
+        let mut mounted =
+            rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower, &cfg.image_trees)
+                .map_err(|e| launch("mount the sandbox rootfs", e))?;
         phases::mark("rootfs_mounted");
         match build_container(cfg, &scratch, cgroup_path, prepared) {
             Ok((container, init, streams)) => {

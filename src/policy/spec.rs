@@ -160,7 +160,13 @@ pub(crate) fn build(
             &["nosuid", "noexec", "nodev", "ro"],
         )?,
     ];
-    for (src, dest) in &cfg.binds {
+    // libcontainer finds the image's trees mounted already (the monitor mounts each as an
+    // overlay of the sandbox's own); another runtime gets them as read-only binds.
+    let trees: &[(std::path::PathBuf, String)] = match stage {
+        SpecStage::ForLibcontainer => &[],
+        SpecStage::Final => &cfg.image_trees,
+    };
+    for (src, dest) in trees.iter().chain(&cfg.binds) {
         let src = src.to_str().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidConfig,
