@@ -15,8 +15,14 @@ use crate::host::proc::ProcIdentity;
 use crate::layout::{self, GONE_PREFIX};
 use crate::verdict::{Usage, Verdict};
 
-/// Version of the on-disk format of a sandbox directory. Readers refuse other versions.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk format of a sandbox directory, written by this runbox. 2 added
+/// the config's `uid_leased` and `image_trees` (and the state root's `.uids/`); a version-1
+/// directory (no leased uid, the image's trees among its binds) still reads. Readers refuse
+/// other versions.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this runbox reads.
+const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Removes a sandbox directory so that its id disappears at once: renamed out of the way
 /// (to `.gone-<pid>-<start>-<n>`, which `gc` collects if the remover dies), then removed. A
@@ -210,13 +216,13 @@ pub(crate) fn sandbox_ids(root: &Path) -> Result<Vec<String>> {
 
 /// Checks the format version of a record read from disk.
 pub(crate) fn check_format(version: u32, path: &Path) -> Result<()> {
-    if version == FORMAT_VERSION {
+    if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         Ok(())
     } else {
         Err(Error::new(
             ErrorKind::Io,
             format!(
-                "state file {} has format version {version}, this runbox reads {FORMAT_VERSION}",
+                "state file {} has format version {version}, this runbox reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
                 path.display()
             ),
         ))
