@@ -44,7 +44,8 @@
 //! `monitor_main` in a plain `fn main` and builds the runtime after. The calls that wait
 //! ([`Root::run`], [`Sandbox::wait`], [`Sandbox::delete`] with force) block the calling
 //! thread: run them with `spawn_blocking`. A [`Root`] is `Send + Sync` and cheap to clone.
-//! ```ignore
+//! (A sketch, not compiled: runbox does not depend on tokio.)
+//! ```text
 //! fn main() -> anyhow::Result<()> {
 //!     runbox::monitor_main(); // first: the process may be a monitor
 //!     let runtime = tokio::runtime::Runtime::new()?;
