@@ -134,18 +134,7 @@ fn mount_steps(
     dir(scratch, 0o700)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let size = format!("size={scratch_bytes},mode=0755");
-    mount(
-        Some("runbox-scratch"),
-        scratch,
-        Some("tmpfs"),
-        flags,
-        Some(size.as_str()),
-    )
-    .map_err(|source| RootfsError::Mount {
-        fstype: "tmpfs",
-        target: scratch.clone(),
-        source,
-    })?;
+    mount_fs("runbox-scratch", scratch, "tmpfs", flags, &size)?;
     mounted.scratch = Some(scratch.clone());
     dir(&rootfs, 0o755)?;
     let upper = scratch.join("upper");
@@ -159,18 +148,7 @@ fn mount_steps(
         fd_path(&upper_fd),
         fd_path(&work_fd)
     );
-    mount(
-        Some("runbox-overlay"),
-        &rootfs,
-        Some("overlay"),
-        flags,
-        Some(opts.as_str()),
-    )
-    .map_err(|source| RootfsError::Mount {
-        fstype: "overlay",
-        target: rootfs.clone(),
-        source,
-    })?;
+    mount_fs("runbox-overlay", &rootfs, "overlay", flags, &opts)?;
     mounted.rootfs = Some(rootfs.clone());
     prepare_tmp(&rootfs)?;
     if trees.is_empty() {
@@ -184,20 +162,32 @@ fn mount_steps(
         let rel = dest.trim_start_matches('/');
         let target = dir_inside(&rootfs, Path::new(rel), 0o755, dest)?;
         let opts = format!("lowerdir={}:{}", option_path(host)?, fd_path(&empty_fd));
-        mount(
-            Some("runbox-tree"),
+        mount_fs(
+            "runbox-tree",
             &target,
-            Some("overlay"),
+            "overlay",
             flags | MsFlags::MS_RDONLY,
-            Some(opts.as_str()),
-        )
-        .map_err(|source| RootfsError::Mount {
-            fstype: "overlay",
-            target: target.clone(),
-            source,
-        })?;
+            &opts,
+        )?;
     }
     Ok(())
+}
+
+/// Mounts a new `fstype` file system named `source` on `target`.
+fn mount_fs(
+    source: &str,
+    target: &Path,
+    fstype: &'static str,
+    flags: MsFlags,
+    options: &str,
+) -> Result<(), RootfsError> {
+    mount(Some(source), target, Some(fstype), flags, Some(options)).map_err(|source| {
+        RootfsError::Mount {
+            fstype,
+            target: target.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// An `O_PATH` descriptor of the directory `path`, for overlay options.
