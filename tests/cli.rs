@@ -314,5 +314,28 @@ fn a_failed_launch_prints_its_kind_once_and_the_path_as_written() {
     let out = runbox(&env, &["delete", "done"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     std::fs::remove_dir_all(&img).unwrap();
+    // A uid range: a bad one is refused before anything runs, a good one is used.
+    let out = runbox(&env, &["--uid-range", "1:10", "run", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("runbox: invalid_config: uid range 1-10 "),
+        "{err}"
+    );
+    let out = runbox(&env, &["--uid-range", "60000", "run", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let out = runbox(
+        &env,
+        &[
+            "--uid-range",
+            "64000:1",
+            "run",
+            "--image",
+            common::image().to_str().unwrap(),
+            "id",
+            "-u",
+        ],
+    );
+    assert_eq!(stdout(&out), "64000\n", "{out:?}");
     env.finish();
 }
