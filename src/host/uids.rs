@@ -199,7 +199,16 @@ pub(crate) fn stale(root: &Path, in_use: impl FnOnce() -> Vec<u32>) -> Vec<u32> 
     };
     let mut orphaned = Vec::new();
     for e in entries.flatten() {
-        let Some(uid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let name = e.file_name();
+        let Some(uid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            // A transfer's temp file (`.<uid>.<id>`) its writer died before renaming.
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
+            if name.to_str().is_some_and(|n| n.starts_with('.')) && old {
+                let _ = fs::remove_file(e.path());
+            }
             continue;
         };
         let owner = fs::read_to_string(e.path()).unwrap_or_default();
