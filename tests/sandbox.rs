@@ -386,3 +386,76 @@ fn host_image_default_runs_host_programs() {
     );
     env.finish();
 }
+
+#[test]
+fn a_program_copied_or_bound_in_runs_and_modes_survive_copy_and_collect() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new("progmodes");
+    let host = env.dir.join("host-files");
+    let bound = host.join("bound");
+    fs::create_dir_all(&bound).unwrap();
+    let probe = common::image().join("bin/probe");
+    fs::copy(&probe, host.join("a.out")).unwrap();
+    fs::copy(&probe, bound.join("a.out")).unwrap();
+    // A program that is only in the files copied in, or only in a bind, is the program.
+    let mut copied = env.cmd("/work/a.out", &["echo", "copied"]);
+    copied.copy_in(host.join("a.out"), "/work/a.out");
+    let v = env.root.run(&copied).unwrap();
+    assert_eq!(
+        (v.status, v.stdout.as_str()),
+        (Status::Ok, "copied\n"),
+        "{v:?}"
+    );
+    let mut via_bind = env.cmd("/sub/a.out", &["echo", "bound"]);
+    via_bind.bind_ro(&bound, "/sub");
+    let v = env.root.run(&via_bind).unwrap();
+    assert_eq!(
+        (v.status, v.stdout.as_str()),
+        (Status::Ok, "bound\n"),
+        "{v:?}"
+    );
+    let mut in_path = env.cmd("a.out", &["echo", "in-path"]);
+    in_path.copy_in(host.join("a.out"), "/usr/local/bin/a.out");
+    let v = env.root.run(&in_path).unwrap();
+    assert_eq!(v.stdout, "in-path\n", "{v:?}");
+
+    // Modes come in with copies (files and directories, setuid dropped) ...
+    let tree = host.join("tree");
+    fs::create_dir_all(tree.join("private")).unwrap();
+    fs::write(tree.join("secret"), "s").unwrap();
+    fs::write(tree.join("tool"), "t").unwrap();
+    fs::set_permissions(tree.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(tree.join("tool"), fs::Permissions::from_mode(0o4751)).unwrap();
+    fs::set_permissions(tree.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    // ... and go out with collects: a binary built inside stays executable.
+    let out = env.dir.join("collected");
+    let mut cmd = env.cmd(
+        "sh",
+        &[
+            "-c",
+            "stat -c '%n %a' /work/tree/secret /work/tree/tool /work/tree/private; \
+             cp /bin/probe /work/built; chmod 750 /work/built; \
+             echo x > /work/plain; chmod 4755 /work/plain",
+        ],
+    );
+    cmd.copy_in(&tree, "/work/tree")
+        .collect("/work/built", out.join("built"))
+        .collect("/work/plain", out.join("plain"));
+    let v = env.root.run(&cmd).unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    assert_eq!(
+        v.stdout, "/work/tree/secret 600\n/work/tree/tool 751\n/work/tree/private 700\n",
+        "{v:?}"
+    );
+    let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("built"), 0o750);
+    assert_eq!(mode("plain"), 0o755);
+    let run = std::process::Command::new(out.join("built"))
+        .args(["echo", "runs"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "runs\n");
+    fs::remove_dir_all(&host).unwrap();
+    fs::remove_dir_all(&out).unwrap();
+    env.finish();
+}

@@ -94,8 +94,6 @@ pub(super) fn resolve<'a>(
         }
         None => host_image()?,
     };
-    let path_var = cmd.env.get("PATH").map(String::as_str).unwrap_or("");
-    let exe = image.resolve_program(&cmd.program, path_var)?;
     if let Stdin::File(path) = &cmd.stdin {
         if !path.is_file() {
             return Err(invalid(format!(
@@ -153,6 +151,29 @@ pub(super) fn resolve<'a>(
         })?;
         binds.push((host, dest.clone()));
     }
+    // Absolute: the monitor copies from its own working directory, `/`.
+    let copies = cmd
+        .copies
+        .iter()
+        .map(|(host, dest)| {
+            std::path::absolute(host)
+                .map(|host| (host, dest.clone()))
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!("copy source {}", host.display()),
+                        e,
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The program is looked up in what the sandbox will see: the image, then the binds,
+    // then the files copied in (which land on top of both).
+    let mut view = image.clone();
+    view.binds.extend(binds.iter().cloned());
+    view.binds.extend(copies.iter().cloned());
+    let path_var = cmd.env.get("PATH").map(String::as_str).unwrap_or("");
+    let exe = view.resolve_program(&cmd.program, path_var)?;
     let mut args = Vec::with_capacity(cmd.args.len() + 1);
     args.push(cmd.program.clone());
     args.extend(cmd.args.iter().cloned());
@@ -169,22 +190,7 @@ pub(super) fn resolve<'a>(
         hostname: cmd.hostname.clone(),
         image_trees: image.binds.clone(),
         binds,
-        // Absolute: the monitor copies from its own working directory, `/`.
-        copies: cmd
-            .copies
-            .iter()
-            .map(|(host, dest)| {
-                std::path::absolute(host)
-                    .map(|host| (host, dest.clone()))
-                    .map_err(|e| {
-                        Error::with_source(
-                            ErrorKind::InvalidConfig,
-                            format!("copy source {}", host.display()),
-                            e,
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?,
+        copies,
         collects: cmd.collects.clone(),
     })
 }

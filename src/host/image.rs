@@ -81,7 +81,12 @@ impl Image {
             .filter(|(_, dest)| inside.starts_with(dest))
             .max_by_key(|(_, dest)| dest.len());
         match best {
-            Some((src, dest)) => src.join(inside.strip_prefix(dest).unwrap_or(inside)),
+            Some((src, dest)) => match inside.strip_prefix(dest) {
+                // `join("")` would add a trailing slash: wrong for a file bound or copied.
+                Ok(rest) if rest.as_os_str().is_empty() => src.clone(),
+                Ok(rest) => src.join(rest),
+                Err(_) => src.join(inside),
+            },
             None => self.lower.join(inside.strip_prefix("/").unwrap_or(inside)),
         }
     }
@@ -107,7 +112,20 @@ impl Image {
             }
             let next = cur.join(&part);
             let host = self.host_path(&next);
-            let meta = fs::symlink_metadata(&host).ok()?;
+            let meta = match fs::symlink_metadata(&host) {
+                Ok(meta) => meta,
+                // A directory the image lacks but a deeper bind or copy creates.
+                Err(_)
+                    if self
+                        .binds
+                        .iter()
+                        .any(|(_, d)| Path::new(d).starts_with(&next) && Path::new(d) != next) =>
+                {
+                    cur = next;
+                    continue;
+                }
+                Err(_) => return None,
+            };
             if meta.file_type().is_symlink() {
                 hops += 1;
                 if hops > 40 {
@@ -130,7 +148,9 @@ impl Image {
     }
 
     /// Finds the program the sandbox will execute: a path with `/` as is, else the first
-    /// executable match in `path_var`. Returns its absolute path inside the sandbox.
+    /// executable match in `path_var`, in the image and its binds (the caller adds the
+    /// sandbox's own binds and copies to `binds`: a later one wins at the same destination).
+    /// Returns its absolute path inside the sandbox.
     pub fn resolve_program(&self, program: &str, path_var: &str) -> Result<String> {
         let candidates: Vec<String> = if program.contains('/') {
             if !program.starts_with('/') {
@@ -161,7 +181,7 @@ impl Image {
         Err(Error::new(
             ErrorKind::InvalidConfig,
             format!(
-                "program {program:?} not found as an executable file in the image {} (PATH={path_var:?})",
+                "program {program:?} not found as an executable file in the image {}, its binds or the files copied in (PATH={path_var:?})",
                 self.lower.display()
             ),
         ))

@@ -270,6 +270,7 @@ fn dir_inside(rootfs: &Path, rel: &Path, mode: u32, shown: &str) -> Result<PathB
 }
 
 fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let meta = fs::symlink_metadata(src)?;
     if meta.is_dir() {
         // An existing destination must be a real directory: the image's symlinks are resolved
@@ -307,7 +308,15 @@ fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> 
             ),
         ));
     }
-    std::os::unix::fs::lchown(dst, Some(uid), Some(gid))
+    std::os::unix::fs::lchown(dst, Some(uid), Some(gid))?;
+    // Permission bits as the source has them (after the chown, which may clear some), never
+    // setuid or setgid; a directory keeps its sticky bit. Symlinks have none.
+    if !meta.file_type().is_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let keep = if meta.is_dir() { 0o1777 } else { 0o777 };
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & keep))?;
+    }
+    Ok(())
 }
 
 /// After the run: copies each requested regular file out of the rootfs, resolving the path
@@ -319,6 +328,7 @@ pub(crate) fn collect_out(
     max_bytes: u64,
 ) -> Result<Vec<String>, RootfsError> {
     use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut missing = Vec::new();
     if collects.is_empty() {
         return Ok(missing);
@@ -340,7 +350,8 @@ pub(crate) fn collect_out(
                 continue;
             }
         };
-        if !file.metadata().map_err(copy_err)?.is_file() {
+        let meta = file.metadata().map_err(copy_err)?;
+        if !meta.is_file() {
             missing.push(inside.clone());
             continue;
         }
@@ -349,6 +360,10 @@ pub(crate) fn collect_out(
         }
         let mut out = fs::File::create(host).map_err(copy_err)?;
         std::io::copy(&mut (&mut file).take(max_bytes), &mut out).map_err(copy_err)?;
+        // The file's permission bits come along (a binary compiled inside stays executable);
+        // never setuid, setgid or sticky, and the owner is the collector's.
+        out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))
+            .map_err(copy_err)?;
     }
     Ok(missing)
 }
