@@ -167,6 +167,10 @@ struct SandboxArgs {
     /// Read-only bind of a host file or directory: HOST:DEST (repeatable).
     #[arg(long, value_parser = parse_pair)]
     bind: Vec<(String, String)>,
+    /// Read-write bind of a host directory (a work dir kept between runs): HOST:DEST
+    /// (repeatable; nosuid, nodev).
+    #[arg(long = "bind-rw", value_parser = parse_pair)]
+    bind_rw: Vec<(String, String)>,
     /// Copy a host file or directory into the writable layer: HOST:DEST (repeatable).
     #[arg(long, value_parser = parse_pair)]
     copy: Vec<(String, String)>,
@@ -242,6 +246,9 @@ fn build_command(a: &SandboxArgs) -> Result<runbox::Command, Failure> {
     }
     for (host, dest) in &a.bind {
         cmd.bind_ro(host, dest.clone());
+    }
+    for (host, dest) in &a.bind_rw {
+        cmd.bind_rw(host, dest.clone());
     }
     for (host, dest) in &a.copy {
         cmd.copy_in(host, dest.clone());

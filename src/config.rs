@@ -229,6 +229,9 @@ pub(crate) struct SandboxConfig {
     /// The caller's read-only bind mounts (host source, sandbox destination), on top of the
     /// image.
     pub binds: Vec<(PathBuf, String)>,
+    /// The caller's read-write bind mounts of host directories (work dirs), after `binds`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rw_binds: Vec<(PathBuf, String)>,
     /// Host files or directories copied into the writable layer before start.
     pub copies: Vec<(PathBuf, String)>,
     /// Files copied out of the sandbox after the run: (path inside, host destination).
@@ -280,6 +283,7 @@ impl SandboxConfig {
             hostname: "runbox".into(),
             image_trees: vec![("/usr".into(), "/usr".into())],
             binds: Vec::new(),
+            rw_binds: Vec::new(),
             copies: Vec::new(),
             collects: Vec::new(),
         }
@@ -303,6 +307,7 @@ pub struct Command {
     pub(crate) name: Option<String>,
     pub(crate) hostname: String,
     pub(crate) binds: Vec<(PathBuf, String)>,
+    pub(crate) rw_binds: Vec<(PathBuf, String)>,
     pub(crate) copies: Vec<(PathBuf, String)>,
     pub(crate) collects: Vec<(String, PathBuf)>,
 }
@@ -328,6 +333,7 @@ impl Command {
             name: None,
             hostname: "runbox".to_string(),
             binds: Vec::new(),
+            rw_binds: Vec::new(),
             copies: Vec::new(),
             collects: Vec::new(),
         }
@@ -408,6 +414,17 @@ impl Command {
     /// (a bind mount: nothing is copied).
     pub fn bind_ro(&mut self, host: impl Into<PathBuf>, dest: impl Into<String>) -> &mut Self {
         self.binds.push((host.into(), dest.into()));
+        self
+    }
+
+    /// Makes the host directory `host` visible read-write at `dest` inside the sandbox (a
+    /// bind mount, `nosuid` and `nodev`): a work dir whose files stay for the next sandbox
+    /// and for the caller to read, as an isolate box's. The program writes there as its uid,
+    /// so give the directory to that uid (name it with [`Command::user`] for a work dir
+    /// used by several runs) and read what a hostile program wrote with care: symlinks and
+    /// hard links in it are the program's. Its writes count against no scratch size.
+    pub fn bind_rw(&mut self, host: impl Into<PathBuf>, dest: impl Into<String>) -> &mut Self {
+        self.rw_binds.push((host.into(), dest.into()));
         self
     }
 

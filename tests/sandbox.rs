@@ -459,3 +459,42 @@ fn a_program_copied_or_bound_in_runs_and_modes_survive_copy_and_collect() {
     fs::remove_dir_all(&out).unwrap();
     env.finish();
 }
+
+#[test]
+fn a_work_dir_keeps_its_files_between_runs_for_its_user_only() {
+    let env = TestEnv::new("workdir");
+    let work = env.dir.join("box");
+    fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(64_100), Some(64_100)).unwrap();
+    let run = |script: &str, uid: Option<u32>| {
+        let mut cmd = env.cmd("sh", &["-c", script]);
+        cmd.bind_rw(&work, "/box").current_dir("/box");
+        if let Some(uid) = uid {
+            cmd.user(uid, uid);
+        }
+        env.root.run(&cmd).unwrap()
+    };
+    let v = run("echo one > f && id -u > owner", Some(64_100));
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let v = run("cat f; echo two >> f", Some(64_100));
+    assert_eq!(v.stdout, "one\n", "{v:?}");
+    assert_eq!(fs::read_to_string(work.join("f")).unwrap(), "one\ntwo\n");
+    assert_eq!(fs::read_to_string(work.join("owner")).unwrap(), "64100\n");
+    // Another sandbox's uid may read but not write there.
+    let v = run("cat f && echo three >> f", None);
+    assert_eq!(v.exit_code, Some(1), "{v:?}");
+    assert_eq!(fs::read_to_string(work.join("f")).unwrap(), "one\ntwo\n");
+    // Only directories, and never the host's special trees.
+    for (src, what) in [
+        (work.join("f"), "not a directory"),
+        ("/proc".into(), "/proc"),
+    ] {
+        let mut cmd = env.cmd("true", &[]);
+        cmd.bind_rw(&src, "/box");
+        let err = env.root.run(&cmd).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    fs::remove_dir_all(&work).unwrap();
+    env.finish();
+}

@@ -104,7 +104,7 @@ pub(super) fn resolve<'a>(
     }
     let inside_ok =
         |p: &str| p.starts_with('/') && config::is_clean_absolute(Path::new(p)) && p != "/";
-    for (host, dest) in cmd.binds.iter().chain(&cmd.copies) {
+    for (host, dest) in cmd.binds.iter().chain(&cmd.rw_binds).chain(&cmd.copies) {
         if !inside_ok(dest) {
             return Err(invalid(format!(
                 "sandbox path {dest:?} must be absolute, not / and without '..'"
@@ -140,16 +140,27 @@ pub(super) fn resolve<'a>(
             )));
         }
     }
-    let mut binds = Vec::new();
-    for (host, dest) in &cmd.binds {
-        let host = fs::canonicalize(host).map_err(|e| {
-            Error::with_source(
-                ErrorKind::InvalidConfig,
-                format!("bind source {}", host.display()),
-                e,
-            )
-        })?;
-        binds.push((host, dest.clone()));
+    let canonical = |list: &[(std::path::PathBuf, String)]| -> Result<Vec<_>> {
+        list.iter()
+            .map(|(host, dest)| {
+                let host = fs::canonicalize(host).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!("bind source {}", host.display()),
+                        e,
+                    )
+                })?;
+                Ok((host, dest.clone()))
+            })
+            .collect()
+    };
+    let binds = canonical(&cmd.binds)?;
+    let rw_binds = canonical(&cmd.rw_binds)?;
+    if let Some((host, _)) = rw_binds.iter().find(|(host, _)| !host.is_dir()) {
+        return Err(invalid(format!(
+            "read-write bind source {} is not a directory",
+            host.display()
+        )));
     }
     // Absolute: the monitor copies from its own working directory, `/`.
     let copies = cmd
@@ -170,8 +181,8 @@ pub(super) fn resolve<'a>(
     // The program is looked up in what the sandbox will see: the image, then the binds,
     // then the files copied in (which land on top of both).
     let mut view = image.clone();
-    view.binds.extend(binds.iter().cloned());
-    view.binds.extend(copies.iter().cloned());
+    view.binds
+        .extend(binds.iter().chain(&rw_binds).chain(&copies).cloned());
     let path_var = cmd.env.get("PATH").map(String::as_str).unwrap_or("");
     let exe = view.resolve_program(&cmd.program, path_var)?;
     let mut args = Vec::with_capacity(cmd.args.len() + 1);
@@ -190,6 +201,7 @@ pub(super) fn resolve<'a>(
         hostname: cmd.hostname.clone(),
         image_trees: image.binds.clone(),
         binds,
+        rw_binds,
         copies,
         collects: cmd.collects.clone(),
     })

@@ -132,6 +132,7 @@ fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
             cfg.image_trees
                 .iter()
                 .chain(&cfg.binds)
+                .chain(&cfg.rw_binds)
                 .map(|(src, _)| src.as_path()),
         )
         .map(|p| {

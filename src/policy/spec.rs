@@ -166,19 +166,20 @@ pub(crate) fn build(
         SpecStage::ForLibcontainer => &[],
         SpecStage::Final => &cfg.image_trees,
     };
-    for (src, dest) in trees.iter().chain(&cfg.binds) {
+    // Read-only binds are read-only all the way down (`rro`); work dirs are writable; none
+    // carries setuid bits or devices.
+    let ro: &[&str] = &["rbind", "ro", "rro", "nosuid", "rnosuid", "nodev", "rnodev"];
+    let rw: &[&str] = &["rbind", "rw", "nosuid", "rnosuid", "nodev", "rnodev"];
+    let all_binds = (trees.iter().chain(&cfg.binds).map(|b| (b, ro)))
+        .chain(cfg.rw_binds.iter().map(|b| (b, rw)));
+    for ((src, dest), options) in all_binds {
         let src = src.to_str().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidConfig,
                 format!("bind source {src:?} is not utf-8"),
             )
         })?;
-        mounts.push(mount(
-            dest,
-            "bind",
-            src,
-            &["rbind", "ro", "rro", "nosuid", "rnosuid", "nodev", "rnodev"],
-        )?);
+        mounts.push(mount(dest, "bind", src, options)?);
     }
 
     let namespaces = [
