@@ -656,11 +656,17 @@ fn inside_a_container_whose_cgroup_root_holds_processes_sandboxes_get_their_limi
     // The one-shot run's monitor cleans up after the verdict (on v1 it stays in the
     // container's cgroup, its root as it sees it, until it exits and is reaped).
     let root_str = env.dir.to_string_lossy().into_owned();
+    // Every cgroup it may still hold a process in must empty (an exited monitor stays in
+    // `_monitors` until it is reaped, and a zombie's command line names nothing).
     wait_until("the monitor to finish", || {
+        let empty = |d: PathBuf| {
+            std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+        };
         common::processes_mentioning(&root_str).is_empty()
             && mounts.iter().all(|(target, _, _)| {
-                std::fs::read_to_string(PathBuf::from(target).join(&ct).join("cgroup.procs"))
-                    .is_ok_and(|p| p.trim().is_empty())
+                let dir = PathBuf::from(target).join(&ct);
+                let monitors = dir.join(&env.prefix).join("_monitors");
+                empty(dir) && (!monitors.is_dir() || empty(monitors))
             })
     });
     for (target, _, _) in &mounts {

@@ -99,15 +99,24 @@ impl TestEnv {
         c
     }
 
-    /// Waits (at most 20 s) until no process names this test's root and no monitor is left
-    /// in `_monitors` (exited monitors stay there until the host's init reaps them).
+    /// Waits (at most 20 s) until no process names this test's root, no monitor is left in
+    /// `_monitors` (exited monitors stay there until the host's init reaps them) and no
+    /// sandbox cgroup is left under the prefix.
     fn wait_for_monitors(&self) {
         let root_str = self.dir.to_string_lossy().into_owned();
         let t = std::time::Instant::now();
+        // Also the sandboxes' own cgroups, which monitors remove as they finish (a
+        // container's init shows `runbox-init` as its command line, naming no root).
         let monitors_busy = || {
             cgroup_prefix_dirs(&self.prefix).iter().any(|d| {
-                fs::read_to_string(d.join("_monitors/cgroup.procs"))
-                    .is_ok_and(|p| !p.trim().is_empty())
+                let sandbox_cgroups = fs::read_dir(d).is_ok_and(|rd| {
+                    rd.flatten().any(|e| {
+                        e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "_monitors"
+                    })
+                });
+                sandbox_cgroups
+                    || fs::read_to_string(d.join("_monitors/cgroup.procs"))
+                        .is_ok_and(|p| !p.trim().is_empty())
             })
         };
         while (!processes_mentioning(&root_str).is_empty() || monitors_busy())
