@@ -305,7 +305,7 @@ fn main() -> ExitCode {
     let root_dir = cli.root.unwrap_or_else(runbox::Root::default_dir);
     if let Verb::Check { json } = cli.verb {
         // Reads the host only: no state root is created.
-        return exit(check(json, &root_dir));
+        return exit(check(json, &root_dir, cli.uid_range));
     }
     let root = match open_root(&root_dir, cli.cgroup_parent, cli.cgroup_base, cli.uid_range) {
         Ok(root) => root,
@@ -495,9 +495,12 @@ fn gc(root: &runbox::Root) -> Outcome {
     })
 }
 
-fn check(json: bool, root: &std::path::Path) -> Outcome {
+fn check(json: bool, root: &std::path::Path, uid_range: Option<(u32, u32)>) -> Outcome {
     let mut checks = runbox::check_host();
     checks.push(runbox::check_state_root(root));
+    let (first, count) =
+        uid_range.unwrap_or((runbox::DEFAULT_FIRST_UID, runbox::DEFAULT_UID_COUNT));
+    checks.push(runbox::check_uid_range(first, count));
     let ok = checks.iter().all(|c| c.ok || !c.required);
     if json {
         print_json(&checks)?;

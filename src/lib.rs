@@ -86,7 +86,8 @@ pub use controller::gc::GcReport;
 pub use controller::root::{Listing, Root, RootOptions, DEFAULT_ROOT};
 pub use controller::sandbox::{Sandbox, SandboxInfo, SandboxState};
 pub use error::{Error, ErrorKind, Result};
-pub use host::check::{check_host, check_state_root, HostCheck};
+pub use host::check::{check_host, check_state_root, check_uid_range, HostCheck};
+pub use host::uids::{DEFAULT_COUNT as DEFAULT_UID_COUNT, DEFAULT_FIRST as DEFAULT_FIRST_UID};
 pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
 
 /// The OCI runtime spec types runbox builds bundles with (libcontainer's own copy).

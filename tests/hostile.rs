@@ -451,9 +451,22 @@ fn meta_file_and_host_check_from_the_cli() {
         "overlayfs",
         "seccomp",
         "namespaces",
+        "uid range",
     ] {
         assert!(names.contains(&n), "{names:?}");
     }
+    // A uid range holding the host's system users is a missing requirement.
+    let out = std::process::Command::new(&cli)
+        .args(["--uid-range", "1:10", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("MISSING") && l.contains("uid range 1-10")),
+        "{text}"
+    );
     assert!(checks
         .as_array()
         .unwrap()

@@ -31,6 +31,26 @@ fn item(name: &'static str, ok: bool, required: bool, detail: impl Into<String>)
     }
 }
 
+/// Whether `count` uids from `first` (a [`crate::RootOptions::uid_range`]) hold no user,
+/// group or subordinate range of the host (`/etc/passwd`, `/etc/group`, `/etc/subuid`,
+/// `/etc/subgid`): required, since [`crate::RootOptions::open`] refuses such a range.
+pub fn check_uid_range(first: u32, count: u32) -> HostCheck {
+    let range = crate::host::uids::UidRange { first, count };
+    let last = u64::from(first) + u64::from(count).saturating_sub(1);
+    match range
+        .validate()
+        .and_then(|()| range.check_host(Path::new("/etc")))
+    {
+        Ok(()) => item(
+            "uid range",
+            true,
+            true,
+            format!("{first}-{last}: no host user, group or subordinate id in it"),
+        ),
+        Err(msg) => item("uid range", false, true, msg),
+    }
+}
+
 /// Whether the state root `dir` (or, if it does not exist yet, the directory it would be
 /// made in) is on a tmpfs, as `/run` usually is. Not required: on a disk file system every
 /// start creates and removes a few small files there, which costs (on ext4 with churn, an

@@ -20,9 +20,9 @@ use crate::layout::{self, NEW_PREFIX, WARM_PREFIX};
 pub(crate) const UIDS_DIR: &str = ".uids";
 
 /// Default first uid of the range (isolate's default `first_uid`).
-pub(crate) const DEFAULT_FIRST: u32 = 60_000;
+pub const DEFAULT_FIRST: u32 = 60_000;
 /// Default number of uids in the range (isolate's default `num_boxes`).
-pub(crate) const DEFAULT_COUNT: u32 = 1_000;
+pub const DEFAULT_COUNT: u32 = 1_000;
 
 /// A range of host uids (and the gids of the same numbers) handed to sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
