@@ -94,8 +94,9 @@ impl Root {
                 return Err(e);
             }
         };
-        // A spare's uid the sandbox does not take (it names its own user) is given back by
-        // the spare, once it has torn its container down.
+        // The sandbox owns its uid's lease from now on (it outlives this controller). A
+        // spare's uid the sandbox does not take (it names its own user) is given back by the
+        // spare, once it has torn its container down.
         if let Some((uid, _)) = leased {
             uids::transfer(&self.inner.dir, uid, &id);
         }
