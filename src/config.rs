@@ -57,6 +57,17 @@ pub struct Limits {
     /// Memory a process may lock (RLIMIT_MEMLOCK). Default 64 KiB.
     #[serde(default = "default_locked_memory_bytes")]
     pub locked_memory_bytes: u64,
+    /// Address space of each process (RLIMIT_AS); `None` for none (the cgroup's memory limit
+    /// still holds). Default none (isolate's `--mem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_space_bytes: Option<u64>,
+    /// Stack of each process (RLIMIT_STACK); `None` for the host's default. Default none
+    /// (isolate's `--stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_bytes: Option<u64>,
+    /// Largest core dump (RLIMIT_CORE). Default 0: no core files.
+    #[serde(default)]
+    pub core_bytes: u64,
 }
 
 fn default_pending_signals() -> u64 {
@@ -90,6 +101,9 @@ impl Default for Limits {
             pending_signals: default_pending_signals(),
             mqueue_bytes: default_mqueue_bytes(),
             locked_memory_bytes: default_locked_memory_bytes(),
+            address_space_bytes: None,
+            stack_bytes: None,
+            core_bytes: 0,
         }
     }
 }
@@ -151,6 +165,12 @@ impl Limits {
         if self.open_files < 8 {
             return bad(format!("open files {} must be at least 8", self.open_files));
         }
+        if self.address_space_bytes.is_some_and(|b| b < 4 * MIB) {
+            return bad("address space limit must be at least 4 MiB".into());
+        }
+        if self.stack_bytes.is_some_and(|b| b < 64 * 1024) {
+            return bad("stack limit must be at least 64 KiB".into());
+        }
         if self.file_size_bytes == 0 || self.output_bytes == 0 {
             return bad("file size and output limits must be positive".into());
         }
@@ -179,6 +199,34 @@ pub enum Stdin {
     Bytes(Vec<u8>),
     /// The contents of this host file, copied into the sandbox's state when it is created.
     File(PathBuf),
+}
+
+/// Standard streams opened inside the sandbox (isolate's `--stdin`, `--stdout`, `--stderr`):
+/// paths the sandbox sees, opened by the program's user in the sandbox's init just before the
+/// program starts, so a symlink a program left there can lead nowhere the sandbox cannot go.
+/// A path that cannot be opened fails the launch. Unset streams keep [`Stdin`] and capture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Redirects {
+    /// Read as stdin (instead of [`Stdin`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Created or truncated (mode 0644) as stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// Created or truncated (mode 0644) as stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// stderr goes wherever stdout goes (after stdout's redirect).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_to_stdout: bool,
+}
+
+impl Redirects {
+    /// Whether no stream is redirected.
+    pub fn is_empty(&self) -> bool {
+        *self == Redirects::default()
+    }
 }
 
 /// The user the program runs as. It never has capabilities, whatever the uid. By default each
@@ -236,6 +284,12 @@ pub(crate) struct SandboxConfig {
     pub copies: Vec<(PathBuf, String)>,
     /// Files copied out of the sandbox after the run: (path inside, host destination).
     pub collects: Vec<(String, PathBuf)>,
+    /// Standard streams opened inside the sandbox.
+    #[serde(default, skip_serializing_if = "Redirects::is_empty")]
+    pub redirects: Redirects,
+    /// Sandbox paths of binds mounted `noexec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub noexec: Vec<String>,
 }
 
 impl SandboxConfig {
@@ -254,6 +308,7 @@ impl SandboxConfig {
         shape.stdin = Stdin::Null;
         shape.copies = Vec::new();
         shape.collects = Vec::new();
+        shape.redirects = Redirects::default();
         // Any uid of the range serves a request for one (the request takes the spare's).
         if shape.uid_leased {
             shape.user = User::default();
@@ -286,6 +341,8 @@ impl SandboxConfig {
             rw_binds: Vec::new(),
             copies: Vec::new(),
             collects: Vec::new(),
+            redirects: Redirects::default(),
+            noexec: Vec::new(),
         }
     }
 }
@@ -310,6 +367,8 @@ pub struct Command {
     pub(crate) rw_binds: Vec<(PathBuf, String)>,
     pub(crate) copies: Vec<(PathBuf, String)>,
     pub(crate) collects: Vec<(String, PathBuf)>,
+    pub(crate) redirects: Redirects,
+    pub(crate) noexec: Vec<String>,
 }
 
 impl Command {
@@ -336,6 +395,8 @@ impl Command {
             rw_binds: Vec::new(),
             copies: Vec::new(),
             collects: Vec::new(),
+            redirects: Redirects::default(),
+            noexec: Vec::new(),
         }
     }
 
@@ -444,6 +505,43 @@ impl Command {
         host_dest: impl Into<PathBuf>,
     ) -> &mut Self {
         self.collects.push((inside.into(), host_dest.into()));
+        self
+    }
+
+    /// Mounts the bind at sandbox path `dest` (given with [`Command::bind_ro`] or
+    /// [`Command::bind_rw`]) `noexec`: nothing in it can be executed.
+    pub fn noexec(&mut self, dest: impl Into<String>) -> &mut Self {
+        self.noexec.push(dest.into());
+        self
+    }
+
+    /// Reads stdin from `inside`, a file the sandbox sees (e.g. in a work dir), opened by the
+    /// program's user just before it starts (isolate's `--stdin`). Replaces [`Command::stdin`].
+    pub fn stdin_inside(&mut self, inside: impl Into<String>) -> &mut Self {
+        self.redirects.stdin = Some(inside.into());
+        self
+    }
+
+    /// Writes stdout to `inside`, a file the sandbox sees, created or truncated (mode 0644) by
+    /// the program's user; not captured, not counted against the output limit, bounded by
+    /// [`Limits::file_size_bytes`] (isolate's `--stdout`).
+    pub fn stdout_inside(&mut self, inside: impl Into<String>) -> &mut Self {
+        self.redirects.stdout = Some(inside.into());
+        self
+    }
+
+    /// Writes stderr to `inside`, as [`Command::stdout_inside`] does (isolate's `--stderr`).
+    pub fn stderr_inside(&mut self, inside: impl Into<String>) -> &mut Self {
+        self.redirects.stderr = Some(inside.into());
+        self.redirects.stderr_to_stdout = false;
+        self
+    }
+
+    /// Sends stderr wherever stdout goes: into the same capture, or the same file (isolate's
+    /// `--stderr-to-stdout`).
+    pub fn stderr_to_stdout(&mut self) -> &mut Self {
+        self.redirects.stderr = None;
+        self.redirects.stderr_to_stdout = true;
         self
     }
 

@@ -123,6 +123,7 @@ impl SandboxInit {
         nix::unistd::dup2(stdin.as_raw_fd(), 0).map_err(|e| format!("dup2 stdin: {e}"))?;
         drop(stdin);
         nix::unistd::chdir(req.cwd.as_str()).map_err(|e| format!("chdir {}: {e}", req.cwd))?;
+        Self::open_redirects(&req)?;
         if let Some(secs) = req.cpu_rlimit_secs {
             use nix::sys::resource::{getrlimit, setrlimit, Resource};
             // Lowering needs no privilege; the init has none left to raise it.
@@ -132,6 +133,50 @@ impl SandboxInit {
                 .map_err(|e| format!("set RLIMIT_CPU: {e}"))?;
         }
         Ok(req)
+    }
+
+    /// Opens the redirected standard streams as the sandbox's user, inside the sandbox (as
+    /// isolate does after its chroot): stdin, then stdout, then stderr or a copy of stdout.
+    fn open_redirects(req: &ProgramRequest) -> Result<(), String> {
+        use nix::fcntl::{open, OFlag};
+        use nix::sys::stat::Mode;
+        let r = &req.redirects;
+        let write = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC;
+        let streams = [
+            (r.stdin.as_deref(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, 0),
+            (r.stdout.as_deref(), write, 1),
+            (r.stderr.as_deref(), write, 2),
+        ];
+        for (path, flags, target) in streams {
+            let Some(path) = path else { continue };
+            let fd = open(path, flags, Mode::from_bits_truncate(0o666))
+                .map_err(|e| format!("open {path:?}: {e}"))?;
+            if fd != target {
+                nix::unistd::dup2(fd, target).map_err(|e| format!("dup2 {path:?}: {e}"))?;
+                let _ = nix::unistd::close(fd);
+            }
+        }
+        if r.stderr_to_stdout {
+            nix::unistd::dup2(1, 2).map_err(|e| format!("dup2 stdout to stderr: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Lowers RLIMIT_AS and RLIMIT_STACK to the program's just before it is spawned: the
+    /// init, cloned from the monitor, maps more than a small address-space limit allows, and
+    /// only its spawn still allocates.
+    fn program_rlimits(req: &ProgramRequest) -> Result<(), String> {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        for (res, value, name) in [
+            (Resource::RLIMIT_AS, req.address_space_bytes, "RLIMIT_AS"),
+            (Resource::RLIMIT_STACK, req.stack_bytes, "RLIMIT_STACK"),
+        ] {
+            let Some(value) = value else { continue };
+            let (_, hard) = getrlimit(res).unwrap_or((u64::MAX, u64::MAX));
+            let value = value.min(hard);
+            setrlimit(res, value, value).map_err(|e| format!("set {name}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The init's loop: forward signals, reap orphans, watch the monitor, until the program ends.
@@ -222,6 +267,9 @@ impl Executor for SandboxInit {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
         // The seccomp filter (installed in `validate`) is inherited by the program.
+        if let Err(e) = Self::program_rlimits(&req) {
+            ch.fail(&InitStatus::Failed(e), 127);
+        }
         match Self::spawn_program(&req) {
             Ok(child) => {
                 ch.mark("spawned");

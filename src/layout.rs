@@ -9,6 +9,12 @@ use crate::host::proc::ProcIdentity;
 /// Directory under the state root holding shared images (a dot keeps it apart from ids).
 pub(crate) const IMAGES_DIR: &str = ".images";
 
+/// Directory of the isolate-style boxes under a state root (`<root>/.boxes/<n>`).
+pub(crate) const BOXES_DIR: &str = ".boxes";
+
+/// Owner written in the uid lease of box `n`: `box:<n>`.
+pub(crate) const BOX_LEASE_PREFIX: &str = "box:";
+
 /// Prefix of the temporary directories sandboxes are prepared in before their id is claimed.
 pub(crate) const NEW_PREFIX: &str = ".new-";
 

@@ -81,6 +81,7 @@ mod proto;
 mod verdict;
 
 pub use config::{Command, Limits, Stdin, User, DEFAULT_PATH};
+pub use controller::boxes::WorkBox;
 pub use controller::exec::MONITOR_BIN;
 pub use controller::gc::GcReport;
 pub use controller::root::{Listing, Root, RootOptions, DEFAULT_ROOT};

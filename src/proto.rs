@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SandboxConfig;
+use crate::config::{Redirects, SandboxConfig};
 use crate::error::{Error, ErrorKind};
 use crate::host::proc::ProcIdentity;
 use crate::host::state::ExitRecord;
@@ -380,6 +380,16 @@ pub(crate) struct ProgramRequest {
     /// RLIMIT_CPU (soft and hard) in seconds: a per-process backstop behind the monitor's
     /// cgroup-wide CPU-time limit.
     pub cpu_rlimit_secs: Option<u64>,
+    /// RLIMIT_AS and RLIMIT_STACK for the program, set by the init just before it starts
+    /// the program (the init itself, cloned from the monitor, would not fit in them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_space_bytes: Option<u64>,
+    /// See `address_space_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_bytes: Option<u64>,
+    /// Standard streams the init opens inside the sandbox.
+    #[serde(default, skip_serializing_if = "Redirects::is_empty")]
+    pub redirects: Redirects,
 }
 
 impl ProgramRequest {
@@ -391,6 +401,9 @@ impl ProgramRequest {
             env: cfg.env.clone(),
             cwd: cfg.cwd.clone(),
             cpu_rlimit_secs: cfg.limits.cpu_rlimit_secs(),
+            address_space_bytes: cfg.limits.address_space_bytes,
+            stack_bytes: cfg.limits.stack_bytes,
+            redirects: cfg.redirects.clone(),
         }
     }
 
@@ -606,6 +619,13 @@ mod tests {
                 .collect(),
             cwd: "/work".into(),
             cpu_rlimit_secs: Some(5),
+            address_space_bytes: Some(64 << 20),
+            stack_bytes: None,
+            redirects: Redirects {
+                stdout: Some("/box/out".into()),
+                stderr_to_stdout: true,
+                ..Redirects::default()
+            },
         };
         let path = std::env::temp_dir().join(format!("rb-req-{}", std::process::id()));
         let mut file = std::fs::OpenOptions::new()

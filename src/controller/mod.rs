@@ -9,8 +9,10 @@
 //! - `spares.rs`: spare monitors and the spare factory;
 //! - `exec.rs`: finding and exec'ing the monitor executable;
 //! - `sandbox.rs`: the handle on one sandbox (state, wait, kill, delete);
-//! - `gc.rs`: collecting what crashes left.
+//! - `gc.rs`: collecting what crashes left;
+//! - `boxes.rs`: isolate-style boxes (numbered work dirs with a uid of their own).
 
+pub(crate) mod boxes;
 pub(crate) mod exec;
 pub(crate) mod gc;
 mod launch;

@@ -140,6 +140,26 @@ pub(super) fn resolve<'a>(
             )));
         }
     }
+    let r = &cmd.redirects;
+    for path in [&r.stdin, &r.stdout, &r.stderr].into_iter().flatten() {
+        if !inside_ok(path) {
+            return Err(invalid(format!(
+                "redirected stream {path:?} must be an absolute sandbox path without '..'"
+            )));
+        }
+    }
+    for dest in &cmd.noexec {
+        if !cmd
+            .binds
+            .iter()
+            .chain(&cmd.rw_binds)
+            .any(|(_, d)| d == dest)
+        {
+            return Err(invalid(format!(
+                "noexec {dest:?} names no bind of the command"
+            )));
+        }
+    }
     let canonical = |list: &[(std::path::PathBuf, String)]| -> Result<Vec<_>> {
         list.iter()
             .map(|(host, dest)| {
@@ -204,5 +224,7 @@ pub(super) fn resolve<'a>(
         rw_binds,
         copies,
         collects: cmd.collects.clone(),
+        redirects: cmd.redirects.clone(),
+        noexec: cmd.noexec.clone(),
     })
 }

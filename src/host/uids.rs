@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::layout::{self, NEW_PREFIX, WARM_PREFIX};
+use crate::layout::{self, BOXES_DIR, BOX_LEASE_PREFIX, NEW_PREFIX, WARM_PREFIX};
 
 /// Directory under the state root holding one lease file per uid in use.
 pub(crate) const UIDS_DIR: &str = ".uids";
@@ -167,6 +167,30 @@ impl UidRange {
     }
 }
 
+/// Leases exactly `uid` for `owner` (a box's): `Ok(true)` when it is now `owner`'s, or was
+/// already; `Ok(false)` when another owner holds it.
+pub(crate) fn lease_exact(root: &Path, uid: u32, owner: &str) -> io::Result<bool> {
+    let path = lease_path(root, uid);
+    fs::create_dir_all(root.join(UIDS_DIR))?;
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            if let Err(e) = file.write_all(owner.as_bytes()) {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Ok(fs::read_to_string(&path).is_ok_and(|o| o == owner))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The lease file of `uid` under `root`.
 fn lease_path(root: &Path, uid: u32) -> PathBuf {
     root.join(UIDS_DIR).join(uid.to_string())
@@ -212,11 +236,17 @@ pub(crate) fn stale(root: &Path, in_use: impl FnOnce() -> Vec<u32>) -> Vec<u32> 
             continue;
         };
         let owner = fs::read_to_string(e.path()).unwrap_or_default();
-        let alive = match layout::owner_of(&owner, NEW_PREFIX)
-            .or_else(|| layout::owner_of(&owner, WARM_PREFIX))
-        {
-            Some(process) => process.is_alive(),
-            None => crate::config::validate_id(&owner).is_ok() && root.join(&owner).exists(),
+        let process =
+            layout::owner_of(&owner, NEW_PREFIX).or_else(|| layout::owner_of(&owner, WARM_PREFIX));
+        let alive = match (process, owner.strip_prefix(BOX_LEASE_PREFIX)) {
+            (Some(process), _) => process.is_alive(),
+            // A box holds its uid from init to cleanup.
+            (None, Some(n)) => {
+                n.parse::<u32>().is_ok() && root.join(BOXES_DIR).join(n).join("box.json").exists()
+            }
+            (None, None) => {
+                crate::config::validate_id(&owner).is_ok() && root.join(&owner).exists()
+            }
         };
         if !alive {
             orphaned.push(uid);

@@ -74,7 +74,7 @@ pub(crate) fn build(
             .map_err(spec_error)
     };
     let mut rlimits = vec![
-        rlimit(PosixRlimitType::RlimitCore, 0)?,
+        rlimit(PosixRlimitType::RlimitCore, limits.core_bytes)?,
         rlimit(PosixRlimitType::RlimitNofile, limits.open_files)?,
         rlimit(PosixRlimitType::RlimitFsize, limits.file_size_bytes)?,
         // Budgets the kernel keeps per uid: bounded whatever the host's defaults.
@@ -173,13 +173,17 @@ pub(crate) fn build(
     let all_binds = (trees.iter().chain(&cfg.binds).map(|b| (b, ro)))
         .chain(cfg.rw_binds.iter().map(|b| (b, rw)));
     for ((src, dest), options) in all_binds {
+        let mut options = options.to_vec();
+        if cfg.noexec.contains(dest) {
+            options.extend(["noexec", "rnoexec"]);
+        }
         let src = src.to_str().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidConfig,
                 format!("bind source {src:?} is not utf-8"),
             )
         })?;
-        mounts.push(mount(dest, "bind", src, options)?);
+        mounts.push(mount(dest, "bind", src, &options)?);
     }
 
     let namespaces = [

@@ -6,6 +6,9 @@
 //! `-` included; `runbox run [OPTIONS] -- PROGRAM [ARGS...]` works too. `-e K=V` adds to the
 //! default environment (`PATH` only); `--env-clear` starts from an empty one.
 //!
+//! `runbox isolate [OPTIONS] COMMAND`, or this binary invoked as `isolate`, is isolate's
+//! command line (see `isolate.rs`).
+//!
 //! Exit status without `--json`: the program's exit code, 128+N if it died of signal N, 125 if
 //! runbox itself failed. With `--json`: 0 when a result was produced, 125 otherwise.
 
@@ -15,6 +18,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::Signal;
+
+mod isolate;
 
 #[derive(Parser)]
 #[command(
@@ -294,6 +299,15 @@ fn build_command(a: &SandboxArgs) -> Result<runbox::Command, Failure> {
 
 fn main() -> ExitCode {
     runbox::monitor_main();
+    // isolate's command line: `runbox isolate ...`, or this binary run as `isolate`.
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a));
+    if invoked_as == Some("isolate") {
+        return isolate::main(&argv[1..]);
+    }
+    if argv.get(1).map(String::as_str) == Some("isolate") {
+        return isolate::main(&argv[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
