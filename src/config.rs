@@ -165,8 +165,8 @@ impl Limits {
         if self.open_files < 8 {
             return bad(format!("open files {} must be at least 8", self.open_files));
         }
-        if self.address_space_bytes.is_some_and(|b| b < 4 * MIB) {
-            return bad("address space limit must be at least 4 MiB".into());
+        if self.address_space_bytes.is_some_and(|b| b < 64 * 1024) {
+            return bad("address space limit must be at least 64 KiB".into());
         }
         if self.stack_bytes.is_some_and(|b| b < 64 * 1024) {
             return bad("stack limit must be at least 64 KiB".into());
@@ -199,6 +199,32 @@ pub enum Stdin {
     Bytes(Vec<u8>),
     /// The contents of this host file, copied into the sandbox's state when it is created.
     File(PathBuf),
+    /// The launching process's own standard input (fd 0) at launch, handed to the program
+    /// as it is: a file or a pipe, never a terminal (a terminal fails the launch). The
+    /// program reads the caller's file itself, as isolate's programs do; it can reopen it
+    /// through `/proc/self/fd/0` with whatever access its uid has to that file.
+    Inherit,
+}
+
+/// Where the program's stdout or stderr goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Output {
+    /// Captured by the monitor into the verdict, bounded by [`Limits::output_bytes`] (the
+    /// default).
+    #[default]
+    Capture,
+    /// The launching process's own descriptor (fd 1 or 2) at launch, handed to the program:
+    /// a file or a pipe, never a terminal (a terminal fails the launch). Not captured and not
+    /// counted against the output limit; a file is bounded by [`Limits::file_size_bytes`].
+    Inherit,
+}
+
+impl Output {
+    fn is_capture(&self) -> bool {
+        *self == Output::Capture
+    }
 }
 
 /// Standard streams opened inside the sandbox (isolate's `--stdin`, `--stdout`, `--stderr`):
@@ -290,9 +316,31 @@ pub(crate) struct SandboxConfig {
     /// Sandbox paths of binds mounted `noexec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub noexec: Vec<String>,
+    /// Where stdout goes (the launcher's descriptor arrives with the launch).
+    #[serde(default, skip_serializing_if = "Output::is_capture")]
+    pub stdout: Output,
+    /// Where stderr goes.
+    #[serde(default, skip_serializing_if = "Output::is_capture")]
+    pub stderr: Output,
 }
 
 impl SandboxConfig {
+    /// Which of the launcher's descriptors 0, 1, 2 the sandbox takes, in that order: they
+    /// travel with the launch (see [`crate::proto::StreamFds`]).
+    pub fn inherited_streams(&self) -> Vec<i32> {
+        let mut fds = Vec::new();
+        if self.stdin == Stdin::Inherit {
+            fds.push(0);
+        }
+        if self.stdout == Output::Inherit {
+            fds.push(1);
+        }
+        if self.stderr == Output::Inherit {
+            fds.push(2);
+        }
+        fds
+    }
+
     /// What a container built ahead of its request must share with the request to serve it:
     /// everything fixed when libcontainer builds the container (image, user, hostname, binds,
     /// memory, pids, cpuset, CFS period, rlimits, scratch and shm sizes). The parts applied per
@@ -309,6 +357,8 @@ impl SandboxConfig {
         shape.copies = Vec::new();
         shape.collects = Vec::new();
         shape.redirects = Redirects::default();
+        shape.stdout = Output::Capture;
+        shape.stderr = Output::Capture;
         // Any uid of the range serves a request for one (the request takes the spare's).
         if shape.uid_leased {
             shape.user = User::default();
@@ -343,6 +393,8 @@ impl SandboxConfig {
             collects: Vec::new(),
             redirects: Redirects::default(),
             noexec: Vec::new(),
+            stdout: Output::Capture,
+            stderr: Output::Capture,
         }
     }
 }
@@ -369,6 +421,8 @@ pub struct Command {
     pub(crate) collects: Vec<(String, PathBuf)>,
     pub(crate) redirects: Redirects,
     pub(crate) noexec: Vec<String>,
+    pub(crate) stdout: Output,
+    pub(crate) stderr: Output,
 }
 
 impl Command {
@@ -397,6 +451,8 @@ impl Command {
             collects: Vec::new(),
             redirects: Redirects::default(),
             noexec: Vec::new(),
+            stdout: Output::Capture,
+            stderr: Output::Capture,
         }
     }
 
@@ -462,6 +518,18 @@ impl Command {
     /// Sets the program's standard input.
     pub fn stdin(&mut self, stdin: Stdin) -> &mut Self {
         self.stdin = stdin;
+        self
+    }
+
+    /// Sets where the program's stdout goes (default [`Output::Capture`]).
+    pub fn stdout(&mut self, out: Output) -> &mut Self {
+        self.stdout = out;
+        self
+    }
+
+    /// Sets where the program's stderr goes (default [`Output::Capture`]).
+    pub fn stderr(&mut self, out: Output) -> &mut Self {
+        self.stderr = out;
         self
     }
 

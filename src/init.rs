@@ -109,28 +109,47 @@ impl SandboxInit {
         let exe = c(&req.exe)?;
         let argv = req.args.iter().map(c).collect::<Result<Vec<_>, _>>()?;
         let envp = req.env.iter().map(c).collect::<Result<Vec<_>, _>>()?;
-        sys::spawn_clean(&exe, &argv, &envp)
+        let spawned = match req.address_space_bytes {
+            Some(limit) => sys::spawn_clean_limited(&exe, &argv, &envp, limit),
+            None => sys::spawn_clean(&exe, &argv, &envp),
+        };
+        spawned
             .map(Pid::from_raw)
             .map_err(|e| format!("execve {}: {e}", req.exe))
     }
 
-    /// Takes the program request and makes the init's state the program's: stdin, working
-    /// directory (entered as the sandbox's user, who must be able to search it), CPU rlimit
-    /// (at most the hard limit the init has).
+    /// Takes the program request and makes the init's state the program's: stdin (and
+    /// stdout and stderr when the request brings them), working directory (entered as the
+    /// sandbox's user, who must be able to search it), streams opened inside, CPU and stack
+    /// rlimits (at most the hard limits the init has).
     fn take_request(request: OwnedFd) -> Result<ProgramRequest, String> {
-        let (req, stdin) = ProgramRequest::receive(&request)?;
+        let (req, streams) = ProgramRequest::receive(&request)?;
         drop(request);
-        nix::unistd::dup2(stdin.as_raw_fd(), 0).map_err(|e| format!("dup2 stdin: {e}"))?;
-        drop(stdin);
+        let targets = [
+            Some(0),
+            req.stdout_fd.then_some(1),
+            req.stderr_fd.then_some(2),
+        ];
+        for (fd, target) in streams.iter().zip(targets.into_iter().flatten()) {
+            nix::unistd::dup2(fd.as_raw_fd(), target)
+                .map_err(|e| format!("dup2 onto {target}: {e}"))?;
+        }
+        drop(streams);
         nix::unistd::chdir(req.cwd.as_str()).map_err(|e| format!("chdir {}: {e}", req.cwd))?;
         Self::open_redirects(&req)?;
-        if let Some(secs) = req.cpu_rlimit_secs {
-            use nix::sys::resource::{getrlimit, setrlimit, Resource};
-            // Lowering needs no privilege; the init has none left to raise it.
-            let (_, hard) = getrlimit(Resource::RLIMIT_CPU).unwrap_or((u64::MAX, u64::MAX));
-            let secs = secs.min(hard);
-            setrlimit(Resource::RLIMIT_CPU, secs, secs)
-                .map_err(|e| format!("set RLIMIT_CPU: {e}"))?;
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        // RLIMIT_STACK applies to the stack of the next exec'd image, not to the init's own;
+        // RLIMIT_AS is set in the program's process (`sys::spawn_clean_limited`).
+        let lowered = [
+            (Resource::RLIMIT_CPU, req.cpu_rlimit_secs, "RLIMIT_CPU"),
+            (Resource::RLIMIT_STACK, req.stack_bytes, "RLIMIT_STACK"),
+        ];
+        for (res, value, name) in lowered {
+            let Some(value) = value else { continue };
+            // Lowering needs no privilege; the init has none left to raise a limit.
+            let (_, hard) = getrlimit(res).unwrap_or((u64::MAX, u64::MAX));
+            let value = value.min(hard);
+            setrlimit(res, value, value).map_err(|e| format!("set {name}: {e}"))?;
         }
         Ok(req)
     }
@@ -158,23 +177,6 @@ impl SandboxInit {
         }
         if r.stderr_to_stdout {
             nix::unistd::dup2(1, 2).map_err(|e| format!("dup2 stdout to stderr: {e}"))?;
-        }
-        Ok(())
-    }
-
-    /// Lowers RLIMIT_AS and RLIMIT_STACK to the program's just before it is spawned: the
-    /// init, cloned from the monitor, maps more than a small address-space limit allows, and
-    /// only its spawn still allocates.
-    fn program_rlimits(req: &ProgramRequest) -> Result<(), String> {
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        for (res, value, name) in [
-            (Resource::RLIMIT_AS, req.address_space_bytes, "RLIMIT_AS"),
-            (Resource::RLIMIT_STACK, req.stack_bytes, "RLIMIT_STACK"),
-        ] {
-            let Some(value) = value else { continue };
-            let (_, hard) = getrlimit(res).unwrap_or((u64::MAX, u64::MAX));
-            let value = value.min(hard);
-            setrlimit(res, value, value).map_err(|e| format!("set {name}: {e}"))?;
         }
         Ok(())
     }
@@ -267,9 +269,6 @@ impl Executor for SandboxInit {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
         // The seccomp filter (installed in `validate`) is inherited by the program.
-        if let Err(e) = Self::program_rlimits(&req) {
-            ch.fail(&InitStatus::Failed(e), 127);
-        }
         match Self::spawn_program(&req) {
             Ok(child) => {
                 ch.mark("spawned");

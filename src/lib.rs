@@ -80,7 +80,7 @@ mod process_model;
 mod proto;
 mod verdict;
 
-pub use config::{Command, Limits, Stdin, User, DEFAULT_PATH};
+pub use config::{Command, Limits, Output, Stdin, User, DEFAULT_PATH};
 pub use controller::boxes::WorkBox;
 pub use controller::exec::MONITOR_BIN;
 pub use controller::gc::GcReport;

@@ -14,12 +14,12 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Redirects, SandboxConfig};
+use crate::config::{Output, Redirects, SandboxConfig};
 use crate::error::{Error, ErrorKind};
 use crate::host::proc::ProcIdentity;
 use crate::host::state::ExitRecord;
@@ -211,6 +211,89 @@ impl SpareRequest {
     }
 }
 
+/// The line an exec'd monitor reads on its stdin (a socket) when its sandbox inherits some
+/// of the launcher's descriptors ([`SandboxConfig::inherited_streams`]), which come with it
+/// as `SCM_RIGHTS`, in the order 0, 1, 2. A spare gets them with its [`SpareRequest::Take`]
+/// line instead.
+pub(crate) struct StreamFds;
+
+impl StreamFds {
+    /// The bytes of the line.
+    pub const WIRE: &'static [u8] = b"streams\n";
+
+    /// Sends the line with `fds` on `sock`.
+    pub fn send(sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        match sys::send_with_fds(sock, Self::WIRE, fds, true)? {
+            n if n == Self::WIRE.len() => Ok(()),
+            _ => Err(io::Error::other("streams line sent in part")),
+        }
+    }
+
+    /// Reads the line from `lines` and returns the `count` descriptors sent with it.
+    pub fn receive(lines: &mut LineReader<'_>, count: usize) -> Result<Vec<OwnedFd>, String> {
+        match lines.next_line() {
+            Ok(Some(line)) if line.as_bytes() == Self::WIRE => {}
+            Ok(Some(line)) => return Err(format!("expected the streams line, got {line:?}")),
+            Ok(None) => return Err("the launcher closed the socket before the streams".into()),
+            Err(e) => return Err(format!("read the streams: {e}")),
+        }
+        let fds = lines.take_fds();
+        if fds.len() != count {
+            return Err(format!("{} descriptors came, not {count}", fds.len()));
+        }
+        Ok(fds)
+    }
+}
+
+/// Reads newline-ended lines from a stream socket with `recvmsg`, keeping the descriptors
+/// that come along (a buffered reader's `read` would close them). Descriptors are not tied
+/// to a line: the protocols above send them only with the last line a reader takes.
+pub(crate) struct LineReader<'a> {
+    sock: BorrowedFd<'a>,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl<'a> LineReader<'a> {
+    /// A reader of `sock`.
+    pub fn new(sock: BorrowedFd<'a>) -> Self {
+        LineReader {
+            sock,
+            buf: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+
+    /// The next line, newline included; `None` at end of file (a partial last line is
+    /// dropped). Lines longer than [`MAX_SPARE_LINE`] are an error.
+    pub fn next_line(&mut self) -> io::Result<Option<String>> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            if self.buf.len() > MAX_SPARE_LINE {
+                return Err(io::Error::other("line too long"));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match sys::recv_with_fds(self.sock, &mut chunk) {
+                Ok((0, _)) => return Ok(None),
+                Ok((n, fds)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.fds.extend(fds);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The descriptors received so far, in order.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+}
+
 /// An error as it crosses a process boundary: kind, message and causes, rebuilt on the other
 /// side into the same [`Error`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,6 +473,12 @@ pub(crate) struct ProgramRequest {
     /// Standard streams the init opens inside the sandbox.
     #[serde(default, skip_serializing_if = "Redirects::is_empty")]
     pub redirects: Redirects,
+    /// The request carries the program's stdout (the launcher's), after its stdin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_fd: bool,
+    /// The request carries the program's stderr, after stdin and stdout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_fd: bool,
 }
 
 impl ProgramRequest {
@@ -404,28 +493,23 @@ impl ProgramRequest {
             address_space_bytes: cfg.limits.address_space_bytes,
             stack_bytes: cfg.limits.stack_bytes,
             redirects: cfg.redirects.clone(),
+            stdout_fd: cfg.stdout == Output::Inherit,
+            stderr_fd: cfg.stderr == Output::Inherit,
         }
     }
 
-    /// Sends the request, with `stdin` attached to its first byte. The init reads it only
-    /// once started: call this after `start`.
-    pub fn send(&self, sock: &OwnedFd, stdin: &OwnedFd) -> io::Result<()> {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    /// Sends the request, with the program's streams attached to its first byte: stdin,
+    /// then stdout if [`ProgramRequest::stdout_fd`], then stderr if
+    /// [`ProgramRequest::stderr_fd`]. The init reads it only once started: call this after
+    /// `start`.
+    pub fn send(&self, sock: &OwnedFd, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        use nix::sys::socket::MsgFlags;
         let body = serde_json::to_vec(self).map_err(io::Error::other)?;
         let len = u32::try_from(body.len()).map_err(io::Error::other)?;
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(&body);
-        let fds = [stdin.as_raw_fd()];
-        let iov = [io::IoSlice::new(&frame)];
-        let sent = sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(io::Error::from)?;
+        let sent = sys::send_with_fds(sock.as_fd(), &frame, fds, false)?;
         let mut rest = &frame[sent..];
         while !rest.is_empty() {
             match nix::sys::socket::send(sock.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
@@ -437,11 +521,12 @@ impl ProgramRequest {
         Ok(())
     }
 
-    /// Reads one request from the socket `sock`: the request and its stdin.
-    pub fn receive(sock: &impl AsFd) -> Result<(Self, OwnedFd), String> {
+    /// Reads one request from the socket `sock`: the request and its streams (stdin first,
+    /// then those the request says were sent).
+    pub fn receive(sock: &impl AsFd) -> Result<(Self, Vec<OwnedFd>), String> {
         let mut buf = vec![0u8; 4096];
         let mut have = 0;
-        let mut stdin = None;
+        let mut streams = Vec::new();
         let mut want = None;
         loop {
             if have == buf.len() {
@@ -451,9 +536,7 @@ impl ProgramRequest {
             }
             let (n, fds) = sys::recv_with_fds(sock.as_fd(), &mut buf[have..])
                 .map_err(|e| format!("read the program request: {e}"))?;
-            if stdin.is_none() {
-                stdin = fds.into_iter().next();
-            }
+            streams.extend(fds);
             if n == 0 {
                 return Err("the monitor closed the request socket".to_string());
             }
@@ -473,8 +556,14 @@ impl ProgramRequest {
         let end = want.unwrap_or(have);
         let req: ProgramRequest = serde_json::from_slice(&buf[4..end])
             .map_err(|e| format!("decode the program request: {e}"))?;
-        let stdin = stdin.ok_or("the program request came without stdin")?;
-        Ok((req, stdin))
+        let expected = 1 + usize::from(req.stdout_fd) + usize::from(req.stderr_fd);
+        if streams.len() != expected {
+            return Err(format!(
+                "the program request came with {} descriptors, not {expected}",
+                streams.len()
+            ));
+        }
+        Ok((req, streams))
     }
 }
 
@@ -607,8 +696,91 @@ mod tests {
         );
     }
 
+    /// An unlinked temporary file holding `text`, positioned at its start.
+    fn temp_with(text: &str) -> std::fs::File {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rb-proto-{}-{n}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.rewind().unwrap();
+        file
+    }
+
+    fn contents(fd: OwnedFd) -> String {
+        let mut text = String::new();
+        let mut file = std::fs::File::from(fd);
+        file.rewind().unwrap();
+        file.read_to_string(&mut text).unwrap();
+        text
+    }
+
     #[test]
-    fn a_program_request_crosses_the_socket_whole_with_its_stdin() {
+    fn streams_sent_with_a_spare_line_arrive_with_it_after_a_warm_line() {
+        let (controller, spare) = sys::stream_socket_pair().unwrap();
+        let warm = SpareRequest::Warm {
+            cgroup_path: "/runbox/_warm-1".into(),
+            shape: Box::new(SandboxConfig::for_tests()),
+        };
+        let take = SpareRequest::Take {
+            mode: Mode::Run,
+            dir: "/run/runbox/a b".into(),
+        };
+        let (a, b) = (temp_with("zero"), temp_with("one"));
+        sys::send_with_fds(
+            controller.as_fd(),
+            warm.encode().unwrap().as_bytes(),
+            &[],
+            false,
+        )
+        .unwrap();
+        sys::send_with_fds(
+            controller.as_fd(),
+            take.encode().unwrap().as_bytes(),
+            &[a.as_fd(), b.as_fd()],
+            false,
+        )
+        .unwrap();
+        // Both lines are queued before the first read: the descriptors must survive it.
+        let mut lines = LineReader::new(spare.as_fd());
+        let first = lines.next_line().unwrap().unwrap();
+        assert_eq!(SpareRequest::parse(&first).unwrap(), warm);
+        let second = lines.next_line().unwrap().unwrap();
+        assert_eq!(SpareRequest::parse(&second).unwrap(), take);
+        let fds = lines.take_fds();
+        assert_eq!(fds.len(), 2);
+        let texts: Vec<String> = fds.into_iter().map(contents).collect();
+        assert_eq!(texts, ["zero", "one"]);
+        drop(controller);
+        assert!(lines.next_line().unwrap().is_none(), "end of file");
+    }
+
+    #[test]
+    fn a_streams_line_brings_exactly_its_descriptors() {
+        let (controller, monitor) = sys::stream_socket_pair().unwrap();
+        let out = temp_with("");
+        StreamFds::send(controller.as_fd(), &[out.as_fd()]).unwrap();
+        let mut lines = LineReader::new(monitor.as_fd());
+        let fds = StreamFds::receive(&mut lines, 1).unwrap();
+        assert_eq!(fds.len(), 1);
+        StreamFds::send(controller.as_fd(), &[out.as_fd()]).unwrap();
+        let err = StreamFds::receive(&mut lines, 2).unwrap_err();
+        assert!(err.contains("not 2"), "{err}");
+        drop(controller);
+        assert!(StreamFds::receive(&mut lines, 1)
+            .unwrap_err()
+            .contains("closed"));
+    }
+
+    #[test]
+    fn a_program_request_crosses_the_socket_whole_with_its_streams() {
         let (monitor, init) = sys::stream_socket_pair().unwrap();
         let req = ProgramRequest {
             exe: "/bin/sh".into(),
@@ -626,29 +798,20 @@ mod tests {
                 stderr_to_stdout: true,
                 ..Redirects::default()
             },
+            stdout_fd: false,
+            stderr_fd: true,
         };
-        let path = std::env::temp_dir().join(format!("rb-req-{}", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file.write_all(b"the stdin").unwrap();
-        file.rewind().unwrap();
-        let stdin = OwnedFd::from(file);
+        let stdin = OwnedFd::from(temp_with("the stdin"));
+        let stderr = OwnedFd::from(temp_with("the stderr"));
         let sender = {
             let req = req.clone();
-            std::thread::spawn(move || req.send(&monitor, &stdin))
+            std::thread::spawn(move || req.send(&monitor, &[stdin.as_fd(), stderr.as_fd()]))
         };
-        let (got, fd) = ProgramRequest::receive(&init).unwrap();
+        let (got, fds) = ProgramRequest::receive(&init).unwrap();
         sender.join().unwrap().unwrap();
         assert_eq!(got, req);
-        let mut text = String::new();
-        std::fs::File::from(fd).read_to_string(&mut text).unwrap();
-        assert_eq!(text, "the stdin");
+        let texts: Vec<String> = fds.into_iter().map(contents).collect();
+        assert_eq!(texts, ["the stdin", "the stderr"]);
     }
 
     #[test]

@@ -139,10 +139,17 @@ impl Verdict {
         if let Some(st) = status {
             line("status", st.to_string());
         }
-        let msg = match self.status {
-            Status::TimeLimit => Some("Time limit exceeded"),
-            Status::WallTimeLimit => Some("Time limit exceeded (wall clock)"),
-            _ => self.message.as_deref(),
+        // isolate's own wording where isolate has the case.
+        let msg = match (self.status, self.exit_code, self.signal) {
+            (Status::TimeLimit, _, _) => Some("Time limit exceeded".to_string()),
+            (Status::WallTimeLimit, _, _) => Some("Time limit exceeded (wall clock)".to_string()),
+            (Status::RuntimeError, Some(code), _) => {
+                Some(format!("Exited with error status {code}"))
+            }
+            (Status::Signaled | Status::MemoryLimit, _, Some(sig)) => {
+                Some(format!("Caught fatal signal {sig}"))
+            }
+            _ => self.message.clone(),
         };
         if let Some(msg) = msg {
             line("message", msg.replace('\n', " "));

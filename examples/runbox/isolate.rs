@@ -83,7 +83,6 @@ fn refusal(long: &str) -> Option<&'static str> {
             "runbox sandboxes have no network yet; --share-net would give them the host's"
         }
         "quota" => "disk quotas are not offered; bound what a run writes with --fsize",
-        "no-cg-timing" => "runbox always times the whole control group",
         "inherit-fds" => "runbox passes a sandbox no descriptor but its three streams",
         "tty-hack" => "runbox never gives a sandbox the caller's terminal",
         "special-files" => {
@@ -254,7 +253,9 @@ impl Request {
                     r.box_id = u32::try_from(number(name, &v)?).map_err(|e| Usage(e.to_string()))?
                 }
                 "cg" => r.cg = true,
-                "cg-timing" => {}
+                // runbox always times the whole control group (the program and every
+                // process it starts); isolate without it times the program's process tree.
+                "cg-timing" | "no-cg-timing" => {}
                 "cg-mem" => {
                     r.cg_mem_kb = Some(number(name, &v)?);
                     r.wants_cg.push(name);
@@ -497,27 +498,30 @@ fn apply_dirs(cmd: &mut runbox::Command, req: &Request, box_dir: &Path) -> Resul
         let mut rw = false;
         let mut noexec = false;
         let mut maybe = false;
+        let mut tmp = false;
         for o in &options {
             match o.as_str() {
                 "rw" => rw = true,
                 "noexec" => noexec = true,
                 "maybe" => maybe = true,
-                "tmp" if dest == "/tmp" => {}
+                // A fresh temporary directory: runbox gives each run its own /tmp and
+                // /dev/shm (size-capped tmpfs) already.
+                "tmp" if dest == "/tmp" || dest == "/dev/shm" => tmp = true,
                 "fs" if dest == "/proc" => {}
                 "dev" if dest == "/dev" => {}
                 "tmp" => {
                     return Err(Fatal(format!(
-                        "--dir={dest}:tmp is not supported: only /tmp is a temporary directory (each run's own)"
+                        "--dir={dest}:tmp is not supported: only /tmp and /dev/shm are temporary directories (each run's own)"
                     )))
                 }
                 "fs" => {
                     return Err(Fatal(format!(
-                        "--dir={dest}:fs is not supported: runbox mounts /proc, /sys, /dev and /tmp itself"
+                        "--dir={dest}:fs is not supported: runbox mounts /proc, /sys, /dev, /dev/shm and /tmp itself"
                     )))
                 }
                 "dev" => {
                     return Err(Fatal(format!(
-                        "--dir={dest}:dev is not supported: runbox gives each sandbox its own minimal /dev"
+                        "--dir={dest}:dev is not supported: runbox binds every directory nodev and gives each sandbox its own minimal /dev"
                     )))
                 }
                 "norec" => {
@@ -528,8 +532,8 @@ fn apply_dirs(cmd: &mut runbox::Command, req: &Request, box_dir: &Path) -> Resul
                 other => return Err(Fatal(format!("Unknown option {other} in --dir={dest}"))),
             }
         }
-        if matches!(dest.as_str(), "/tmp" | "/proc" | "/dev") && !noexec {
-            // runbox's own: a private /tmp (writable, size-capped), its /proc and its /dev.
+        // runbox's own /proc and /dev, and a private /tmp or /dev/shm asked for as one.
+        if tmp || dest == "/proc" || dest == "/dev" {
             continue;
         }
         let is_default_tree = matches!(dest.as_str(), "/bin" | "/lib" | "/lib64" | "/usr")
@@ -606,14 +610,35 @@ fn run(root: &runbox::Root, req: &Request, program: &[String]) -> Result<ExitCod
     for (k, v) in environment(req) {
         cmd.env(k, v);
     }
-    if let Some(p) = &req.stdin {
-        cmd.stdin_inside(inside(p));
+    // Streams not redirected are the caller's, as in isolate, except a terminal: the
+    // program then reads nothing and its output is printed when it ends.
+    let terminal = |fd: i32| nix::unistd::isatty(fd).unwrap_or(true);
+    match &req.stdin {
+        Some(p) => {
+            cmd.stdin_inside(inside(p));
+        }
+        None if !terminal(0) => {
+            cmd.stdin(runbox::Stdin::Inherit);
+        }
+        None => {}
     }
-    if let Some(p) = &req.stdout {
-        cmd.stdout_inside(inside(p));
+    match &req.stdout {
+        Some(p) => {
+            cmd.stdout_inside(inside(p));
+        }
+        None if !terminal(1) => {
+            cmd.stdout(runbox::Output::Inherit);
+        }
+        None => {}
     }
-    if let Some(p) = &req.stderr {
-        cmd.stderr_inside(inside(p));
+    match &req.stderr {
+        Some(p) => {
+            cmd.stderr_inside(inside(p));
+        }
+        None if !req.stderr_to_stdout && !terminal(2) => {
+            cmd.stderr(runbox::Output::Inherit);
+        }
+        None => {}
     }
     if req.stderr_to_stdout {
         cmd.stderr_to_stdout();

@@ -4,19 +4,19 @@
 
 use std::fs;
 use std::io::BufReader;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Command, Stdin, User};
+use crate::config::{Command, SandboxConfig, Stdin, User};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::proc::ProcIdentity;
 use crate::host::state::SandboxRecord;
 use crate::host::{cgroup, state, uids};
 use crate::layout::{Layout, NEW_PREFIX};
-use crate::proto::{Mode, MonitorArgs};
+use crate::proto::{Mode, MonitorArgs, StreamFds};
 
 use super::exec::{no_writer, read_first_report, reap, spawn_monitor};
 use super::resolve::resolve;
@@ -34,6 +34,7 @@ impl Root {
         remove_on_exit: bool,
     ) -> Result<Sandbox> {
         let mut cfg = resolve(cmd, || self.host_image())?;
+        let streams = inherited_streams(&cfg)?;
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::own()
             .map_err(|e| Error::with_source(ErrorKind::Io, "identify this process", e))?;
@@ -103,7 +104,7 @@ impl Root {
         let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
         let _enter = span.enter();
         self.inner.spares.remember_shape(shape);
-        match self.start_monitor(&layout, &monitor, mode, spare) {
+        match self.start_monitor(&layout, &monitor, mode, spare, &streams) {
             Ok(report) => Ok(Sandbox::launched(id, layout, report)),
             Err(e) => {
                 // A monitor that reported its failure has rolled back; one that died without a
@@ -152,7 +153,8 @@ impl Root {
             Stdin::File(path) => fs::copy(path, layout.stdin())
                 .map(drop)
                 .map_err(|e| Error::io("copy stdin from", path, e)),
-            Stdin::Null => Ok(()),
+            // Null, Inherit (the descriptor goes with the launch).
+            _ => Ok(()),
         };
         match written {
             Ok(()) => Ok(tmp),
@@ -232,19 +234,22 @@ impl Root {
         ))
     }
 
-    /// Hands the sandbox to `spare` if given and alive, else execs a new monitor; then reads
-    /// the monitor's first report and tops the spares up again. Returns the report pipe.
+    /// Hands the sandbox to `spare` if given and alive, else execs a new monitor, with the
+    /// caller's descriptors it inherits (`streams`); then reads the monitor's first report
+    /// and tops the spares up again. Returns the report pipe.
     fn start_monitor(
         &self,
         layout: &Layout,
         monitor: &Path,
         mode: Mode,
         spare: Option<Spare>,
+        streams: &[OwnedFd],
     ) -> Result<BufReader<fs::File>> {
+        let streams: Vec<BorrowedFd<'_>> = streams.iter().map(AsFd::as_fd).collect();
         let result = match spare {
             Some(spare) => {
                 let warm_cgroup = spare.warm_cgroup().map(str::to_string);
-                let taken = spare.hand_over(layout, mode).map(|reader| {
+                let taken = spare.hand_over(layout, mode, &streams).map(|reader| {
                     let probe = reader.get_ref().try_clone().ok();
                     (read_first_report(layout, reader, None), probe)
                 });
@@ -265,11 +270,11 @@ impl Root {
                         if let Some(path) = warm_cgroup {
                             let _ = cgroup::kill_and_remove(&path);
                         }
-                        exec_monitor(layout, monitor, mode, self.monitors_cgroup())
+                        exec_monitor(layout, monitor, mode, self.monitors_cgroup(), &streams)
                     }
                 }
             }
-            None => exec_monitor(layout, monitor, mode, self.monitors_cgroup()),
+            None => exec_monitor(layout, monitor, mode, self.monitors_cgroup(), &streams),
         };
         if result.is_ok() {
             self.inner.spares.replenish(&self.spare_target(monitor));
@@ -278,12 +283,15 @@ impl Root {
     }
 }
 
-/// Execs a new monitor for the sandbox at `layout` and reads its first report.
+/// Execs a new monitor for the sandbox at `layout`, sends it the caller's descriptors the
+/// sandbox inherits (`streams`, on a socket that is the monitor's stdin) and reads its first
+/// report.
 fn exec_monitor(
     layout: &Layout,
     monitor: &Path,
     mode: Mode,
     cgroup: Option<BorrowedFd<'_>>,
+    streams: &[BorrowedFd<'_>],
 ) -> Result<BufReader<fs::File>> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
@@ -291,11 +299,61 @@ fn exec_monitor(
         dir: layout.dir.clone(),
         mode,
     };
-    let mut first = spawn_monitor(monitor, &args, None, Some(report_w), cgroup)?;
+    let (socket, monitor_stdin) = if streams.is_empty() {
+        (None, None)
+    } else {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (mine, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::with_source(ErrorKind::Io, "create the streams socket", e))?;
+        (Some(mine), Some(theirs))
+    };
+    let mut first = spawn_monitor(monitor, &args, monitor_stdin, Some(report_w), cgroup)?;
+    if let Some(socket) = &socket {
+        // A small message into an empty socket buffer: it does not block. A monitor that
+        // died already shows in its report below.
+        let _ = StreamFds::send(socket.as_fd(), streams);
+    }
     let status = reap(&mut first)?;
     read_first_report(
         layout,
         BufReader::new(fs::File::from(report_r)),
         Some(status),
     )
+}
+
+/// Duplicates the caller's descriptors among 0, 1, 2 that `cfg` inherits, refusing a
+/// terminal (runbox never hands a sandbox the caller's terminal: TIOCSTI and job control
+/// would reach the caller's session) or a closed descriptor.
+fn inherited_streams(cfg: &SandboxConfig) -> Result<Vec<OwnedFd>> {
+    cfg.inherited_streams()
+        .into_iter()
+        .map(|fd| {
+            let (name, own) = match fd {
+                0 => ("stdin", std::io::stdin().as_fd().try_clone_to_owned()),
+                1 => ("stdout", std::io::stdout().as_fd().try_clone_to_owned()),
+                _ => ("stderr", std::io::stderr().as_fd().try_clone_to_owned()),
+            };
+            let dup = own.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidConfig,
+                    format!("this process's {name} (fd {fd}) cannot be inherited"),
+                    e,
+                )
+            })?;
+            if nix::unistd::isatty(dup.as_raw_fd()).unwrap_or(false) {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "this process's {name} is a terminal: a sandbox never gets the caller's terminal (redirect it, or capture the output)"
+                    ),
+                ));
+            }
+            Ok(dup)
+        })
+        .collect()
 }

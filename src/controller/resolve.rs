@@ -226,5 +226,7 @@ pub(super) fn resolve<'a>(
         collects: cmd.collects.clone(),
         redirects: cmd.redirects.clone(),
         noexec: cmd.noexec.clone(),
+        stdout: cmd.stdout,
+        stderr: cmd.stderr,
     })
 }

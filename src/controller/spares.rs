@@ -5,13 +5,12 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::socket::MsgFlags;
 
 use crate::config::{SandboxConfig, User};
 use crate::error::{Error, ErrorKind, Result};
@@ -107,12 +106,14 @@ impl Spare {
         self.warm.as_ref().map(|w| w.cgroup_path.as_str())
     }
 
-    /// Gives the sandbox at `layout` to the spare: its report reader, or `Err` if the spare
+    /// Gives the sandbox at `layout` to the spare, with the launcher's descriptors it
+    /// inherits (`streams`, sent with the request): its report reader, or `Err` if the spare
     /// is gone.
     pub fn hand_over(
         mut self,
         layout: &Layout,
         mode: Mode,
+        streams: &[BorrowedFd<'_>],
     ) -> std::result::Result<BufReader<File>, ()> {
         if let Some(first) = self.first.as_mut() {
             let _ = reap(first);
@@ -121,7 +122,7 @@ impl Spare {
             mode,
             dir: layout.dir.clone(),
         };
-        if send_request(&self.request, &request) {
+        if send_request(&self.request, &request, streams) {
             Ok(self.report)
         } else {
             Err(())
@@ -131,18 +132,14 @@ impl Spare {
 
 /// Writes `request` whole to a spare's socket without blocking or raising SIGPIPE; false if
 /// it could not (the spare is gone, or the line does not fit the socket's buffer).
-fn send_request(socket: &OwnedFd, request: &SpareRequest) -> bool {
+fn send_request(socket: &OwnedFd, request: &SpareRequest, fds: &[BorrowedFd<'_>]) -> bool {
     let Ok(line) = request.encode() else {
         return false;
     };
     if line.len() > MAX_SPARE_LINE {
         return false;
     }
-    let sent = nix::sys::socket::send(
-        socket.as_raw_fd(),
-        line.as_bytes(),
-        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-    );
+    let sent = sys::send_with_fds(socket.as_fd(), line.as_bytes(), fds, true);
     matches!(sent, Ok(n) if n == line.len())
 }
 
@@ -304,13 +301,11 @@ impl Spares {
         let Some(f) = factory.as_ref() else {
             return false;
         };
-        let fds = [request.as_raw_fd(), report.as_raw_fd()];
-        let sent = nix::sys::socket::sendmsg::<()>(
-            f.request.as_raw_fd(),
-            &[std::io::IoSlice::new(FactoryRequest::WIRE)],
-            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-            None,
+        let sent = sys::send_with_fds(
+            f.request.as_fd(),
+            FactoryRequest::WIRE,
+            &[request.as_fd(), report.as_fd()],
+            true,
         );
         if matches!(sent, Ok(n) if n == FactoryRequest::WIRE.len()) {
             return true;
@@ -389,7 +384,7 @@ fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
     };
     // The line must go whole into the socket's buffer (the spare reads it when it can); one
     // that does not fit is not sent, and the spare stays cold.
-    if send_request(&spare.request, &request) {
+    if send_request(&spare.request, &request, &[]) {
         spare.warm = Some(Warm {
             cgroup_path,
             shape,

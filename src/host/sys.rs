@@ -206,6 +206,102 @@ pub(crate) fn spawn_clean(
     }
 }
 
+/// Starts `exe` as [`spawn_clean`] does, with RLIMIT_AS (soft and hard) lowered to
+/// `address_space` in the child just before `execve`, as isolate does: `posix_spawn` maps the
+/// child's stack in the caller first, so a caller whose own address space is larger than the
+/// limit could not spawn under it. The child is a fork of this process (only for this case:
+/// it copies the page tables that `posix_spawn` avoids) and calls only async-signal-safe
+/// functions; an `execve` error comes back over a close-on-exec pipe as this call's error.
+/// Call only from a single-threaded process (the sandbox's init).
+pub(crate) fn spawn_clean_limited(
+    exe: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    envp: &[std::ffi::CString],
+    address_space: u64,
+) -> io::Result<i32> {
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    let limit = libc::rlimit {
+        rlim_cur: address_space,
+        rlim_max: address_space,
+    };
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let err_w_raw = err_w.as_raw_fd();
+    // SAFETY: the caller is single-threaded (documented), so the child's copy of this address
+    // space has no lock another thread holds; the child calls only async-signal-safe
+    // functions on data prepared before the fork (the pointer arrays and CStrings outlive
+    // the call), then execs or `_exit`s, never returning into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child, as described above.
+        unsafe {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            for sig in 1..=64 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                libc::execve(exe.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            }
+            let errno = *libc::__errno_location();
+            libc::write(
+                err_w_raw,
+                (&errno as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>(),
+            );
+            libc::_exit(127);
+        }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(err_w);
+    let mut errno = [0u8; 4];
+    let read = loop {
+        match nix::unistd::read(err_r.as_raw_fd(), &mut errno) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other,
+        }
+    };
+    if matches!(read, Ok(4)) {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+    }
+    Ok(pid)
+}
+
+/// Sends `bytes` on the socket `sock` with `fds` attached (`SCM_RIGHTS`; none if empty),
+/// never raising SIGPIPE; `nonblocking` adds `MSG_DONTWAIT`. Returns the bytes sent (the
+/// descriptors go with the first).
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
+) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut flags = MsgFlags::MSG_NOSIGNAL;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[io::IoSlice::new(bytes)],
+        cmsgs,
+        flags,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
 /// Reads from the stream socket `fd` into `buf`, taking any descriptors sent along with `SCM_RIGHTS` (close-on-exec).
 /// Returns the bytes read and the received descriptors.
 pub(crate) fn recv_with_fds(

@@ -35,7 +35,8 @@ pub(crate) fn main(args: Result<MonitorArgs, String>) -> ! {
         Ok(MonitorArgs::Sandbox { dir, mode }) => {
             process::detach();
             process::redirect_stderr(&dir.join("monitor.log"));
-            let result = Prepared::new(None).and_then(|p| run::run(&dir, mode, &p, None, None));
+            let result =
+                Prepared::new(None).and_then(|p| run::run(&dir, mode, &p, None, None, None));
             process::exit_with(result)
         }
         Ok(MonitorArgs::Spare { root, prefix }) => spare::exec(root, &prefix),

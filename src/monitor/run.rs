@@ -6,7 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
@@ -20,7 +20,7 @@ use crate::host::proc::ProcIdentity;
 use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
 use crate::host::{rootfs, sys};
 use crate::layout::Layout;
-use crate::proto::{Mode, ProgramRequest, Report};
+use crate::proto::{LineReader, Mode, ProgramRequest, Report, StreamFds};
 
 use super::built::{launch as launch_error, Built, Streams};
 use super::finish::finish;
@@ -30,14 +30,27 @@ use super::supervise::{self, Outcome};
 
 /// Runs the sandbox in `dir` to completion and leaves its result in `exit.json`. `warm` is
 /// a container a spare built ahead: used if the record asks for exactly it, else torn down.
+/// `inherited` are the launcher's descriptors the sandbox takes, if they came with the
+/// request (a spare's); an exec'd monitor reads them from its stdin when the record says so.
 pub(super) fn run(
     dir: &Path,
     mode: Mode,
     prepared: &Prepared,
     warm: Option<(Built, Streams)>,
     warm_uid: Option<u32>,
+    inherited: Option<Vec<OwnedFd>>,
 ) -> Result<()> {
     let mut opened = open(dir)?;
+    opened.inherited = match inherited_streams(&opened.record.config, inherited) {
+        Ok(fds) => fds,
+        Err(e) => {
+            drop(warm);
+            if let (Some(uid), Some(root)) = (warm_uid, dir.parent()) {
+                crate::host::uids::release(root, uid);
+            }
+            return Err(e);
+        }
+    };
     leave_controller_cgroups(&opened.record, prepared);
     let cfg = &opened.record.config;
     // The uid a spare held for its pre-built container, if the sandbox does not run as it:
@@ -88,6 +101,38 @@ struct Opened {
     record: SandboxRecord,
     /// What `monitor.json` says now.
     status: MonitorRecord,
+    /// The launcher's descriptors the program takes (stdin, stdout, stderr, those of them
+    /// the record inherits, in that order).
+    inherited: Vec<OwnedFd>,
+}
+
+/// The launcher's descriptors `cfg` inherits: `received` with a spare's request, else read
+/// from this exec'd monitor's stdin (a socket the launcher sends them on).
+fn inherited_streams(
+    cfg: &crate::config::SandboxConfig,
+    received: Option<Vec<OwnedFd>>,
+) -> Result<Vec<OwnedFd>> {
+    let wanted = cfg.inherited_streams().len();
+    let fds = match received {
+        Some(fds) => fds,
+        None if wanted == 0 => Vec::new(),
+        None => {
+            let stdin = std::io::stdin();
+            let mut lines = LineReader::new(stdin.as_fd());
+            StreamFds::receive(&mut lines, wanted)
+                .map_err(|e| Error::new(ErrorKind::LaunchFailed, e))?
+        }
+    };
+    if fds.len() != wanted {
+        return Err(Error::new(
+            ErrorKind::LaunchFailed,
+            format!(
+                "the launch came with {} of the launcher's descriptors, not {wanted}",
+                fds.len()
+            ),
+        ));
+    }
+    Ok(fds)
 }
 
 impl Opened {
@@ -117,6 +162,7 @@ fn open(dir: &Path) -> Result<Opened> {
             phase: MonitorPhase::Creating,
             prebuilt: false,
         },
+        inherited: Vec::new(),
     };
     opened.save()?;
     phases::mark("records");
@@ -198,10 +244,16 @@ fn launch(
         return Err(built.rollback(e));
     }
     let request = ProgramRequest::for_config(&o.record.config);
-    if let Err(e) = request.send(&streams.request, &stdin) {
+    // stdin (the launcher's, or the one `bind` opened), then inherited stdout and stderr.
+    let inherited = std::mem::take(&mut o.inherited);
+    let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd()];
+    let skip = usize::from(o.record.config.stdin == Stdin::Inherit);
+    fds.extend(inherited.iter().skip(skip).map(AsFd::as_fd));
+    if let Err(e) = request.send(&streams.request, &fds) {
         return Err(built.rollback(launch_error("send the program to the init", e)));
     }
-    drop(stdin);
+    drop(fds);
+    drop((stdin, inherited));
     if let Err(e) = streams.wait_ready() {
         return Err(built.rollback(e));
     }
@@ -267,11 +319,16 @@ fn bind(built: &mut Built, o: &Opened) -> Result<OwnedFd> {
         .map_err(|e| launch_error("write the cpu quota", e))?;
     phases::mark("bound");
     let stdin = match &cfg.stdin {
-        Stdin::Null => File::open("/dev/null"),
-        Stdin::Bytes(_) | Stdin::File(_) => File::open(o.layout.stdin()),
+        Stdin::Inherit => match o.inherited.first() {
+            Some(fd) => fd.try_clone(),
+            None => Err(std::io::Error::other("the launcher's stdin did not come")),
+        },
+        Stdin::Bytes(_) | Stdin::File(_) => File::open(o.layout.stdin()).map(OwnedFd::from),
+        // Null, and whatever a later variant means here.
+        _ => File::open("/dev/null").map(OwnedFd::from),
     }
     .map_err(|e| launch_error("open stdin", e))?;
-    Ok(stdin.into())
+    Ok(stdin)
 }
 
 /// Makes the start FIFO and opens it read-write (so it never reports hang-up).

@@ -3,11 +3,12 @@
 //! container shaped like the last launch, then becomes the monitor of the sandbox it is
 //! handed. Runs in a spare (exec'd, or forked by the factory), reading [`SpareRequest`]s.
 
-use std::io::{self, BufRead};
+use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use crate::host::uids;
-use crate::proto::SpareRequest;
+use crate::proto::{LineReader, SpareRequest};
 
 use super::built::{Built, Streams};
 use super::phases;
@@ -40,7 +41,8 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
     let mut warm: Option<(Built, Streams)> = None;
     let mut warm_uid: Option<u32> = None;
-    let mut stdin = io::stdin().lock();
+    let stdin = io::stdin();
+    let mut lines = LineReader::new(stdin.as_fd());
     let end = |warm: Option<(Built, Streams)>, warm_uid: Option<u32>, code| -> ! {
         drop(warm); // tears the pre-built container down
         if let Some(uid) = warm_uid {
@@ -49,10 +51,9 @@ pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
         std::process::exit(code)
     };
     loop {
-        let mut line = String::new();
-        if !matches!(stdin.read_line(&mut line), Ok(n) if n > 0) {
+        let Ok(Some(line)) = lines.next_line() else {
             end(warm, warm_uid, 0);
-        }
+        };
         match SpareRequest::parse(&line) {
             Ok(SpareRequest::Warm { cgroup_path, shape }) if warm.is_none() => {
                 warm_uid = shape.uid_leased.then_some(shape.user.uid);
@@ -65,7 +66,16 @@ pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
                 phases::clear();
                 phases::mark("spare_taken");
                 process::redirect_stderr(&dir.join("monitor.log"));
-                process::exit_with(run::run(&dir, mode, prepared, warm, warm_uid))
+                // The launcher's descriptors the sandbox inherits came with this line.
+                let streams = lines.take_fds();
+                process::exit_with(run::run(
+                    &dir,
+                    mode,
+                    prepared,
+                    warm,
+                    warm_uid,
+                    Some(streams),
+                ))
             }
             _ => end(warm, warm_uid, 2),
         }
