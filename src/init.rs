@@ -103,8 +103,9 @@ impl SandboxInit {
 
     /// Starts the program with `posix_spawn` (no copy of the init's address space), with an
     /// empty signal mask and default signal actions. The seccomp filter is already installed,
-    /// so the program inherits it. Returns the program's pid.
-    fn spawn_program(req: &ProgramRequest) -> Result<Pid, String> {
+    /// so the program inherits it. Returns the program's pid, or `Ok(Err(errno))` if the
+    /// program could not be executed (missing, not executable, too big for its limits).
+    fn spawn_program(req: &ProgramRequest) -> Result<Result<Pid, nix::Error>, String> {
         let c = |s: &String| CString::new(s.as_bytes()).map_err(|_| format!("nul byte in {s:?}"));
         let exe = c(&req.exe)?;
         let argv = req.args.iter().map(c).collect::<Result<Vec<_>, _>>()?;
@@ -113,9 +114,9 @@ impl SandboxInit {
             Some(limit) => sys::spawn_clean_limited(&exe, &argv, &envp, limit),
             None => sys::spawn_clean(&exe, &argv, &envp),
         };
-        spawned
+        Ok(spawned
             .map(Pid::from_raw)
-            .map_err(|e| format!("execve {}: {e}", req.exe))
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::Error::EIO as i32))))
     }
 
     /// Takes the program request and makes the init's state the program's: stdin (and
@@ -270,7 +271,7 @@ impl Executor for SandboxInit {
             .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
         // The seccomp filter (installed in `validate`) is inherited by the program.
         match Self::spawn_program(&req) {
-            Ok(child) => {
+            Ok(Ok(child)) => {
                 ch.mark("spawned");
                 // The init holds the sandbox's stdio only to pass it on: dropping it now lets
                 // the monitor see end of output as soon as the program's side closes.
@@ -280,6 +281,13 @@ impl Executor for SandboxInit {
                 drop(req);
                 sys::release_free_heap();
                 Self::supervise(&ch, child, &signals)
+            }
+            // As a shell (and isolate) reports it: the program's stderr says why, and it
+            // "exited" with 127 (a program in a work dir is looked up only now).
+            Ok(Err(errno)) => {
+                let why = format!("execve(\"{}\"): {}\n", req.exe, errno.desc());
+                let _ = nix::unistd::write(std::io::stderr(), why.as_bytes());
+                ch.fail(&InitStatus::Exited(127), 127)
             }
             Err(e) => ch.fail(&InitStatus::Failed(e), 127),
         }

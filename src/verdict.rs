@@ -103,7 +103,8 @@ impl Verdict {
     /// The verdict in isolate's meta-file format (`key:value` lines), for graders written
     /// against isolate (CMS, Judge0). `time` is CPU time and `max-rss` and `cg-mem` are the
     /// cgroup's peak memory, in seconds and KiB; `status` is RE, SG, TO or XX (absent on
-    /// success); `killed:1` marks a kill by a limit.
+    /// success, decided as isolate does: TO for time limits, else from the exit code or
+    /// signal); `killed:1` marks a kill by a time or output limit.
     pub fn isolate_meta(&self) -> String {
         let mut m = String::new();
         let mut line = |k: &str, v: String| {
@@ -126,31 +127,28 @@ impl Verdict {
         if let Some(sig) = self.signal {
             line("exitsig", sig.to_string());
         }
-        if self.limit.is_some() {
+        // isolate writes `killed` when it killed the program itself (a time limit; runbox's
+        // output limit too), not for the kernel's OOM kill.
+        if self.limit.is_some_and(|l| l != LimitKind::Memory) {
             line("killed", "1".to_string());
         }
-        let status = match self.status {
-            Status::Ok => None,
-            Status::RuntimeError => Some("RE"),
-            Status::Signaled | Status::MemoryLimit | Status::OutputLimit => Some("SG"),
-            Status::TimeLimit | Status::WallTimeLimit => Some("TO"),
-            Status::InternalError => Some("XX"),
+        // As isolate decides: a time limit is TO; otherwise the program's own end says RE or
+        // SG (an OOM kill only adds `cg-oom-killed`); no status key on a clean exit.
+        let (status, msg) = match (self.status, self.exit_code, self.signal) {
+            (Status::TimeLimit, _, _) => (Some("TO"), Some("Time limit exceeded".to_string())),
+            (Status::WallTimeLimit, _, _) => (
+                Some("TO"),
+                Some("Time limit exceeded (wall clock)".to_string()),
+            ),
+            (Status::InternalError, _, _) => (Some("XX"), self.message.clone()),
+            (_, Some(0), _) => (None, None),
+            (_, Some(code), _) => (Some("RE"), Some(format!("Exited with error status {code}"))),
+            (_, None, Some(sig)) => (Some("SG"), Some(format!("Caught fatal signal {sig}"))),
+            (_, None, None) => (Some("XX"), self.message.clone()),
         };
         if let Some(st) = status {
             line("status", st.to_string());
         }
-        // isolate's own wording where isolate has the case.
-        let msg = match (self.status, self.exit_code, self.signal) {
-            (Status::TimeLimit, _, _) => Some("Time limit exceeded".to_string()),
-            (Status::WallTimeLimit, _, _) => Some("Time limit exceeded (wall clock)".to_string()),
-            (Status::RuntimeError, Some(code), _) => {
-                Some(format!("Exited with error status {code}"))
-            }
-            (Status::Signaled | Status::MemoryLimit, _, Some(sig)) => {
-                Some(format!("Caught fatal signal {sig}"))
-            }
-            _ => self.message.clone(),
-        };
         if let Some(msg) = msg {
             line("message", msg.replace('\n', " "));
         }
@@ -333,5 +331,64 @@ mod tests {
             meta.contains("message:Time limit exceeded (wall clock)\n"),
             "{meta}"
         );
+    }
+
+    #[test]
+    fn meta_status_follows_isolate_an_oom_kill_only_adds_its_key() {
+        let base = Verdict {
+            schema_version: SCHEMA_VERSION,
+            id: "x".into(),
+            status: Status::MemoryLimit,
+            exit_code: None,
+            signal: Some(9),
+            cpu_time_us: 0,
+            cpu_user_us: 0,
+            cpu_system_us: 0,
+            wall_time_us: 0,
+            memory_peak_bytes: 0,
+            oom_killed: true,
+            limit: Some(LimitKind::Memory),
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            message: Some("memory limit exceeded".into()),
+        };
+        let meta = base.isolate_meta();
+        for want in ["status:SG\n", "exitsig:9\n", "cg-oom-killed:1\n"] {
+            assert!(meta.contains(want), "{want} in {meta}");
+        }
+        assert!(meta.contains("message:Caught fatal signal 9\n"), "{meta}");
+        assert!(
+            !meta.lines().any(|l| l == "killed:1"),
+            "the kernel killed, not isolate: {meta}"
+        );
+        // A shell whose child the OOM killer took exits 137 itself: isolate says RE.
+        let shell = Verdict {
+            exit_code: Some(137),
+            signal: None,
+            ..base.clone()
+        };
+        let meta = shell.isolate_meta();
+        assert!(
+            meta.contains("status:RE\nmessage:Exited with error status 137\n"),
+            "{meta}"
+        );
+        assert!(meta.contains("cg-oom-killed:1\n"), "{meta}");
+        let clean = Verdict {
+            status: Status::Ok,
+            exit_code: Some(0),
+            signal: None,
+            oom_killed: false,
+            limit: None,
+            message: None,
+            ..base
+        };
+        let meta = clean.isolate_meta();
+        assert!(
+            !meta.contains("status:") && !meta.contains("message:"),
+            "{meta}"
+        );
+        assert!(meta.contains("exitcode:0\n"), "{meta}");
     }
 }

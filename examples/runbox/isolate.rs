@@ -9,8 +9,8 @@
 //! not (RE, SG, TO), 2 when the sandbox itself failed or the command line is wrong.
 //!
 //! Settings isolate keeps in its configuration file come from the environment: `RUNBOX_ROOT`
-//! (state root; boxes live in `<root>/.boxes/<id>`) and `RUNBOX_UID_RANGE` (`FIRST:COUNT`,
-//! box `N` runs as `FIRST + N`).
+//! (state root; boxes live in `<root>/.boxes/<id>`), `RUNBOX_UID_RANGE` (`FIRST:COUNT`, box
+//! `N` runs as `FIRST + N`) and `RUNBOX_CGROUP_PARENT` (as `runbox --cgroup-parent`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -380,6 +380,9 @@ fn open_root() -> Result<runbox::Root, Fatal> {
             .ok_or_else(|| Fatal(format!("RUNBOX_UID_RANGE={range:?} is not FIRST:COUNT")))?;
         opts.uid_range(first, count);
     }
+    if let Some(parent) = std::env::var_os("RUNBOX_CGROUP_PARENT") {
+        opts.cgroup_prefix(parent.to_string_lossy().into_owned());
+    }
     Ok(opts.open(runbox::Root::default_dir())?)
 }
 
@@ -697,29 +700,28 @@ fn run(root: &runbox::Root, req: &Request, program: &[String]) -> Result<ExitCod
     }
     let _ = std::io::stdout().write_all(verdict.stdout.as_bytes());
     let _ = std::io::stderr().write_all(verdict.stderr.as_bytes());
-    if let Some(meta) = &req.meta {
-        std::fs::write(meta, verdict.isolate_meta())
-            .map_err(|e| Fatal(format!("Cannot write {}: {e}", meta.display())))?;
+    let meta = verdict.isolate_meta();
+    if let Some(path) = &req.meta {
+        std::fs::write(path, &meta)
+            .map_err(|e| Fatal(format!("Cannot write {}: {e}", path.display())))?;
     }
-    let ok = verdict.status == runbox::Status::Ok;
+    // isolate: 0 when the program finished correctly (the meta file has no status), else 1.
+    let field = |key: &str| {
+        meta.lines()
+            .find_map(|l| l.strip_prefix(key).map(str::to_string))
+    };
+    let ok = field("status:").is_none();
     if !req.silent {
-        eprintln!("{}", status_line(&verdict));
+        let secs = |us: u64| format!("{}.{:03}", us / 1_000_000, us % 1_000_000 / 1000);
+        let line = match field("message:") {
+            Some(msg) if !ok => msg,
+            _ => format!(
+                "OK ({} sec real, {} sec wall)",
+                secs(verdict.cpu_time_us),
+                secs(verdict.wall_time_us)
+            ),
+        };
+        eprintln!("{line}");
     }
     Ok(ExitCode::from(if ok { 0 } else { 1 }))
-}
-
-/// isolate's status line: `OK (0.010 sec real, 0.012 sec wall)` or the failure's message.
-fn status_line(v: &runbox::Verdict) -> String {
-    let secs = |us: u64| format!("{}.{:03}", us / 1_000_000, us % 1_000_000 / 1000);
-    if v.status == runbox::Status::Ok {
-        return format!(
-            "OK ({} sec real, {} sec wall)",
-            secs(v.cpu_time_us),
-            secs(v.wall_time_us)
-        );
-    }
-    v.isolate_meta()
-        .lines()
-        .find_map(|l| l.strip_prefix("message:").map(str::to_string))
-        .unwrap_or_else(|| format!("{:?}", v.status))
 }

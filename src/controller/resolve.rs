@@ -204,7 +204,19 @@ pub(super) fn resolve<'a>(
     view.binds
         .extend(binds.iter().chain(&rw_binds).chain(&copies).cloned());
     let path_var = cmd.env.get("PATH").map(String::as_str).unwrap_or("");
-    let exe = view.resolve_program(&cmd.program, path_var)?;
+    // A program named by its path in a read-write bind (a work dir, whose files change
+    // between runs: a compiler's output) is looked up when it starts; one that is missing
+    // then exits 127 with the `execve` error on its stderr, as in a shell.
+    let in_work_dir = cmd.program.starts_with('/')
+        && !cmd.program.split('/').any(|c| c == "..")
+        && rw_binds
+            .iter()
+            .any(|(_, dest)| Path::new(&cmd.program).starts_with(dest));
+    let exe = if in_work_dir {
+        cmd.program.clone()
+    } else {
+        view.resolve_program(&cmd.program, path_var)?
+    };
     let mut args = Vec::with_capacity(cmd.args.len() + 1);
     args.push(cmd.program.clone());
     args.extend(cmd.args.iter().cloned());

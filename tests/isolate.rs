@@ -1,0 +1,710 @@
+//! The isolate front end as real graders drive it: Judge0's `IsolateJob` and CMS's
+//! `IsolateSandbox`, replayed with their exact command lines through a program named
+//! `isolate` on PATH (a symlink to the runbox CLI), checking what those graders read back:
+//! the files, the meta keys and values, and isolate's exit statuses.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Output, Stdio};
+use std::sync::OnceLock;
+
+use common::TestEnv;
+
+/// A directory holding `isolate`, a symlink to the runbox CLI, for PATH.
+fn isolate_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("isolate-bin");
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("isolate");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(common::example("runbox"), &link).unwrap();
+        dir
+    })
+}
+
+/// Runs `script` with `sh -c`, as Ruby's backticks do, with `isolate` on PATH and the
+/// test's state root and cgroup prefix in isolate's place of its configuration file.
+fn sh(env: &TestEnv, script: &str) -> Output {
+    let path = format!(
+        "{}:{}",
+        isolate_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Proc::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", path)
+        .env("RUNBOX_ROOT", &env.dir)
+        .env("RUNBOX_CGROUP_PARENT", &env.prefix)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `isolate ARGS...` with the given stdio, as Python's subprocess runs it.
+fn isolate(env: &TestEnv, args: &[&str], stdin: Stdio) -> Output {
+    Proc::new(isolate_dir().join("isolate"))
+        .args(args)
+        .env("RUNBOX_ROOT", &env.dir)
+        .env("RUNBOX_CGROUP_PARENT", &env.prefix)
+        .stdin(stdin)
+        .output()
+        .unwrap()
+}
+
+/// A meta file as Judge0 and CMS parse it: `key:value` lines, the value after the first ':'.
+fn meta(path: &Path) -> BTreeMap<String, String> {
+    let text = fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| {
+            let (k, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad meta line {l:?}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn secs(m: &BTreeMap<String, String>, key: &str) -> f64 {
+    m.get(key)
+        .unwrap_or_else(|| panic!("no {key} in {m:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// A submission whose behaviour its first argument picks.
+const PROGRAM: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "ok";
+    if (!strcmp(mode, "ok")) {
+        long n;
+        if (scanf("%ld", &n) != 1) return 9;
+        printf("%ld\n", n * 7);
+        return 0;
+    }
+    if (!strcmp(mode, "exit3")) { printf("partial\n"); return 3; }
+    if (!strcmp(mode, "segv")) { *(volatile int *)0 = 1; return 0; }
+    if (!strcmp(mode, "spin")) { volatile unsigned long x = 0; for (;;) x++; }
+    if (!strcmp(mode, "sleep")) { sleep(30); return 0; }
+    if (!strcmp(mode, "mem")) {
+        size_t size = (size_t)400 << 20;
+        char *p = malloc(size);
+        for (size_t i = 0; p && i < size; i += 4096) p[i] = 1;
+        return p ? p[4096] : 8;
+    }
+    if (!strcmp(mode, "out")) {
+        static char buf[65536];
+        memset(buf, 'x', sizeof buf);
+        for (int i = 0; i < 64; i++) fwrite(buf, 1, sizeof buf, stdout);
+        return 0;
+    }
+    return 2;
+}
+"#;
+
+/// One isolate run as CMS makes it: (isolate's exit status, the meta file).
+type Ran = (i32, BTreeMap<String, String>);
+
+/// What one Judge0 submission came back with.
+struct Judge0Result {
+    compile_status: i32,
+    compile_output: String,
+    run_status: i32,
+    meta: BTreeMap<String, String>,
+    stdout: Vec<u8>,
+    /// (uid, mode) of the compiled `a.out` as the worker found it after compiling.
+    binary: (u32, u32),
+}
+
+/// Judge0's per-submission limits (its config's names).
+struct Judge0Limits {
+    cpu_time_limit: &'static str,
+    cpu_extra_time: &'static str,
+    wall_time_limit: &'static str,
+    memory_limit: u32,
+    max_file_size: u32,
+}
+
+const JUDGE0_DEFAULTS: Judge0Limits = Judge0Limits {
+    cpu_time_limit: "2",
+    cpu_extra_time: "0.5",
+    wall_time_limit: "5",
+    memory_limit: 128_000,
+    max_file_size: 1024,
+};
+
+/// Judge0's `IsolateJob#perform` for one C submission (judge0/judge0
+/// `app/jobs/isolate_job.rb`: `initialize_workdir`, `compile`, `run`, `verify`, `cleanup`),
+/// with its default configuration: `--cg`, cgroup timing and memory, `-d /etc:noexec`.
+fn judge0_job(
+    env: &TestEnv,
+    box_id: u32,
+    args: &str,
+    stdin: &str,
+    l: &Judge0Limits,
+) -> Judge0Result {
+    let cg = "--cg";
+    // initialize_workdir
+    let init = sh(env, &format!("isolate {cg} -b {box_id} --init"));
+    assert!(init.status.success(), "init: {init:?}");
+    let workdir = PathBuf::from(String::from_utf8(init.stdout).unwrap().trim());
+    let boxdir = workdir.join("box");
+    assert!(boxdir.is_dir(), "{} has no box/", workdir.display());
+    let file = |name: &str| workdir.join(name);
+    let (stdin_file, stdout_file, stderr_file, metadata_file) = (
+        file("stdin.txt"),
+        file("stdout.txt"),
+        file("stderr.txt"),
+        file("metadata.txt"),
+    );
+    for f in [&stdin_file, &stdout_file, &stderr_file, &metadata_file] {
+        fs::write(f, "").unwrap();
+    }
+    fs::write(boxdir.join("main.c"), PROGRAM).unwrap();
+    fs::write(&stdin_file, stdin).unwrap();
+
+    // compile: the language's compile_cmd in compile.sh, run by bash in the box.
+    fs::write(boxdir.join("compile.sh"), "/usr/bin/gcc  main.c").unwrap();
+    let compile_output_file = file("compile_output.txt");
+    fs::write(&compile_output_file, "").unwrap();
+    let env_flags = "-E HOME=/tmp \
+        -E PATH=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\" \
+        -E LANG -E LANGUAGE -E LC_ALL -E JUDGE0_HOMEPAGE -E JUDGE0_SOURCE_CODE \
+        -E JUDGE0_MAINTAINER -E JUDGE0_VERSION";
+    let compile = sh(
+        env,
+        &format!(
+            "isolate {cg} -s -b {box_id} -M {meta} --stderr-to-stdout -i /dev/null \
+             -t 15 -x 0 -w 20 -k 128000 -p120 --cg-timing --cg-mem=512000 -f 4096 \
+             {env_flags} -d /etc:noexec --run -- /bin/bash $(basename {script}) > {out}",
+            meta = metadata_file.display(),
+            script = boxdir.join("compile.sh").display(),
+            out = compile_output_file.display(),
+        ),
+    );
+    let compile_status = compile.status.code().unwrap_or(-1);
+    let compile_output = fs::read_to_string(&compile_output_file).unwrap();
+    let compile_meta = meta(&metadata_file);
+    assert!(
+        compile_meta.contains_key("time") && compile_meta.contains_key("cg-mem"),
+        "compile meta: {compile_meta:?}"
+    );
+    let binary = fs::metadata(boxdir.join("a.out"))
+        .map(|m| (m.uid(), m.permissions().mode() & 0o7777))
+        .unwrap_or((u32::MAX, 0));
+    // reset_metadata_file; the worker removes the compile output and script
+    fs::remove_file(&metadata_file).unwrap();
+    fs::write(&metadata_file, "").unwrap();
+    fs::remove_file(&compile_output_file).unwrap();
+    fs::remove_file(boxdir.join("compile.sh")).unwrap();
+
+    // run: the language's run_cmd plus the submission's arguments, in run.sh
+    fs::write(boxdir.join("run.sh"), format!("./a.out {args}")).unwrap();
+    let run = sh(
+        env,
+        &format!(
+            "isolate {cg} -s -b {box_id} -M {meta} -t {t} -x {x} -w {w} -k 64000 -p60 \
+             --cg-timing --cg-mem={mem} -f {fsize} {env_flags} -d /etc:noexec \
+             --run -- /bin/bash $(basename {script}) < {stdin} > {stdout} 2> {stderr}",
+            meta = metadata_file.display(),
+            t = l.cpu_time_limit,
+            x = l.cpu_extra_time,
+            w = l.wall_time_limit,
+            mem = l.memory_limit,
+            fsize = l.max_file_size,
+            script = boxdir.join("run.sh").display(),
+            stdin = stdin_file.display(),
+            stdout = stdout_file.display(),
+            stderr = stderr_file.display(),
+        ),
+    );
+    fs::remove_file(boxdir.join("run.sh")).unwrap();
+
+    // verify
+    let result = Judge0Result {
+        compile_status,
+        compile_output,
+        run_status: run.status.code().unwrap_or(-1),
+        meta: meta(&metadata_file),
+        stdout: fs::read(&stdout_file).unwrap(),
+        binary,
+    };
+
+    // cleanup: the worker empties box/ and tmp/, removes its files, then isolate --cleanup,
+    // and fails the job if the work dir is still there.
+    for entry in fs::read_dir(&boxdir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            fs::remove_dir_all(&path).unwrap();
+        } else {
+            fs::remove_file(&path).unwrap();
+        }
+    }
+    for f in [&stdin_file, &stdout_file, &stderr_file, &metadata_file] {
+        fs::remove_file(f).unwrap();
+    }
+    let cleanup = sh(env, &format!("isolate {cg} -b {box_id} --cleanup"));
+    assert!(cleanup.status.success(), "cleanup: {cleanup:?}");
+    assert!(!workdir.exists(), "Cleanup of sandbox {box_id} failed.");
+    result
+}
+
+#[test]
+fn judge0_isolate_jobs_run_concurrently_in_their_own_boxes() {
+    let env = TestEnv::new("judge0");
+    type Check = fn(&Judge0Result);
+    let cases: Vec<(u32, &str, &str, Judge0Limits, Check)> = vec![
+        (1, "ok", "6\n", JUDGE0_DEFAULTS, |r| {
+            assert_eq!(r.run_status, 0, "{:?}", r.meta);
+            assert_eq!(String::from_utf8_lossy(&r.stdout), "42\n");
+            assert!(!r.meta.contains_key("status"), "{:?}", r.meta);
+            assert_eq!(r.meta["exitcode"], "0");
+            assert!(secs(&r.meta, "time") < 1.0, "{:?}", r.meta);
+            assert!(r.meta["cg-mem"].parse::<u64>().unwrap() > 0);
+        }),
+        (2, "exit3", "", JUDGE0_DEFAULTS, |r| {
+            assert_eq!(r.run_status, 1);
+            assert_eq!(r.meta["status"], "RE");
+            assert_eq!(r.meta["exitcode"], "3");
+            assert_eq!(r.meta["message"], "Exited with error status 3");
+            assert_eq!(String::from_utf8_lossy(&r.stdout), "partial\n");
+        }),
+        // bash runs a.out as its child: a crash is bash's exit status 128+11.
+        (3, "segv", "", JUDGE0_DEFAULTS, |r| {
+            assert_eq!(r.run_status, 1);
+            assert_eq!(r.meta["status"], "RE", "{:?}", r.meta);
+            assert_eq!(r.meta["exitcode"], "139");
+        }),
+        (4, "spin", "", JUDGE0_DEFAULTS, |r| {
+            assert_eq!(r.run_status, 1);
+            assert_eq!(r.meta["status"], "TO", "{:?}", r.meta);
+            assert_eq!(r.meta["message"], "Time limit exceeded");
+            assert_eq!(r.meta["killed"], "1");
+            let t = secs(&r.meta, "time");
+            assert!(
+                (2.0..4.0).contains(&t),
+                "killed after 2 s + 0.5 s extra: {t}"
+            );
+        }),
+        (
+            5,
+            "sleep",
+            "",
+            Judge0Limits {
+                wall_time_limit: "1.5",
+                ..JUDGE0_DEFAULTS
+            },
+            |r| {
+                assert_eq!(r.run_status, 1);
+                assert_eq!(r.meta["status"], "TO", "{:?}", r.meta);
+                assert_eq!(r.meta["message"], "Time limit exceeded (wall clock)");
+                let wall = secs(&r.meta, "time-wall");
+                assert!((1.5..10.0).contains(&wall), "wall {wall}");
+                assert!(secs(&r.meta, "time") < 1.0);
+            },
+        ),
+        (
+            6,
+            "mem",
+            "",
+            Judge0Limits {
+                memory_limit: 64_000,
+                ..JUDGE0_DEFAULTS
+            },
+            |r| {
+                assert_eq!(r.run_status, 1);
+                assert_eq!(r.meta["cg-oom-killed"], "1", "{:?}", r.meta);
+                // The OOM killer took a.out; bash reports it as its own exit status.
+                assert_eq!(r.meta["status"], "RE", "{:?}", r.meta);
+                assert_eq!(r.meta["exitcode"], "137");
+                let peak = r.meta["cg-mem"].parse::<u64>().unwrap();
+                assert!((50_000..=64_000).contains(&peak), "cg-mem {peak} KiB");
+            },
+        ),
+        // stdout is Judge0's own file: -f bounds it (SIGXFSZ), the file holds exactly 1 MiB.
+        (7, "out", "", JUDGE0_DEFAULTS, |r| {
+            assert_eq!(r.run_status, 1);
+            assert_eq!(r.stdout.len(), 1024 * 1024);
+            assert_eq!(r.meta["status"], "RE", "{:?}", r.meta);
+            assert_eq!(r.meta["exitcode"], (128 + 25).to_string());
+        }),
+    ];
+    let first_uid = runbox::DEFAULT_FIRST_UID;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(id, args, stdin, limits, check)| {
+                let env = &env;
+                s.spawn(move || {
+                    let r = judge0_job(env, *id, args, stdin, limits);
+                    assert_eq!(r.compile_status, 0, "compile: {}", r.compile_output);
+                    assert_eq!(r.compile_output, "");
+                    // Compiled in the box, handed back to the caller, still executable.
+                    assert_eq!(r.binary.0, 0, "a.out owner after the run");
+                    assert_eq!(r.binary.1 & 0o111, 0o111, "a.out mode {:o}", r.binary.1);
+                    check(&r);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    assert!(first_uid > 0);
+    env.finish();
+}
+
+#[test]
+fn a_compile_error_and_a_missing_binary_read_as_in_isolate() {
+    let env = TestEnv::new("judge0-ce");
+    let init = sh(&env, "isolate --cg -b 3 --init");
+    let workdir = PathBuf::from(String::from_utf8(init.stdout).unwrap().trim());
+    fs::write(workdir.join("box/main.c"), "int main( { return 0; }").unwrap();
+    fs::write(workdir.join("box/compile.sh"), "/usr/bin/gcc  main.c").unwrap();
+    let m = workdir.join("metadata.txt");
+    let out = workdir.join("compile_output.txt");
+    let compile = sh(
+        &env,
+        &format!(
+            "isolate --cg -s -b 3 -M {} --stderr-to-stdout -i /dev/null -t 15 -x 0 -w 20 \
+             -p120 --cg-mem=512000 -E PATH=/usr/bin:/bin --run -- /bin/bash compile.sh > {}",
+            m.display(),
+            out.display()
+        ),
+    );
+    assert_eq!(compile.status.code(), Some(1), "{compile:?}");
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(text.contains("error"), "the compiler's message: {text:?}");
+    assert_eq!(meta(&m)["exitcode"], "1");
+    // Running the binary that was never made: execve fails inside, as isolate reports it.
+    let run = sh(
+        &env,
+        &format!("isolate --cg -b 3 -M {} --run -- ./a.out", m.display()),
+    );
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("execve(\"/box/a.out\"): No such file or directory"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Exited with error status 127"),
+        "status line: {stderr}"
+    );
+    let meta = meta(&m);
+    assert_eq!(meta["status"], "RE");
+    assert_eq!(meta["exitcode"], "127");
+    assert!(sh(&env, "isolate --cg -b 3 --cleanup").status.success());
+    env.finish();
+}
+
+#[test]
+fn cms_isolate_sandbox_compiles_and_evaluates() {
+    let env = TestEnv::new("cms");
+    // CMS's layout: an outer temp dir it owns, whose `home` is bound to /tmp, world-writable.
+    let outer = env
+        .dir
+        .with_file_name(format!("cms-outer-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&outer);
+    let home = outer.join("home");
+    fs::create_dir_all(&home).unwrap();
+    fs::set_permissions(&outer, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o777)).unwrap();
+    let box_id = "--box-id=11";
+    // The idempotent cleanup before init, then init (check_call: exit status 0).
+    for step in ["--cleanup", "--init"] {
+        let out = isolate(&env, &[box_id, "--cg", step], Stdio::null());
+        assert!(out.status.success(), "{step}: {out:?}");
+    }
+    let dir_home = format!("--dir=/tmp={}:rw", home.display());
+    // build_box_options(): in its order, with the mapped directories CMS adds by default.
+    let mut base: Vec<String> = vec![
+        "--cg".into(),
+        box_id.into(),
+        "--chdir=/tmp".into(),
+        dir_home.clone(),
+        "--dir=/dev/shm:tmp".into(),
+    ];
+    if Path::new("/etc/alternatives").exists() {
+        base.push("--dir=/etc/alternatives".into());
+    }
+    let mut exec_num = 0;
+    let mut run = |extra: &[&str], command: &[&str]| -> Ran {
+        let meta_file = outer.join(format!("run.meta.{exec_num}"));
+        exec_num += 1;
+        let mut args: Vec<String> = base.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("--meta={}", meta_file.display()));
+        args.push("--run".into());
+        args.push("--".into());
+        args.extend(command.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        // execute_without_std: stdin a pipe closed at once, stdout and stderr read.
+        let out = isolate(&env, &refs, Stdio::piped());
+        (out.status.code().unwrap_or(-1), meta(&meta_file))
+    };
+
+    // Compilation: the environment kept, processes unlimited, compiler output to files.
+    fs::write(home.join("sol.c"), PROGRAM).unwrap();
+    let (status, m) = run(
+        &[
+            "--full-env",
+            "--env=HOME=/tmp",
+            "--fsize=65536",
+            "--cg-mem=524288",
+            "--stdout=/tmp/compiler_stdout.txt",
+            "--processes",
+            "--stderr=/tmp/compiler_stderr.txt",
+            "--time=10",
+            "--wall-time=20",
+        ],
+        &[
+            "/usr/bin/gcc",
+            "-DEVAL",
+            "-std=gnu11",
+            "-O2",
+            "-pipe",
+            "-static",
+            "-s",
+            "-o",
+            "sol",
+            "sol.c",
+            "-lm",
+        ],
+    );
+    let compiler_err = fs::read_to_string(home.join("compiler_stderr.txt")).unwrap_or_default();
+    assert_eq!(status, 0, "compile: {m:?} {compiler_err}");
+    assert!(!m.contains_key("status"), "{m:?}");
+    assert!(home.join("sol").is_file());
+
+    // Evaluation: one process, stdin and stdout files inside, CMS's limits.
+    let evaluate = |run: &mut dyn FnMut(&[&str], &[&str]) -> Ran, mode: &str, mem: &str| {
+        let mem = format!("--cg-mem={mem}");
+        run(
+            &[
+                "--env=HOME=/tmp",
+                "--fsize=10240",
+                "--stdin=/tmp/input.txt",
+                "--stack=65536",
+                &mem,
+                "--stdout=/tmp/output.txt",
+                "--processes=1",
+                "--time=1",
+                "--wall-time=5",
+                "--extra-time=0.5",
+            ],
+            &["./sol", mode],
+        )
+    };
+    fs::write(home.join("input.txt"), "6\n").unwrap();
+    let (status, m) = evaluate(&mut run, "ok", "65536");
+    assert_eq!(status, 0, "{m:?}");
+    assert!(!m.contains_key("status"), "{m:?}");
+    assert_eq!(fs::read_to_string(home.join("output.txt")).unwrap(), "42\n");
+    let owner = fs::metadata(home.join("output.txt")).unwrap().uid();
+    assert_eq!(
+        owner,
+        runbox::DEFAULT_FIRST_UID + 11,
+        "written by the box's uid"
+    );
+
+    let (status, m) = evaluate(&mut run, "segv", "65536");
+    assert_eq!(status, 1);
+    assert_eq!(m["status"], "SG", "{m:?}");
+    assert_eq!(m["exitsig"], "11");
+    assert_eq!(m["message"], "Caught fatal signal 11");
+
+    let (status, m) = evaluate(&mut run, "spin", "65536");
+    assert_eq!(status, 1);
+    assert_eq!(m["status"], "TO", "{m:?}");
+    assert!(secs(&m, "time") >= 1.0, "{m:?}");
+
+    let (status, m) = evaluate(&mut run, "mem", "32768");
+    assert_eq!(status, 1);
+    assert_eq!(m["status"], "SG", "{m:?}");
+    assert_eq!(m["exitsig"], "9");
+    assert_eq!(m["cg-oom-killed"], "1");
+
+    // cleanup(delete=True): chmod everything inside, then --cleanup, then the outer dir.
+    let chmod = isolate(
+        &env,
+        &[
+            box_id,
+            "--cg",
+            &dir_home,
+            "--run",
+            "--",
+            "/bin/chmod",
+            "777",
+            "-R",
+            "/tmp",
+        ],
+        Stdio::null(),
+    );
+    // CMS ignores its status: files CMS wrote itself (sol.c) are not the box user's.
+    assert_eq!(chmod.status.code(), Some(1), "{chmod:?}");
+    for made_inside in ["output.txt", "sol", "compiler_stderr.txt"] {
+        let mode = fs::metadata(home.join(made_inside)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o777, "{made_inside}");
+    }
+    let cleanup = isolate(&env, &[box_id, "--cg", "--cleanup"], Stdio::null());
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    fs::remove_dir_all(&outer).unwrap();
+    env.finish();
+}
+
+#[test]
+fn files_stay_between_runs_and_boxes_are_apart() {
+    let env = TestEnv::new("isolate-boxes");
+    let init = |id: &str| {
+        let out = isolate(&env, &["-b", id, "--init"], Stdio::null());
+        assert!(out.status.success(), "{out:?}");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    };
+    let (a, b) = (init("21"), init("22"));
+    let run = |id: &str, script: &str| {
+        isolate(
+            &env,
+            &["-b", id, "-s", "-p", "--run", "--", "/bin/sh", "-c", script],
+            Stdio::null(),
+        )
+    };
+    assert!(run("21", "echo kept > note; chmod 640 note")
+        .status
+        .success());
+    assert!(run("22", "echo other > note").status.success());
+    // The next run of the same box finds its file; the other box cannot reach it.
+    let again = run("21", "cat note; id -u");
+    let text = String::from_utf8(again.stdout).unwrap();
+    assert_eq!(text, format!("kept\n{}\n", runbox::DEFAULT_FIRST_UID + 21));
+    assert_eq!(fs::read_to_string(a.join("box/note")).unwrap(), "kept\n");
+    assert_eq!(fs::read_to_string(b.join("box/note")).unwrap(), "other\n");
+    let meta = fs::metadata(a.join("box/note")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o640),
+        "the caller's between runs"
+    );
+    assert!(!run("22", &format!("cat {}/box/note", a.display()))
+        .status
+        .success());
+    for id in ["21", "22"] {
+        assert!(isolate(&env, &["-b", id, "--cleanup"], Stdio::null())
+            .status
+            .success());
+    }
+    assert!(!a.exists() && !b.exists());
+    env.finish();
+}
+
+#[test]
+fn bad_command_lines_fail_with_status_2_and_say_why() {
+    let env = TestEnv::new("isolate-usage");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--frobnicate"], "unrecognized option '--frobnicate'"),
+        (
+            &["-b", "1", "--share-net", "--run", "--", "/bin/true"],
+            "--share-net is not supported",
+        ),
+        (&["-b", "1", "--run", "--", "/bin/true"], "Box not found"),
+        (&["-b", "5000", "--init"], "out of range"),
+        (
+            &["-b", "1", "--cg-mem=1000", "--run", "--", "/bin/true"],
+            "require --cg",
+        ),
+        (&["-b", "1", "--run"], "requires a command"),
+        (&["-b", "1", "--init", "--cleanup"], "Only one command"),
+        (&["-b", "1"], "Please specify an isolate command"),
+    ];
+    for (args, want) in cases {
+        let out = isolate(&env, args, Stdio::null());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    let version = isolate(&env, &["--version"], Stdio::null());
+    assert!(version.status.success());
+    // The same through `runbox isolate`.
+    let out = Proc::new(common::example("runbox"))
+        .args(["isolate", "-b", "2", "--init"])
+        .env("RUNBOX_ROOT", &env.dir)
+        .env("RUNBOX_CGROUP_PARENT", &env.prefix)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let with_box: &[(&[&str], &str)] = &[
+        (
+            &["-b", "2", "-d", "/x:fs", "--run", "--", "/bin/true"],
+            "not supported",
+        ),
+        (
+            &["-b", "2", "-d", "/x:norec", "--run", "--", "/bin/true"],
+            "not supported",
+        ),
+        (
+            &[
+                "-b",
+                "2",
+                "-d",
+                "/nonexistent-dir-xyz",
+                "--run",
+                "--",
+                "/bin/true",
+            ],
+            "Cannot bind",
+        ),
+        (
+            &["-b", "2", "--quota=10,10", "--run", "--", "/bin/true"],
+            "not supported",
+        ),
+    ];
+    for (args, want) in with_box {
+        let out = isolate(&env, args, Stdio::null());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    // `maybe` skips a missing directory.
+    let maybe = isolate(
+        &env,
+        &[
+            "-b",
+            "2",
+            "-s",
+            "-d",
+            "/nonexistent-dir-xyz:maybe",
+            "--run",
+            "--",
+            "/bin/true",
+        ],
+        Stdio::null(),
+    );
+    assert!(maybe.status.success(), "{maybe:?}");
+    let busy = fs::File::open(env.dir.join(".boxes/2/lock")).unwrap();
+    nix::fcntl::Flock::lock(busy, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(|held| {
+            let out = isolate(
+                &env,
+                &["-b", "2", "--run", "--", "/bin/true"],
+                Stdio::null(),
+            );
+            assert_eq!(out.status.code(), Some(2));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("currently in use"), "{stderr}");
+            drop(held);
+        })
+        .unwrap();
+    assert!(isolate(&env, &["-b", "2", "--cleanup"], Stdio::null())
+        .status
+        .success());
+    env.finish();
+}
