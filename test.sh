@@ -51,6 +51,8 @@ if [ "$where" != host ]; then
   # Everything the guest runs is built here: a build under emulation would take far too long.
   cargo test --locked --no-run "$@" >/dev/null 2>&1 || cargo test --locked --no-run "$@"
   cargo build --locked --quiet --examples
+  # The tests' busybox image too: the guest has no network to fetch busybox-static with.
+  bash rootfs/build-image.sh "${CARGO_TARGET_DIR:-$(pwd)/target}/tmp/test-image" >/dev/null
   echo "test.sh: the suite in a cgroup v2 guest (tests/vm/run.sh)" >&2
   args=""
   [ "$#" -gt 0 ] && args=$(printf ' %q' "$@")

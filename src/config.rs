@@ -341,6 +341,19 @@ impl SandboxConfig {
         fds
     }
 
+    /// A short stable name of a build shape (FNV-1a of its JSON, 16 hex digits): parked
+    /// spares of one shape share a directory of that name. Equal shapes have equal keys; a
+    /// claimer compares the whole shape all the same.
+    pub fn shape_key(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in json {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
     /// What a container built ahead of its request must share with the request to serve it:
     /// everything fixed when libcontainer builds the container (image, user, hostname, binds,
     /// memory, pids, cpuset, CFS period, rlimits, scratch and shm sizes). The parts applied per

@@ -15,6 +15,20 @@ pub(crate) const BOXES_DIR: &str = ".boxes";
 /// Owner written in the uid lease of box `n`: `box:<n>`.
 pub(crate) const BOX_LEASE_PREFIX: &str = "box:";
 
+/// Directory of the parked spares under a state root: `<root>/.spares/<shape key>/<name>`,
+/// each named by its spare's [`WARM_PREFIX`] name (see `monitor/parked.rs`).
+pub(crate) const SPARES_DIR: &str = ".spares";
+
+/// Prefix of the name a controller renames a parked spare's directory to when it claims it
+/// (in `<root>/.spares`), followed by the claimer's pid and start time and a counter.
+pub(crate) const CLAIMED_PREFIX: &str = ".claimed-";
+
+/// The listening socket in a parked spare's directory.
+pub(crate) const PARKED_SOCKET: &str = "sock";
+
+/// A parked spare's record in its directory, written once its container is built.
+pub(crate) const PARKED_RECORD: &str = "spare.json";
+
 /// Prefix of the temporary directories sandboxes are prepared in before their id is claimed.
 pub(crate) const NEW_PREFIX: &str = ".new-";
 

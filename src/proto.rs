@@ -167,6 +167,9 @@ pub(crate) enum SpareRequest {
         /// The build shape ([`SandboxConfig::build_shape`]).
         shape: Box<SandboxConfig>,
     },
+    /// `park PARK_JSON` (only as the first line): leave the controller and become a parked
+    /// spare of the state root, which any controller process may claim (`monitor/parked.rs`).
+    Park(Box<Park>),
     /// `run|create SANDBOX_DIR`: become that sandbox's monitor.
     Take {
         /// Run at once, or wait for start.
@@ -183,6 +186,7 @@ impl SpareRequest {
             SpareRequest::Warm { cgroup_path, shape } => {
                 format!("warm {cgroup_path} {}\n", serde_json::to_string(shape)?)
             }
+            SpareRequest::Park(park) => format!("park {}\n", serde_json::to_string(park)?),
             SpareRequest::Take { mode, dir } => format!("{} {}\n", mode.as_str(), dir.display()),
         })
     }
@@ -201,6 +205,10 @@ impl SpareRequest {
                 shape: Box::new(shape),
             });
         }
+        if word == "park" {
+            let park = serde_json::from_str(rest).map_err(|e| format!("park: {e}"))?;
+            return Ok(SpareRequest::Park(Box::new(park)));
+        }
         match (Mode::parse(word), rest.is_empty()) {
             (Some(mode), false) => Ok(SpareRequest::Take {
                 mode,
@@ -209,6 +217,20 @@ impl SpareRequest {
             _ => Err(format!("unknown spare request {line:?}")),
         }
     }
+}
+
+/// What a parked spare is asked to be: a container of `shape` built ahead, under the
+/// spare's own name, waiting at most `idle_ms` for a claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Park {
+    /// The build shape ([`SandboxConfig::build_shape`]).
+    pub shape: SandboxConfig,
+    /// The root's uid range (first, count): the spare leases its container's uid itself
+    /// when the shape asks for one of the range.
+    pub uid_range: (u32, u32),
+    /// How long the spare waits for a claim before it tears its container down and exits.
+    pub idle_ms: u64,
 }
 
 /// The line an exec'd monitor reads on its stdin (a socket) when its sandbox inherits some
@@ -617,12 +639,17 @@ mod tests {
             mode: Mode::Create,
             dir: "/run/runbox/my box".into(),
         };
-        for req in [warm, take] {
+        let park = SpareRequest::Park(Box::new(Park {
+            shape: SandboxConfig::for_tests().build_shape(),
+            uid_range: (60000, 1000),
+            idle_ms: 60_000,
+        }));
+        for req in [warm, take, park] {
             let line = req.encode().unwrap();
             assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
             assert_eq!(SpareRequest::parse(&line).unwrap(), req);
         }
-        for bad in ["", "warm /x", "warm /x {", "run", "dance /x"] {
+        for bad in ["", "warm /x", "warm /x {", "run", "dance /x", "park {}"] {
             assert!(SpareRequest::parse(bad).is_err(), "{bad:?}");
         }
         assert!(FactoryRequest::is(FactoryRequest::WIRE));

@@ -443,6 +443,16 @@ fn cgroup_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
+/// A child process killed when the test ends, even by a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The CLI on this test's root and prefix, started by `sh -c script` (which ends in
 /// `exec "$@"`, after joining cgroups or namespaces), with `args`.
 fn cli_after(env: &TestEnv, script: &str, args: &[&str]) -> std::process::Output {
@@ -491,11 +501,11 @@ fn a_delegated_cgroup_base_holds_everything_and_outlives_the_controllers_unit() 
     let mem = memory_mount();
     // The unit's own process (v2 only: there it must move to a leaf for the unit to give
     // controllers to runbox's cgroups).
-    let mut holder = Proc::new("sleep").arg("3600").spawn().unwrap();
+    let mut holder = KillOnDrop(Proc::new("sleep").arg("3600").spawn().unwrap());
     if v2 {
         std::fs::write(
             mem.join(&unit).join("cgroup.procs"),
-            holder.id().to_string(),
+            holder.0.id().to_string(),
         )
         .unwrap();
     }
@@ -534,7 +544,7 @@ fn a_delegated_cgroup_base_holds_everything_and_outlives_the_controllers_unit() 
     if v2 {
         let limit = std::fs::read_to_string(sandbox_cg.join("memory.max")).unwrap();
         assert_eq!(limit.trim(), (64u64 << 20).to_string());
-        let holder_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", holder.id())).unwrap();
+        let holder_cg = std::fs::read_to_string(format!("/proc/{}/cgroup", holder.0.id())).unwrap();
         assert_eq!(holder_cg.trim(), format!("0::/{unit}/runbox-leaf"));
     }
     // Nothing at the hierarchies' root.
@@ -575,6 +585,9 @@ fn a_delegated_cgroup_base_holds_everything_and_outlives_the_controllers_unit() 
     s.kill(Signal::SIGKILL).unwrap();
     assert_eq!(s.wait().unwrap().signal, Some(9));
     s.delete(false).unwrap();
+    // The run left a pre-built sandbox parked for the next CLI call, its monitor in the
+    // unit's `_monitors` too: end it.
+    root.release_spares();
     wait_until("the sandbox's monitor to exit", || {
         std::fs::read_to_string(
             mem.join(&unit)
@@ -584,8 +597,8 @@ fn a_delegated_cgroup_base_holds_everything_and_outlives_the_controllers_unit() 
         .is_ok_and(|p| p.trim().is_empty())
     });
     drop(root);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    holder.0.kill().unwrap();
+    holder.0.wait().unwrap();
     for m in cgroup_mounts() {
         for d in [
             m.join(&unit).join(&env.prefix).join("_monitors"),
@@ -637,8 +650,10 @@ fn inside_a_container_whose_cgroup_root_holds_processes_sandboxes_get_their_limi
     let out = cli_after(
         &env,
         &script,
+        // No spare parked in the container: this test waits for every monitor to end.
         &[
-            "run", "--json", "-m", "32M", "--image", &image, "probe", "memhog", "100",
+            "--spares", "0", "run", "--json", "-m", "32M", "--image", &image, "probe", "memhog",
+            "100",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -370,7 +370,15 @@ impl From<runbox::Error> for Fatal {
 
 fn open_root() -> Result<runbox::Root, Fatal> {
     let mut opts = runbox::RootOptions::new();
-    opts.spare_monitors(0);
+    // One run per process: one pre-built sandbox of the run's shape stays parked in the
+    // state root for the next call (RUNBOX_SPARES=0: none).
+    let parked = match std::env::var("RUNBOX_SPARES") {
+        Ok(n) => n
+            .parse::<usize>()
+            .map_err(|_| Fatal(format!("RUNBOX_SPARES={n:?} is not a number")))?,
+        Err(_) => 1,
+    };
+    opts.spare_monitors(0).parked_spares(parked);
     if let Some(range) = std::env::var_os("RUNBOX_UID_RANGE") {
         let range = range.to_string_lossy();
         let parsed = range
@@ -659,6 +667,11 @@ fn run(root: &runbox::Root, req: &Request, program: &[String]) -> Result<ExitCod
         }
     }
     l.address_space_bytes = req.mem_kb.filter(|kb| *kb > 0).map(|kb| kb * 1024);
+    // Without --cg-mem the control group keeps runbox's default limit, raised to -m's if
+    // that is larger (a per-process limit the group's must not undercut).
+    if let (None, Some(bytes)) = (req.cg_mem_kb, l.address_space_bytes) {
+        l.memory_bytes = l.memory_bytes.max(bytes);
+    }
     // isolate: the stack is unlimited unless --stack says otherwise.
     l.stack_bytes = Some(
         req.stack_kb

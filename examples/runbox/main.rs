@@ -43,6 +43,13 @@ struct Cli {
     /// /etc/subuid or /etc/subgid.
     #[arg(long = "uid-range", global = true, value_name = "FIRST:COUNT", value_parser = parse_uid_range)]
     uid_range: Option<(u32, u32)>,
+    /// Pre-built sandboxes of a run's shape kept parked in the state root after it, for
+    /// the next runbox process to start from (0: none).
+    #[arg(long, global = true, default_value_t = 1)]
+    spares: usize,
+    /// How long a parked sandbox waits for a run before it goes.
+    #[arg(long = "spare-idle", global = true, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
+    spare_idle: Duration,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -101,7 +108,11 @@ enum Verb {
         id: String,
     },
     /// Clean up what crashed monitors left behind.
-    Gc,
+    Gc {
+        /// Also end every pre-built sandbox parked in the state root (see --spares).
+        #[arg(long = "release-spares")]
+        release_spares: bool,
+    },
     /// Check what this host offers runbox (exit 1 if something required is missing).
     Check {
         /// Print a JSON array.
@@ -321,7 +332,14 @@ fn main() -> ExitCode {
         // Reads the host only: no state root is created.
         return exit(check(json, &root_dir, cli.uid_range));
     }
-    let root = match open_root(&root_dir, cli.cgroup_parent, cli.cgroup_base, cli.uid_range) {
+    let spares = (cli.spares, cli.spare_idle);
+    let root = match open_root(
+        &root_dir,
+        cli.cgroup_parent,
+        cli.cgroup_base,
+        cli.uid_range,
+        spares,
+    ) {
         Ok(root) => root,
         Err(e) => return exit(Err(e)),
     };
@@ -335,7 +353,7 @@ fn main() -> ExitCode {
         Verb::Logs { id } => logs(&root, &id),
         Verb::Kill { id, signal } => kill(&root, &id, signal.as_deref()),
         Verb::Delete { force, id } => delete(&root, &id, force),
-        Verb::Gc => gc(&root),
+        Verb::Gc { release_spares } => gc(&root, release_spares),
         Verb::Check { .. } => unreachable!("handled before the root is opened"),
     })
 }
@@ -371,10 +389,14 @@ fn open_root(
     cgroup_parent: Option<String>,
     cgroup_base: Option<String>,
     uid_range: Option<(u32, u32)>,
+    (parked, idle): (usize, Duration),
 ) -> Result<runbox::Root, Failure> {
     let mut opts = runbox::RootOptions::new();
-    // One command per process: a spare monitor would only be started to exit again.
-    opts.spare_monitors(0);
+    // One command per process: a spare of this process's own would only be started to exit
+    // again; parked ones serve the next process.
+    opts.spare_monitors(0)
+        .parked_spares(parked)
+        .parked_idle(idle);
     if let Some(p) = cgroup_parent {
         opts.cgroup_prefix(p);
     }
@@ -491,7 +513,10 @@ fn delete(root: &runbox::Root, id: &str, force: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn gc(root: &runbox::Root) -> Outcome {
+fn gc(root: &runbox::Root, release_spares: bool) -> Outcome {
+    if release_spares {
+        root.release_spares();
+    }
     let report = root.gc();
     for id in &report.removed {
         println!("removed lost sandbox {id}");

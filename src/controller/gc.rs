@@ -8,7 +8,9 @@ use std::path::Path;
 use crate::error::ErrorKind;
 use crate::host::state::{self, SandboxRecord};
 use crate::host::{cgroup, uids};
-use crate::layout::{self, Layout, GONE_PREFIX, NEW_PREFIX, WARM_PREFIX};
+use crate::layout::{
+    self, Layout, CLAIMED_PREFIX, GONE_PREFIX, NEW_PREFIX, SPARES_DIR, WARM_PREFIX,
+};
 
 use super::sandbox::{Sandbox, SandboxState};
 
@@ -48,6 +50,7 @@ pub(super) fn collect(dir: &Path, prefix: &str) -> GcReport {
         Err(e) => report.errors.push(e.chain()),
     }
     collect_temp_dirs(root, &mut report);
+    collect_parked_spares(root, &mut report);
     collect_uid_leases(root, &mut report);
     collect_stray_mounts(root, &mut report);
     collect_orphan_cgroups(root, &mut report);
@@ -70,6 +73,43 @@ fn collect_temp_dirs(root: &StateRoot<'_>, report: &mut GcReport) {
         match fs::remove_dir_all(e.path()) {
             Ok(()) => report.cleaned.push(format!("temp dir {name}")),
             Err(err) => report.errors.push(format!("remove {name}: {err}")),
+        }
+    }
+}
+
+/// Removes the directories of parked spares that died (`.spares/<shape>/_warm-…`; their
+/// cgroups and uids go as every dead spare's do), and claims or removals whose process died
+/// midway (`.spares/.claimed-…`, `.spares/.gone-…`).
+fn collect_parked_spares(root: &StateRoot<'_>, report: &mut GcReport) {
+    let spares = root.dir.join(SPARES_DIR);
+    let Ok(groups) = fs::read_dir(&spares) else {
+        return;
+    };
+    let mut dead = Vec::new();
+    for e in groups.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = layout::owner_of(&name, CLAIMED_PREFIX)
+            .or_else(|| layout::owner_of(&name, GONE_PREFIX));
+        if let Some(owner) = owner {
+            if !owner.is_alive() {
+                dead.push((e.path(), format!("spare {name}")));
+            }
+            continue;
+        }
+        let Ok(parked) = fs::read_dir(e.path()) else {
+            continue;
+        };
+        for p in parked.flatten() {
+            let spare = p.file_name().to_string_lossy().into_owned();
+            if layout::owner_of(&spare, WARM_PREFIX).is_some_and(|s| !s.is_alive()) {
+                dead.push((p.path(), format!("parked spare {spare}")));
+            }
+        }
+    }
+    for (path, what) in dead {
+        match fs::remove_dir_all(&path) {
+            Ok(()) => report.cleaned.push(what),
+            Err(err) => report.errors.push(format!("remove {what}: {err}")),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::layout::{Layout, NEW_PREFIX};
 use crate::proto::{Mode, MonitorArgs, StreamFds};
 
 use super::exec::{no_writer, read_first_report, reap, spawn_monitor};
+use super::parked;
 use super::resolve::resolve;
 use super::root::Root;
 use super::sandbox::{clean_lost, wait_for_exit, Sandbox};
@@ -42,7 +43,14 @@ impl Root {
         // A spare whose pre-built container fits is taken first: the sandbox then lives in
         // that container's cgroup.
         let shape = cfg.build_shape();
-        let spare = self.inner.spares.take(&shape);
+        // Of the root's own spares one of this shape, else one parked by any process, else
+        // any of its own.
+        let spare = self
+            .inner
+            .spares
+            .take(&shape, true)
+            .or_else(|| parked::claim(&self.inner.dir, &shape))
+            .or_else(|| self.inner.spares.take(&shape, false));
         let warm_cgroup = spare
             .as_ref()
             .filter(|s| s.fits(&shape))
@@ -103,8 +111,20 @@ impl Root {
         }
         let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
         let _enter = span.enter();
-        self.inner.spares.remember_shape(shape);
-        match self.start_monitor(&layout, &monitor, mode, spare, &streams) {
+        self.inner.spares.remember_shape(shape.clone());
+        let started = self.start_monitor(&layout, &monitor, mode, spare, &streams);
+        if started.is_ok() && self.inner.parked > 0 {
+            let target = self.spare_target(&monitor);
+            let inner = &self.inner;
+            parked::replenish(
+                &target,
+                &shape,
+                inner.parked,
+                inner.parked_idle,
+                &inner.parking,
+            );
+        }
+        match started {
             Ok(report) => Ok(Sandbox::launched(id, layout, report)),
             Err(e) => {
                 // A monitor that reported its failure has rolled back; one that died without a

@@ -7,6 +7,7 @@
 //! - `launch.rs`: launching a sandbox (stage, claim, hand over, first report);
 //! - `resolve.rs`: a `Command` checked and resolved into a `SandboxConfig`;
 //! - `spares.rs`: spare monitors and the spare factory;
+//! - `parked.rs`: parked spares, which any controller process of the root may claim;
 //! - `exec.rs`: finding and exec'ing the monitor executable;
 //! - `sandbox.rs`: the handle on one sandbox (state, wait, kill, delete);
 //! - `gc.rs`: collecting what crashes left;
@@ -16,6 +17,7 @@ pub(crate) mod boxes;
 pub(crate) mod exec;
 pub(crate) mod gc;
 mod launch;
+mod parked;
 pub(crate) mod resolve;
 pub(crate) mod root;
 pub(crate) mod sandbox;

@@ -61,6 +61,24 @@ pub(super) struct RootInner {
     pub monitors_cgroup: Option<std::os::fd::OwnedFd>,
     /// Idle monitors ready for a request (released when the root is dropped).
     pub spares: Spares,
+    /// Parked spares to keep per build shape after a launch (see [`RootOptions::parked_spares`]).
+    pub parked: usize,
+    /// How long a parked spare waits for a claim.
+    pub parked_idle: std::time::Duration,
+    /// Spares this root asked to park that may not have yet.
+    pub parking: std::sync::Mutex<Vec<super::parked::Parking>>,
+}
+
+impl Drop for RootInner {
+    /// Waits (at most 10 s) until the spares this root parked are in the state root, where
+    /// any process can see and release them.
+    fn drop(&mut self) {
+        if let Ok(pending) = self.parking.get_mut() {
+            let pending = std::mem::take(pending);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            super::parked::wait_parked(pending, deadline);
+        }
+    }
 }
 
 /// Options for opening a [`Root`].
@@ -72,6 +90,8 @@ pub struct RootOptions {
     spare_monitors: Option<usize>,
     no_prebuild: bool,
     uid_range: Option<UidRange>,
+    parked_spares: usize,
+    parked_idle: Option<std::time::Duration>,
 }
 
 impl RootOptions {
@@ -152,6 +172,28 @@ impl RootOptions {
         self
     }
 
+    /// How many pre-built sandboxes of a launch's build shape to keep *parked* in the state
+    /// root after each launch (default 0): spare monitors that leave this process, wait in
+    /// `<root>/.spares`, and serve a launch of the same shape from any process that opens
+    /// the root, atomically claimed (one claim wins) and replaced after each claim. For
+    /// controllers that live for one launch (the CLI, a grader that runs `runbox` per test),
+    /// which an in-process spare ([`RootOptions::spare_monitors`]) cannot serve. A parked
+    /// spare holds what a pre-built one holds (its mounts, cgroup, namespaces and a uid of
+    /// the range; about 3 MiB of memory with its monitor) until claimed or idle for
+    /// [`RootOptions::parked_idle`]; none is a daemon: its death loses nothing, and `gc`
+    /// collects what a killed one left. [`Root::release_spares`] ends them all.
+    pub fn parked_spares(&mut self, n: usize) -> &mut Self {
+        self.parked_spares = n;
+        self
+    }
+
+    /// How long a parked spare waits for a claim before it tears its container down and
+    /// exits (default 60 s).
+    pub fn parked_idle(&mut self, idle: std::time::Duration) -> &mut Self {
+        self.parked_idle = Some(idle);
+        self
+    }
+
     /// Opens (creating if needed, mode 0700) the state root `dir`.
     ///
     /// # Errors
@@ -222,6 +264,15 @@ impl RootOptions {
                 uid_range,
                 host_image: OnceLock::new(),
                 spares: Spares::new(self.spare_monitors.unwrap_or(1), !self.no_prebuild),
+                parked: if self.no_prebuild {
+                    0
+                } else {
+                    self.parked_spares
+                },
+                parked_idle: self
+                    .parked_idle
+                    .unwrap_or(std::time::Duration::from_secs(60)),
+                parking: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -390,9 +441,16 @@ impl Root {
 
     /// Releases the spare monitors and returns once they have exited (a spare building a
     /// container finishes and tears it down first; at most a minute); new ones are made on
-    /// the next launch. Dropping the last clone of a `Root` does the same.
+    /// the next launch. Dropping the last clone of a `Root` does the same for this root's
+    /// own spares; this call also ends every spare parked in the state root, whichever
+    /// process parked it ([`RootOptions::parked_spares`]).
     pub fn release_spares(&self) {
         self.inner.spares.release();
+        if let Ok(mut pending) = self.inner.parking.lock() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            super::parked::wait_parked(std::mem::take(&mut *pending), deadline);
+        }
+        super::parked::release_all(&self.inner.dir);
     }
 
     /// Starts the spare monitors now, each pre-building a sandbox shaped like `cmd` (see

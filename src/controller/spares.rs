@@ -64,6 +64,9 @@ pub(super) struct Spare {
     report: BufReader<File>,
     first: Option<FirstProcess>,
     warm: Option<Warm>,
+    /// A parked spare's report pipe write end, sent with the request (a spare started by
+    /// this root has its own from the start).
+    report_end: Option<OwnedFd>,
 }
 
 /// A container a spare builds ahead of its request: in this cgroup, of this build shape, as
@@ -85,10 +88,35 @@ impl Spare {
     /// file tells that it has exited.
     fn release(mut self) -> File {
         drop(self.request);
+        // A claimed parked spare's write end is still here: the pipe must see only its own.
+        drop(self.report_end.take());
         if let Some(first) = self.first.as_mut() {
             let _ = reap(first);
         }
         self.report.into_inner()
+    }
+
+    /// A parked spare this controller claimed: connected at `request`, its container (in
+    /// `cgroup_path`, of `shape`, as `uid`) built; reports come on a new pipe.
+    pub fn claimed(
+        request: OwnedFd,
+        cgroup_path: String,
+        shape: SandboxConfig,
+        uid: Option<u32>,
+    ) -> Result<Spare> {
+        let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
+        Ok(Spare {
+            request,
+            report: BufReader::new(File::from(report_r)),
+            first: None,
+            warm: Some(Warm {
+                cgroup_path,
+                shape,
+                uid,
+            }),
+            report_end: Some(report_w),
+        })
     }
 
     /// The leased uid of the spare's pre-built container, if it has one.
@@ -122,7 +150,13 @@ impl Spare {
             mode,
             dir: layout.dir.clone(),
         };
-        if send_request(&self.request, &request, streams) {
+        let mut fds: Vec<BorrowedFd<'_>> = self.report_end.iter().map(AsFd::as_fd).collect();
+        fds.extend_from_slice(streams);
+        let sent = send_request(&self.request, &request, &fds);
+        drop(fds);
+        // Only the spare holds the report pipe's write end now: its end is end of file.
+        drop(self.report_end.take());
+        if sent {
             Ok(self.report)
         } else {
             Err(())
@@ -132,7 +166,11 @@ impl Spare {
 
 /// Writes `request` whole to a spare's socket without blocking or raising SIGPIPE; false if
 /// it could not (the spare is gone, or the line does not fit the socket's buffer).
-fn send_request(socket: &OwnedFd, request: &SpareRequest, fds: &[BorrowedFd<'_>]) -> bool {
+pub(super) fn send_request(
+    socket: &OwnedFd,
+    request: &SpareRequest,
+    fds: &[BorrowedFd<'_>],
+) -> bool {
     let Ok(line) = request.encode() else {
         return false;
     };
@@ -161,13 +199,16 @@ impl Spares {
         }
     }
 
-    /// Takes a spare, preferring one whose pre-built container fits `shape`.
-    pub fn take(&self, shape: &SandboxConfig) -> Option<Spare> {
+    /// Takes a spare, preferring one whose pre-built container fits `shape`; with
+    /// `fitting_only`, only such a one.
+    pub fn take(&self, shape: &SandboxConfig, fitting_only: bool) -> Option<Spare> {
         let mut idle = self.idle.lock().ok()?;
-        let i = idle
-            .iter()
-            .rposition(|s| s.fits(shape))
-            .or_else(|| idle.len().checked_sub(1))?;
+        let fitting = idle.iter().rposition(|s| s.fits(shape));
+        let i = match fitting {
+            Some(i) => i,
+            None if fitting_only => return None,
+            None => idle.len().checked_sub(1)?,
+        };
         Some(idle.swap_remove(i))
     }
 
@@ -270,6 +311,7 @@ impl Spares {
             report: BufReader::new(File::from(report_r)),
             first,
             warm: None,
+            report_end: None,
         };
         // Set only when pre-building is on.
         let shape = self.last_shape.lock().ok().and_then(|s| s.clone());
@@ -411,6 +453,7 @@ mod tests {
                 shape,
                 uid: None,
             }),
+            report_end: None,
         }
     }
 
@@ -430,9 +473,10 @@ mod tests {
         pool.put_back(spare(Some(b.clone())));
         pool.put_back(spare(None));
         // The one of the launch's shape first, wherever it is; else any.
-        assert!(pool.take(&a).unwrap().fits(&a));
-        assert!(pool.take(&b).unwrap().fits(&b));
-        assert!(pool.take(&a).is_some_and(|s| !s.fits(&a)));
-        assert!(pool.take(&a).is_none());
+        assert!(pool.take(&a, true).unwrap().fits(&a));
+        assert!(pool.take(&b, false).unwrap().fits(&b));
+        assert!(pool.take(&a, true).is_none(), "none fits any more");
+        assert!(pool.take(&a, false).is_some_and(|s| !s.fits(&a)));
+        assert!(pool.take(&a, false).is_none());
     }
 }

@@ -44,6 +44,23 @@ pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
     fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))
 }
 
+/// `spare.json` of a parked spare: what it has built, written once the build is done (a
+/// directory without it is still building). See `monitor/parked.rs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ParkedRecord {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The spare (its directory's name says the same).
+    pub spare: ProcIdentity,
+    /// The build shape it serves (as asked, before a leased uid was put in).
+    pub shape: crate::config::SandboxConfig,
+    /// The cgroup of its container, `/<prefix>/<its name>`.
+    pub cgroup_path: String,
+    /// The uid of the range its container runs as, leased by the spare.
+    pub uid: Option<u32>,
+}
+
 /// `sandbox.json`: what the sandbox is, written by the controller before the monitor starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SandboxRecord {

@@ -48,7 +48,7 @@ pub(super) fn run(root: PathBuf, prefix: &str) -> ! {
                 drop((request, report));
                 let _ = waitpid(nix::unistd::Pid::from_raw(child), None);
             }
-            Ok(None) => become_spare(root, &filters, left_cgroups, request, report),
+            Ok(None) => become_spare(root, prefix, &filters, left_cgroups, request, report),
             Err(_) => drop((request, report)),
         }
     }
@@ -58,6 +58,7 @@ pub(super) fn run(root: PathBuf, prefix: &str) -> ! {
 /// more and serves as a spare.
 fn become_spare(
     root: PathBuf,
+    prefix: &str,
     filters: &Filters,
     left_cgroups: bool,
     request: OwnedFd,
@@ -71,7 +72,7 @@ fn become_spare(
     }
     phases::clear();
     match Prepared::with_filters(filters.clone(), left_cgroups) {
-        Ok(prepared) => spare::serve(root, &prepared),
+        Ok(prepared) => spare::serve(root, prefix, &prepared),
         Err(_) => std::process::exit(1),
     }
 }

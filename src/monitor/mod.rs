@@ -3,7 +3,8 @@
 //!
 //! - `factory`: one per `Root`; forks spares (`factory.rs`);
 //! - `spare`: an idle monitor that may pre-build a container, then becomes a sandbox's
-//!   monitor (`spare.rs`);
+//!   monitor (`spare.rs`, `handover.rs`); a parked spare waits in the state root for any
+//!   controller (`parked.rs`);
 //! - a sandbox's monitor: `run.rs` (open, launch), `built.rs` (the container),
 //!   `supervise.rs` (limits and output while the program runs), `finish.rs` (verdict,
 //!   teardown).
@@ -14,6 +15,8 @@
 mod built;
 mod factory;
 mod finish;
+mod handover;
+mod parked;
 mod phases;
 mod process;
 mod run;

@@ -7,19 +7,17 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use crate::host::uids;
 use crate::proto::{LineReader, SpareRequest};
 
 use super::built::{Built, Streams};
-use super::phases;
 use super::process::{self, Prepared};
-use super::run;
+use super::{handover, parked};
 
 /// An exec'd spare (`MONITOR_ARG ROOT spare PREFIX`).
 pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
     process::detach();
     match Prepared::new(Some(prefix)) {
-        Ok(prepared) => serve(root, &prepared),
+        Ok(prepared) => serve(root, prefix, &prepared),
         Err(_) => std::process::exit(1), // the controller falls back to a fresh monitor
     }
 }
@@ -27,6 +25,8 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 /// The request loop of a spare:
 /// - `warm` (optional, first): builds a container of that shape in that cgroup ahead of
 ///   time, program-less (see [`crate::config::SandboxConfig::build_shape`]);
+/// - `park` (only first): leaves the controller to wait in the state root for any
+///   controller's claim (`parked.rs`);
 /// - `run|create SANDBOX_DIR`: becomes that sandbox's monitor, with the pre-built container
 ///   if its record matches it, else building one.
 ///
@@ -38,21 +38,15 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 /// makes the spare that uid's holder: it gives the uid back once its pre-built container is
 /// torn down, unless the sandbox it is handed runs as that uid (the controller gives the
 /// spare's uid to a sandbox that wants one of the range), whose removal then gives it back.
-pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
+pub(super) fn serve(root: PathBuf, prefix: &str, prepared: &Prepared) -> ! {
     let mut warm: Option<(Built, Streams)> = None;
     let mut warm_uid: Option<u32> = None;
     let stdin = io::stdin();
     let mut lines = LineReader::new(stdin.as_fd());
-    let end = |warm: Option<(Built, Streams)>, warm_uid: Option<u32>, code| -> ! {
-        drop(warm); // tears the pre-built container down
-        if let Some(uid) = warm_uid {
-            uids::release(&root, uid);
-        }
-        std::process::exit(code)
-    };
+    let mut first = true;
     loop {
         let Ok(Some(line)) = lines.next_line() else {
-            end(warm, warm_uid, 0);
+            handover::end(&root, warm, warm_uid, 0);
         };
         match SpareRequest::parse(&line) {
             Ok(SpareRequest::Warm { cgroup_path, shape }) if warm.is_none() => {
@@ -60,24 +54,19 @@ pub(super) fn serve(root: PathBuf, prepared: &Prepared) -> ! {
                 // A failed build leaves the spare cold: it builds when its request comes.
                 warm = Built::new(&shape, &cgroup_path, &root, prepared).ok();
             }
+            Ok(SpareRequest::Park(park)) if first => {
+                drop(lines);
+                parked::park(root, prefix, prepared, *park)
+            }
             // A shape it cannot read (a controller of another version, say) leaves it cold.
             Err(_) if warm.is_none() && line.starts_with("warm ") => {}
             Ok(SpareRequest::Take { mode, dir }) => {
-                phases::clear();
-                phases::mark("spare_taken");
-                process::redirect_stderr(&dir.join("monitor.log"));
                 // The launcher's descriptors the sandbox inherits came with this line.
                 let streams = lines.take_fds();
-                process::exit_with(run::run(
-                    &dir,
-                    mode,
-                    prepared,
-                    warm,
-                    warm_uid,
-                    Some(streams),
-                ))
+                handover::take(&dir, mode, prepared, warm, warm_uid, streams)
             }
-            _ => end(warm, warm_uid, 2),
+            _ => handover::end(&root, warm, warm_uid, 2),
         }
+        first = false;
     }
 }

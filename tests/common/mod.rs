@@ -176,19 +176,21 @@ pub fn assert_no_leaks(state_root: &Path, prefix: &str) {
                 // The shared image and the monitors' scratch mount point stay by design.
                 // The uid leases' directory stays; its leases must not.
                 .filter(|n| n != ".images" && n != ".scratch" && n != ".uids")
-                // The boxes' directory stays; its boxes must not.
-                .filter(|n| n != ".boxes")
+                // The boxes' and parked spares' directories stay; what was in them must not.
+                .filter(|n| n != ".boxes" && n != ".spares")
                 .collect()
         })
         .unwrap_or_default();
-    let boxes: Vec<_> = fs::read_dir(state_root.join(".boxes"))
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        boxes.is_empty(),
-        "boxes left in {}: {boxes:?}",
-        state_root.display()
-    );
+    for kept in [".boxes", ".spares"] {
+        let left: Vec<_> = fs::read_dir(state_root.join(kept))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "left in {}: {left:?}",
+            state_root.join(kept).display()
+        );
+    }
     assert!(
         dirs.is_empty(),
         "sandbox dirs left in {}: {dirs:?}",

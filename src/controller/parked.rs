@@ -1,0 +1,205 @@
+//! Parked spares as controllers see them: claiming one for a launch, parking new ones after
+//! a launch, releasing them all. Any controller process of a state root may claim any of
+//! its parked spares, so a fresh process (a CLI run) starts pre-built too. Runs in the
+//! controller; the spare's side is `monitor/parked.rs`.
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::SandboxConfig;
+use crate::error::Result;
+use crate::host::proc::{self, ProcIdentity};
+use crate::host::state::{self, ParkedRecord};
+use crate::layout::{self, CLAIMED_PREFIX, PARKED_RECORD, PARKED_SOCKET, SPARES_DIR, WARM_PREFIX};
+use crate::proto::{MonitorArgs, Park, SpareRequest};
+
+use super::exec::{reap, spawn_monitor};
+use super::spares::{send_request, Spare, Target};
+
+/// How long releasing waits for parked spares to exit (one that is building finishes first).
+const RELEASE_WAIT: Duration = Duration::from_secs(60);
+
+/// The directory of the parked spares of `shape` under `root`.
+fn group(root: &Path, shape: &SandboxConfig) -> PathBuf {
+    root.join(SPARES_DIR).join(shape.shape_key())
+}
+
+/// The parked spares' directories in `group` (built or building), with their spares.
+fn entries(group: &Path) -> Vec<(PathBuf, ProcIdentity)> {
+    let Ok(rd) = fs::read_dir(group) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            layout::owner_of(&name, WARM_PREFIX).map(|spare| (e.path(), spare))
+        })
+        .collect()
+}
+
+/// Renames the parked spare at `dir` away for this process: true if this claim won (no
+/// other controller can have it, and it can no longer unpark itself). Its new name is
+/// returned for the caller to remove once connected.
+fn take_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
+    let claimed = root
+        .join(SPARES_DIR)
+        .join(state::owned_name(CLAIMED_PREFIX).ok()?);
+    fs::rename(dir, &claimed).ok()?;
+    Some(claimed)
+}
+
+/// Claims a built parked spare of exactly `shape`, connected and ready for a `run|create`
+/// request, if one is parked under `root`.
+pub(super) fn claim(root: &Path, shape: &SandboxConfig) -> Option<Spare> {
+    for (dir, _) in entries(&group(root, shape)) {
+        // No record yet: still building.
+        let Ok(record) = state::read_json::<ParkedRecord>(&dir.join(PARKED_RECORD)) else {
+            continue;
+        };
+        if record.shape != *shape {
+            continue;
+        }
+        let Some(claimed) = take_dir(root, &dir) else {
+            continue; // another controller won it, or it just went idle
+        };
+        let conn = UnixStream::connect(claimed.join(PARKED_SOCKET));
+        let _ = fs::remove_dir_all(&claimed);
+        // A spare that died parked: gc collects its cgroup and uid.
+        let Ok(conn) = conn else {
+            continue;
+        };
+        let spare = Spare::claimed(
+            OwnedFd::from(conn),
+            record.cgroup_path,
+            record.shape,
+            record.uid,
+        );
+        if let Ok(spare) = spare {
+            return Some(spare);
+        }
+    }
+    None
+}
+
+/// A spare this process asked to park, until its directory is in the state root: this
+/// process's end of its request socket, at end of file once the spare has made its
+/// directory (or died). A controller waits for its own before it exits
+/// ([`wait_parked`]), so that no process ends with a spare of its own that no other could
+/// see yet (and release).
+#[derive(Debug)]
+pub(super) struct Parking {
+    sock: OwnedFd,
+    key: String,
+}
+
+impl Parking {
+    /// True once the spare has parked (or died): end of file, without waiting.
+    fn done(&self) -> bool {
+        let mut byte = [0u8; 1];
+        match nix::sys::socket::recv(
+            self.sock.as_raw_fd(),
+            &mut byte,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => true,
+            Err(nix::Error::EAGAIN) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Waits until every spare in `pending` has parked or died, or `deadline` has passed.
+pub(super) fn wait_parked(pending: Vec<Parking>, deadline: Instant) {
+    for p in pending {
+        let mut fds = [nix::poll::PollFd::new(
+            p.sock.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = crate::host::sys::poll_until(&mut fds, Some(deadline));
+    }
+}
+
+/// Parks new spares of `shape` under the target's root until `want` are parked or building
+/// there, counting those this process started that have not parked yet (`pending`, where
+/// new ones go). Other controllers may race the count: a few more can be made, and idle
+/// ones go after `idle`. Failures are ignored: launches then start cold.
+pub(super) fn replenish(
+    t: &Target<'_>,
+    shape: &SandboxConfig,
+    want: usize,
+    idle: Duration,
+    pending: &Mutex<Vec<Parking>>,
+) {
+    let Ok(mut pending) = pending.lock() else {
+        return;
+    };
+    pending.retain(|p| !p.done());
+    let key = shape.shape_key();
+    let starting = pending.iter().filter(|p| p.key == key).count();
+    let have = entries(&group(t.root, shape)).len() + starting;
+    for _ in have..want {
+        match park_one(t, shape, idle) {
+            Ok(sock) => pending.push(Parking {
+                sock,
+                key: key.clone(),
+            }),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Execs a spare monitor and asks it to park itself for `shape`. Returns once it has
+/// detached (its first process reaped), with this end of its request socket; it builds in
+/// the background.
+fn park_one(t: &Target<'_>, shape: &SandboxConfig, idle: Duration) -> Result<OwnedFd> {
+    use crate::error::{Error, ErrorKind};
+    let (ours, theirs) = crate::host::sys::stream_socket_pair()
+        .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
+    let args = MonitorArgs::Spare {
+        root: t.root.to_path_buf(),
+        prefix: t.prefix.to_string(),
+    };
+    let mut first = spawn_monitor(t.exe, &args, Some(theirs), None, t.cgroup)?;
+    let request = SpareRequest::Park(Box::new(Park {
+        shape: shape.clone(),
+        uid_range: (t.uid_range.first, t.uid_range.count),
+        idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+    }));
+    // Whole into the socket's buffer, or the spare exits at end of file, cold.
+    send_request(&ours, &request, &[]);
+    reap(&mut first)?;
+    Ok(ours)
+}
+
+/// Claims every parked spare under `root`, of every shape (built or building), and lets it
+/// go: end of file makes it tear down and exit. Returns once they have exited, or after
+/// [`RELEASE_WAIT`].
+pub(super) fn release_all(root: &Path) {
+    let Ok(groups) = fs::read_dir(root.join(SPARES_DIR)) else {
+        return;
+    };
+    let mut released = Vec::new();
+    for group in groups.flatten() {
+        if group.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for (dir, spare) in entries(&group.path()) {
+            if let Some(claimed) = take_dir(root, &dir) {
+                // Connecting and hanging up is the end of file it waits for; a spare still
+                // building finds its directory gone and ends when it is done.
+                drop(UnixStream::connect(claimed.join(PARKED_SOCKET)));
+                let _ = fs::remove_dir_all(&claimed);
+                released.push(spare);
+            }
+        }
+        let _ = fs::remove_dir(group.path()); // only if empty
+    }
+    let deadline = Instant::now() + RELEASE_WAIT;
+    for spare in released {
+        let _ = proc::wait_for_exit(spare, Some(deadline));
+    }
+}

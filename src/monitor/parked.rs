@@ -1,0 +1,214 @@
+//! A parked spare: a spare monitor that left the controller that started it and waits in the
+//! state root, its container built, for any controller process to claim it (a CLI run, a
+//! restarted grader). Runs in a spare that got a `park` request as its first line.
+//!
+//! Its directory `<root>/.spares/<shape key>/<name>` (the spare's own [`WARM_PREFIX`] name,
+//! which also names its cgroup and owns its uid lease, so `gc` knows them for its own once
+//! it is dead) holds a listening socket from the start and `spare.json` once the container
+//! is built. A controller claims it by renaming the directory away (only one rename wins),
+//! connects, and sends a `run|create` line with the report pipe's write end and the
+//! sandbox's inherited streams as `SCM_RIGHTS`. Unclaimed for its idle time, the spare
+//! renames its directory away itself (so no claim can follow), tears down and exits.
+//!
+//! No sandbox depends on a parked spare until it is claimed: its death loses nothing.
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags};
+
+use crate::config::User;
+use crate::host::proc::ProcIdentity;
+use crate::host::state::{self, ParkedRecord};
+use crate::host::sys;
+use crate::host::uids::UidRange;
+use crate::layout::{GONE_PREFIX, PARKED_RECORD, PARKED_SOCKET, SPARES_DIR, WARM_PREFIX};
+use crate::proto::{LineReader, Park, SpareRequest};
+
+use super::built::{Built, Streams};
+use super::handover;
+use super::process::Prepared;
+
+/// How long a claimed spare waits for its claimer to connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// A parked spare's holdings, given back in order when it ends unclaimed: its directory
+/// (first, so no claim can come), its container, its uid.
+struct Holdings {
+    root: PathBuf,
+    /// Its directory, while it is still where it parked it.
+    dir: Option<PathBuf>,
+    warm: Option<(Built, Streams)>,
+    uid: Option<u32>,
+}
+
+impl Holdings {
+    /// Gives everything back and exits with `code`.
+    fn end(mut self, code: i32) -> ! {
+        if let Some(dir) = self.dir.take() {
+            let _ = unpark(&self.root, &dir);
+        }
+        handover::end(&self.root, self.warm.take(), self.uid.take(), code)
+    }
+}
+
+/// Parks this spare under `root` for `park.shape`, waits for a claim and becomes the
+/// claimer's sandbox's monitor; or, unclaimed after `park.idle_ms`, tears down and exits.
+pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park) -> ! {
+    let Ok(name) = state::owned_name(WARM_PREFIX) else {
+        std::process::exit(1)
+    };
+    let dir = root
+        .join(SPARES_DIR)
+        .join(park.shape.shape_key())
+        .join(&name);
+    let listener = match open_parking(&dir) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = fs::remove_dir_all(&dir);
+            std::process::exit(1)
+        }
+    };
+    // Parked: nothing of the controller that parked it stays, and the end of file on its
+    // request socket tells it that the directory is there.
+    quiet_stdio();
+    let mut held = Holdings {
+        root,
+        dir: Some(dir.clone()),
+        warm: None,
+        uid: None,
+    };
+    let mut built_shape = park.shape.clone();
+    if park.shape.uid_leased {
+        let (first, count) = park.uid_range;
+        match (UidRange { first, count }).lease(&held.root, &name) {
+            Ok(Some(uid)) => {
+                held.uid = Some(uid);
+                built_shape.user = User { uid, gid: uid };
+            }
+            _ => held.end(1), // no uid free: no spare
+        }
+    }
+    let cgroup_path = format!("/{prefix}/{name}");
+    match Built::new(&built_shape, &cgroup_path, &held.root, prepared) {
+        Ok(built) => held.warm = Some(built),
+        Err(_) => held.end(1),
+    }
+    let record = ParkedRecord {
+        format_version: state::FORMAT_VERSION,
+        spare: match ProcIdentity::own() {
+            Ok(me) => me,
+            Err(_) => held.end(1),
+        },
+        shape: park.shape,
+        cgroup_path,
+        uid: held.uid,
+    };
+    if state::write_json_atomic(&dir.join(PARKED_RECORD), &record).is_err() {
+        held.end(1);
+    }
+    let idle = Duration::from_millis(park.idle_ms);
+    let Some(conn) = wait_for_claim(&listener, &mut held, idle) else {
+        held.end(0)
+    };
+    drop(listener);
+    // The claimer renamed the directory away and removes it.
+    held.dir = None;
+    let mut lines = LineReader::new(conn.as_fd());
+    let request = lines.next_line().ok().flatten();
+    match request.as_deref().map(SpareRequest::parse) {
+        Some(Ok(SpareRequest::Take { mode, dir })) => {
+            let mut fds = lines.take_fds();
+            if fds.is_empty() {
+                held.end(2);
+            }
+            // The report pipe's write end comes first: it becomes this monitor's stdout.
+            let report = fds.remove(0);
+            if nix::unistd::dup2(report.as_raw_fd(), 1).is_err() {
+                held.end(2);
+            }
+            drop(report);
+            let (warm, uid) = (held.warm.take(), held.uid.take());
+            handover::take(&dir, mode, prepared, warm, uid, fds)
+        }
+        // The claimer died or sent something else: nothing was handed over.
+        _ => held.end(0),
+    }
+}
+
+/// Points stdin and stdout at /dev/null (best effort).
+fn quiet_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+}
+
+/// Makes the spare's directory (mode 0700) and its listening socket.
+fn open_parking(dir: &Path) -> std::io::Result<UnixListener> {
+    if let Some(group) = dir.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(group)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(dir)?;
+    let listener = UnixListener::bind(dir.join(PARKED_SOCKET))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Renames `dir` away (to `<root>/.spares/.gone-…`) and removes it: true if it was still
+/// there, so no claim can reach this spare any more.
+fn unpark(root: &Path, dir: &Path) -> bool {
+    let Ok(gone) = state::owned_name(GONE_PREFIX) else {
+        return false;
+    };
+    let gone = root.join(SPARES_DIR).join(gone);
+    if fs::rename(dir, &gone).is_err() {
+        return false;
+    }
+    let _ = fs::remove_dir_all(&gone);
+    true
+}
+
+/// Waits for a claimer's connection for at most `idle`; then unparks, unless a claim came
+/// first (the directory is gone: a claimer renamed it), in which case the claimer gets
+/// [`CONNECT_WAIT`] to connect.
+fn wait_for_claim(
+    listener: &UnixListener,
+    held: &mut Holdings,
+    idle: Duration,
+) -> Option<UnixStream> {
+    let mut deadline = Instant::now() + idle;
+    let mut claimed = false;
+    loop {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        // 0 only once the deadline has passed; an error ends the wait as the deadline would.
+        if sys::poll_until(&mut fds, Some(deadline)).is_ok_and(|n| n > 0) {
+            if let Ok((conn, _)) = listener.accept() {
+                let _ = conn.set_nonblocking(false);
+                return Some(conn);
+            }
+            continue;
+        }
+        if claimed {
+            return None;
+        }
+        let dir = held.dir.take()?;
+        if unpark(&held.root, &dir) {
+            return None;
+        }
+        // Renamed by a claimer, who connects next.
+        claimed = true;
+        deadline = Instant::now() + CONNECT_WAIT;
+    }
+}
