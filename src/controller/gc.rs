@@ -86,6 +86,7 @@ fn collect_parked_spares(root: &StateRoot<'_>, report: &mut GcReport) {
         return;
     };
     let mut dead = Vec::new();
+    let mut groups_seen = Vec::new();
     for e in groups.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let owner = layout::owner_of(&name, CLAIMED_PREFIX)
@@ -105,12 +106,17 @@ fn collect_parked_spares(root: &StateRoot<'_>, report: &mut GcReport) {
                 dead.push((p.path(), format!("parked spare {spare}")));
             }
         }
+        groups_seen.push(e.path());
     }
     for (path, what) in dead {
         match fs::remove_dir_all(&path) {
             Ok(()) => report.cleaned.push(what),
             Err(err) => report.errors.push(format!("remove {what}: {err}")),
         }
+    }
+    // Shapes' directories left empty (a spare that parks there makes it again).
+    for group in groups_seen {
+        let _ = fs::remove_dir(group);
     }
 }
 

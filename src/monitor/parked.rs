@@ -154,13 +154,21 @@ fn quiet_stdio() {
 
 /// Makes the spare's directory (mode 0700) and its listening socket.
 fn open_parking(dir: &Path) -> std::io::Result<UnixListener> {
-    if let Some(group) = dir.parent() {
+    let group = dir.parent().unwrap_or(dir);
+    let make = || {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(group)?;
+        fs::DirBuilder::new().mode(0o700).create(dir)
+    };
+    // The group's last spare may remove it in between (see `unpark`): once more then.
+    if let Err(e) = make() {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        make()?;
     }
-    fs::DirBuilder::new().mode(0o700).create(dir)?;
     let listener = UnixListener::bind(dir.join(PARKED_SOCKET))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -177,6 +185,10 @@ fn unpark(root: &Path, dir: &Path) -> bool {
         return false;
     }
     let _ = fs::remove_dir_all(&gone);
+    // The shape's directory goes with its last spare (only if empty).
+    if let Some(group) = dir.parent() {
+        let _ = fs::remove_dir(group);
+    }
     true
 }
 

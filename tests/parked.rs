@@ -1,0 +1,213 @@
+//! Parked spares: pre-built sandboxes in the state root that a fresh process claims (a CLI
+//! run after another), one claim each, keyed by build shape, gone when idle or released,
+//! collected by gc when killed.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Output, Stdio};
+
+use common::{wait_until, TestEnv};
+
+fn runbox(env: &TestEnv, args: &[&str]) -> Output {
+    Proc::new(common::example("runbox"))
+        .arg("--root")
+        .arg(&env.dir)
+        .args(["--cgroup-parent", &env.prefix])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The parked spares' directories (built or building), of every shape.
+fn parked(env: &TestEnv) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for group in fs::read_dir(env.dir.join(".spares"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if group.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for spare in fs::read_dir(group.path()).into_iter().flatten().flatten() {
+            out.push(spare.path());
+        }
+    }
+    out
+}
+
+/// The parked spares that have built their container.
+fn ready(env: &TestEnv) -> Vec<PathBuf> {
+    parked(env)
+        .into_iter()
+        .filter(|d| d.join("spare.json").exists())
+        .collect()
+}
+
+/// The pid in a spare's directory name, `_warm-<pid>-<start>-<n>`.
+fn pid_of(dir: &Path) -> i32 {
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    name.trim_start_matches("_warm-")
+        .split('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn state(env: &TestEnv, id: &str) -> serde_json::Value {
+    let out = runbox(env, &["state", id]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn run_detached(env: &TestEnv, extra: &[&str], id: &str) {
+    let image = common::image().to_str().unwrap().to_string();
+    let mut args = vec!["run", "--detach", "--name", id, "--image", &image];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["probe", "true"]);
+    let out = runbox(env, &args);
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn finish_run(env: &TestEnv, id: &str) {
+    assert!(runbox(env, &["wait", id]).status.success());
+    assert!(runbox(env, &["delete", id]).status.success());
+}
+
+#[test]
+fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
+    let env = TestEnv::new("parked");
+    run_detached(&env, &[], "first");
+    assert_eq!(
+        state(&env, "first")["prebuilt"],
+        false,
+        "nothing was parked yet"
+    );
+    finish_run(&env, "first");
+    // The run left one spare of its shape, built in the background.
+    wait_until("a spare to be parked", || ready(&env).len() == 1);
+    let spare = ready(&env).remove(0);
+    run_detached(&env, &[], "second");
+    let s = state(&env, "second");
+    assert_eq!(s["prebuilt"], true, "{s}");
+    assert_eq!(
+        s["monitor_pid"],
+        pid_of(&spare),
+        "the parked spare became its monitor"
+    );
+    assert!(!spare.exists(), "a claimed spare leaves the state root");
+    finish_run(&env, "second");
+    // Replaced after the claim; another shape is not served from it and parks its own.
+    wait_until("a replacement to be parked", || ready(&env).len() == 1);
+    run_detached(&env, &["--memory", "96M"], "other");
+    assert_eq!(state(&env, "other")["prebuilt"], false);
+    finish_run(&env, "other");
+    wait_until("a spare of each shape", || ready(&env).len() == 2);
+    run_detached(&env, &["--memory", "96M"], "other2");
+    assert_eq!(state(&env, "other2")["prebuilt"], true);
+    finish_run(&env, "other2");
+    env.finish();
+}
+
+#[test]
+fn one_parked_spare_serves_one_of_two_racing_processes() {
+    let env = TestEnv::new("parked-race");
+    let image = common::image().to_str().unwrap().to_string();
+    // Park exactly one, then keep the racers from parking more.
+    run_detached(&env, &[], "warm");
+    finish_run(&env, "warm");
+    wait_until("a spare to be parked", || ready(&env).len() == 1);
+    let racers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            Proc::new(common::example("runbox"))
+                .arg("--root")
+                .arg(&env.dir)
+                .args(["--cgroup-parent", &env.prefix, "--spares", "0"])
+                .args(["run", "--detach", "--name", id, "--image", &image])
+                .args(["probe", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut r in racers {
+        assert!(r.wait().unwrap().success());
+    }
+    let prebuilt: Vec<bool> = ["a", "b"]
+        .iter()
+        .map(|id| state(&env, id)["prebuilt"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        prebuilt.iter().filter(|p| **p).count(),
+        1,
+        "exactly one claim wins: {prebuilt:?}"
+    );
+    for id in ["a", "b"] {
+        finish_run(&env, id);
+    }
+    assert!(parked(&env).is_empty());
+    env.finish();
+}
+
+#[test]
+fn an_idle_spare_goes_by_itself_and_a_killed_one_is_collected() {
+    let env = TestEnv::new("parked-idle");
+    run_detached(&env, &["--spare-idle", "0.5"], "x");
+    finish_run(&env, "x");
+    // Parked (the run waited for that), then gone after half a second of idleness, with
+    // its container, cgroup and uid.
+    assert_eq!(parked(&env).len(), 1, "parked before the process ended");
+    wait_until("the idle spare to go", || {
+        parked(&env).is_empty()
+            && common::processes_mentioning(&env.dir.to_string_lossy()).is_empty()
+    });
+    common::assert_no_leaks(&env.dir, &env.prefix);
+
+    // Killed while parked: nothing runs it down but gc.
+    run_detached(&env, &[], "y");
+    finish_run(&env, "y");
+    wait_until("a spare to be parked", || ready(&env).len() == 1);
+    let spare = ready(&env).remove(0);
+    let pid = nix::unistd::Pid::from_raw(pid_of(&spare));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the spare to die", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    });
+    assert!(spare.exists(), "a killed spare's directory stays for gc");
+    let out = runbox(&env, &["gc"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("parked spare"), "{said}");
+    assert!(said.contains("pre-built container cgroup"), "{said}");
+    assert!(!spare.exists());
+    // Claiming finds nothing to take: the next run starts cold and works.
+    run_detached(&env, &["--spares", "0"], "z");
+    assert_eq!(state(&env, "z")["prebuilt"], false);
+    finish_run(&env, "z");
+    env.finish();
+}
+
+#[test]
+fn release_ends_every_parked_spare() {
+    let env = TestEnv::new("parked-release");
+    run_detached(&env, &["--spares", "2"], "x");
+    finish_run(&env, "x");
+    assert_eq!(
+        parked(&env).len(),
+        2,
+        "both parked before the process ended"
+    );
+    let out = runbox(&env, &["gc", "--release-spares"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(parked(&env).is_empty());
+    assert!(common::processes_mentioning(&env.dir.to_string_lossy()).is_empty());
+    common::assert_no_leaks(&env.dir, &env.prefix);
+    env.finish();
+}
