@@ -10,7 +10,10 @@
 //!
 //! Extra rows for reading the others: crun's mount-namespace wrapper alone (crun 1.8 refuses
 //! the hybrid cgroup layout without it), and runbox with `spare_monitors(0)`, which does in
-//! the timed window the monitor setup that the default root does ahead of the call.
+//! the timed window the monitor setup that the default root does ahead of the call. And
+//! runbox as a grader calling a CLI per run would see it: a fresh `runbox run` process and a
+//! fresh `runbox isolate --run` process, each timed from spawn to exit like runc and crun,
+//! each starting from the pre-built sandbox its predecessor parked in the state root.
 //!
 //! Run as root: `cargo bench --bench compare` or
 //! `cargo bench --bench compare -- --runs 50 --gap-ms 50`. Options: `--runs N` (default 200
@@ -129,6 +132,12 @@ enum Variant {
     /// `runbox::Root::run` on a root keeping one spare monitor per throughput thread, as the
     /// README advises a grader with N workers (throughput only).
     RunboxPool,
+    /// A fresh `runbox run --image IMAGE /bin/true` process (the CLI example, release build),
+    /// which starts from the pre-built sandbox the previous one parked in the state root.
+    RunboxCli,
+    /// A fresh `runbox isolate -b 0 --run -- /bin/true` process on an initialized box (the
+    /// host-based image, as isolate's), likewise.
+    IsolateCli,
 }
 
 impl Variant {
@@ -146,6 +155,8 @@ impl Variant {
             Variant::Runbox => "runbox (Root::run, defaults: seccomp on, 1 spare monitor)",
             Variant::RunboxNoSpare => "runbox, spare_monitors(0)",
             Variant::RunboxPool => "runbox (Root::run, one spare monitor per thread)",
+            Variant::RunboxCli => "runbox run (fresh CLI process, parked spare)",
+            Variant::IsolateCli => "runbox isolate --run (fresh CLI process, parked spare)",
         }
     }
 }
@@ -181,6 +192,9 @@ struct Bench {
     root_nospare: runbox::Root,
     /// `<base>/runbox-pool`, one spare monitor per throughput thread.
     root_pool: runbox::Root,
+    /// The CLI example (release build), for the fresh-process rows; its state roots are
+    /// `<base>/runbox-cli` and `<base>/runbox-isolate`.
+    cli: PathBuf,
     /// `/bin/true` of the image.
     cmd: runbox::Command,
     /// runbox's `config.json`, as written by `Root::write_bundle`.
@@ -286,6 +300,22 @@ impl Bench {
                     .arg(&dir)
                     .arg(id);
                 (c, Some(dir))
+            }
+            Variant::RunboxCli => {
+                let mut c = Proc::new(&self.cli);
+                c.arg("--root")
+                    .arg(self.base.join("runbox-cli"))
+                    .args(["--cgroup-parent", &self.prefix, "run", "--image"])
+                    .arg(&self.image)
+                    .arg("/bin/true");
+                (c, None)
+            }
+            Variant::IsolateCli => {
+                let mut c = Proc::new(&self.cli);
+                c.args(["isolate", "-b", "0", "--run", "--", "/bin/true"])
+                    .env("RUNBOX_ROOT", self.base.join("runbox-isolate"))
+                    .env("RUNBOX_CGROUP_PARENT", &self.prefix);
+                (c, None)
             }
             Variant::Runbox | Variant::RunboxNoSpare | Variant::RunboxPool => {
                 unreachable!("runbox runs in process")
@@ -434,6 +464,27 @@ fn ensure_tools() -> (Tools, Vec<&'static str>) {
         },
         missing,
     )
+}
+
+/// Builds the CLI example in release mode (`cargo build --release --example runbox`) and
+/// returns its path.
+fn build_cli() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Proc::new(cargo)
+        .args(["build", "--release", "--quiet", "--example", "runbox"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build --example runbox");
+    assert!(
+        status.success(),
+        "cargo build --release --example runbox failed"
+    );
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/release/deps/compare-…");
+    release.join("examples/runbox")
 }
 
 /// Builds (or finds up to date) the busybox test image.
@@ -750,7 +801,14 @@ impl Cleanup {
         }
         // runbox's monitors remove their own sandboxes shortly after the verdict; gc takes
         // what a dead monitor left.
-        for dir in ["runbox", "runbox-nospare", "runbox-pool"].map(|d| self.base.join(d)) {
+        let dirs = [
+            "runbox",
+            "runbox-nospare",
+            "runbox-pool",
+            "runbox-cli",
+            "runbox-isolate",
+        ];
+        for dir in dirs.map(|d| self.base.join(d)) {
             if !dir.is_dir() {
                 continue;
             }
@@ -761,6 +819,8 @@ impl Cleanup {
                 wait_until(Duration::from_secs(20), || {
                     root.list().is_ok_and(|l| l.is_empty())
                 });
+                root.release_spares();
+                let _ = fs::remove_dir_all(dir.join(".boxes"));
                 let report = root.gc();
                 if !report.errors.is_empty() {
                     eprintln!("compare: runbox gc: {:?}", report.errors);
@@ -838,7 +898,28 @@ fn verify_clean(bench: &Bench, cleanup: &Cleanup) {
     );
     let left = subdirs(&bench.bundles());
     assert!(left.is_empty(), "bundles left: {left:?}");
-    for root in [&bench.root, &bench.root_nospare, &bench.root_pool] {
+    // The CLI rows' roots: their last runs' parked spares go, and the box.
+    let isolate_cleanup = Proc::new(&bench.cli)
+        .args(["isolate", "-b", "0", "--cleanup"])
+        .env("RUNBOX_ROOT", bench.base.join("runbox-isolate"))
+        .env("RUNBOX_CGROUP_PARENT", &bench.prefix)
+        .status()
+        .expect("isolate --cleanup");
+    assert!(isolate_cleanup.success(), "isolate --cleanup failed");
+    let cli_roots: Vec<runbox::Root> = ["runbox-cli", "runbox-isolate"]
+        .iter()
+        .map(|d| {
+            runbox::RootOptions::new()
+                .cgroup_prefix(bench.prefix.clone())
+                .spare_monitors(0)
+                .open(bench.base.join(d))
+                .expect("open a CLI row's state root")
+        })
+        .collect();
+    for root in [&bench.root, &bench.root_nospare, &bench.root_pool]
+        .into_iter()
+        .chain(&cli_roots)
+    {
         let ok = wait_until(Duration::from_secs(20), || {
             root.list().is_ok_and(|l| l.is_empty())
         });
@@ -931,6 +1012,15 @@ fn main() {
         .spare_monitors(opts.concurrency)
         .open(base.join("runbox-pool"))
         .expect("open the third runbox state root");
+    let cli = build_cli();
+    let init = Proc::new(&cli)
+        .args(["isolate", "-b", "0", "--init"])
+        .env("RUNBOX_ROOT", base.join("runbox-isolate"))
+        .env("RUNBOX_CGROUP_PARENT", &prefix)
+        .stdout(Stdio::null())
+        .status()
+        .expect("runbox isolate --init");
+    assert!(init.success(), "runbox isolate --init failed");
     let mut cmd = runbox::Command::new("/bin/true");
     cmd.image(&image);
     root.write_bundle(&cmd, &base.join("template"))
@@ -947,6 +1037,7 @@ fn main() {
         root,
         root_nospare,
         root_pool,
+        cli,
         cmd,
         template,
         next_id: AtomicU64::new(0),
@@ -971,6 +1062,8 @@ fn main() {
         Variant::CrunNoCgroups,
         Variant::RunboxNoSpare,
         Variant::Runbox,
+        Variant::RunboxCli,
+        Variant::IsolateCli,
     ]);
     let mut notes = Vec::new();
     notes.push(
