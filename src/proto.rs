@@ -6,9 +6,12 @@
 //! ```text
 //! controller ──argv: MonitorArgs──────────────▶ monitor / spare / factory
 //! controller ──socket: FactoryRequest + 2 fds─▶ factory
-//! controller ──socket: SpareRequest lines─────▶ spare
+//! controller ──socket: SpareRequest lines─────▶ spare (`park` first: it leaves, to wait in
+//!                                               the state root)
+//! controller ──socket: take line + fds────────▶ parked spare (claimed: report pipe, streams)
+//! controller ──socket: StreamFds + fds────────▶ exec'd monitor (inherited streams)
 //! monitor    ──pipe: Report lines (JSON)──────▶ controller
-//! monitor    ──socket: ProgramRequest + fd────▶ container init
+//! monitor    ──socket: ProgramRequest + fds───▶ container init
 //! init       ──pipe: InitStatus lines─────────▶ monitor
 //! ```
 

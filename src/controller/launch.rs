@@ -49,7 +49,7 @@ impl Root {
             .inner
             .spares
             .take(&shape, true)
-            .or_else(|| parked::claim(&self.inner.dir, &shape))
+            .or_else(|| parked::claim(&self.inner.dir, &shape, self.inner.uid_range))
             .or_else(|| self.inner.spares.take(&shape, false));
         let warm_cgroup = spare
             .as_ref()

@@ -14,6 +14,7 @@ use crate::config::SandboxConfig;
 use crate::error::Result;
 use crate::host::proc::{self, ProcIdentity};
 use crate::host::state::{self, ParkedRecord};
+use crate::host::uids::UidRange;
 use crate::layout::{self, CLAIMED_PREFIX, PARKED_RECORD, PARKED_SOCKET, SPARES_DIR, WARM_PREFIX};
 use crate::proto::{MonitorArgs, Park, SpareRequest};
 
@@ -52,15 +53,15 @@ fn take_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
     Some(claimed)
 }
 
-/// Claims a built parked spare of exactly `shape`, connected and ready for a `run|create`
-/// request, if one is parked under `root`.
-pub(super) fn claim(root: &Path, shape: &SandboxConfig) -> Option<Spare> {
+/// Claims a built parked spare of exactly `shape` and this uid range, connected and ready
+/// for a `run|create` request, if one is parked under `root`.
+pub(super) fn claim(root: &Path, shape: &SandboxConfig, uid_range: UidRange) -> Option<Spare> {
     for (dir, _) in entries(&group(root, shape)) {
         // No record yet: still building.
         let Ok(record) = state::read_json::<ParkedRecord>(&dir.join(PARKED_RECORD)) else {
             continue;
         };
-        if record.shape != *shape {
+        if record.shape != *shape || record.uid_range != (uid_range.first, uid_range.count) {
             continue;
         }
         let Some(claimed) = take_dir(root, &dir) else {

@@ -59,6 +59,8 @@ pub(crate) struct ParkedRecord {
     pub cgroup_path: String,
     /// The uid of the range its container runs as, leased by the spare.
     pub uid: Option<u32>,
+    /// The uid range (first, count) it leased from: it serves only controllers of that range.
+    pub uid_range: (u32, u32),
 }
 
 /// `sandbox.json`: what the sandbox is, written by the controller before the monitor starts.

@@ -107,6 +107,7 @@ pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park)
         shape: park.shape,
         cgroup_path,
         uid: held.uid,
+        uid_range: park.uid_range,
     };
     if state::write_json_atomic(&dir.join(PARKED_RECORD), &record).is_err() {
         held.end(1);
