@@ -248,31 +248,14 @@ pub(crate) fn spawn_clean_limited(
             if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
                 libc::execve(exe.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
             }
-            let errno = *libc::__errno_location();
-            libc::write(
-                err_w_raw,
-                (&errno as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>(),
-            );
-            libc::_exit(127);
+            exec_failed(err_w_raw);
         }
     }
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
     drop(err_w);
-    let mut errno = [0u8; 4];
-    let read = loop {
-        match nix::unistd::read(err_r.as_raw_fd(), &mut errno) {
-            Err(nix::Error::EINTR) => continue,
-            other => break other,
-        }
-    };
-    if matches!(read, Ok(4)) {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
-    }
-    Ok(pid)
+    exec_outcome(pid, &err_r)
 }
 
 /// Sends `bytes` on the socket `sock` with `fds` attached (`SCM_RIGHTS`; none if empty),
@@ -483,13 +466,7 @@ pub(crate) fn spawn_into_cgroup(
             if ok {
                 libc::execve(exe.as_ptr(), argv_ptrs.as_ptr(), envp.as_ptr());
             }
-            let errno = *libc::__errno_location();
-            libc::write(
-                err_w_raw,
-                (&errno as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>(),
-            );
-            libc::_exit(127);
+            exec_failed(err_w_raw);
         }
     }
     if pid < 0 {
@@ -497,6 +474,32 @@ pub(crate) fn spawn_into_cgroup(
     }
     let pid = i32::try_from(pid).map_err(io::Error::other)?;
     drop((err_w, moved));
+    exec_outcome(pid, &err_r).map(Ok)
+}
+
+/// In a child between its clone and `execve`, after `execve` failed: writes `errno` to the
+/// close-on-exec pipe `err_w` and exits 127.
+///
+/// # Safety
+/// Only in such a child: it calls only async-signal-safe functions and never returns.
+unsafe fn exec_failed(err_w: RawFd) -> ! {
+    // SAFETY: errno is this thread's; `write` and `_exit` are async-signal-safe, and the
+    // pointer is to a live local of the size passed.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(
+            err_w,
+            (&errno as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        );
+        libc::_exit(127)
+    }
+}
+
+/// The parent's side of [`exec_failed`]: end of file on `err_r` (every write end closed by
+/// the child's `execve`) means the child runs the new program; an errno means it failed,
+/// and the child is reaped.
+fn exec_outcome(pid: i32, err_r: &OwnedFd) -> io::Result<i32> {
     let mut buf = [0u8; std::mem::size_of::<libc::c_int>()];
     let n = loop {
         match nix::unistd::read(err_r.as_raw_fd(), &mut buf) {
@@ -510,7 +513,7 @@ pub(crate) fn spawn_into_cgroup(
             buf,
         )));
     }
-    Ok(Ok(pid))
+    Ok(pid)
 }
 
 /// Waits for the child `pid` to exit (retrying on `EINTR`) and returns its raw wait status.
