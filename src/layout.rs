@@ -23,6 +23,12 @@ pub(crate) const SPARES_DIR: &str = ".spares";
 /// (in `<root>/.spares`), followed by the claimer's pid and start time and a counter.
 pub(crate) const CLAIMED_PREFIX: &str = ".claimed-";
 
+/// The release generation in `<root>/.spares` (a number; see `controller/parked.rs`).
+pub(crate) const SPARES_GENERATION: &str = ".generation";
+
+/// In `<root>/.spares/<shape key>/`: an empty file whose mtime is the shape's last launch.
+pub(crate) const SEEN_MARKER: &str = ".seen";
+
 /// The listening socket in a parked spare's directory.
 pub(crate) const PARKED_SOCKET: &str = "sock";
 

@@ -234,6 +234,9 @@ pub(crate) struct Park {
     pub uid_range: (u32, u32),
     /// How long the spare waits for a claim before it tears its container down and exits.
     pub idle_ms: u64,
+    /// The release generation when the spare was started: once its directory exists, a
+    /// spare that finds another leaves (a release came meanwhile and could not see it).
+    pub generation: u64,
 }
 
 /// The line an exec'd monitor reads on its stdin (a socket) when its sandbox inherits some
@@ -646,6 +649,7 @@ mod tests {
             shape: SandboxConfig::for_tests().build_shape(),
             uid_range: (60000, 1000),
             idle_ms: 60_000,
+            generation: 3,
         }));
         for req in [warm, take, park] {
             let line = req.encode().unwrap();

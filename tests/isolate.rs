@@ -259,7 +259,7 @@ fn judge0_job(
 }
 
 #[test]
-fn judge0_isolate_jobs_run_concurrently_in_their_own_boxes() {
+fn judge0_isolate_jobs_run_four_at_once_in_their_own_boxes() {
     let env = TestEnv::new("judge0");
     type Check = fn(&Judge0Result);
     let cases: Vec<(u32, &str, &str, Judge0Limits, Check)> = vec![
@@ -284,17 +284,28 @@ fn judge0_isolate_jobs_run_concurrently_in_their_own_boxes() {
             assert_eq!(r.meta["status"], "RE", "{:?}", r.meta);
             assert_eq!(r.meta["exitcode"], "139");
         }),
-        (4, "spin", "", JUDGE0_DEFAULTS, |r| {
-            assert_eq!(r.run_status, 1);
-            assert_eq!(r.meta["status"], "TO", "{:?}", r.meta);
-            assert_eq!(r.meta["message"], "Time limit exceeded");
-            assert_eq!(r.meta["killed"], "1");
-            let t = secs(&r.meta, "time");
-            assert!(
-                (2.0..4.0).contains(&t),
-                "killed after 2 s + 0.5 s extra: {t}"
-            );
-        }),
+        // A wall limit far above the CPU one: the CPU limit must fire first, however
+        // slowly the machine runs it next to the other jobs.
+        (
+            4,
+            "spin",
+            "",
+            Judge0Limits {
+                wall_time_limit: "30",
+                ..JUDGE0_DEFAULTS
+            },
+            |r| {
+                assert_eq!(r.run_status, 1);
+                assert_eq!(r.meta["status"], "TO", "{:?}", r.meta);
+                assert_eq!(r.meta["message"], "Time limit exceeded");
+                assert_eq!(r.meta["killed"], "1");
+                let t = secs(&r.meta, "time");
+                assert!(
+                    (2.0..4.0).contains(&t),
+                    "killed after 2 s + 0.5 s extra: {t}"
+                );
+            },
+        ),
         (
             5,
             "sleep",
@@ -339,12 +350,17 @@ fn judge0_isolate_jobs_run_concurrently_in_their_own_boxes() {
         }),
     ];
     let first_uid = runbox::DEFAULT_FIRST_UID;
+    // Four workers, as a Judge0 host with four worker threads, each taking the next job.
+    let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let handles: Vec<_> = cases
-            .iter()
-            .map(|(id, args, stdin, limits, check)| {
-                let env = &env;
-                s.spawn(move || {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (env, cases, next) = (&env, &cases, &next);
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((id, args, stdin, limits, check)) = cases.get(i) else {
+                        return;
+                    };
                     let r = judge0_job(env, *id, args, stdin, limits);
                     assert_eq!(r.compile_status, 0, "compile: {}", r.compile_output);
                     assert_eq!(r.compile_output, "");
@@ -633,6 +649,11 @@ fn bad_command_lines_fail_with_status_2_and_say_why() {
     }
     let version = isolate(&env, &["--version"], Stdio::null());
     assert!(version.status.success());
+    assert!(isolate(&env, &["--check-config"], Stdio::null())
+        .status
+        .success());
+    let flock = isolate(&env, &["--syscalls=4", "--check-config"], Stdio::null());
+    assert_eq!(flock.status.code(), Some(2));
     // The same through `runbox isolate`.
     let out = Proc::new(common::example("runbox"))
         .args(["isolate", "-b", "2", "--init"])

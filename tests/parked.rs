@@ -33,7 +33,10 @@ fn parked(env: &TestEnv) -> Vec<PathBuf> {
             continue;
         }
         for spare in fs::read_dir(group.path()).into_iter().flatten().flatten() {
-            out.push(spare.path());
+            // Besides spares, the shape's launch marker.
+            if spare.file_name().to_string_lossy().starts_with("_warm-") {
+                out.push(spare.path());
+            }
         }
     }
     out
@@ -78,17 +81,28 @@ fn finish_run(env: &TestEnv, id: &str) {
     assert!(runbox(env, &["delete", id]).status.success());
 }
 
+/// Two runs of one shape (the first only marks it as launched; the second parks a spare).
+fn twice(env: &TestEnv, extra: &[&str], id: &str) {
+    for n in 1..=2 {
+        let id = format!("{id}-{n}");
+        run_detached(env, extra, &id);
+        assert_eq!(state(env, &id)["prebuilt"], false, "nothing was parked yet");
+        finish_run(env, &id);
+    }
+}
+
 #[test]
 fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
     let env = TestEnv::new("parked");
     run_detached(&env, &[], "first");
-    assert_eq!(
-        state(&env, "first")["prebuilt"],
-        false,
-        "nothing was parked yet"
-    );
     finish_run(&env, "first");
-    // The run left one spare of its shape, built in the background.
+    // A shape launched once gets no spare: it may never come again.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(parked(&env).is_empty(), "{:?}", parked(&env));
+    // Launched again, it leaves one, built in the background.
+    run_detached(&env, &[], "again");
+    assert_eq!(state(&env, "again")["prebuilt"], false);
+    finish_run(&env, "again");
     wait_until("a spare to be parked", || ready(&env).len() == 1);
     let spare = ready(&env).remove(0);
     run_detached(&env, &[], "second");
@@ -103,9 +117,7 @@ fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
     finish_run(&env, "second");
     // Replaced after the claim; another shape is not served from it and parks its own.
     wait_until("a replacement to be parked", || ready(&env).len() == 1);
-    run_detached(&env, &["--memory", "96M"], "other");
-    assert_eq!(state(&env, "other")["prebuilt"], false);
-    finish_run(&env, "other");
+    twice(&env, &["--memory", "96M"], "other");
     wait_until("a spare of each shape", || ready(&env).len() == 2);
     run_detached(&env, &["--memory", "96M"], "other2");
     assert_eq!(state(&env, "other2")["prebuilt"], true);
@@ -118,8 +130,7 @@ fn one_parked_spare_serves_one_of_two_racing_processes() {
     let env = TestEnv::new("parked-race");
     let image = common::image().to_str().unwrap().to_string();
     // Park exactly one, then keep the racers from parking more.
-    run_detached(&env, &[], "warm");
-    finish_run(&env, "warm");
+    twice(&env, &[], "warm");
     wait_until("a spare to be parked", || ready(&env).len() == 1);
     let racers: Vec<_> = ["a", "b"]
         .iter()
@@ -158,18 +169,18 @@ fn one_parked_spare_serves_one_of_two_racing_processes() {
 #[test]
 fn an_idle_spare_goes_by_itself_and_a_killed_one_is_collected() {
     let env = TestEnv::new("parked-idle");
-    run_detached(&env, &["--spare-idle", "0.5"], "x");
-    finish_run(&env, "x");
-    // Parked (the run waited for that), then gone after half a second of idleness, with
-    // its container, cgroup and uid.
-    assert_eq!(parked(&env).len(), 1, "parked before the process ended");
+    twice(&env, &["--spare-idle", "2"], "x");
+    // Parked, then gone after two seconds of idleness, with its container, cgroup and uid.
+    wait_until("a spare to be parked", || ready(&env).len() == 1);
     wait_until("the idle spare to go", || {
         parked(&env).is_empty()
             && common::processes_mentioning(&env.dir.to_string_lossy()).is_empty()
     });
+    env.wait_for_monitors();
     common::assert_no_leaks(&env.dir, &env.prefix);
 
-    // Killed while parked: nothing runs it down but gc.
+    // Killed while parked: nothing runs it down but gc. (The shape was launched a moment
+    // ago: one run parks a spare.)
     run_detached(&env, &[], "y");
     finish_run(&env, "y");
     wait_until("a spare to be parked", || ready(&env).len() == 1);
@@ -195,19 +206,29 @@ fn an_idle_spare_goes_by_itself_and_a_killed_one_is_collected() {
 }
 
 #[test]
-fn release_ends_every_parked_spare() {
+fn release_ends_every_parked_spare_even_one_still_starting() {
     let env = TestEnv::new("parked-release");
-    run_detached(&env, &["--spares", "2"], "x");
-    finish_run(&env, "x");
-    assert_eq!(
-        parked(&env).len(),
-        2,
-        "both parked before the process ended"
-    );
+    let root_str = env.dir.to_string_lossy().into_owned();
+    twice(&env, &["--spares", "2"], "x");
+    wait_until("two spares to be parked", || ready(&env).len() == 2);
     let out = runbox(&env, &["gc", "--release-spares"]);
     assert!(out.status.success(), "{out:?}");
     assert!(parked(&env).is_empty());
-    assert!(common::processes_mentioning(&env.dir.to_string_lossy()).is_empty());
+    assert!(common::processes_mentioning(&root_str).is_empty());
+    env.wait_for_monitors();
+    common::assert_no_leaks(&env.dir, &env.prefix);
+    // Released at once after the launch that starts them, before they can have parked:
+    // they leave by themselves once they see the release, and nothing stays.
+    run_detached(&env, &["--spares", "2"], "y");
+    finish_run(&env, "y");
+    run_detached(&env, &["--spares", "2"], "y2");
+    let out = runbox(&env, &["gc", "--release-spares"]);
+    assert!(out.status.success(), "{out:?}");
+    finish_run(&env, "y2");
+    wait_until("the spares started before the release to leave", || {
+        parked(&env).is_empty() && common::processes_mentioning(&root_str).is_empty()
+    });
+    env.wait_for_monitors();
     common::assert_no_leaks(&env.dir, &env.prefix);
     env.finish();
 }

@@ -43,6 +43,7 @@ const OPTIONS: &[(Option<char>, &str, Arg)] = &[
     (None, "cg-mem", Arg::Required),
     (None, "cg-timing", Arg::No),
     (None, "no-cg-timing", Arg::No),
+    (None, "check-config", Arg::No),
     (None, "cleanup", Arg::No),
     (None, "core", Arg::Required),
     (Some('d'), "dir", Arg::Required),
@@ -68,6 +69,7 @@ const OPTIONS: &[(Option<char>, &str, Arg)] = &[
     (None, "stderr-to-stdout", Arg::No),
     (Some('i'), "stdin", Arg::Required),
     (Some('o'), "stdout", Arg::Required),
+    (None, "syscalls", Arg::Required),
     (Some('t'), "time", Arg::Required),
     (None, "tty-hack", Arg::No),
     (Some('v'), "verbose", Arg::No),
@@ -243,7 +245,7 @@ impl Request {
             }
             let v = value.clone().unwrap_or_default();
             match name {
-                "init" | "run" | "cleanup" | "version" | "print-cg-root" => {
+                "init" | "run" | "cleanup" | "version" | "print-cg-root" | "check-config" => {
                     if r.mode.is_some_and(|m| m != name) {
                         return Err(Usage("Only one command is allowed.".into()));
                     }
@@ -288,6 +290,18 @@ impl Request {
                         Some(v) => Some(number(name, &v)?),
                         None => None,
                     })
+                }
+                // isolate's `syscall_flags`: each set bit forbids more. runbox's filter
+                // already forbids keyrings (1), vsock (2), io_uring (8) and other
+                // architectures (16) whatever the value, and is never loosened; flag 4
+                // would also forbid flock(2), which runbox allows.
+                "syscalls" => {
+                    let flags = number(name, &v)?;
+                    if flags & 4 != 0 {
+                        return Err(Usage(
+                            "--syscalls with flag 4 is not supported: runbox denies byte-range and OFD locks and leases but allows flock(2)".into(),
+                        ));
+                    }
                 }
                 "full-env" => r.full_env = true,
                 "env" => r.env_rules.push(v),
@@ -342,6 +356,8 @@ pub fn main(args: &[String]) -> ExitCode {
                     "init" => init(&root, &req),
                     "cleanup" => cleanup(&root, &req),
                     "print-cg-root" => print_cg_root(&root),
+                    // The settings came from the environment and the root opened: valid.
+                    "check-config" => Ok(ExitCode::SUCCESS),
                     _ => run(&root, &req, &program),
                 }),
             }

@@ -9,7 +9,7 @@ use crate::error::ErrorKind;
 use crate::host::state::{self, SandboxRecord};
 use crate::host::{cgroup, uids};
 use crate::layout::{
-    self, Layout, CLAIMED_PREFIX, GONE_PREFIX, NEW_PREFIX, SPARES_DIR, WARM_PREFIX,
+    self, Layout, CLAIMED_PREFIX, GONE_PREFIX, NEW_PREFIX, SEEN_MARKER, SPARES_DIR, WARM_PREFIX,
 };
 
 use super::sandbox::{Sandbox, SandboxState};
@@ -114,9 +114,18 @@ fn collect_parked_spares(root: &StateRoot<'_>, report: &mut GcReport) {
             Err(err) => report.errors.push(format!("remove {what}: {err}")),
         }
     }
-    // Shapes' directories left empty (a spare that parks there makes it again).
+    // Shapes' directories with no spare left, and their launch marker (a spare that parks
+    // there makes it again; the shape's next launch counts as its first).
     for group in groups_seen {
-        let _ = fs::remove_dir(group);
+        let spares = fs::read_dir(&group).map_or(0, |rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(WARM_PREFIX))
+                .count()
+        });
+        if spares == 0 {
+            let _ = fs::remove_file(group.join(SEEN_MARKER));
+            let _ = fs::remove_dir(group);
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! controller; the spare's side is `monitor/parked.rs`.
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,10 +16,13 @@ use crate::error::Result;
 use crate::host::proc::{self, ProcIdentity};
 use crate::host::state::{self, ParkedRecord};
 use crate::host::uids::UidRange;
-use crate::layout::{self, CLAIMED_PREFIX, PARKED_RECORD, PARKED_SOCKET, SPARES_DIR, WARM_PREFIX};
+use crate::layout::{
+    self, CLAIMED_PREFIX, PARKED_RECORD, PARKED_SOCKET, SEEN_MARKER, SPARES_DIR, SPARES_GENERATION,
+    WARM_PREFIX,
+};
 use crate::proto::{MonitorArgs, Park, SpareRequest};
 
-use super::exec::{reap, spawn_monitor};
+use super::exec::{reap, spawn_monitor, FirstProcess};
 use super::spares::{send_request, Spare, Target};
 
 /// How long releasing waits for parked spares to exit (one that is building finishes first).
@@ -86,15 +90,14 @@ pub(super) fn claim(root: &Path, shape: &SandboxConfig, uid_range: UidRange) -> 
     None
 }
 
-/// A spare this process asked to park, until its directory is in the state root: this
-/// process's end of its request socket, at end of file once the spare has made its
-/// directory (or died). A controller waits for its own before it exits
-/// ([`wait_parked`]), so that no process ends with a spare of its own that no other could
-/// see yet (and release).
+/// A spare this process asked to park, until it has: this process's end of its request
+/// socket (at end of file once the spare has made its directory, or died) and the first
+/// process of its double fork, reaped once it has parked, or when the root goes.
 #[derive(Debug)]
 pub(super) struct Parking {
     sock: OwnedFd,
     key: String,
+    first: FirstProcess,
 }
 
 impl Parking {
@@ -113,21 +116,18 @@ impl Parking {
     }
 }
 
-/// Waits until every spare in `pending` has parked or died, or `deadline` has passed.
-pub(super) fn wait_parked(pending: Vec<Parking>, deadline: Instant) {
-    for p in pending {
-        let mut fds = [nix::poll::PollFd::new(
-            p.sock.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let _ = crate::host::sys::poll_until(&mut fds, Some(deadline));
+impl Drop for Parking {
+    /// Reaps the first process (it exits as soon as it has forked the spare).
+    fn drop(&mut self) {
+        let _ = reap(&mut self.first);
     }
 }
 
-/// Parks new spares of `shape` under the target's root until `want` are parked or building
+/// Parks new spares of `shape` under the target's root until `want` are parked or starting
 /// there, counting those this process started that have not parked yet (`pending`, where
 /// new ones go). Other controllers may race the count: a few more can be made, and idle
-/// ones go after `idle`. Failures are ignored: launches then start cold.
+/// ones go after `idle`. Failures are ignored: launches then start cold. Returns without
+/// waiting for the new spares (they exec, detach and build in the background).
 pub(super) fn replenish(
     t: &Target<'_>,
     shape: &SandboxConfig,
@@ -135,6 +135,9 @@ pub(super) fn replenish(
     idle: Duration,
     pending: &Mutex<Vec<Parking>>,
 ) {
+    if !seen_again(&group(t.root, shape), idle) {
+        return;
+    }
     let Ok(mut pending) = pending.lock() else {
         return;
     };
@@ -144,19 +147,42 @@ pub(super) fn replenish(
     let have = entries(&group(t.root, shape)).len() + starting;
     for _ in have..want {
         match park_one(t, shape, idle) {
-            Ok(sock) => pending.push(Parking {
+            Ok((sock, first)) => pending.push(Parking {
                 sock,
                 key: key.clone(),
+                first,
             }),
             Err(_) => return,
         }
     }
 }
 
-/// Execs a spare monitor and asks it to park itself for `shape`. Returns once it has
-/// detached (its first process reaped), with this end of its request socket; it builds in
-/// the background.
-fn park_one(t: &Target<'_>, shape: &SandboxConfig, idle: Duration) -> Result<OwnedFd> {
+/// Marks the shape of `group` as launched now, and tells whether it was launched before,
+/// less than `idle` ago: a shape gets parked spares only from its second launch on, so a
+/// one-off shape (a box used once, a command run once at a shell) costs no spare that would
+/// only wait out its idle time.
+fn seen_again(group: &Path, idle: Duration) -> bool {
+    let marker = group.join(SEEN_MARKER);
+    let before = fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < idle);
+    let marked = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(group)
+        .and_then(|()| fs::write(&marker, b""));
+    before && marked.is_ok()
+}
+
+/// Execs a spare monitor and asks it to park itself for `shape`. Returns this end of its
+/// request socket and its first process, unreaped.
+fn park_one(
+    t: &Target<'_>,
+    shape: &SandboxConfig,
+    idle: Duration,
+) -> Result<(OwnedFd, FirstProcess)> {
     use crate::error::{Error, ErrorKind};
     let (ours, theirs) = crate::host::sys::stream_socket_pair()
         .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
@@ -164,23 +190,33 @@ fn park_one(t: &Target<'_>, shape: &SandboxConfig, idle: Duration) -> Result<Own
         root: t.root.to_path_buf(),
         prefix: t.prefix.to_string(),
     };
-    let mut first = spawn_monitor(t.exe, &args, Some(theirs), None, t.cgroup)?;
+    // Read before the spare exists: see `release_all`.
+    let generation = state::spares_generation(t.root);
+    let first = spawn_monitor(t.exe, &args, Some(theirs), None, t.cgroup)?;
     let request = SpareRequest::Park(Box::new(Park {
         shape: shape.clone(),
         uid_range: (t.uid_range.first, t.uid_range.count),
         idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+        generation,
     }));
     // Whole into the socket's buffer, or the spare exits at end of file, cold.
     send_request(&ours, &request, &[]);
-    reap(&mut first)?;
-    Ok(ours)
+    Ok((ours, first))
 }
 
 /// Claims every parked spare under `root`, of every shape (built or building), and lets it
 /// go: end of file makes it tear down and exit. Returns once they have exited, or after
 /// [`RELEASE_WAIT`].
 pub(super) fn release_all(root: &Path) {
-    let Ok(groups) = fs::read_dir(root.join(SPARES_DIR)) else {
+    let spares = root.join(SPARES_DIR);
+    if !spares.is_dir() {
+        return;
+    }
+    // First a new generation: a spare still starting, whose directory the listing below
+    // cannot see yet, finds it changed once it has made its directory, and leaves.
+    let next = (state::spares_generation(root) + 1).to_string();
+    let _ = state::write_atomic(&spares.join(SPARES_GENERATION), next.as_bytes());
+    let Ok(groups) = fs::read_dir(&spares) else {
         return;
     };
     let mut released = Vec::new();
@@ -197,6 +233,7 @@ pub(super) fn release_all(root: &Path) {
                 released.push(spare);
             }
         }
+        let _ = fs::remove_file(group.path().join(SEEN_MARKER));
         let _ = fs::remove_dir(group.path()); // only if empty
     }
     let deadline = Instant::now() + RELEASE_WAIT;

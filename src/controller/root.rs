@@ -69,18 +69,6 @@ pub(super) struct RootInner {
     pub parking: std::sync::Mutex<Vec<super::parked::Parking>>,
 }
 
-impl Drop for RootInner {
-    /// Waits (at most 10 s) until the spares this root parked are in the state root, where
-    /// any process can see and release them.
-    fn drop(&mut self) {
-        if let Ok(pending) = self.parking.get_mut() {
-            let pending = std::mem::take(pending);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            super::parked::wait_parked(pending, deadline);
-        }
-    }
-}
-
 /// Options for opening a [`Root`].
 #[derive(Debug, Clone, Default)]
 pub struct RootOptions {
@@ -446,10 +434,6 @@ impl Root {
     /// process parked it ([`RootOptions::parked_spares`]).
     pub fn release_spares(&self) {
         self.inner.spares.release();
-        if let Ok(mut pending) = self.inner.parking.lock() {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            super::parked::wait_parked(std::mem::take(&mut *pending), deadline);
-        }
         super::parked::release_all(&self.inner.dir);
     }
 

@@ -63,6 +63,18 @@ pub(crate) struct ParkedRecord {
     pub uid_range: (u32, u32),
 }
 
+/// The release generation of the parked spares under the state root `root` (0 when none
+/// was written): see `controller/parked.rs`.
+pub(crate) fn spares_generation(root: &Path) -> u64 {
+    fs::read_to_string(
+        root.join(crate::layout::SPARES_DIR)
+            .join(crate::layout::SPARES_GENERATION),
+    )
+    .ok()
+    .and_then(|g| g.trim().parse().ok())
+    .unwrap_or(0)
+}
+
 /// `sandbox.json`: what the sandbox is, written by the controller before the monitor starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SandboxRecord {

@@ -76,6 +76,12 @@ pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park)
     // Parked: nothing of the controller that parked it stays, and the end of file on its
     // request socket tells it that the directory is there.
     quiet_stdio();
+    // A release since the launch that started this spare may have listed the spares before
+    // this directory existed: leave then (a release bumps the generation first).
+    if state::spares_generation(&root) != park.generation {
+        let _ = unpark(&root, &dir);
+        std::process::exit(0);
+    }
     let mut held = Holdings {
         root,
         dir: Some(dir.clone()),
@@ -163,7 +169,7 @@ fn open_parking(dir: &Path) -> std::io::Result<UnixListener> {
             .create(group)?;
         fs::DirBuilder::new().mode(0o700).create(dir)
     };
-    // The group's last spare may remove it in between (see `unpark`): once more then.
+    // A release or gc may remove the (empty) group in between: once more then.
     if let Err(e) = make() {
         if e.kind() != std::io::ErrorKind::NotFound {
             return Err(e);
@@ -186,10 +192,6 @@ fn unpark(root: &Path, dir: &Path) -> bool {
         return false;
     }
     let _ = fs::remove_dir_all(&gone);
-    // The shape's directory goes with its last spare (only if empty).
-    if let Some(group) = dir.parent() {
-        let _ = fs::remove_dir(group);
-    }
     true
 }
 

@@ -102,7 +102,7 @@ impl TestEnv {
     /// Waits (at most 20 s) until no process names this test's root, no monitor is left in
     /// `_monitors` (exited monitors stay there until the host's init reaps them) and no
     /// sandbox cgroup is left under the prefix.
-    fn wait_for_monitors(&self) {
+    pub fn wait_for_monitors(&self) {
         let root_str = self.dir.to_string_lossy().into_owned();
         let t = std::time::Instant::now();
         // Also the sandboxes' own cgroups, which monitors remove as they finish (a
@@ -181,14 +181,34 @@ pub fn assert_no_leaks(state_root: &Path, prefix: &str) {
                 .collect()
         })
         .unwrap_or_default();
-    for kept in [".boxes", ".spares"] {
-        let left: Vec<_> = fs::read_dir(state_root.join(kept))
-            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
+    let boxes: Vec<_> = fs::read_dir(state_root.join(".boxes"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        boxes.is_empty(),
+        "boxes left in {}: {boxes:?}",
+        state_root.display()
+    );
+    // Parked spares: none, nor a claim or removal in progress. The release generation and
+    // a shape's directory holding only its launch marker are state kept on purpose.
+    let spares = state_root.join(".spares");
+    for e in fs::read_dir(&spares).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == ".generation" {
+            continue;
+        }
+        let inside: Vec<_> = fs::read_dir(e.path())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".seen")
+                    .collect()
+            })
+            .unwrap_or_else(|_| vec![String::from("(not a directory)")]);
         assert!(
-            left.is_empty(),
-            "left in {}: {left:?}",
-            state_root.join(kept).display()
+            !name.starts_with('.') && inside.is_empty(),
+            "parked spares left in {}: {name} {inside:?}",
+            spares.display()
         );
     }
     assert!(
