@@ -49,7 +49,10 @@ impl Root {
             .inner
             .spares
             .take(&shape, true)
-            .or_else(|| parked::claim(&self.inner.dir, &shape, self.inner.uid_range))
+            .or_else(|| {
+                let inner = &self.inner;
+                parked::claim(&inner.dir, &shape, inner.uid_range, &inner.cgroup_prefix)
+            })
             .or_else(|| self.inner.spares.take(&shape, false));
         let warm_cgroup = spare
             .as_ref()

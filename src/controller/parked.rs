@@ -57,15 +57,23 @@ fn take_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
     Some(claimed)
 }
 
-/// Claims a built parked spare of exactly `shape` and this uid range, connected and ready
-/// for a `run|create` request, if one is parked under `root`.
-pub(super) fn claim(root: &Path, shape: &SandboxConfig, uid_range: UidRange) -> Option<Spare> {
+/// Claims a built parked spare of exactly `shape`, this uid range and this cgroup prefix,
+/// connected and ready for a `run|create` request, if one is parked under `root`.
+pub(super) fn claim(
+    root: &Path,
+    shape: &SandboxConfig,
+    uid_range: UidRange,
+    prefix: &str,
+) -> Option<Spare> {
     for (dir, _) in entries(&group(root, shape)) {
         // No record yet: still building.
         let Ok(record) = state::read_json::<ParkedRecord>(&dir.join(PARKED_RECORD)) else {
             continue;
         };
-        if record.shape != *shape || record.uid_range != (uid_range.first, uid_range.count) {
+        let fits = record.shape == *shape
+            && record.uid_range == (uid_range.first, uid_range.count)
+            && Path::new(&record.cgroup_path).parent() == Some(&Path::new("/").join(prefix));
+        if !fits {
             continue;
         }
         let Some(claimed) = take_dir(root, &dir) else {
