@@ -143,7 +143,7 @@ pub(super) fn replenish(
     idle: Duration,
     pending: &Mutex<Vec<Parking>>,
 ) {
-    if !seen_again(&group(t.root, shape), idle) {
+    if !seen_again(&group(t.root, shape)) {
         return;
     }
     let Ok(mut pending) = pending.lock() else {
@@ -152,7 +152,12 @@ pub(super) fn replenish(
     pending.retain(|p| !p.done());
     let key = shape.shape_key();
     let starting = pending.iter().filter(|p| p.key == key).count();
-    let have = entries(&group(t.root, shape)).len() + starting;
+    // A killed spare's directory stays until gc: it is not one.
+    let alive = entries(&group(t.root, shape))
+        .into_iter()
+        .filter(|(_, spare)| spare.is_alive())
+        .count();
+    let have = alive + starting;
     for _ in have..want {
         match park_one(t, shape, idle) {
             Ok((sock, first)) => pending.push(Parking {
@@ -165,17 +170,20 @@ pub(super) fn replenish(
     }
 }
 
+/// How recent a shape's last launch must be for a launch to count as its second.
+const SEEN_WITHIN: Duration = Duration::from_secs(600);
+
 /// Marks the shape of `group` as launched now, and tells whether it was launched before,
-/// less than `idle` ago: a shape gets parked spares only from its second launch on, so a
-/// one-off shape (a box used once, a command run once at a shell) costs no spare that would
-/// only wait out its idle time.
-fn seen_again(group: &Path, idle: Duration) -> bool {
+/// less than [`SEEN_WITHIN`] ago: a shape gets parked spares only from its second launch
+/// on, so a one-off shape (a box used once, a command run once at a shell) costs no spare
+/// that would only wait out its idle time.
+fn seen_again(group: &Path) -> bool {
     let marker = group.join(SEEN_MARKER);
     let before = fs::metadata(&marker)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < idle);
+        .is_some_and(|age| age < SEEN_WITHIN);
     let marked = fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
