@@ -1,0 +1,95 @@
+//! Boxes through the library, as a grader that links the crate uses them: compile once in a
+//! box, run many tests against the same files, each box its own uid; one run at a time per
+//! box; cleanup gives everything back.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use common::TestEnv;
+use runbox::{ErrorKind, Status};
+
+#[test]
+fn a_box_keeps_its_files_between_runs_and_its_uid_to_itself() {
+    let env = TestEnv::new("boxes");
+    let first = runbox::DEFAULT_FIRST_UID;
+    let a = env.root.init_box(3, 0, 0).unwrap();
+    let b = env.root.init_box(4, 0, 0).unwrap();
+    assert_eq!(a.user(), (first + 3, first + 3));
+    assert_eq!(b.user(), (first + 4, first + 4));
+    assert_eq!(a.work_dir(), a.dir().join("box"));
+
+    // "Compile": the program makes an executable in its work dir.
+    fs::write(
+        a.work_dir().join("build.sh"),
+        "printf '#!/bin/sh\\necho \"$1 squared is $(($1 * $1))\"\\n' > prog && chmod 755 prog",
+    )
+    .unwrap();
+    let mut build = a.command("/bin/sh");
+    build.arg("build.sh").env("PATH", "/usr/bin:/bin");
+    let v = a.run(&build).unwrap();
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    let prog = fs::metadata(a.work_dir().join("prog")).unwrap();
+    assert_eq!(
+        (prog.uid(), prog.mode() & 0o777),
+        (0, 0o755),
+        "the owner's, mode kept"
+    );
+
+    // Many runs of what the first made, each reading the box's files.
+    for n in [2, 7] {
+        let mut run = a.command("/box/prog");
+        run.arg(n.to_string()).env("PATH", "/usr/bin:/bin");
+        let v = a.run(&run).unwrap();
+        assert_eq!(v.stdout, format!("{n} squared is {}\n", n * n), "{v:?}");
+    }
+
+    // Each box's programs run as its own uid, and see only its own work dir.
+    fs::write(b.work_dir().join("note"), "b's\n").unwrap();
+    for (bx, n, note) in [(&a, 3, "No such file"), (&b, 4, "b's")] {
+        let mut who = bx.command("/bin/sh");
+        who.args(["-c", "id -u; cat note 2>&1; true"])
+            .env("PATH", "/usr/bin:/bin");
+        let v = bx.run(&who).unwrap();
+        let mut lines = v.stdout.lines();
+        assert_eq!(
+            lines.next(),
+            Some((first + n).to_string().as_str()),
+            "{v:?}"
+        );
+        let said = lines.next().unwrap_or_default();
+        assert!(said.contains(note), "box {n}: {said:?}");
+    }
+
+    // One run at a time per box: another process (here another root value) finds it busy.
+    let other = runbox::RootOptions::new()
+        .cgroup_prefix(env.prefix.clone())
+        .spare_monitors(0)
+        .open(&env.dir)
+        .unwrap();
+    assert_eq!(
+        other.open_box(3, false).unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    let dir = a.dir().to_path_buf();
+    drop(a);
+    let again = other.open_box(3, false).unwrap();
+    assert_eq!(again.user().0, first + 3);
+    drop(again);
+    assert_eq!(
+        other.open_box(5, false).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    drop(b);
+    env.root.cleanup_box(3).unwrap();
+    env.root.cleanup_box(4).unwrap();
+    assert!(!dir.exists());
+    assert_eq!(
+        env.root.init_box(1000, 0, 0).unwrap_err().kind(),
+        ErrorKind::InvalidConfig,
+        "box ids end with the uid range"
+    );
+    env.finish();
+}
