@@ -169,8 +169,9 @@ fn one_parked_spare_serves_one_of_two_racing_processes() {
 #[test]
 fn an_idle_spare_goes_by_itself_and_a_killed_one_is_collected() {
     let env = TestEnv::new("parked-idle");
-    twice(&env, &["--spare-idle", "2"], "x");
-    // Parked, then gone after two seconds of idleness, with its container, cgroup and uid.
+    // (Idle long enough to be seen parked after the CLI calls below even on a slow machine.)
+    twice(&env, &["--spare-idle", "8"], "x");
+    // Parked, then gone after eight seconds of idleness, with its container, cgroup and uid.
     wait_until("a spare to be parked", || ready(&env).len() == 1);
     wait_until("the idle spare to go", || {
         parked(&env).is_empty()
