@@ -410,6 +410,40 @@ fn a_sandbox_survives_the_end_of_its_controllers_cgroup() {
 }
 
 #[test]
+fn gc_leaves_a_tmpfs_mounted_on_the_state_root_itself() {
+    let env = TestEnv::new("gc-root-mount");
+    let dir = env.dir.join("on-tmpfs");
+    std::fs::create_dir_all(&dir).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16m"),
+    )
+    .unwrap();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+    };
+    let root = runbox::RootOptions::new()
+        .cgroup_prefix(format!("{}-t", env.prefix))
+        .spare_monitors(0)
+        .open(&dir)
+        .unwrap();
+    let report = root.gc();
+    let still = mounted();
+    nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).ok();
+    assert!(still, "gc unmounted the state root's own tmpfs: {report:?}");
+    assert!(report.cleaned.is_empty(), "{report:?}");
+    drop(root);
+    std::fs::remove_dir_all(&dir).unwrap();
+    env.finish();
+}
+
+#[test]
 fn gc_removes_orphan_cgroups_and_abandoned_temp_dirs_only() {
     let env = TestEnv::new("gcorphans");
     let running = env.root.spawn(&env.cmd("probe", &["sleep", "30"])).unwrap();

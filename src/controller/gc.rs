@@ -157,12 +157,14 @@ fn collect_stray_mounts(root: &StateRoot<'_>, report: &mut GcReport) {
             .ok()
             .and_then(|r| r.components().next())
             .map(|c| c.as_os_str().to_string_lossy().into_owned());
-        let live = id.as_deref().is_some_and(|id| {
-            Sandbox::open(root.dir, id)
-                .and_then(|s| s.state())
-                .is_ok_and(|s| !matches!(s, SandboxState::Stopped | SandboxState::Lost))
-        });
-        if live || id.as_deref().is_some_and(|i| i.starts_with('.')) {
+        // A mount on the state root itself (a tmpfs the operator put there) is not runbox's.
+        let Some(id) = id else {
+            continue;
+        };
+        let live = Sandbox::open(root.dir, &id)
+            .and_then(|s| s.state())
+            .is_ok_and(|s| !matches!(s, SandboxState::Stopped | SandboxState::Lost));
+        if live || id.starts_with('.') {
             continue;
         }
         match nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
