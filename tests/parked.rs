@@ -8,7 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Output, Stdio};
 
-use common::{wait_until, TestEnv};
+use common::{wait_until_for, TestEnv};
+
+/// Spares start and build in the background: at the emulated guest's pace that takes long.
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_for(what, 180, cond);
+}
 
 fn runbox(env: &TestEnv, args: &[&str]) -> Output {
     Proc::new(common::example("runbox"))

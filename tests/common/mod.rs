@@ -292,11 +292,17 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// Polls `cond` every 10 ms; fails the test after 30 s, naming `what`.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_for(what, 30, cond);
+}
+
+/// [`wait_until`] with a limit of `secs` seconds, for what runs in the background at the
+/// emulated guest's pace (a spare monitor's start and build there take seconds).
+pub fn wait_until_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let t = std::time::Instant::now();
     while !cond() {
         assert!(
-            t.elapsed() < std::time::Duration::from_secs(30),
+            t.elapsed() < std::time::Duration::from_secs(secs),
             "timed out waiting for {what}"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
