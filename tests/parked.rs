@@ -55,6 +55,34 @@ fn ready(env: &TestEnv) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Waits until exactly `n` spares are parked and built; on a timeout says what is there.
+fn wait_ready(env: &TestEnv, n: usize, what: &str) {
+    let t = std::time::Instant::now();
+    while ready(env).len() != n {
+        if t.elapsed() > std::time::Duration::from_secs(180) {
+            let tree: Vec<String> = walk(&env.dir.join(".spares"));
+            panic!(
+                "timed out waiting for {what}: parked {:?}, ready {:?}, .spares {tree:?}",
+                parked(env),
+                ready(env)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Every path under `dir`.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push(e.path().display().to_string());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
 /// The pid in a spare's directory name, `_warm-<pid>-<start>-<n>`.
 fn pid_of(dir: &Path) -> i32 {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -108,7 +136,7 @@ fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
     run_detached(&env, &[], "again");
     assert_eq!(state(&env, "again")["prebuilt"], false);
     finish_run(&env, "again");
-    wait_until("a spare to be parked", || ready(&env).len() == 1);
+    wait_ready(&env, 1, "a spare to be parked");
     let spare = ready(&env).remove(0);
     run_detached(&env, &[], "second");
     let s = state(&env, "second");
@@ -121,9 +149,9 @@ fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
     assert!(!spare.exists(), "a claimed spare leaves the state root");
     finish_run(&env, "second");
     // Replaced after the claim; another shape is not served from it and parks its own.
-    wait_until("a replacement to be parked", || ready(&env).len() == 1);
+    wait_ready(&env, 1, "a replacement to be parked");
     twice(&env, &["--memory", "96M"], "other");
-    wait_until("a spare of each shape", || ready(&env).len() == 2);
+    wait_ready(&env, 2, "a spare of each shape");
     run_detached(&env, &["--memory", "96M"], "other2");
     assert_eq!(state(&env, "other2")["prebuilt"], true);
     finish_run(&env, "other2");
@@ -136,7 +164,7 @@ fn one_parked_spare_serves_one_of_two_racing_processes() {
     let image = common::image().to_str().unwrap().to_string();
     // Park exactly one, then keep the racers from parking more.
     twice(&env, &[], "warm");
-    wait_until("a spare to be parked", || ready(&env).len() == 1);
+    wait_ready(&env, 1, "a spare to be parked");
     let racers: Vec<_> = ["a", "b"]
         .iter()
         .map(|id| {
@@ -174,13 +202,23 @@ fn one_parked_spare_serves_one_of_two_racing_processes() {
 #[test]
 fn an_idle_spare_goes_by_itself_and_a_killed_one_is_collected() {
     let env = TestEnv::new("parked-idle");
-    // (Idle long enough to be seen parked after the CLI calls below even on a slow machine.)
-    twice(&env, &["--spare-idle", "8"], "x");
-    // Parked, then gone after eight seconds of idleness, with its container, cgroup and uid.
-    wait_until("a spare to be parked", || ready(&env).len() == 1);
-    wait_until("the idle spare to go", || {
-        parked(&env).is_empty()
-            && common::processes_mentioning(&env.dir.to_string_lossy()).is_empty()
+    let idle = ["--spare-idle", "4"];
+    run_detached(&env, &idle, "x-1");
+    finish_run(&env, "x-1");
+    run_detached(&env, &idle, "x-2");
+    // Parked (looked for at once: CLI calls take seconds each in the emulated guest), then
+    // gone after four seconds of idleness, with its container, cgroup and uid.
+    wait_ready(&env, 1, "a spare to be parked");
+    let parked_at = std::time::Instant::now();
+    wait_until("the idle spare to go", || parked(&env).is_empty());
+    assert!(
+        parked_at.elapsed() >= std::time::Duration::from_secs(3),
+        "gone after {:?}, before its idle time",
+        parked_at.elapsed()
+    );
+    finish_run(&env, "x-2");
+    wait_until("its processes to end", || {
+        common::processes_mentioning(&env.dir.to_string_lossy()).is_empty()
     });
     env.wait_for_monitors();
     common::assert_no_leaks(&env.dir, &env.prefix);
@@ -189,7 +227,7 @@ fn an_idle_spare_goes_by_itself_and_a_killed_one_is_collected() {
     // ago: one run parks a spare.)
     run_detached(&env, &[], "y");
     finish_run(&env, "y");
-    wait_until("a spare to be parked", || ready(&env).len() == 1);
+    wait_ready(&env, 1, "a spare to be parked");
     let spare = ready(&env).remove(0);
     let pid = nix::unistd::Pid::from_raw(pid_of(&spare));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -216,7 +254,7 @@ fn release_ends_every_parked_spare_even_one_still_starting() {
     let env = TestEnv::new("parked-release");
     let root_str = env.dir.to_string_lossy().into_owned();
     twice(&env, &["--spares", "2"], "x");
-    wait_until("two spares to be parked", || ready(&env).len() == 2);
+    wait_ready(&env, 2, "two spares to be parked");
     let out = runbox(&env, &["gc", "--release-spares"]);
     assert!(out.status.success(), "{out:?}");
     assert!(parked(&env).is_empty());
