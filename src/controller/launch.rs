@@ -117,15 +117,15 @@ impl Root {
         self.inner.spares.remember_shape(shape.clone());
         let started = self.start_monitor(&layout, &monitor, mode, spare, &streams);
         if started.is_ok() && self.inner.parked > 0 {
-            let target = self.spare_target(&monitor);
-            let inner = &self.inner;
-            parked::replenish(
-                &target,
-                &shape,
-                inner.parked,
-                inner.parked_idle,
-                &inner.parking,
-            );
+            if remove_on_exit {
+                // A one-shot run parks after its verdict (`Root::run`): the new spare's build
+                // then does not compete with this run for the CPU.
+                if let Ok(mut later) = self.inner.park_later.lock() {
+                    later.push((monitor.clone(), shape));
+                }
+            } else {
+                self.park_spares(&monitor, &shape);
+            }
         }
         match started {
             Ok(report) => Ok(Sandbox::launched(id, layout, report)),
@@ -140,6 +140,19 @@ impl Root {
                 Err(e)
             }
         }
+    }
+
+    /// Parks spares of `shape` for other processes (see [`crate::RootOptions::parked_spares`]).
+    pub(super) fn park_spares(&self, monitor: &Path, shape: &crate::config::SandboxConfig) {
+        let target = self.spare_target(monitor);
+        let inner = &self.inner;
+        parked::replenish(
+            &target,
+            shape,
+            inner.parked,
+            inner.parked_idle,
+            &inner.parking,
+        );
     }
 
     /// Leases a uid of the root's range for the sandbox staged in `tmp`.

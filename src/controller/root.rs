@@ -67,6 +67,8 @@ pub(super) struct RootInner {
     pub parked_idle: std::time::Duration,
     /// Spares this root asked to park that may not have yet.
     pub parking: std::sync::Mutex<Vec<super::parked::Parking>>,
+    /// One-shot runs' spares to park once their verdict is in: (monitor, build shape).
+    pub park_later: std::sync::Mutex<Vec<(PathBuf, config::SandboxConfig)>>,
 }
 
 /// Options for opening a [`Root`].
@@ -261,6 +263,7 @@ impl RootOptions {
                     .parked_idle
                     .unwrap_or(std::time::Duration::from_secs(60)),
                 parking: std::sync::Mutex::new(Vec::new()),
+                park_later: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -376,7 +379,15 @@ impl Root {
     /// (cgroup, mounts, state directory) on its own, so that cleanup is not on the caller's time.
     pub fn run(&self, cmd: &Command) -> Result<Verdict> {
         let mut sandbox = self.launch(cmd, Mode::Run, true)?;
-        Ok(sandbox.wait_for_report()?.verdict)
+        let verdict = sandbox.wait_for_report().map(|r| r.verdict);
+        let later = match self.inner.park_later.lock() {
+            Ok(mut later) => std::mem::take(&mut *later),
+            Err(_) => Vec::new(),
+        };
+        for (monitor, shape) in later {
+            self.park_spares(&monitor, &shape);
+        }
+        verdict
     }
 
     /// Creates and starts a sandbox running `cmd`; returns once the program runs. The sandbox
