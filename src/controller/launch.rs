@@ -143,7 +143,7 @@ impl Root {
     }
 
     /// Parks spares of `shape` for other processes (see [`crate::RootOptions::parked_spares`]).
-    pub(super) fn park_spares(&self, monitor: &Path, shape: &crate::config::SandboxConfig) {
+    pub(super) fn park_spares(&self, monitor: &Path, shape: &SandboxConfig) {
         let target = self.spare_target(monitor);
         let inner = &self.inner;
         parked::replenish(
