@@ -8,10 +8,10 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Command;
@@ -41,7 +41,7 @@ pub struct WorkBox {
     root: Root,
     record: BoxRecord,
     dir: PathBuf,
-    _lock: File,
+    _lock: Flock<File>,
 }
 
 impl WorkBox {
@@ -246,7 +246,7 @@ impl Root {
 /// Locks the box directory `dir` through its `lock` file (`flock`, released with the file).
 /// `create` makes the file (init); otherwise a missing file, or one removed by a cleanup
 /// while this waited, means the box is gone.
-fn lock_box(dir: &Path, wait: bool, create: bool) -> Result<File> {
+fn lock_box(dir: &Path, wait: bool, create: bool) -> Result<Flock<File>> {
     let path = dir.join("lock");
     loop {
         let file = fs::OpenOptions::new()
@@ -265,21 +265,21 @@ fn lock_box(dir: &Path, wait: bool, create: bool) -> Result<File> {
             }
             Err(e) => return Err(Error::io("open box lock", &path, e)),
         };
-        let mut how = nix::fcntl::FlockArg::LockExclusiveNonblock;
-        if wait {
-            how = nix::fcntl::FlockArg::LockExclusive;
-        }
-        #[allow(deprecated)]
-        match nix::fcntl::flock(file.as_raw_fd(), how) {
-            Ok(()) => {}
-            Err(nix::Error::EWOULDBLOCK) => {
+        let how = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        let file = match Flock::lock(file, how) {
+            Ok(locked) => locked,
+            Err((_, nix::Error::EWOULDBLOCK)) => {
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
                     format!("box {} is in use by another process", dir.display()),
                 ))
             }
-            Err(e) => return Err(Error::io("lock box", &path, e.into())),
-        }
+            Err((_, e)) => return Err(Error::io("lock box", &path, e.into())),
+        };
         // A cleanup may have removed the box while this waited: the lock is on a dead file.
         let same = fs::metadata(&path).is_ok_and(|m| {
             file.metadata()

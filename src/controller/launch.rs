@@ -43,15 +43,16 @@ impl Root {
         // A spare whose pre-built container fits is taken first: the sandbox then lives in
         // that container's cgroup.
         let shape = cfg.build_shape();
-        // Of the root's own spares one of this shape, else one parked by any process, else
-        // any of its own.
-        let spare = self
-            .inner
+        // Of the root's own spares one of this shape, else one parked by any process (unless
+        // this root builds nothing ahead), else any of its own.
+        let inner = &self.inner;
+        let spare = inner
             .spares
             .take(&shape, true)
             .or_else(|| {
-                let inner = &self.inner;
-                parked::claim(&inner.dir, &shape, inner.uid_range, &inner.cgroup_prefix)
+                inner.spares.prebuilds().then(|| {
+                    parked::claim(&inner.dir, &shape, inner.uid_range, &inner.cgroup_prefix)
+                })?
             })
             .or_else(|| self.inner.spares.take(&shape, false));
         let warm_cgroup = spare

@@ -156,7 +156,8 @@ impl RootOptions {
     /// copies in and out, CPU bandwidth, CPU and wall time, output limit.
     ///
     /// A pre-built container holds its mounts, cgroup and namespaces while it waits (a few
-    /// MiB); it is torn down when the [`Root`] is dropped or its controller dies.
+    /// MiB); it is torn down when the [`Root`] is dropped or its controller dies. Off, the
+    /// root also neither parks spares nor claims those other processes parked.
     pub fn prebuild(&mut self, on: bool) -> &mut Self {
         self.no_prebuild = !on;
         self

@@ -199,6 +199,11 @@ impl Spares {
         }
     }
 
+    /// Whether launches use pre-built containers ([`crate::RootOptions::prebuild`]).
+    pub fn prebuilds(&self) -> bool {
+        self.prebuild
+    }
+
     /// Takes a spare, preferring one whose pre-built container fits `shape`; with
     /// `fitting_only`, only such a one.
     pub fn take(&self, shape: &SandboxConfig, fitting_only: bool) -> Option<Spare> {
