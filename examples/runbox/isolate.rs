@@ -352,13 +352,18 @@ pub fn main(args: &[String]) -> ExitCode {
             };
             match arity {
                 Some(msg) => Err(Fatal(msg.into())),
-                None => open_root().and_then(|root| match mode {
-                    "init" => init(&root, &req),
-                    "cleanup" => cleanup(&root, &req),
-                    "print-cg-root" => print_cg_root(&root),
-                    // The settings came from the environment and the root opened: valid.
-                    "check-config" => Ok(ExitCode::SUCCESS),
-                    _ => run(&root, &req, &program),
+                None => open_root().and_then(|root| {
+                    let outcome = match mode {
+                        "init" => init(&root, &req),
+                        "cleanup" => cleanup(&root, &req),
+                        "print-cg-root" => print_cg_root(&root),
+                        // The settings came from the environment and the root opened: valid.
+                        "check-config" => Ok(ExitCode::SUCCESS),
+                        _ => run(&root, &req, &program),
+                    };
+                    // This process ends here: the spares it started finish starting alone.
+                    root.stop_waiting_for_spares();
+                    outcome
                 }),
             }
         }

@@ -343,7 +343,7 @@ fn main() -> ExitCode {
         Ok(root) => root,
         Err(e) => return exit(Err(e)),
     };
-    exit(match cli.verb {
+    let outcome = match cli.verb {
         Verb::Run(args) => run(&root, &args),
         Verb::Create(args) => create(&root, &args),
         Verb::Start { id } => start(&root, &id),
@@ -355,7 +355,10 @@ fn main() -> ExitCode {
         Verb::Delete { force, id } => delete(&root, &id, force),
         Verb::Gc { release_spares } => gc(&root, release_spares),
         Verb::Check { .. } => unreachable!("handled before the root is opened"),
-    })
+    };
+    // This process ends here: the spares it started finish starting without it.
+    root.stop_waiting_for_spares();
+    exit(outcome)
 }
 
 /// A failure of runbox itself (not of the program): printed once as `runbox: MESSAGE`, exit 125.

@@ -124,6 +124,16 @@ impl Parking {
     }
 }
 
+impl Parking {
+    /// Lets go without reaping the first process (see [`Root::stop_waiting_for_spares`]).
+    ///
+    /// [`Root::stop_waiting_for_spares`]: crate::Root::stop_waiting_for_spares
+    pub(super) fn abandon(self) {
+        // Neither a wait nor a close: the socket and the child go with this process.
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Parking {
     /// Reaps the first process (it exits as soon as it has forked the spare).
     fn drop(&mut self) {

@@ -449,6 +449,19 @@ impl Root {
         super::parked::release_all(&self.inner.dir);
     }
 
+    /// Stops waiting for the parked spares this root started that have not parked yet: for
+    /// a process about to exit, which would otherwise wait, when the root is dropped, for
+    /// each one's first process (it exits once the spare has detached, a millisecond or two
+    /// after the exec). Those processes are then reaped by whoever adopts them when this
+    /// process exits (init, or a subreaper). The spares themselves are unaffected. A
+    /// long-lived process should not call it: each unfinished start would stay a zombie
+    /// until the process exits.
+    pub fn stop_waiting_for_spares(&self) {
+        if let Ok(mut parking) = self.inner.parking.lock() {
+            parking.drain(..).for_each(super::parked::Parking::abandon);
+        }
+    }
+
     /// Starts the spare monitors now, each pre-building a sandbox shaped like `cmd` (see
     /// [`RootOptions::prebuild`]), so that even the first launch of that shape finds one
     /// ready: a grader calls it at start-up with a typical command. Idle spares of another
