@@ -293,6 +293,9 @@ pub(crate) struct SandboxConfig {
     pub uid_leased: bool,
     /// `None`: the host-based default image.
     pub image: Option<PathBuf>,
+    /// A stored image's lower layers beneath `image` (its top layer), top first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_layers: Vec<PathBuf>,
     pub limits: Limits,
     pub stdin: Stdin,
     pub hostname: String,
@@ -396,6 +399,7 @@ impl SandboxConfig {
             user: User::default(),
             uid_leased: false,
             image: None,
+            image_layers: Vec::new(),
             limits: Limits::default(),
             stdin: Stdin::Null,
             hostname: "runbox".into(),
@@ -424,6 +428,17 @@ pub struct Command {
     pub(crate) cwd: Option<String>,
     pub(crate) user: Option<User>,
     pub(crate) image: Option<PathBuf>,
+    /// An image of the root's image store, by name or digest.
+    pub(crate) stored_image: Option<String>,
+    /// Replaces the stored image's `Entrypoint` (empty: none).
+    pub(crate) entrypoint: Option<Vec<String>>,
+    /// The program and arguments are the stored image's (`Entrypoint` + `Cmd`, the
+    /// arguments given replacing `Cmd`).
+    pub(crate) program_from_image: bool,
+    /// `PATH` is still the default [`Command::new`] set (a stored image's own `PATH` wins).
+    pub(crate) path_defaulted: bool,
+    /// [`Command::env_clear`] was called: a stored image's `Env` is not applied either.
+    pub(crate) env_cleared: bool,
     pub(crate) limits: Limits,
     pub(crate) stdin: Stdin,
     pub(crate) name: Option<String>,
@@ -454,6 +469,11 @@ impl Command {
             cwd: None,
             user: None,
             image: None,
+            stored_image: None,
+            entrypoint: None,
+            program_from_image: false,
+            path_defaulted: true,
+            env_cleared: false,
             limits: Limits::default(),
             stdin: Stdin::Null,
             name: None,
@@ -487,13 +507,20 @@ impl Command {
 
     /// Sets one environment variable.
     pub fn env(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.env.insert(key.into(), value.into());
+        let key = key.into();
+        if key == "PATH" {
+            self.path_defaulted = false;
+        }
+        self.env.insert(key, value.into());
         self
     }
 
-    /// Removes every environment variable, including the default `PATH`.
+    /// Removes every environment variable, including the default `PATH` (and a stored
+    /// image's `Env`).
     pub fn env_clear(&mut self) -> &mut Self {
         self.env.clear();
+        self.path_defaulted = false;
+        self.env_cleared = true;
         self
     }
 
@@ -514,6 +541,42 @@ impl Command {
     /// Uses `dir` as the read-only image (the overlay's lower layer) instead of the host-based default.
     pub fn image(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.image = Some(dir.into());
+        self.stored_image = None;
+        self
+    }
+
+    /// Uses an image of the root's image store ([`RootOptions::image_store`]), by name or
+    /// digest (`sha256:…`, or a unique prefix of 12 or more hex digits). Its layers are the
+    /// overlay's lower layers; its config's `Env`, `WorkingDir` and `Entrypoint` are defaults
+    /// the command's own settings override: `PATH` and other variables set here win over
+    /// the image's, [`Command::current_dir`] over `WorkingDir`, and the program with its
+    /// arguments run under the image's `Entrypoint` if it has one (as `docker run IMAGE
+    /// PROGRAM ARGS` does; [`Command::entrypoint`] replaces it). The image's `User` is not
+    /// taken: the program runs as the sandbox's own uid unless [`Command::user`] names one.
+    ///
+    /// [`RootOptions::image_store`]: crate::RootOptions::image_store
+    pub fn stored_image(&mut self, reference: impl Into<String>) -> &mut Self {
+        self.stored_image = Some(reference.into());
+        self.image = None;
+        self
+    }
+
+    /// A command that runs a stored image's own `Entrypoint` and `Cmd` (see
+    /// [`Command::stored_image`]); arguments added with [`Command::arg`] replace `Cmd`.
+    pub fn from_image(reference: impl Into<String>) -> Self {
+        let mut cmd = Command::new(String::new());
+        cmd.stored_image(reference);
+        cmd.program_from_image = true;
+        cmd
+    }
+
+    /// Replaces a stored image's `Entrypoint` (an empty list: run the program directly).
+    pub fn entrypoint<I, S>(&mut self, argv: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.entrypoint = Some(argv.into_iter().map(Into::into).collect());
         self
     }
 

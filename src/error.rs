@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub enum ErrorKind {
     /// The request itself is wrong: a bad id, limit, path, missing image or program.
     InvalidConfig,
-    /// No sandbox with that id exists in the state root.
+    /// No sandbox with that id exists in the state root (or no image by that reference in
+    /// the image store).
     NotFound,
     /// A sandbox with that id already exists.
     AlreadyExists,
@@ -24,6 +25,11 @@ pub enum ErrorKind {
     InvalidState,
     /// An I/O error on runbox's own state.
     Io,
+    /// Image data is unusable: a digest or size that does not match, a manifest, config or
+    /// archive that does not parse, a layer with an unsafe path. Nothing of it was kept.
+    InvalidImage,
+    /// A registry could not be reached, refused the credentials, or answered an error.
+    Registry,
 }
 
 impl ErrorKind {
@@ -37,6 +43,8 @@ impl ErrorKind {
             ErrorKind::LaunchFailed => "launch_failed",
             ErrorKind::InvalidState => "invalid_state",
             ErrorKind::Io => "io",
+            ErrorKind::InvalidImage => "invalid_image",
+            ErrorKind::Registry => "registry",
         }
     }
 }

@@ -71,6 +71,7 @@ mod config;
 mod controller;
 mod error;
 mod host;
+mod images;
 mod init;
 mod layout;
 mod monitor;
@@ -89,6 +90,11 @@ pub use controller::sandbox::{Sandbox, SandboxInfo, SandboxState};
 pub use error::{Error, ErrorKind, Result};
 pub use host::check::{check_host, check_state_root, check_uid_range, HostCheck};
 pub use host::uids::{DEFAULT_COUNT as DEFAULT_UID_COUNT, DEFAULT_FIRST as DEFAULT_FIRST_UID};
+#[cfg(feature = "registry")]
+pub use images::PullOptions;
+pub use images::{
+    ImageDetails, ImageInfo, ImageStore, Progress, PruneReport, RemoveReport, DEFAULT_IMAGE_STORE,
+};
 pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
 
 /// The OCI runtime spec types runbox builds bundles with (libcontainer's own copy).

@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use nix::sys::signal::Signal;
 
+mod image;
 mod isolate;
 
 #[derive(Parser)]
@@ -50,6 +51,10 @@ struct Cli {
     /// How long a parked sandbox waits for a run before it goes.
     #[arg(long = "spare-idle", global = true, value_name = "SECS", value_parser = parse_secs, default_value = "60")]
     spare_idle: Duration,
+    /// Image store for `--image NAME` and `runbox image` (default: $RUNBOX_IMAGE_STORE,
+    /// else /var/lib/runbox).
+    #[arg(long = "image-store", global = true, value_name = "DIR")]
+    image_store: Option<PathBuf>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -113,6 +118,11 @@ enum Verb {
         #[arg(long = "release-spares")]
         release_spares: bool,
     },
+    /// Manage the image store: import, pull, list, inspect, rm, prune, df.
+    Image {
+        #[command(subcommand)]
+        verb: image::ImageVerb,
+    },
     /// Check what this host offers runbox (exit 1 if something required is missing).
     Check {
         /// Print a JSON array.
@@ -141,9 +151,14 @@ struct SandboxArgs {
     /// Sandbox id (default: generated).
     #[arg(long)]
     name: Option<String>,
-    /// Image directory used as the read-only root (default: the host's /usr and /lib*).
+    /// The read-only root: an image directory, or an image of the image store by name or
+    /// digest (see `runbox image`). Default: the host's /usr and /lib*. With a stored image
+    /// PROGRAM may be left out: the image's Entrypoint and Cmd run.
     #[arg(long)]
-    image: Option<PathBuf>,
+    image: Option<String>,
+    /// Replace a stored image's Entrypoint with this program ("" for none).
+    #[arg(long)]
+    entrypoint: Option<String>,
     /// User (and group) inside the sandbox, UID[:GID]. Default 65534:65534.
     #[arg(long, value_parser = parse_user)]
     user: Option<(u32, u32)>,
@@ -198,7 +213,7 @@ struct SandboxArgs {
     stdin: Option<PathBuf>,
     /// The program and its arguments: everything from PROGRAM on is the program's, words
     /// starting with `-` included.
-    #[arg(value_name = "PROGRAM", trailing_var_arg = true, required = true)]
+    #[arg(value_name = "PROGRAM", trailing_var_arg = true)]
     command: Vec<String>,
 }
 
@@ -237,13 +252,46 @@ fn parse_user(s: &str) -> Result<(u32, u32), String> {
 }
 
 fn build_command(a: &SandboxArgs) -> Result<runbox::Command, Failure> {
-    let mut cmd = runbox::Command::new(a.command[0].clone());
-    cmd.args(a.command[1..].iter().cloned());
+    // An existing directory is an image directory; anything else names a stored image.
+    let stored = a
+        .image
+        .as_ref()
+        .filter(|i| !std::path::Path::new(i).is_dir());
+    let mut cmd = match (a.command.split_first(), stored) {
+        (Some((program, args)), _) => {
+            let mut cmd = runbox::Command::new(program.clone());
+            cmd.args(args.iter().cloned());
+            cmd
+        }
+        (None, Some(reference)) => runbox::Command::from_image(reference.clone()),
+        (None, None) => return Err(Failure(
+            "a PROGRAM is required (or --image with a stored image, whose Entrypoint and Cmd run)"
+                .into(),
+        )),
+    };
     if let Some(n) = &a.name {
         cmd.name(n.clone());
     }
-    if let Some(i) = &a.image {
-        cmd.image(i.clone());
+    match (&a.image, stored) {
+        (_, Some(reference)) => {
+            cmd.stored_image(reference.clone());
+        }
+        (Some(dir), None) => {
+            cmd.image(dir.clone());
+        }
+        (None, None) => {}
+    }
+    if let Some(e) = &a.entrypoint {
+        if stored.is_none() {
+            return Err(Failure(
+                "--entrypoint needs --image with a stored image".into(),
+            ));
+        }
+        cmd.entrypoint(if e.is_empty() {
+            vec![]
+        } else {
+            vec![e.clone()]
+        });
     }
     if let Some((u, g)) = a.user {
         cmd.user(u, g);
@@ -328,10 +376,19 @@ fn main() -> ExitCode {
         }
     };
     let root_dir = cli.root.unwrap_or_else(runbox::Root::default_dir);
-    if let Verb::Check { json } = cli.verb {
-        // Reads the host only: no state root is created.
-        return exit(check(json, &root_dir, cli.uid_range));
-    }
+    let image_store = cli
+        .image_store
+        .clone()
+        .unwrap_or_else(runbox::ImageStore::default_dir);
+    let verb = match cli.verb {
+        Verb::Check { json } => {
+            // Reads the host only: no state root is created.
+            return exit(check(json, &root_dir, cli.uid_range));
+        }
+        // The image store only: no state root either.
+        Verb::Image { verb } => return exit(image::main(&image_store, verb)),
+        verb => verb,
+    };
     let spares = (cli.spares, cli.spare_idle);
     let root = match open_root(
         &root_dir,
@@ -339,11 +396,12 @@ fn main() -> ExitCode {
         cli.cgroup_base,
         cli.uid_range,
         spares,
+        image_store,
     ) {
         Ok(root) => root,
         Err(e) => return exit(Err(e)),
     };
-    let outcome = match cli.verb {
+    let outcome = match verb {
         Verb::Run(args) => run(&root, &args),
         Verb::Create(args) => create(&root, &args),
         Verb::Start { id } => start(&root, &id),
@@ -354,7 +412,9 @@ fn main() -> ExitCode {
         Verb::Kill { id, signal } => kill(&root, &id, signal.as_deref()),
         Verb::Delete { force, id } => delete(&root, &id, force),
         Verb::Gc { release_spares } => gc(&root, release_spares),
-        Verb::Check { .. } => unreachable!("handled before the root is opened"),
+        Verb::Check { .. } | Verb::Image { .. } => {
+            unreachable!("handled before the root is opened")
+        }
     };
     // This process ends here: the spares it started finish starting without it.
     root.stop_waiting_for_spares();
@@ -393,8 +453,10 @@ fn open_root(
     cgroup_base: Option<String>,
     uid_range: Option<(u32, u32)>,
     (parked, idle): (usize, Duration),
+    image_store: PathBuf,
 ) -> Result<runbox::Root, Failure> {
     let mut opts = runbox::RootOptions::new();
+    opts.image_store(image_store);
     // One command per process: a spare of this process's own would only be started to exit
     // again; parked ones serve the next process.
     opts.spare_monitors(0)

@@ -34,7 +34,9 @@ impl Root {
         mode: Mode,
         remove_on_exit: bool,
     ) -> Result<Sandbox> {
-        let mut cfg = resolve(cmd, || self.host_image())?;
+        // A stored image holds the store's lock from here until the sandbox pins it.
+        let stored = self.resolve_stored(cmd)?;
+        let mut cfg = resolve(cmd, stored.as_ref(), || self.host_image())?;
         let streams = inherited_streams(&cfg)?;
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::own()
@@ -116,7 +118,12 @@ impl Root {
         let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
         let _enter = span.enter();
         self.inner.spares.remember_shape(shape.clone());
-        let started = self.start_monitor(&layout, &monitor, mode, spare, &streams);
+        // The image's layers stay while the sandbox directory exists (`image rm`, `prune`).
+        let pinned = stored.map_or(Ok(()), |img| img.pin(&layout.dir));
+        let started = match pinned {
+            Ok(()) => self.start_monitor(&layout, &monitor, mode, spare, &streams),
+            Err(e) => Err(e),
+        };
         if started.is_ok() && self.inner.parked > 0 {
             if remove_on_exit {
                 // A one-shot run parks after its verdict (`Root::run`): the new spare's build

@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::config::{self, Command, SandboxConfig, Stdin};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::image::Image;
+use crate::images::ResolvedImage;
 
 /// The host trees no bind or copy may take from, whatever the path says after symlinks: the
 /// whole host (its secrets), and the kernel's views of every process, device and setting.
@@ -44,9 +45,21 @@ fn host_source_allowed(host: &Path) -> Result<()> {
 /// default image, asked for only when needed.
 pub(super) fn resolve<'a>(
     cmd: &Command,
+    stored: Option<&ResolvedImage>,
     host_image: impl FnOnce() -> Result<&'a Image>,
 ) -> Result<SandboxConfig> {
     let invalid = |msg: String| Error::new(ErrorKind::InvalidConfig, msg);
+    let with_image;
+    let cmd = match stored {
+        Some(img) => {
+            with_image = apply_image(cmd, img)?;
+            &with_image
+        }
+        None if cmd.stored_image.is_some() => {
+            return Err(invalid("a stored image was not resolved".into()))
+        }
+        None => cmd,
+    };
     if let Some(id) = &cmd.name {
         config::validate_id(id)?;
     }
@@ -87,12 +100,16 @@ pub(super) fn resolve<'a>(
         return Err(invalid(format!("hostname {:?} is not valid", cmd.hostname)));
     }
     let owned_image;
-    let image = match &cmd.image {
-        Some(dir) => {
+    let image = match (&cmd.image, stored) {
+        (_, Some(img)) => {
+            owned_image = Image::from_layers(&img.layers)?;
+            &owned_image
+        }
+        (Some(dir), None) => {
             owned_image = Image::from_dir(dir)?;
             &owned_image
         }
-        None => host_image()?,
+        (None, None) => host_image()?,
     };
     if let Stdin::File(path) = &cmd.stdin {
         if !path.is_file() {
@@ -227,7 +244,8 @@ pub(super) fn resolve<'a>(
         cwd,
         user: cmd.user.unwrap_or_default(),
         uid_leased: cmd.user.is_none(),
-        image: cmd.image.as_ref().map(|_| image.lower.clone()),
+        image: (cmd.image.is_some() || stored.is_some()).then(|| image.lower.clone()),
+        image_layers: image.below.clone(),
         limits: cmd.limits.clone(),
         stdin: cmd.stdin.clone(),
         hostname: cmd.hostname.clone(),
@@ -241,4 +259,60 @@ pub(super) fn resolve<'a>(
         stdout: cmd.stdout,
         stderr: cmd.stderr,
     })
+}
+
+/// `cmd` with a stored image's config applied as defaults: the program under the image's
+/// `Entrypoint` (or the command's own), `Cmd` when the command takes the image's program,
+/// the image's `Env` under the command's variables, its `WorkingDir` unless one was set.
+fn apply_image(cmd: &Command, img: &ResolvedImage) -> Result<Command> {
+    let mut out = cmd.clone();
+    let entry = cmd
+        .entrypoint
+        .clone()
+        .unwrap_or_else(|| img.entrypoint.clone());
+    let mut argv = entry;
+    if cmd.program_from_image {
+        if cmd.args.is_empty() {
+            argv.extend(img.cmd.iter().cloned());
+        } else {
+            argv.extend(cmd.args.iter().cloned());
+        }
+    } else {
+        argv.push(cmd.program.clone());
+        argv.extend(cmd.args.iter().cloned());
+    }
+    let mut argv = argv.into_iter();
+    out.program = argv.next().unwrap_or_default();
+    if out.program.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "image {} has no Entrypoint or Cmd: give a program",
+                img.digest
+            ),
+        ));
+    }
+    out.args = argv.collect();
+    if !cmd.env_cleared {
+        let mut env = std::collections::BTreeMap::new();
+        for kv in &img.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                if !k.is_empty() {
+                    env.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        for (k, v) in &cmd.env {
+            if k == "PATH" && cmd.path_defaulted && env.contains_key("PATH") {
+                continue;
+            }
+            env.insert(k.clone(), v.clone());
+        }
+        out.env = env;
+    }
+    if out.cwd.is_none() {
+        out.cwd = img.working_dir.clone();
+    }
+    out.stored_image = None;
+    Ok(out)
 }

@@ -15,6 +15,7 @@ use crate::host::cgroup;
 use crate::host::image::Image;
 use crate::host::state;
 use crate::host::uids::UidRange;
+use crate::images::{ImageStore, ResolvedImage};
 use crate::layout::IMAGES_DIR;
 use crate::policy::spec::{self, SpecStage};
 use crate::proto::Mode;
@@ -69,6 +70,9 @@ pub(super) struct RootInner {
     pub parking: std::sync::Mutex<Vec<super::parked::Parking>>,
     /// One-shot runs' spares to park once their verdict is in: (monitor, build shape).
     pub park_later: std::sync::Mutex<Vec<(PathBuf, config::SandboxConfig)>>,
+    /// Where stored images are ([`RootOptions::image_store`]).
+    image_store_dir: PathBuf,
+    image_store: OnceLock<ImageStore>,
 }
 
 /// Options for opening a [`Root`].
@@ -82,6 +86,7 @@ pub struct RootOptions {
     uid_range: Option<UidRange>,
     parked_spares: usize,
     parked_idle: Option<std::time::Duration>,
+    image_store: Option<PathBuf>,
 }
 
 impl RootOptions {
@@ -185,6 +190,14 @@ impl RootOptions {
         self
     }
 
+    /// The image store [`Command::stored_image`] takes images from. Default:
+    /// `$RUNBOX_IMAGE_STORE`, else [`DEFAULT_IMAGE_STORE`](crate::DEFAULT_IMAGE_STORE). It is
+    /// opened (created) on first use.
+    pub fn image_store(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.image_store = Some(dir.into());
+        self
+    }
+
     /// Opens (creating if needed, mode 0700) the state root `dir`.
     ///
     /// # Errors
@@ -265,6 +278,11 @@ impl RootOptions {
                     .unwrap_or(std::time::Duration::from_secs(60)),
                 parking: std::sync::Mutex::new(Vec::new()),
                 park_later: std::sync::Mutex::new(Vec::new()),
+                image_store_dir: self
+                    .image_store
+                    .clone()
+                    .unwrap_or_else(ImageStore::default_dir),
+                image_store: OnceLock::new(),
             }),
         })
     }
@@ -311,6 +329,23 @@ impl Root {
         Ok(self.inner.host_image.get_or_init(|| img))
     }
 
+    /// The stored image `cmd` names, resolved (holding the store's shared lock), if any.
+    pub(super) fn resolve_stored(&self, cmd: &Command) -> Result<Option<ResolvedImage>> {
+        match &cmd.stored_image {
+            Some(reference) => Ok(Some(self.image_store()?.resolve(reference)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The image store of this root ([`RootOptions::image_store`]), opened on first use.
+    pub fn image_store(&self) -> Result<ImageStore> {
+        if let Some(store) = self.inner.image_store.get() {
+            return Ok(store.clone());
+        }
+        let store = ImageStore::open(&self.inner.image_store_dir)?;
+        Ok(self.inner.image_store.get_or_init(|| store).clone())
+    }
+
     /// The monitor executable (see [`Root::open`]).
     pub(super) fn monitor_exe(&self) -> Result<PathBuf> {
         exec::find_monitor(self.inner.monitor.as_deref())
@@ -347,7 +382,14 @@ impl Root {
     /// # Errors
     /// `InvalidConfig` as for [`Root::spawn`].
     pub fn oci_spec(&self, cmd: &Command) -> Result<Spec> {
-        let mut cfg = resolve(cmd, || self.host_image())?;
+        let stored = self.resolve_stored(cmd)?;
+        let mut cfg = resolve(cmd, stored.as_ref(), || self.host_image())?;
+        if !cfg.image_layers.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "a bundle's root is one directory: an image of several layers cannot be written as one (runbox mounts them as an overlay)",
+            ));
+        }
         // A bundle is run by another runtime, outside runbox's leases: uid 65534 unless the
         // command names one.
         cfg.uid_leased = false;
@@ -471,7 +513,8 @@ impl Root {
     /// # Errors
     /// `InvalidConfig` as for [`Root::spawn`]; `UnsupportedHost` if no monitor is found.
     pub fn warm_up(&self, cmd: &Command) -> Result<()> {
-        let shape = resolve(cmd, || self.host_image())?.build_shape();
+        let stored = self.resolve_stored(cmd)?;
+        let shape = resolve(cmd, stored.as_ref(), || self.host_image())?.build_shape();
         let exe = self.monitor_exe()?;
         self.inner.spares.warm_up(shape, &self.spare_target(&exe));
         Ok(())

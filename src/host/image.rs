@@ -20,8 +20,10 @@ const HOST_ETC_FILES: &[&str] = &["ld.so.cache", "ld.so.conf", "nsswitch.conf", 
 /// A read-only image: the overlay's lower dir and read-only binds of host dirs on top.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Image {
-    /// The overlay lower dir.
+    /// The overlay lower dir (a stored image's top layer).
     pub lower: PathBuf,
+    /// A stored image's layers beneath `lower`, top first.
+    pub below: Vec<PathBuf>,
     /// (host source, absolute destination inside the sandbox), bound read-only.
     pub binds: Vec<(PathBuf, String)>,
 }
@@ -50,6 +52,22 @@ impl Image {
         }
         Ok(Image {
             lower,
+            below: Vec::new(),
+            binds: Vec::new(),
+        })
+    }
+
+    /// A stored image: its layer directories, top first (at least one).
+    pub fn from_layers(layers: &[PathBuf]) -> Result<Image> {
+        let (top, below) = layers.split_first().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "an image needs at least one layer",
+            )
+        })?;
+        Ok(Image {
+            lower: top.clone(),
+            below: below.to_vec(),
             binds: Vec::new(),
         })
     }
@@ -70,7 +88,11 @@ impl Image {
         if !lower.join(".runbox-skeleton").exists() {
             build_skeleton(images_dir, &lower)?;
         }
-        Ok(Image { lower, binds })
+        Ok(Image {
+            lower,
+            below: Vec::new(),
+            binds,
+        })
     }
 
     /// Maps a path inside the sandbox to the host path that backs it (bind or lower dir).
@@ -87,8 +109,24 @@ impl Image {
                 Ok(rest) => src.join(rest),
                 Err(_) => src.join(inside),
             },
-            None => self.lower.join(inside.strip_prefix("/").unwrap_or(inside)),
+            None => self.in_layers(inside.strip_prefix("/").unwrap_or(inside)),
         }
+    }
+
+    /// The host path of `rel` in the topmost layer that has it (an overlayfs whiteout
+    /// there, a 0/0 character device, hides it: the caller finds no file or directory).
+    /// Opaque directories are not looked at: a program hidden by one is found here and then
+    /// fails to execute at start, with the usual exit status 127.
+    fn in_layers(&self, rel: &Path) -> PathBuf {
+        let top = self.lower.join(rel);
+        if self.below.is_empty() || fs::symlink_metadata(&top).is_ok() {
+            return top;
+        }
+        self.below
+            .iter()
+            .map(|layer| layer.join(rel))
+            .find(|p| fs::symlink_metadata(p).is_ok())
+            .unwrap_or(top)
     }
 
     /// Resolves `inside` (absolute) within the image, following symlinks as the sandbox would

@@ -110,11 +110,11 @@ pub(crate) struct Mounted {
 pub(crate) fn mount_rootfs(
     scratch: &Scratch,
     scratch_bytes: u64,
-    lower: &Path,
+    lowers: &[&Path],
     trees: &[(PathBuf, String)],
 ) -> Result<Mounted, RootfsError> {
     let mut mounted = Mounted::default();
-    let result = mount_steps(scratch, scratch_bytes, lower, trees, &mut mounted);
+    let result = mount_steps(scratch, scratch_bytes, lowers, trees, &mut mounted);
     if let Err(e) = result {
         let _ = unmount(&mut mounted);
         return Err(e);
@@ -125,7 +125,7 @@ pub(crate) fn mount_rootfs(
 fn mount_steps(
     scratch: &Scratch,
     scratch_bytes: u64,
-    lower: &Path,
+    lowers: &[&Path],
     trees: &[(PathBuf, String)],
     mounted: &mut Mounted,
 ) -> Result<(), RootfsError> {
@@ -141,10 +141,17 @@ fn mount_steps(
     let work = scratch.join("work");
     dir(&upper, 0o755)?;
     dir(&work, 0o700)?;
-    let (lower_fd, upper_fd, work_fd) = (path_fd(lower)?, path_fd(&upper)?, path_fd(&work)?);
+    // Each lower dir by a descriptor of ours: short options (a stored image's 128 layers
+    // fit in the one page the kernel takes) and no host path in the sandbox's mountinfo.
+    let lower_fds = lowers
+        .iter()
+        .map(|l| path_fd(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (upper_fd, work_fd) = (path_fd(&upper)?, path_fd(&work)?);
+    let lowerdir: Vec<String> = lower_fds.iter().map(fd_path).collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        fd_path(&lower_fd),
+        lowerdir.join(":"),
         fd_path(&upper_fd),
         fd_path(&work_fd)
     );

@@ -573,6 +573,56 @@ impl CmdlineArea {
     }
 }
 
+/// Sets the extended attribute `name` of `path` to `value`, not following a symlink at
+/// `path` (`lsetxattr(2)`; nix has no wrapper).
+pub(crate) fn set_xattr(
+    path: &std::path::Path,
+    name: &std::ffi::CStr,
+    value: &[u8],
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` and `name` are NUL-terminated strings and `value` a buffer of
+    // `value.len()` bytes, all alive for the whole call; lsetxattr keeps no pointer to them.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The value (at most 64 bytes) of the extended attribute `name` of `path`, not following
+/// a symlink (`lgetxattr(2)`).
+#[cfg(test)]
+pub(crate) fn get_xattr(path: &std::path::Path, name: &std::ffi::CStr) -> io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = [0u8; 64];
+    // SAFETY: NUL-terminated strings and a writable buffer of `buf.len()` bytes, all alive
+    // for the call; lgetxattr writes at most `buf.len()` bytes and keeps no pointer.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    Ok(buf.get(..n).unwrap_or(&buf).to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,7 @@ type SourceId = (PathBuf, Option<(u64, u64)>);
 fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
     use std::os::unix::fs::MetadataExt;
     std::iter::once(lower)
+        .chain(cfg.image_layers.iter().map(PathBuf::as_path))
         .chain(
             cfg.image_trees
                 .iter()
@@ -139,6 +140,13 @@ fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
             let id = fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
             (p.to_path_buf(), id)
         })
+        .collect()
+}
+
+/// The overlay's lower dirs, top first: the image dir, then a stored image's other layers.
+fn lowers<'a>(lower: &'a Path, cfg: &'a SandboxConfig) -> Vec<&'a Path> {
+    std::iter::once(lower)
+        .chain(cfg.image_layers.iter().map(PathBuf::as_path))
         .collect()
 }
 
@@ -191,9 +199,13 @@ impl Built {
             .map_err(|e| launch("create the cgroup prefix", e))?;
         let scratch = Scratch::of_root(root);
         let before = source_ids(&lower, cfg);
-        let mut mounted =
-            rootfs::mount_rootfs(&scratch, cfg.limits.scratch_bytes, &lower, &cfg.image_trees)
-                .map_err(|e| launch("mount the sandbox rootfs", e))?;
+        let mut mounted = rootfs::mount_rootfs(
+            &scratch,
+            cfg.limits.scratch_bytes,
+            &lowers(&lower, cfg),
+            &cfg.image_trees,
+        )
+        .map_err(|e| launch("mount the sandbox rootfs", e))?;
         phases::mark("rootfs_mounted");
         match build_container(cfg, &scratch, cgroup_path, prepared) {
             Ok((container, init, streams)) => {
