@@ -9,8 +9,9 @@
 #
 # Installs what the tests need from Debian's packages first: runc for the bundle test; gcc
 # and dpkg-deb for the test image, whose busybox comes from Debian's busybox-static package,
-# unpacked, not installed; qemu-system-x86 and (fetched, never installed) Debian's kernel
-# package for the guest.
+# unpacked, not installed; umoci, skopeo, docker-registry, htpasswd and openssl for the
+# image tests; qemu-system-x86 and (fetched, never installed) Debian's kernel package for
+# the guest.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,13 +32,28 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+# The image tests: layouts made with umoci, archives and zstd layers with skopeo, a real
+# registry (Debian's docker-registry), certificates and basic-auth files for it.
+command -v umoci >/dev/null 2>&1 || missing+=(umoci)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "$where" != host ]; then
   command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   apt-get update -qq
+  # Installing docker-registry must not start its service (it would listen on every address):
+  # Debian's policy-rc.d convention keeps maintainer scripts from starting services.
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$policy" ]; then rm -f "$policy"; fi
 fi
 
 export RUNBOX_TESTS_MUST_RUN=1

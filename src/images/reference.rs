@@ -56,8 +56,10 @@ pub(crate) fn file_name(file: &str) -> String {
 /// What a user's reference asks for.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Wanted {
-    /// A name, and the same with `:latest` when it has no tag or digest.
-    Name(String, Option<String>),
+    /// A name, then what it may be stored as: with `:latest` when it has no tag or digest,
+    /// and as docker spells it (`docker.io/`, `docker.io/library/` in front) when it names
+    /// no registry, so `busybox` finds `docker.io/library/busybox:latest`.
+    Name(String, Vec<String>),
     /// A full manifest digest (hex).
     Digest(String),
     /// A prefix of a manifest digest (12 to 63 hex digits).
@@ -81,9 +83,25 @@ pub(crate) fn wanted(reference: &str) -> Result<Wanted> {
     }
     check_name(reference)?;
     let last = reference.rsplit('/').next().unwrap_or(reference);
-    let latest =
-        (!last.contains(':') && !reference.contains('@')).then(|| format!("{reference}:latest"));
-    Ok(Wanted::Name(reference.to_string(), latest))
+    let mut tagged = vec![reference.to_string()];
+    if !last.contains(':') && !reference.contains('@') {
+        tagged.push(format!("{reference}:latest"));
+    }
+    let first = reference.split('/').next().unwrap_or(reference);
+    let has_registry = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let mut also = Vec::new();
+    if !has_registry {
+        for t in &tagged {
+            if !reference.contains('/') {
+                also.push(format!("docker.io/library/{t}"));
+            }
+            also.push(format!("docker.io/{t}"));
+        }
+    }
+    let mut candidates: Vec<String> = tagged.into_iter().skip(1).collect();
+    candidates.extend(also);
+    Ok(Wanted::Name(reference.to_string(), candidates))
 }
 
 #[cfg(test)]
@@ -126,10 +144,20 @@ mod tests {
             wanted("localhost:5000/img").unwrap(),
             Wanted::Name(
                 "localhost:5000/img".into(),
-                Some("localhost:5000/img:latest".into())
+                vec!["localhost:5000/img:latest".into()]
             )
         );
-        assert_eq!(wanted("img:1").unwrap(), Wanted::Name("img:1".into(), None));
+        assert_eq!(
+            wanted("img:1").unwrap(),
+            Wanted::Name(
+                "img:1".into(),
+                vec!["docker.io/library/img:1".into(), "docker.io/img:1".into()]
+            )
+        );
+        assert_eq!(
+            wanted("test/img:v1").unwrap(),
+            Wanted::Name("test/img:v1".into(), vec!["docker.io/test/img:v1".into()])
+        );
         assert!(wanted("sha256:xyz").is_err());
     }
 }

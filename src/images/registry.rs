@@ -1102,3 +1102,9 @@ mod tests {
         assert_eq!(origin("https://a:2/x"), Some(("https", "a:2")));
     }
 }
+
+/// Against real registries (Debian's `docker-registry`, images made with umoci and pushed
+/// with skopeo) and small fake servers, all on 127.0.0.1.
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod registry_tests;

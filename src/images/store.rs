@@ -247,6 +247,22 @@ impl ImageStore {
         let store = ImageStore {
             dir: dir.to_path_buf(),
         };
+        mkdir(dir)?;
+        // A layer's whiteouts are 0/0 character devices and its opaque directories carry a
+        // `trusted.overlay.` attribute: on an overlayfs (a container's root) the first would
+        // hide the file from the store itself and the second is refused.
+        let fs = nix::sys::statfs::statfs(dir).map_err(|e| {
+            Error::with_source(ErrorKind::Io, format!("statfs {}", dir.display()), e)
+        })?;
+        if fs.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC {
+            return Err(Error::new(
+                ErrorKind::UnsupportedHost,
+                format!(
+                    "image store {} is on an overlayfs, which cannot hold image layers (their whiteouts); put it on another file system (--image-store)",
+                    dir.display()
+                ),
+            ));
+        }
         let marker = dir.join("store.json");
         if !marker.exists() {
             for sub in ["blobs/sha256", "layers", "images", "names", "pins", "tmp"] {
@@ -487,11 +503,11 @@ impl ImageStore {
             )
         };
         match reference::wanted(reference)? {
-            Wanted::Name(name, latest) => {
+            Wanted::Name(name, also) => {
                 let names = self.names()?;
                 let hit = |n: &str| names.iter().find(|(m, _)| m == n).map(|(_, d)| d.clone());
                 hit(&name)
-                    .or_else(|| latest.as_deref().and_then(hit))
+                    .or_else(|| also.iter().find_map(|n| hit(n)))
                     .ok_or_else(not_found)
             }
             Wanted::Digest(hex) => {
@@ -680,12 +696,15 @@ impl ImageStore {
         let _lock = self.lock(true)?;
         let digest = self.find(reference)?;
         let names: Vec<String> = match reference::wanted(reference)? {
-            Wanted::Name(..) => {
-                // The name as stored (it may have been found with `:latest` added).
+            Wanted::Name(name, also) => {
+                // The name as stored (it may have been found in another spelling).
                 let all = self.names_of(&digest)?;
-                let exact = all.iter().find(|n| *n == reference).cloned();
-                let latest = format!("{reference}:latest");
-                vec![exact.unwrap_or(latest)]
+                std::iter::once(&name)
+                    .chain(&also)
+                    .find(|n| all.contains(n))
+                    .cloned()
+                    .into_iter()
+                    .collect()
             }
             _ => self.names_of(&digest)?,
         };

@@ -2,6 +2,8 @@
 //! image, and a leak check (sandbox dirs, cgroups, mounts, processes) at the end of each test.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command as Proc;
@@ -73,6 +75,17 @@ impl Drop for TestEnv {
 impl TestEnv {
     /// A fresh state root `<tmp>/roots/<name>-<pid>` and cgroup prefix `runbox-test-<pid>-<name>`.
     pub fn new(name: &str) -> TestEnv {
+        Self::with_options(name, RootOptions::new())
+    }
+
+    /// [`TestEnv::new`] with the image store at `store`.
+    pub fn with_image_store(name: &str, store: &Path) -> TestEnv {
+        let mut opts = RootOptions::new();
+        opts.image_store(store);
+        Self::with_options(name, opts)
+    }
+
+    fn with_options(name: &str, mut opts: RootOptions) -> TestEnv {
         require_root();
         let pid = std::process::id();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -80,7 +93,7 @@ impl TestEnv {
             .join(format!("{name}-{pid}"));
         let _ = fs::remove_dir_all(&dir);
         let prefix = format!("runbox-test-{pid}-{name}");
-        let root = RootOptions::new()
+        let root = opts
             .cgroup_prefix(prefix.clone())
             .open(&dir)
             .expect("open state root");

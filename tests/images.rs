@@ -1,0 +1,637 @@
+//! OCI images: layouts made with umoci and archives and zstd layers made with skopeo,
+//! imported into a store and run; images pulled from a real registry; hostile and broken
+//! images refused with nothing kept; `rm` and `prune` around images in use; an import
+//! killed midway; concurrent imports; a re-tagged image never served from old layers.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Output, Stdio};
+
+use common::images::{oci_layout, run_tool, Registry, StoreEnv};
+use common::{wait_until_for, TestEnv};
+use runbox::{Command, ErrorKind, Status};
+use sha2::{Digest, Sha256};
+
+/// The CLI on the test's state root, cgroup prefix and image store.
+fn runbox(env: &TestEnv, store: &StoreEnv, args: &[&str]) -> Output {
+    Proc::new(common::example("runbox"))
+        .arg("--root")
+        .arg(&env.dir)
+        .args(["--cgroup-parent", &env.prefix])
+        .arg("--image-store")
+        .arg(&store.dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_ok(env: &TestEnv, cmd: &Command) -> runbox::Verdict {
+    let v = env.root.run(cmd).expect("run");
+    assert_eq!(v.status, Status::Ok, "{v:?}");
+    v
+}
+
+#[test]
+fn layouts_from_umoci_share_layers_and_run_with_their_config() {
+    let store = StoreEnv::new("layouts");
+    let env = TestEnv::with_image_store("layouts", &store.dir);
+    let layout = oci_layout(&store.scratch, "second\n");
+
+    let out = ok(&runbox(
+        &env,
+        &store,
+        &["image", "import", layout.to_str().unwrap()],
+    ));
+    assert!(
+        out.contains("base sha256:") && out.contains("v1 sha256:"),
+        "{out}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&runbox(&env, &store, &["image", "ls", "--json"]))).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["names"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "v1"]);
+    // v1 is base plus one layer: the base layer is stored once.
+    assert_eq!(store.layer_count(), 2);
+    // Importing again reads nothing new and names the same images.
+    let again = store
+        .store
+        .import(&layout, Some("v1"), &mut |_| {})
+        .unwrap();
+    assert_eq!(again[0].digest, list[1]["digest"].as_str().unwrap());
+    assert_eq!(store.layer_count(), 2);
+
+    // The image's own Entrypoint/Cmd, Env and WorkingDir.
+    let v = run_ok(&env, &Command::from_image("v1"));
+    assert_eq!(v.stdout, "hello from /home\n");
+    // A program of the caller's: the image's layers (the whiteout hides /bin/vi), its PATH.
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "cat /home/second.txt; ls /bin/vi || echo vi gone; echo $PATH",
+    ])
+    .stored_image("v1");
+    let v = run_ok(&env, &cmd);
+    assert_eq!(v.stdout, "second\nvi gone\n/bin:/sbin\n", "{v:?}");
+    // The caller's settings win over the image's.
+    let mut cmd = Command::from_image("v1");
+    cmd.env("GREETING", "bonjour").current_dir("/tmp");
+    assert_eq!(run_ok(&env, &cmd).stdout, "bonjour from /tmp\n");
+    // The base image still has vi; by digest and by a digest prefix.
+    let base_digest = list[0]["digest"].as_str().unwrap();
+    for reference in [base_digest, &base_digest[7..19]] {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "test -e /bin/vi && echo has vi"])
+            .stored_image(reference);
+        assert_eq!(run_ok(&env, &cmd).stdout, "has vi\n");
+    }
+    // The CLI: no program runs the image's; --entrypoint replaces it.
+    let out = ok(&runbox(&env, &store, &["run", "--image", "v1"]));
+    assert_eq!(out, "hello from /home\n");
+    let out = ok(&runbox(
+        &env,
+        &store,
+        &[
+            "run",
+            "--image",
+            "v1",
+            "--entrypoint",
+            "/bin/echo",
+            "--",
+            "a",
+            "b",
+        ],
+    ));
+    assert_eq!(out, "a b\n");
+    // An unknown image: a typed error, exit 125, nothing started.
+    let e = env.root.run(&Command::from_image("nope")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let out = runbox(&env, &store, &["run", "--image", "nope", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no image \"nope\""));
+    // An image whose layers cannot be one bundle root.
+    let e = env
+        .root
+        .write_bundle(&Command::from_image("v1"), &store.scratch.join("bundle"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+
+    store.assert_clean();
+    env.finish();
+}
+
+#[test]
+fn docker_archives_and_zstd_layers_from_skopeo() {
+    let store = StoreEnv::new("skopeo");
+    let env = TestEnv::with_image_store("skopeo", &store.dir);
+    let layout = oci_layout(&store.scratch, "from an archive\n");
+    let src = format!("oci:{}:v1", layout.display());
+
+    // `docker save`'s format, as skopeo writes it: named by RepoTags, found by docker's
+    // short name; its digest is its config's (docker's image id).
+    let archive = store.scratch.join("img.tar");
+    run_tool(
+        Proc::new("skopeo")
+            .args(["copy", "-q", &src])
+            .arg(format!("docker-archive:{}:test/img:v1", archive.display())),
+    );
+    let images = store.store.import(&archive, None, &mut |_| {}).unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].names, ["docker.io/test/img:v1"]);
+    let mut cmd = Command::new("/bin/cat");
+    cmd.arg("/home/second.txt").stored_image("test/img:v1");
+    assert_eq!(run_ok(&env, &cmd).stdout, "from an archive\n");
+    let config = store.store.inspect("test/img:v1").unwrap().config_digest;
+    assert_eq!(config, images[0].digest);
+
+    // zstd-compressed layers.
+    let zlayout = store.scratch.join("zstd");
+    run_tool(
+        Proc::new("skopeo")
+            .args(["copy", "-q", "--dest-compress-format", "zstd", &src])
+            .arg(format!("oci:{}:z", zlayout.display())),
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(zlayout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = fs::read_to_string(zlayout.join("blobs/sha256").join(&m[7..])).unwrap();
+    assert!(
+        manifest.contains("tar+zstd"),
+        "skopeo wrote no zstd layer: {manifest}"
+    );
+    let before = store.layer_count();
+    let out = ok(&runbox(
+        &env,
+        &store,
+        &["image", "import", zlayout.to_str().unwrap()],
+    ));
+    assert!(out.starts_with("z sha256:"), "{out}");
+    // Same tars as the archive's layers (same diff_ids): nothing new unpacked.
+    assert_eq!(store.layer_count(), before);
+    let mut cmd = Command::new("/bin/cat");
+    cmd.arg("/home/second.txt").stored_image("z");
+    assert_eq!(run_ok(&env, &cmd).stdout, "from an archive\n");
+    // A fresh store unpacks the zstd layers themselves.
+    let other = StoreEnv::new("skopeo-zstd");
+    let z = other.store.import(&zlayout, None, &mut |_| {}).unwrap();
+    assert_eq!(z[0].layers, 2);
+    assert_eq!(other.layer_count(), 2);
+    other.assert_clean();
+
+    store.assert_clean();
+    env.finish();
+}
+
+/// A tar with one entry of `kind` at `path` (raw header: the tar crate's builder refuses
+/// `..` and absolute paths).
+fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str, u32)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, kind, data, link, mode) in entries {
+        let mut h = tar::Header::new_ustar();
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        if !link.is_empty() {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// An OCI layout written by hand: `layers` as uncompressed tar blobs, a config listing
+/// `diff_ids` (their own, unless given), tag `t`.
+fn hand_layout(dir: &Path, layers: &[Vec<u8>], diff_ids: Option<Vec<String>>) -> PathBuf {
+    let _ = fs::remove_dir_all(dir);
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = sha(bytes);
+        fs::write(blobs.join(&d[7..]), bytes).unwrap();
+        (d, bytes.len())
+    };
+    let ids = diff_ids.unwrap_or_else(|| layers.iter().map(|l| sha(l)).collect());
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": ids},
+        "config": {"Cmd": ["/bin/true"]}
+    });
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    let descs: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            let (d, s) = put(l);
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": descs
+    });
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+        "annotations": {"org.opencontainers.image.ref.name": "t"}}]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn hostile_or_broken_images_are_refused_and_leave_nothing() {
+    use tar::EntryType::{Block, Directory, Regular, Symlink};
+    let store = StoreEnv::new("hostile");
+    let s = &store.store;
+    let outside = store.scratch.join("outside");
+    let refused = |name: &str, layout: &Path, kind: ErrorKind| {
+        let e = s.import(layout, None, &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), kind, "{name}: {e}");
+        assert!(s.list().unwrap().is_empty(), "{name}: an image was kept");
+        assert_eq!(store.layer_count(), 0, "{name}: a layer was kept");
+        store.assert_clean();
+        e.to_string()
+    };
+    let escape = format!("../../../{}", outside.strip_prefix("/").unwrap().display());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dot-dot", raw_tar(&[(&escape, Regular, b"x", "", 0o644)])),
+        (
+            "through a symlink",
+            raw_tar(&[
+                ("evil", Symlink, b"", "/etc", 0o777),
+                ("evil/runbox-evil", Regular, b"x", "", 0o644),
+            ]),
+        ),
+        (
+            "hard link out",
+            raw_tar(&[("h", tar::EntryType::Link, b"", "../../etc/passwd", 0o644)]),
+        ),
+    ];
+    for (name, tar) in cases {
+        let layout = hand_layout(&store.scratch.join(name), &[tar], None);
+        let msg = refused(name, &layout, ErrorKind::InvalidImage);
+        assert!(msg.contains("unpack"), "{name}: {msg}");
+    }
+    assert!(!outside.exists());
+    assert!(!Path::new("/etc/runbox-evil").exists());
+
+    // A layer whose tar is not the one the config names.
+    let good = raw_tar(&[("f", Regular, b"x", "", 0o644)]);
+    let layout = hand_layout(
+        &store.scratch.join("diffid"),
+        std::slice::from_ref(&good),
+        Some(vec![sha(b"other")]),
+    );
+    let msg = refused("diff_id", &layout, ErrorKind::InvalidImage);
+    assert!(msg.contains("diff_id"), "{msg}");
+    // A blob changed after the manifest was written: one byte flipped, then one appended.
+    let layout = hand_layout(
+        &store.scratch.join("tampered"),
+        std::slice::from_ref(&good),
+        None,
+    );
+    let blob = layout.join("blobs/sha256").join(&sha(&good)[7..]);
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[600] ^= 1;
+    fs::write(&blob, &bytes).unwrap();
+    refused("tampered", &layout, ErrorKind::InvalidImage);
+    bytes[600] ^= 1;
+    bytes.extend_from_slice(&[0; 512]);
+    fs::write(&blob, &bytes).unwrap();
+    refused("longer", &layout, ErrorKind::InvalidImage);
+    // A manifest that is not JSON, and a missing blob.
+    let layout = hand_layout(
+        &store.scratch.join("nojson"),
+        std::slice::from_ref(&good),
+        None,
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fs::remove_file(layout.join("blobs/sha256").join(&m[7..])).unwrap();
+    refused("missing manifest", &layout, ErrorKind::InvalidImage);
+    // Not a layout, and not an archive.
+    fs::create_dir_all(store.scratch.join("empty")).unwrap();
+    refused(
+        "empty dir",
+        &store.scratch.join("empty"),
+        ErrorKind::InvalidConfig,
+    );
+    fs::write(store.scratch.join("junk.tar"), b"not a tar at all").unwrap();
+    refused(
+        "junk",
+        &store.scratch.join("junk.tar"),
+        ErrorKind::InvalidImage,
+    );
+
+    // What is kept, made safe: setuid cleared, a device node skipped, an absolute path
+    // inside the layer.
+    let tame = raw_tar(&[
+        ("bin", Directory, b"", "", 0o755),
+        ("bin/su", Regular, b"#!/bin/sh\n", "", 0o4755),
+        ("dev-sda", Block, b"", "", 0o600),
+        ("/abs.txt", Regular, b"abs", "", 0o644),
+    ]);
+    let layout = hand_layout(&store.scratch.join("tame"), &[tame], None);
+    let images = s.import(&layout, None, &mut |_| {}).unwrap();
+    let d = s.inspect(&images[0].digest).unwrap();
+    let layer = &d.layer_dirs[0];
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(layer.join("bin/su"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "setuid kept: {mode:o}");
+    assert!(!layer.join("dev-sda").exists());
+    assert_eq!(fs::read(layer.join("abs.txt")).unwrap(), b"abs");
+    store.assert_clean();
+}
+
+#[test]
+fn rm_keeps_an_image_in_use_and_prune_frees_what_nothing_needs() {
+    let store = StoreEnv::new("prune");
+    let env = TestEnv::with_image_store("prune", &store.dir);
+    let layout = oci_layout(&store.scratch, "in use\n");
+    store.store.import(&layout, None, &mut |_| {}).unwrap();
+    let v1 = store.store.inspect("v1").unwrap().info.digest;
+    let sync = store.scratch.join("sync");
+    fs::create_dir_all(&sync).unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "while [ ! -e /sync/go ]; do sleep 0.05; done; cat /home/second.txt",
+    ])
+    .bind_ro(&sync, "/sync")
+    .stored_image("v1");
+    let mut sandbox = env.root.spawn(&cmd).unwrap();
+    let used = store.store.inspect("v1").unwrap().in_use_by;
+    assert_eq!(used.len(), 1, "{used:?}");
+    // rm takes the name; the image stays while the sandbox uses it, and prune keeps it.
+    let r = store.store.remove("v1").unwrap();
+    assert_eq!(r.names, ["v1"]);
+    assert!(!r.removed);
+    let p = store.store.prune().unwrap();
+    assert!(p.images.is_empty() && p.layers == 0, "{p:?}");
+    assert!(store.store.inspect(&v1).is_ok());
+    // The running sandbox still reads its layers.
+    fs::write(sync.join("go"), b"").unwrap();
+    let v = sandbox.wait().unwrap();
+    assert_eq!(v.stdout, "in use\n");
+    sandbox.delete(false).unwrap();
+    // Now nothing uses it: prune removes it, its own layer and blobs, not base's.
+    let p = store.store.prune().unwrap();
+    assert_eq!(p.images, std::slice::from_ref(&v1));
+    assert_eq!((p.layers, p.blobs), (1, 2), "{p:?}");
+    assert!(p.freed_bytes > 0);
+    assert_eq!(store.layer_count(), 1);
+    let mut cmd = Command::new("/bin/true");
+    cmd.stored_image("base");
+    run_ok(&env, &cmd);
+    // The CLI: rm of the last name removes the image; prune frees the rest.
+    let out = ok(&runbox(&env, &store, &["image", "rm", "base"]));
+    assert!(out.starts_with("removed base"), "{out}");
+    let out = ok(&runbox(&env, &store, &["image", "prune"]));
+    assert!(out.contains("1 layers"), "{out}");
+    assert_eq!(store.layer_count(), 0);
+    assert!(ok(&runbox(&env, &store, &["image", "ls", "--json"])).trim() == "[]");
+    store.assert_clean();
+    env.finish();
+}
+
+#[test]
+fn an_import_killed_midway_leaves_nothing_that_looks_complete() {
+    let store = StoreEnv::new("killed");
+    let env = TestEnv::with_image_store("killed", &store.dir);
+    // One large layer (96 MiB of incompressible bytes), so the import takes a while.
+    let mut data = Vec::with_capacity(96 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < 96 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let tar = raw_tar(&[("big", tar::EntryType::Regular, &data, "", 0o644)]);
+    drop(data);
+    let layout = hand_layout(&store.scratch.join("big"), &[tar], None);
+    let mut child = Proc::new(common::example("runbox"))
+        .arg("--image-store")
+        .arg(&store.dir)
+        .args(["image", "import", "-q", layout.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its layer is being unpacked into staging.
+    let staging = |s: &StoreEnv| {
+        fs::read_dir(s.dir.join("tmp"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("layer-"))
+    };
+    wait_until_for("the import to stage its layer", 120, || staging(&store));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(store.store.list().unwrap().is_empty());
+    assert_eq!(store.layer_count(), 0);
+    let e = env.root.run(&Command::from_image("t")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    // prune removes the leftovers; the import then succeeds.
+    let p = store.store.prune().unwrap();
+    assert!(p.staging >= 1 && p.freed_bytes > 0, "{p:?}");
+    store.assert_clean();
+    store.store.import(&layout, None, &mut |_| {}).unwrap();
+    let d = store.store.inspect("t").unwrap();
+    let big = fs::metadata(d.layer_dirs[0].join("big")).unwrap();
+    assert_eq!(big.len(), 96 << 20);
+    store.assert_clean();
+    env.finish();
+}
+
+#[test]
+fn concurrent_imports_of_one_layout_agree() {
+    let store = StoreEnv::new("concurrent");
+    let layout = oci_layout(&store.scratch, "twice\n");
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| store.store.import(&layout, None, &mut |_| {})))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let digests: Vec<Vec<String>> = results
+        .into_iter()
+        .map(|r| r.unwrap().into_iter().map(|i| i.digest).collect())
+        .collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    assert_eq!(store.layer_count(), 2);
+    assert_eq!(store.store.list().unwrap().len(), 2);
+    store.assert_clean();
+}
+
+#[test]
+fn a_retagged_image_is_never_served_from_old_layers() {
+    let store = StoreEnv::new("retag");
+    let env = TestEnv::with_image_store("retag", &store.dir);
+    let first = oci_layout(&store.scratch.join("a"), "first\n");
+    let second = oci_layout(&store.scratch.join("b"), "second\n");
+    ok(&runbox(
+        &env,
+        &store,
+        &["image", "import", &format!("{}:v1", first.display())],
+    ));
+    let cat = ["run", "--image", "v1", "--", "/bin/cat", "/home/second.txt"];
+    assert_eq!(ok(&runbox(&env, &store, &cat)), "first\n");
+    // The shape's second launch parks a spare built on v1's layers.
+    assert_eq!(ok(&runbox(&env, &store, &cat)), "first\n");
+    wait_until_for("a parked spare", 180, || {
+        fs::read_dir(env.dir.join(".spares"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|g| !g.file_name().to_string_lossy().starts_with('.'))
+            .any(|g| {
+                fs::read_dir(g.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|s| s.path().join("spare.json").exists())
+            })
+    });
+    // v1 now names other content: the next run must not get the spare's old layers.
+    ok(&runbox(
+        &env,
+        &store,
+        &["image", "import", &format!("{}:v1", second.display())],
+    ));
+    assert_eq!(ok(&runbox(&env, &store, &cat)), "second\n");
+    ok(&runbox(&env, &store, &["gc", "--release-spares"]));
+    store.assert_clean();
+    env.finish();
+}
+
+#[test]
+fn images_pulled_from_a_registry_run_and_share_layers() {
+    let store = StoreEnv::new("pull");
+    let env = TestEnv::with_image_store("pull", &store.dir);
+    let layout = oci_layout(&store.scratch, "pulled\n");
+    let registry = Registry::start(&store.scratch.join("registry"));
+    registry.push(&layout, "v1", "test/img:v1");
+    let reference = format!("{}/test/img:v1", registry.host);
+    let out = ok(&runbox(
+        &env,
+        &store,
+        &["image", "pull", "-q", "--plain-http", &reference],
+    ));
+    assert!(out.starts_with(&format!("{reference} sha256:")), "{out}");
+    let out = ok(&runbox(
+        &env,
+        &store,
+        &[
+            "run",
+            "--image",
+            &reference,
+            "--",
+            "/bin/cat",
+            "/home/second.txt",
+        ],
+    ));
+    assert_eq!(out, "pulled\n");
+    // base, pushed too, shares its layer: nothing downloaded again.
+    registry.push(&layout, "base", "test/base:1");
+    let mut cached = Vec::new();
+    let opts = runbox::PullOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    store
+        .store
+        .pull(&format!("{}/test/base:1", registry.host), &opts, &mut |p| {
+            if let runbox::Progress::Layer { cached: c, .. } = p {
+                cached.push(*c);
+            }
+        })
+        .unwrap();
+    assert_eq!(cached, [true]);
+    assert_eq!(store.layer_count(), 2);
+    // HTTPS is the default: a plain-HTTP registry then fails, typed, and nothing is kept.
+    let e = store
+        .store
+        .pull(
+            &format!("{}/test/img:v1", registry.host),
+            &Default::default(),
+            &mut |_| {},
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Registry, "{e}");
+    // A blob the registry serves corrupted: refused, nothing of it kept.
+    registry.push(&layout, "v1", "test/bad:v1");
+    let fresh = StoreEnv::new("pull-bad");
+    let data = registry.dir.join("data/docker/registry/v2/blobs/sha256");
+    let mut largest: Option<(u64, PathBuf)> = None;
+    for prefix in fs::read_dir(&data).unwrap().flatten() {
+        for blob in fs::read_dir(prefix.path()).unwrap().flatten() {
+            let f = blob.path().join("data");
+            let len = fs::metadata(&f).unwrap().len();
+            if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                largest = Some((len, f));
+            }
+        }
+    }
+    let (_, base_layer) = largest.unwrap();
+    let mut bytes = fs::read(&base_layer).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::File::create(&base_layer)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let e = fresh
+        .store
+        .pull(
+            &format!("{}/test/bad:v1", registry.host),
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidImage, "{e}");
+    assert!(fresh.store.list().unwrap().is_empty());
+    assert_eq!(fresh.layer_count(), 0);
+    fresh.assert_clean();
+    store.assert_clean();
+    env.finish();
+}
