@@ -132,6 +132,9 @@ enum Variant {
     /// `runbox::Root::run` on a root keeping one spare monitor per throughput thread, as the
     /// README advises a grader with N workers (throughput only).
     RunboxPool,
+    /// `runbox::Root::run` with the image as a stored image (imported from an OCI layout of
+    /// one layer): the store's lock, record and config read and the pin written on each run.
+    RunboxStored,
     /// A fresh `runbox run --image IMAGE /bin/true` process (the CLI example, release build),
     /// which starts from the pre-built sandbox the previous one parked in the state root.
     RunboxCli,
@@ -155,6 +158,7 @@ impl Variant {
             Variant::Runbox => "runbox (Root::run, defaults: seccomp on, 1 spare monitor)",
             Variant::RunboxNoSpare => "runbox, spare_monitors(0)",
             Variant::RunboxPool => "runbox (Root::run, one spare monitor per thread)",
+            Variant::RunboxStored => "runbox (Root::run, stored image of 1 layer)",
             Variant::RunboxCli => "runbox run (fresh CLI process, parked spare)",
             Variant::IsolateCli => "runbox isolate --run (fresh CLI process, parked spare)",
         }
@@ -192,11 +196,15 @@ struct Bench {
     root_nospare: runbox::Root,
     /// `<base>/runbox-pool`, one spare monitor per throughput thread.
     root_pool: runbox::Root,
+    /// `<base>/runbox-stored`, default options, its image store at `<base>/images`.
+    root_stored: runbox::Root,
     /// The CLI example (release build), for the fresh-process rows; its state roots are
     /// `<base>/runbox-cli` and `<base>/runbox-isolate`.
     cli: PathBuf,
     /// `/bin/true` of the image.
     cmd: runbox::Command,
+    /// `/bin/true` of the image as the stored image `bench`.
+    cmd_stored: runbox::Command,
     /// runbox's `config.json`, as written by `Root::write_bundle`.
     template: Value,
     /// Counter for unique container ids.
@@ -317,7 +325,10 @@ impl Bench {
                     .env("RUNBOX_CGROUP_PARENT", &self.prefix);
                 (c, None)
             }
-            Variant::Runbox | Variant::RunboxNoSpare | Variant::RunboxPool => {
+            Variant::Runbox
+            | Variant::RunboxNoSpare
+            | Variant::RunboxPool
+            | Variant::RunboxStored => {
                 unreachable!("runbox runs in process")
             }
         }
@@ -337,7 +348,12 @@ impl Bench {
     /// One timed run of `v`; `Err` with what the program said if it failed.
     fn run(&self, v: Variant) -> Result<Sample, String> {
         if let Some(root) = self.runbox_root(v) {
-            return run_runbox(root, &self.cmd);
+            let cmd = if v == Variant::RunboxStored {
+                &self.cmd_stored
+            } else {
+                &self.cmd
+            };
+            return run_runbox(root, cmd);
         }
         let (mut cmd, bundle) = self.process(v);
         cmd.stdin(Stdio::null())
@@ -369,9 +385,56 @@ impl Bench {
             Variant::Runbox => Some(&self.root),
             Variant::RunboxNoSpare => Some(&self.root_nospare),
             Variant::RunboxPool => Some(&self.root_pool),
+            Variant::RunboxStored => Some(&self.root_stored),
             _ => None,
         }
     }
+}
+
+/// Imports `image` into `root`'s image store as `bench`: one uncompressed layer (its tree,
+/// symlinks kept) in an OCI layout written at `layout`.
+fn import_image(image: &Path, root: &runbox::Root, layout: &Path) {
+    use sha2::{Digest, Sha256};
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", image).expect("tar the image");
+    let layer = builder.into_inner().expect("finish the tar");
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).expect("create the layout");
+    let put = |bytes: &[u8]| {
+        let hex = format!("{:x}", Sha256::digest(bytes));
+        fs::write(blobs.join(&hex), bytes).expect("write a blob");
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let (layer_digest, layer_size) = put(&layer);
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}});
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer_size}]});
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": manifest_digest, "size": manifest_size,
+        "annotations": {"org.opencontainers.image.ref.name": "bench"}}]});
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    root.image_store()
+        .expect("open the image store")
+        .import(layout, None, &mut |_| {})
+        .expect("import the bench image");
 }
 
 /// One `Root::run`, then (untimed) waits until its monitor has removed the sandbox, so
@@ -619,7 +682,7 @@ fn print_table(title: &str, variants: &[Variant], samples: &[Vec<Sample>]) {
     for (i, v) in variants.iter().enumerate() {
         if !matches!(
             v,
-            Variant::Runbox | Variant::RunboxNoSpare | Variant::RunboxPool
+            Variant::Runbox | Variant::RunboxNoSpare | Variant::RunboxPool | Variant::RunboxStored
         ) {
             continue;
         }
@@ -916,9 +979,14 @@ fn verify_clean(bench: &Bench, cleanup: &Cleanup) {
                 .expect("open a CLI row's state root")
         })
         .collect();
-    for root in [&bench.root, &bench.root_nospare, &bench.root_pool]
-        .into_iter()
-        .chain(&cli_roots)
+    for root in [
+        &bench.root,
+        &bench.root_nospare,
+        &bench.root_pool,
+        &bench.root_stored,
+    ]
+    .into_iter()
+    .chain(&cli_roots)
     {
         let ok = wait_until(Duration::from_secs(20), || {
             root.list().is_ok_and(|l| l.is_empty())
@@ -1012,6 +1080,14 @@ fn main() {
         .spare_monitors(opts.concurrency)
         .open(base.join("runbox-pool"))
         .expect("open the third runbox state root");
+    let root_stored = runbox::RootOptions::new()
+        .cgroup_prefix(prefix.clone())
+        .image_store(base.join("images"))
+        .open(base.join("runbox-stored"))
+        .expect("open the fourth runbox state root");
+    import_image(&image, &root_stored, &base.join("layout"));
+    let mut cmd_stored = runbox::Command::new("/bin/true");
+    cmd_stored.stored_image("bench");
     let cli = build_cli();
     let init = Proc::new(&cli)
         .args(["isolate", "-b", "0", "--init"])
@@ -1037,8 +1113,10 @@ fn main() {
         root,
         root_nospare,
         root_pool,
+        root_stored,
         cli,
         cmd,
+        cmd_stored,
         template,
         next_id: AtomicU64::new(0),
     };
@@ -1062,6 +1140,7 @@ fn main() {
         Variant::CrunNoCgroups,
         Variant::RunboxNoSpare,
         Variant::Runbox,
+        Variant::RunboxStored,
         Variant::RunboxCli,
         Variant::IsolateCli,
     ]);

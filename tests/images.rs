@@ -457,12 +457,13 @@ fn an_import_killed_midway_leaves_nothing_that_looks_complete() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    // Killed once its layer is being unpacked into staging.
+    // Killed once its layer is being unpacked into staging: part of the file written.
     let staging = |s: &StoreEnv| {
         fs::read_dir(s.dir.join("tmp"))
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("layer-"))
+            .filter(|e| e.file_name().to_string_lossy().starts_with("layer-"))
+            .any(|e| fs::metadata(e.path().join("big")).is_ok_and(|m| m.len() > 0))
     };
     wait_until_for("the import to stage its layer", 120, || staging(&store));
     child.kill().unwrap();

@@ -760,7 +760,7 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-    /// A scratch directory under /tmp, removed on drop; `dest` is created empty inside it.
+    /// A scratch directory under /dev/shm, removed on drop; `dest` is created empty inside it.
     struct Scratch {
         root: PathBuf,
         dest: PathBuf,
@@ -768,7 +768,12 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str) -> Scratch {
-            let root = PathBuf::from(format!("/tmp/unpack-test-{}-{name}", std::process::id()));
+            // On a tmpfs (/dev/shm), as a store must not be on an overlayfs: in the test
+            // guest, whose / is one, whiteouts and opaque attributes would not stick.
+            let root = PathBuf::from(format!(
+                "/dev/shm/unpack-test-{}-{name}",
+                std::process::id()
+            ));
             let _ = fs::remove_dir_all(&root);
             let dest = root.join("a").join("dest");
             fs::create_dir_all(&dest).unwrap();
