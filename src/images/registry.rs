@@ -817,7 +817,7 @@ impl Client {
         Ok(resp)
     }
 
-    /// GET /v2/<repo>/manifests/<tag or digest> with Accept for: OCI manifest, OCI index, Docker v2 schema2 manifest, Docker manifest list. Max 4 MiB body. Verifies the sha256 of the body against the reference's digest when given (and against Docker-Content-Digest header when present). Refuses schema1.
+    /// GET `/v2/<repo>/manifests/<tag or digest>` with Accept for: OCI manifest, OCI index, Docker v2 schema2 manifest, Docker manifest list. Max 4 MiB body. Verifies the sha256 of the body against the reference's digest when given (and against Docker-Content-Digest header when present). Refuses schema1.
     ///
     /// "The reference's digest" is `tag_or_digest` when it is a digest.
     pub fn fetch_manifest(
@@ -963,7 +963,7 @@ impl Client {
         Ok((m, Some(top.digest)))
     }
 
-    /// GET /v2/<repo>/blobs/<digest>, following redirects (to any host: presigned URLs; but drop the Authorization header when the redirect goes to another host), streaming into `sink`, counting bytes and hashing with sha256; error if the size exceeds `size` (stop reading at size+1) or ends short, or the digest differs (DigestMismatch{expected, got}). `progress` is called with the byte count so far, at most every 64 KiB.
+    /// GET `/v2/<repo>/blobs/<digest>`, following redirects (to any host: presigned URLs; but drop the Authorization header when the redirect goes to another host), streaming into `sink`, counting bytes and hashing with sha256; error if the size exceeds `size` (stop reading at size+1) or ends short, or the digest differs (DigestMismatch{expected, got}). `progress` is called with the byte count so far, at most every 64 KiB.
     pub fn fetch_blob(
         &self,
         r: &Reference,

@@ -26,7 +26,7 @@ const FORMAT_VERSION: u32 = 1;
 /// descriptor and a `/proc/self/fd/N` in the mount options (one page).
 pub(crate) const MAX_LAYERS: usize = 128;
 
-/// A store of OCI images (see [`crate::images`] for its layout). Cheap to clone; any number
+/// A store of OCI images (its layout: ARCHITECTURE.md, "The image store"). Cheap to clone; any number
 /// of processes may use one store at once.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
