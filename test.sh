@@ -39,6 +39,8 @@ command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The worker tests and bench: a real redis-server on 127.0.0.1.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "$where" != host ]; then
   command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 fi

@@ -80,6 +80,8 @@ mod policy;
 mod process_model;
 mod proto;
 mod verdict;
+#[cfg(feature = "worker")]
+mod worker;
 
 pub use config::{Command, Limits, Output, Stdin, User, DEFAULT_PATH};
 pub use controller::boxes::WorkBox;
@@ -96,6 +98,8 @@ pub use images::{
     ImageDetails, ImageInfo, ImageStore, Progress, PruneReport, RemoveReport, DEFAULT_IMAGE_STORE,
 };
 pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
+#[cfg(feature = "worker")]
+pub use worker::{Event as WorkerEvent, Worker, WorkerOptions, JOB_SCHEMA_VERSION};
 
 /// The OCI runtime spec types runbox builds bundles with (libcontainer's own copy).
 pub use libcontainer::oci_spec;

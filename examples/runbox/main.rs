@@ -118,6 +118,10 @@ enum Verb {
         #[arg(long = "release-spares")]
         release_spares: bool,
     },
+    /// Run jobs from a Redis stream (a grader fleet's worker; see README, "A fleet on
+    /// Redis Streams"). Runs until killed; sandboxes outlive it, and a restart adopts them.
+    #[cfg(feature = "worker")]
+    Worker(WorkerArgs),
     /// Manage the image store: import, pull, list, inspect, rm, prune, df.
     Image {
         #[command(subcommand)]
@@ -129,6 +133,36 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(feature = "worker")]
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// The Redis server, `redis://[user:password@]host:port[/db]`.
+    #[arg(long)]
+    redis: String,
+    /// The jobs' stream.
+    #[arg(long)]
+    stream: String,
+    /// The consumer group (created at the stream's start if missing).
+    #[arg(long)]
+    group: String,
+    /// This worker's consumer name; keep it across restarts (default: the host name and a
+    /// hash of the state root).
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Sandboxes running at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// The results' stream (default `<stream>:results`).
+    #[arg(long)]
+    results: Option<String>,
+    /// Also store each result under the key PREFIX<job id>.
+    #[arg(long = "result-keys", value_name = "PREFIX")]
+    result_keys: Option<String>,
+    /// Seconds a worker may be silent before other workers take over its jobs.
+    #[arg(long, value_parser = parse_secs, default_value = "30")]
+    lease: Duration,
 }
 
 #[derive(clap::Args)]
@@ -390,6 +424,15 @@ fn main() -> ExitCode {
         verb => verb,
     };
     let spares = (cli.spares, cli.spare_idle);
+    // One command per process, except a worker, which keeps a spare monitor per sandbox it
+    // runs at once.
+    #[cfg(feature = "worker")]
+    let own_spares = match &verb {
+        Verb::Worker(a) => a.concurrency,
+        _ => 0,
+    };
+    #[cfg(not(feature = "worker"))]
+    let own_spares = 0;
     let root = match open_root(
         &root_dir,
         cli.cgroup_parent,
@@ -397,6 +440,7 @@ fn main() -> ExitCode {
         cli.uid_range,
         spares,
         image_store,
+        own_spares,
     ) {
         Ok(root) => root,
         Err(e) => return exit(Err(e)),
@@ -412,6 +456,8 @@ fn main() -> ExitCode {
         Verb::Kill { id, signal } => kill(&root, &id, signal.as_deref()),
         Verb::Delete { force, id } => delete(&root, &id, force),
         Verb::Gc { release_spares } => gc(&root, release_spares),
+        #[cfg(feature = "worker")]
+        Verb::Worker(args) => worker(&root, args),
         Verb::Check { .. } | Verb::Image { .. } => {
             unreachable!("handled before the root is opened")
         }
@@ -454,12 +500,15 @@ fn open_root(
     uid_range: Option<(u32, u32)>,
     (parked, idle): (usize, Duration),
     image_store: PathBuf,
+    own_spares: usize,
 ) -> Result<runbox::Root, Failure> {
     let mut opts = runbox::RootOptions::new();
     opts.image_store(image_store);
     // One command per process: a spare of this process's own would only be started to exit
     // again; parked ones serve the next process.
-    opts.spare_monitors(0)
+    // A long-lived process with spares of its own parks none for others.
+    let parked = if own_spares > 0 { 0 } else { parked };
+    opts.spare_monitors(own_spares)
         .parked_spares(parked)
         .parked_idle(idle);
     if let Some(p) = cgroup_parent {
@@ -484,6 +533,35 @@ fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
             .map_err(|e| format!("{v:?} in {s:?} is not a uid: {e}"))
     };
     Ok((num(first)?, num(count)?))
+}
+
+/// `runbox worker`: one JSON line per event on stdout. SIGTERM and SIGINT keep their default
+/// action: the worker ends at once, its sandboxes (in sessions of their own) go on.
+#[cfg(feature = "worker")]
+fn worker(root: &runbox::Root, a: WorkerArgs) -> Outcome {
+    use std::io::Write;
+    let mut opts = runbox::WorkerOptions::new(&a.redis, &a.stream, &a.group, root);
+    if let Some(c) = a.consumer {
+        opts.consumer = c;
+    }
+    if let Some(r) = a.results {
+        opts.results = r;
+    }
+    opts.concurrency = a.concurrency;
+    opts.result_keys = a.result_keys;
+    opts.lease = a.lease;
+    // A long-lived process: spare monitors of its own, one per sandbox at once.
+    let mut w = runbox::Worker::new(root.clone(), opts)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stdout = std::io::stdout();
+    w.run(&stop, &mut |event| {
+        if let Ok(line) = serde_json::to_string(event) {
+            let mut out = stdout.lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(root: &runbox::Root, args: &RunArgs) -> Outcome {

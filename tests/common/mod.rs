@@ -190,10 +190,19 @@ pub fn assert_no_leaks(state_root: &Path, prefix: &str) {
                 // The uid leases' directory stays; its leases must not.
                 .filter(|n| n != ".images" && n != ".scratch" && n != ".uids")
                 // The boxes' and parked spares' directories stay; what was in them must not.
-                .filter(|n| n != ".boxes" && n != ".spares")
+                .filter(|n| n != ".boxes" && n != ".spares" && n != ".jobs")
                 .collect()
         })
         .unwrap_or_default();
+    // A worker's job directories: none may be left once its results are published.
+    let jobs: Vec<_> = fs::read_dir(state_root.join(".jobs"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        jobs.is_empty(),
+        "job directories left in {}: {jobs:?}",
+        state_root.display()
+    );
     let boxes: Vec<_> = fs::read_dir(state_root.join(".boxes"))
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

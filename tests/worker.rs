@@ -1,0 +1,1204 @@
+//! The Redis-stream worker (`runbox worker`) against a real redis-server: every job read
+//! from a consumer group runs once in a sandbox and gets exactly one published verdict,
+//! through workers SIGKILLed at any moment, a dead worker's jobs reclaimed by another (and its
+//! sandboxes removed when it comes back), a Redis restarted mid-run, and malformed jobs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Proc, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use common::TestEnv;
+
+/// The consumer group every test's workers share.
+const GROUP: &str = "graders";
+
+/// Whether this runs in the emulated cgroup v2 guest (tests/vm/run.sh), where sandboxes start
+/// several times slower.
+fn in_guest() -> bool {
+    std::env::var_os("RUNBOX_IN_GUEST").is_some()
+}
+
+/// `host` seconds on this host; four times that in the emulated guest.
+fn secs(host: u64) -> Duration {
+    Duration::from_secs(if in_guest() { host * 4 } else { host })
+}
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// The CLI built with the worker feature (`common::example` builds it without features),
+/// copied to a path of this test's own, so that another `cargo build --example runbox`
+/// during the run (which replaces `target/debug/examples/runbox`) cannot swap a worker
+/// restart onto a binary without `runbox worker`.
+fn runbox_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let status = cargo_build()
+            .args(["--quiet", "--features", "worker", "--example", "runbox"])
+            .status()
+            .expect("run cargo build --features worker --example runbox");
+        assert!(status.success(), "cargo build --example runbox failed");
+        let exe = std::env::current_exe().unwrap();
+        let built = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/runbox");
+        let dir = tmp().join("worker-bin");
+        fs::create_dir_all(&dir).unwrap();
+        let staged = dir.join(format!(".runbox-{}", std::process::id()));
+        fs::copy(&built, &staged).unwrap();
+        let out = dir.join("runbox");
+        fs::rename(&staged, &out).unwrap();
+        out
+    })
+}
+
+/// `cargo build` from inside a test or bench process, without the variables cargo set for
+/// that process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`…): ring's build script declares them,
+/// so inheriting them would rebuild ring here and again in the next plain `cargo` call.
+fn cargo_build() -> Proc {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Proc::new(cargo);
+    cmd.arg("build").current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let set_by_cargo = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*k);
+        if set_by_cargo {
+            cmd.env_remove(&*k);
+        }
+    }
+    cmd
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).unwrap())
+}
+
+/// A redis-server on 127.0.0.1:<free port>, append-only with an fsync per write, its data in
+/// a directory of its own; stoppable and restartable on the same port and directory; killed
+/// by its pid when dropped.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(name: &str) -> Redis {
+        common::require_root();
+        let dir = tmp()
+            .join("redis")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Starts the server and waits until it answers PING (after loading its append-only file).
+    fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("redis.log"))
+            .unwrap();
+        let child = Proc::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("start redis-server (Debian's redis-server; ./test.sh installs it): {e}")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + secs(30);
+        loop {
+            let pong = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok_and(|p| p == "PONG") {
+                return;
+            }
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "redis-server did not start ({exited:?}): {}",
+                fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to redis-server")
+    }
+
+    /// SIGTERM (redis-server writes its append-only file and exits), and waits for the exit.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("redis-server is running");
+        kill(pid_of(&child), Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "redis-server on SIGTERM: {status}");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One `runbox worker` consumer on the state root and cgroup prefix of a [`TestEnv`]:
+/// restartable with the same consumer name and root, each life's stdout (its JSON events)
+/// and stderr in files of their own (kept until [`finish`] passes); killed when dropped (declare it after its `TestEnv`,
+/// whose own drop then removes what is left in the root).
+struct Worker {
+    consumer: String,
+    root: PathBuf,
+    prefix: String,
+    store: PathBuf,
+    args: Vec<String>,
+    logs: PathBuf,
+    lives: usize,
+    child: Option<Child>,
+}
+
+impl Worker {
+    /// A worker of [`GROUP`] on `stream`, with `extra` worker options; not started.
+    fn new(env: &TestEnv, consumer: &str, redis: &Redis, stream: &str, extra: &[&str]) -> Worker {
+        let name = env.dir.file_name().unwrap().to_string_lossy().into_owned();
+        let logs = worker_logs(env);
+        fs::create_dir_all(&logs).unwrap();
+        // A store of its own: a job's image name never reaches the machine's store.
+        let store = tmp().join("worker-stores").join(&name);
+        let mut args: Vec<String> = [
+            "worker",
+            "--redis",
+            &redis.url(),
+            "--stream",
+            stream,
+            "--group",
+            GROUP,
+            "--consumer",
+            consumer,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Worker {
+            consumer: consumer.to_string(),
+            root: env.dir.clone(),
+            prefix: env.prefix.clone(),
+            store,
+            args,
+            logs,
+            lives: 0,
+            child: None,
+        }
+    }
+
+    /// Starts a new life.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.consumer);
+        self.lives += 1;
+        let out = fs::File::create(self.log(self.lives, "jsonl")).unwrap();
+        let err = fs::File::create(self.log(self.lives, "err")).unwrap();
+        let child = Proc::new(runbox_exe())
+            .arg("--root")
+            .arg(&self.root)
+            .args(["--cgroup-parent", &self.prefix])
+            .arg("--image-store")
+            .arg(&self.store)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn runbox worker");
+        self.child = Some(child);
+    }
+
+    fn log(&self, life: usize, ext: &str) -> PathBuf {
+        self.logs.join(format!("{}-{life}.{ext}", self.consumer))
+    }
+
+    /// SIGKILL, and reaps it.
+    fn kill(&mut self) {
+        let mut c = self.child.take().expect("worker is running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM; it must exit promptly (it leaves its sandboxes running).
+    fn term(&mut self) {
+        let mut c = self.child.take().expect("worker is running");
+        kill(pid_of(&c), Signal::SIGTERM).unwrap();
+        let t = Instant::now();
+        while c.try_wait().unwrap().is_none() {
+            if t.elapsed() > secs(10) {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "{} did not exit within {:?} of SIGTERM",
+                    self.consumer,
+                    secs(10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Fails the test, with the worker's stderr, if the current life has exited.
+    fn assert_alive(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait().unwrap() {
+                panic!(
+                    "worker {} exited by itself ({status}): {}",
+                    self.consumer,
+                    fs::read_to_string(self.log(self.lives, "err")).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// Every event of every life, with the life's number (from 1). A line cut short by a
+    /// SIGKILL (a last line without its newline) is not an event.
+    fn events(&self) -> Vec<(usize, Value)> {
+        let mut out = Vec::new();
+        for life in 1..=self.lives {
+            let text = fs::read_to_string(self.log(life, "jsonl")).unwrap_or_default();
+            for line in text.split_inclusive('\n') {
+                if !line.ends_with('\n') {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                    panic!(
+                        "{} life {life}: not a JSON event ({e}): {line}",
+                        self.consumer
+                    )
+                });
+                out.push((life, v));
+            }
+        }
+        out
+    }
+
+    /// The events named `kind`, of one life or (None) of all.
+    fn named(&self, kind: &str, life: Option<usize>) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|(l, v)| v["event"] == kind && life.is_none_or(|x| x == *l))
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.store);
+    }
+}
+
+/// Waits until the worker of `env` has removed every finished sandbox and its job files:
+/// it deletes them just after publishing, so a SIGTERM right after the last result would
+/// leave them to its next life.
+fn wait_drained(env: &TestEnv) {
+    common::wait_until_for(
+        "the worker to remove its finished sandboxes",
+        secs(30).as_secs(),
+        || {
+            env.root.list().is_ok_and(|l| l.is_empty())
+                && fs::read_dir(env.dir.join(".jobs")).map_or(true, |mut rd| rd.next().is_none())
+        },
+    );
+}
+
+/// `env.finish()` (its leak check covers the worker's job files too), then the workers'
+/// logs, kept until here for a failed test to be read.
+fn finish(env: TestEnv) {
+    let logs = worker_logs(&env);
+    env.finish();
+    let _ = fs::remove_dir_all(logs);
+}
+
+/// Where the workers of `env` write their logs.
+fn worker_logs(env: &TestEnv) -> PathBuf {
+    tmp().join("worker-logs").join(env.dir.file_name().unwrap())
+}
+
+fn lock(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How many of `events` are for `delivery`.
+fn for_delivery(events: &[Value], delivery: &str) -> usize {
+    events.iter().filter(|v| v["delivery"] == delivery).count()
+}
+
+/// `XGROUP CREATE ... 0 MKSTREAM`: the group reads the stream from its start, whenever its
+/// first worker comes up.
+fn create_group(con: &mut redis::Connection, stream: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", stream, GROUP, "0", "MKSTREAM"])
+        .query(con)
+        .unwrap();
+}
+
+/// `XADD stream * job JSON`; the entry id (the job's delivery).
+fn enqueue(con: &mut redis::Connection, stream: &str, job: &Value) -> String {
+    enqueue_fields(con, stream, &[("job", &job.to_string())])
+}
+
+fn enqueue_fields(con: &mut redis::Connection, stream: &str, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query(con).unwrap()
+}
+
+/// A job with the fields every test sets.
+fn job(id: &str, program: &str, args: &[&str]) -> Value {
+    json!({"schema_version": 1, "id": id, "program": program, "args": args, "wall_time": 30})
+}
+
+/// One entry of a results stream.
+#[derive(Debug, Clone)]
+struct Published {
+    job: Option<String>,
+    delivery: Option<String>,
+    verdict: Value,
+}
+
+fn results(con: &mut redis::Connection, stream: &str) -> Vec<Published> {
+    let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(&[stream, "-", "+"])
+        .query(con)
+        .unwrap();
+    raw.into_iter()
+        .map(|(entry, fields)| {
+            let mut m: HashMap<String, String> = HashMap::new();
+            for kv in fields.chunks(2) {
+                m.insert(kv[0].clone(), kv.get(1).cloned().unwrap_or_default());
+            }
+            let verdict = m
+                .get("verdict")
+                .unwrap_or_else(|| panic!("result {entry} has no verdict: {m:?}"));
+            Published {
+                job: m.get("job").cloned(),
+                delivery: m.get("delivery").cloned(),
+                verdict: serde_json::from_str(verdict).unwrap_or_else(|e| {
+                    panic!("result {entry}: verdict not JSON ({e}): {verdict}")
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The results, grouped by job id.
+fn by_job(results: &[Published]) -> HashMap<String, Vec<Published>> {
+    let mut m: HashMap<String, Vec<Published>> = HashMap::new();
+    for r in results {
+        let id = r.job.clone().unwrap_or_default();
+        m.entry(id).or_default().push(r.clone());
+    }
+    m
+}
+
+/// `XPENDING stream group`'s count.
+fn pending(con: &mut redis::Connection, stream: &str) -> i64 {
+    let v: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&[stream, GROUP])
+        .query(con)
+        .unwrap();
+    match v.first() {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("XPENDING summary: {other:?}"),
+    }
+}
+
+/// Waits until nothing is pending in the group (acks follow publishes).
+fn wait_no_pending(con: &mut redis::Connection, stream: &str, limit: Duration) {
+    let t = Instant::now();
+    loop {
+        let n = pending(con, stream);
+        if n == 0 {
+            return;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{n} entries still pending after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls the results stream until `done` holds of it, checking the workers are alive;
+/// fails after `limit`, saying how far it got.
+fn wait_results(
+    con: &mut redis::Connection,
+    stream: &str,
+    workers: &[&Mutex<Worker>],
+    limit: Duration,
+    mut done: impl FnMut(&[Published]) -> bool,
+) -> Vec<Published> {
+    let t = Instant::now();
+    loop {
+        let r = results(con, stream);
+        if done(&r) {
+            return r;
+        }
+        for w in workers {
+            lock(w).assert_alive();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} with {} results ({} distinct jobs)",
+            r.len(),
+            by_job(&r).len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What a job's verdict must say.
+#[derive(Debug, Clone)]
+struct Expect {
+    status: &'static str,
+    exit_code: Option<i64>,
+    signal: Option<i64>,
+    stdout: Option<String>,
+    /// A collected file: path and content.
+    file: Option<(&'static str, Vec<u8>)>,
+}
+
+impl Expect {
+    fn status(status: &'static str) -> Expect {
+        Expect {
+            status,
+            exit_code: None,
+            signal: None,
+            stdout: None,
+            file: None,
+        }
+    }
+
+    fn exit(code: i64) -> Expect {
+        Expect {
+            exit_code: Some(code),
+            ..Expect::status(if code == 0 { "ok" } else { "runtime_error" })
+        }
+    }
+
+    fn check(&self, id: &str, v: &Value) {
+        assert_eq!(v["status"], self.status, "job {id}: {v}");
+        if let Some(c) = self.exit_code {
+            assert_eq!(v["exit_code"], c, "job {id}: {v}");
+        }
+        if let Some(s) = self.signal {
+            assert_eq!(v["signal"], s, "job {id}: {v}");
+        }
+        if let Some(out) = &self.stdout {
+            assert_eq!(v["stdout"], out.as_str(), "job {id}: {v}");
+        }
+        if let Some((path, content)) = &self.file {
+            let files = v["files"]
+                .as_array()
+                .unwrap_or_else(|| panic!("job {id}: no files: {v}"));
+            let f = files
+                .iter()
+                .find(|f| f["path"] == *path)
+                .unwrap_or_else(|| panic!("job {id}: {path} not collected: {v}"));
+            let got = unbase64(f["content_base64"].as_str().unwrap());
+            assert_eq!(&got, content, "job {id}: collected {path}");
+        }
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64(data: &[u8]) -> String {
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for k in 0..4 {
+            if k <= c.len() {
+                let six = usize::try_from((n >> (18 - 6 * k)) & 63).unwrap();
+                s.push(char::from(B64[six]));
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+fn unbase64(s: &str) -> Vec<u8> {
+    let digits: Vec<u32> = s
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .map(|c| {
+            let i = B64
+                .iter()
+                .position(|&b| b == c)
+                .unwrap_or_else(|| panic!("not base64: {s}"));
+            u32::try_from(i).unwrap()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in digits.chunks(4) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &d)| n | (d << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..c.len()]);
+    }
+    out
+}
+
+/// The content of the file job's input: binary bytes too.
+const FILE_CONTENT: &[u8] = b"first line\nbytes \x00\xff\x7f and the end\n";
+
+/// Job `i` of `n` of the fleet test: the kinds in rotation, and the file job halfway.
+fn fleet_job(i: usize, n: usize) -> (Value, Expect) {
+    let id = format!("j{i:04}");
+    if i == n / 2 {
+        let mut j = job(&id, "/bin/sh", &["-c", "cat /work/in.txt > /work/out.txt"]);
+        j["files"] =
+            json!([{"path": "/work/in.txt", "content_base64": base64(FILE_CONTENT), "mode": 420}]);
+        j["collect"] = json!(["/work/out.txt"]);
+        let e = Expect {
+            file: Some(("/work/out.txt", FILE_CONTENT.to_vec())),
+            ..Expect::exit(0)
+        };
+        return (j, e);
+    }
+    match i % 7 {
+        0 => (job(&id, "/bin/true", &[]), Expect::exit(0)),
+        1 => (job(&id, "/bin/sh", &["-c", "exit 3"]), Expect::exit(3)),
+        2 => (
+            job(&id, "/bin/sh", &["-c", "kill -SEGV $$"]),
+            Expect {
+                signal: Some(11),
+                ..Expect::status("signaled")
+            },
+        ),
+        3 => {
+            let mut j = job(&id, "/bin/sh", &["-c", "while :; do :; done"]);
+            j["time"] = json!(0.3);
+            (j, Expect::status("time_limit"))
+        }
+        4 => {
+            let mut j = job(
+                &id,
+                "/bin/sh",
+                &["-c", "x=aaaaaaaa; while :; do x=$x$x; done"],
+            );
+            j["memory"] = json!(32 << 20);
+            (j, Expect::status("memory_limit"))
+        }
+        5 => {
+            let mut j = job(&id, "/bin/sh", &["-c", "yes"]);
+            j["output_limit"] = json!(1000);
+            (j, Expect::status("output_limit"))
+        }
+        _ => (job(&id, "/bin/sleep", &["3"]), Expect::exit(0)),
+    }
+}
+
+/// A thread that kills workers and restarts them at once (same consumer, same root) every
+/// 2 to 4 seconds: one at random, with SIGKILL (every fifth round SIGTERM instead); both
+/// together with SIGKILL in the second and fourth rounds. Stopped and joined when dropped.
+struct Killer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<KillCounts>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct KillCounts {
+    single: usize,
+    both: usize,
+    terms: usize,
+}
+
+impl Killer {
+    fn start(workers: [Arc<Mutex<Worker>>; 2]) -> Killer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        eprintln!("killer seed {seed}");
+        let handle = std::thread::spawn(move || {
+            let mut x = u64::from(seed) | 1;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut counts = KillCounts::default();
+            for round in 0.. {
+                let pause = Duration::from_millis(2000 + next() % 2000);
+                let t = Instant::now();
+                while t.elapsed() < pause {
+                    if flag.load(Ordering::Relaxed) {
+                        return counts;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if round == 1 || round == 3 {
+                    let mut a = lock(&workers[0]);
+                    let mut b = lock(&workers[1]);
+                    a.kill();
+                    b.kill();
+                    a.start();
+                    b.start();
+                    counts.both += 1;
+                } else {
+                    let i = usize::from(next() % 2 == 1);
+                    let mut w = lock(&workers[i]);
+                    if round % 5 == 4 {
+                        w.term();
+                        counts.terms += 1;
+                    } else {
+                        w.kill();
+                        counts.single += 1;
+                    }
+                    w.start();
+                }
+            }
+            counts
+        });
+        Killer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) -> KillCounts {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn into_worker(w: Arc<Mutex<Worker>>) -> Worker {
+    Arc::try_unwrap(w)
+        .unwrap_or_else(|_| panic!("worker still shared"))
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// A grading fleet that keeps crashing: two workers, SIGKILLed one at a time and both at
+/// once, restarted at once each time, still produce exactly one right verdict per job,
+/// never run a job twice (a restarted worker adopts the sandboxes of its previous life),
+/// and leave nothing pending and nothing behind.
+#[test]
+fn a_fleet_survives_repeated_kills() {
+    // The cgroup v2 guest runs under emulation (TCG here): fewer jobs there, every kind still.
+    let n: usize = match std::env::var("RUNBOX_WORKER_TEST_JOBS") {
+        Ok(v) => v.parse().expect("RUNBOX_WORKER_TEST_JOBS is a number"),
+        Err(_) if in_guest() => 60,
+        Err(_) => 300,
+    };
+    assert!(
+        n >= 8,
+        "RUNBOX_WORKER_TEST_JOBS: at least 8 for every kind of job"
+    );
+    let redis = Redis::start("worker-fleet");
+    let mut con = redis.conn();
+    let (stream, results_stream) = ("jobs", "jobs:results");
+    create_group(&mut con, stream);
+    let env1 = TestEnv::new("worker-fleet-w1");
+    let env2 = TestEnv::new("worker-fleet-w2");
+    let opts = ["--concurrency", "2", "--lease", "10"];
+    let w1 = Arc::new(Mutex::new(Worker::new(&env1, "w1", &redis, stream, &opts)));
+    let w2 = Arc::new(Mutex::new(Worker::new(&env2, "w2", &redis, stream, &opts)));
+    lock(&w1).start();
+    lock(&w2).start();
+    let mut expected: HashMap<String, (String, Expect)> = HashMap::new();
+    for i in 0..n {
+        let (j, e) = fleet_job(i, n);
+        let delivery = enqueue(&mut con, stream, &j);
+        expected.insert(j["id"].as_str().unwrap().to_string(), (delivery, e));
+    }
+    let started = Instant::now();
+    let killer = Killer::start([w1.clone(), w2.clone()]);
+    let limit = Duration::from_secs(if in_guest() { 1200 } else { 480 });
+    wait_results(&mut con, results_stream, &[&w1, &w2], limit, |r| {
+        by_job(r).len() >= n
+    });
+    let kills = killer.stop();
+    eprintln!("{n} jobs in {:?}, kills {kills:?}", started.elapsed());
+    assert_eq!(
+        kills.both, 2,
+        "the run ended before both double kills: {kills:?}"
+    );
+    wait_no_pending(&mut con, stream, secs(60));
+    // Late duplicates would come now, if at all.
+    std::thread::sleep(Duration::from_secs(1));
+    let all = results(&mut con, results_stream);
+    let grouped = by_job(&all);
+    assert_eq!(grouped.len(), n, "results for unknown jobs: {all:?}");
+    for (id, (delivery, e)) in &expected {
+        let rs = &grouped[id];
+        assert_eq!(rs.len(), 1, "job {id} published {} times: {rs:?}", rs.len());
+        assert_eq!(rs[0].delivery.as_deref(), Some(delivery.as_str()), "{rs:?}");
+        e.check(id, &rs[0].verdict);
+    }
+    // No job ran twice: one `launched` per delivery over every life of both workers. A
+    // SIGKILL between a launch and its line leaves the launch to the next life's `adopted`.
+    let events: Vec<Value> = [&w1, &w2]
+        .iter()
+        .flat_map(|w| lock(w).events())
+        .map(|(_, v)| v)
+        .collect();
+    let of = |kind: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|v| v["event"] == kind)
+            .cloned()
+            .collect()
+    };
+    let (launched, adopted) = (of("launched"), of("adopted"));
+    let mut unlogged = 0;
+    for (id, (delivery, _)) in &expected {
+        let l = for_delivery(&launched, delivery);
+        assert!(l <= 1, "job {id} (delivery {delivery}) launched {l} times");
+        if l == 0 {
+            assert!(
+                for_delivery(&adopted, delivery) >= 1,
+                "job {id} (delivery {delivery}) never launched nor adopted"
+            );
+            unlogged += 1;
+        }
+    }
+    eprintln!(
+        "lives {} + {}, launched {}, adopted {}, duplicate {}, reclaimed {}, launch lines lost to a kill {unlogged}",
+        lock(&w1).lives,
+        lock(&w2).lives,
+        launched.len(),
+        adopted.len(),
+        of("duplicate").len(),
+        of("reclaimed").len(),
+    );
+    assert_eq!(pending(&mut con, stream), 0);
+    wait_drained(&env1);
+    wait_drained(&env2);
+    let (mut w1, mut w2) = (into_worker(w1), into_worker(w2));
+    w1.term();
+    w2.term();
+    drop((w1, w2));
+    finish(env1);
+    finish(env2);
+}
+
+/// A worker that dies for good: after the lease, another worker reclaims its jobs and runs
+/// each once more (never more), every job gets one verdict; when the dead worker comes
+/// back it removes its orphaned sandboxes without publishing, and leaves the other worker's
+/// entries alone.
+#[test]
+fn a_dead_workers_jobs_are_reclaimed_once_and_its_orphans_removed() {
+    let redis = Redis::start("worker-reclaim");
+    let mut con = redis.conn();
+    let (stream, results_stream) = ("jobs", "done");
+    create_group(&mut con, stream);
+    let env_a = TestEnv::new("worker-reclaim-a");
+    let env_b = TestEnv::new("worker-reclaim-b");
+    let opts = [
+        "--concurrency",
+        "4",
+        "--lease",
+        "3",
+        "--results",
+        results_stream,
+    ];
+    let a = Mutex::new(Worker::new(&env_a, "a", &redis, stream, &opts));
+    let b = Mutex::new(Worker::new(&env_b, "b", &redis, stream, &opts));
+    lock(&a).start();
+    let mut deliveries: HashMap<String, String> = HashMap::new();
+    for i in 0..4 {
+        let id = format!("r{i}");
+        let d = enqueue(&mut con, stream, &job(&id, "/bin/sleep", &["3"]));
+        deliveries.insert(d, id);
+    }
+    // A's head start: it holds all four.
+    common::wait_until_for("worker a to launch four jobs", secs(60).as_secs(), || {
+        lock(&a).assert_alive();
+        lock(&a).named("launched", None).len() == 4
+    });
+    lock(&a).kill();
+    let a_sandboxes: Vec<String> = lock(&a)
+        .named("launched", Some(1))
+        .iter()
+        .map(|v| v["sandbox"].as_str().unwrap().to_string())
+        .collect();
+    lock(&b).start();
+    let all = wait_results(&mut con, results_stream, &[&b], secs(60), |r| {
+        by_job(r).len() >= 4
+    });
+    let reclaimed = lock(&b).named("reclaimed", None);
+    let b_launched = lock(&b).named("launched", None);
+    let a_launched = lock(&a).named("launched", None);
+    for (d, id) in &deliveries {
+        assert_eq!(
+            for_delivery(&reclaimed, d),
+            1,
+            "job {id}: b's reclaims {reclaimed:?}"
+        );
+        assert_eq!(
+            for_delivery(&b_launched, d),
+            1,
+            "job {id}: b's launches {b_launched:?}"
+        );
+        assert_eq!(
+            for_delivery(&a_launched, d),
+            1,
+            "job {id}: a's launches {a_launched:?}"
+        );
+    }
+    // B has one more, in flight while A comes back: A must neither take nor ack it.
+    let hold = enqueue(&mut con, stream, &job("hold", "/bin/sleep", &["10"]));
+    common::wait_until_for(
+        "worker b to launch the held job",
+        secs(30).as_secs(),
+        || {
+            lock(&b).assert_alive();
+            for_delivery(&lock(&b).named("launched", None), &hold) == 1
+        },
+    );
+    lock(&a).start();
+    common::wait_until_for("worker a to remove its orphans", secs(60).as_secs(), || {
+        lock(&a).assert_alive();
+        lock(&a).named("orphan_removed", Some(2)).len() >= 4
+    });
+    let orphans = lock(&a).named("orphan_removed", Some(2));
+    let mut removed: Vec<String> = orphans
+        .iter()
+        .map(|v| v["sandbox"].as_str().unwrap().to_string())
+        .collect();
+    removed.sort();
+    let mut expected_removed = a_sandboxes.clone();
+    expected_removed.sort();
+    assert_eq!(removed, expected_removed, "{orphans:?}");
+    for d in deliveries.keys() {
+        assert_eq!(for_delivery(&orphans, d), 1, "{orphans:?}");
+    }
+    if for_delivery(&lock(&b).named("published", None), &hold) == 0 {
+        let owners: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+            .arg(&[stream, GROUP, "-", "+", "10"])
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        assert_eq!(
+            (owners[0].0.as_str(), owners[0].1.as_str()),
+            (hold.as_str(), "b")
+        );
+    } else {
+        eprintln!("the held job ended before a's orphans were removed: its owner not checked");
+    }
+    let all_after = wait_results(&mut con, results_stream, &[&a, &b], secs(60), |r| {
+        by_job(r).contains_key("hold")
+    });
+    wait_no_pending(&mut con, stream, secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let final_results = results(&mut con, results_stream);
+    assert!(all.len() >= 4 && all_after.len() >= 5);
+    let grouped = by_job(&final_results);
+    assert_eq!(grouped.len(), 5, "{final_results:?}");
+    for (id, rs) in &grouped {
+        assert_eq!(rs.len(), 1, "job {id} published {} times: {rs:?}", rs.len());
+        Expect::exit(0).check(id, &rs[0].verdict);
+    }
+    for kind in ["published", "launched", "reclaimed", "adopted", "duplicate"] {
+        let got = lock(&a).named(kind, Some(2));
+        assert!(got.is_empty(), "a's second life: {kind} {got:?}");
+    }
+    assert_eq!(pending(&mut con, stream), 0);
+    wait_drained(&env_a);
+    wait_drained(&env_b);
+    let (mut a, mut b) = (
+        a.into_inner().unwrap_or_else(|e| e.into_inner()),
+        b.into_inner().unwrap_or_else(|e| e.into_inner()),
+    );
+    a.term();
+    b.term();
+    drop((a, b));
+    finish(env_a);
+    finish(env_b);
+}
+
+/// Redis going away mid-run (stopped cleanly, back two seconds later on the same port and
+/// data) costs nothing: every job still gets one verdict, in the stream and under its key,
+/// and the worker says when Redis went and came back.
+#[test]
+fn redis_restarted_mid_run_loses_nothing() {
+    let mut redis = Redis::start("worker-redis");
+    let mut con = redis.conn();
+    let (stream, results_stream) = ("jobs", "jobs:results");
+    create_group(&mut con, stream);
+    let env = TestEnv::new("worker-redis");
+    let w = Mutex::new(Worker::new(
+        &env,
+        "w",
+        &redis,
+        stream,
+        &["--concurrency", "2", "--result-keys", "verdict:"],
+    ));
+    lock(&w).start();
+    let mut expected: HashMap<String, Expect> = HashMap::new();
+    for i in 0..40 {
+        let id = format!("m{i:02}");
+        let (j, e) = match i % 4 {
+            0 => (job(&id, "/bin/true", &[]), Expect::exit(0)),
+            1 => (job(&id, "/bin/sh", &["-c", "exit 3"]), Expect::exit(3)),
+            2 => (job(&id, "/bin/sleep", &["1"]), Expect::exit(0)),
+            _ => (
+                job(&id, "/bin/sh", &["-c", &format!("echo out {i}")]),
+                Expect {
+                    stdout: Some(format!("out {i}\n")),
+                    ..Expect::exit(0)
+                },
+            ),
+        };
+        enqueue(&mut con, stream, &j);
+        expected.insert(id, e);
+    }
+    wait_results(&mut con, results_stream, &[&w], secs(120), |r| {
+        by_job(r).len() >= 13
+    });
+    drop(con);
+    redis.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    lock(&w).assert_alive();
+    redis.spawn();
+    let mut con = redis.conn();
+    wait_results(&mut con, results_stream, &[&w], secs(180), |r| {
+        by_job(r).len() >= 40
+    });
+    wait_no_pending(&mut con, stream, secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let all = results(&mut con, results_stream);
+    let grouped = by_job(&all);
+    assert_eq!(grouped.len(), 40, "{all:?}");
+    for (id, e) in &expected {
+        let rs = &grouped[id];
+        assert_eq!(rs.len(), 1, "job {id} published {} times: {rs:?}", rs.len());
+        e.check(id, &rs[0].verdict);
+        let key: Option<String> = redis::cmd("GET")
+            .arg(format!("verdict:{id}"))
+            .query(&mut con)
+            .unwrap();
+        let key: Value =
+            serde_json::from_str(&key.unwrap_or_else(|| panic!("no key for {id}"))).unwrap();
+        assert_eq!(key, rs[0].verdict, "job {id}: key and stream disagree");
+    }
+    let events: Vec<String> = lock(&w)
+        .events()
+        .into_iter()
+        .map(|(_, v)| v["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let down = events
+        .iter()
+        .position(|e| e == "redis_down")
+        .unwrap_or_else(|| panic!("no redis_down event: {events:?}"));
+    assert!(
+        events[down..].iter().any(|e| e == "redis_up"),
+        "no redis_up after redis_down: {events:?}"
+    );
+    assert_eq!(pending(&mut con, stream), 0);
+    wait_drained(&env);
+    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
+    w.term();
+    drop(w);
+    finish(env);
+}
+
+/// Malformed or impossible jobs (not JSON, an unknown schema version, no program, a memory
+/// limit too small, a negative time, an image that does not exist, no `job` field at all)
+/// each get one `internal_error` verdict with a message and are acked; the queue goes on.
+#[test]
+fn bad_jobs_are_rejected_once_and_acked() {
+    let redis = Redis::start("worker-bad");
+    let mut con = redis.conn();
+    let (stream, results_stream) = ("jobs", "jobs:results");
+    create_group(&mut con, stream);
+    let env = TestEnv::new("worker-bad");
+    let w = Mutex::new(Worker::new(
+        &env,
+        "w",
+        &redis,
+        stream,
+        &["--concurrency", "2"],
+    ));
+    lock(&w).start();
+    // (delivery, job id when the entry has a readable one)
+    let mut bad: Vec<(String, Option<&str>)> = Vec::new();
+    bad.push((
+        enqueue_fields(&mut con, stream, &[("job", "{not json")]),
+        None,
+    ));
+    let mut with_id = |id: &'static str, j: Value| {
+        let d = enqueue(&mut con, stream, &j);
+        bad.push((d, Some(id)));
+    };
+    with_id(
+        "bad-schema",
+        json!({"schema_version": 2, "id": "bad-schema", "program": "/bin/true"}),
+    );
+    with_id(
+        "bad-noprog",
+        json!({"schema_version": 1, "id": "bad-noprog"}),
+    );
+    with_id(
+        "bad-memory",
+        json!({"schema_version": 1, "id": "bad-memory", "program": "/bin/true", "memory": 1}),
+    );
+    with_id(
+        "bad-time",
+        json!({"schema_version": 1, "id": "bad-time", "program": "/bin/true", "time": -1}),
+    );
+    with_id(
+        "bad-image",
+        json!({"schema_version": 1, "id": "bad-image", "program": "/bin/true", "image": "nope"}),
+    );
+    bad.push((enqueue_fields(&mut con, stream, &[("other", "x")]), None));
+    let good = enqueue(
+        &mut con,
+        stream,
+        &job("good", "/bin/sh", &["-c", "echo fine"]),
+    );
+    let n = bad.len() + 1;
+    wait_results(&mut con, results_stream, &[&w], secs(60), |r| r.len() >= n);
+    wait_no_pending(&mut con, stream, secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    let all = results(&mut con, results_stream);
+    assert_eq!(all.len(), n, "{all:#?}");
+    let events = lock(&w).events();
+    let named = |kind: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|(_, v)| v["event"] == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let (rejected, published) = (named("rejected"), named("published"));
+    for (d, id) in &bad {
+        let rs: Vec<&Published> = all
+            .iter()
+            .filter(|r| r.delivery.as_deref() == Some(d.as_str()))
+            .collect();
+        assert_eq!(rs.len(), 1, "delivery {d} ({id:?}): {rs:?}");
+        let v = &rs[0].verdict;
+        assert_eq!(v["status"], "internal_error", "{id:?}: {v}");
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{id:?}: no message: {v}");
+        if let Some(id) = id {
+            assert_eq!(rs[0].job.as_deref(), Some(*id), "{rs:?}");
+        }
+        // A missing image may be found at validation or at launch (an image can go in
+        // between): rejected or published, once either way.
+        let once = if *id == Some("bad-image") {
+            for_delivery(&rejected, d) + for_delivery(&published, d)
+        } else {
+            for_delivery(&rejected, d)
+        };
+        assert_eq!(once, 1, "delivery {d} ({id:?}): events {events:?}");
+    }
+    let rs: Vec<&Published> = all
+        .iter()
+        .filter(|r| r.delivery.as_deref() == Some(good.as_str()))
+        .collect();
+    assert_eq!(rs.len(), 1, "{all:?}");
+    assert_eq!(rs[0].job.as_deref(), Some("good"));
+    Expect {
+        stdout: Some("fine\n".into()),
+        ..Expect::exit(0)
+    }
+    .check("good", &rs[0].verdict);
+    assert_eq!(pending(&mut con, stream), 0);
+    wait_drained(&env);
+    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
+    w.term();
+    drop(w);
+    finish(env);
+}
