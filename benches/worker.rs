@@ -109,34 +109,9 @@ fn run(cmd: &mut Proc) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `cargo build` from inside a test or bench process, without the variables cargo set for
-/// that process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`…): ring's build script declares them,
-/// so inheriting them would rebuild ring here and again in the next plain `cargo` call.
-fn cargo_build() -> Proc {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Proc::new(cargo);
-    cmd.arg("build").current_dir(env!("CARGO_MANIFEST_DIR"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        let set_by_cargo = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|p| k.starts_with(p))
-            || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*k);
-        if set_by_cargo {
-            cmd.env_remove(&*k);
-        }
-    }
-    cmd
-}
-
 /// The release CLI with the worker feature, copied into `dir`.
 fn build_cli(dir: &Path) -> PathBuf {
-    run(cargo_build()
+    run(common::cargo_build()
         .args(["--quiet", "--release", "--features", "worker"])
         .args(["--example", "runbox"]));
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/runbox");

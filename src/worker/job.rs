@@ -176,6 +176,11 @@ pub(crate) fn command(job: &Job, name: &str, dir: &Path) -> Result<Command, Stri
     let limits = cmd.limits_mut();
     if let Some(m) = job.memory {
         limits.memory_bytes = m;
+        // The writable layer is charged to the memory limit: keep it below a small one, as
+        // `runbox run --memory` does.
+        if limits.scratch_bytes >= m {
+            limits.scratch_bytes = (m / 4).max(1 << 20);
+        }
     }
     if let Some(p) = job.pids {
         limits.pids = p;

@@ -200,6 +200,42 @@ fn fnv(bytes: &[u8]) -> u32 {
     h
 }
 
+/// How long a sandbox whose creator died may go without a monitor before it is taken for a
+/// launch that never started (a monitor records itself within milliseconds of taking one).
+const START_GRACE: Duration = Duration::from_secs(10);
+
+/// True if `sandbox` was created by a launch whose process died before any monitor took it
+/// (no monitor ever recorded itself, for [`START_GRACE`] after its creation): its program
+/// never ran, so launching the job again runs it once.
+fn never_started(sandbox: &Sandbox) -> bool {
+    loop {
+        let Ok(info) = sandbox.info() else {
+            return false;
+        };
+        if info.state != crate::SandboxState::Lost || info.monitor_pid.is_some() {
+            return false;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let grace = u64::try_from(START_GRACE.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(info.created_unix_ms) >= grace {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A stream entry rebuilt from its id and job document (to launch it again).
+fn entry_again(delivery: &str, doc: &[u8]) -> StreamId {
+    let mut map = std::collections::HashMap::new();
+    map.insert("job".to_string(), redis::Value::BulkString(doc.to_vec()));
+    StreamId {
+        id: delivery.to_string(),
+        map,
+    }
+}
+
 fn redis_err(what: &str, e: redis::RedisError) -> Error {
     Error::with_source(ErrorKind::Io, format!("redis: {what}"), e)
 }
@@ -349,6 +385,8 @@ impl Worker {
                 continue;
             }
             if pending.contains(&delivery) {
+                // One that never started is launched again below, with the pending ones
+                // that have no sandbox.
                 self.adopt(&delivery, &listing.id, events);
             } else {
                 self.remove_orphan(&delivery, listing.id.clone(), events);
@@ -486,6 +524,17 @@ impl Worker {
     /// job that cannot run is rejected: a result saying why is published and the entry
     /// acked.
     fn launch(&mut self, entry: StreamId, events: &mut dyn FnMut(&Event)) -> Result<()> {
+        self.launch_once(entry, events, true)
+    }
+
+    /// [`Worker::launch`]; `retry`: a sandbox of an earlier life that never started may be
+    /// replaced (once).
+    fn launch_once(
+        &mut self,
+        entry: StreamId,
+        events: &mut dyn FnMut(&Event),
+        retry: bool,
+    ) -> Result<()> {
         let delivery = entry.id.clone();
         let name = format!("{}{delivery}", self.prefix);
         let doc: Option<Vec<u8>> = entry
@@ -530,7 +579,18 @@ impl Worker {
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                self.adopt(&delivery, &name, events);
+                if !self.adopt(&delivery, &name, events) {
+                    if !retry {
+                        return self.reject(
+                            &delivery,
+                            &job.id,
+                            "its sandbox name is taken",
+                            events,
+                        );
+                    }
+                    // An earlier life's launch that never started: launch it now.
+                    return self.launch_once(entry_again(&delivery, &doc), events, false);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -540,18 +600,24 @@ impl Worker {
         }
     }
 
-    /// Takes over the sandbox `name` of `delivery`, launched by an earlier life.
-    fn adopt(&mut self, delivery: &str, name: &str, events: &mut dyn FnMut(&Event)) {
+    /// Takes over the sandbox `name` of `delivery`, launched by an earlier life. False if
+    /// that launch never started (the earlier life died before any monitor took the
+    /// sandbox): the sandbox is removed and the job must be launched again.
+    fn adopt(&mut self, delivery: &str, name: &str, events: &mut dyn FnMut(&Event)) -> bool {
         let dir = self.job_dir(name);
         let job = fs::read(dir.join("job.json"))
             .ok()
             .and_then(|doc| job::parse(&doc).ok());
         let (Some(job), Ok(sandbox)) = (job, self.root.sandbox(name)) else {
             // Not one this worker can finish (its job file is gone): remove it; the entry
-            // stays pending and is launched again below or by the next reconcile.
+            // stays pending and is launched again by the next reconcile.
             self.remove_orphan(delivery, name.to_string(), events);
-            return;
+            return false;
         };
+        if never_started(&sandbox) {
+            let _ = sandbox.delete(true);
+            return false;
+        }
         events(&Event::Adopted {
             job: job.id.clone(),
             delivery: delivery.to_string(),
@@ -565,6 +631,7 @@ impl Worker {
                 result: None,
             },
         );
+        true
     }
 
     /// Kills and removes a sandbox whose entry is not this worker's (anymore).

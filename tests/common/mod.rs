@@ -293,14 +293,37 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     out
 }
 
+/// `cargo build` from inside a test or bench process, without the variables cargo set for
+/// that process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`…): ring's build script declares them,
+/// so inheriting them would rebuild ring here and again in the next plain `cargo` call.
+pub fn cargo_build() -> Proc {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Proc::new(cargo);
+    cmd.arg("build").current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let set_by_cargo = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || ["CARGO_TARGET_TMPDIR", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*k);
+        if set_by_cargo {
+            cmd.env_remove(&*k);
+        }
+    }
+    cmd
+}
+
 /// `target/debug/examples/NAME`, built up to date (a filtered `cargo test` builds no examples).
 pub fn example(name: &str) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Proc::new(cargo)
-        .args(["build", "--quiet", "--example", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let status = cargo_build()
+        .args(["--quiet", "--example", name])
         .status()
         .expect("run cargo build --example");
     assert!(status.success(), "cargo build --example {name} failed");
