@@ -429,7 +429,8 @@ impl Worker {
         }
         let free = self.opts.concurrency.saturating_sub(self.inflight.len());
         if free == 0 {
-            std::thread::sleep(Duration::from_millis(10));
+            // Every slot busy: wake when a sandbox finishes.
+            self.wait_any(Duration::from_millis(50));
             return Ok(());
         }
         let (stream, group, me) = (
@@ -437,12 +438,14 @@ impl Worker {
             self.opts.group.clone(),
             self.opts.consumer.clone(),
         );
-        // Short blocks: running sandboxes are polled between reads.
-        let block = if self.inflight.is_empty() { 200 } else { 10 };
+        // Idle: block in Redis until a job comes. Some slots busy: block only briefly, so
+        // that a sandbox finishing is seen within milliseconds too (one short read at a time
+        // is what a partly busy worker costs Redis).
+        let busy = !self.inflight.is_empty();
         let opts = StreamReadOptions::default()
             .group(&group, &me)
             .count(free)
-            .block(block);
+            .block(if busy { 2 } else { 200 });
         let reply: Option<StreamReadReply> = self
             .con()?
             .xread_options(&[&stream], &[">"], &opts)
@@ -453,6 +456,34 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Waits up to `timeout` for a sandbox launched by this life to finish (its report pipe
+    /// ends); adopted ones, which have none, are looked at on the next round.
+    fn wait_any(&self, timeout: Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let mut fds: Vec<PollFd<'_>> = self
+            .inflight
+            .values()
+            .filter(|f| f.result.is_none())
+            .filter_map(|f| f.sandbox.report_fd())
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        let adopted = self
+            .inflight
+            .values()
+            .any(|f| f.result.is_none() && f.sandbox.report_fd().is_none());
+        let timeout = if adopted {
+            timeout.min(Duration::from_millis(10))
+        } else {
+            timeout
+        };
+        if fds.is_empty() {
+            std::thread::sleep(timeout);
+            return;
+        }
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
     }
 
     /// Keeps this worker's in-flight entries claimed (idle time reset), drops sandboxes whose
