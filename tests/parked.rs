@@ -127,18 +127,22 @@ fn twice(env: &TestEnv, extra: &[&str], id: &str) {
 #[test]
 fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
     let env = TestEnv::new("parked");
-    run_detached(&env, &[], "first");
+    // Spares that outwait the emulated guest's pace (they are released at the end): at the
+    // default 60 s of idle time, the first shape's spare went before the second shape's
+    // was built there, and the two were never parked at once.
+    let keep = ["--spare-idle", "600"];
+    run_detached(&env, &keep, "first");
     finish_run(&env, "first");
     // A shape launched once gets no spare: it may never come again.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(parked(&env).is_empty(), "{:?}", parked(&env));
     // Launched again, it leaves one, built in the background.
-    run_detached(&env, &[], "again");
+    run_detached(&env, &keep, "again");
     assert_eq!(state(&env, "again")["prebuilt"], false);
     finish_run(&env, "again");
     wait_ready(&env, 1, "a spare to be parked");
     let spare = ready(&env).remove(0);
-    run_detached(&env, &[], "second");
+    run_detached(&env, &keep, "second");
     let s = state(&env, "second");
     assert_eq!(s["prebuilt"], true, "{s}");
     assert_eq!(
@@ -150,9 +154,10 @@ fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
     finish_run(&env, "second");
     // Replaced after the claim; another shape is not served from it and parks its own.
     wait_ready(&env, 1, "a replacement to be parked");
-    twice(&env, &["--memory", "96M"], "other");
+    let other = ["--memory", "96M", "--spare-idle", "600"];
+    twice(&env, &other, "other");
     wait_ready(&env, 2, "a spare of each shape");
-    run_detached(&env, &["--memory", "96M"], "other2");
+    run_detached(&env, &other, "other2");
     assert_eq!(state(&env, "other2")["prebuilt"], true);
     finish_run(&env, "other2");
     env.finish();
