@@ -349,11 +349,7 @@ impl SandboxConfig {
     /// claimer compares the whole shape all the same.
     pub fn shape_key(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in json {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = crate::layout::fnv1a(&json);
         format!("{h:016x}")
     }
 

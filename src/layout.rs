@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 
 use crate::host::proc::ProcIdentity;
 
+/// FNV-1a of `bytes`: a hash for names that must be stable across runs and builds (std's
+/// hasher is not), such as a build shape's key and a state root's cgroup prefix.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// Directory under the state root holding shared images (a dot keeps it apart from ids).
 pub(crate) const IMAGES_DIR: &str = ".images";
 

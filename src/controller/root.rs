@@ -527,12 +527,7 @@ fn default_cgroup_prefix(dir: &Path) -> String {
     if dir == Path::new(DEFAULT_ROOT) {
         return "runbox".to_string();
     }
-    // FNV-1a: stable across runs and builds (std's hasher is not).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::layout::fnv1a(dir.as_os_str().as_encoded_bytes());
     // The low 32 bits, as earlier releases named them.
     format!("runbox-{:08x}", h & 0xffff_ffff)
 }

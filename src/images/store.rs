@@ -3,7 +3,6 @@
 //! [`crate::images`] for the layout).
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::host::state;
 
 use super::reference::{self, Wanted};
 
@@ -146,7 +146,7 @@ pub(crate) struct ResolvedImage {
     /// The config's `Cmd`.
     pub cmd: Vec<String>,
     store: PathBuf,
-    _lock: Option<Flock<File>>,
+    lock: Option<Flock<File>>,
 }
 
 impl ResolvedImage {
@@ -156,12 +156,8 @@ impl ResolvedImage {
         let dir = self.store.join("pins").join(hex_of(&self.digest));
         mkdir(&dir)?;
         let name = format!("{}-{}", std::process::id(), unique());
-        write_atomic(
-            &dir.join(name),
-            sandbox_dir.as_os_str().as_encoded_bytes(),
-            false,
-        )?;
-        self._lock = None;
+        state::write_atomic(&dir.join(name), sandbox_dir.as_os_str().as_encoded_bytes())?;
+        self.lock = None;
         Ok(())
     }
 }
@@ -182,26 +178,6 @@ fn mkdir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io("create", dir, e))
-}
-
-/// Writes `bytes` to `path` through a unique temp file and rename; with `durable`, synced
-/// first (an image must survive a power loss, a pin need not).
-fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), unique()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("write", path, e)
-    })
 }
 
 fn now_ms() -> u64 {
@@ -269,13 +245,13 @@ impl ImageStore {
                 mkdir(&dir.join(sub))?;
             }
             let version = format!("{{\"format_version\":{FORMAT_VERSION}}}\n");
-            write_atomic(&marker, version.as_bytes(), true)?;
+            state::write_durable(&marker, version.as_bytes())?;
         }
         #[derive(Deserialize)]
         struct Marker {
             format_version: u32,
         }
-        let m: Marker = crate::host::state::read_json(&marker)?;
+        let m: Marker = state::read_json(&marker)?;
         if m.format_version != FORMAT_VERSION {
             return Err(Error::new(
                 ErrorKind::UnsupportedHost,
@@ -361,7 +337,7 @@ impl ImageStore {
         if path.exists() {
             return Ok(());
         }
-        write_atomic(&path, bytes, true)
+        state::write_durable(&path, bytes)
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -408,7 +384,7 @@ impl ImageStore {
         };
         let json = serde_json::to_vec_pretty(&record)
             .map_err(|e| Error::with_source(ErrorKind::Io, "encode the image record", e))?;
-        write_atomic(&self.record_path(digest), &json, true)?;
+        state::write_durable(&self.record_path(digest), &json)?;
         for name in names {
             self.set_name(name, digest)?;
         }
@@ -431,7 +407,7 @@ impl ImageStore {
     pub(crate) fn set_name(&self, name: &str, digest: &str) -> Result<()> {
         reference::check_name(name)?;
         let path = self.dir.join("names").join(reference::name_file(name));
-        write_atomic(&path, digest.as_bytes(), true)
+        state::write_durable(&path, digest.as_bytes())
     }
 
     /// Every (name, digest) pair.
@@ -470,7 +446,7 @@ impl ImageStore {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
-            if let Ok(r) = crate::host::state::read_json::<ImageRecord>(&entry.path()) {
+            if let Ok(r) = state::read_json::<ImageRecord>(&entry.path()) {
                 out.push(r);
             }
         }
@@ -478,7 +454,7 @@ impl ImageStore {
     }
 
     fn record(&self, digest: &str) -> Result<ImageRecord> {
-        crate::host::state::read_json(&self.record_path(digest)).map_err(|e| {
+        state::read_json(&self.record_path(digest)).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
                 Error::new(
                     ErrorKind::NotFound,
@@ -682,7 +658,7 @@ impl ImageStore {
             entrypoint: strings("Entrypoint"),
             cmd: strings("Cmd"),
             store: self.dir.clone(),
-            _lock: Some(lock),
+            lock: Some(lock),
         })
     }
 

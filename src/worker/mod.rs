@@ -92,8 +92,8 @@ impl WorkerOptions {
             stream: stream.to_string(),
             group: group.to_string(),
             consumer: format!(
-                "{host}-{:08x}",
-                fnv(root.dir().as_os_str().as_encoded_bytes())
+                "{host}-{:016x}",
+                crate::layout::fnv1a(root.dir().as_os_str().as_encoded_bytes())
             ),
             concurrency: 1,
             results: format!("{stream}:results"),
@@ -191,15 +191,6 @@ pub struct Worker {
     last_refresh: Instant,
 }
 
-fn fnv(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
 /// How long a sandbox whose creator died may go without a monitor before it is taken for a
 /// launch that never started (a monitor records itself within milliseconds of taking one).
 const START_GRACE: Duration = Duration::from_secs(10);
@@ -255,7 +246,7 @@ impl Worker {
             ));
         }
         let key = format!("{}\0{}", opts.stream, opts.group);
-        let prefix = format!("rbw-{:08x}-", fnv(key.as_bytes()));
+        let prefix = format!("rbw-{:016x}-", crate::layout::fnv1a(key.as_bytes()));
         Ok(Worker {
             root,
             opts,
