@@ -27,7 +27,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,9 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use common::images::run_tool;
+use common::redis::{pid_of, Redis};
 use common::TestEnv;
 
 const GROUP: &str = "bench";
@@ -90,30 +90,13 @@ impl Opts {
     }
 }
 
-fn pid_of(child: &Child) -> Pid {
-    Pid::from_raw(i32::try_from(child.id()).unwrap())
-}
-
-/// Runs a command; panics with its output if it fails. Returns stdout.
-fn run(cmd: &mut Proc) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The release CLI with the worker feature, copied into `dir`.
 fn build_cli(dir: &Path) -> PathBuf {
-    run(common::cargo_build()
-        .args(["--quiet", "--release", "--features", "worker"])
-        .args(["--example", "runbox"]));
+    run_tool(
+        common::cargo_build()
+            .args(["--quiet", "--release", "--features", "worker"])
+            .args(["--example", "runbox"]),
+    );
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/runbox");
     let built = match std::env::var_os("CARGO_TARGET_DIR") {
         Some(t) => PathBuf::from(t).join("release/examples/runbox"),
@@ -122,90 +105,6 @@ fn build_cli(dir: &Path) -> PathBuf {
     let exe = dir.join("runbox");
     fs::copy(&built, &exe).unwrap();
     exe
-}
-
-/// The redis-server of the tests: 127.0.0.1:<free port>, append-only, an fsync per write.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        fs::create_dir_all(dir).unwrap();
-        let log = fs::File::create(dir.join("redis.log")).unwrap();
-        let child = Proc::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .args(["--daemonize", "no"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start redis-server (Debian's redis-server)");
-        let mut r = Redis {
-            port,
-            child: Some(child),
-        };
-        let t = Instant::now();
-        loop {
-            let pong = redis::Client::open(r.url())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok_and(|p| p == "PONG") {
-                return r;
-            }
-            assert!(
-                r.child.as_mut().unwrap().try_wait().unwrap().is_none()
-                    && t.elapsed() < Duration::from_secs(30),
-                "redis-server did not start: {}",
-                fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect to redis-server")
-    }
-
-    /// SIGTERM, and waits for the exit.
-    fn stop(mut self) {
-        let mut c = self.child.take().unwrap();
-        kill(pid_of(&c), Signal::SIGTERM).unwrap();
-        let status = c.wait().unwrap();
-        assert!(status.success(), "redis-server on SIGTERM: {status}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// One worker process, restartable; killed when dropped.
@@ -607,16 +506,18 @@ fn main() {
         .join(format!("worker-bench-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch).unwrap();
-    let date = run(Proc::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
+    let date = run_tool(Proc::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
     let date = date.trim();
     let load_before = loadavg();
 
     let exe = build_cli(&scratch);
     fs::write(scratch.join("sum.c"), SUM_C).unwrap();
-    run(Proc::new("gcc")
-        .args(["-O2", "-static", "-s", "-o"])
-        .arg(scratch.join("sum"))
-        .arg(scratch.join("sum.c")));
+    run_tool(
+        Proc::new("gcc")
+            .args(["-O2", "-static", "-s", "-o"])
+            .arg(scratch.join("sum"))
+            .arg(scratch.join("sum.c")),
+    );
     let sum = fs::read(scratch.join("sum")).unwrap();
     let numbers: Vec<String> = (1..=1000).map(|i| i.to_string()).collect();
     let programs = [
@@ -637,7 +538,7 @@ fn main() {
         },
     ];
 
-    let redis = Redis::start(&scratch.join("redis"));
+    let mut redis = Redis::start("bench");
     let mut rows = Vec::new();
     for program in &programs {
         for (concurrency, kills) in [(1, false), (2, false), (4, false), (2, true)] {

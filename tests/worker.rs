@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use common::redis::{pid_of, Redis};
 use common::TestEnv;
 
 /// The consumer group every test's workers share.
@@ -66,121 +65,6 @@ fn runbox_exe() -> &'static Path {
         fs::rename(&staged, &out).unwrap();
         out
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn pid_of(child: &Child) -> Pid {
-    Pid::from_raw(i32::try_from(child.id()).unwrap())
-}
-
-/// A redis-server on 127.0.0.1:<free port>, append-only with an fsync per write, its data in
-/// a directory of its own; stoppable and restartable on the same port and directory; killed
-/// by its pid when dropped.
-struct Redis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(name: &str) -> Redis {
-        common::require_root();
-        let dir = tmp()
-            .join("redis")
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let mut r = Redis {
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        r.spawn();
-        r
-    }
-
-    /// Starts the server and waits until it answers PING (after loading its append-only file).
-    fn spawn(&mut self) {
-        assert!(self.child.is_none());
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("redis.log"))
-            .unwrap();
-        let child = Proc::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--daemonize", "no"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("start redis-server (Debian's redis-server; ./test.sh installs it): {e}")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + secs(30);
-        loop {
-            let pong = redis::Client::open(self.url())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok_and(|p| p == "PONG") {
-                return;
-            }
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "redis-server did not start ({exited:?}): {}",
-                fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .expect("connect to redis-server")
-    }
-
-    /// SIGTERM (redis-server writes its append-only file and exits), and waits for the exit.
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("redis-server is running");
-        kill(pid_of(&child), Signal::SIGTERM).unwrap();
-        let status = child.wait().unwrap();
-        assert!(status.success(), "redis-server on SIGTERM: {status}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// One `runbox worker` consumer on the state root and cgroup prefix of a [`TestEnv`]:

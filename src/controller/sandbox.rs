@@ -250,6 +250,7 @@ impl Sandbox {
 
     /// The monitor's report pipe, if this handle launched the sandbox: it becomes readable
     /// (end of file) when the monitor exits, for a caller that waits on several sandboxes.
+    #[cfg(feature = "worker")]
     pub(crate) fn report_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.report.as_ref().map(|r| r.get_ref().as_fd())
     }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod images;
+#[cfg(feature = "worker")]
+pub mod redis;
 
 use std::fs;
 use std::path::{Path, PathBuf};
