@@ -446,11 +446,10 @@ fn import_archive(
         Ok(())
     })?;
     let Some(bytes) = manifest_json else {
-        let what = if links.is_empty() { "" } else { " " };
         return Err(Error::new(
             ErrorKind::InvalidConfig,
             format!(
-                "{} is not a docker archive (no manifest.json){what}; for an OCI layout, import its directory",
+                "{} is not a docker archive (no manifest.json); for an OCI layout, import its directory",
                 path.display()
             ),
         ));
