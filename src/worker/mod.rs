@@ -265,6 +265,9 @@ impl Worker {
     /// # Errors
     /// Only what cannot be retried: the state root cannot be read.
     pub fn run(&mut self, stop: &AtomicBool, events: &mut dyn FnMut(&Event)) -> Result<()> {
+        // What a killed earlier life left mid-launch (a staging directory, the uid lease it
+        // held) belongs to a dead process: collect it before anything else.
+        let _ = self.root.gc();
         let mut backoff = Duration::from_millis(100);
         while !stop.load(Ordering::Relaxed) {
             if self.con.is_none() {
