@@ -1282,6 +1282,7 @@ fn jobs_beyond_the_workers_maxima_get_typed_rejections() {
     Expect::exit(0).check("dedup", &v);
     let files = v["files"].as_array().unwrap();
     assert_eq!(files.len(), 1, "one file for 40 copies of its path");
+    assert_eq!(v["message"], Value::Null, "nothing left out: {v}");
     let big = unbase64(files[0]["content_base64"].as_str().unwrap());
     assert_eq!(big.len(), 8 << 20);
     let sum = Proc::new("md5sum")
@@ -1440,10 +1441,12 @@ fn a_full_jobs_directory_fails_the_job_it_hits_and_the_worker_recovers() {
     lock(&w).start();
     let filler = jobs.join("filler");
     fill(&filler);
-    let mut a = job("a", "/bin/sh", &["-c", "cat /work/in.txt"]);
-    a["files"] = json!([{"path": "/work/in.txt", "content_base64": base64(b"hello")}]);
-    let a_d = enqueue(&mut con, stream, &a);
-    wait_results(&mut con, results_stream, &[&w], secs(60), |r| !r.is_empty());
+    // One job with only its document to write, one with a file too.
+    let a_d = enqueue(&mut con, stream, &job("a", "/bin/sh", &["-c", "echo ran"]));
+    let mut a2 = job("a2", "/bin/sh", &["-c", "cat /work/in.txt"]);
+    a2["files"] = json!([{"path": "/work/in.txt", "content_base64": base64(b"hello")}]);
+    let a2_d = enqueue(&mut con, stream, &a2);
+    wait_results(&mut con, results_stream, &[&w], secs(60), |r| r.len() >= 2);
     fs::remove_file(&filler).unwrap();
     let mut b = job(
         "b",
@@ -1456,22 +1459,24 @@ fn a_full_jobs_directory_fails_the_job_it_hits_and_the_worker_recovers() {
         for_delivery(&lock(&w).named("launched", None), &b_d) == 1
     });
     fill(&filler);
-    wait_results(&mut con, results_stream, &[&w], secs(60), |r| r.len() >= 2);
+    wait_results(&mut con, results_stream, &[&w], secs(60), |r| r.len() >= 3);
     fs::remove_file(&filler).unwrap();
     let mut c = job("c", "/bin/sh", &["-c", "echo back > /work/o; echo done"]);
     c["collect"] = json!(["/work/o"]);
     let c_d = enqueue(&mut con, stream, &c);
-    let all = wait_results(&mut con, results_stream, &[&w], secs(60), |r| r.len() >= 3);
+    let all = wait_results(&mut con, results_stream, &[&w], secs(60), |r| r.len() >= 4);
     wait_no_pending(&mut con, stream, secs(30));
-    let v = the_result(&all, &a_d).verdict;
-    assert_eq!(v["rejected"], "launch_failed", "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("No space left on device"),
-        "{v}"
-    );
+    for d in [&a_d, &a2_d] {
+        let v = the_result(&all, d).verdict;
+        assert_eq!(v["rejected"], "launch_failed", "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("No space left on device"),
+            "{v}"
+        );
+    }
     let v = the_result(&all, &b_d).verdict;
     assert_eq!(v["status"], "internal_error", "{v}");
     let message = v["message"].as_str().unwrap();
@@ -1492,6 +1497,7 @@ fn a_full_jobs_directory_fails_the_job_it_hits_and_the_worker_recovers() {
         assert_eq!(w.lives, 1);
         let launched = w.named("launched", None);
         assert_eq!(for_delivery(&launched, &a_d), 0, "{launched:?}");
+        assert_eq!(for_delivery(&launched, &a2_d), 0, "{launched:?}");
         assert_eq!(for_delivery(&launched, &b_d), 1, "{launched:?}");
         assert_eq!(for_delivery(&launched, &c_d), 1, "{launched:?}");
     }
