@@ -1279,10 +1279,13 @@ fn jobs_beyond_the_workers_maxima_get_typed_rejections() {
     }
     .check("at-max", &the_result(&all, &at_max_d).verdict);
     let v = the_result(&all, &dedup_d).verdict;
-    Expect::exit(0).check("dedup", &v);
+    // (Checked without its 11 MB of base64, which a failure would print.)
+    let mut head = v.clone();
+    head["files"] = json!(v["files"].as_array().map(Vec::len));
+    Expect::exit(0).check("dedup", &head);
     let files = v["files"].as_array().unwrap();
     assert_eq!(files.len(), 1, "one file for 40 copies of its path");
-    assert_eq!(v["message"], Value::Null, "nothing left out: {v}");
+    assert_eq!(v["message"], Value::Null, "nothing left out");
     let big = unbase64(files[0]["content_base64"].as_str().unwrap());
     assert_eq!(big.len(), 8 << 20);
     let sum = Proc::new("md5sum")
