@@ -317,11 +317,28 @@ enum PublishError {
     Refused(String),
     /// The connection failed: reconnect and try again.
     Lost(Error),
+    /// Redis cannot serve anyone now (loading its data, a script running, a failover):
+    /// reconnect and try again, without counting it against the result.
+    Busy(Error),
 }
 
 /// True if `e` says the connection failed (not an answer of the server).
 fn connection_failed(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// True if `e` is an answer saying Redis cannot serve anyone now (loading its data after a
+/// restart, a script running, a failover under way), not a refusal of this command.
+fn server_busy(e: &redis::RedisError) -> bool {
+    use redis::RetryMethod as M;
+    matches!(
+        e.retry_method(),
+        M::WaitAndRetry | M::Reconnect | M::ReconnectFromInitialConnections
+    ) || e.kind() == redis::ErrorKind::ReadOnly
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
+        )
 }
 
 impl Worker {
@@ -449,7 +466,9 @@ impl Worker {
                 .get(1)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(REDIS_DEFAULT_BULK),
-            Err(e) if connection_failed(&e) => return Err(redis_err("CONFIG GET", e)),
+            Err(e) if connection_failed(&e) || server_busy(&e) => {
+                return Err(redis_err("CONFIG GET", e))
+            }
             // CONFIG is disabled (a managed Redis): its default.
             Err(_) => REDIS_DEFAULT_BULK,
         };
@@ -906,6 +925,7 @@ impl Worker {
                     }
                     continue;
                 }
+                Err(PublishError::Busy(e)) => return Err(e),
                 Err(PublishError::Lost(e)) => {
                     if let Some(f) = self.inflight.get_mut(&delivery) {
                         f.lost_publishes += 1;
@@ -1002,6 +1022,8 @@ impl Worker {
             .map_err(|e| {
                 if connection_failed(&e) {
                     PublishError::Lost(redis_err("publish", e))
+                } else if server_busy(&e) {
+                    PublishError::Busy(redis_err("publish", e))
                 } else {
                     PublishError::Refused(format!("Redis answered: {e}"))
                 }
@@ -1025,7 +1047,7 @@ impl Worker {
                 reason: r.reason.clone(),
             }),
             Ok(_) => {}
-            Err(PublishError::Lost(e)) => return Err(e),
+            Err(PublishError::Lost(e) | PublishError::Busy(e)) => return Err(e),
             Err(PublishError::Refused(reason)) => events(&Event::ResultRefused {
                 job: job_id.to_string(),
                 delivery: delivery.to_string(),
