@@ -68,6 +68,19 @@ pub struct Limits {
     /// Largest core dump (RLIMIT_CORE). Default 0: no core files.
     #[serde(default)]
     pub core_bytes: u64,
+    /// Bytes the monitor copies out for [`Command::collect`], all files together. Counted
+    /// while copying: a file that would take the total past it is left out whole (never
+    /// written in part) and named in the verdict's `message`. Default 64 MiB.
+    #[serde(default = "default_collect_bytes")]
+    pub collect_bytes: u64,
+}
+
+/// Most [`Command::collect`] entries a command may have (a launch with more is refused
+/// with `InvalidConfig`).
+pub const MAX_COLLECTS: usize = 64;
+
+fn default_collect_bytes() -> u64 {
+    64 * MIB
 }
 
 fn default_pending_signals() -> u64 {
@@ -104,6 +117,7 @@ impl Default for Limits {
             address_space_bytes: None,
             stack_bytes: None,
             core_bytes: 0,
+            collect_bytes: default_collect_bytes(),
         }
     }
 }
@@ -381,6 +395,7 @@ impl SandboxConfig {
         l.cpu_time_grace = Duration::ZERO;
         l.wall_time = None;
         l.output_bytes = 0;
+        l.collect_bytes = 0;
         shape
     }
 
@@ -638,13 +653,18 @@ impl Command {
 
     /// After the run, copies the regular file `inside` (in the writable layer, e.g. under
     /// `/work` or `/tmp`; not `/dev/shm`) to the host path `host_dest`. Symlinks are
-    /// resolved inside the sandbox, never on the host; a missing file is skipped.
+    /// resolved inside the sandbox, never on the host; a missing file is skipped. All
+    /// collected files together are bounded by [`Limits::collect_bytes`]; a command has at
+    /// most [`MAX_COLLECTS`] entries, and an entry given twice counts once.
     pub fn collect(
         &mut self,
         inside: impl Into<String>,
         host_dest: impl Into<PathBuf>,
     ) -> &mut Self {
-        self.collects.push((inside.into(), host_dest.into()));
+        let entry = (inside.into(), host_dest.into());
+        if !self.collects.contains(&entry) {
+            self.collects.push(entry);
+        }
         self
     }
 
@@ -707,6 +727,30 @@ pub(crate) fn validate_id(id: &str) -> Result<()> {
     }
 }
 
+/// Checks a command's collect list: at most [`MAX_COLLECTS`] entries, each host
+/// destination named once (two entries writing one host file would overwrite each other).
+pub(crate) fn check_collects(collects: &[(String, PathBuf)]) -> Result<()> {
+    if collects.len() > MAX_COLLECTS {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "{} files to collect, more than the {MAX_COLLECTS} a sandbox may have",
+                collects.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, host) in collects {
+        if !seen.insert(host) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("collect destination {} given twice", host.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Returns true if `path` is absolute and has no `..` component.
 pub(crate) fn is_clean_absolute(path: &Path) -> bool {
     path.is_absolute()
@@ -761,6 +805,24 @@ mod tests {
             change(&mut l);
             assert!(l.validate().is_err(), "case {i} accepted: {l:?}");
         }
+    }
+
+    #[test]
+    fn collect_lists_are_bounded_and_deduplicated() {
+        let mut c = Command::new("x");
+        for _ in 0..3 {
+            c.collect("/work/a", "/tmp/a");
+        }
+        assert_eq!(c.collects.len(), 1);
+        check_collects(&c.collects).unwrap();
+        c.collect("/work/b", "/tmp/a");
+        assert!(check_collects(&c.collects).is_err());
+        let many: Vec<(String, PathBuf)> = (0..=MAX_COLLECTS)
+            .map(|i| (format!("/work/{i}"), PathBuf::from(format!("/tmp/{i}"))))
+            .collect();
+        let e = check_collects(&many).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        check_collects(&many[..MAX_COLLECTS]).unwrap();
     }
 
     #[test]

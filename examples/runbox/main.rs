@@ -163,6 +163,25 @@ struct WorkerArgs {
     /// Seconds a worker may be silent before other workers take over its jobs.
     #[arg(long, value_parser = parse_secs, default_value = "30")]
     lease: Duration,
+    /// The most memory a job may ask for (a job asking more is rejected).
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = parse_size, default_value = "4G")]
+    max_memory: u64,
+    /// The most processes a job may ask for (default 1024; at most half of kernel.pid_max).
+    #[arg(long = "max-pids", value_name = "N")]
+    max_pids: Option<u64>,
+    /// The longest CPU time a job may ask for, seconds (also the CPU-time limit of a job
+    /// that sets none).
+    #[arg(long = "max-time", value_name = "SECS", value_parser = parse_secs, default_value = "3600")]
+    max_time: Duration,
+    /// The longest wall time a job may ask for, seconds.
+    #[arg(long = "max-wall-time", value_name = "SECS", value_parser = parse_secs, default_value = "3600")]
+    max_wall_time: Duration,
+    /// The most captured output a job may ask for (`output_limit`).
+    #[arg(long = "max-output", value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
+    max_output: u64,
+    /// The most bytes of collected files one result may carry.
+    #[arg(long = "max-collect", value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
+    max_collect: u64,
 }
 
 #[derive(clap::Args)]
@@ -550,6 +569,14 @@ fn worker(root: &runbox::Root, a: WorkerArgs) -> Outcome {
     opts.concurrency = a.concurrency;
     opts.result_keys = a.result_keys;
     opts.lease = a.lease;
+    opts.max_memory_bytes = a.max_memory;
+    if let Some(p) = a.max_pids {
+        opts.max_pids = p;
+    }
+    opts.max_cpu_time = a.max_time;
+    opts.max_wall_time = a.max_wall_time;
+    opts.max_output_bytes = a.max_output;
+    opts.max_collect_bytes = a.max_collect;
     // A long-lived process: spare monitors of its own, one per sandbox at once.
     let mut w = runbox::Worker::new(root.clone(), opts)?;
     let stop = std::sync::atomic::AtomicBool::new(false);

@@ -144,6 +144,7 @@ pub(super) fn resolve<'a>(
             )));
         }
     }
+    config::check_collects(&cmd.collects)?;
     for (inside, host) in &cmd.collects {
         if !inside_ok(inside) {
             return Err(invalid(format!(

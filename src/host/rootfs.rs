@@ -326,24 +326,54 @@ fn copy_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> 
     Ok(())
 }
 
+/// What [`collect_out`] did besides copying.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    /// Paths that were missing or not regular files (skipped).
+    pub missing: Vec<String>,
+    /// Paths left out whole: the file was larger than the per-file maximum or than what
+    /// was left of the byte budget.
+    pub left_out: Vec<String>,
+}
+
+impl Collected {
+    /// The verdict's note about files left out, if any.
+    pub fn note(&self, budget: u64, per_file: u64) -> Option<String> {
+        if self.left_out.is_empty() {
+            return None;
+        }
+        // At most MAX_COLLECTS paths of a bounded length: a bounded note.
+        Some(format!(
+            "collected files left out (over the collect budget of {budget} bytes, or over \
+             {per_file} bytes each): {:?}",
+            self.left_out
+        ))
+    }
+}
+
 /// After the run: copies each requested regular file out of the rootfs, resolving the path
-/// inside the rootfs only (the program may have planted symlinks). Missing files are skipped;
-/// at most `max_bytes` are copied per file.
+/// inside the rootfs only (the program may have planted symlinks). Missing files are skipped.
+/// What is written is bounded while copying: at most `max_file_bytes` per file and `budget`
+/// in all. A file that would go past either is left out whole (a copy that finds more bytes
+/// than it may write removes what it wrote). A copy that fails (a full disk) removes its
+/// partial destination and ends the collection with the error.
 pub(crate) fn collect_out(
     rootfs: &Path,
     collects: &[(String, PathBuf)],
-    max_bytes: u64,
-) -> Result<Vec<String>, RootfsError> {
+    max_file_bytes: u64,
+    budget: u64,
+) -> Result<Collected, RootfsError> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut missing = Vec::new();
+    let mut done = Collected::default();
     if collects.is_empty() {
-        return Ok(missing);
+        return Ok(done);
     }
     let root = fs::File::open(rootfs).map_err(|source| RootfsError::Dir {
         path: rootfs.to_path_buf(),
         source,
     })?;
+    let mut used = 0u64;
     for (inside, host) in collects {
         let copy_err = |source| RootfsError::Copy {
             from: PathBuf::from(inside),
@@ -353,26 +383,53 @@ pub(crate) fn collect_out(
         let mut file = match crate::host::sys::open_in_root(&root, inside.trim_start_matches('/')) {
             Ok(f) => f,
             Err(_) => {
-                missing.push(inside.clone());
+                done.missing.push(inside.clone());
                 continue;
             }
         };
         let meta = file.metadata().map_err(copy_err)?;
         if !meta.is_file() {
-            missing.push(inside.clone());
+            done.missing.push(inside.clone());
+            continue;
+        }
+        let allowed = max_file_bytes.min(budget.saturating_sub(used));
+        if meta.len() > allowed {
+            done.left_out.push(inside.clone());
             continue;
         }
         if let Some(parent) = host.parent() {
             fs::create_dir_all(parent).map_err(copy_err)?;
         }
         let mut out = fs::File::create(host).map_err(copy_err)?;
-        std::io::copy(&mut (&mut file).take(max_bytes), &mut out).map_err(copy_err)?;
-        // The file's permission bits come along (a binary compiled inside stays executable);
-        // never setuid, setgid or sticky, and the owner is the collector's.
-        out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))
-            .map_err(copy_err)?;
+        let copied = std::io::copy(&mut (&mut file).take(allowed), &mut out)
+            .and_then(|n| {
+                // The file grew past what it may bring since its size was read: left out.
+                let mut one = [0u8; 1];
+                Ok((n, file.read(&mut one)? > 0))
+            })
+            .and_then(|(n, more)| {
+                // The file's permission bits come along (a binary compiled inside stays
+                // executable); never setuid, setgid or sticky, and the owner is the
+                // collector's.
+                out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))?;
+                Ok((n, more))
+            });
+        match copied {
+            Ok((n, false)) => used += n,
+            Ok((_, true)) => {
+                drop(out);
+                let _ = fs::remove_file(host);
+                done.left_out.push(inside.clone());
+            }
+            Err(source) => {
+                // Never a half-written file (a full disk, say): remove it and stop.
+                drop(out);
+                let _ = fs::remove_file(host);
+                return Err(copy_err(source));
+            }
+        }
     }
-    Ok(missing)
+    Ok(done)
 }
 
 /// /tmp is part of the writable layer (so it shares the scratch cap and costs no extra mount):

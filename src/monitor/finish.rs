@@ -39,16 +39,19 @@ pub(super) fn finish(
     });
     phases::mark("figures_read");
     let limits = &record.config.limits;
-    if let Err(e) = rootfs::collect_out(
+    let collected = rootfs::collect_out(
         &built.scratch.rootfs(),
         &record.config.collects,
         limits.file_size_bytes,
-    ) {
+        limits.collect_bytes,
+    )
+    .unwrap_or_else(|e| {
         outcome
             .facts
             .internal_error
             .get_or_insert(format!("collect files: {}", error_chain(&e)));
-    }
+        rootfs::Collected::default()
+    });
     if !record.remove_on_exit {
         reap_init(&mut built, &mut outcome);
         if let Err(e) = built.teardown() {
@@ -73,7 +76,10 @@ pub(super) fn finish(
             outcome.facts.killed_for = Some(LimitKind::CpuTime);
         }
     }
-    let (status, limit, message) = outcome.facts.classify();
+    let (status, limit, mut message) = outcome.facts.classify();
+    if let Some(note) = collected.note(limits.collect_bytes, limits.file_size_bytes) {
+        message = Some(message.map_or(note.clone(), |m| format!("{m}; {note}")));
+    }
     let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
     let verdict = Verdict {
         schema_version: SCHEMA_VERSION,

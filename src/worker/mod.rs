@@ -39,6 +39,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::{Root, Sandbox};
 
 pub use job::JOB_SCHEMA_VERSION;
+use job::{RejectKind, Rejection};
 
 /// The state root's directory of jobs' files (files copied in, files collected), one
 /// directory per sandbox, removed once its result is published.
@@ -46,17 +47,36 @@ const JOBS_DIR: &str = ".jobs";
 
 /// The publish step: checks that `ARGV[1]` (the entry) is pending for `ARGV[2]` (this
 /// consumer), then adds the result to `KEYS[2]`, sets the result key if one is given, and
-/// acks. Returns 1 if published, 0 if the entry is no longer pending (done already), -1 if
-/// another consumer owns it.
+/// acks. The result key is set only if it does not exist (`SET NX`): it holds the first
+/// result published for a job id. Returns 1 if published, 0 if the entry is no longer
+/// pending (done already), -1 if another consumer owns it.
 const PUBLISH: &str = r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[3], ARGV[1], ARGV[1], 1)
 if #p == 0 then return 0 end
 if p[1][2] ~= ARGV[2] then return -1 end
 redis.call('XADD', KEYS[2], '*', 'job', ARGV[4], 'delivery', ARGV[1], 'verdict', ARGV[5])
-if ARGV[6] ~= '' then redis.call('SET', ARGV[6], ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('SET', ARGV[6], ARGV[5], 'NX') end
 redis.call('XACK', KEYS[1], ARGV[3], ARGV[1])
 return 1
 "#;
+
+/// What Redis accepts as one argument unless configured otherwise (`proto-max-bulk-len`).
+const REDIS_DEFAULT_BULK: u64 = 512 << 20;
+
+/// Times in a row a result's publish may lose the connection (with Redis reachable again
+/// each time) before the result is taken for one Redis will not take, and a small result
+/// saying so stands in for it.
+const MAX_LOST_PUBLISHES: u32 = 3;
+
+/// The hard ceiling of [`WorkerOptions::max_pids`]: half of the host's `kernel.pid_max`
+/// (32768 if it cannot be read), so that one job never takes the host's pid table.
+pub(crate) fn pids_ceiling() -> u64 {
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(32768);
+    pid_max / 2
+}
 
 /// What a worker is told to do.
 #[derive(Debug, Clone)]
@@ -78,6 +98,21 @@ pub struct WorkerOptions {
     pub result_keys: Option<String>,
     /// How long a worker may be silent before its entries are taken over by others.
     pub lease: Duration,
+    /// The most memory a job may ask for (`memory`). Default 4 GiB.
+    pub max_memory_bytes: u64,
+    /// The most processes and threads a job may ask for (`pids`). Default 1024 (or the
+    /// ceiling if lower); at most half of the host's `kernel.pid_max`.
+    pub max_pids: u64,
+    /// The longest CPU time a job may ask for (`time`); also the CPU-time limit of a job
+    /// that sets none. Default 3600 s.
+    pub max_cpu_time: Duration,
+    /// The longest wall time a job may ask for (`wall_time`). Default 3600 s.
+    pub max_wall_time: Duration,
+    /// The most captured output a job may ask for (`output_limit`). Default 16 MiB.
+    pub max_output_bytes: u64,
+    /// The most bytes of collected files a job's result may carry, all files together (the
+    /// monitor stops copying there). Default 16 MiB.
+    pub max_collect_bytes: u64,
 }
 
 impl WorkerOptions {
@@ -99,7 +134,32 @@ impl WorkerOptions {
             results: format!("{stream}:results"),
             result_keys: None,
             lease: Duration::from_secs(30),
+            max_memory_bytes: 4 << 30,
+            max_pids: 1024.min(pids_ceiling()),
+            max_cpu_time: Duration::from_secs(3600),
+            max_wall_time: Duration::from_secs(3600),
+            max_output_bytes: 16 << 20,
+            max_collect_bytes: 16 << 20,
         }
+    }
+
+    fn maxima(&self) -> job::Maxima {
+        job::Maxima {
+            memory_bytes: self.max_memory_bytes,
+            pids: self.max_pids,
+            cpu_time: self.max_cpu_time,
+            wall_time: self.max_wall_time,
+            output_bytes: self.max_output_bytes,
+            collect_bytes: self.max_collect_bytes,
+        }
+    }
+
+    /// The most bytes one result document can take with these maxima, JSON escaping at its
+    /// worst included (an output of NULs takes 6 bytes per byte): at most 512 MiB, what
+    /// Redis takes by default. A result larger than the Redis server takes is replaced by
+    /// a small `internal_error` result saying so.
+    pub fn max_result_bytes(&self) -> u64 {
+        self.maxima().result_bytes()
     }
 }
 
@@ -167,6 +227,16 @@ pub enum Event {
     },
     /// Redis is reachable again.
     RedisUp,
+    /// Redis refused a job's result (too large for it, or an error reply): a small
+    /// `internal_error` result saying why is published in its place.
+    ResultRefused {
+        /// The job's id.
+        job: String,
+        /// Its stream entry id.
+        delivery: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A job whose sandbox runs (or ran) on this worker.
@@ -175,6 +245,10 @@ struct InFlight {
     sandbox: Sandbox,
     /// The result, once the sandbox has finished, until it is published.
     result: Option<serde_json::Value>,
+    /// Publishes of `result` that lost the connection, in a row.
+    lost_publishes: u32,
+    /// Redis refused even a small result for it: not before this instant again.
+    retry_at: Option<Instant>,
 }
 
 /// A worker: see the module documentation.
@@ -189,6 +263,11 @@ pub struct Worker {
     prefix: String,
     down_since: Option<Instant>,
     last_refresh: Instant,
+    /// What jobs may ask for.
+    maxima: job::Maxima,
+    /// The largest argument the Redis server takes (`proto-max-bulk-len`), read at each
+    /// connection.
+    bulk_limit: u64,
 }
 
 /// How long a sandbox whose creator died may go without a monitor before it is taken for a
@@ -231,11 +310,44 @@ fn redis_err(what: &str, e: redis::RedisError) -> Error {
     Error::with_source(ErrorKind::Io, format!("redis: {what}"), e)
 }
 
+/// Why a publish did not happen.
+enum PublishError {
+    /// Redis answered with an error (a result too large for it, out of memory, a key of
+    /// the wrong type…): retrying the same result would get the same answer.
+    Refused(String),
+    /// The connection failed: reconnect and try again.
+    Lost(Error),
+    /// Redis cannot serve anyone now (loading its data, a script running, a failover):
+    /// reconnect and try again, without counting it against the result.
+    Busy(Error),
+}
+
+/// True if `e` says the connection failed (not an answer of the server).
+fn connection_failed(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// True if `e` is an answer saying Redis cannot serve anyone now (loading its data after a
+/// restart, a script running, a failover under way), not a refusal of this command.
+fn server_busy(e: &redis::RedisError) -> bool {
+    use redis::RetryMethod as M;
+    matches!(
+        e.retry_method(),
+        M::WaitAndRetry | M::Reconnect | M::ReconnectFromInitialConnections
+    ) || e.kind() == redis::ErrorKind::ReadOnly
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
+        )
+}
+
 impl Worker {
     /// A worker on `root` with `opts` (nothing is contacted yet).
     ///
     /// # Errors
-    /// `InvalidConfig` for a bad URL, concurrency 0 or an empty lease.
+    /// `InvalidConfig` for a bad URL, concurrency 0, an empty lease, or maxima out of range
+    /// (pids above half of `kernel.pid_max`, memory below 8 MiB, a zero time or output, results
+    /// that could exceed 512 MiB).
     pub fn new(root: Root, opts: WorkerOptions) -> Result<Worker> {
         let client = redis::Client::open(opts.redis_url.as_str())
             .map_err(|e| Error::with_source(ErrorKind::InvalidConfig, "redis URL", e))?;
@@ -245,17 +357,46 @@ impl Worker {
                 "concurrency must be at least 1 and the lease at least 0.3 s",
             ));
         }
+        let bad = |msg: String| Err(Error::new(ErrorKind::InvalidConfig, msg));
+        let ceiling = pids_ceiling();
+        if opts.max_pids == 0 || opts.max_pids > ceiling {
+            return bad(format!(
+                "max pids {} must be within 1..={ceiling} (half of kernel.pid_max)",
+                opts.max_pids
+            ));
+        }
+        if opts.max_memory_bytes < 8 << 20 {
+            return bad(format!(
+                "max memory {} must be at least 8 MiB",
+                opts.max_memory_bytes
+            ));
+        }
+        if opts.max_cpu_time.is_zero() || opts.max_wall_time.is_zero() || opts.max_output_bytes == 0
+        {
+            return bad("max cpu time, wall time and output must be positive".into());
+        }
+        if opts.max_result_bytes() > REDIS_DEFAULT_BULK {
+            return bad(format!(
+                "with max output {} and max collected {} bytes a result could take {} bytes, \
+                 more than the {REDIS_DEFAULT_BULK} Redis takes by default",
+                opts.max_output_bytes,
+                opts.max_collect_bytes,
+                opts.max_result_bytes()
+            ));
+        }
         let key = format!("{}\0{}", opts.stream, opts.group);
         let prefix = format!("rbw-{:016x}-", crate::layout::fnv1a(key.as_bytes()));
         Ok(Worker {
             root,
-            opts,
             client,
             con: None,
             inflight: BTreeMap::new(),
             prefix,
             down_since: None,
             last_refresh: Instant::now(),
+            maxima: opts.maxima(),
+            bulk_limit: REDIS_DEFAULT_BULK,
+            opts,
         })
     }
 
@@ -314,6 +455,23 @@ impl Worker {
                 return Err(redis_err("create the consumer group", e));
             }
         }
+        // What this server takes as one argument: a larger result is replaced before it is
+        // sent (a server refusing one drops the connection while it is being sent).
+        let bulk: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("proto-max-bulk-len")
+            .query(&mut con);
+        self.bulk_limit = match bulk {
+            Ok(v) => v
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(REDIS_DEFAULT_BULK),
+            Err(e) if connection_failed(&e) || server_busy(&e) => {
+                return Err(redis_err("CONFIG GET", e))
+            }
+            // CONFIG is disabled (a managed Redis): its default.
+            Err(_) => REDIS_DEFAULT_BULK,
+        };
         self.con = Some(con);
         if self.down_since.take().is_some() {
             events(&Event::RedisUp);
@@ -567,21 +725,45 @@ impl Worker {
             .get("job")
             .and_then(|v| redis::from_redis_value(v).ok());
         let Some(doc) = doc else {
-            return self.reject(&delivery, "", "the entry has no `job` field", events);
+            let r = Rejection::new(RejectKind::Invalid, "the entry has no `job` field");
+            return self.reject(&delivery, "", &r, events);
         };
-        let job = match job::parse(&doc) {
+        let job = match job::parse(&doc, &self.maxima) {
             Ok(job) => job,
-            Err(reason) => return self.reject(&delivery, &job::id_of(&doc), &reason, events),
+            Err(r) => return self.reject(&delivery, &job::id_of(&doc), &r, events),
         };
+        if let Some(key) = self.result_key(&job.id) {
+            let exists: bool = self
+                .con()?
+                .exists(&key)
+                .map_err(|e| redis_err("EXISTS", e))?;
+            if exists {
+                let r = Rejection::new(
+                    RejectKind::DuplicateJobId,
+                    format!("duplicate job id: {key} holds the result of an earlier job"),
+                );
+                return self.reject(&delivery, &job.id, &r, events);
+            }
+        }
         let dir = self.job_dir(&name);
-        let _ = fs::create_dir_all(&dir);
-        // Kept for a restarted worker, which adopts the sandbox with it.
-        let _ = fs::write(dir.join("job.json"), &doc);
-        let cmd = match job::command(&job, &name, &dir) {
+        // Kept for a restarted worker, which adopts the sandbox with it: a job whose
+        // document cannot be kept (a full disk) is not launched.
+        if let Err(e) =
+            fs::create_dir_all(&dir).and_then(|()| fs::write(dir.join("job.json"), &doc))
+        {
+            let _ = fs::remove_dir_all(&dir);
+            let r = Rejection::new(
+                RejectKind::LaunchFailed,
+                format!("write the job's document in {}: {e}", dir.display()),
+            );
+            return self.reject(&delivery, &job.id, &r, events);
+        }
+        let cmd = match job::command(&job, &name, &dir, &self.maxima) {
             Ok(cmd) => cmd,
             Err(reason) => {
                 let _ = fs::remove_dir_all(&dir);
-                return self.reject(&delivery, &job.id, &reason, events);
+                let r = Rejection::new(RejectKind::LaunchFailed, reason);
+                return self.reject(&delivery, &job.id, &r, events);
             }
         };
         match self.root.spawn(&cmd) {
@@ -599,6 +781,8 @@ impl Worker {
                         job,
                         sandbox,
                         result: None,
+                        lost_publishes: 0,
+                        retry_at: None,
                     },
                 );
                 Ok(())
@@ -606,12 +790,9 @@ impl Worker {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 if !self.adopt(&delivery, &name, events) {
                     if !retry {
-                        return self.reject(
-                            &delivery,
-                            &job.id,
-                            "its sandbox name is taken",
-                            events,
-                        );
+                        let r =
+                            Rejection::new(RejectKind::LaunchFailed, "its sandbox name is taken");
+                        return self.reject(&delivery, &job.id, &r, events);
                     }
                     // An earlier life's launch that never started: launch it now.
                     return self.launch_once(entry_again(&delivery, &doc), events, false);
@@ -620,7 +801,8 @@ impl Worker {
             }
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
-                self.reject(&delivery, &job.id, &e.chain(), events)
+                let r = Rejection::new(RejectKind::LaunchFailed, e.chain());
+                self.reject(&delivery, &job.id, &r, events)
             }
         }
     }
@@ -632,7 +814,7 @@ impl Worker {
         let dir = self.job_dir(name);
         let job = fs::read(dir.join("job.json"))
             .ok()
-            .and_then(|doc| job::parse(&doc).ok());
+            .and_then(|doc| job::parse(&doc, &self.maxima).ok());
         let (Some(job), Ok(sandbox)) = (job, self.root.sandbox(name)) else {
             // Not one this worker can finish (its job file is gone): remove it; the entry
             // stays pending and is launched again by the next reconcile.
@@ -654,6 +836,8 @@ impl Worker {
                 job,
                 sandbox,
                 result: None,
+                lost_publishes: 0,
+                retry_at: None,
             },
         );
         true
@@ -686,33 +870,85 @@ impl Worker {
                 continue;
             }
             match f.sandbox.try_wait() {
-                Ok(Some(verdict)) => f.result = Some(job::result(&f.job, &dir, &verdict)),
+                Ok(Some(verdict)) => {
+                    f.result = Some(job::result(&f.job, &dir, &verdict, &self.maxima));
+                }
                 Ok(None) => {}
                 Err(e) => {
-                    f.result = Some(job::rejection(&format!(
-                        "the sandbox failed: {}",
-                        e.chain()
-                    )))
+                    f.result = Some(job::rejection(&Rejection::new(
+                        RejectKind::SandboxFailed,
+                        format!("the sandbox failed: {}", e.chain()),
+                    )));
                 }
             }
         }
     }
 
-    /// Publishes and acks every finished sandbox's result, then removes the sandbox.
+    /// Publishes and acks every finished sandbox's result, then removes the sandbox. A
+    /// result Redis refuses is replaced by a small one saying why, once; one it refuses
+    /// too waits for the next refresh (never a loop, never a reconnection for it).
     fn publish_finished(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
+        let now = Instant::now();
         let done: Vec<String> = self
             .inflight
             .iter()
-            .filter(|(_, f)| f.result.is_some())
+            .filter(|(_, f)| f.result.is_some() && f.retry_at.is_none_or(|t| t <= now))
             .map(|(d, _)| d.clone())
             .collect();
         for delivery in done {
             let Some(f) = self.inflight.get(&delivery) else {
                 continue;
             };
-            let result = f.result.clone().unwrap_or_default();
+            let mut result = f.result.clone().unwrap_or_default();
             let job_id = f.job.id.clone();
-            let outcome = self.publish(&delivery, &job_id, &result)?;
+            let mut outcome = self.publish(&delivery, &job_id, &result);
+            if let Err(PublishError::Refused(reason)) = &outcome {
+                events(&Event::ResultRefused {
+                    job: job_id.clone(),
+                    delivery: delivery.clone(),
+                    reason: reason.clone(),
+                });
+                result = job::rejection(&Rejection::new(RejectKind::ResultRefused, reason.clone()));
+                if let Some(f) = self.inflight.get_mut(&delivery) {
+                    f.result = Some(result.clone());
+                }
+                outcome = self.publish(&delivery, &job_id, &result);
+            }
+            let outcome = match outcome {
+                Ok(n) => n,
+                Err(PublishError::Refused(_)) => {
+                    // Redis refuses even a small result (out of memory, say): it stays
+                    // pending here and is tried again at the next refresh.
+                    let retry = Instant::now() + self.opts.lease / 3;
+                    if let Some(f) = self.inflight.get_mut(&delivery) {
+                        f.retry_at = Some(retry);
+                    }
+                    continue;
+                }
+                Err(PublishError::Busy(e)) => return Err(e),
+                Err(PublishError::Lost(e)) => {
+                    if let Some(f) = self.inflight.get_mut(&delivery) {
+                        f.lost_publishes += 1;
+                        if f.lost_publishes >= MAX_LOST_PUBLISHES {
+                            let size = result.to_string().len();
+                            let reason = format!(
+                                "Redis dropped the connection on each of {MAX_LOST_PUBLISHES} \
+                                 attempts to publish this result of {size} bytes"
+                            );
+                            events(&Event::ResultRefused {
+                                job: job_id.clone(),
+                                delivery: delivery.clone(),
+                                reason: reason.clone(),
+                            });
+                            f.result = Some(job::rejection(&Rejection::new(
+                                RejectKind::ResultRefused,
+                                reason,
+                            )));
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             let Some(f) = self.inflight.remove(&delivery) else {
                 continue;
             };
@@ -738,12 +974,23 @@ impl Worker {
         Ok(())
     }
 
-    /// The publish script (see [`PUBLISH`]): 1 published, 0 done already, -1 not ours.
-    fn publish(&mut self, delivery: &str, job_id: &str, result: &serde_json::Value) -> Result<i64> {
-        let key = match &self.opts.result_keys {
-            Some(p) if !job_id.is_empty() => format!("{p}{job_id}"),
-            _ => String::new(),
-        };
+    /// The result key of job `job_id`, if results are kept under keys.
+    fn result_key(&self, job_id: &str) -> Option<String> {
+        match &self.opts.result_keys {
+            Some(p) if !job_id.is_empty() => Some(format!("{p}{job_id}")),
+            _ => None,
+        }
+    }
+
+    /// The publish script (see [`PUBLISH`]): 1 published, 0 done already, -1 not ours. A
+    /// result larger than the server takes as one argument is refused here, unsent.
+    fn publish(
+        &mut self,
+        delivery: &str,
+        job_id: &str,
+        result: &serde_json::Value,
+    ) -> std::result::Result<i64, PublishError> {
+        let key = self.result_key(job_id).unwrap_or_default();
         let (stream, results, me, group) = (
             self.opts.stream.clone(),
             self.opts.results.clone(),
@@ -751,6 +998,17 @@ impl Worker {
             self.opts.group.clone(),
         );
         let text = result.to_string();
+        let limit = self.bulk_limit.min(self.maxima.result_bytes());
+        if text.len() as u64 > limit {
+            return Err(PublishError::Refused(format!(
+                "the result takes {} bytes, more than Redis takes as one argument \
+                 (proto-max-bulk-len {}) or this worker allows ({} bytes)",
+                text.len(),
+                self.bulk_limit,
+                self.maxima.result_bytes()
+            )));
+        }
+        let con = self.con().map_err(PublishError::Lost)?;
         redis::Script::new(PUBLISH)
             .key(&stream)
             .key(&results)
@@ -760,24 +1018,41 @@ impl Worker {
             .arg(job_id)
             .arg(&text)
             .arg(&key)
-            .invoke(self.con()?)
-            .map_err(|e| redis_err("publish", e))
+            .invoke(con)
+            .map_err(|e| {
+                if connection_failed(&e) {
+                    PublishError::Lost(redis_err("publish", e))
+                } else if server_busy(&e) {
+                    PublishError::Busy(redis_err("publish", e))
+                } else {
+                    PublishError::Refused(format!("Redis answered: {e}"))
+                }
+            })
     }
 
     /// Publishes a rejection for `delivery` of job `job_id` (empty if unknown) and acks it.
+    /// Redis refusing even that leaves the entry pending: it is read again by the next
+    /// reconciliation (on a reconnection) and rejected again then.
     fn reject(
         &mut self,
         delivery: &str,
         job_id: &str,
-        reason: &str,
+        r: &Rejection,
         events: &mut dyn FnMut(&Event),
     ) -> Result<()> {
-        let result = job::rejection(reason);
-        if self.publish(delivery, job_id, &result)? == 1 {
-            events(&Event::Rejected {
+        let result = job::rejection(r);
+        match self.publish(delivery, job_id, &result) {
+            Ok(1) => events(&Event::Rejected {
                 delivery: delivery.to_string(),
-                reason: reason.to_string(),
-            });
+                reason: r.reason.clone(),
+            }),
+            Ok(_) => {}
+            Err(PublishError::Lost(e) | PublishError::Busy(e)) => return Err(e),
+            Err(PublishError::Refused(reason)) => events(&Event::ResultRefused {
+                job: job_id.to_string(),
+                delivery: delivery.to_string(),
+                reason,
+            }),
         }
         Ok(())
     }

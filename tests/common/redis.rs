@@ -30,11 +30,18 @@ pub fn pid_of(child: &Child) -> Pid {
 pub struct Redis {
     port: u16,
     dir: PathBuf,
+    /// More redis-server arguments (e.g. `--proto-max-bulk-len 1mb`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Redis {
     pub fn start(name: &str) -> Redis {
+        Redis::start_with(name, &[])
+    }
+
+    /// [`Redis::start`] with more redis-server arguments.
+    pub fn start_with(name: &str, extra: &[&str]) -> Redis {
         super::require_root();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("redis")
@@ -44,6 +51,7 @@ impl Redis {
         let mut r = Redis {
             port: free_port(),
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         r.spawn();
@@ -71,6 +79,7 @@ impl Redis {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--daemonize", "no"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -111,6 +120,18 @@ impl Redis {
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(5))
             .expect("connect to redis-server")
+    }
+
+    /// `INFO stats`' `total_connections_received`: connections accepted since the start.
+    pub fn connections_received(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut self.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total_connections_received in INFO stats: {info}"))
     }
 
     /// SIGTERM (redis-server writes its append-only file and exits), and waits for the exit.
