@@ -36,6 +36,31 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidImage, msg)
 }
 
+/// The error for JSON `what` that does not parse or has the wrong shape. serde's own message
+/// can quote the offending value (`invalid type: string "…"`): only its category and
+/// position are shown, and the field a message names when one is missing.
+pub(crate) fn json_error(what: &str, e: &serde_json::Error) -> Error {
+    let text = e.to_string();
+    let detail = match text.strip_prefix("missing field `") {
+        Some(rest) if e.classify() == serde_json::error::Category::Data => {
+            let field: String = rest.chars().take_while(|c| *c != '`').take(64).collect();
+            format!("missing field {field:?}, ")
+        }
+        _ => String::new(),
+    };
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    invalid(format!(
+        "{what} is {category} ({detail}at line {} column {})",
+        e.line(),
+        e.column()
+    ))
+}
+
 /// The kind of a manifest-ish media type; schema 1 and anything else are refused.
 pub(crate) fn kind(media_type: &str) -> Result<Kind> {
     match MediaType::from(media_type) {
@@ -44,7 +69,8 @@ pub(crate) fn kind(media_type: &str) -> Result<Kind> {
         MediaType::Other(m) if m == DOCKER_MANIFEST => Ok(Kind::Manifest),
         MediaType::Other(m) if m == DOCKER_LIST => Ok(Kind::Index),
         _ => Err(invalid(format!(
-            "media type {media_type:?} is not an image manifest or index runbox reads (OCI, or Docker v2 schema 2)"
+            "media type {} is not an image manifest or index runbox reads (OCI, or Docker v2 schema 2)",
+            super::import::shown(media_type)
         ))),
     }
 }
@@ -60,8 +86,7 @@ pub(crate) fn kind_of_bytes(bytes: &[u8], said: &str) -> Result<Kind> {
         #[serde(rename = "schemaVersion")]
         schema_version: Option<u32>,
     }
-    let peek: Peek = serde_json::from_slice(bytes)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "manifest is not JSON", e))?;
+    let peek: Peek = serde_json::from_slice(bytes).map_err(|e| json_error("manifest", &e))?;
     if peek.schema_version != Some(2) {
         return Err(invalid(
             "manifest schema version is not 2 (Docker schema 1 is not supported)",
@@ -118,8 +143,7 @@ pub(crate) fn host_arch() -> &'static str {
 
 /// Parses an index and picks the entry for this host (linux and its architecture).
 pub(crate) fn pick_platform(bytes: &[u8]) -> Result<Descriptor> {
-    let index: ImageIndex = serde_json::from_slice(bytes)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "index does not parse", e))?;
+    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| json_error("index", &e))?;
     let arch = host_arch();
     let mut offered = Vec::new();
     for d in index.manifests() {
@@ -151,8 +175,7 @@ pub(crate) struct Parsed {
 
 /// Parses an image manifest.
 pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
-    let m: ImageManifest = serde_json::from_slice(bytes)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "manifest does not parse", e))?;
+    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| json_error("manifest", &e))?;
     match m.config().media_type() {
         MediaType::ImageConfig => {}
         MediaType::Other(t) if t == DOCKER_CONFIG => {}
@@ -189,9 +212,8 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
 
 /// The parts of an image config an import needs: its diff_ids (checked) and `created`.
 pub(crate) fn parse_config(bytes: &[u8]) -> Result<(Vec<String>, Option<String>)> {
-    let c: ImageConfiguration = serde_json::from_slice(bytes).map_err(|e| {
-        Error::with_source(ErrorKind::InvalidImage, "image config does not parse", e)
-    })?;
+    let c: ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(|e| json_error("image config", &e))?;
     let ids = c.rootfs().diff_ids().clone();
     for id in &ids {
         sha256_hex(id, "layer diff_id")?;

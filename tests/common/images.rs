@@ -33,6 +33,11 @@ pub struct StoreEnv {
 
 impl StoreEnv {
     pub fn new(name: &str) -> StoreEnv {
+        StoreEnv::with_size(name, "1g")
+    }
+
+    /// A store on a tmpfs of `size` (tmpfs's `size=`: `8m`, `1g`).
+    pub fn with_size(name: &str, size: &str) -> StoreEnv {
         super::require_root();
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("stores")
@@ -48,7 +53,7 @@ impl StoreEnv {
             &dir,
             Some("tmpfs"),
             nix::mount::MsFlags::empty(),
-            Some("size=1g,mode=0700"),
+            Some(format!("size={size},mode=0700").as_str()),
         )
         .expect("mount the test store's tmpfs");
         let store = runbox::ImageStore::open(&dir).expect("open the image store");
