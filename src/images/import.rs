@@ -16,7 +16,16 @@ use crate::host::sys;
 use super::manifest::{self, Kind, MAX_CONFIG, MAX_MANIFEST};
 use super::reference::{check_name, sha256_hex};
 use super::store::{ImageInfo, ImageStore, Progress};
+use super::targuard;
 use super::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits};
+
+/// Most entries a docker archive may have (one has a few per layer, and at most
+/// [`MAX_LAYERS`](super::store::MAX_LAYERS) layers).
+const MAX_ARCHIVE_ENTRIES: u64 = 65_536;
+/// Most symlinks and hard links a docker archive may have, and the longest name or target
+/// of one (bytes): they are kept in memory while it is read.
+const MAX_ARCHIVE_LINKS: usize = 4096;
+const MAX_ARCHIVE_LINK_NAME: usize = 1024;
 
 /// The annotation naming a manifest in an OCI layout's `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -169,6 +178,10 @@ fn unpack_error(e: UnpackError, verified: bool) -> Error {
             };
             Error::with_source(ErrorKind::Io, msg, source)
         }
+        UnpackError::Read(source) if targuard::refusal(&source).is_some() => invalid(format!(
+            "unpack a layer: {}",
+            targuard::refusal(&source).unwrap_or_default()
+        )),
         UnpackError::Read(source) => invalid(format!(
             "unpack a layer: its compression or tar data is corrupt or truncated ({:?})",
             source.kind()
@@ -637,6 +650,14 @@ fn import_archive(
     tag: Option<&str>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ImageInfo>> {
+    // Every header first, without the tar crate: it would read a huge long name or PAX
+    // header whole into memory.
+    targuard::scan_archive(&file, MAX_ARCHIVE_ENTRIES).map_err(|e| {
+        match targuard::refusal(&e) {
+            Some(why) => invalid(format!("{}: {why}", path.display())),
+            None => Error::io("read", path, e),
+        }
+    })?;
     // Pass 1: manifest.json and the links (old archives link repeated layers).
     let mut manifest_json = None;
     let mut links: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
@@ -649,7 +670,15 @@ fn import_archive(
                 } else {
                     PathBuf::new()
                 };
-                if let Some(t) = archive_path(&base.join(target)) {
+                let long = name.as_os_str().len() > MAX_ARCHIVE_LINK_NAME
+                    || target.as_os_str().len() > MAX_ARCHIVE_LINK_NAME;
+                if let Some(t) = archive_path(&base.join(target)).filter(|_| !long) {
+                    if links.len() >= MAX_ARCHIVE_LINKS {
+                        return Err(invalid(format!(
+                            "{} has more than {MAX_ARCHIVE_LINKS} links",
+                            path.display()
+                        )));
+                    }
                     links.insert(name, t);
                 }
             }

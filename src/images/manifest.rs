@@ -17,6 +17,10 @@ use super::unpack::Compression;
 pub(crate) const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest image config read (bytes).
 pub(crate) const MAX_CONFIG: u64 = 16 << 20;
+/// Largest layer blob a manifest may name (bytes): the unpacker's limit on a layer's
+/// unpacked files ([`UnpackLimits`](super::unpack::UnpackLimits)), which a compressed blob
+/// never needs to exceed. A pull downloads at most this much per layer into staging.
+pub(crate) const MAX_LAYER_BLOB: u64 = 32 << 30;
 
 /// Docker's media types, which oci-spec keeps as `MediaType::Other`.
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -195,6 +199,13 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
         .layers()
         .iter()
         .map(|d| {
+            if d.size() > MAX_LAYER_BLOB {
+                return Err(invalid(format!(
+                    "layer {} is {} bytes, more than the {MAX_LAYER_BLOB} allowed",
+                    d.digest(),
+                    d.size()
+                )));
+            }
             let c = Compression::from_media_type(d.media_type().as_ref()).ok_or_else(|| {
                 invalid(format!(
                     "layer media type {} is not supported",
