@@ -27,6 +27,10 @@ const MAX_ARCHIVE_ENTRIES: u64 = 65_536;
 const MAX_ARCHIVE_LINKS: usize = 4096;
 const MAX_ARCHIVE_LINK_NAME: usize = 1024;
 
+/// Most images one import may bring, and most names it may set: each is a file in the
+/// store.
+const MAX_IMAGES_PER_IMPORT: usize = 1024;
+
 /// The annotation naming a manifest in an OCI layout's `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -507,6 +511,13 @@ fn import_layout(
             },
         ));
     }
+    if chosen.len() > MAX_IMAGES_PER_IMPORT {
+        return Err(invalid(format!(
+            "{} names {} images: at most {MAX_IMAGES_PER_IMPORT} are imported at once (name one with PATH:TAG)",
+            dir.display(),
+            chosen.len()
+        )));
+    }
     let blob = |digest: &str, size: u64, max: u64, what: &str| -> Result<Vec<u8>> {
         let hex = sha256_hex(digest, what)?;
         if size > max {
@@ -722,6 +733,17 @@ fn import_archive(
                 tag.map(|t| format!(" tagged {t:?}")).unwrap_or_default()
             ),
         ));
+    }
+    let tags: usize = images
+        .iter()
+        .map(|i| i.repo_tags.as_ref().map_or(0, Vec::len))
+        .sum();
+    if images.len() > MAX_IMAGES_PER_IMPORT || tags > MAX_IMAGES_PER_IMPORT {
+        return Err(invalid(format!(
+            "{} has {} images and {tags} tags: at most {MAX_IMAGES_PER_IMPORT} of each are imported at once",
+            path.display(),
+            images.len()
+        )));
     }
     let resolve = |p: &str| -> Result<PathBuf> {
         let mut cur = archive_path(Path::new(p))
