@@ -895,3 +895,55 @@ fn an_import_into_a_full_store_fails_typed_and_leaves_it_usable() {
     assert_eq!(fs::read_dir(store.dir.join("images")).unwrap().count(), 0);
     store.assert_clean();
 }
+
+/// Issue 21, deliverable 2: a tar entry the tar crate would read whole into memory (a GNU
+/// long name here, claiming 8 GiB) is refused from its header, in a layer and in a docker
+/// archive, with an error that says so.
+#[test]
+fn huge_tar_metadata_entries_are_refused_from_their_header() {
+    let store = StoreEnv::new("longname");
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(8 << 30);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut evil = h.as_bytes().to_vec();
+    evil.extend_from_slice(&[b'a'; 4096]);
+    let layout = hand_layout(
+        &store.scratch.join("layer"),
+        std::slice::from_ref(&evil),
+        None,
+    );
+    let e = store.store.import(&layout, None, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidImage, "{}", e.chain());
+    assert!(
+        e.to_string().contains("long name entry of"),
+        "{}",
+        e.chain()
+    );
+    store.assert_clean();
+    // A docker archive holding such an entry among its members.
+    let mut archive = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut archive);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &b"[]"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    archive.truncate(1024);
+    archive.extend_from_slice(&evil);
+    let path = store.scratch.join("archive.tar");
+    fs::write(&path, &archive).unwrap();
+    let e = store.store.import(&path, None, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidImage, "{}", e.chain());
+    assert!(
+        e.to_string().contains("long name entry of"),
+        "{}",
+        e.chain()
+    );
+    assert_eq!(store.layer_count(), 0);
+    store.assert_clean();
+}

@@ -170,7 +170,8 @@ fn unpack_error(e: UnpackError, verified: bool) -> Error {
     };
     match e {
         UnpackError::Io { path, source } => {
-            let what = if source.raw_os_error() == Some(libc::ENOSPC) {
+            let full = matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+            let what = if full {
                 "the image store is out of space while unpacking a layer"
             } else {
                 "write a layer into the image store"

@@ -40,10 +40,16 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidImage, msg)
 }
 
-/// The error for JSON `what` that does not parse or has the wrong shape. serde's own message
-/// can quote the offending value (`invalid type: string "…"`): only its category and
-/// position are shown, and the field a message names when one is missing.
+/// The error for JSON `what` that does not parse or has the wrong shape: see
+/// [`json_detail`].
 pub(crate) fn json_error(what: &str, e: &serde_json::Error) -> Error {
+    invalid(format!("{what} is {}", json_detail(e)))
+}
+
+/// What is wrong with JSON that does not parse or has the wrong shape, without quoting it:
+/// serde's own message can quote the offending value (`invalid type: string "…"`), so only
+/// its category and position are shown, and the field a message names when one is missing.
+pub(crate) fn json_detail(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let detail = match text.strip_prefix("missing field `") {
         Some(rest) if e.classify() == serde_json::error::Category::Data => {
@@ -58,11 +64,11 @@ pub(crate) fn json_error(what: &str, e: &serde_json::Error) -> Error {
         serde_json::error::Category::Data => "JSON of the wrong shape",
         serde_json::error::Category::Eof => "truncated JSON",
     };
-    invalid(format!(
-        "{what} is {category} ({detail}at line {} column {})",
+    format!(
+        "{category} ({detail}at line {} column {})",
         e.line(),
         e.column()
-    ))
+    )
 }
 
 /// The kind of a manifest-ish media type; schema 1 and anything else are refused.
