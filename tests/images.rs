@@ -947,3 +947,44 @@ fn huge_tar_metadata_entries_are_refused_from_their_header() {
     assert_eq!(store.layer_count(), 0);
     store.assert_clean();
 }
+
+/// Issue 21, deliverable 4: a store out of inodes (a full disk that cannot take one more
+/// directory): an import fails with a typed error and keeps nothing, `prune` still runs
+/// (it makes no directory of its own) and frees the leftovers of an import whose process
+/// is gone and the image removed, and the store takes imports again.
+#[test]
+fn a_store_out_of_inodes_is_pruned_back_to_use() {
+    let store = StoreEnv::with_tmpfs("inodes", "size=16m,nr_inodes=64");
+    let (small, _, _) = one_layer_layout(&store.scratch.join("small"));
+    store.store.import(&small, None, &mut |_| {}).unwrap();
+    // The image is removed (its layer and blobs wait for a prune), then leftovers of an
+    // import killed midway take every inode left.
+    store.store.remove("t").unwrap();
+    let left = store.dir.join("tmp/layer-999999999-0");
+    fs::create_dir(&left).unwrap();
+    for n in 0.. {
+        match fs::File::create(left.join(format!("f{n}"))) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    let other = hand_layout(
+        &store.scratch.join("other"),
+        &[raw_tar(&[("g", tar::EntryType::Regular, b"y", "", 0o644)])],
+        None,
+    );
+    let e = store.store.import(&other, None, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{}", e.chain());
+    assert!(store.store.list().unwrap().is_empty());
+    assert_eq!(store.layer_count(), 1);
+    // prune on the full store.
+    let p = store.store.prune().unwrap();
+    assert_eq!((p.staging, p.layers, p.blobs), (1, 1, 2), "{p:?}");
+    assert_eq!(store.layer_count(), 0);
+    store.assert_clean();
+    store.store.import(&other, None, &mut |_| {}).unwrap();
+    store.assert_clean();
+}

@@ -38,6 +38,11 @@ impl StoreEnv {
 
     /// A store on a tmpfs of `size` (tmpfs's `size=`: `8m`, `1g`).
     pub fn with_size(name: &str, size: &str) -> StoreEnv {
+        StoreEnv::with_tmpfs(name, &format!("size={size}"))
+    }
+
+    /// A store on a tmpfs mounted with `options` (`size=4m,nr_inodes=64`).
+    pub fn with_tmpfs(name: &str, options: &str) -> StoreEnv {
         super::require_root();
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("stores")
@@ -53,7 +58,7 @@ impl StoreEnv {
             &dir,
             Some("tmpfs"),
             nix::mount::MsFlags::empty(),
-            Some(format!("size={size},mode=0700").as_str()),
+            Some(format!("{options},mode=0700").as_str()),
         )
         .expect("mount the test store's tmpfs");
         let store = runbox::ImageStore::open(&dir).expect("open the image store");
