@@ -163,9 +163,12 @@ pub(crate) fn pick_platform(bytes: &[u8]) -> Result<Descriptor> {
                 if os == "linux" && a == arch && kind(d.media_type().as_ref()).is_ok() {
                     return Ok(d.clone());
                 }
-                offered.push(format!("{os}/{a}"));
+                if offered.len() < 16 {
+                    offered.push(super::import::shown(&format!("{os}/{a}")));
+                }
             }
-            None => offered.push("(no platform)".to_string()),
+            None if offered.len() < 16 => offered.push("(no platform)".to_string()),
+            None => {}
         }
     }
     Err(invalid(format!(
@@ -191,7 +194,8 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
         MediaType::Other(t) if t == DOCKER_CONFIG => {}
         other => {
             return Err(invalid(format!(
-                "config media type {other} is not an image config"
+                "config media type {} is not an image config",
+                super::import::shown(other.as_ref())
             )))
         }
     }
@@ -215,7 +219,7 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
             let c = Compression::from_media_type(d.media_type().as_ref()).ok_or_else(|| {
                 invalid(format!(
                     "layer media type {} is not supported",
-                    d.media_type()
+                    super::import::shown(d.media_type().as_ref())
                 ))
             })?;
             Ok((d.clone(), c))
