@@ -636,3 +636,355 @@ fn images_pulled_from_a_registry_run_and_share_layers() {
     store.assert_clean();
     env.finish();
 }
+
+/// Everything an error shows: its message, every cause, and its debug form.
+fn all_of(e: &runbox::Error) -> String {
+    format!("{}\n{}\n{e:?}", e, e.chain())
+}
+
+/// A layout with one good layer, its paths: (layout, layer blob, manifest blob).
+fn one_layer_layout(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let good = raw_tar(&[("f", tar::EntryType::Regular, b"x", "", 0o644)]);
+    let layout = hand_layout(dir, std::slice::from_ref(&good), None);
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blobs = layout.join("blobs/sha256");
+    (
+        layout.clone(),
+        blobs.join(&sha(&good)[7..]),
+        blobs.join(&m[7..]),
+    )
+}
+
+/// Issue 21, finding 11: nothing in a layout is followed through a symlink. A layer blob,
+/// `index.json`, a manifest or the `blobs` directory that is a symlink (to a host secret, or
+/// to a valid copy outside the layout) is refused as invalid_image, and no byte of what it
+/// points at appears in the error.
+#[test]
+fn symlinks_in_a_layout_are_refused_and_never_read() {
+    let store = StoreEnv::new("symlinks");
+    let s = &store.store;
+    // A host file whose every tar header field is the secret: a tar reader that follows the
+    // link quotes it in its error (the name field, the checksum that is not a number).
+    let secret = format!("RUNBOX-SECRET-{}-", std::process::id());
+    let secret_file = store.scratch.join("shadow");
+    fs::write(&secret_file, secret.repeat(4096 / secret.len() + 1)).unwrap();
+    let refused = |name: &str, layout: &Path| {
+        let e = s.import(layout, None, &mut |_| {}).unwrap_err();
+        let text = all_of(&e);
+        assert_eq!(e.kind(), ErrorKind::InvalidImage, "{name}: {text}");
+        assert!(
+            !text.contains(&secret[..14]),
+            "{name}: the secret leaked: {text}"
+        );
+        assert!(s.list().unwrap().is_empty(), "{name}: an image was kept");
+        assert_eq!(store.layer_count(), 0, "{name}: a layer was kept");
+        store.assert_clean();
+    };
+    let swap = |path: &Path, target: &Path| {
+        fs::remove_file(path).unwrap();
+        std::os::unix::fs::symlink(target, path).unwrap();
+    };
+    // The layer blob and index.json pointing at the secret.
+    let (layout, layer, _) = one_layer_layout(&store.scratch.join("layer-secret"));
+    swap(&layer, &secret_file);
+    refused("layer blob -> secret", &layout);
+    let (layout, _, _) = one_layer_layout(&store.scratch.join("index-secret"));
+    swap(&layout.join("index.json"), &secret_file);
+    refused("index.json -> secret", &layout);
+    // Links to valid copies outside the layout: the content checks out, the link does not.
+    let (layout, _, manifest) = one_layer_layout(&store.scratch.join("manifest-copy"));
+    let copy = store.scratch.join("manifest-copy.json");
+    fs::copy(&manifest, &copy).unwrap();
+    swap(&manifest, &copy);
+    refused("manifest -> copy", &layout);
+    let (layout, _, _) = one_layer_layout(&store.scratch.join("index-copy"));
+    let copy = store.scratch.join("index-copy.json");
+    fs::copy(layout.join("index.json"), &copy).unwrap();
+    swap(&layout.join("index.json"), &copy);
+    refused("index.json -> copy", &layout);
+    let (layout, _, _) = one_layer_layout(&store.scratch.join("blobs-copy"));
+    let moved = store.scratch.join("blobs-elsewhere");
+    fs::rename(layout.join("blobs"), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, layout.join("blobs")).unwrap();
+    refused("blobs -> elsewhere", &layout);
+    // The same layouts without links import.
+    let (layout, _, _) = one_layer_layout(&store.scratch.join("plain"));
+    s.import(&layout, None, &mut |_| {}).unwrap();
+    store.assert_clean();
+}
+
+/// Issue 21, finding 12: a blob, `index.json` or archive that is a FIFO, socket or device
+/// makes the import fail at once with a typed error instead of blocking. Each import runs
+/// in a thread with a deadline; one that blocks is released (its FIFO opened for writing)
+/// and fails the test.
+#[test]
+fn special_files_in_a_layout_fail_the_import_at_once() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let store = StoreEnv::new("fifos");
+    let fifo = |p: &Path| {
+        let _ = fs::remove_file(p);
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    };
+    let refused = |name: &str, path: &Path, fifo_at: Option<&Path>, kind: ErrorKind| {
+        let (tx, rx) = mpsc::channel();
+        let (s, p) = (store.store.clone(), path.to_path_buf());
+        std::thread::spawn(move || {
+            let _ = tx.send(s.import(&p, None, &mut |_| {}));
+        });
+        let result = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(f) = fifo_at {
+                    let _ = fs::OpenOptions::new().write(true).open(f);
+                }
+                panic!("{name}: the import blocked");
+            }
+        };
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), kind, "{name}: {e}");
+        assert!(store.store.list().unwrap().is_empty(), "{name}: kept");
+        assert_eq!(store.layer_count(), 0, "{name}: a layer was kept");
+        store.assert_clean();
+    };
+    let (layout, layer, _) = one_layer_layout(&store.scratch.join("layer"));
+    fifo(&layer);
+    refused("layer FIFO", &layout, Some(&layer), ErrorKind::InvalidImage);
+    let (layout, _, manifest) = one_layer_layout(&store.scratch.join("manifest"));
+    fifo(&manifest);
+    refused(
+        "manifest FIFO",
+        &layout,
+        Some(&manifest),
+        ErrorKind::InvalidImage,
+    );
+    let (layout, _, _) = one_layer_layout(&store.scratch.join("index"));
+    let index = layout.join("index.json");
+    fifo(&index);
+    refused("index FIFO", &layout, Some(&index), ErrorKind::InvalidImage);
+    let (layout, layer, _) = one_layer_layout(&store.scratch.join("socket"));
+    fs::remove_file(&layer).unwrap();
+    nix::sys::stat::mknod(
+        &layer,
+        nix::sys::stat::SFlag::S_IFSOCK,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        0,
+    )
+    .unwrap();
+    refused("layer socket", &layout, None, ErrorKind::InvalidImage);
+    let (layout, layer, _) = one_layer_layout(&store.scratch.join("device"));
+    fs::remove_file(&layer).unwrap();
+    nix::sys::stat::mknod(
+        &layer,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        nix::sys::stat::makedev(1, 5),
+    )
+    .unwrap();
+    refused(
+        "layer device (/dev/zero)",
+        &layout,
+        None,
+        ErrorKind::InvalidImage,
+    );
+    // The archive itself a FIFO: neither a layout nor an archive.
+    let archive = store.scratch.join("archive.tar");
+    fifo(&archive);
+    refused(
+        "archive FIFO",
+        &archive,
+        Some(&archive),
+        ErrorKind::InvalidConfig,
+    );
+}
+
+/// Issue 21, finding 13: the program lookup in a stored image resolves as overlayfs
+/// merges the layers, inside the image only. Layer 1 has `a -> <host dir>`, layer 2 a real
+/// `a/`: `/a/hostexe` (which exists on the host) is "not found" exactly as a missing name
+/// is, and neither error names the store's layer directories.
+#[test]
+fn a_lower_layers_symlink_is_never_followed_on_the_host() {
+    use tar::EntryType::{Directory, Symlink};
+    let store = StoreEnv::new("lookup");
+    let env = TestEnv::with_image_store("lookup", &store.dir);
+    let host = store.scratch.join("hostdir");
+    fs::create_dir_all(&host).unwrap();
+    fs::copy("/bin/true", host.join("hostexe")).unwrap();
+    let target = host.to_str().unwrap().to_string();
+    let layout = hand_layout(
+        &store.scratch.join("layered"),
+        &[
+            raw_tar(&[("a", Symlink, b"", &target, 0o777)]),
+            raw_tar(&[("a", Directory, b"", "", 0o755)]),
+        ],
+        None,
+    );
+    store.store.import(&layout, None, &mut |_| {}).unwrap();
+    let hostile = runbox(&env, &store, &["run", "--image", "t", "--", "/a/hostexe"]);
+    let missing = runbox(&env, &store, &["run", "--image", "t", "--", "/a/nothing"]);
+    let stderr = |o: &Output, name: &str| String::from_utf8_lossy(&o.stderr).replace(name, "P");
+    assert_eq!(hostile.status.code(), missing.status.code());
+    assert_ne!(hostile.status.code(), Some(0));
+    assert_eq!(
+        stderr(&hostile, "/a/hostexe"),
+        stderr(&missing, "/a/nothing")
+    );
+    let text = String::from_utf8_lossy(&hostile.stderr);
+    assert!(text.contains("not found"), "{text}");
+    assert!(!text.contains(store.dir.to_str().unwrap()), "{text}");
+    // The library says the same: not found, no store path.
+    let mut cmd = Command::new("/a/hostexe");
+    cmd.stored_image("t");
+    let e = env.root.run(&cmd).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(!all_of(&e).contains(store.dir.to_str().unwrap()), "{e:?}");
+    store.assert_clean();
+    env.finish();
+}
+
+/// Issue 21, deliverable 4: an import into a full image store fails with a typed error
+/// (io, out of space), keeps nothing that looks complete (no record, no name, no layer,
+/// no staging), and the store stays usable: a small import succeeds after, and `prune`
+/// reclaims everything.
+#[test]
+fn an_import_into_a_full_store_fails_typed_and_leaves_it_usable() {
+    let store = StoreEnv::with_size("enospc", "4m");
+    // One 8 MiB layer of incompressible bytes: twice the store's room.
+    let mut data = Vec::with_capacity(8 << 20);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    while data.len() < 8 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let big = raw_tar(&[("big", tar::EntryType::Regular, &data, "", 0o644)]);
+    drop(data);
+    let layout = hand_layout(&store.scratch.join("big"), &[big], None);
+    let e = store.store.import(&layout, None, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{}", e.chain());
+    assert!(e.to_string().contains("out of space"), "{}", e.chain());
+    assert!(store.store.list().unwrap().is_empty());
+    assert_eq!(store.layer_count(), 0);
+    assert_eq!(fs::read_dir(store.dir.join("names")).unwrap().count(), 0);
+    store.assert_clean();
+    // Still usable.
+    let (small, _, _) = one_layer_layout(&store.scratch.join("small"));
+    let images = store.store.import(&small, None, &mut |_| {}).unwrap();
+    assert_eq!(
+        store.store.inspect("t").unwrap().info.digest,
+        images[0].digest
+    );
+    store.assert_clean();
+    // prune takes everything once the name is gone.
+    store.store.remove("t").unwrap();
+    let p = store.store.prune().unwrap();
+    assert_eq!(p.layers, 1, "{p:?}");
+    assert_eq!(store.layer_count(), 0);
+    assert_eq!(
+        fs::read_dir(store.dir.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(fs::read_dir(store.dir.join("images")).unwrap().count(), 0);
+    store.assert_clean();
+}
+
+/// Issue 21, deliverable 2: a tar entry the tar crate would read whole into memory (a GNU
+/// long name here, claiming 8 GiB) is refused from its header, in a layer and in a docker
+/// archive, with an error that says so.
+#[test]
+fn huge_tar_metadata_entries_are_refused_from_their_header() {
+    let store = StoreEnv::new("longname");
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(8 << 30);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut evil = h.as_bytes().to_vec();
+    evil.extend_from_slice(&[b'a'; 4096]);
+    let layout = hand_layout(
+        &store.scratch.join("layer"),
+        std::slice::from_ref(&evil),
+        None,
+    );
+    let e = store.store.import(&layout, None, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidImage, "{}", e.chain());
+    assert!(
+        e.to_string().contains("long name entry of"),
+        "{}",
+        e.chain()
+    );
+    store.assert_clean();
+    // A docker archive holding such an entry among its members.
+    let mut archive = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut archive);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &b"[]"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    archive.truncate(1024);
+    archive.extend_from_slice(&evil);
+    let path = store.scratch.join("archive.tar");
+    fs::write(&path, &archive).unwrap();
+    let e = store.store.import(&path, None, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidImage, "{}", e.chain());
+    assert!(
+        e.to_string().contains("long name entry of"),
+        "{}",
+        e.chain()
+    );
+    assert_eq!(store.layer_count(), 0);
+    store.assert_clean();
+}
+
+/// Issue 21, deliverable 4: a store out of inodes (a full disk that cannot take one more
+/// directory): an import fails with a typed error and keeps nothing, `prune` still runs
+/// (it makes no directory of its own) and frees the leftovers of an import whose process
+/// is gone and the image removed, and the store takes imports again.
+#[test]
+fn a_store_out_of_inodes_is_pruned_back_to_use() {
+    let store = StoreEnv::with_tmpfs("inodes", "size=16m,nr_inodes=64");
+    let (small, _, _) = one_layer_layout(&store.scratch.join("small"));
+    store.store.import(&small, None, &mut |_| {}).unwrap();
+    // The image is removed (its layer and blobs wait for a prune), then leftovers of an
+    // import killed midway take every inode left.
+    store.store.remove("t").unwrap();
+    let left = store.dir.join("tmp/layer-999999999-0");
+    fs::create_dir(&left).unwrap();
+    for n in 0.. {
+        match fs::File::create(left.join(format!("f{n}"))) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    let other = hand_layout(
+        &store.scratch.join("other"),
+        &[raw_tar(&[("g", tar::EntryType::Regular, b"y", "", 0o644)])],
+        None,
+    );
+    let e = store.store.import(&other, None, &mut |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{}", e.chain());
+    assert!(store.store.list().unwrap().is_empty());
+    assert_eq!(store.layer_count(), 1);
+    // prune on the full store.
+    let p = store.store.prune().unwrap();
+    assert_eq!((p.staging, p.layers, p.blobs), (1, 1, 2), "{p:?}");
+    assert_eq!(store.layer_count(), 0);
+    store.assert_clean();
+    store.store.import(&other, None, &mut |_| {}).unwrap();
+    store.assert_clean();
+}

@@ -3,8 +3,8 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -95,52 +95,98 @@ impl Image {
         })
     }
 
-    /// Maps a path inside the sandbox to the host path that backs it (bind or lower dir).
-    fn host_path(&self, inside: &Path) -> PathBuf {
+    /// Maps a path inside the sandbox to the host path that backs it (bind or layer), `None`
+    /// if nothing backs it. Every component of `inside` before the last must already be
+    /// resolved (no symlink in the sandbox's view): see [`resolve`](Self::resolve).
+    fn host_path(&self, inside: &Path) -> Option<PathBuf> {
         let best = self
             .binds
             .iter()
             .filter(|(_, dest)| inside.starts_with(dest))
             .max_by_key(|(_, dest)| dest.len());
         match best {
-            Some((src, dest)) => match inside.strip_prefix(dest) {
+            Some((src, dest)) => Some(match inside.strip_prefix(dest) {
                 // `join("")` would add a trailing slash: wrong for a file bound or copied.
                 Ok(rest) if rest.as_os_str().is_empty() => src.clone(),
                 Ok(rest) => src.join(rest),
                 Err(_) => src.join(inside),
-            },
+            }),
             None => self.in_layers(inside.strip_prefix("/").unwrap_or(inside)),
         }
     }
 
-    /// The host path of `rel` in the topmost layer that has it (an overlayfs whiteout
-    /// there, a 0/0 character device, hides it: the caller finds no file or directory).
-    /// Opaque directories are not looked at: a program hidden by one is found here and then
-    /// fails to execute at start, with the usual exit status 127.
-    fn in_layers(&self, rel: &Path) -> PathBuf {
-        let top = self.lower.join(rel);
-        if self.below.is_empty() || fs::symlink_metadata(&top).is_ok() {
-            return top;
+    /// The host path of `rel` in the layers as overlayfs merges them, never resolving a
+    /// path on the host: one component at a time, each looked up (without following it) in
+    /// the layers that make up its parent directory, top first. A directory merges with the
+    /// directories of the same name below it, down to an opaque one; anything else (a file,
+    /// a symlink, a whiteout: a 0/0 character device) hides everything below. A symlink in
+    /// a lower layer is an entry like any other: the caller resolves it inside the image.
+    /// `None` if the merged view has no such entry, or a component before the last is not a
+    /// directory there.
+    fn in_layers(&self, rel: &Path) -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::iter::once(&self.lower)
+            .chain(&self.below)
+            .cloned()
+            .collect();
+        let mut parts = rel
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir | Component::RootDir))
+            .peekable();
+        while let Some(part) = parts.next() {
+            let Component::Normal(name) = part else {
+                return None;
+            };
+            let mut merged = Vec::new();
+            let mut other = None;
+            for dir in &dirs {
+                let p = dir.join(name);
+                let Ok(meta) = fs::symlink_metadata(&p) else {
+                    continue;
+                };
+                let ft = meta.file_type();
+                if ft.is_dir() {
+                    let opaque = crate::host::sys::get_xattr(&p, c"trusted.overlay.opaque")
+                        .is_ok_and(|v| v == b"y");
+                    merged.push(p);
+                    if opaque {
+                        break;
+                    }
+                } else {
+                    // A whiteout hides it; a file or symlink is it, unless a directory above
+                    // already is.
+                    let whiteout = ft.is_char_device() && meta.rdev() == 0;
+                    if merged.is_empty() && !whiteout {
+                        other = Some(p);
+                    }
+                    break;
+                }
+            }
+            if parts.peek().is_none() {
+                return other.or_else(|| merged.into_iter().next());
+            }
+            if merged.is_empty() {
+                return None;
+            }
+            dirs = merged;
         }
-        self.below
-            .iter()
-            .map(|layer| layer.join(rel))
-            .find(|p| fs::symlink_metadata(p).is_ok())
-            .unwrap_or(top)
+        Some(self.lower.clone())
     }
 
     /// Resolves `inside` (absolute) within the image, following symlinks as the sandbox would
-    /// see them (absolute targets stay inside the image). Returns the host path of the target.
+    /// see them (absolute targets and `..` stay inside the image). Returns the host path of
+    /// the target, which is not a symlink.
     fn resolve(&self, inside: &Path) -> Option<PathBuf> {
-        let mut pending: Vec<std::ffi::OsString> = inside
-            .components()
-            .rev()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(n) => Some(n.to_owned()),
-                std::path::Component::ParentDir => Some("..".into()),
-                _ => None,
-            })
-            .collect();
+        let components = |p: &Path| -> Vec<std::ffi::OsString> {
+            p.components()
+                .rev()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => Some(n.to_owned()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut pending = components(inside);
         let mut cur = PathBuf::from("/");
         let mut hops = 0;
         while let Some(part) = pending.pop() {
@@ -149,20 +195,21 @@ impl Image {
                 continue;
             }
             let next = cur.join(&part);
-            let host = self.host_path(&next);
-            let meta = match fs::symlink_metadata(&host) {
-                Ok(meta) => meta,
+            let meta = self
+                .host_path(&next)
+                .and_then(|host| fs::symlink_metadata(&host).ok().map(|m| (host, m)));
+            let (host, meta) = match meta {
+                Some(found) => found,
                 // A directory the image lacks but a deeper bind or copy creates.
-                Err(_)
-                    if self
-                        .binds
-                        .iter()
-                        .any(|(_, d)| Path::new(d).starts_with(&next) && Path::new(d) != next) =>
+                None if self
+                    .binds
+                    .iter()
+                    .any(|(_, d)| Path::new(d).starts_with(&next) && Path::new(d) != next) =>
                 {
                     cur = next;
                     continue;
                 }
-                Err(_) => return None,
+                None => return None,
             };
             if meta.file_type().is_symlink() {
                 hops += 1;
@@ -173,16 +220,15 @@ impl Image {
                 if target.is_absolute() {
                     cur = PathBuf::from("/");
                 }
-                pending.extend(target.components().rev().filter_map(|c| match c {
-                    std::path::Component::Normal(n) => Some(n.to_owned()),
-                    std::path::Component::ParentDir => Some("..".into()),
-                    _ => None,
-                }));
-            } else {
+                pending.extend(components(&target));
+            } else if meta.is_dir() || pending.is_empty() {
                 cur = next;
+            } else {
+                // A file where the path goes on: no such path.
+                return None;
             }
         }
-        Some(self.host_path(&cur))
+        self.host_path(&cur)
     }
 
     /// Finds the program the sandbox will execute: a path with `/` as is, else the first
@@ -209,7 +255,7 @@ impl Image {
         };
         for inside in &candidates {
             if let Some(host) = self.resolve(Path::new(inside)) {
-                if let Ok(meta) = fs::metadata(&host) {
+                if let Ok(meta) = fs::symlink_metadata(&host) {
                     if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
                         return Ok(inside.clone());
                     }
@@ -219,8 +265,7 @@ impl Image {
         Err(Error::new(
             ErrorKind::InvalidConfig,
             format!(
-                "program {program:?} not found as an executable file in the image {}, its binds or the files copied in (PATH={path_var:?})",
-                self.lower.display()
+                "program {program:?} not found as an executable file in the image, its binds or the files copied in (PATH={path_var:?})"
             ),
         ))
     }
@@ -359,6 +404,81 @@ mod tests {
         assert!(img.resolve_program("data", "/usr/bin").is_err());
         assert!(img.resolve_program("missing", "/usr/bin:/bin").is_err());
         assert!(img.resolve_program("rel/tool", "/bin").is_err());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Layers as a stored image has them (finding 13 of issue 21): a lower layer's symlinks
+    /// resolve inside the image, never on the host, and the error never names a layer's
+    /// directory.
+    #[test]
+    fn layered_lookup_merges_as_overlayfs_and_never_resolves_on_the_host() {
+        // Whiteouts and opaque marks need a file system that is not an overlay (the cgroup
+        // v2 guest's / is one): /dev/shm where there is one.
+        let d = Path::new("/dev/shm").join(format!("runbox-unit-layers-{}", std::process::id()));
+        let d = if Path::new("/dev/shm").is_dir() {
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(&d).unwrap();
+            d
+        } else {
+            scratch("layers")
+        };
+        let (bottom, top, host) = (d.join("l1"), d.join("l2"), d.join("host"));
+        for dir in [&bottom, &top, &host] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        let exe = |p: &Path| {
+            fs::write(p, "#!/bin/sh\n").unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        exe(&host.join("hostexe"));
+        // Layer 1: `a` and `up` point at the host dir, absolutely and by `..`; layer 2: a
+        // real `a/` over it.
+        symlink(&host, bottom.join("a")).unwrap();
+        let dots = "../".repeat(host.components().count() + 3);
+        symlink(
+            format!("{dots}{}", host.strip_prefix("/").unwrap().display()),
+            bottom.join("up"),
+        )
+        .unwrap();
+        fs::create_dir_all(top.join("a")).unwrap();
+        // Merged directories: `bin` in both layers, a tool in each.
+        fs::create_dir_all(bottom.join("bin")).unwrap();
+        fs::create_dir_all(top.join("bin")).unwrap();
+        exe(&bottom.join("bin/low"));
+        exe(&top.join("bin/high"));
+        // A file in the top layer hides a directory below it.
+        fs::create_dir_all(bottom.join("f")).unwrap();
+        exe(&bottom.join("f/inner"));
+        fs::write(top.join("f"), "x").unwrap();
+        // An in-image symlink in the lower layer still works.
+        symlink("/bin/low", bottom.join("bin/alias")).unwrap();
+        let img = Image::from_layers(&[top.clone(), bottom.clone()]).unwrap();
+        let missing = img.resolve_program("/a/nothing", "").unwrap_err();
+        for hostile in ["/a/hostexe", "/up/hostexe"] {
+            let e = img.resolve_program(hostile, "").unwrap_err();
+            assert_eq!(e.kind(), missing.kind());
+            assert_eq!(
+                e.to_string().replace(hostile, "P"),
+                missing.to_string().replace("/a/nothing", "P")
+            );
+            assert!(!e.to_string().contains(d.to_str().unwrap()), "{e}");
+        }
+        assert_eq!(img.resolve_program("low", "/bin").unwrap(), "/bin/low");
+        assert_eq!(img.resolve_program("high", "/bin").unwrap(), "/bin/high");
+        assert_eq!(img.resolve_program("alias", "/bin").unwrap(), "/bin/alias");
+        assert!(img.resolve_program("/f/inner", "").is_err());
+        // An opaque `bin` on top hides the lower one's tools; a whiteout hides a file.
+        crate::host::sys::set_xattr(&top.join("bin"), c"trusted.overlay.opaque", b"y").unwrap();
+        assert!(img.resolve_program("low", "/bin").is_err());
+        assert_eq!(img.resolve_program("high", "/bin").unwrap(), "/bin/high");
+        nix::sys::stat::mknod(
+            &top.join("up"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        assert!(img.resolve(Path::new("/up")).is_none());
         fs::remove_dir_all(&d).unwrap();
     }
 

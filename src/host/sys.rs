@@ -603,7 +603,6 @@ pub(crate) fn set_xattr(
 
 /// The value (at most 64 bytes) of the extended attribute `name` of `path`, not following
 /// a symlink (`lgetxattr(2)`).
-#[cfg(test)]
 pub(crate) fn get_xattr(path: &std::path::Path, name: &std::ffi::CStr) -> io::Result<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes())

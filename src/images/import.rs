@@ -4,15 +4,32 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use sha2::{Digest as _, Sha256};
+
 use crate::error::{Error, ErrorKind, Result};
+use crate::host::sys;
 
 use super::manifest::{self, Kind, MAX_CONFIG, MAX_MANIFEST};
 use super::reference::{check_name, sha256_hex};
 use super::store::{ImageInfo, ImageStore, Progress};
-use super::unpack::{unpack_layer, Compression, UnpackLimits};
+use super::targuard;
+use super::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits};
+
+/// Most entries a docker archive may have (one has a few per layer, and at most
+/// [`MAX_LAYERS`](super::store::MAX_LAYERS) layers).
+const MAX_ARCHIVE_ENTRIES: u64 = 65_536;
+/// Most symlinks and hard links a docker archive may have, and the longest name or target
+/// of one (bytes): they are kept in memory while it is read.
+const MAX_ARCHIVE_LINKS: usize = 4096;
+const MAX_ARCHIVE_LINK_NAME: usize = 1024;
+
+/// Most images one import may bring, and most names it may set: each is a file in the
+/// store.
+const MAX_IMAGES_PER_IMPORT: usize = 1024;
 
 /// The annotation naming a manifest in an OCI layout's `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -107,6 +124,87 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
+/// A reader that hashes and counts the raw bytes of a layer as they pass, so that a layer
+/// that fails to unpack can still be checked against its descriptor.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// At most this many characters of a name taken from image data are shown in an error.
+const SHOWN: usize = 120;
+
+/// `s` (a path or name from image data) as an error shows it: escaped, and cut at
+/// [`SHOWN`] characters.
+pub(crate) fn shown(s: &str) -> String {
+    let escaped = format!("{s:?}");
+    if escaped.chars().count() <= SHOWN {
+        escaped
+    } else {
+        let cut: String = escaped.chars().take(SHOWN).collect();
+        format!("{cut}…")
+    }
+}
+
+/// The error for a layer that failed to unpack. The tar and decompression errors of the
+/// crates below quote header bytes (a name field, a number that is not one): those never
+/// reach a message. Entry paths are named only when the blob was checked against its
+/// descriptor (`verified`): bytes that are the image's own, not some other file's.
+fn unpack_error(e: UnpackError, verified: bool) -> Error {
+    let cut = |text: String| -> String {
+        if text.chars().count() <= 4 * SHOWN {
+            text
+        } else {
+            text.chars().take(4 * SHOWN).collect::<String>() + "…"
+        }
+    };
+    match e {
+        UnpackError::Io { path, source } => {
+            let full = matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+            let what = if full {
+                "the image store is out of space while unpacking a layer"
+            } else {
+                "write a layer into the image store"
+            };
+            let msg = if verified {
+                cut(format!("{what} (at {})", path.display()))
+            } else {
+                what.to_string()
+            };
+            Error::with_source(ErrorKind::Io, msg, source)
+        }
+        UnpackError::Read(source) if targuard::refusal(&source).is_some() => invalid(format!(
+            "unpack a layer: {}",
+            targuard::refusal(&source).unwrap_or_default()
+        )),
+        UnpackError::Read(source) => invalid(format!(
+            "unpack a layer: its compression or tar data is corrupt or truncated ({:?})",
+            source.kind()
+        )),
+        UnpackError::TooManyEntries(_) => invalid(format!("unpack a layer: {e}")),
+        other if verified => invalid(cut(format!("unpack a layer: {other}"))),
+        UnpackError::UnsafePath { reason, .. } => {
+            invalid(format!("unpack a layer: an entry's path {reason}"))
+        }
+        UnpackError::TooLarge { limit, .. } => invalid(format!(
+            "unpack a layer: an entry exceeds the limit of {limit} bytes"
+        )),
+        UnpackError::Unsupported { what, .. } => {
+            invalid(format!("unpack a layer: an entry is an unsupported {what}"))
+        }
+    }
+}
+
 fn unpack_checked(
     input: impl Read,
     compression: Option<Compression>,
@@ -125,30 +223,64 @@ fn unpack_checked(
     let limit = blob
         .map(|(_, size)| size.saturating_add(1))
         .unwrap_or(u64::MAX);
-    let mut reader = BufReader::new(counting.take(limit));
-    let compression = match compression {
-        Some(c) => c,
-        None => {
-            let head = reader
-                .fill_buf()
-                .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "read a layer", e))?;
-            Compression::sniff(head)
+    let mut raw = Hashing {
+        inner: counting.take(limit),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let result = {
+        let mut reader = BufReader::new(&mut raw);
+        let compression = match compression {
+            Some(c) => c,
+            None => {
+                let head = reader
+                    .fill_buf()
+                    .map_err(|e| unpack_error(UnpackError::Read(e), false))?;
+                Compression::sniff(head)
+            }
+        };
+        unpack_layer(reader, compression, dir, &UnpackLimits::default())
+    };
+    let mismatch = |digest: &str, size: u64, got_size: u64, got_digest: &str| -> Option<Error> {
+        if got_size != size {
+            Some(invalid(format!(
+                "layer {digest}: {got_size} bytes where its descriptor says {size}"
+            )))
+        } else if got_digest != digest {
+            Some(invalid(format!(
+                "layer {digest}: content has digest {got_digest}"
+            )))
+        } else {
+            None
         }
     };
-    let unpacked = unpack_layer(reader, compression, dir, &UnpackLimits::default())
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "unpack a layer", e))?;
-    if let Some((digest, size)) = blob {
-        if unpacked.compressed_size != size {
-            return Err(invalid(format!(
-                "layer {digest}: {} bytes where its descriptor says {size}",
-                unpacked.compressed_size
-            )));
+    let unpacked = match result {
+        Ok(u) => u,
+        Err(e) => {
+            let Some((digest, size)) = blob else {
+                return Err(unpack_error(e, false));
+            };
+            // Read the rest (bounded by the descriptor's size) to learn whether the blob is
+            // the one its descriptor names: if not, that is the error, and nothing of its
+            // content is quoted.
+            let drained = io::copy(&mut raw, &mut io::sink());
+            let got = format!("sha256:{}", manifest::hex(&raw.hasher.finalize_reset()));
+            if drained.is_ok() {
+                if let Some(bad) = mismatch(digest, size, raw.count, &got) {
+                    return Err(bad);
+                }
+            }
+            return Err(unpack_error(e, drained.is_ok()));
         }
-        if unpacked.compressed_digest != digest {
-            return Err(invalid(format!(
-                "layer {digest}: content has digest {}",
-                unpacked.compressed_digest
-            )));
+    };
+    if let Some((digest, size)) = blob {
+        if let Some(bad) = mismatch(
+            digest,
+            size,
+            unpacked.compressed_size,
+            &unpacked.compressed_digest,
+        ) {
+            return Err(bad);
         }
     }
     if let Some(want) = diff_id {
@@ -162,26 +294,107 @@ fn unpack_checked(
     Ok(unpacked.diff_id)
 }
 
-/// Reads at most `max` bytes of `path`, or an `InvalidImage` error if it is larger.
-fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
-    let f = File::open(path).map_err(|e| {
-        Error::with_source(
-            ErrorKind::InvalidImage,
-            format!("{what} {} cannot be read", path.display()),
-            e,
-        )
-    })?;
+/// Reads all of `file` (`len` bytes as `fstat` gave them), or an `InvalidImage` error if it
+/// is larger than `max`. `shown` names it in errors.
+fn read_bounded(file: File, len: u64, max: u64, what: &str, shown: &str) -> Result<Vec<u8>> {
+    if len > max {
+        return Err(invalid(format!(
+            "{what} {shown} is {len} bytes, more than the {max} allowed"
+        )));
+    }
     let mut bytes = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| {
+        Error::with_source(ErrorKind::InvalidImage, format!("read {what} {shown}"), e)
+    })?;
     if bytes.len() as u64 > max {
         return Err(invalid(format!(
-            "{what} {} is larger than {max} bytes",
-            path.display()
+            "{what} {shown} is larger than {max} bytes"
         )));
     }
     Ok(bytes)
+}
+
+/// What a file's type is, for an error.
+fn type_name(ft: fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// An OCI layout being imported: its directory, opened once. Every file in it is opened
+/// one component at a time, each without following a symlink (`O_NOFOLLOW`, beneath this
+/// directory: `openat2` with `RESOLVE_IN_ROOT`) and without blocking on a FIFO
+/// (`O_NONBLOCK`), and must then be a regular file: a layout's blob that is a symlink to
+/// a host file, or a FIFO, is refused before a byte of it is read.
+struct LayoutRoot {
+    dir: File,
+    path: PathBuf,
+}
+
+impl LayoutRoot {
+    /// Opens `rel` (`/`-separated, no `.` or `..`), which must be a regular file: the file
+    /// and its size.
+    fn open_raw(&self, rel: &str) -> io::Result<(File, fs::Metadata)> {
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let last = parts.pop().unwrap_or_default();
+        let mut parent: Option<File> = None;
+        for part in parts {
+            let d = sys::open_in_root(parent.as_ref().unwrap_or(&self.dir), part)?;
+            if !d.metadata()?.is_dir() {
+                return Err(io::Error::from(io::ErrorKind::NotADirectory));
+            }
+            parent = Some(d);
+        }
+        let file = sys::open_in_root(parent.as_ref().unwrap_or(&self.dir), last)?;
+        let meta = file.metadata()?;
+        Ok((file, meta))
+    }
+
+    /// [`open_raw`](Self::open_raw), with errors of kind `InvalidImage` naming `what`.
+    fn open(&self, rel: &str, what: &str) -> Result<(File, u64)> {
+        let shown = format!("{}/{rel}", self.path.display());
+        let (file, meta) = self.open_raw(rel).map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                " (it or a directory on its way is a symlink, which a layout must not have)"
+            } else {
+                ""
+            };
+            Error::with_source(
+                ErrorKind::InvalidImage,
+                format!("{what} {shown} cannot be opened{why}"),
+                e,
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(invalid(format!(
+                "{what} {shown} is {}, not a regular file",
+                type_name(meta.file_type())
+            )));
+        }
+        Ok((file, meta.len()))
+    }
+
+    /// Reads the regular file `rel`, at most `max` bytes.
+    fn read(&self, rel: &str, max: u64, what: &str) -> Result<Vec<u8>> {
+        let (file, len) = self.open(rel, what)?;
+        read_bounded(
+            file,
+            len,
+            max,
+            what,
+            &format!("{}/{rel}", self.path.display()),
+        )
+    }
 }
 
 /// Imports `path`: an OCI image layout directory, or a docker archive (tar). `tag` picks
@@ -193,52 +406,75 @@ pub(crate) fn import(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ImageInfo>> {
     let _lock = store.lock(false)?;
-    let meta = fs::metadata(path).map_err(|e| {
-        Error::with_source(
-            ErrorKind::InvalidConfig,
-            format!("{} cannot be imported", path.display()),
-            e,
-        )
-    })?;
+    // The path the caller names is followed (it is theirs); nothing inside it is. Opened
+    // without blocking (a FIFO), then looked at: a directory or a regular file.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("{} cannot be imported", path.display()),
+                e,
+            )
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if meta.is_dir() {
-        import_layout(store, path, tag, progress)
+        let root = LayoutRoot {
+            dir: file,
+            path: path.to_path_buf(),
+        };
+        import_layout(store, &root, tag, progress)
+    } else if meta.is_file() {
+        import_archive(store, path, file, tag, progress)
     } else {
-        import_archive(store, path, tag, progress)
+        Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "{} cannot be imported: it is {}, neither a layout directory nor an archive file",
+                path.display(),
+                type_name(meta.file_type())
+            ),
+        ))
     }
 }
 
 fn import_layout(
     store: &ImageStore,
-    dir: &Path,
+    root: &LayoutRoot,
     tag: Option<&str>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ImageInfo>> {
-    let header =
-        read_bounded(&dir.join("oci-layout"), 4096, "OCI layout header").map_err(|_| {
-            Error::new(
+    let dir = root.path.as_path();
+    if let Err(e) = root.open_raw("oci-layout") {
+        if e.kind() == io::ErrorKind::NotFound {
+            return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
                     "{} is not an OCI image layout (no oci-layout file)",
                     dir.display()
                 ),
-            )
-        })?;
+            ));
+        }
+    }
+    let header = root.read("oci-layout", 4096, "OCI layout header")?;
     #[derive(serde::Deserialize)]
     struct Header {
         #[serde(rename = "imageLayoutVersion")]
         version: String,
     }
-    let h: Header = serde_json::from_slice(&header)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "oci-layout is not JSON", e))?;
+    let h: Header =
+        serde_json::from_slice(&header).map_err(|e| manifest::json_error("oci-layout", &e))?;
     if !h.version.starts_with("1.") {
         return Err(invalid(format!(
-            "OCI layout version {:?} is not 1.x",
-            h.version
+            "OCI layout version {} is not 1.x",
+            shown(&h.version)
         )));
     }
-    let index_bytes = read_bounded(&dir.join("index.json"), MAX_MANIFEST, "index.json")?;
-    let index: libcontainer::oci_spec::image::ImageIndex = serde_json::from_slice(&index_bytes)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "index.json does not parse", e))?;
+    let index_bytes = root.read("index.json", MAX_MANIFEST, "index.json")?;
+    let index: libcontainer::oci_spec::image::ImageIndex =
+        serde_json::from_slice(&index_bytes).map_err(|e| manifest::json_error("index.json", &e))?;
     let named = |d: &libcontainer::oci_spec::image::Descriptor| {
         d.annotations()
             .as_ref()
@@ -276,6 +512,13 @@ fn import_layout(
             },
         ));
     }
+    if chosen.len() > MAX_IMAGES_PER_IMPORT {
+        return Err(invalid(format!(
+            "{} names {} images: at most {MAX_IMAGES_PER_IMPORT} are imported at once (name one with PATH:TAG)",
+            dir.display(),
+            chosen.len()
+        )));
+    }
     let blob = |digest: &str, size: u64, max: u64, what: &str| -> Result<Vec<u8>> {
         let hex = sha256_hex(digest, what)?;
         if size > max {
@@ -283,7 +526,7 @@ fn import_layout(
                 "{what} {digest} is larger than {max} bytes"
             )));
         }
-        let bytes = read_bounded(&dir.join("blobs/sha256").join(hex), max, what)?;
+        let bytes = root.read(&format!("blobs/sha256/{hex}"), max, what)?;
         manifest::verify(&bytes, digest, Some(size), what)?;
         Ok(bytes)
     };
@@ -327,14 +570,13 @@ fn import_layout(
                 continue;
             }
             let hex = sha256_hex(&layer_digest, "layer digest")?;
-            let path = dir.join("blobs/sha256").join(hex);
-            let file = File::open(&path).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::InvalidImage,
-                    format!("layer blob {} cannot be read", path.display()),
-                    e,
-                )
-            })?;
+            let (file, len) = root.open(&format!("blobs/sha256/{hex}"), "layer blob")?;
+            if len != layer.size() {
+                return Err(invalid(format!(
+                    "layer {layer_digest}: {len} bytes where its descriptor says {}",
+                    layer.size()
+                )));
+            }
             staged.unpack(
                 file,
                 Some(*compression),
@@ -384,24 +626,24 @@ struct ArchiveImage {
     layers: Vec<String>,
 }
 
-fn open_archive(path: &Path) -> Result<tar::Archive<File>> {
-    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    Ok(tar::Archive::new(f))
-}
-
-/// Walks every entry of the archive at `path` (seeking over contents), with `f` given the
-/// normalized path and the entry.
+/// Walks every entry of the archive `file` (named `path` in errors) from its start, seeking
+/// over contents, with `f` given the normalized path and the entry. The archive is the one
+/// file opened once by [`import`]: each pass reads the same inode.
 fn walk_archive(
     path: &Path,
+    file: &File,
     mut f: impl FnMut(PathBuf, &mut tar::Entry<'_, File>) -> Result<()>,
 ) -> Result<()> {
-    let mut archive = open_archive(path)?;
+    let mut file = file.try_clone().map_err(|e| Error::io("reopen", path, e))?;
+    file.rewind().map_err(|e| Error::io("rewind", path, e))?;
+    let mut archive = tar::Archive::new(file);
+    // The tar crate's errors quote header bytes: only their kind is shown.
     let bad = |e: std::io::Error| {
-        Error::with_source(
-            ErrorKind::InvalidImage,
-            format!("{} is not a readable tar archive", path.display()),
-            e,
-        )
+        invalid(format!(
+            "{} is not a readable tar archive ({:?})",
+            path.display(),
+            e.kind()
+        ))
     };
     for entry in archive.entries_with_seek().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -416,13 +658,22 @@ fn walk_archive(
 fn import_archive(
     store: &ImageStore,
     path: &Path,
+    file: File,
     tag: Option<&str>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<ImageInfo>> {
+    // Every header first, without the tar crate: it would read a huge long name or PAX
+    // header whole into memory.
+    targuard::scan_archive(&file, MAX_ARCHIVE_ENTRIES).map_err(|e| {
+        match targuard::refusal(&e) {
+            Some(why) => invalid(format!("{}: {why}", path.display())),
+            None => Error::io("read", path, e),
+        }
+    })?;
     // Pass 1: manifest.json and the links (old archives link repeated layers).
     let mut manifest_json = None;
     let mut links: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    walk_archive(path, |name, entry| {
+    walk_archive(path, &file, |name, entry| {
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
             if let Ok(Some(target)) = entry.link_name() {
@@ -431,7 +682,15 @@ fn import_archive(
                 } else {
                     PathBuf::new()
                 };
-                if let Some(t) = archive_path(&base.join(target)) {
+                let long = name.as_os_str().len() > MAX_ARCHIVE_LINK_NAME
+                    || target.as_os_str().len() > MAX_ARCHIVE_LINK_NAME;
+                if let Some(t) = archive_path(&base.join(target)).filter(|_| !long) {
+                    if links.len() >= MAX_ARCHIVE_LINKS {
+                        return Err(invalid(format!(
+                            "{} has more than {MAX_ARCHIVE_LINKS} links",
+                            path.display()
+                        )));
+                    }
                     links.insert(name, t);
                 }
             }
@@ -457,9 +716,8 @@ fn import_archive(
     if bytes.len() as u64 > MAX_MANIFEST {
         return Err(invalid("manifest.json is too large"));
     }
-    let images: Vec<ArchiveImage> = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::with_source(ErrorKind::InvalidImage, "manifest.json does not parse", e)
-    })?;
+    let images: Vec<ArchiveImage> =
+        serde_json::from_slice(&bytes).map_err(|e| manifest::json_error("manifest.json", &e))?;
     let images: Vec<ArchiveImage> = match tag {
         Some(t) => images
             .into_iter()
@@ -477,23 +735,37 @@ fn import_archive(
             ),
         ));
     }
+    let tags: usize = images
+        .iter()
+        .map(|i| i.repo_tags.as_ref().map_or(0, Vec::len))
+        .sum();
+    if images.len() > MAX_IMAGES_PER_IMPORT || tags > MAX_IMAGES_PER_IMPORT {
+        return Err(invalid(format!(
+            "{} has {} images and {tags} tags: at most {MAX_IMAGES_PER_IMPORT} of each are imported at once",
+            path.display(),
+            images.len()
+        )));
+    }
     let resolve = |p: &str| -> Result<PathBuf> {
         let mut cur = archive_path(Path::new(p))
-            .ok_or_else(|| invalid(format!("archive path {p:?} leaves the archive")))?;
+            .ok_or_else(|| invalid(format!("archive path {} leaves the archive", shown(p))))?;
         for _ in 0..16 {
             match links.get(&cur) {
                 Some(next) => cur = next.clone(),
                 None => return Ok(cur),
             }
         }
-        Err(invalid(format!("archive path {p:?}: too many links")))
+        Err(invalid(format!(
+            "archive path {}: too many links",
+            shown(p)
+        )))
     };
     // Pass 2: the configs.
     let mut configs: HashMap<PathBuf, Vec<u8>> = HashMap::new();
     for i in &images {
         configs.insert(resolve(&i.config)?, Vec::new());
     }
-    walk_archive(path, |name, entry| {
+    walk_archive(path, &file, |name, entry| {
         if let Some(slot) = configs.get_mut(&name) {
             if entry.header().entry_type().is_file() {
                 let mut bytes = Vec::new();
@@ -513,15 +785,20 @@ fn import_archive(
         let config = configs
             .get(&resolve(&i.config)?)
             .filter(|b| !b.is_empty())
-            .ok_or_else(|| invalid(format!("config {} is missing from the archive", i.config)))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "config {} is missing from the archive",
+                    shown(&i.config)
+                ))
+            })?;
         if config.len() as u64 > MAX_CONFIG {
-            return Err(invalid(format!("config {} is too large", i.config)));
+            return Err(invalid(format!("config {} is too large", shown(&i.config))));
         }
         let (diff_ids, created) = manifest::parse_config(config)?;
         if diff_ids.len() != i.layers.len() {
             return Err(invalid(format!(
                 "image {} lists {} layers, its config {} diff_ids",
-                i.config,
+                shown(&i.config),
                 i.layers.len(),
                 diff_ids.len()
             )));
@@ -532,7 +809,7 @@ fn import_archive(
                 if other != *id {
                     return Err(invalid(format!(
                         "archive file {} is named for two diff_ids",
-                        file.display()
+                        shown(&file.to_string_lossy())
                     )));
                 }
             }
@@ -553,7 +830,7 @@ fn import_archive(
     let mut staged = Staged::new(store);
     let count = wanted.len();
     let mut index = 0;
-    walk_archive(path, |name, entry| {
+    walk_archive(path, &file, |name, entry| {
         let Some(id) = wanted.get(&name) else {
             return Ok(());
         };

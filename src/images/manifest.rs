@@ -17,6 +17,10 @@ use super::unpack::Compression;
 pub(crate) const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest image config read (bytes).
 pub(crate) const MAX_CONFIG: u64 = 16 << 20;
+/// Largest layer blob a manifest may name (bytes): the unpacker's limit on a layer's
+/// unpacked files ([`UnpackLimits`](super::unpack::UnpackLimits)), which a compressed blob
+/// never needs to exceed. A pull downloads at most this much per layer into staging.
+pub(crate) const MAX_LAYER_BLOB: u64 = 32 << 30;
 
 /// Docker's media types, which oci-spec keeps as `MediaType::Other`.
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -36,6 +40,37 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidImage, msg)
 }
 
+/// The error for JSON `what` that does not parse or has the wrong shape: see
+/// [`json_detail`].
+pub(crate) fn json_error(what: &str, e: &serde_json::Error) -> Error {
+    invalid(format!("{what} is {}", json_detail(e)))
+}
+
+/// What is wrong with JSON that does not parse or has the wrong shape, without quoting it:
+/// serde's own message can quote the offending value (`invalid type: string "…"`), so only
+/// its category and position are shown, and the field a message names when one is missing.
+pub(crate) fn json_detail(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let detail = match text.strip_prefix("missing field `") {
+        Some(rest) if e.classify() == serde_json::error::Category::Data => {
+            let field: String = rest.chars().take_while(|c| *c != '`').take(64).collect();
+            format!("missing field {field:?}, ")
+        }
+        _ => String::new(),
+    };
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!(
+        "{category} ({detail}at line {} column {})",
+        e.line(),
+        e.column()
+    )
+}
+
 /// The kind of a manifest-ish media type; schema 1 and anything else are refused.
 pub(crate) fn kind(media_type: &str) -> Result<Kind> {
     match MediaType::from(media_type) {
@@ -44,7 +79,8 @@ pub(crate) fn kind(media_type: &str) -> Result<Kind> {
         MediaType::Other(m) if m == DOCKER_MANIFEST => Ok(Kind::Manifest),
         MediaType::Other(m) if m == DOCKER_LIST => Ok(Kind::Index),
         _ => Err(invalid(format!(
-            "media type {media_type:?} is not an image manifest or index runbox reads (OCI, or Docker v2 schema 2)"
+            "media type {} is not an image manifest or index runbox reads (OCI, or Docker v2 schema 2)",
+            super::import::shown(media_type)
         ))),
     }
 }
@@ -60,8 +96,7 @@ pub(crate) fn kind_of_bytes(bytes: &[u8], said: &str) -> Result<Kind> {
         #[serde(rename = "schemaVersion")]
         schema_version: Option<u32>,
     }
-    let peek: Peek = serde_json::from_slice(bytes)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "manifest is not JSON", e))?;
+    let peek: Peek = serde_json::from_slice(bytes).map_err(|e| json_error("manifest", &e))?;
     if peek.schema_version != Some(2) {
         return Err(invalid(
             "manifest schema version is not 2 (Docker schema 1 is not supported)",
@@ -118,8 +153,7 @@ pub(crate) fn host_arch() -> &'static str {
 
 /// Parses an index and picks the entry for this host (linux and its architecture).
 pub(crate) fn pick_platform(bytes: &[u8]) -> Result<Descriptor> {
-    let index: ImageIndex = serde_json::from_slice(bytes)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "index does not parse", e))?;
+    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| json_error("index", &e))?;
     let arch = host_arch();
     let mut offered = Vec::new();
     for d in index.manifests() {
@@ -129,9 +163,12 @@ pub(crate) fn pick_platform(bytes: &[u8]) -> Result<Descriptor> {
                 if os == "linux" && a == arch && kind(d.media_type().as_ref()).is_ok() {
                     return Ok(d.clone());
                 }
-                offered.push(format!("{os}/{a}"));
+                if offered.len() < 16 {
+                    offered.push(super::import::shown(&format!("{os}/{a}")));
+                }
             }
-            None => offered.push("(no platform)".to_string()),
+            None if offered.len() < 16 => offered.push("(no platform)".to_string()),
+            None => {}
         }
     }
     Err(invalid(format!(
@@ -151,14 +188,14 @@ pub(crate) struct Parsed {
 
 /// Parses an image manifest.
 pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
-    let m: ImageManifest = serde_json::from_slice(bytes)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidImage, "manifest does not parse", e))?;
+    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| json_error("manifest", &e))?;
     match m.config().media_type() {
         MediaType::ImageConfig => {}
         MediaType::Other(t) if t == DOCKER_CONFIG => {}
         other => {
             return Err(invalid(format!(
-                "config media type {other} is not an image config"
+                "config media type {} is not an image config",
+                super::import::shown(other.as_ref())
             )))
         }
     }
@@ -172,10 +209,17 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
         .layers()
         .iter()
         .map(|d| {
+            if d.size() > MAX_LAYER_BLOB {
+                return Err(invalid(format!(
+                    "layer {} is {} bytes, more than the {MAX_LAYER_BLOB} allowed",
+                    d.digest(),
+                    d.size()
+                )));
+            }
             let c = Compression::from_media_type(d.media_type().as_ref()).ok_or_else(|| {
                 invalid(format!(
                     "layer media type {} is not supported",
-                    d.media_type()
+                    super::import::shown(d.media_type().as_ref())
                 ))
             })?;
             Ok((d.clone(), c))
@@ -189,9 +233,8 @@ pub(crate) fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
 
 /// The parts of an image config an import needs: its diff_ids (checked) and `created`.
 pub(crate) fn parse_config(bytes: &[u8]) -> Result<(Vec<String>, Option<String>)> {
-    let c: ImageConfiguration = serde_json::from_slice(bytes).map_err(|e| {
-        Error::with_source(ErrorKind::InvalidImage, "image config does not parse", e)
-    })?;
+    let c: ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(|e| json_error("image config", &e))?;
     let ids = c.rootfs().diff_ids().clone();
     for id in &ids {
         sha256_hex(id, "layer diff_id")?;

@@ -20,6 +20,7 @@ pub(crate) mod import;
 mod manifest;
 mod reference;
 mod store;
+mod targuard;
 mod unpack;
 
 #[cfg(feature = "registry")]

@@ -37,7 +37,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     } else {
         Err(Error::new(
             ErrorKind::InvalidImage,
-            format!("{name:?} is not a valid image name"),
+            format!("{} is not a valid image name", super::import::shown(name)),
         ))
     }
 }

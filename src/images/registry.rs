@@ -748,8 +748,12 @@ impl Client {
             Err(ureq::Error::Transport(t)) => return Err(transport_error(realm, t)),
         };
         let body = read_limited(resp.into_reader(), TOKEN_LIMIT, "token response")?;
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| unauthorized(format!("bad token response: {e}")))?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            unauthorized(format!(
+                "bad token response: {}",
+                super::manifest::json_detail(&e)
+            ))
+        })?;
         parsed
             .token
             .or(parsed.access_token)
@@ -873,8 +877,12 @@ impl Client {
                 });
             }
         }
-        let versioned: Versioned = serde_json::from_slice(&bytes)
-            .map_err(|e| RegistryError::UnsupportedMediaType(format!("{what}: not JSON: {e}")))?;
+        let versioned: Versioned = serde_json::from_slice(&bytes).map_err(|e| {
+            RegistryError::UnsupportedMediaType(format!(
+                "{what}: {}",
+                super::manifest::json_detail(&e)
+            ))
+        })?;
         if versioned.schema_version != Some(2) {
             return Err(RegistryError::UnsupportedMediaType(format!(
                 "{what}: schemaVersion {:?} (schema 1 is not supported)",
@@ -909,7 +917,11 @@ impl Client {
             return Ok((top, None));
         }
         let index: Index = serde_json::from_slice(&top.bytes).map_err(|e| {
-            RegistryError::UnsupportedMediaType(format!("index {}: {e}", top.digest))
+            RegistryError::UnsupportedMediaType(format!(
+                "index {}: {}",
+                top.digest,
+                super::manifest::json_detail(&e)
+            ))
         })?;
         let o = &self.opts;
         let matches = |p: &Platform| {

@@ -756,7 +756,11 @@ impl ImageStore {
                 let _ = fs::remove_file(self.dir.join("names").join(reference::name_file(name)));
             }
         }
-        let trash = self.stage("prune")?;
+        // Layers go to `tmp/` by a rename first (no new directory: a store out of space or
+        // inodes can still be pruned), so a half-removed layer never looks whole.
+        let tmp = self.dir.join("tmp");
+        let trash_name = format!("prune-{}-{}", std::process::id(), unique());
+        let mut trash: Vec<PathBuf> = Vec::new();
         let layers = self.dir.join("layers");
         for entry in fs::read_dir(&layers)
             .map_err(|e| Error::io("read", &layers, e))?
@@ -767,8 +771,10 @@ impl ImageStore {
                 continue;
             }
             report.freed_bytes += disk_bytes(&entry.path());
-            if fs::rename(entry.path(), trash.join(format!("layer-{name}"))).is_ok() {
+            let to = tmp.join(format!("{trash_name}-layer-{name}"));
+            if fs::rename(entry.path(), &to).is_ok() {
                 report.layers += usize::from(name != "empty");
+                trash.push(to);
             }
         }
         let blobs = self.dir.join("blobs/sha256");
@@ -786,13 +792,12 @@ impl ImageStore {
             }
         }
         // Staging of processes that are gone (an import in progress holds the shared lock,
-        // so none runs now; this process's own prune directory is the one exception).
-        let tmp = self.dir.join("tmp");
+        // so none runs now; the layers this prune moved there are the one exception).
         for entry in fs::read_dir(&tmp)
             .map_err(|e| Error::io("read", &tmp, e))?
             .flatten()
         {
-            if entry.path() == trash {
+            if trash.contains(&entry.path()) {
                 continue;
             }
             report.freed_bytes += disk_bytes(&entry.path());
@@ -805,7 +810,9 @@ impl ImageStore {
                 report.staging += 1;
             }
         }
-        fs::remove_dir_all(&trash).map_err(|e| Error::io("remove", &trash, e))?;
+        for t in &trash {
+            fs::remove_dir_all(t).map_err(|e| Error::io("remove", t, e))?;
+        }
         Ok(report)
     }
 

@@ -208,7 +208,8 @@ pub fn unpack_layer(
         };
         let mut plain = HashReader::new(decoder);
         {
-            let mut archive = tar::Archive::new(&mut plain);
+            // The tar crate reads long names and PAX headers whole into memory: bounded.
+            let mut archive = tar::Archive::new(super::targuard::TarGuard::new(&mut plain));
             for entry in archive.entries().map_err(UnpackError::Read)? {
                 unpacker.entry(entry.map_err(UnpackError::Read)?)?;
             }

@@ -33,6 +33,16 @@ pub struct StoreEnv {
 
 impl StoreEnv {
     pub fn new(name: &str) -> StoreEnv {
+        StoreEnv::with_size(name, "1g")
+    }
+
+    /// A store on a tmpfs of `size` (tmpfs's `size=`: `8m`, `1g`).
+    pub fn with_size(name: &str, size: &str) -> StoreEnv {
+        StoreEnv::with_tmpfs(name, &format!("size={size}"))
+    }
+
+    /// A store on a tmpfs mounted with `options` (`size=4m,nr_inodes=64`).
+    pub fn with_tmpfs(name: &str, options: &str) -> StoreEnv {
         super::require_root();
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("stores")
@@ -48,7 +58,7 @@ impl StoreEnv {
             &dir,
             Some("tmpfs"),
             nix::mount::MsFlags::empty(),
-            Some("size=1g,mode=0700"),
+            Some(format!("{options},mode=0700").as_str()),
         )
         .expect("mount the test store's tmpfs");
         let store = runbox::ImageStore::open(&dir).expect("open the image store");
