@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::sys;
 
+/// The most pids a sandbox may be given here: half of `kernel.pid_max`, read now (32 768,
+/// the kernel's default, if it cannot be read). A launch whose `Limits::pids` is above it
+/// fails with `invalid_config`; "any number of processes" (isolate's `-p`) means this.
+pub fn pids_ceiling() -> u64 {
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(32_768);
+    crate::config::pids_ceiling_of(pid_max)
+}
+
 /// A process named by pid plus its start time (field 22 of `/proc/<pid>/stat`), never a bare pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProcIdentity {
