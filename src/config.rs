@@ -14,12 +14,6 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 const MIB: u64 = 1024 * 1024;
 
-/// The most pids a sandbox may be given on a host whose `kernel.pid_max` is `pid_max`: half
-/// of it, so whatever a sandbox's limit, the host keeps the other half for itself.
-pub(crate) fn pids_ceiling_of(pid_max: u64) -> u64 {
-    (pid_max / 2).max(1)
-}
-
 /// Resource limits of one sandbox. Every field has a bounded default (see [`Limits::default`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,7 +127,7 @@ impl Limits {
         ((self.cpus * self.cpu_period_us as f64).round() as i64).max(1000)
     }
 
-    /// Checks the pids limit against the host's ceiling ([`pids_ceiling_of`] the host's
+    /// Checks the pids limit against the host's ceiling ([`crate::pids_ceiling`], half of
     /// `kernel.pid_max`, read by the caller): above it is an error, never a clamp.
     pub(crate) fn validate_pids(&self, ceiling: u64) -> Result<()> {
         if self.pids > ceiling {
@@ -789,8 +783,6 @@ mod tests {
 
     #[test]
     fn pids_above_the_ceiling_are_refused_not_clamped() {
-        assert_eq!(pids_ceiling_of(32_768), 16_384);
-        assert_eq!(pids_ceiling_of(4_194_304), 2_097_152);
         let mut l = Limits {
             pids: 16_384,
             ..Limits::default()
