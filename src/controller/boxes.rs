@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::dir::Dir;
 use nix::fcntl::{Flock, FlockArg, OFlag};
@@ -23,11 +24,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Command;
 use crate::error::{Error, ErrorKind, Result};
-use crate::host::{state, uids};
-use crate::layout::{BOXES_DIR, BOX_LEASE_PREFIX};
+use crate::host::state::{self, MonitorRecord};
+use crate::host::uids;
+use crate::layout::{Layout, BOXES_DIR, BOX_LEASE_PREFIX};
+use crate::proto::Mode as LaunchMode;
 use crate::verdict::Verdict;
 
 use super::root::Root;
+use super::sandbox::wait_for_exit;
 
 /// The box's disk: where its tmpfs is mounted, in the box's directory.
 const DISK_DIR: &str = "disk";
@@ -191,7 +195,7 @@ impl WorkBox {
         let (uid, gid) = self.user();
         hand_over(work, Pass::Give { uid, gid })
             .map_err(|e| Error::io("give the box's files to its user", work, e))?;
-        let verdict = self.root.run(cmd);
+        let verdict = self.run_to_the_end(cmd);
         let (uid, gid) = (self.record.owner_uid, self.record.owner_gid);
         let back = match hand_over(work, Pass::Scrub { uid, gid }) {
             Ok(()) => Ok(()),
@@ -212,7 +216,53 @@ impl WorkBox {
         back?;
         Ok(verdict)
     }
+
+    /// [`Root::run`], returning only once no process of the run is left: a one-shot run's
+    /// monitor reports the verdict before the sandbox's init has exited, and a program's
+    /// background process must not write in the box while it is handed back. The init's
+    /// exit completes only once every other process of its pid namespace is gone, so this
+    /// waits for that (at most [`RUN_END_WAIT`]; the monitor kills an init that lingers a
+    /// second), not for the monitor's teardown.
+    fn run_to_the_end(&self, cmd: &Command) -> Result<Verdict> {
+        let mut sandbox = self.root.launch(cmd, LaunchMode::Run, true)?;
+        let verdict = sandbox.wait_for_report().map(|r| r.verdict);
+        let deadline = Some(Instant::now() + RUN_END_WAIT);
+        let layout = Layout::new(&self.root.inner.dir, sandbox.id());
+        let ended = match state::read_json::<MonitorRecord>(&layout.monitor()) {
+            Ok(m) => m
+                .init
+                .map_or(Ok(true), |init| wait_for_exit(init, deadline)),
+            // Removed: the monitor reaped the init and tore down.
+            Err(_) if !layout.dir.exists() => Ok(true),
+            Err(_) => match sandbox.finishing_one_shot() {
+                Some(monitor) => wait_for_exit(monitor, deadline),
+                None => Ok(true),
+            },
+        };
+        // As `Root::run`: spares of the run's shape are parked once its verdict is in.
+        let later = match self.root.inner.park_later.lock() {
+            Ok(mut later) => std::mem::take(&mut *later),
+            Err(_) => Vec::new(),
+        };
+        for (monitor, shape) in later {
+            self.root.park_spares(&monitor, &shape);
+        }
+        if !ended? {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "sandbox {} of box {} did not end within {RUN_END_WAIT:?} of its verdict",
+                    sandbox.id(),
+                    self.id()
+                ),
+            ));
+        }
+        verdict
+    }
 }
+
+/// How long a box's run may take, after its verdict, to end its last processes.
+const RUN_END_WAIT: Duration = Duration::from_secs(30);
 
 impl Root {
     /// Creates box `id` (or empties it if it exists) for the owner `owner_uid:owner_gid`, who
