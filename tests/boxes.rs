@@ -117,7 +117,7 @@ impl Drop for BoxesGuard {
 #[test]
 fn a_box_has_a_capped_disk_of_its_own_and_a_fresh_one_each_init() {
     let env = TestEnv::new("boxes-disk");
-    let _boxes = BoxesGuard(env.root.clone(), vec![7, 8]);
+    let _boxes = BoxesGuard(env.root.clone(), vec![7, 8, 9]);
     let sh = |bx: &runbox::WorkBox, script: &str| {
         let mut cmd = bx.command("/bin/sh");
         cmd.args(["-c", script]).env("PATH", "/usr/bin:/bin");
@@ -172,5 +172,23 @@ fn a_box_has_a_capped_disk_of_its_own_and_a_fresh_one_each_init() {
     drop(second);
     env.root.cleanup_box(7).unwrap();
     env.root.cleanup_box(8).unwrap();
+
+    // A disk gone (a reboot, with the state root on a disk): the box reads as never
+    // initialized, and initializing it again gives it a new one.
+    let third = env.root.init_box(9, 0, 0).unwrap();
+    let dir = third.dir().to_path_buf();
+    drop(third);
+    for m in ["box", "disk"] {
+        nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    assert_eq!(
+        env.root.open_box(9, false).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let third = env.root.init_box(9, 0, 0).unwrap();
+    let v = sh(&third, "echo back > f && cat f");
+    assert_eq!(v.stdout, "back\n", "{v:?}");
+    drop(third);
+    env.root.cleanup_box(9).unwrap();
     env.finish();
 }

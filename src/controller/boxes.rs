@@ -371,7 +371,8 @@ impl Root {
     /// process uses it (isolate's `--wait`), else fails.
     ///
     /// # Errors
-    /// [`ErrorKind::NotFound`] if the box was not initialized; [`ErrorKind::AlreadyExists`]
+    /// [`ErrorKind::NotFound`] if the box was not initialized (or its disk is gone: after a
+    /// reboot, or a hand-back that failed); [`ErrorKind::AlreadyExists`]
     /// if it is in use and `wait` is false; [`ErrorKind::Io`] otherwise.
     pub fn open_box(&self, id: u32, wait: bool) -> Result<WorkBox> {
         let dir = self.box_dir(id);
@@ -413,6 +414,11 @@ impl Root {
             ));
         }
         let source = record.work_source(&dir);
+        // A disk gone with a reboot (a state root on a disk outlives its mounts), or detached
+        // by a hand-back that failed: the box must be initialized again.
+        if !source.is_dir() {
+            return Err(not_found());
+        }
         Ok(WorkBox {
             root: self.clone(),
             record,
