@@ -195,7 +195,19 @@ impl WorkBox {
         let (uid, gid) = self.user();
         hand_over(work, Pass::Give { uid, gid })
             .map_err(|e| Error::io("give the box's files to its user", work, e))?;
-        let verdict = self.run_to_the_end(cmd);
+        let (verdict, ended) = self.run_to_the_end(cmd);
+        if !ended {
+            // Something of the run may still write in the box: no walk of it now, and the
+            // caller gets none of it.
+            let what = if self.record.work.is_some() {
+                let _ = unmount_disk(&self.dir);
+                "its disk was detached: clean the box up"
+            } else {
+                "clean the box up"
+            };
+            let why = verdict.err().map_or_else(String::new, |e| e.chain());
+            return Err(Error::new(ErrorKind::Io, format!("{why} ({what})")));
+        }
         let (uid, gid) = (self.record.owner_uid, self.record.owner_gid);
         let back = match hand_over(work, Pass::Scrub { uid, gid }) {
             Ok(()) => Ok(()),
@@ -222,9 +234,13 @@ impl WorkBox {
     /// background process must not write in the box while it is handed back. The init's
     /// exit completes only once every other process of its pid namespace is gone, so this
     /// waits for that (at most [`RUN_END_WAIT`]; the monitor kills an init that lingers a
-    /// second), not for the monitor's teardown.
-    fn run_to_the_end(&self, cmd: &Command) -> Result<Verdict> {
-        let mut sandbox = self.root.launch(cmd, LaunchMode::Run, true)?;
+    /// second), not for the monitor's teardown. Returns whether that happened in time.
+    fn run_to_the_end(&self, cmd: &Command) -> (Result<Verdict>, bool) {
+        let mut sandbox = match self.root.launch(cmd, LaunchMode::Run, true) {
+            Ok(s) => s,
+            // A failed launch leaves no process behind.
+            Err(e) => return (Err(e), true),
+        };
         let verdict = sandbox.wait_for_report().map(|r| r.verdict);
         let deadline = Some(Instant::now() + RUN_END_WAIT);
         let layout = Layout::new(&self.root.inner.dir, sandbox.id());
@@ -247,17 +263,21 @@ impl WorkBox {
         for (monitor, shape) in later {
             self.root.park_spares(&monitor, &shape);
         }
-        if !ended? {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "sandbox {} of box {} did not end within {RUN_END_WAIT:?} of its verdict",
-                    sandbox.id(),
-                    self.id()
-                ),
-            ));
+        match ended {
+            Ok(true) => (verdict, true),
+            Ok(false) => (
+                Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "sandbox {} of box {} did not end within {RUN_END_WAIT:?} of its verdict",
+                        sandbox.id(),
+                        self.id()
+                    ),
+                )),
+                false,
+            ),
+            Err(e) => (Err(e), false),
         }
-        verdict
     }
 }
 
