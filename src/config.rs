@@ -21,7 +21,10 @@ const MIB: u64 = 1024 * 1024;
 pub struct Limits {
     /// Memory limit in bytes (cgroup; swap is disabled). Default 512 MiB.
     pub memory_bytes: u64,
-    /// Maximum number of processes and threads (cgroup pids). Default 256.
+    /// Maximum number of processes and threads (cgroup pids). Default 256. At most the
+    /// host's ceiling, [`crate::pids_ceiling`] (half of `kernel.pid_max`): a launch asking
+    /// for more fails with [`ErrorKind::InvalidConfig`], so even "any number" leaves the host
+    /// half of its pids.
     pub pids: u64,
     /// CPU bandwidth in CPUs (0.5 = half a CPU), enforced with a CFS quota. Default 1.0.
     pub cpus: f64,
@@ -136,6 +139,21 @@ impl Limits {
     )]
     pub(crate) fn cpu_quota_us(&self) -> i64 {
         ((self.cpus * self.cpu_period_us as f64).round() as i64).max(1000)
+    }
+
+    /// Checks the pids limit against the host's ceiling ([`crate::pids_ceiling`], half of
+    /// `kernel.pid_max`, read by the caller): above it is an error, never a clamp.
+    pub(crate) fn validate_pids(&self, ceiling: u64) -> Result<()> {
+        if self.pids > ceiling {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "pids limit {} is above this host's ceiling of {ceiling} (half of kernel.pid_max: the host keeps the other half)",
+                    self.pids
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks every limit against its bounds.
@@ -823,6 +841,20 @@ mod tests {
         let e = check_collects(&many).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         check_collects(&many[..MAX_COLLECTS]).unwrap();
+    }
+
+    #[test]
+    fn pids_above_the_ceiling_are_refused_not_clamped() {
+        let mut l = Limits {
+            pids: 16_384,
+            ..Limits::default()
+        };
+        l.validate_pids(16_384).unwrap();
+        l.pids = 16_385;
+        let e = l.validate_pids(16_384).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("16385"), "{e}");
+        assert_eq!(l.pids, 16_385, "never clamped");
     }
 
     #[test]

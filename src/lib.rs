@@ -84,13 +84,14 @@ mod verdict;
 mod worker;
 
 pub use config::{Command, Limits, Output, Stdin, User, DEFAULT_PATH};
-pub use controller::boxes::WorkBox;
+pub use controller::boxes::{BoxQuota, WorkBox};
 pub use controller::exec::MONITOR_BIN;
 pub use controller::gc::GcReport;
 pub use controller::root::{Listing, Root, RootOptions, DEFAULT_ROOT};
 pub use controller::sandbox::{Sandbox, SandboxInfo, SandboxState};
 pub use error::{Error, ErrorKind, Result};
 pub use host::check::{check_host, check_state_root, check_uid_range, HostCheck};
+pub use host::proc::pids_ceiling;
 pub use host::uids::{DEFAULT_COUNT as DEFAULT_UID_COUNT, DEFAULT_FIRST as DEFAULT_FIRST_UID};
 #[cfg(feature = "registry")]
 pub use images::PullOptions;

@@ -20,8 +20,6 @@ use std::time::Duration;
 
 /// isolate's default open-files limit (`-n`).
 const DEFAULT_OPEN_FILES: u64 = 64;
-/// What `-p` without a number (any number of processes) becomes: a cap all the same.
-const UNLIMITED_PROCESSES: u64 = 65_536;
 /// What `-n 0` (unlimited open files) becomes: the kernel's default `nr_open`.
 const UNLIMITED_OPEN_FILES: u64 = 1 << 20;
 
@@ -84,7 +82,6 @@ fn refusal(long: &str) -> Option<&'static str> {
         "share-net" => {
             "runbox sandboxes have no network yet; --share-net would give them the host's"
         }
-        "quota" => "disk quotas are not offered; bound what a run writes with --fsize",
         "inherit-fds" => "runbox passes a sandbox no descriptor but its three streams",
         "tty-hack" => "runbox never gives a sandbox the caller's terminal",
         "special-files" => {
@@ -214,8 +211,11 @@ struct Request {
     open_files: Option<u64>,
     fsize_kb: Option<u64>,
     core_kb: Option<u64>,
-    /// `None`: one process (isolate's default); `Some(None)`: any number.
-    processes: Option<Option<u64>>,
+    /// The sandbox's pids limit, its init included: 2 for isolate's default of one process;
+    /// `-p` alone or `-p0` (any number) is the host's ceiling, [`runbox::pids_ceiling`].
+    pids: Option<u64>,
+    /// `-q BLOCKS,INODES`, applied by `--init` (as in isolate): bytes, inodes.
+    quota: Option<(u64, u64)>,
     full_env: bool,
     env_rules: Vec<String>,
     dir_rules: Vec<String>,
@@ -286,10 +286,27 @@ impl Request {
                 "fsize" => r.fsize_kb = Some(number(name, &v)?),
                 "core" => r.core_kb = Some(number(name, &v)?),
                 "processes" => {
-                    r.processes = Some(match value {
-                        Some(v) => Some(number(name, &v)?),
-                        None => None,
+                    // The sandbox's init is one of the control group's processes.
+                    let ceiling = runbox::pids_ceiling();
+                    r.pids = Some(match value.as_deref().map(|v| number(name, v)).transpose()? {
+                        None | Some(0) => ceiling,
+                        Some(n) if n < ceiling => n + 1,
+                        Some(n) => {
+                            return Err(Usage(format!(
+                                "Invalid numeric parameter for --{name}: {n} is above this host's ceiling of {} processes (half of kernel.pid_max, less the sandbox's init)",
+                                ceiling - 1
+                            )))
+                        }
                     })
+                }
+                "quota" => {
+                    let parsed = v
+                        .split_once(',')
+                        .and_then(|(b, i)| Some((number(name, b).ok()?, number(name, i).ok()?)));
+                    let (blocks, inodes) = parsed.ok_or_else(|| {
+                        Usage(format!("Invalid quota: {v} (expected BLOCKS,INODES)"))
+                    })?;
+                    r.quota = Some((blocks * 1024, inodes));
                 }
                 // isolate's `syscall_flags`: each set bit forbids more. runbox's filter
                 // already forbids keyrings (1), vsock (2), io_uring (8) and other
@@ -420,7 +437,13 @@ fn init(root: &runbox::Root, req: &Request) -> Result<ExitCode, Fatal> {
         nix::unistd::getuid().as_raw(),
         nix::unistd::getgid().as_raw(),
     );
-    let b = root.init_box(req.box_id, uid, gid)?;
+    // isolate's quota applies at --init; without one the box gets runbox's default cap.
+    let quota = req
+        .quota
+        .map_or_else(runbox::BoxQuota::default, |(bytes, inodes)| {
+            runbox::BoxQuota::new(bytes, inodes)
+        });
+    let b = root.init_box_with_quota(req.box_id, uid, gid, quota)?;
     if req.verbose > 0 {
         eprintln!("Preparing sandbox {} (uid {})", req.box_id, b.user().0);
     }
@@ -708,13 +731,8 @@ fn run(root: &runbox::Root, req: &Request, program: &[String]) -> Result<ExitCod
         .filter(|kb| *kb > 0)
         .map_or(u64::MAX, |kb| kb * 1024);
     l.core_bytes = req.core_kb.unwrap_or(0).saturating_mul(1024);
-    // The sandbox's init is one of the control group's processes.
-    l.pids = match req.processes {
-        None => 1,
-        Some(None) => UNLIMITED_PROCESSES,
-        Some(Some(0)) => UNLIMITED_PROCESSES,
-        Some(Some(n)) => n,
-    } + 1;
+    // One process (isolate's default) and the sandbox's init.
+    l.pids = req.pids.unwrap_or(2);
     if req.verbose > 0 {
         eprintln!(
             "Running in box {} as uid {}: {}",

@@ -64,6 +64,8 @@ pub(super) fn resolve<'a>(
         config::validate_id(id)?;
     }
     cmd.limits.validate()?;
+    cmd.limits
+        .validate_pids(crate::host::proc::pids_ceiling())?;
     if cmd.program.is_empty() || cmd.program.contains('\0') {
         return Err(invalid(
             "program must be a non-empty string without NUL".into(),

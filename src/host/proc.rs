@@ -10,6 +10,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::sys;
 
+/// The most pids a sandbox may be given here: half of `kernel.pid_max`, read now (32 768,
+/// the kernel's default, if it cannot be read). A launch whose `Limits::pids` is above it
+/// fails with `invalid_config`; "any number of processes" (isolate's `-p`) means this.
+pub fn pids_ceiling() -> u64 {
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(32_768);
+    pids_ceiling_of(pid_max)
+}
+
+/// Half of `pid_max`: whatever a sandbox's pids limit, the host keeps the other half.
+fn pids_ceiling_of(pid_max: u64) -> u64 {
+    (pid_max / 2).max(1)
+}
+
 /// A process named by pid plus its start time (field 22 of `/proc/<pid>/stat`), never a bare pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProcIdentity {
@@ -123,6 +139,13 @@ pub(crate) fn wait_for_exit(who: ProcIdentity, deadline: Option<Instant>) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pids_ceiling_is_half_of_pid_max() {
+        assert_eq!(pids_ceiling_of(32_768), 16_384);
+        assert_eq!(pids_ceiling_of(4_194_304), 2_097_152);
+        assert!(pids_ceiling() >= 1);
+    }
 
     #[test]
     fn start_time_survives_odd_comm() {
