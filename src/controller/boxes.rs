@@ -129,7 +129,19 @@ impl Root {
         let work = dir.join("box");
         remove_tree(&work).map_err(|e| Error::io("empty box", &work, e))?;
         let owner = format!("{BOX_LEASE_PREFIX}{id}");
-        match uids::lease_exact(&self.inner.dir, uid, &owner) {
+        // A spare holding the uid (this root's, or one parked by any process) is a cache:
+        // evicted, as often as it takes, until the uid is the box's.
+        let evict = || {
+            self.inner.spares.release_holding(uid)
+                || super::parked::evict(&self.inner.dir, |u| u == uid)
+        };
+        let leased = loop {
+            match uids::lease_exact(&self.inner.dir, uid, &owner) {
+                Ok(false) if evict() => continue,
+                other => break other,
+            }
+        };
+        match leased {
             Ok(true) => {}
             Ok(false) => {
                 let _ = fs::remove_dir_all(&dir);

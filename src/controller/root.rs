@@ -423,6 +423,9 @@ impl Root {
     pub fn run(&self, cmd: &Command) -> Result<Verdict> {
         let mut sandbox = self.launch(cmd, Mode::Run, true)?;
         let verdict = sandbox.wait_for_report().map(|r| r.verdict);
+        // Closing the report pipe lets the monitor tear down and give its uid back at once,
+        // while the spares below start (one parked may need that uid).
+        drop(sandbox);
         let later = match self.inner.park_later.lock() {
             Ok(mut later) => std::mem::take(&mut *later),
             Err(_) => Vec::new(),
