@@ -651,3 +651,20 @@ fn a_controller_out_of_descriptors_fails_cleanly_and_recovers() {
     finish_run(&env, "after");
     env.finish();
 }
+
+#[test]
+fn spares_park_under_a_state_root_too_long_for_a_socket_address() {
+    // `<root>/.spares/<shape key>/<spare>/sock` is over 107 bytes here (a socket address
+    // holds no more): the socket is bound and reached through its directory's descriptor.
+    let env = TestEnv::new("parked-under-a-state-root-whose-path-is-long");
+    let sock_path = env
+        .dir
+        .join(".spares/0123456789abcdef/_warm-123456-12345678-0/sock");
+    assert!(sock_path.as_os_str().len() > 107, "{sock_path:?}");
+    twice(&env, &[], "long");
+    wait_ready(&env, 1, "a spare to be parked");
+    run_detached(&env, &[], "served");
+    assert_eq!(state(&env, "served")["prebuilt"], true);
+    finish_run(&env, "served");
+    env.finish();
+}

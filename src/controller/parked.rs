@@ -46,6 +46,14 @@ fn entries(group: &Path) -> Vec<(PathBuf, ProcIdentity)> {
         .collect()
 }
 
+/// Connects to the socket of the parked spare whose directory is `dir`, through the
+/// directory's descriptor: a socket address holds at most 107 bytes, and the socket's path
+/// outgrows that under a long state root.
+fn connect(dir: &Path) -> std::io::Result<UnixStream> {
+    let d = fs::File::open(dir)?;
+    UnixStream::connect(format!("/proc/self/fd/{}/{PARKED_SOCKET}", d.as_raw_fd()))
+}
+
 /// Renames the parked spare at `dir` away for this process: true if this claim won (no
 /// other controller can have it, and it can no longer unpark itself). Its new name is
 /// returned for the caller to remove once connected.
@@ -79,7 +87,7 @@ pub(super) fn claim(
         let Some(claimed) = take_dir(root, &dir) else {
             continue; // another controller won it, or it just went idle
         };
-        let conn = UnixStream::connect(claimed.join(PARKED_SOCKET));
+        let conn = connect(&claimed);
         let _ = fs::remove_dir_all(&claimed);
         // A spare that died parked: gc collects its cgroup and uid.
         let Ok(conn) = conn else {
@@ -268,7 +276,7 @@ pub(super) fn evict(root: &Path, wanted: impl Fn(u32) -> bool) -> bool {
                 continue; // claimed by another controller, or gone idle, just now
             };
             // End of file on the claim: it tears down, gives the uid back and exits.
-            drop(UnixStream::connect(claimed.join(PARKED_SOCKET)));
+            drop(connect(&claimed));
             let _ = fs::remove_dir_all(&claimed);
             tracing::debug!(uid, spare = %owner, "evicted a parked spare for its uid");
             let _ = proc::wait_for_exit(spare, Some(Instant::now() + EVICT_WAIT));
@@ -302,7 +310,7 @@ pub(super) fn release_all(root: &Path) {
             if let Some(claimed) = take_dir(root, &dir) {
                 // Connecting and hanging up is the end of file it waits for; a spare still
                 // building finds its directory gone and ends when it is done.
-                drop(UnixStream::connect(claimed.join(PARKED_SOCKET)));
+                drop(connect(&claimed));
                 let _ = fs::remove_dir_all(&claimed);
                 released.push(spare);
             }
