@@ -668,3 +668,104 @@ fn spares_park_under_a_state_root_too_long_for_a_socket_address() {
     finish_run(&env, "served");
     env.finish();
 }
+
+/// Set in the controller process [`a_library_controllers_descriptors_reach_no_factory_spare_or_monitor`]
+/// starts: the state root, cgroup prefix and lock file, separated by newlines.
+const FD_CHILD: &str = "RUNBOX_TEST_FD_CHILD";
+
+/// The controller of the test below, in a process of its own (a descriptor without
+/// close-on-exec in the test process would reach every other test's children): holds a
+/// `flock`ed descriptor without close-on-exec, starts the factory, a spare of its own, a
+/// parked spare and a sandbox, says `ready`, and waits for end of file on stdin.
+fn fd_child(spec: &str) {
+    use std::io::BufRead;
+    let [dir, prefix, lock]: [&str; 3] = spec.split('\n').collect::<Vec<_>>().try_into().unwrap();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(lock)
+        .unwrap();
+    // As a C program's open(2) without O_CLOEXEC leaves it.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let _locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let root = runbox::RootOptions::new()
+        .cgroup_prefix(prefix)
+        .spare_monitors(1)
+        .parked_spares(1)
+        .open(dir)
+        .unwrap();
+    let mut cmd = runbox::Command::new("probe");
+    cmd.args(["true"]).image(common::image());
+    for _ in 0..2 {
+        assert_eq!(root.run(&cmd).unwrap().status, runbox::Status::Ok);
+    }
+    let mut sleeper = runbox::Command::new("probe");
+    sleeper
+        .args(["sleep", "60"])
+        .image(common::image())
+        .name("held");
+    root.spawn(&sleeper).unwrap();
+    println!("ready");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    root.release_spares();
+}
+
+#[test]
+fn a_library_controllers_descriptors_reach_no_factory_spare_or_monitor() {
+    if let Ok(spec) = std::env::var(FD_CHILD) {
+        return fd_child(&spec);
+    }
+    let env = TestEnv::new("pk-fds-lib");
+    let lock = env.dir.with_extension("lock");
+    let spec = format!("{}\n{}\n{}", env.dir.display(), env.prefix, lock.display());
+    let mut child = Proc::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_library_controllers_descriptors_reach_no_factory_spare_or_monitor",
+            "--nocapture",
+        ])
+        .env(FD_CHILD, spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while line.trim() != "ready" {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(
+            n > 0,
+            "the controller ended before it was ready: {:?}",
+            child.wait()
+        );
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    // The factory and its spare, the parked spare and the sandbox's monitor all run now.
+    let root_str = env.dir.to_string_lossy().into_owned();
+    let roles: Vec<String> = common::processes_mentioning(&root_str)
+        .into_iter()
+        .map(|(_, cmd)| cmd)
+        .collect();
+    assert!(roles.iter().any(|c| c.contains(" factory ")), "{roles:?}");
+    let holders = holders_of(&lock);
+    let controller = i32::try_from(child.id()).unwrap();
+    assert!(
+        holders.iter().all(|(pid, _)| *pid == controller),
+        "the controller's descriptor reached {holders:?}"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    wait_until("the controller's spares to exit", || {
+        holders_of(&lock).is_empty()
+    });
+    assert_lock_free(&lock, "the controller exited");
+    env.root.sandbox("held").unwrap().delete(true).unwrap();
+    let _ = fs::remove_file(&lock);
+    env.finish();
+}
