@@ -105,7 +105,8 @@ impl Root {
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] if `id` is outside the uid range;
     /// [`ErrorKind::AlreadyExists`] if the box is in use by another process, or its uid is
-    /// held by a sandbox that is not a box's; [`ErrorKind::Io`] otherwise.
+    /// held by a sandbox that is not a box's (a spare holding it, parked or this root's, is
+    /// evicted instead); [`ErrorKind::Io`] otherwise.
     pub fn init_box(&self, id: u32, owner_uid: u32, owner_gid: u32) -> Result<WorkBox> {
         let range = self.inner.uid_range;
         if id >= range.count {

@@ -177,7 +177,9 @@ impl RootOptions {
     /// spare holds what a pre-built one holds (its mounts, cgroup, namespaces and a uid of
     /// the range; about 3 MiB of memory with its monitor) until claimed or idle for
     /// [`RootOptions::parked_idle`]; none is a daemon: its death loses nothing, and `gc`
-    /// collects what a killed one left. [`Root::release_spares`] ends them all.
+    /// collects what a killed one left. [`Root::release_spares`] ends them all. They are a
+    /// cache: a launch or [`Root::init_box`] that needs a uid a parked spare holds evicts it
+    /// (waiting for its teardown) rather than fail.
     pub fn parked_spares(&mut self, n: usize) -> &mut Self {
         self.parked_spares = n;
         self
