@@ -714,6 +714,36 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_spawned_program_gets_no_descriptor_above_2_of_its_caller() {
+        // A descriptor without close-on-exec, as a caller's C code or shell leaves one.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        // The shell exits 0 if it does not have the descriptor, 1 if it does.
+        let probe = || {
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.arg("-c")
+                .arg(format!("[ -e /proc/$$/fd/{fd} ] && exit 1 || exit 0"));
+            cmd
+        };
+        assert_eq!(
+            probe().status().unwrap().code(),
+            Some(1),
+            "it leaks without"
+        );
+        let mut cmd = probe();
+        exec_with_stdio_only(&mut cmd);
+        assert_eq!(cmd.status().unwrap().code(), Some(0));
+        // The caller keeps its own.
+        assert!(nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+        drop(file);
+    }
+
+    #[test]
     fn poll_until_waits_for_the_deadline_and_reports_events() {
         let (r, w) = nix::unistd::pipe().unwrap();
         let start = Instant::now();
