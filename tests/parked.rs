@@ -281,3 +281,491 @@ fn release_ends_every_parked_spare_even_one_still_starting() {
     common::assert_no_leaks(&env.dir, &env.prefix);
     env.finish();
 }
+
+/// Every process with a descriptor open on `path`, with its command line.
+fn holders_of(path: &Path) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let holds = fs::read_dir(e.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t == path));
+        if holds {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// `runbox ARGS` from a shell that opened `lock` as descriptor 8 (without close-on-exec, as
+/// a shell's `exec 8>file` does) and took an exclusive `flock` on it, then exec'd runbox:
+/// the CLI inherits the locked descriptor, as from a grader that serialises its runs so.
+fn runbox_holding(env: &TestEnv, lock: &Path, args: &[&str]) -> Output {
+    Proc::new("sh")
+        .arg("-c")
+        .arg(r#"exec 8>>"$0" && flock -x 8 && exec "$@""#)
+        .arg(lock)
+        .arg(common::example("runbox"))
+        .arg("--root")
+        .arg(&env.dir)
+        .args(["--cgroup-parent", &env.prefix])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Asserts that no process holds `lock` open and that it can be locked at once.
+fn assert_lock_free(lock: &Path, after: &str) {
+    let holders = holders_of(lock);
+    assert!(
+        holders.is_empty(),
+        "after {after}, {lock:?} is held by {holders:?}"
+    );
+    let file = fs::File::open(lock).unwrap();
+    let locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock);
+    assert!(
+        locked.is_ok(),
+        "after {after}, the flock on {lock:?} is still held"
+    );
+}
+
+#[test]
+fn the_callers_descriptors_reach_no_monitor_and_no_parked_spare() {
+    let env = TestEnv::new("pk-fds");
+    let lock = env.dir.with_extension("lock");
+    let image = common::image().to_str().unwrap().to_string();
+    let run = [
+        "run",
+        "--image",
+        &image,
+        "--spare-idle",
+        "600",
+        "probe",
+        "true",
+    ];
+    // The second run of a shape parks a spare (a monitor started by the CLI that outlives
+    // it); each run's own monitor may still be tearing down when the CLI exits.
+    for n in 1..=2 {
+        let out = runbox_holding(&env, &lock, &run);
+        assert!(out.status.success(), "{out:?}");
+        assert_lock_free(&lock, &format!("run {n}"));
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    assert_lock_free(&lock, "the spare parked");
+    // A sandbox that outlives its CLI: its monitor, and the parked spare it was served from.
+    let out = runbox_holding(
+        &env,
+        &lock,
+        &[
+            "run",
+            "--detach",
+            "--name",
+            "held",
+            "--image",
+            &image,
+            "--spare-idle",
+            "600",
+            "probe",
+            "sleep",
+            "60",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(state(&env, "held")["prebuilt"], true);
+    assert_lock_free(&lock, "a detached run");
+    assert!(runbox(&env, &["delete", "--force", "held"])
+        .status
+        .success());
+    let _ = fs::remove_file(&lock);
+    env.finish();
+}
+
+/// `runbox --uid-range RANGE run -d --name ID -m MEM probe sleep 60`.
+fn run_sleeper(env: &TestEnv, range: &str, memory: &str, id: &str) -> Output {
+    let image = common::image().to_str().unwrap().to_string();
+    runbox(
+        env,
+        &[
+            "--uid-range",
+            range,
+            "run",
+            "--detach",
+            "--name",
+            id,
+            "-m",
+            memory,
+            "--image",
+            &image,
+            "probe",
+            "sleep",
+            "60",
+        ],
+    )
+}
+
+#[test]
+fn a_launch_needing_the_uid_a_parked_spare_holds_evicts_the_spare() {
+    let env = TestEnv::new("pk-evict");
+    let image = common::image().to_str().unwrap().to_string();
+    // Two uids; two runs of one shape leave a spare parked holding one of them.
+    let range = "60200:2";
+    for _ in 0..2 {
+        let out = runbox(
+            &env,
+            &[
+                "--uid-range",
+                range,
+                "run",
+                "-m",
+                "100M",
+                "--image",
+                &image,
+                "probe",
+                "true",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    let spare = ready(&env).remove(0);
+    // Two sandboxes of another shape need both uids: the second evicts the spare.
+    for id in ["a", "b"] {
+        let out = run_sleeper(&env, range, "200M", id);
+        assert!(out.status.success(), "{id}: {out:?}");
+        assert_eq!(state(&env, id)["status"], "running", "{id}");
+    }
+    assert!(!spare.exists(), "the parked spare was evicted");
+    let pid = pid_of(&spare);
+    wait_until("the evicted spare to exit", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    // A sandbox is never evicted: with both uids held by sandboxes, the range is full.
+    let out = run_sleeper(&env, range, "200M", "c");
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("every uid of the range 60200+2 is held"),
+        "{err}"
+    );
+    for id in ["a", "b"] {
+        assert_eq!(
+            state(&env, id)["status"],
+            "running",
+            "{id} was not disturbed"
+        );
+        assert!(runbox(&env, &["delete", "--force", id]).status.success());
+    }
+    env.finish();
+}
+
+#[test]
+fn a_library_launch_needing_the_uid_a_parked_spare_holds_evicts_the_spare() {
+    let env = TestEnv::new("pk-lib");
+    let open = |spares: usize| {
+        runbox::RootOptions::new()
+            .cgroup_prefix(env.prefix.clone())
+            .uid_range(60_220, 3)
+            .parked_spares(1)
+            .spare_monitors(spares)
+            .open(&env.dir)
+            .unwrap()
+    };
+    // One controller (without spares of its own, as the CLI) runs a shape twice and leaves a
+    // spare parked, holding one uid (of three: the runs' monitors may still hold theirs when
+    // it leases).
+    {
+        let root = open(0);
+        let mut cmd = env.cmd("probe", &["true"]);
+        cmd.limits_mut().memory_bytes = 100 << 20;
+        for _ in 0..2 {
+            let v = root.run(&cmd).unwrap();
+            assert_eq!(v.status, runbox::Status::Ok, "{v:?}");
+        }
+        root.stop_waiting_for_spares();
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    // Another, with a spare monitor of its own, spawns three sandboxes of another shape.
+    let root = open(1);
+    let mut cmd = env.cmd("probe", &["sleep", "60"]);
+    cmd.limits_mut().memory_bytes = 200 << 20;
+    let sandboxes: Vec<runbox::Sandbox> = (0..3)
+        .map(|n| {
+            root.spawn(&cmd)
+                .unwrap_or_else(|e| panic!("sandbox {n}: {e}"))
+        })
+        .collect();
+    assert!(parked(&env).is_empty(), "the parked spare was evicted");
+    let err = root.spawn(&cmd).unwrap_err();
+    assert!(err.to_string().contains("every uid of the range"), "{err}");
+    for s in sandboxes {
+        assert_eq!(s.state().unwrap(), runbox::SandboxState::Running);
+        s.delete(true).unwrap();
+    }
+    drop(root);
+    env.finish();
+}
+
+#[test]
+fn an_isolate_init_of_a_box_whose_uid_a_parked_spare_holds_evicts_the_spare() {
+    let env = TestEnv::new("pk-box");
+    let image = common::image().to_str().unwrap().to_string();
+    // Boxes 0 and 1 run as 60210 and 60211; a parked spare holds one of the two.
+    let range = "60210:2";
+    for _ in 0..2 {
+        let out = runbox(
+            &env,
+            &[
+                "--uid-range",
+                range,
+                "run",
+                "--image",
+                &image,
+                "probe",
+                "true",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    let link = env.dir.with_extension("bin");
+    fs::create_dir_all(&link).unwrap();
+    let isolate = link.join("isolate");
+    let _ = fs::remove_file(&isolate);
+    std::os::unix::fs::symlink(common::example("runbox"), &isolate).unwrap();
+    let run = |args: &[&str]| {
+        Proc::new(&isolate)
+            .args(args)
+            .env("RUNBOX_ROOT", &env.dir)
+            .env("RUNBOX_CGROUP_PARENT", &env.prefix)
+            .env("RUNBOX_UID_RANGE", range)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for b in ["--box-id=0", "--box-id=1"] {
+        let out = run(&["--init", b]);
+        assert!(out.status.success(), "{b}: {out:?}");
+    }
+    assert!(parked(&env).is_empty(), "the parked spare was evicted");
+    for b in ["--box-id=0", "--box-id=1"] {
+        let out = run(&["--cleanup", b]);
+        assert!(out.status.success(), "{b}: {out:?}");
+    }
+    fs::remove_dir_all(&link).unwrap();
+    env.finish();
+}
+
+#[test]
+fn a_controller_out_of_descriptors_fails_cleanly_and_recovers() {
+    let env = TestEnv::new("pk-emfile");
+    let image = common::image().to_str().unwrap().to_string();
+    let root = env.dir.to_string_lossy().into_owned();
+    // The CLI with its open-files soft limit lowered to n: every launch step that opens a
+    // descriptor in turn meets EMFILE, from the first to the last.
+    let limited = |n: u32, args: &[&str]| {
+        Proc::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -Sn "$0" && exec "$@""#)
+            .arg(n.to_string())
+            .arg(common::example("runbox"))
+            .arg("--root")
+            .arg(&env.dir)
+            .args(["--cgroup-parent", &env.prefix])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let mut failed = 0;
+    let mut unclear = Vec::new();
+    let mut succeeded_at = None;
+    // (Under 4 the dynamic loader fails before runbox runs.)
+    for n in 4..=64 {
+        let out = limited(n, &["run", "--image", &image, "probe", "echo", "hi"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => {
+                assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{out:?}");
+                succeeded_at = Some(n);
+            }
+            Some(125) => {
+                let clear = err.starts_with("runbox: io: ") && err.contains("Too many open files");
+                if !clear {
+                    unclear.push(format!("at {n} descriptors: {err}"));
+                }
+                failed += 1;
+            }
+            _ => panic!("at {n} descriptors: {out:?}"),
+        }
+        // Nothing stays of a failed launch: no sandbox directory, lease, cgroup or monitor.
+        // (A run that succeeded may have parked a spare: released here.)
+        assert!(runbox(&env, &["gc", "--release-spares"]).status.success());
+        wait_until("the launch's processes to end", || {
+            common::processes_mentioning(&root).is_empty()
+        });
+        env.wait_for_monitors();
+        common::assert_no_leaks(&env.dir, &env.prefix);
+        if succeeded_at.is_some() {
+            break;
+        }
+    }
+    assert!(
+        unclear.is_empty(),
+        "not an I/O error naming EMFILE: {unclear:#?}"
+    );
+    assert!(failed > 0, "no launch met EMFILE");
+    let n = succeeded_at.expect("no launch succeeded with up to 64 descriptors");
+    // A spare parked by such a controller serves other controllers later: it must not keep
+    // the controller's shortage (each monitor raises its soft limit to the hard one).
+    for _ in 0..2 {
+        let out = limited(n, &["run", "--image", &image, "probe", "echo", "hi"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    let limits = fs::read_to_string(format!("/proc/{}/limits", pid_of(&ready(&env)[0]))).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[3], open_files[4],
+        "soft and hard limits: {limits}"
+    );
+    // With its descriptors back, the controller works (from the spare parked so).
+    let out = runbox(
+        &env,
+        &[
+            "run", "--detach", "--name", "after", "--image", &image, "probe", "true",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(state(&env, "after")["prebuilt"], true);
+    finish_run(&env, "after");
+    env.finish();
+}
+
+#[test]
+fn spares_park_under_a_state_root_too_long_for_a_socket_address() {
+    // `<root>/.spares/<shape key>/<spare>/sock` is over 107 bytes here (a socket address
+    // holds no more): the socket is bound and reached through its directory's descriptor.
+    let env = TestEnv::new("parked-under-a-state-root-whose-path-is-long");
+    let sock_path = env
+        .dir
+        .join(".spares/0123456789abcdef/_warm-123456-12345678-0/sock");
+    assert!(sock_path.as_os_str().len() > 107, "{sock_path:?}");
+    twice(&env, &[], "long");
+    wait_ready(&env, 1, "a spare to be parked");
+    run_detached(&env, &[], "served");
+    assert_eq!(state(&env, "served")["prebuilt"], true);
+    finish_run(&env, "served");
+    env.finish();
+}
+
+/// Set in the controller process [`a_library_controllers_descriptors_reach_no_factory_spare_or_monitor`]
+/// starts: the state root, cgroup prefix and lock file, separated by newlines.
+const FD_CHILD: &str = "RUNBOX_TEST_FD_CHILD";
+
+/// The controller of the test below, in a process of its own (a descriptor without
+/// close-on-exec in the test process would reach every other test's children): holds a
+/// `flock`ed descriptor without close-on-exec, starts the factory, a spare of its own, a
+/// parked spare and a sandbox, says `ready`, and waits for end of file on stdin.
+fn fd_child(spec: &str) {
+    use std::io::BufRead;
+    let [dir, prefix, lock]: [&str; 3] = spec.split('\n').collect::<Vec<_>>().try_into().unwrap();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(lock)
+        .unwrap();
+    // As a C program's open(2) without O_CLOEXEC leaves it.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let _locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let root = runbox::RootOptions::new()
+        .cgroup_prefix(prefix)
+        .spare_monitors(1)
+        .parked_spares(1)
+        .open(dir)
+        .unwrap();
+    let mut cmd = runbox::Command::new("probe");
+    cmd.args(["true"]).image(common::image());
+    for _ in 0..2 {
+        assert_eq!(root.run(&cmd).unwrap().status, runbox::Status::Ok);
+    }
+    let mut sleeper = runbox::Command::new("probe");
+    sleeper
+        .args(["sleep", "60"])
+        .image(common::image())
+        .name("held");
+    root.spawn(&sleeper).unwrap();
+    println!("ready");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    root.release_spares();
+}
+
+#[test]
+fn a_library_controllers_descriptors_reach_no_factory_spare_or_monitor() {
+    if let Ok(spec) = std::env::var(FD_CHILD) {
+        return fd_child(&spec);
+    }
+    let env = TestEnv::new("pk-fds-lib");
+    let lock = env.dir.with_extension("lock");
+    let spec = format!("{}\n{}\n{}", env.dir.display(), env.prefix, lock.display());
+    let mut child = Proc::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_library_controllers_descriptors_reach_no_factory_spare_or_monitor",
+            "--nocapture",
+        ])
+        .env(FD_CHILD, spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while line.trim() != "ready" {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(
+            n > 0,
+            "the controller ended before it was ready: {:?}",
+            child.wait()
+        );
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    // The factory and its spare, the parked spare and the sandbox's monitor all run now.
+    let root_str = env.dir.to_string_lossy().into_owned();
+    let roles: Vec<String> = common::processes_mentioning(&root_str)
+        .into_iter()
+        .map(|(_, cmd)| cmd)
+        .collect();
+    assert!(roles.iter().any(|c| c.contains(" factory ")), "{roles:?}");
+    let holders = holders_of(&lock);
+    let controller = i32::try_from(child.id()).unwrap();
+    assert!(
+        holders.iter().all(|(pid, _)| *pid == controller),
+        "the controller's descriptor reached {holders:?}"
+    );
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    wait_until("the controller's spares to exit", || {
+        holders_of(&lock).is_empty()
+    });
+    assert_lock_free(&lock, "the controller exited");
+    env.root.sandbox("held").unwrap().delete(true).unwrap();
+    let _ = fs::remove_file(&lock);
+    env.finish();
+}

@@ -306,8 +306,8 @@ impl Root {
     /// # Errors
     /// [`ErrorKind::InvalidConfig`] if `id` is outside the uid range or the quota is zero;
     /// [`ErrorKind::AlreadyExists`] if the box is in use by another process, or its uid is
-    /// held by a sandbox that is not a box's; [`ErrorKind::Io`] otherwise (the disk cannot
-    /// be mounted, say).
+    /// held by a sandbox that is not a box's (a spare holding it, parked or this root's, is
+    /// evicted instead); [`ErrorKind::Io`] otherwise (the disk cannot be mounted, say).
     pub fn init_box_with_quota(
         &self,
         id: u32,
@@ -337,7 +337,19 @@ impl Root {
         let _ = fs::remove_file(dir.join(RECORD));
         empty_box(&dir).map_err(|e| Error::io("empty box", &dir, e))?;
         let owner = format!("{BOX_LEASE_PREFIX}{id}");
-        match uids::lease_exact(&self.inner.dir, uid, &owner) {
+        // A spare holding the uid (this root's, or one parked by any process) is a cache:
+        // evicted, as often as it takes, until the uid is the box's.
+        let evict = || {
+            self.inner.spares.release_holding(uid)
+                || super::parked::evict(&self.inner.dir, |u| u == uid)
+        };
+        let leased = loop {
+            match uids::lease_exact(&self.inner.dir, uid, &owner) {
+                Ok(false) if evict() => continue,
+                other => break other,
+            }
+        };
+        match leased {
             Ok(true) => {}
             Ok(false) => {
                 let _ = fs::remove_dir_all(&dir);

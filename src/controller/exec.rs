@@ -65,7 +65,9 @@ pub(super) fn find_monitor(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Execs the monitor `exe` as `args`, with an empty environment, `stdin` and `stdout` (each
-/// `/dev/null` if `None`) and no stderr (a monitor logs into its sandbox's directory). With
+/// `/dev/null` if `None`) and no stderr (a monitor logs into its sandbox's directory), and no
+/// other descriptor of this process: the caller's (a grader's `flock`ed file, say) would
+/// otherwise live on in the monitor, and in a spare for as long as it is parked. With
 /// `cgroup` (the root's cgroup v2 monitors directory, see [`crate::host::cgroup::monitors_cgroup_v2`]) the
 /// monitor is born there (`CLONE_INTO_CGROUP`), so it is never in the controller's cgroup,
 /// which a service manager may kill at any moment; where that fails (a kernel before 5.7) it
@@ -79,12 +81,13 @@ pub(super) fn spawn_monitor(
     stdout: Option<OwnedFd>,
     cgroup: Option<BorrowedFd<'_>>,
 ) -> Result<FirstProcess> {
-    let failed = |e| {
-        Error::with_source(
-            ErrorKind::LaunchFailed,
-            format!("exec monitor {}", exe.display()),
-            e,
-        )
+    let failed = |e: std::io::Error| {
+        // Out of descriptors is this process's condition, not the monitor's: an I/O error.
+        let kind = match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => ErrorKind::Io,
+            _ => ErrorKind::LaunchFailed,
+        };
+        Error::with_source(kind, format!("exec monitor {}", exe.display()), e)
     };
     let words = args.to_args();
     if let Some(cgroup) = cgroup {
@@ -113,15 +116,15 @@ pub(super) fn spawn_monitor(
         }
     }
     let stdio = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
-    std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .args(words)
         .env_clear()
         .stdin(stdio(stdin))
         .stdout(stdio(stdout))
-        .stderr(Stdio::null())
-        .spawn()
-        .map(FirstProcess::Exec)
-        .map_err(failed)
+        .stderr(Stdio::null());
+    sys::exec_with_stdio_only(&mut command);
+    command.spawn().map(FirstProcess::Exec).map_err(failed)
 }
 
 /// The first process of a monitor, as started by [`spawn_monitor`].

@@ -163,11 +163,21 @@ impl Root {
         );
     }
 
-    /// Leases a uid of the root's range for the sandbox staged in `tmp`.
+    /// Leases a uid of the root's range for the sandbox staged in `tmp`. When every uid is
+    /// held, a parked spare holding one is evicted (parked spares are a cache), as many
+    /// times as it takes; only then, with uids held by sandboxes, boxes and live spares
+    /// alone, is the range full.
     fn lease_uid(&self, tmp: &Path) -> Result<u32> {
         let owner = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let range = self.inner.uid_range;
-        match range.lease(&self.inner.dir, owner) {
+        let dir = &self.inner.dir;
+        let lease = || loop {
+            match range.lease(dir, owner) {
+                Ok(None) if parked::evict(dir, |uid| range.contains(uid.into())) => continue,
+                other => return other,
+            }
+        };
+        match lease() {
             Ok(Some(uid)) => Ok(uid),
             Ok(None) => Err(Error::new(
                 ErrorKind::LaunchFailed,

@@ -15,7 +15,7 @@ use crate::config::SandboxConfig;
 use crate::error::Result;
 use crate::host::proc::{self, ProcIdentity};
 use crate::host::state::{self, ParkedRecord};
-use crate::host::uids::UidRange;
+use crate::host::uids::{self, UidRange};
 use crate::layout::{
     self, CLAIMED_PREFIX, PARKED_RECORD, PARKED_SOCKET, SEEN_MARKER, SPARES_DIR, SPARES_GENERATION,
     WARM_PREFIX,
@@ -44,6 +44,14 @@ fn entries(group: &Path) -> Vec<(PathBuf, ProcIdentity)> {
             layout::owner_of(&name, WARM_PREFIX).map(|spare| (e.path(), spare))
         })
         .collect()
+}
+
+/// Connects to the socket of the parked spare whose directory is `dir`, through the
+/// directory's descriptor: a socket address holds at most 107 bytes, and the socket's path
+/// outgrows that under a long state root.
+fn connect(dir: &Path) -> std::io::Result<UnixStream> {
+    let d = fs::File::open(dir)?;
+    UnixStream::connect(format!("/proc/self/fd/{}/{PARKED_SOCKET}", d.as_raw_fd()))
 }
 
 /// Renames the parked spare at `dir` away for this process: true if this claim won (no
@@ -79,7 +87,7 @@ pub(super) fn claim(
         let Some(claimed) = take_dir(root, &dir) else {
             continue; // another controller won it, or it just went idle
         };
-        let conn = UnixStream::connect(claimed.join(PARKED_SOCKET));
+        let conn = connect(&claimed);
         let _ = fs::remove_dir_all(&claimed);
         // A spare that died parked: gc collects its cgroup and uid.
         let Ok(conn) = conn else {
@@ -230,6 +238,54 @@ fn park_one(
     Ok((ours, first))
 }
 
+/// How long an eviction waits for the evicted spare to give its uid back (one still
+/// building finishes first, then tears down).
+const EVICT_WAIT: Duration = Duration::from_secs(60);
+
+/// Evicts one parked spare that holds a uid for which `wanted` is true, so that a launch or
+/// a box that needs a uid of the range gets one: parked spares are a cache, and a real
+/// launch never fails for a uid one of them holds. Only a spare still parked is taken (its
+/// directory renamed away, as a claim does: no other controller can claim it then), hung
+/// up on, and waited for until it has torn its container down, given its uid back and
+/// exited (at most [`EVICT_WAIT`]). A uid held by anything else (a sandbox, a box, a spare
+/// of a live `Root`, a spare being claimed) is never touched. True if one was evicted: the
+/// caller tries its lease again (another launch may have been quicker; it evicts again).
+pub(super) fn evict(root: &Path, wanted: impl Fn(u32) -> bool) -> bool {
+    let Ok(groups) = fs::read_dir(root.join(SPARES_DIR)) else {
+        return false;
+    };
+    let groups: Vec<PathBuf> = groups
+        .flatten()
+        .filter(|g| !g.file_name().to_string_lossy().starts_with('.'))
+        .map(|g| g.path())
+        .collect();
+    for (uid, owner) in uids::holders(root) {
+        if !wanted(uid) {
+            continue;
+        }
+        // A spare's lease is owned by its own name, which also names its directory.
+        let Some(spare) = layout::owner_of(&owner, WARM_PREFIX) else {
+            continue;
+        };
+        for group in &groups {
+            let dir = group.join(&owner);
+            if !dir.is_dir() {
+                continue;
+            }
+            let Some(claimed) = take_dir(root, &dir) else {
+                continue; // claimed by another controller, or gone idle, just now
+            };
+            // End of file on the claim: it tears down, gives the uid back and exits.
+            drop(connect(&claimed));
+            let _ = fs::remove_dir_all(&claimed);
+            tracing::debug!(uid, spare = %owner, "evicted a parked spare for its uid");
+            let _ = proc::wait_for_exit(spare, Some(Instant::now() + EVICT_WAIT));
+            return true;
+        }
+    }
+    false
+}
+
 /// Claims every parked spare under `root`, of every shape (built or building), and lets it
 /// go: end of file makes it tear down and exit. Returns once they have exited, or after
 /// [`RELEASE_WAIT`].
@@ -254,7 +310,7 @@ pub(super) fn release_all(root: &Path) {
             if let Some(claimed) = take_dir(root, &dir) {
                 // Connecting and hanging up is the end of file it waits for; a spare still
                 // building finds its directory gone and ends when it is done.
-                drop(UnixStream::connect(claimed.join(PARKED_SOCKET)));
+                drop(connect(&claimed));
                 let _ = fs::remove_dir_all(&claimed);
                 released.push(spare);
             }

@@ -177,7 +177,9 @@ impl RootOptions {
     /// spare holds what a pre-built one holds (its mounts, cgroup, namespaces and a uid of
     /// the range; about 3 MiB of memory with its monitor) until claimed or idle for
     /// [`RootOptions::parked_idle`]; none is a daemon: its death loses nothing, and `gc`
-    /// collects what a killed one left. [`Root::release_spares`] ends them all.
+    /// collects what a killed one left. [`Root::release_spares`] ends them all. They are a
+    /// cache: a launch or [`Root::init_box`] that needs a uid a parked spare holds evicts it
+    /// (waiting for its teardown) rather than fail.
     pub fn parked_spares(&mut self, n: usize) -> &mut Self {
         self.parked_spares = n;
         self
@@ -423,6 +425,9 @@ impl Root {
     pub fn run(&self, cmd: &Command) -> Result<Verdict> {
         let mut sandbox = self.launch(cmd, Mode::Run, true)?;
         let verdict = sandbox.wait_for_report().map(|r| r.verdict);
+        // Closing the report pipe lets the monitor tear down and give its uid back at once,
+        // while the spares below start (one parked may need that uid).
+        drop(sandbox);
         let later = match self.inner.park_later.lock() {
             Ok(mut later) => std::mem::take(&mut *later),
             Err(_) => Vec::new(),

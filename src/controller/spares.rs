@@ -243,6 +243,26 @@ impl Spares {
         wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
     }
 
+    /// Releases this root's idle spares whose pre-built container holds `uid` (a box needs
+    /// exactly that uid) and returns once they have given it back and exited (or after
+    /// [`RELEASE_WAIT`]). True if there was one.
+    pub fn release_holding(&self, uid: u32) -> bool {
+        let holding: Vec<Spare> = match self.idle.lock() {
+            Ok(mut idle) => {
+                let (holding, keep) = idle
+                    .drain(..)
+                    .partition(|s| s.warm.as_ref().is_some_and(|w| w.uid == Some(uid)));
+                *idle = keep;
+                holding
+            }
+            Err(_) => Vec::new(),
+        };
+        let found = !holding.is_empty();
+        let reports = holding.into_iter().map(Spare::release).collect();
+        wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        found
+    }
+
     /// Remembers the build shape of a launch: the next spares pre-build it.
     pub fn remember_shape(&self, shape: SandboxConfig) {
         if self.prebuild {

@@ -386,9 +386,11 @@ pub(crate) fn monotonic_us() -> u64 {
 /// `clone3` itself (a kernel before 5.7, a cgroup gone or not a domain): nothing was started
 /// and the caller may start the process another way.
 ///
+/// No other descriptor of the caller reaches the program ([`cloexec_from_3`]).
+///
 /// Safe to call from a multi-threaded process: the child only calls async-signal-safe
-/// functions (`sigprocmask`, `signal`, `dup2`, `fcntl`, `execve`, `write`, `_exit`) on data
-/// prepared before the clone.
+/// functions (`sigprocmask`, `signal`, `dup2`, `fcntl`, `close_range`, `execve`, `write`,
+/// `_exit`) on data prepared before the clone.
 pub(crate) fn spawn_into_cgroup(
     exe: &std::ffi::CStr,
     argv: &[std::ffi::CString],
@@ -463,6 +465,8 @@ pub(crate) fn spawn_into_cgroup(
                     libc::dup2(fd, target) == target
                 };
             }
+            // Only 0-2 reach the program, never another of the caller's descriptors.
+            cloexec_from_3();
             if ok {
                 libc::execve(exe.as_ptr(), argv_ptrs.as_ptr(), envp.as_ptr());
             }
@@ -475,6 +479,85 @@ pub(crate) fn spawn_into_cgroup(
     let pid = i32::try_from(pid).map_err(io::Error::other)?;
     drop((err_w, moved));
     exec_outcome(pid, &err_r).map(Ok)
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so that a program this process execs
+/// next gets only 0-2: the caller's other descriptors (a grader's `flock`ed file, a
+/// listening socket) must never reach a monitor, a spare or a sandbox. `close_range(3, ~0,
+/// CLOSE_RANGE_CLOEXEC)` (Linux 5.11); before that, `fcntl(FD_CLOEXEC)` on every number
+/// below the open-files soft limit (at most 2^20, the kernel's default `nr_open`).
+///
+/// Async-signal-safe (raw system calls only): for a child between its clone and `execve`.
+pub(crate) fn cloexec_from_3() {
+    // SAFETY: close_range and getrlimit take integers and a pointer to a live local; fcntl
+    // with F_SETFD only sets a flag on the calling process's descriptor (EBADF when none).
+    unsafe {
+        let flags = libc::c_uint::try_from(libc::CLOSE_RANGE_CLOEXEC).unwrap_or(0);
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            flags,
+        ) == 0
+        {
+            return;
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 20)
+        } else {
+            1 << 20
+        };
+        let top = libc::c_int::try_from(top).unwrap_or(1 << 20);
+        for fd in 3..top {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// Makes `cmd`'s child mark every descriptor from 3 up close-on-exec before it execs
+/// ([`cloexec_from_3`]), after `std` has set up its stdin, stdout and stderr: the child gets
+/// exactly those three. (It makes `std` fork instead of `posix_spawn`.)
+pub(crate) fn exec_with_stdio_only(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and execve and calls only
+    // `cloexec_from_3`, which is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            cloexec_from_3();
+            Ok(())
+        });
+    }
+}
+
+/// Closes every descriptor from 3 up that is not close-on-exec: at the start of a process
+/// exec'd by runbox (a monitor, a spare, the factory), those can only have been inherited
+/// from whatever exec'd it, never opened by this process (Rust opens everything
+/// close-on-exec), and none is meant for it. A defence in depth behind [`cloexec_from_3`]
+/// in the spawner, for a monitor started some other way. Call before any thread starts.
+pub(crate) fn close_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD only reads the flags of a descriptor number (EBADF for the closed
+        // one the listing used). A descriptor without FD_CLOEXEC was not opened by Rust code
+        // of this process (std always sets it), so no owner here will close it again.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::close(fd);
+            }
+        }
+    }
 }
 
 /// In a child between its clone and `execve`, after `execve` failed: writes `errno` to the
@@ -628,6 +711,36 @@ mod tests {
     use nix::poll::PollFlags;
     use std::os::fd::AsFd;
     use std::time::Duration;
+
+    #[test]
+    fn a_spawned_program_gets_no_descriptor_above_2_of_its_caller() {
+        // A descriptor without close-on-exec, as a caller's C code or shell leaves one.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        // The shell exits 0 if it does not have the descriptor, 1 if it does.
+        let probe = || {
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.arg("-c")
+                .arg(format!("[ -e /proc/$$/fd/{fd} ] && exit 1 || exit 0"));
+            cmd
+        };
+        assert_eq!(
+            probe().status().unwrap().code(),
+            Some(1),
+            "it leaks without"
+        );
+        let mut cmd = probe();
+        exec_with_stdio_only(&mut cmd);
+        assert_eq!(cmd.status().unwrap().code(), Some(0));
+        // The caller keeps its own.
+        assert!(nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_ok());
+        drop(file);
+    }
 
     #[test]
     fn poll_until_waits_for_the_deadline_and_reports_events() {

@@ -48,7 +48,8 @@ impl UidRange {
         self.first + (self.count - 1)
     }
 
-    fn contains(&self, id: u64) -> bool {
+    /// Whether `id` is a uid of the range.
+    pub fn contains(&self, id: u64) -> bool {
         (u64::from(self.first)..=u64::from(self.last())).contains(&id)
     }
 
@@ -194,6 +195,21 @@ pub(crate) fn lease_exact(root: &Path, uid: u32, owner: &str) -> io::Result<bool
 /// The lease file of `uid` under `root`.
 fn lease_path(root: &Path, uid: u32) -> PathBuf {
     root.join(UIDS_DIR).join(uid.to_string())
+}
+
+/// Every lease under `root` with its owner's name, in no particular order (a lease being
+/// written may show an empty owner).
+pub(crate) fn holders(root: &Path) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir(root.join(UIDS_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let uid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((uid, fs::read_to_string(e.path()).unwrap_or_default()))
+        })
+        .collect()
 }
 
 /// Makes the sandbox `id` the owner of the lease of `uid` (once its directory is claimed),

@@ -176,7 +176,10 @@ fn open_parking(dir: &Path) -> std::io::Result<UnixListener> {
         }
         make()?;
     }
-    let listener = UnixListener::bind(dir.join(PARKED_SOCKET))?;
+    // Bound through the directory's descriptor: a socket address holds at most 107 bytes,
+    // and `<root>/.spares/<shape key>/<name>/sock` outgrows that under a long state root.
+    let d = fs::File::open(dir)?;
+    let listener = UnixListener::bind(format!("/proc/self/fd/{}/{PARKED_SOCKET}", d.as_raw_fd()))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

@@ -53,7 +53,15 @@ impl Prepared {
 
 /// Forks away from the spawner (which reaps only the short-lived first process) and starts a
 /// new session. A failure is reported and ends the process.
+///
+/// First it closes any descriptor above 2 it inherited (the spawner passes none: a
+/// controller's descriptors must never stay open in a monitor, or a spare parked for a
+/// minute) and raises its open-files soft limit to the hard one: a controller that ran
+/// short of descriptors must not leave its monitors, and the parked spares that later
+/// serve other controllers, short too.
 pub(super) fn detach() {
+    sys::close_inherited_fds();
+    raise_open_files_limit();
     if let Err(e) = sys::fork_and_detach() {
         fail(&Error::with_source(
             ErrorKind::LaunchFailed,
@@ -64,6 +72,17 @@ pub(super) fn detach() {
     let _ = nix::unistd::setsid();
     let _ = std::env::set_current_dir("/");
     phases::mark("detached");
+}
+
+/// Sets the open-files soft limit to the hard limit (best effort). The sandbox's own limit
+/// comes from its config, applied by libcontainer: this is the monitor's.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// Moves the monitor into its own mount namespace, so its mounts vanish with it. The
