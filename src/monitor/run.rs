@@ -40,9 +40,12 @@ pub(super) fn run(
     warm_uid: Option<u32>,
     inherited: Option<Vec<OwnedFd>>,
 ) -> Result<()> {
-    let mut opened = open(dir)?;
-    opened.inherited = match inherited_streams(&opened.record.config, inherited) {
-        Ok(fds) => fds,
+    let opened = open(dir).and_then(|mut opened| {
+        opened.inherited = inherited_streams(&opened.record.config, inherited)?;
+        Ok(opened)
+    });
+    let mut opened = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             drop(warm);
             if let (Some(uid), Some(root)) = (warm_uid, dir.parent()) {
@@ -136,14 +139,27 @@ fn inherited_streams(
 }
 
 impl Opened {
-    /// Rewrites `monitor.json` with the current status.
+    /// Rewrites `monitor.json` with the current status: in the space reserved for it (see
+    /// [`open`]), exchanged with the old file, whose space becomes the next reserve; so a
+    /// state root that filled up since the sandbox was opened does not fail the update (a
+    /// phase left behind would keep `kill` and `state` from seeing the program run).
     fn save(&self) -> Result<()> {
-        state::write_json_atomic(&self.layout.monitor(), &self.status)
+        let bytes = serde_json::to_vec_pretty(&self.status)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "encode monitor.json", e))?;
+        let (reserve, path) = (self.layout.monitor_reserve(), self.layout.monitor());
+        if state::write_reserved(&reserve, &path, &bytes, state::Reserved::Exchange)? {
+            return Ok(());
+        }
+        state::write_atomic(&path, &bytes)
     }
 }
 
-/// Reads the sandbox's record and writes `monitor.json` (phase `creating`, this monitor's
-/// identity), which tells every controller who owns the sandbox now.
+/// Reads the sandbox's record, writes `monitor.json` (phase `creating`, this monitor's
+/// identity), which tells every controller who owns the sandbox now, and reserves the space
+/// whatever the monitor writes later needs: `exit.json` and the rewrites of `monitor.json`
+/// (reserved files), and the empty output files. A state root that fills up while the
+/// program runs (a read-write bind on it, another sandbox's output) then still gets the
+/// verdict; one that is full already fails the launch here, before anything is built.
 fn open(dir: &Path) -> Result<Opened> {
     let layout = Layout {
         dir: dir.to_path_buf(),
@@ -164,7 +180,13 @@ fn open(dir: &Path) -> Result<Opened> {
         },
         inherited: Vec::new(),
     };
-    opened.save()?;
+    let layout = &opened.layout;
+    state::write_json_atomic(&layout.monitor(), &opened.status)?;
+    state::reserve(&layout.exit_reserve(), state::EXIT_RESERVE_BYTES)?;
+    state::reserve(&layout.monitor_reserve(), state::MONITOR_RESERVE_BYTES)?;
+    for path in [layout.stdout(), layout.stderr()] {
+        File::create(&path).map_err(|e| Error::io("create", path, e))?;
+    }
     phases::mark("records");
     Ok(opened)
 }
