@@ -258,3 +258,87 @@ fn a_verdict_survives_a_full_state_root_and_a_launch_into_it_fails_cleanly() {
     assert!(report.errors.is_empty(), "{report:?}");
     finish(&root, &dir, &prefix);
 }
+
+/// Fills the file system of `fill` completely, then frees `pages` pages of it.
+fn fill_leaving(fill: &Path, pages: u64) {
+    let path = fill.join("filler");
+    let mut f = fs::File::create(&path).unwrap();
+    let chunk = vec![1u8; 1 << 16];
+    loop {
+        use std::io::Write;
+        match f.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("fill: {e}"),
+        }
+    }
+    // Page by page: a partial last chunk may have been written.
+    loop {
+        use std::io::Write;
+        if f.write(&[1u8]).is_err() {
+            break;
+        }
+    }
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(pages * 4096) / 4096 * 4096)
+        .unwrap();
+}
+
+#[test]
+fn a_launch_into_a_nearly_full_state_root_runs_right_or_fails_cleanly() {
+    let small = SmallFs::mount("nearly", "8m");
+    let fill = small.fill_dir();
+    let dir = small.mnt.join("root");
+    let prefix = format!("runbox-test-{}-nearly", std::process::id());
+    // No spares: each launch is the same sequence of writes, so the free pages sweep over
+    // every point of it (the staging directory, the uid lease, sandbox.json, monitor.json,
+    // the reserves, the output).
+    let root = RootOptions::new()
+        .cgroup_prefix(prefix.clone())
+        .spare_monitors(0)
+        .prebuild(false)
+        .open(&dir)
+        .unwrap();
+    let _cleanup = Cleanup {
+        root: &root,
+        dir: &dir,
+        prefix: &prefix,
+    };
+    let mut failed = 0;
+    let mut ran = 0;
+    for pages in [0, 1, 2, 3, 4, 6, 12, 18, 19, 20, 21, 22, 24, 32] {
+        fill_leaving(&fill, pages);
+        match root.run(&cmd(&fill, "echo hi")) {
+            Ok(v) => {
+                ran += 1;
+                assert_eq!(v.status, Status::Ok, "{pages} pages free: {v:?}");
+                assert!(
+                    v.stdout == "hi\n"
+                        || (v.stdout.is_empty()
+                            && v.stdout_truncated
+                            && v.message.as_deref().unwrap_or("").contains("output lost")),
+                    "{pages} pages free: {v:?}"
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                assert!(
+                    matches!(e.kind(), ErrorKind::Io | ErrorKind::LaunchFailed),
+                    "{pages} pages free: {e:?}"
+                );
+                assert!(e.chain().contains("No space left"), "{}", e.chain());
+            }
+        }
+        // Whichever way it went, nothing of it stays (the monitor of a one-shot run
+        // removes its directory after the verdict).
+        wait_for_monitors(&dir, &prefix);
+        assert!(root.list().unwrap().is_empty(), "{pages} pages free");
+        common::assert_no_leaks(&dir, &prefix);
+        small.free();
+    }
+    assert!(failed > 0 && ran > 0, "{failed} failed, {ran} ran");
+    let report = root.gc();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(root.run(&cmd(&fill, "echo back")).unwrap().stdout, "back\n");
+    finish(&root, &dir, &prefix);
+}
