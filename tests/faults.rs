@@ -342,3 +342,659 @@ fn a_launch_into_a_nearly_full_state_root_runs_right_or_fails_cleanly() {
     assert_eq!(root.run(&cmd(&fill, "echo back")).unwrap().stdout, "back\n");
     finish(&root, &dir, &prefix);
 }
+
+// ---------------------------------------------------------------------------------------
+// The kill harness: SIGKILL of each process role at many points of the start path.
+// ---------------------------------------------------------------------------------------
+
+/// In the emulated guest (tests/vm sets `RUNBOX_IN_GUEST`) everything is 10-50x slower:
+/// fewer iterations, delays stretched.
+fn in_guest() -> bool {
+    std::env::var_os("RUNBOX_IN_GUEST").is_some()
+}
+
+fn iterations() -> u32 {
+    if in_guest() {
+        4
+    } else {
+        12
+    }
+}
+
+/// Delay of iteration `i` of `n`, spread evenly over `0..max_ms` (stretched in the guest).
+fn spread(i: u32, n: u32, max_ms: u64) -> Duration {
+    let scale = if in_guest() { 20 } else { 1 };
+    Duration::from_micros(max_ms * 1000 * u64::from(i) / u64::from(n.max(1)) * scale)
+}
+
+/// The memory limit of the harness's sandboxes: a process of theirs found anywhere must
+/// be in a cgroup of the test's prefix that has exactly this limit.
+const MEMORY: u64 = 96 << 20;
+
+/// `sh -c SCRIPT MARK`: the shell's command line carries `MARK` (its `$0`), so every
+/// sandbox shell of a test is found by its marker.
+fn marked(mark: &str, script: &str) -> runbox::Command {
+    let mut c = runbox::Command::new("/bin/sh");
+    c.args(["-c", script, mark]).image(common::image());
+    c.limits_mut().memory_bytes = MEMORY;
+    c
+}
+
+/// The script of the harness's runs and what it must give when nothing was killed.
+const SCRIPT: &str = "echo hi; exit 7";
+
+fn is_right(v: &runbox::Verdict) -> bool {
+    v.status == Status::RuntimeError && v.exit_code == Some(7) && v.stdout == "hi\n"
+}
+
+fn is_lost(v: &runbox::Verdict) -> bool {
+    v.status == Status::InternalError
+}
+
+fn cmdline(pid: i32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+/// Field 22 of `/proc/<pid>/stat`: with the pid, a process's identity.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // `rest` starts at field 3 (state); field 22 is the 20th from there.
+    let mut fields = rest.split_whitespace();
+    if fields.next()? == "Z" {
+        return None; // a zombie is dead already
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+fn pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn mount_ns(pid: i32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+/// The memory cgroup of `pid` (v1 memory hierarchy, or v2).
+fn memory_cgroup(pid: i32) -> Option<String> {
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v1 = cg.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_string())
+    });
+    v1.or_else(|| {
+        cg.lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+    })
+}
+
+/// The memory limit of the cgroup `path` (v1 or v2), if it has one.
+fn memory_limit(path: &str) -> Option<u64> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let file = match f[2] {
+            "cgroup2" => format!("{}{path}/memory.max", f[1]),
+            "cgroup" if f[3].split(',').any(|o| o == "memory") => {
+                format!("{}{path}/memory.limit_in_bytes", f[1])
+            }
+            _ => continue,
+        };
+        if let Ok(v) = fs::read_to_string(file) {
+            return v.trim().parse().ok();
+        }
+    }
+    None
+}
+
+/// True if `pid` is the pid 1 of a pid namespace below ours (a container's init).
+fn is_container_init(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ns| {
+                let ids: Vec<&str> = ns.split_whitespace().collect();
+                ids.len() > 1 && ids.last() == Some(&"1")
+            })
+    })
+}
+
+/// Never a sandbox running without its limits: every process of the test's sandboxes
+/// (its shell, found by `mark`; and every container init in the prefix's cgroups) is in a
+/// cgroup of the test's prefix, not the monitors', with the sandbox's memory limit.
+fn assert_confined(mark: &str, prefix: &str) {
+    for pid in pids() {
+        let Some(cg) = memory_cgroup(pid) else {
+            continue;
+        };
+        let in_prefix = cg.starts_with(&format!("/{prefix}/"));
+        let marked = cmdline(pid).is_some_and(|c| c.contains(mark));
+        let init = in_prefix && is_container_init(pid);
+        if !(marked || init) || start_time(pid).is_none() {
+            continue;
+        }
+        assert!(
+            in_prefix && !cg.ends_with("/_monitors"),
+            "process {pid} ({:?}) of a sandbox runs in {cg}",
+            cmdline(pid)
+        );
+        // Gone meanwhile: its cgroup may be gone too.
+        if let Some(limit) = memory_limit(&cg) {
+            assert_eq!(limit, MEMORY, "process {pid} in {cg}");
+        }
+    }
+}
+
+/// Waits (at most 30 s) until no process carries `mark` any more.
+fn wait_marked_gone(mark: &str) {
+    let t = Instant::now();
+    let alive = || {
+        pids()
+            .into_iter()
+            .any(|p| cmdline(p).is_some_and(|c| c.contains(mark)) && start_time(p).is_some())
+    };
+    while alive() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "a sandbox process of {mark} outlived its sandbox"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills, once `delay` has passed, every process `find` names (pid and start time, checked
+/// again right before the signal, so a reused pid is never signalled), polling until one
+/// was found and killed, or `stop` is set. Returns how many were killed.
+fn killer(
+    delay: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    find: impl Fn() -> Vec<i32> + Send + 'static,
+) -> std::thread::JoinHandle<usize> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        while t.elapsed() < delay && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        loop {
+            let mut killed = 0;
+            for pid in find() {
+                let Some(start) = start_time(pid) else {
+                    continue;
+                };
+                // Verified again right before the signal: still a process of the role, and
+                // the same process (start time).
+                let verified = find().contains(&pid) && start_time(pid) == Some(start);
+                let sig = nix::sys::signal::Signal::SIGKILL;
+                if verified && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok()
+                {
+                    killed += 1;
+                }
+            }
+            if killed > 0 || stop.load(Ordering::Relaxed) {
+                return killed;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+}
+
+/// Processes of the monitor executable working for the state root `root` whose arguments
+/// after the root are `words` (`factory`, `spare`, `run`...), in our mount namespace
+/// (`same_ns`) or in one of their own.
+fn monitor_processes(root: &Path, word: &str, same_ns: Option<bool>) -> Vec<i32> {
+    let root = root.to_string_lossy().into_owned();
+    let ours = mount_ns(std::process::id().try_into().unwrap());
+    pids()
+        .into_iter()
+        .filter(|&p| {
+            cmdline(p).is_some_and(|c| {
+                let mut words = c
+                    .split_whitespace()
+                    .skip_while(|w| *w != "--runbox-monitor-v1");
+                words.next().is_some()
+                    && words
+                        .next()
+                        .is_some_and(|r| r == root || r.starts_with(&format!("{root}/")))
+                    && words.next() == Some(word)
+            })
+        })
+        .filter(|&p| same_ns.is_none_or(|same| (mount_ns(p) == ours) == same))
+        .collect()
+}
+
+/// The container inits (pid 1 of their namespace) in the cgroups of `prefix`.
+fn inits(prefix: &str) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|&p| {
+            memory_cgroup(p).is_some_and(|cg| cg.starts_with(&format!("/{prefix}/")))
+                && is_container_init(p)
+        })
+        .collect()
+}
+
+/// Outcomes seen, for the test's output.
+#[derive(Default, Debug)]
+struct Seen(std::collections::BTreeMap<&'static str, u32>);
+
+impl Seen {
+    fn add(&mut self, what: &'static str) {
+        *self.0.entry(what).or_default() += 1;
+    }
+}
+
+/// One role's harness: a state root and prefix of its own, the marker of its sandboxes.
+struct Harness {
+    dir: PathBuf,
+    prefix: String,
+    mark: String,
+}
+
+impl Harness {
+    fn new(role: &str) -> Harness {
+        common::require_root();
+        let pid = std::process::id();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("roots")
+            .join(format!("kill-{role}-{pid}"));
+        let _ = fs::remove_dir_all(&dir);
+        Harness {
+            dir,
+            prefix: format!("runbox-test-{pid}-kill-{role}"),
+            mark: format!("faults-mark-{pid}-{role}"),
+        }
+    }
+
+    fn root(&self, edit: impl FnOnce(&mut RootOptions)) -> Root {
+        let mut opts = RootOptions::new();
+        opts.cgroup_prefix(self.prefix.clone());
+        edit(&mut opts);
+        opts.open(&self.dir).unwrap()
+    }
+
+    fn cmd(&self) -> runbox::Command {
+        marked(&self.mark, SCRIPT)
+    }
+
+    /// After each iteration: nothing of a sandbox runs outside its limits; once the
+    /// sandboxes' processes are gone, gc collects the rest without errors.
+    fn settle(&self, root: &Root) {
+        assert_confined(&self.mark, &self.prefix);
+        wait_marked_gone(&self.mark);
+        wait_for_monitors_except_spares(&self.dir, &self.prefix);
+        // A one-shot run's monitor removes its sandbox after the verdict; gc takes what a
+        // killed one left. Either way nothing stays.
+        let t = Instant::now();
+        loop {
+            let report = root.gc();
+            assert!(report.errors.is_empty(), "{report:?}");
+            let left = root.list().unwrap();
+            if left.is_empty() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "left: {left:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn finish(self, root: &Root, seen: &Seen, role: &str) {
+        eprintln!("kill {role}: {:?}", seen.0);
+        root.release_spares();
+        wait_for_monitors(&self.dir, &self.prefix);
+        let report = root.gc();
+        assert!(report.errors.is_empty(), "{report:?}");
+        finish(root, &self.dir, &self.prefix);
+    }
+}
+
+impl Drop for Harness {
+    /// A failed iteration still removes the test's sandboxes, spares, cgroups and root.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if let Ok(root) = RootOptions::new()
+            .cgroup_prefix(self.prefix.clone())
+            .open(&self.dir)
+        {
+            let _cleanup = Cleanup {
+                root: &root,
+                dir: &self.dir,
+                prefix: &self.prefix,
+            };
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits (at most 30 s) until the sandboxes' cgroups are gone (monitors finish cleaning up
+/// after a one-shot verdict); spares may stay.
+fn wait_for_monitors_except_spares(dir: &Path, prefix: &str) {
+    let t = Instant::now();
+    let busy = || {
+        common::cgroup_prefix_dirs(prefix).iter().any(|d| {
+            fs::read_dir(d).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    e.file_type().is_ok_and(|t| t.is_dir())
+                        && n != "_monitors"
+                        && !n.starts_with("_warm-")
+                        && !dir.join(&n).exists()
+                })
+            })
+        })
+    };
+    while busy() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The monitor of a sandbox killed at points of its start and run (an exec'd monitor: no
+/// spares). The caller gets the verdict if the kill came after it was sent, an
+/// `internal_error` ("lost") verdict if the program had started, a `launch_failed`/`io`
+/// error before; the init dies with its monitor (lifeline, parent-death signal), and gc
+/// collects the rest.
+#[test]
+fn kill_the_monitor_at_points_of_the_start_path() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let h = Harness::new("monitor");
+    let root = h.root(|o| {
+        o.spare_monitors(0).prebuild(false);
+    });
+    let n = iterations();
+    let mut seen = Seen::default();
+    for i in 0..n {
+        let stop = Arc::new(AtomicBool::new(false));
+        let dir = h.dir.clone();
+        let k = killer(spread(i, n, 100), stop.clone(), move || {
+            monitor_processes(&dir, "run", None)
+        });
+        let got = root.run(&marked(&h.mark, "echo hi; usleep 50000; exit 7"));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let killed = k.join().unwrap();
+        match &got {
+            Ok(v) if is_right(v) => seen.add("verdict"),
+            Ok(v) if is_lost(v) && killed > 0 => seen.add("lost"),
+            Err(e) if killed > 0 && matches!(e.kind(), ErrorKind::LaunchFailed | ErrorKind::Io) => {
+                seen.add("launch error")
+            }
+            other => panic!("iteration {i}, {killed} killed: {other:?}"),
+        }
+        h.settle(&root);
+    }
+    h.finish(&root, &seen, "monitor");
+}
+
+/// The container's init killed at points of the start path and of the run (exec'd
+/// monitors, no spares). The caller gets the verdict (the kill came too late), a
+/// `signaled` one (SIGKILL: the program's pid namespace went with its init), an
+/// `internal_error`, or a `launch_failed` error (killed before the program was handed over).
+#[test]
+fn kill_the_init_at_points_of_the_start_path() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let h = Harness::new("init");
+    let root = h.root(|o| {
+        o.spare_monitors(0).prebuild(false);
+    });
+    let n = iterations();
+    let mut seen = Seen::default();
+    for i in 0..n {
+        let stop = Arc::new(AtomicBool::new(false));
+        let prefix = h.prefix.clone();
+        let k = killer(spread(i, n, 120), stop.clone(), move || inits(&prefix));
+        let got = root.run(&marked(&h.mark, "echo hi; usleep 100000; exit 7"));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let killed = k.join().unwrap();
+        match &got {
+            Ok(v) if is_right(v) => seen.add("verdict"),
+            Ok(v) if killed > 0 && v.status == Status::Signaled && v.signal == Some(9) => {
+                seen.add("signaled")
+            }
+            Ok(v) if killed > 0 && is_lost(v) => seen.add("internal error"),
+            Err(e) if killed > 0 && matches!(e.kind(), ErrorKind::LaunchFailed | ErrorKind::Io) => {
+                seen.add("launch error")
+            }
+            other => panic!("iteration {i}, {killed} killed: {other:?}"),
+        }
+        h.settle(&root);
+    }
+    h.finish(&root, &seen, "init");
+}
+
+/// A pre-built container's init killed while its spare waits (being built, built): the
+/// launch that takes the spare builds afresh and gives the verdict (a spare is a cache).
+#[test]
+fn kill_a_prebuilt_init_while_its_spare_waits() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let h = Harness::new("warminit");
+    let root = h.root(|_| {});
+    let n = iterations();
+    let mut seen = Seen::default();
+    let v = root.run(&h.cmd()).unwrap();
+    assert!(is_right(&v), "{v:?}");
+    for i in 0..n {
+        // The last launch asked for a spare of its shape: kill its init as it is built.
+        let stop = Arc::new(AtomicBool::new(false));
+        let prefix = h.prefix.clone();
+        let k = killer(spread(i, n, 40), stop.clone(), move || {
+            inits(&prefix)
+                .into_iter()
+                .filter(|&p| memory_cgroup(p).is_some_and(|cg| cg.contains("/_warm-")))
+                .collect()
+        });
+        let t = Instant::now();
+        while !k.is_finished() && t.elapsed() < spread(i, n, 40) + Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        seen.add(if k.join().unwrap() > 0 {
+            "killed"
+        } else {
+            "missed"
+        });
+        let v = root.run(&h.cmd());
+        assert!(v.as_ref().is_ok_and(is_right), "iteration {i}: {v:?}");
+        h.settle(&root);
+    }
+    h.finish(&root, &seen, "pre-built init");
+}
+
+/// The spare factory killed at points of its start and of the spares it forks: no launch
+/// depends on it (a dead factory's spares are exec'd instead), so every run gives its
+/// verdict; gc collects what the spares it was forking left.
+#[test]
+fn kill_the_factory_at_points_of_the_start_path() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let h = Harness::new("factory");
+    let n = iterations();
+    let mut seen = Seen::default();
+    let mut last = None;
+    for i in 0..n {
+        // A new root each time: a root starts its factory with its first spare.
+        let root = h.root(|_| {});
+        let stop = Arc::new(AtomicBool::new(false));
+        let dir = h.dir.clone();
+        let k = killer(spread(i, n, 30), stop.clone(), move || {
+            monitor_processes(&dir, "factory", Some(true))
+        });
+        for _ in 0..2 {
+            let v = root.run(&h.cmd()).unwrap();
+            assert!(is_right(&v), "iteration {i}: {v:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        seen.add(if k.join().unwrap() > 0 {
+            "killed"
+        } else {
+            "missed"
+        });
+        h.settle(&root);
+        root.release_spares();
+        last = Some(root);
+    }
+    let root = last.unwrap();
+    h.finish(&root, &seen, "factory");
+}
+
+/// A root's own spare killed at points of its start (forked, detached, building its
+/// container, built and idle): the next launch finds it dead and starts a fresh monitor,
+/// with its verdict; the dead spare's pre-built container goes with that launch or gc.
+#[test]
+fn kill_a_spare_at_points_of_its_start() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let h = Harness::new("spare");
+    let n = iterations();
+    let mut seen = Seen::default();
+    let mut last = None;
+    for i in 0..n {
+        let root = h.root(|_| {});
+        let v = root.run(&h.cmd()).unwrap();
+        assert!(is_right(&v), "iteration {i}: {v:?}");
+        // That launch asked for a spare: kill it at a point of its start.
+        let stop = Arc::new(AtomicBool::new(false));
+        let dir = h.dir.clone();
+        let k = killer(spread(i, n, 40), stop.clone(), move || {
+            let mut p = monitor_processes(&dir, "factory", Some(false));
+            p.extend(monitor_processes(&dir, "spare", None));
+            p
+        });
+        // Give the killer its delay (and at most a second more to find a spare).
+        let t = Instant::now();
+        while !k.is_finished() && t.elapsed() < spread(i, n, 40) + Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        seen.add(if k.join().unwrap() > 0 {
+            "killed"
+        } else {
+            "missed"
+        });
+        for _ in 0..2 {
+            let v = root.run(&h.cmd()).unwrap();
+            assert!(is_right(&v), "iteration {i}: {v:?}");
+        }
+        h.settle(&root);
+        root.release_spares();
+        last = Some(root);
+    }
+    let root = last.unwrap();
+    h.finish(&root, &seen, "spare");
+}
+
+/// A parked spare killed at points of its start (exec'd, detached, parked, leasing its uid,
+/// building, built and waiting): the next controller's launch runs (a dead spare is never
+/// claimed, or its claim fails and the launch starts a monitor), and gc collects its
+/// directory, its container's cgroup and its uid lease.
+#[test]
+fn kill_a_parked_spare_at_points_of_its_start() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let h = Harness::new("parked");
+    let n = iterations();
+    let mut seen = Seen::default();
+    let parking = |o: &mut RootOptions| {
+        o.spare_monitors(0).parked_spares(1);
+    };
+    let mut last = None;
+    for i in 0..n {
+        let root = h.root(parking);
+        // The shape's second launch parks a spare, after its verdict.
+        for _ in 0..2 {
+            let v = root.run(&h.cmd()).unwrap();
+            assert!(is_right(&v), "iteration {i}: {v:?}");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let dir = h.dir.clone();
+        let k = killer(spread(i, n, 40), stop.clone(), move || {
+            monitor_processes(&dir, "spare", None)
+        });
+        let t = Instant::now();
+        while !k.is_finished() && t.elapsed() < spread(i, n, 40) + Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        seen.add(if k.join().unwrap() > 0 {
+            "killed"
+        } else {
+            "missed"
+        });
+        root.stop_waiting_for_spares();
+        drop(root);
+        // Another controller.
+        let other = h.root(parking);
+        let v = other.run(&h.cmd()).unwrap();
+        assert!(is_right(&v), "iteration {i}: {v:?}");
+        h.settle(&other);
+        other.release_spares();
+        last = Some(other);
+    }
+    let root = last.unwrap();
+    h.finish(&root, &seen, "parked spare");
+}
+
+/// The controller (a `runbox run` process) killed at points of its launch: the sandbox
+/// either was never claimed (gc collects the staging directory and uid lease), or is lost
+/// (its monitor had not recorded itself: gc collects it), or runs on and a later process
+/// waits for its real verdict.
+#[test]
+fn kill_the_controller_at_points_of_the_start_path() {
+    let h = Harness::new("controller");
+    let root = h.root(|_| {});
+    let cli = common::example("runbox");
+    let n = iterations();
+    let mut seen = Seen::default();
+    for i in 0..n {
+        let name = format!("c{i}");
+        let mut child = std::process::Command::new(&cli)
+            .arg("--root")
+            .arg(&h.dir)
+            .args(["--cgroup-parent", &h.prefix])
+            .args([
+                "run", "--spares", "0", "-m", "96M", "--name", &name, "--image",
+            ])
+            .arg(common::image())
+            .args([
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo hi; usleep 300000; exit 7",
+                &h.mark,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(spread(i, n, 80));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_confined(&h.mark, &h.prefix);
+        match root.sandbox(&name) {
+            Err(e) if e.kind() == ErrorKind::NotFound => seen.add("never claimed"),
+            Err(e) => panic!("iteration {i}: {e:?}"),
+            Ok(mut s) => {
+                let v = s.wait().unwrap();
+                if is_right(&v) {
+                    seen.add("verdict from a later process");
+                } else if is_lost(&v) {
+                    seen.add("lost");
+                } else {
+                    panic!("iteration {i}: {v:?}");
+                }
+            }
+        }
+        h.settle(&root);
+    }
+    h.finish(&root, &seen, "controller");
+}

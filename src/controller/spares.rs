@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,27 @@ struct Warm {
     cgroup_path: String,
     shape: SandboxConfig,
     uid: Option<u32>,
+    /// The state root of a uid this controller leased for the spare (owned by the cgroup's
+    /// `_warm-*` name, which names this controller): given back here if the spare exits
+    /// without (killed, or never forked), since gc sees this controller alive.
+    lease_root: Option<PathBuf>,
+}
+
+impl Warm {
+    /// Gives back the uid this controller leased for the spare's container if its lease
+    /// still names the spare's container: once the spare has exited, nobody else can hold it
+    /// under that name.
+    fn give_back_lease(&self) {
+        let (Some(root), Some(uid)) = (&self.lease_root, self.uid) else {
+            return;
+        };
+        let owner = Path::new(&self.cgroup_path).file_name();
+        let lease = root.join(uids::UIDS_DIR).join(uid.to_string());
+        let held = std::fs::read_to_string(&lease).ok();
+        if owner.is_some_and(|o| held.as_deref().map(std::ffi::OsStr::new) == Some(o)) {
+            uids::release(root, uid);
+        }
+    }
 }
 
 /// How long releasing spares waits for them to exit: a spare in the middle of a build
@@ -114,6 +135,7 @@ impl Spare {
                 cgroup_path,
                 shape,
                 uid,
+                lease_root: None,
             }),
             report_end: Some(report_w),
         })
@@ -229,9 +251,15 @@ impl Spares {
     /// finishes, tears down and exits first), or after [`RELEASE_WAIT`]. New ones are made
     /// on the next launch.
     pub fn release(&self) {
-        let reports: Vec<File> = match self.idle.lock() {
-            Ok(mut idle) => idle.drain(..).map(Spare::release).collect(),
-            Err(_) => Vec::new(),
+        let (reports, warm): (Vec<File>, Vec<Option<Warm>>) = match self.idle.lock() {
+            Ok(mut idle) => idle
+                .drain(..)
+                .map(|mut s| {
+                    let warm = s.warm.take();
+                    (s.release(), warm)
+                })
+                .unzip(),
+            Err(_) => (Vec::new(), Vec::new()),
         };
         if let Ok(mut factory) = self.factory.lock() {
             // End of file: the factory exits once it has forked what it was asked to (those
@@ -240,7 +268,12 @@ impl Spares {
                 *f = None;
             }
         }
-        wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        let ended = wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        for (warm, ended) in warm.iter().zip(ended) {
+            if let (Some(warm), true) = (warm, ended) {
+                warm.give_back_lease();
+            }
+        }
     }
 
     /// Remembers the build shape of a launch: the next spares pre-build it.
@@ -364,27 +397,34 @@ impl Spares {
 }
 
 /// Reads each pipe until end of file (every writer gone) or the deadline.
-fn wait_for_end_of_file(mut pipes: Vec<File>, deadline: Instant) {
+/// Waits until every pipe is at end of file, or `deadline`; tells which reached it.
+fn wait_for_end_of_file(pipes: Vec<File>, deadline: Instant) -> Vec<bool> {
+    let mut ended = vec![false; pipes.len()];
+    let mut pipes: Vec<(usize, File)> = pipes.into_iter().enumerate().collect();
     while !pipes.is_empty() {
         let mut fds: Vec<PollFd<'_>> = pipes
             .iter()
-            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
+            .map(|(_, p)| PollFd::new(p.as_fd(), PollFlags::POLLIN))
             .collect();
         if !matches!(sys::poll_until(&mut fds, Some(deadline)), Ok(n) if n > 0) {
-            return;
+            break;
         }
         let ready: Vec<bool> = fds.iter().map(sys::has_event).collect();
         drop(fds);
         let mut i = 0;
-        pipes.retain_mut(|p| {
+        pipes.retain_mut(|(at, p)| {
             let at_end = ready[i] && {
                 let mut buf = [0u8; 512];
                 !matches!(p.read(&mut buf), Ok(n) if n > 0)
             };
             i += 1;
+            if at_end {
+                ended[*at] = true;
+            }
             !at_end
         });
     }
+    ended
 }
 
 /// Execs the spare factory (it detaches at once) and reaps its first process.
@@ -436,6 +476,7 @@ fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
             cgroup_path,
             shape,
             uid,
+            lease_root: uid.map(|_| t.root.to_path_buf()),
         });
     } else if let Some(uid) = uid {
         uids::release(t.root, uid);
@@ -457,6 +498,7 @@ mod tests {
                 cgroup_path: "/p/_warm-1-2-3".into(),
                 shape,
                 uid: None,
+                lease_root: None,
             }),
             report_end: None,
         }
