@@ -184,7 +184,7 @@ fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
 /// Bytes reserved in every sandbox directory for `exit.json` (`Layout::exit_reserve`): the
 /// verdict's figures take well under a kilobyte, the rest holds captured output (on a full
 /// state root the output in `exit.json` is cut to what fits; see [`write_reserved`]).
-pub(crate) const EXIT_RESERVE_BYTES: usize = 64 * 1024;
+pub(crate) const EXIT_RESERVE_BYTES: usize = 16 * 1024;
 
 /// Bytes reserved for the rewrites of `monitor.json` (`Layout::monitor_reserve`): one page.
 pub(crate) const MONITOR_RESERVE_BYTES: usize = 4096;
