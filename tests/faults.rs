@@ -259,6 +259,38 @@ fn a_verdict_survives_a_full_state_root_and_a_launch_into_it_fails_cleanly() {
     finish(&root, &dir, &prefix);
 }
 
+#[test]
+fn a_created_sandbox_started_on_a_full_state_root_is_seen_running_and_gives_its_verdict() {
+    let small = SmallFs::mount("created", "8m");
+    let fill = small.fill_dir();
+    let dir = small.mnt.join("root");
+    let (root, prefix) = open_root(&dir, "created");
+    let _cleanup = Cleanup {
+        root: &root,
+        dir: &dir,
+        prefix: &prefix,
+    };
+    let mut s = root.create(&cmd(&fill, "sleep 2; exit 5")).unwrap();
+    assert_eq!(s.state().unwrap(), SandboxState::Created);
+    // The file system fills up between create and start: the monitor's rewrite of
+    // monitor.json (phase running) must still land, or `state` and `kill` would see a
+    // sandbox that never started, and the verdict would be an internal error.
+    fill_leaving(&fill, 0);
+    s.start().unwrap();
+    common::wait_until("the sandbox to be seen running", || {
+        s.state().is_ok_and(|st| st == SandboxState::Running)
+    });
+    let v = s.wait().unwrap();
+    assert_eq!(
+        (v.status, v.exit_code),
+        (Status::RuntimeError, Some(5)),
+        "{v:?}"
+    );
+    small.free();
+    s.delete(false).unwrap();
+    finish(&root, &dir, &prefix);
+}
+
 /// Fills the file system of `fill` completely, then frees `pages` pages of it.
 fn fill_leaving(fill: &Path, pages: u64) {
     let path = fill.join("filler");
