@@ -291,6 +291,49 @@ fn a_created_sandbox_started_on_a_full_state_root_is_seen_running_and_gives_its_
     finish(&root, &dir, &prefix);
 }
 
+/// Finding 7's run: a box's program fills its work dir, which lives in the state root. Its
+/// verdict is its own (not "sandbox lost"), whether the root filled up or a size cap of the
+/// box stopped it first; once the box is cleaned up, other boxes and runs work.
+#[test]
+fn a_box_run_that_fills_the_state_root_gets_its_own_verdict() {
+    let small = SmallFs::mount("box", "24m");
+    let dir = small.mnt.join("root");
+    let (root, prefix) = open_root(&dir, "box");
+    let _cleanup = Cleanup {
+        root: &root,
+        dir: &dir,
+        prefix: &prefix,
+    };
+    let b = root.init_box(1, 0, 0).unwrap();
+    let mut c = b.command("/bin/sh");
+    c.args(["-c", "cat /dev/zero > big 2>/dev/null; echo done; exit 4"])
+        .image(common::image());
+    let v = b.run(&c).unwrap();
+    assert_eq!(
+        (v.status, v.exit_code),
+        (Status::RuntimeError, Some(4)),
+        "{v:?}"
+    );
+    assert!(
+        v.stdout == "done\n" || (v.stdout.is_empty() && v.stdout_truncated),
+        "{v:?}"
+    );
+    drop(b);
+    root.cleanup_box(1).unwrap();
+    let other = root.init_box(2, 0, 0).unwrap();
+    let mut c = other.command("/bin/echo");
+    c.arg("fine").image(common::image());
+    let v = other.run(&c).unwrap();
+    assert_eq!(
+        (v.status, v.stdout.as_str()),
+        (Status::Ok, "fine\n"),
+        "{v:?}"
+    );
+    drop(other);
+    root.cleanup_box(2).unwrap();
+    finish(&root, &dir, &prefix);
+}
+
 /// Fills the file system of `fill` completely, then frees `pages` pages of it.
 fn fill_leaving(fill: &Path, pages: u64) {
     let path = fill.join("filler");
