@@ -147,7 +147,11 @@ fn write_exit(layout: &Layout, exit: &ExitRecord) -> crate::error::Result<()> {
         })
     };
     let bytes = encode(exit)?;
-    if state::write_reserved(&reserve, &layout.exit(), &bytes, state::Reserved::Rename)? {
+    // An error here (a copy-on-write file system needs new blocks even to rewrite) leaves
+    // the ordinary write to try.
+    if state::write_reserved(&reserve, &layout.exit(), &bytes, state::Reserved::Rename)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     let unreserved = match state::write_atomic(&layout.exit(), &bytes) {

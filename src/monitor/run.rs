@@ -147,7 +147,9 @@ impl Opened {
         let bytes = serde_json::to_vec_pretty(&self.status)
             .map_err(|e| Error::with_source(ErrorKind::Io, "encode monitor.json", e))?;
         let (reserve, path) = (self.layout.monitor_reserve(), self.layout.monitor());
-        if state::write_reserved(&reserve, &path, &bytes, state::Reserved::Exchange)? {
+        if state::write_reserved(&reserve, &path, &bytes, state::Reserved::Exchange)
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         state::write_atomic(&path, &bytes)
