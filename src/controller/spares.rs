@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags};
 use crate::config::{SandboxConfig, User};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::uids::{self, UidRange};
-use crate::host::{state, sys};
+use crate::host::{cgroup, state, sys};
 use crate::layout::{Layout, WARM_PREFIX};
 use crate::proto::{FactoryRequest, Mode, MonitorArgs, SpareRequest, MAX_SPARE_LINE};
 
@@ -76,18 +76,24 @@ struct Warm {
     cgroup_path: String,
     shape: SandboxConfig,
     uid: Option<u32>,
-    /// The state root of a uid this controller leased for the spare (owned by the cgroup's
-    /// `_warm-*` name, which names this controller): given back here if the spare exits
-    /// without (killed, or never forked), since gc sees this controller alive.
-    lease_root: Option<PathBuf>,
+    /// The state root, for a container this controller asked its own spare to build: its
+    /// cgroup and the uid leased for it are named after this controller (`_warm-*`), so gc
+    /// sees them as live while this controller runs; they are given back here if the spare
+    /// exits without doing so (killed, or never forked).
+    root: Option<PathBuf>,
 }
 
 impl Warm {
-    /// Gives back the uid this controller leased for the spare's container if its lease
-    /// still names the spare's container: once the spare has exited, nobody else can hold it
-    /// under that name.
-    fn give_back_lease(&self) {
-        let (Some(root), Some(uid)) = (&self.lease_root, self.uid) else {
+    /// Once the spare has exited (its report pipe ended): removes the container's cgroup
+    /// if it is still there (with what is left in it: a dead spare's init dies of its
+    /// parent-death signal), and gives back the uid leased for it if the lease still names
+    /// the container (nobody else can hold it under that name).
+    fn give_back(&self) {
+        let Some(root) = &self.root else {
+            return;
+        };
+        let _ = cgroup::kill_and_remove(&self.cgroup_path);
+        let Some(uid) = self.uid else {
             return;
         };
         let owner = Path::new(&self.cgroup_path).file_name();
@@ -135,7 +141,7 @@ impl Spare {
                 cgroup_path,
                 shape,
                 uid,
-                lease_root: None,
+                root: None,
             }),
             report_end: Some(report_w),
         })
@@ -271,7 +277,7 @@ impl Spares {
         let ended = wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
         for (warm, ended) in warm.iter().zip(ended) {
             if let (Some(warm), true) = (warm, ended) {
-                warm.give_back_lease();
+                warm.give_back();
             }
         }
     }
@@ -476,7 +482,7 @@ fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
             cgroup_path,
             shape,
             uid,
-            lease_root: uid.map(|_| t.root.to_path_buf()),
+            root: Some(t.root.to_path_buf()),
         });
     } else if let Some(uid) = uid {
         uids::release(t.root, uid);
@@ -498,7 +504,7 @@ mod tests {
                 cgroup_path: "/p/_warm-1-2-3".into(),
                 shape,
                 uid: None,
-                lease_root: None,
+                root: None,
             }),
             report_end: None,
         }

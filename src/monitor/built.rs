@@ -194,6 +194,10 @@ impl Built {
             None => Image::host_default(&root.join(IMAGES_DIR))?.lower,
         };
         process::hide_limitless_hierarchies();
+        // libcontainer changes the whole process's directory (into the scratch, at start):
+        // after a container was torn down and its scratch unmounted (a dead pre-built one
+        // replaced), that directory is unreachable and the next build fails to get it.
+        std::env::set_current_dir("/").map_err(|e| launch("change to /", e))?;
         let cgroup = cgroup::Layout::detect()
             .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?
             .cgroup(cgroup_path);
