@@ -85,6 +85,15 @@ impl Layout {
     pub fn exit(&self) -> PathBuf {
         self.dir.join("exit.json")
     }
+    /// Space reserved for `exit.json` when the sandbox is opened, so the verdict can be
+    /// written on a full state root; renamed to `exit.json` when it is.
+    pub fn exit_reserve(&self) -> PathBuf {
+        self.dir.join("exit.reserve")
+    }
+    /// Space reserved for rewriting `monitor.json`: exchanged with it on every rewrite.
+    pub fn monitor_reserve(&self) -> PathBuf {
+        self.dir.join("monitor.reserve")
+    }
     /// The FIFO a controller writes to to start a created sandbox.
     pub fn start_fifo(&self) -> PathBuf {
         self.dir.join("start.fifo")

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags};
 use crate::config::{SandboxConfig, User};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::uids::{self, UidRange};
-use crate::host::{state, sys};
+use crate::host::{cgroup, state, sys};
 use crate::layout::{Layout, WARM_PREFIX};
 use crate::proto::{FactoryRequest, Mode, MonitorArgs, SpareRequest, MAX_SPARE_LINE};
 
@@ -76,6 +76,33 @@ struct Warm {
     cgroup_path: String,
     shape: SandboxConfig,
     uid: Option<u32>,
+    /// The state root, for a container this controller asked its own spare to build: its
+    /// cgroup and the uid leased for it are named after this controller (`_warm-*`), so gc
+    /// sees them as live while this controller runs; they are given back here if the spare
+    /// exits without doing so (killed, or never forked).
+    root: Option<PathBuf>,
+}
+
+impl Warm {
+    /// Once the spare has exited (its report pipe ended): removes the container's cgroup
+    /// if it is still there (with what is left in it: a dead spare's init dies of its
+    /// parent-death signal), and gives back the uid leased for it if the lease still names
+    /// the container (nobody else can hold it under that name).
+    fn give_back(&self) {
+        let Some(root) = &self.root else {
+            return;
+        };
+        let _ = cgroup::kill_and_remove(&self.cgroup_path);
+        let Some(uid) = self.uid else {
+            return;
+        };
+        let owner = Path::new(&self.cgroup_path).file_name();
+        let lease = root.join(uids::UIDS_DIR).join(uid.to_string());
+        let held = std::fs::read_to_string(&lease).ok();
+        if owner.is_some_and(|o| held.as_deref().map(std::ffi::OsStr::new) == Some(o)) {
+            uids::release(root, uid);
+        }
+    }
 }
 
 /// How long releasing spares waits for them to exit: a spare in the middle of a build
@@ -114,6 +141,7 @@ impl Spare {
                 cgroup_path,
                 shape,
                 uid,
+                root: None,
             }),
             report_end: Some(report_w),
         })
@@ -229,9 +257,15 @@ impl Spares {
     /// finishes, tears down and exits first), or after [`RELEASE_WAIT`]. New ones are made
     /// on the next launch.
     pub fn release(&self) {
-        let reports: Vec<File> = match self.idle.lock() {
-            Ok(mut idle) => idle.drain(..).map(Spare::release).collect(),
-            Err(_) => Vec::new(),
+        let (reports, warm): (Vec<File>, Vec<Option<Warm>>) = match self.idle.lock() {
+            Ok(mut idle) => idle
+                .drain(..)
+                .map(|mut s| {
+                    let warm = s.warm.take();
+                    (s.release(), warm)
+                })
+                .unzip(),
+            Err(_) => (Vec::new(), Vec::new()),
         };
         if let Ok(mut factory) = self.factory.lock() {
             // End of file: the factory exits once it has forked what it was asked to (those
@@ -240,7 +274,12 @@ impl Spares {
                 *f = None;
             }
         }
-        wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        let ended = wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        for (warm, ended) in warm.iter().zip(ended) {
+            if let (Some(warm), true) = (warm, ended) {
+                warm.give_back();
+            }
+        }
     }
 
     /// Releases this root's idle spares whose pre-built container holds `uid` (a box needs
@@ -384,27 +423,34 @@ impl Spares {
 }
 
 /// Reads each pipe until end of file (every writer gone) or the deadline.
-fn wait_for_end_of_file(mut pipes: Vec<File>, deadline: Instant) {
+/// Waits until every pipe is at end of file, or `deadline`; tells which reached it.
+fn wait_for_end_of_file(pipes: Vec<File>, deadline: Instant) -> Vec<bool> {
+    let mut ended = vec![false; pipes.len()];
+    let mut pipes: Vec<(usize, File)> = pipes.into_iter().enumerate().collect();
     while !pipes.is_empty() {
         let mut fds: Vec<PollFd<'_>> = pipes
             .iter()
-            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
+            .map(|(_, p)| PollFd::new(p.as_fd(), PollFlags::POLLIN))
             .collect();
         if !matches!(sys::poll_until(&mut fds, Some(deadline)), Ok(n) if n > 0) {
-            return;
+            break;
         }
         let ready: Vec<bool> = fds.iter().map(sys::has_event).collect();
         drop(fds);
         let mut i = 0;
-        pipes.retain_mut(|p| {
+        pipes.retain_mut(|(at, p)| {
             let at_end = ready[i] && {
                 let mut buf = [0u8; 512];
                 !matches!(p.read(&mut buf), Ok(n) if n > 0)
             };
             i += 1;
+            if at_end {
+                ended[*at] = true;
+            }
             !at_end
         });
     }
+    ended
 }
 
 /// Execs the spare factory (it detaches at once) and reaps its first process.
@@ -456,6 +502,7 @@ fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
             cgroup_path,
             shape,
             uid,
+            root: Some(t.root.to_path_buf()),
         });
     } else if let Some(uid) = uid {
         uids::release(t.root, uid);
@@ -477,6 +524,7 @@ mod tests {
                 cgroup_path: "/p/_warm-1-2-3".into(),
                 shape,
                 uid: None,
+                root: None,
             }),
             report_end: None,
         }

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -180,6 +181,94 @@ fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     })
 }
 
+/// Bytes reserved in every sandbox directory for `exit.json` (`Layout::exit_reserve`): the
+/// verdict's figures take well under a kilobyte, the rest holds captured output (on a full
+/// state root the output in `exit.json` is cut to what fits; see [`write_reserved`]).
+pub(crate) const EXIT_RESERVE_BYTES: usize = 16 * 1024;
+
+/// Bytes reserved for the rewrites of `monitor.json` (`Layout::monitor_reserve`): one page.
+pub(crate) const MONITOR_RESERVE_BYTES: usize = 4096;
+
+/// Reserves `bytes` of the file system for a file to be written later even if it is full by
+/// then: a new file at `path` filled with zeros. Written, not `fallocate`d: on ext4 a
+/// fallocated range is unwritten extents, whose first write may still need metadata blocks;
+/// written pages and blocks are rewritten in place without any (tmpfs: its pages exist).
+pub(crate) fn reserve(path: &Path, bytes: usize) -> Result<()> {
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        f.write_all(&vec![0u8; bytes])
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(path);
+        Error::io("reserve space for", path, e)
+    })
+}
+
+/// How a reserved file was turned into the file it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reserved {
+    /// Renamed over the target (the reserve is used up).
+    Rename,
+    /// Exchanged with the target (`RENAME_EXCHANGE`): the target's old inode, with its
+    /// space, becomes the next reserve. The target must exist.
+    Exchange,
+}
+
+/// What the reserved file `reserve` can hold without a new block or page: the space it has
+/// allocated (a file rewritten in place never grows beyond that).
+pub(crate) fn reserved_capacity(reserve: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(reserve)
+        .ok()
+        .filter(fs::Metadata::is_file)
+        .map_or(0, |m| m.blocks().saturating_mul(512))
+}
+
+/// Writes `bytes` as `path` using only the space reserved in `reserve` ([`reserve`]): into
+/// the reserved file in place (its allocated pages or blocks, so no new space is needed),
+/// cut to their length, then renamed (or exchanged, `how`) to `path`, so readers see the
+/// whole file or none, as with [`write_atomic`]. `Ok(false)` if the reserve is missing or
+/// too small (nothing was changed then); an error otherwise.
+pub(crate) fn write_reserved(
+    reserve: &Path,
+    path: &Path,
+    bytes: &[u8],
+    how: Reserved,
+) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    if (bytes.len() as u64) > reserved_capacity(reserve) {
+        return Ok(false);
+    }
+    let result = (|| {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(reserve)?;
+        f.write_all_at(bytes, 0)?;
+        f.set_len(bytes.len() as u64)?;
+        drop(f);
+        match how {
+            Reserved::Rename => fs::rename(reserve, path),
+            Reserved::Exchange => nix::fcntl::renameat2(
+                None,
+                reserve,
+                None,
+                path,
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(std::io::Error::from),
+        }
+    })();
+    result
+        .map(|()| true)
+        .map_err(|e| Error::io("write (into reserved space)", path, e))
+}
+
 /// Writes `spec` as `<bundle>/config.json` through a temp file and rename.
 pub(crate) fn write_bundle(
     spec: &libcontainer::oci_spec::runtime::Spec,
@@ -294,6 +383,31 @@ mod tests {
             read_json::<Vec<i32>>(&dir.join("none")).unwrap_err().kind(),
             ErrorKind::NotFound
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reserved_space_becomes_the_file_and_an_exchange_keeps_a_reserve() {
+        let dir = std::env::temp_dir().join(format!("runbox-unit-reserve-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (spare, target) = (dir.join("r"), dir.join("t.json"));
+        reserve(&spare, 8192).unwrap();
+        assert!(reserved_capacity(&spare) >= 8192);
+        // Too big for the reserve: nothing changes.
+        assert!(!write_reserved(&spare, &target, &[b'x'; 9000], Reserved::Rename).unwrap());
+        assert!(spare.exists() && !target.exists());
+        assert!(write_reserved(&spare, &target, b"{\"a\":1}", Reserved::Rename).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"{\"a\":1}");
+        assert!(!spare.exists());
+        // Missing reserve: nothing written.
+        assert!(!write_reserved(&spare, &target, b"{}", Reserved::Rename).unwrap());
+        // Exchange: the old file becomes the reserve, with its space.
+        reserve(&spare, 4096).unwrap();
+        assert!(write_reserved(&spare, &target, b"second", Reserved::Exchange).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"second");
+        assert_eq!(fs::read(&spare).unwrap(), b"{\"a\":1}");
+        assert!(write_reserved(&spare, &target, b"third!", Reserved::Exchange).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"third!");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -56,6 +56,8 @@ pub(super) struct Streams {
     pub request: OwnedFd,
     /// Status lines read so far and not yet taken (what followed `ready`).
     pub lines: StatusLines,
+    /// The init refused the program request (an `error` line instead of `ready`).
+    pub refused: bool,
 }
 
 impl Streams {
@@ -67,10 +69,11 @@ impl Streams {
             match self.lines.next_line() {
                 Some(InitStatus::Ready) => return Ok(()),
                 Some(InitStatus::Failed(why)) => {
+                    self.refused = true;
                     return Err(Error::new(
                         ErrorKind::LaunchFailed,
                         format!("the sandbox's init could not start the program: {why}"),
-                    ))
+                    ));
                 }
                 Some(InitStatus::Mark { label, us }) => {
                     phases::mark_at(&label, us);
@@ -191,6 +194,10 @@ impl Built {
             None => Image::host_default(&root.join(IMAGES_DIR))?.lower,
         };
         process::hide_limitless_hierarchies();
+        // libcontainer changes the whole process's directory (into the scratch, at start):
+        // after a container was torn down and its scratch unmounted (a dead pre-built one
+        // replaced), that directory is unreachable and the next build fails to get it.
+        std::env::set_current_dir("/").map_err(|e| launch("change to /", e))?;
         let cgroup = cgroup::Layout::detect()
             .map_err(|e| Error::with_source(ErrorKind::UnsupportedHost, "read cgroup mounts", e))?
             .cgroup(cgroup_path);
@@ -248,6 +255,26 @@ impl Built {
                 ids.first()
                     .is_some_and(|(lower, _)| &source_ids(lower, cfg) == ids)
             })
+    }
+
+    /// True while the container's init lives: a pre-built one may have been killed while
+    /// its spare waited (its pidfd is then readable), and serves no launch.
+    pub fn init_alive(&self) -> bool {
+        if self.stage != Stage::InitLive {
+            return false;
+        }
+        let mut fds = [PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN)];
+        !matches!(sys::poll_until(&mut fds, Some(Instant::now())), Ok(n) if n > 0)
+    }
+
+    /// True if the container's init has ended, or ends within `grace` (a SIGKILLed init
+    /// takes a moment to exit: its pid namespace and mounts go first).
+    pub fn init_ended_within(&self, grace: Duration) -> bool {
+        if self.stage != Stage::InitLive {
+            return true;
+        }
+        let mut fds = [PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(sys::poll_until(&mut fds, Some(Instant::now() + grace)), Ok(n) if n > 0)
     }
 
     /// Starts the container: the init goes on to read its program request.
@@ -400,6 +427,7 @@ fn build_container(
         _lifeline: lifeline_w,
         request,
         lines: StatusLines::default(),
+        refused: false,
     };
     Ok((container, Init { pid, pidfd }, streams))
 }

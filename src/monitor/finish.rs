@@ -80,6 +80,12 @@ pub(super) fn finish(
     if let Some(note) = collected.note(limits.collect_bytes, limits.file_size_bytes) {
         message = Some(message.map_or(note.clone(), |m| format!("{m}; {note}")));
     }
+    if let Some(lost) = outcome.output_lost.take() {
+        message = Some(match message {
+            Some(m) => format!("{m}; {lost}"),
+            None => lost,
+        });
+    }
     let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
     let verdict = Verdict {
         schema_version: SCHEMA_VERSION,
@@ -111,7 +117,7 @@ pub(super) fn finish(
             phases_monotonic_us: phases::taken(),
         },
     };
-    state::write_json_atomic(&layout.exit(), &exit)?;
+    let written = write_exit(layout, &exit);
     if record.remove_on_exit {
         let sent = process::report(&Report::Exited {
             record: Box::new(exit),
@@ -130,7 +136,89 @@ pub(super) fn finish(
             ),
         }
     }
-    Ok(())
+    written
+}
+
+/// Writes `exit.json` where it cannot fail for want of space: into the space the monitor
+/// reserved when it opened the sandbox (`exit.reserve`, [`state::EXIT_RESERVE_BYTES`]) if the
+/// record fits, else as a new file; if that fails too (the state root is full), into the
+/// reserve with the captured output in the verdict cut to fit (the flags say it was cut, the
+/// message why; the `stdout` and `stderr` files keep what they hold). The rest of the verdict
+/// (status, exit code, signal, limit, figures) is always the real one.
+fn write_exit(layout: &Layout, exit: &ExitRecord) -> crate::error::Result<()> {
+    let reserve = layout.exit_reserve();
+    let encode = |r: &ExitRecord| {
+        serde_json::to_vec_pretty(r).map_err(|e| {
+            crate::error::Error::with_source(crate::error::ErrorKind::Io, "encode exit.json", e)
+        })
+    };
+    let bytes = encode(exit)?;
+    // An error here (a copy-on-write file system needs new blocks even to rewrite) leaves
+    // the ordinary write to try.
+    if state::write_reserved(&reserve, &layout.exit(), &bytes, state::Reserved::Rename)
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let unreserved = match state::write_atomic(&layout.exit(), &bytes) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&reserve);
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    let capacity = usize::try_from(state::reserved_capacity(&reserve)).unwrap_or(usize::MAX);
+    let mut cut = exit.clone();
+    let note = format!(
+        "output in this record cut to fit the space reserved for it ({})",
+        unreserved.chain()
+    );
+    cut.verdict.message = Some(match cut.verdict.message.take() {
+        Some(m) => format!("{m}; {note}"),
+        None => note,
+    });
+    let mut keep = cut.verdict.stdout.len().max(cut.verdict.stderr.len());
+    loop {
+        for (text, truncated, full) in [
+            (
+                &mut cut.verdict.stdout,
+                &mut cut.verdict.stdout_truncated,
+                &exit.verdict.stdout,
+            ),
+            (
+                &mut cut.verdict.stderr,
+                &mut cut.verdict.stderr_truncated,
+                &exit.verdict.stderr,
+            ),
+        ] {
+            if full.len() > keep {
+                *text = full[..floor_char_boundary(full, keep)].to_string();
+                *truncated = true;
+            }
+        }
+        let bytes = encode(&cut)?;
+        if bytes.len() <= capacity || keep == 0 {
+            return match state::write_reserved(
+                &reserve,
+                &layout.exit(),
+                &bytes,
+                state::Reserved::Rename,
+            )? {
+                true => Ok(()),
+                false => Err(unreserved),
+            };
+        }
+        keep /= 2;
+    }
+}
+
+/// The largest index at most `at` that is a char boundary of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// Waits for an init that reported the program's end but had not exited yet. The init exits

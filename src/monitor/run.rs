@@ -40,9 +40,12 @@ pub(super) fn run(
     warm_uid: Option<u32>,
     inherited: Option<Vec<OwnedFd>>,
 ) -> Result<()> {
-    let mut opened = open(dir)?;
-    opened.inherited = match inherited_streams(&opened.record.config, inherited) {
-        Ok(fds) => fds,
+    let opened = open(dir).and_then(|mut opened| {
+        opened.inherited = inherited_streams(&opened.record.config, inherited)?;
+        Ok(opened)
+    });
+    let mut opened = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             drop(warm);
             if let (Some(uid), Some(root)) = (warm_uid, dir.parent()) {
@@ -136,14 +139,29 @@ fn inherited_streams(
 }
 
 impl Opened {
-    /// Rewrites `monitor.json` with the current status.
+    /// Rewrites `monitor.json` with the current status: in the space reserved for it (see
+    /// [`open`]), exchanged with the old file, whose space becomes the next reserve; so a
+    /// state root that filled up since the sandbox was opened does not fail the update (a
+    /// phase left behind would keep `kill` and `state` from seeing the program run).
     fn save(&self) -> Result<()> {
-        state::write_json_atomic(&self.layout.monitor(), &self.status)
+        let bytes = serde_json::to_vec_pretty(&self.status)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "encode monitor.json", e))?;
+        let (reserve, path) = (self.layout.monitor_reserve(), self.layout.monitor());
+        if state::write_reserved(&reserve, &path, &bytes, state::Reserved::Exchange)
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        state::write_atomic(&path, &bytes)
     }
 }
 
-/// Reads the sandbox's record and writes `monitor.json` (phase `creating`, this monitor's
-/// identity), which tells every controller who owns the sandbox now.
+/// Reads the sandbox's record, writes `monitor.json` (phase `creating`, this monitor's
+/// identity), which tells every controller who owns the sandbox now, and reserves the space
+/// whatever the monitor writes later needs: `exit.json` and the rewrites of `monitor.json`
+/// (reserved files), and the empty output files. A state root that fills up while the
+/// program runs (a read-write bind on it, another sandbox's output) then still gets the
+/// verdict; one that is full already fails the launch here, before anything is built.
 fn open(dir: &Path) -> Result<Opened> {
     let layout = Layout {
         dir: dir.to_path_buf(),
@@ -164,7 +182,13 @@ fn open(dir: &Path) -> Result<Opened> {
         },
         inherited: Vec::new(),
     };
-    opened.save()?;
+    let layout = &opened.layout;
+    state::write_json_atomic(&layout.monitor(), &opened.status)?;
+    state::reserve(&layout.exit_reserve(), state::EXIT_RESERVE_BYTES)?;
+    state::reserve(&layout.monitor_reserve(), state::MONITOR_RESERVE_BYTES)?;
+    for path in [layout.stdout(), layout.stderr()] {
+        File::create(&path).map_err(|e| Error::io("create", path, e))?;
+    }
     phases::mark("records");
     Ok(opened)
 }
@@ -209,21 +233,67 @@ fn launch(
     prepared: &Prepared,
     warm: Option<(Built, Streams)>,
 ) -> Result<Launched> {
-    let (mut built, mut streams, prebuilt) = take_or_build(o, prepared, warm)?;
+    let (built, streams, prebuilt) = take_or_build(o, prepared, warm)?;
+    match start_in(o, mode, built, streams, prebuilt) {
+        Ok(launched) => Ok(launched),
+        // A pre-built init that died while its spare waited, its exit still under way when
+        // the spare was taken (so it looked alive): a spare is a cache, the sandbox is
+        // built afresh, once.
+        Err(StartFailed {
+            error,
+            init_died: true,
+        }) if prebuilt => {
+            eprintln!(
+                "runbox monitor: the pre-built container's init died ({}): building afresh",
+                error.chain()
+            );
+            let (built, streams, _) = take_or_build(o, prepared, None)?;
+            start_in(o, mode, built, streams, false).map_err(|f| f.error)
+        }
+        Err(f) => Err(f.error),
+    }
+}
+
+/// A launch that failed once the container was there (rolled back).
+struct StartFailed {
+    error: Error,
+    /// The container's init had died (before the program was handed over, in run mode):
+    /// another container may serve.
+    init_died: bool,
+}
+
+/// Binds the run to the container, waits for start in create mode, starts it and hands the
+/// init its program; on failure rolls the container back.
+fn start_in(
+    o: &mut Opened,
+    mode: Mode,
+    mut built: Built,
+    mut streams: Streams,
+    prebuilt: bool,
+) -> std::result::Result<Launched, StartFailed> {
+    let fail = |built: &mut Built, error: Error, init_may_have_died: bool| {
+        let init_died = init_may_have_died
+            && mode == Mode::Run
+            && built.init_ended_within(std::time::Duration::from_millis(500));
+        StartFailed {
+            error: built.rollback(error),
+            init_died,
+        }
+    };
     o.status.prebuilt = prebuilt;
     let stdin = match bind(&mut built, o) {
         Ok(stdin) => stdin,
-        Err(e) => return Err(built.rollback(e)),
+        Err(e) => return Err(fail(&mut built, e, false)),
     };
     o.status.init = ProcIdentity::of(built.init.pid);
     if mode == Mode::Create {
         let fifo = match start_fifo(&o.layout) {
             Ok(f) => f,
-            Err(e) => return Err(built.rollback(e)),
+            Err(e) => return Err(fail(&mut built, e, false)),
         };
         o.status.phase = MonitorPhase::Created;
         if let Err(e) = o.save() {
-            return Err(built.rollback(e));
+            return Err(fail(&mut built, e, false));
         }
         let _ = process::report(&Report::Created {
             monitor: o.status.monitor,
@@ -241,22 +311,30 @@ fn launch(
     }
     let cpu_baseline = built.cgroup.cpu_usage().unwrap_or_default();
     if let Err(e) = built.start() {
-        return Err(built.rollback(e));
+        return Err(fail(&mut built, e, true));
     }
     let request = ProgramRequest::for_config(&o.record.config);
     // stdin (the launcher's, or the one `bind` opened), then inherited stdout and stderr.
-    let inherited = std::mem::take(&mut o.inherited);
     let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd()];
     let skip = usize::from(o.record.config.stdin == Stdin::Inherit);
-    fds.extend(inherited.iter().skip(skip).map(AsFd::as_fd));
-    if let Err(e) = request.send(&streams.request, &fds) {
-        return Err(built.rollback(launch_error("send the program to the init", e)));
-    }
+    fds.extend(o.inherited.iter().skip(skip).map(AsFd::as_fd));
+    let sent = request.send(&streams.request, &fds);
     drop(fds);
-    drop((stdin, inherited));
-    if let Err(e) = streams.wait_ready() {
-        return Err(built.rollback(e));
+    drop(stdin);
+    if let Err(e) = sent {
+        return Err(fail(
+            &mut built,
+            launch_error("send the program to the init", e),
+            true,
+        ));
     }
+    if let Err(e) = streams.wait_ready() {
+        // An `error` line is the request's fault, not the container's.
+        let refused = streams.refused;
+        return Err(fail(&mut built, e, !refused));
+    }
+    // The program has the launcher's descriptors now; the monitor keeps none.
+    o.inherited.clear();
     let started = Instant::now();
     phases::mark("started");
     o.status.phase = MonitorPhase::Running;
@@ -283,7 +361,11 @@ fn take_or_build(
 ) -> Result<(Built, Streams, bool)> {
     let cfg = &o.record.config;
     match warm {
-        Some((built, streams)) if built.serves(cfg, &o.record.cgroup_path) => {
+        // A pre-built container whose init died (killed while the spare waited) is torn
+        // down below like one of another shape, and the sandbox built afresh.
+        Some((built, streams))
+            if built.serves(cfg, &o.record.cgroup_path) && built.init_alive() =>
+        {
             phases::mark("prebuilt_taken");
             Ok((built, streams, true))
         }

@@ -38,6 +38,9 @@ pub(super) struct Outcome {
     pub stdout_truncated: bool,
     /// Stderr was cut at the output limit.
     pub stderr_truncated: bool,
+    /// Output the state root could not take (full, say): what was lost, for the verdict's
+    /// message. The output is then cut there, and the program's verdict stands.
+    pub output_lost: Option<String>,
 }
 
 /// Where the run is.
@@ -78,7 +81,15 @@ pub(super) fn supervise(
     started: Instant,
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    let sinks = match (File::create(layout.stdout()), File::create(layout.stderr())) {
+    // The monitor made both files when it opened the sandbox: opening them takes no space.
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+    };
+    let sinks = match (open(&layout.stdout()), open(&layout.stderr())) {
         (Ok(o), Ok(e)) => [Sink::new(streams.out, o), Sink::new(streams.err, e)],
         (Err(e), _) | (_, Err(e)) => {
             outcome.facts.internal_error = Some(format!("create output files: {e}"));
@@ -110,6 +121,20 @@ pub(super) fn supervise(
     s.run();
     s.outcome.stdout_truncated = s.sinks[0].truncated;
     s.outcome.stderr_truncated = s.sinks[1].truncated;
+    let lost: Vec<String> = ["stdout", "stderr"]
+        .iter()
+        .zip(&s.sinks)
+        .filter_map(|(name, sink)| {
+            let (at, e) = sink.lost.as_ref()?;
+            Some(format!("{name} cut at {at} bytes ({e})"))
+        })
+        .collect();
+    if !lost.is_empty() {
+        s.outcome.output_lost = Some(format!(
+            "output lost: the state root took no more: {}",
+            lost.join(", ")
+        ));
+    }
     s.outcome.init_unreaped = matches!(
         s.state,
         State::Ended {
@@ -398,6 +423,11 @@ struct Sink {
     file: File,
     open: bool,
     truncated: bool,
+    /// Bytes kept so far.
+    written: u64,
+    /// The file took no more (the state root is full): where it was cut, and why. The pipe
+    /// is still drained and counted against the budget, so the output limit still fires.
+    lost: Option<(u64, io::Error)>,
 }
 
 impl Sink {
@@ -407,6 +437,8 @@ impl Sink {
             file,
             open: true,
             truncated: false,
+            written: 0,
+            lost: None,
         }
     }
 
@@ -421,8 +453,17 @@ impl Sink {
             Ok(n) => {
                 let keep = usize::try_from(*budget).map_or(n, |b| b.min(n));
                 *budget -= keep as u64;
-                if let Err(e) = self.file.write_all(&buf[..keep]) {
-                    return Pump::Failed(e);
+                if self.lost.is_none() {
+                    // A write error (ENOSPC, EDQUOT, EFBIG on a full or capped state root)
+                    // loses the rest of this stream's output, never the program's verdict.
+                    match write_counted(&mut self.file, &buf[..keep]) {
+                        Ok(()) => self.written += keep as u64,
+                        Err((done, e)) => {
+                            self.written += done as u64;
+                            self.truncated = true;
+                            self.lost = Some((self.written, e));
+                        }
+                    }
                 }
                 if keep < n {
                     self.truncated = true;
@@ -439,6 +480,23 @@ impl Sink {
             }
         }
     }
+}
+
+/// `write_all` that tells how much was written before an error.
+fn write_counted(file: &mut File, mut bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut done = 0;
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return Err((done, io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                done += n;
+                bytes = &bytes[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -486,6 +544,27 @@ mod tests {
             facts.internal_error.as_deref(),
             Some("in the sandbox's init: execve /x: ENOENT")
         );
+    }
+
+    #[test]
+    fn a_full_output_file_cuts_the_stream_but_keeps_draining_within_the_budget() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // /dev/full: every write fails with ENOSPC, as on a full state root.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut sink = Sink::new(r, full);
+        let mut budget = 100;
+        nix::unistd::write(&w, &[b'a'; 60]).unwrap();
+        assert!(matches!(sink.pump(&mut budget), Pump::Ok));
+        assert!(sink.truncated && sink.open);
+        let (at, e) = sink.lost.as_ref().unwrap();
+        assert_eq!((*at, e.raw_os_error()), (0, Some(libc::ENOSPC)));
+        assert_eq!(budget, 40, "lost output still counts against the limit");
+        nix::unistd::write(&w, &[b'b'; 60]).unwrap();
+        assert!(matches!(sink.pump(&mut budget), Pump::Overflow));
+        drop(w);
     }
 
     #[test]
