@@ -6,8 +6,8 @@
 //! `tests/soak.rs` (about 1,000; fewer in the emulated guest), which include it by path next
 //! to `tests/common/mod.rs`.
 //!
-//! Job `i` launches by path `i % 5` and causes kind `i % 7`: every window of consecutive jobs
-//! holds the same mix, so the first and the last window compare like with like. Every path
+//! Job `i` launches by path `i % P` and causes kind `(i / P) % 7` (`P` paths): every 7·P
+//! consecutive jobs hold every pair once, so every window of consecutive jobs holds the same mix, so the first and the last window compare like with like. Every path
 //! and every kind runs the same static probe (rootfs/probe.c) of the test image.
 //!
 //! `internal_error` is not among the kinds: it means runbox itself failed, which no program
@@ -73,6 +73,22 @@ pub const LAUNCHES: [Launch; 5] = [
 ];
 
 impl Launch {
+    /// The path named `name` (`run`, `spawn`, `cli`, `parked`, `box`).
+    pub fn parse(name: &str) -> Option<Launch> {
+        LAUNCHES.into_iter().find(|l| l.name() == name)
+    }
+
+    /// Its short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Launch::Run => "run",
+            Launch::Spawn => "spawn",
+            Launch::Cli => "cli",
+            Launch::Parked => "parked",
+            Launch::Box => "box",
+        }
+    }
+
     /// Its row label.
     pub fn label(self) -> &'static str {
         match self {
@@ -249,10 +265,13 @@ pub struct Options {
     pub window: usize,
     /// Print progress to stderr every this many jobs (0: never).
     pub progress_every: usize,
+    /// The launch paths, in job order (default: every one).
+    pub launches: Vec<Launch>,
 }
 
 impl Options {
     /// `runs` at `concurrency`, windows of a thousand (or a third of the runs if fewer).
+    /// `RUNBOX_SOAK_PATHS` (comma-separated names, see [`Launch::parse`]) restricts the paths.
     pub fn new(runs: usize, concurrency: usize) -> Options {
         assert!(
             runs >= 35,
@@ -264,6 +283,16 @@ impl Options {
             concurrency,
             window: (runs / 3).min(1000),
             progress_every: 0,
+            launches: match std::env::var("RUNBOX_SOAK_PATHS") {
+                Ok(v) => v
+                    .split(',')
+                    .map(|n| {
+                        Launch::parse(n.trim())
+                            .unwrap_or_else(|| panic!("RUNBOX_SOAK_PATHS: no path named {n:?}"))
+                    })
+                    .collect(),
+                Err(_) => LAUNCHES.to_vec(),
+            },
         }
     }
 }
@@ -406,10 +435,36 @@ impl SoakRoot {
         }
     }
 
-    /// Removes the prefix's cgroups and the root's directory; what cannot be removed is a leak.
-    fn remove(&self) -> Vec<String> {
+    /// Removes the prefix's cgroups and the root's directory; what had to be removed besides
+    /// the prefix itself (a sandbox's or spare's cgroup: when it was made, relative to the
+    /// soak's start, and what was in it) or cannot be removed is a leak.
+    fn remove(&self, start: std::time::SystemTime) -> Vec<String> {
         let mut leaks = Vec::new();
         for d in cgroup_prefix_dirs(&self.prefix) {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                if !is_dir || e.file_name() == "_monitors" {
+                    continue;
+                }
+                let made = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.duration_since(start).ok())
+                    .map_or("?".to_string(), |d| format!("{:.1}", d.as_secs_f64()));
+                let procs = fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                let removed = fs::remove_dir(e.path()).is_ok();
+                leaks.push(format!(
+                    "cgroup {} (made {made} s after the start; processes {:?}; {})",
+                    e.path().display(),
+                    procs.split_whitespace().collect::<Vec<_>>(),
+                    if removed {
+                        "removed now"
+                    } else {
+                        "cannot be removed"
+                    }
+                ));
+            }
             let monitors = d.join("_monitors");
             let removed = (!monitors.is_dir() || fs::remove_dir(&monitors).is_ok())
                 && fs::remove_dir(&d).is_ok();
@@ -615,10 +670,26 @@ pub fn run(options: &Options) -> Report {
 
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let samples = Mutex::new(Vec::<Sample>::with_capacity(options.runs));
-    let footprints = Mutex::new(Vec::<Footprint>::with_capacity(options.runs));
+    // The soak's own records, their pages touched before the first sample so that filling
+    // them does not count as the controller's growth.
+    let mut samples = Vec::with_capacity(options.runs);
+    let mut footprints = Vec::with_capacity(options.runs);
+    for job in 0..options.runs {
+        samples.push(Sample {
+            job,
+            launch: Launch::Run,
+            kind: Kind::Ok,
+            latency: Duration::from_nanos(1),
+        });
+        footprints.push(Footprint { rss_kib: 1, fds: 1 });
+    }
+    samples.clear();
+    footprints.clear();
+    let samples = Mutex::new(samples);
+    let footprints = Mutex::new(footprints);
     let failures = Mutex::new(Vec::<String>::new());
     let start = Instant::now();
+    let started = std::time::SystemTime::now();
     std::thread::scope(|s| {
         for slot in 0..options.concurrency {
             let (soak, next, done, samples, footprints, failures) =
@@ -628,7 +699,11 @@ pub fn run(options: &Options) -> Report {
                 if job >= options.runs {
                     break;
                 }
-                let (launch, kind) = (LAUNCHES[job % LAUNCHES.len()], KINDS[job % KINDS.len()]);
+                let paths = options.launches.len();
+                let (launch, kind) = (
+                    options.launches[job % paths],
+                    KINDS[job / paths % KINDS.len()],
+                );
                 match soak.job(launch, kind, slot) {
                     Ok(latency) => samples.lock().unwrap().push(Sample {
                         job,
@@ -693,7 +768,7 @@ pub fn run(options: &Options) -> Report {
         leaks.push(format!("child processes left: {kids:?}"));
     }
     for r in [&main, &boxes] {
-        leaks.extend(r.remove());
+        leaks.extend(r.remove(started));
     }
     drop(tmpfs);
 
@@ -709,7 +784,8 @@ pub fn run(options: &Options) -> Report {
     for s in &samples {
         *counts.entry((s.launch, s.kind)).or_insert(0) += 1;
     }
-    let launch_latency = LAUNCHES
+    let launch_latency = options
+        .launches
         .iter()
         .map(|&l| {
             let sel = |s: &Sample| s.launch == l && s.kind.is_launch_bound();
@@ -780,7 +856,7 @@ impl Report {
         t.push_str(" |\n|---|---|");
         t.push_str(&"---|".repeat(KINDS.len()));
         t.push('\n');
-        for l in LAUNCHES {
+        for &l in &o.launches {
             t.push_str(&format!(
                 "| {} | {} |",
                 KINDS
