@@ -11,7 +11,8 @@
 //! Run as root: `cargo bench --bench soak` or `cargo bench --bench soak -- --runs 2000
 //! --concurrency 8`. Options: `--runs N` (default 10,000), `--concurrency N` (default 4),
 //! `--window N` (jobs in the first and last window compared; default 1,000, at most a third
-//! of the runs). Prints a summary table (Markdown) and fails if a verdict was wrong, something
+//! of the runs); `RUNBOX_SOAK_PATHS=run,spawn,cli,parked,box` (a subset) restricts the launch
+//! paths. Prints a summary table (Markdown) and fails if a verdict was wrong, something
 //! was left behind, the RSS of this process grew by more than 8 MiB between the first and the
 //! last window, or the launch latency drifted (per path: last p50 above 1.5× first p50 + 2 ms,
 //! or last p90 above 2× first p90 + 5 ms).

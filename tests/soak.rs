@@ -11,7 +11,8 @@
 //! In the emulated cgroup v2 guest (`RUNBOX_IN_GUEST`, tests/vm), where a sandbox takes 10-50×
 //! longer, it runs 105 sandboxes (every path with every kind three times) so that CI time
 //! stays bounded, and checks verdicts, leaks and memory but not latency drift: windows of 35
-//! runs under emulation say nothing about latency. `RUNBOX_SOAK_RUNS` overrides the count.
+//! runs under emulation say nothing about latency. `RUNBOX_SOAK_RUNS` overrides the count,
+//! `RUNBOX_SOAK_PATHS` (e.g. `box` or `run,cli`) restricts the launch paths.
 
 mod common;
 #[path = "common/soak.rs"]
