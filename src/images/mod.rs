@@ -17,10 +17,10 @@
 //! | `tmp/` | staging: everything is written here first and renamed into place |
 
 pub(crate) mod import;
-mod manifest;
-mod reference;
-mod store;
-mod unpack;
+pub(crate) mod manifest;
+pub(crate) mod reference;
+pub(crate) mod store;
+pub(crate) mod unpack;
 
 #[cfg(feature = "registry")]
 mod pull;
