@@ -94,6 +94,10 @@ fn oci_decision(profile: &LinuxSeccomp, nr: u32, arch: u32, args: &[u64; 6]) -> 
     if arch != native.audit_arch || !listed {
         return Decision::Kill;
     }
+    // libseccomp's x86_64 filter sends x32 numbers to its "bad arch" action too.
+    if native.reject_x32 && nr >= X32_SYSCALL_BIT {
+        return Decision::Kill;
+    }
     let number = |name: &str| {
         DENY_LIST
             .iter()
