@@ -643,7 +643,8 @@ mod tests {
     #[test]
     fn the_seed_corpus_passes_every_oracle() {
         let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        let targets: &[(&str, fn(&[u8]))] = &[
+        type Target = (&'static str, fn(&[u8]));
+        let targets: &[Target] = &[
             ("proto_frames", proto_frames),
             #[cfg(feature = "worker")]
             ("job_document", job_document),
