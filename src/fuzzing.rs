@@ -141,9 +141,9 @@ fn take_lines(rest: &[u8]) {
     let (Ok(root), Ok(id)) = (std::str::from_utf8(root), std::str::from_utf8(id)) else {
         return;
     };
-    // What `Root::open` takes: an absolute UTF-8 path without `..`, `,` or `:`.
-    let root_ok = crate::config::is_clean_absolute(Path::new(root)) && !root.contains([',', ':']);
-    if !root_ok || crate::config::validate_id(id).is_err() {
+    if !crate::controller::root::valid_root_path(Path::new(root))
+        || crate::config::validate_id(id).is_err()
+    {
         return;
     }
     let mode = if m % 2 == 0 { Mode::Run } else { Mode::Create };
