@@ -8,7 +8,7 @@
 #   ./test.sh host ARGS  extra arguments go to `cargo test` (e.g. `--test hostile`)
 #
 # With no extra arguments, the host part also runs every fuzz target for a bounded time
-# (fuzz/run.sh; RUNBOX_FUZZ_SECONDS per target, 25 by default, 0 to skip).
+# (fuzz/run.sh; RUNBOX_FUZZ_SECONDS per target, 20 by default, 0 to skip).
 #
 # Installs what the tests need from Debian's packages first: runc for the bundle test; gcc
 # and dpkg-deb for the test image, whose busybox comes from Debian's busybox-static package,
@@ -70,7 +70,7 @@ if [ "$where" != guest ]; then
   cargo test --locked "$@" || host_status=$?
   # The fuzz targets, for a bounded time each, with the whole suite only (fuzz/run.sh: a
   # separate nightly build; RUNBOX_FUZZ_SECONDS=0 skips them).
-  fuzz_secs=${RUNBOX_FUZZ_SECONDS:-25}
+  fuzz_secs=${RUNBOX_FUZZ_SECONDS:-20}
   if [ "$#" -eq 0 ] && [ "$fuzz_secs" != 0 ]; then
     echo "test.sh: the fuzz targets, $fuzz_secs s each (fuzz/run.sh)" >&2
     bash fuzz/run.sh "$fuzz_secs" || fuzz_status=$?
