@@ -7,6 +7,9 @@
 #   ./test.sh guest      the cgroup v2 guest only (tests/vm/run.sh; builds on the host first)
 #   ./test.sh host ARGS  extra arguments go to `cargo test` (e.g. `--test hostile`)
 #
+# With no extra arguments, the host part also runs every fuzz target for a bounded time
+# (fuzz/run.sh; RUNBOX_FUZZ_SECONDS per target, 20 by default, 0 to skip).
+#
 # Installs what the tests need from Debian's packages first: runc for the bundle test; gcc
 # and dpkg-deb for the test image, whose busybox comes from Debian's busybox-static package,
 # unpacked, not installed; umoci, skopeo, docker-registry, htpasswd and openssl for the
@@ -60,10 +63,18 @@ fi
 
 export RUNBOX_TESTS_MUST_RUN=1
 host_status=0
+fuzz_status=0
 guest_status=0
 if [ "$where" != guest ]; then
   echo "test.sh: the suite on this host" >&2
   cargo test --locked "$@" || host_status=$?
+  # The fuzz targets, for a bounded time each, with the whole suite only (fuzz/run.sh: a
+  # separate nightly build; RUNBOX_FUZZ_SECONDS=0 skips them).
+  fuzz_secs=${RUNBOX_FUZZ_SECONDS:-20}
+  if [ "$#" -eq 0 ] && [ "$fuzz_secs" != 0 ]; then
+    echo "test.sh: the fuzz targets, $fuzz_secs s each (fuzz/run.sh)" >&2
+    bash fuzz/run.sh "$fuzz_secs" || fuzz_status=$?
+  fi
 fi
 if [ "$where" != host ]; then
   # Everything the guest runs is built here: a build under emulation would take far too long.
@@ -76,7 +87,7 @@ if [ "$where" != host ]; then
   [ "$#" -gt 0 ] && args=$(printf ' %q' "$@")
   bash tests/vm/run.sh --swap 1G "cargo test --locked$args" || guest_status=$?
 fi
-if [ "$host_status" != 0 ] || [ "$guest_status" != 0 ]; then
-  echo "test.sh: FAILED (host: $host_status, cgroup v2 guest: $guest_status)" >&2
+if [ "$host_status" != 0 ] || [ "$fuzz_status" != 0 ] || [ "$guest_status" != 0 ]; then
+  echo "test.sh: FAILED (host: $host_status, fuzzing: $fuzz_status, cgroup v2 guest: $guest_status)" >&2
   exit 1
 fi

@@ -70,6 +70,9 @@
 mod config;
 mod controller;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod images;
 mod init;

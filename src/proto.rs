@@ -450,23 +450,25 @@ impl InitStatus {
     }
 }
 
-/// The monitor's side of the status pipe: bytes in, complete [`InitStatus`] lines out.
+/// The monitor's side of the status pipe: bytes in, complete [`InitStatus`] lines out. Bytes
+/// are kept as they came until their line is complete, so a character split across two
+/// reads is decoded whole.
 #[derive(Debug, Default)]
 pub(crate) struct StatusLines {
-    text: String,
+    bytes: Vec<u8>,
 }
 
 impl StatusLines {
     /// Appends bytes read from the pipe.
     pub fn push(&mut self, bytes: &[u8]) {
-        self.text.push_str(&String::from_utf8_lossy(bytes));
+        self.bytes.extend_from_slice(bytes);
     }
 
     /// The next complete line, if one has arrived.
     pub fn next_line(&mut self) -> Option<InitStatus> {
-        let end = self.text.find('\n')?;
-        let line = InitStatus::parse(&self.text[..end]);
-        self.text.drain(..=end);
+        let end = self.bytes.iter().position(|&b| b == b'\n')?;
+        let line = InitStatus::parse(&String::from_utf8_lossy(&self.bytes[..end]));
+        self.bytes.drain(..=end);
         Some(line)
     }
 }
@@ -727,6 +729,22 @@ mod tests {
         assert_eq!(
             InitStatus::parse("exit x"),
             InitStatus::Unknown("exit x".into())
+        );
+    }
+
+    /// Found by the `proto_frames` fuzz target: a character split across two reads of the
+    /// status pipe came out as two replacement characters.
+    #[test]
+    fn a_character_split_across_reads_of_the_status_pipe_arrives_whole() {
+        let wire = "error chdir /tmp/ü: ENOENT\n".as_bytes();
+        let split = wire.iter().position(|&b| b == 0xc3).unwrap() + 1;
+        let mut lines = StatusLines::default();
+        lines.push(&wire[..split]);
+        assert_eq!(lines.next_line(), None);
+        lines.push(&wire[split..]);
+        assert_eq!(
+            lines.next_line(),
+            Some(InitStatus::Failed("chdir /tmp/ü: ENOENT".into()))
         );
     }
 

@@ -93,13 +93,13 @@ fn refusal(long: &str) -> Option<&'static str> {
 }
 
 /// A command-line error: printed, exit status 2 (isolate's `usage`).
-struct Usage(String);
+pub(crate) struct Usage(pub(crate) String);
 
 /// Options in the order given: (long name, value).
-type Opts = Vec<(&'static str, Option<String>)>;
+pub(crate) type Opts = Vec<(&'static str, Option<String>)>;
 
 /// The parsed command line: options in order, then the program words.
-fn parse(args: &[String]) -> Result<(Opts, Vec<String>), Usage> {
+pub(crate) fn parse(args: &[String]) -> Result<(Opts, Vec<String>), Usage> {
     let mut opts = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -188,7 +188,7 @@ fn parse(args: &[String]) -> Result<(Opts, Vec<String>), Usage> {
 
 /// What the command line asks for.
 #[derive(Default)]
-struct Request {
+pub(crate) struct Request {
     mode: Option<&'static str>,
     box_id: u32,
     cg: bool,
@@ -237,7 +237,7 @@ fn seconds(name: &str, v: &str) -> Result<f64, Usage> {
 }
 
 impl Request {
-    fn from_args(opts: Opts) -> Result<Request, Usage> {
+    pub(crate) fn from_args(opts: Opts) -> Result<Request, Usage> {
         let mut r = Request::default();
         for (name, value) in opts {
             if let Some(why) = refusal(name) {

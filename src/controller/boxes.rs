@@ -103,7 +103,7 @@ impl Default for BoxQuota {
 /// The record of an initialized box (`<box>/box.json`), written last by `init`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BoxRecord {
+pub(crate) struct BoxRecord {
     format_version: u32,
     id: u32,
     uid: u32,

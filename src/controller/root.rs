@@ -207,12 +207,11 @@ impl RootOptions {
     /// `Io` if the directory cannot be created or the base prepared.
     pub fn open(&self, dir: impl AsRef<Path>) -> Result<Root> {
         let dir = dir.as_ref();
-        if !config::is_clean_absolute(dir) || dir.to_str().is_none_or(|s| s.contains([',', ':'])) {
+        if !valid_root_path(dir) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
-                    "state root {} must be an absolute utf-8 path without '..', ',' or ':'",
-                    dir.display()
+                    "state root {dir:?} must be an absolute utf-8 path without '..', ',', ':' or control characters"
                 ),
             ));
         }
@@ -537,9 +536,36 @@ fn default_cgroup_prefix(dir: &Path) -> String {
     format!("runbox-{:08x}", h & 0xffff_ffff)
 }
 
+/// Whether `dir` can be a state root: absolute, UTF-8, without `..`, `,` or `:` (overlayfs
+/// and mount options split on those) and without control characters (a sandbox directory is
+/// sent to a spare as one line of its request protocol).
+pub(crate) fn valid_root_path(dir: &Path) -> bool {
+    config::is_clean_absolute(dir)
+        && dir
+            .to_str()
+            .is_some_and(|s| !s.contains([',', ':']) && !s.contains(char::is_control))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `proto_frames` fuzz target's oracle: a state root with a newline was
+    /// accepted, and the `run DIR` line that hands one of its sandboxes to a spare then split
+    /// in two (the spare took the part before the newline for the sandbox directory).
+    #[test]
+    fn a_state_root_with_a_control_character_is_refused() {
+        for dir in [
+            "/tmp/runbox-unit\nroot",
+            "/tmp/runbox-unit\rroot",
+            "/tmp/runbox-unit\u{7f}",
+        ] {
+            let e = Root::open(dir).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{dir:?}");
+            assert!(e.to_string().contains("control characters"), "{e}");
+            assert!(!Path::new(dir).exists());
+        }
+    }
 
     #[test]
     fn default_cgroup_prefixes_are_stable_and_differ_per_root() {

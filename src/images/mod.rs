@@ -17,11 +17,11 @@
 //! | `tmp/` | staging: everything is written here first and renamed into place |
 
 pub(crate) mod import;
-mod manifest;
-mod reference;
-mod store;
+pub(crate) mod manifest;
+pub(crate) mod reference;
+pub(crate) mod store;
 mod targuard;
-mod unpack;
+pub(crate) mod unpack;
 
 #[cfg(feature = "registry")]
 mod pull;

@@ -118,7 +118,7 @@ pub enum Progress {
 
 /// An image record: `images/<hex>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ImageRecord {
+pub(crate) struct ImageRecord {
     format_version: u32,
     digest: String,
     config_digest: String,

@@ -20,7 +20,7 @@
 //! - Redis unreachable: sandboxes go on, results wait in memory (and in the sandboxes'
 //!   state), the worker reconnects with backoff and publishes then.
 
-mod job;
+pub(crate) mod job;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
