@@ -456,18 +456,34 @@ impl InitStatus {
 #[derive(Debug, Default)]
 pub(crate) struct StatusLines {
     bytes: Vec<u8>,
+    /// The line being read went past [`MAX_STATUS_LINE`]: its bytes are dropped up to its
+    /// newline, and it comes out as [`InitStatus::Unknown`].
+    overlong: bool,
 }
 
+/// Longest status line the monitor keeps (an `error` line names paths of at most
+/// `PATH_MAX`): the bytes buffered from the status pipe stay within this plus one read.
+pub(crate) const MAX_STATUS_LINE: usize = 64 * 1024;
+
 impl StatusLines {
-    /// Appends bytes read from the pipe.
+    /// Appends bytes read from the pipe. A line still open past [`MAX_STATUS_LINE`] is
+    /// dropped as it comes, so the buffer stays bounded whatever the writer sends.
     pub fn push(&mut self, bytes: &[u8]) {
         self.bytes.extend_from_slice(bytes);
+        if self.bytes.len() > MAX_STATUS_LINE && !self.bytes.contains(&b'\n') {
+            self.bytes.clear();
+            self.overlong = true;
+        }
     }
 
     /// The next complete line, if one has arrived.
     pub fn next_line(&mut self) -> Option<InitStatus> {
         let end = self.bytes.iter().position(|&b| b == b'\n')?;
-        let line = InitStatus::parse(&String::from_utf8_lossy(&self.bytes[..end]));
+        let line = if std::mem::take(&mut self.overlong) {
+            InitStatus::Unknown(format!("(a status line over {MAX_STATUS_LINE} bytes)"))
+        } else {
+            InitStatus::parse(&String::from_utf8_lossy(&self.bytes[..end]))
+        };
         self.bytes.drain(..=end);
         Some(line)
     }
@@ -746,6 +762,23 @@ mod tests {
             lines.next_line(),
             Some(InitStatus::Failed("chdir /tmp/ü: ENOENT".into()))
         );
+    }
+
+    /// The status pipe is the init's, but its bytes are bounded anyway: an endless line
+    /// keeps at most one line's worth buffered and comes out as unknown, and the lines after
+    /// it parse as usual.
+    #[test]
+    fn an_endless_status_line_stays_bounded() {
+        let mut lines = StatusLines::default();
+        for _ in 0..4096 {
+            lines.push(&[b'x'; 512]);
+            assert!(lines.bytes.len() <= MAX_STATUS_LINE + 512);
+            assert_eq!(lines.next_line(), None);
+        }
+        lines.push(b"xx\nexit 3\n");
+        assert!(matches!(lines.next_line(), Some(InitStatus::Unknown(_))));
+        assert_eq!(lines.next_line(), Some(InitStatus::Exited(3)));
+        assert_eq!(lines.next_line(), None);
     }
 
     /// An unlinked temporary file holding `text`, positioned at its start.
