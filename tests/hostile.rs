@@ -429,7 +429,14 @@ fn meta_file_and_host_check_from_the_cli() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((0.2..0.25).contains(&time), "{text}");
+    // The kill comes within a few ms of the limit; in the emulated guest (tests/vm) the
+    // monitor's wake-ups lag behind the emulated CPU by up to ~100 ms under load.
+    let slack = if std::env::var_os("RUNBOX_IN_GUEST").is_some() {
+        0.15
+    } else {
+        0.05
+    };
+    assert!((0.2..0.2 + slack).contains(&time), "{text}");
     fs::remove_file(&meta).unwrap();
 
     let out = std::process::Command::new(&cli)
