@@ -673,7 +673,7 @@ impl Command {
     /// `/work` or `/tmp`; not `/dev/shm`) to the host path `host_dest`. Symlinks are
     /// resolved inside the sandbox, never on the host; a missing file is skipped. All
     /// collected files together are bounded by [`Limits::collect_bytes`]; a command has at
-    /// most [`MAX_COLLECTS`] entries, and an entry given twice counts once.
+    /// most 64 entries, and an entry given twice counts once.
     pub fn collect(
         &mut self,
         inside: impl Into<String>,
