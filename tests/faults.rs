@@ -72,24 +72,9 @@ fn open_root(dir: &Path, name: &str) -> (Root, String) {
 }
 
 /// Waits (at most 30 s) until no process names the state root and no sandbox cgroup or
-/// monitor is left under the prefix (as `TestEnv::wait_for_monitors`).
+/// monitor is left under the prefix.
 fn wait_for_monitors(dir: &Path, prefix: &str) {
-    let root_str = dir.to_string_lossy().into_owned();
-    let busy = || {
-        !common::processes_mentioning(&root_str).is_empty()
-            || common::cgroup_prefix_dirs(prefix).iter().any(|d| {
-                fs::read_dir(d).is_ok_and(|rd| {
-                    rd.flatten().any(|e| {
-                        e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "_monitors"
-                    })
-                }) || fs::read_to_string(d.join("_monitors/cgroup.procs"))
-                    .is_ok_and(|p| !p.trim().is_empty())
-            })
-    };
-    let t = Instant::now();
-    while busy() && t.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until_quiet(dir, prefix, 30);
 }
 
 /// Releases the spares, waits for the monitors, asserts nothing leaked, removes the prefix

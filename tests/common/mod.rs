@@ -118,27 +118,7 @@ impl TestEnv {
     /// `_monitors` (exited monitors stay there until the host's init reaps them) and no
     /// sandbox cgroup is left under the prefix.
     pub fn wait_for_monitors(&self) {
-        let root_str = self.dir.to_string_lossy().into_owned();
-        let t = std::time::Instant::now();
-        // Also the sandboxes' own cgroups, which monitors remove as they finish (a
-        // container's init shows `runbox-init` as its command line, naming no root).
-        let monitors_busy = || {
-            cgroup_prefix_dirs(&self.prefix).iter().any(|d| {
-                let sandbox_cgroups = fs::read_dir(d).is_ok_and(|rd| {
-                    rd.flatten().any(|e| {
-                        e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "_monitors"
-                    })
-                });
-                sandbox_cgroups
-                    || fs::read_to_string(d.join("_monitors/cgroup.procs"))
-                        .is_ok_and(|p| !p.trim().is_empty())
-            })
-        };
-        while (!processes_mentioning(&root_str).is_empty() || monitors_busy())
-            && t.elapsed() < std::time::Duration::from_secs(20)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_until_quiet(&self.dir, &self.prefix, 20);
     }
 
     /// Asserts nothing is left of this test's sandboxes, then removes the root and prefix.
@@ -276,6 +256,32 @@ pub fn assert_no_leaks(state_root: &Path, prefix: &str) {
     assert!(leaked.is_empty(), "mounts left: {leaked:?}");
     let procs = processes_mentioning(&root_str);
     assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+/// Waits (at most `secs`) until no process names the state root `dir` and no sandbox
+/// cgroup or monitor is left under the cgroup prefix `prefix`: verdicts come before their
+/// monitors' cleanup (a container's init shows `runbox-init` as its command line, naming no
+/// root, so the sandboxes' own cgroups are watched too).
+pub fn wait_until_quiet(dir: &Path, prefix: &str, secs: u64) {
+    let root_str = dir.to_string_lossy().into_owned();
+    let monitors_busy = || {
+        cgroup_prefix_dirs(prefix).iter().any(|d| {
+            let sandbox_cgroups = fs::read_dir(d).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "_monitors"
+                })
+            });
+            sandbox_cgroups
+                || fs::read_to_string(d.join("_monitors/cgroup.procs"))
+                    .is_ok_and(|p| !p.trim().is_empty())
+        })
+    };
+    let t = std::time::Instant::now();
+    while (!processes_mentioning(&root_str).is_empty() || monitors_busy())
+        && t.elapsed() < std::time::Duration::from_secs(secs)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// (pid, cmdline) of every process whose command line mentions `needle`.

@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 
 use runbox::{LimitKind, Root, RootOptions, Status, Verdict};
 
-use crate::common::{
-    assert_no_leaks, cargo_build, cgroup_prefix_dirs, image, processes_mentioning,
-};
+use crate::common::{assert_no_leaks, cargo_build, cgroup_prefix_dirs, image, wait_until_quiet};
 
 /// CPU-time limit of the `time_limit` runs (the program spins far longer).
 const TIME_LIMIT: Duration = Duration::from_millis(100);
@@ -422,22 +420,7 @@ impl SoakRoot {
     /// Waits (at most `secs`) until no process names the root and no sandbox cgroup or
     /// monitor is left under the prefix: verdicts come before their monitors' cleanup.
     fn settle(&self, secs: u64) {
-        let needle = self.dir.to_string_lossy().into_owned();
-        let busy = || {
-            !processes_mentioning(&needle).is_empty()
-                || cgroup_prefix_dirs(&self.prefix).iter().any(|d| {
-                    fs::read_dir(d).is_ok_and(|rd| {
-                        rd.flatten().any(|e| {
-                            e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "_monitors"
-                        })
-                    }) || fs::read_to_string(d.join("_monitors/cgroup.procs"))
-                        .is_ok_and(|p| !p.trim().is_empty())
-                })
-        };
-        let t = Instant::now();
-        while busy() && t.elapsed() < Duration::from_secs(secs) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_quiet(&self.dir, &self.prefix, secs);
     }
 
     /// Removes the prefix's cgroups and the root's directory; what had to be removed besides
