@@ -162,6 +162,19 @@ impl Spare {
         self.warm.as_ref().map(|w| w.cgroup_path.as_str())
     }
 
+    /// The `_warm-*` cgroup this controller asked the spare to pre-build in, if a sandbox of
+    /// build shape `shape` does not live in it (the spare does not fit): once the spare has
+    /// taken the sandbox (its first report), nothing uses that cgroup any more. The spare
+    /// tears its pre-built container down first; a build that failed may have left the
+    /// cgroup without the spare knowing it (it stays cold), and nobody else removes it while
+    /// this controller lives (gc sees a live owner), so the launch removes it.
+    pub fn unused_warm_cgroup(&self, shape: &SandboxConfig) -> Option<String> {
+        self.warm
+            .as_ref()
+            .filter(|w| w.root.is_some() && &w.shape != shape)
+            .map(|w| w.cgroup_path.clone())
+    }
+
     /// Gives the sandbox at `layout` to the spare, with the launcher's descriptors it
     /// inherits (`streams`, sent with the request): its report reader, or `Err` if the spare
     /// is gone.
@@ -297,8 +310,21 @@ impl Spares {
             Err(_) => Vec::new(),
         };
         let found = !holding.is_empty();
-        let reports = holding.into_iter().map(Spare::release).collect();
-        wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        let (reports, warm): (Vec<File>, Vec<Option<Warm>>) = holding
+            .into_iter()
+            .map(|mut s| {
+                let warm = s.warm.take();
+                (s.release(), warm)
+            })
+            .unzip();
+        let ended = wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        // As `release`: what a spare that exited left (a cgroup its failed build could not
+        // remove, or the uid of one that was killed) goes now.
+        for (warm, ended) in warm.iter().zip(ended) {
+            if let (Some(warm), true) = (warm, ended) {
+                warm.give_back();
+            }
+        }
         found
     }
 
