@@ -373,3 +373,74 @@ fn warm_up_makes_even_the_first_launch_prebuilt() {
     );
     env.finish();
 }
+
+/// The `_warm-*` cgroup a spare is about to build in, caught while its build runs (it lives
+/// only as long as the build when the build fails): polls the prefix in the pids hierarchy
+/// (v1) or the unified one (v2).
+fn catch_warm_cgroup_name(prefix: &str) -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let dirs: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+                .then(|| PathBuf::from(f[1]).join(prefix))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        for d in &dirs {
+            let Ok(entries) = std::fs::read_dir(d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("_warm-") {
+                    return name;
+                }
+            }
+        }
+    }
+    panic!("no pre-built container's cgroup appeared under {prefix}");
+}
+
+#[test]
+fn a_spare_whose_prebuild_failed_leaves_no_cgroup_when_another_shape_takes_it() {
+    let env = TestEnv::new("failedwarm");
+    // A shape whose build fails in the container's init, after its cgroup was made: a
+    // directory bound over a file of the image.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("failedwarm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bad = env.cmd("probe", &["echo", "bad"]);
+    bad.bind_ro(&dir, "/bin/cat");
+    env.root.warm_up(&bad).unwrap();
+    let name = catch_warm_cgroup_name(&env.prefix);
+    // The failed build's rollback may not remove that cgroup (libcontainer gives up after
+    // ~100 ms while the killed init still exits: a loaded host) and the spare, left cold,
+    // forgets it. Once the rollback is over, put the cgroup back (in one hierarchy) as such
+    // a rollback leaves it.
+    let dirs = || -> Vec<PathBuf> {
+        common::cgroup_prefix_dirs(&env.prefix)
+            .into_iter()
+            .map(|d| d.join(&name))
+            .collect()
+    };
+    wait_until("the failed build rolled back", || {
+        dirs().iter().all(|d| !d.exists())
+    });
+    std::fs::create_dir(prefix_dir(&env.prefix).join(&name)).unwrap();
+    // A launch of another shape takes that spare (it builds afresh in the sandbox's own
+    // cgroup): the cgroup the spare was told to build in is nobody's any more, and goes.
+    let cmd = env.cmd("probe", &["echo", "hi"]);
+    let (v, was_prebuilt) = run_traced(&env, &cmd);
+    assert!(!was_prebuilt);
+    assert_eq!((v.status, v.stdout.as_str()), (Status::Ok, "hi\n"), "{v:?}");
+    let left: Vec<PathBuf> = dirs().into_iter().filter(|d| d.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "the failed spare's cgroup is left: {left:?}"
+    );
+    env.finish();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -120,6 +120,7 @@ impl Root {
         self.inner.spares.remember_shape(shape.clone());
         // The image's layers stay while the sandbox directory exists (`image rm`, `prune`).
         let pinned = stored.map_or(Ok(()), |img| img.pin(&layout.dir));
+        let unused_warm = spare.as_ref().and_then(|s| s.unused_warm_cgroup(&shape));
         let started = match pinned {
             Ok(()) => self.start_monitor(&layout, &monitor, mode, spare, &streams),
             Err(e) => Err(e),
@@ -134,6 +135,12 @@ impl Root {
             } else {
                 self.park_spares(&monitor, &shape);
             }
+        }
+        // The monitor's first report came: a spare that took the sandbox is past the point
+        // where it tears down what it pre-built (one that died first was replaced, its
+        // cgroup removed, in `start_monitor`).
+        if let (Some(path), true) = (unused_warm, started.is_ok()) {
+            let _ = cgroup::kill_and_remove(&path);
         }
         match started {
             Ok(report) => Ok(Sandbox::launched(id, layout, report)),

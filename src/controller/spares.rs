@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,11 @@ pub(super) struct Spares {
     last_shape: Mutex<Option<SandboxConfig>>,
     /// The spare factory, once started; `Err` once it could not be started.
     factory: Mutex<std::result::Result<Option<Factory>, ()>>,
+    /// Bumped by every [`Spares::release`]: a spare started before a release (in the middle
+    /// of being started while it ran) entered its mount namespace before whatever the release
+    /// was for (a box's disk, mounted where the host's mounts do not propagate) and is never
+    /// taken; the next release ends it.
+    generation: AtomicU64,
 }
 
 /// A spare factory: the socket it takes fork requests on. Dropping it ends the factory.
@@ -67,6 +73,8 @@ pub(super) struct Spare {
     /// A parked spare's report pipe write end, sent with the request (a spare started by
     /// this root has its own from the start).
     report_end: Option<OwnedFd>,
+    /// The root's [`Spares::generation`] when this spare was asked for.
+    generation: u64,
 }
 
 /// A container a spare builds ahead of its request: in this cgroup, of this build shape, as
@@ -144,6 +152,9 @@ impl Spare {
                 root: None,
             }),
             report_end: Some(report_w),
+            // Made by another process at a time this root does not know: taken again only
+            // if this root never released its spares (see `Spares::generation`).
+            generation: 0,
         })
     }
 
@@ -160,6 +171,19 @@ impl Spare {
     /// The cgroup the spare pre-builds in, if it pre-builds.
     pub fn warm_cgroup(&self) -> Option<&str> {
         self.warm.as_ref().map(|w| w.cgroup_path.as_str())
+    }
+
+    /// The `_warm-*` cgroup this controller asked the spare to pre-build in, if a sandbox of
+    /// build shape `shape` does not live in it (the spare does not fit): once the spare has
+    /// taken the sandbox (its first report), nothing uses that cgroup any more. The spare
+    /// tears its pre-built container down first; a build that failed may have left the
+    /// cgroup without the spare knowing it (it stays cold), and nobody else removes it while
+    /// this controller lives (gc sees a live owner), so the launch removes it.
+    pub fn unused_warm_cgroup(&self, shape: &SandboxConfig) -> Option<String> {
+        self.warm
+            .as_ref()
+            .filter(|w| w.root.is_some() && &w.shape != shape)
+            .map(|w| w.cgroup_path.clone())
     }
 
     /// Gives the sandbox at `layout` to the spare, with the launcher's descriptors it
@@ -224,6 +248,7 @@ impl Spares {
             prebuild,
             last_shape: Mutex::new(None),
             factory: Mutex::new(Ok(None)),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -235,12 +260,14 @@ impl Spares {
     /// Takes a spare, preferring one whose pre-built container fits `shape`; with
     /// `fitting_only`, only such a one.
     pub fn take(&self, shape: &SandboxConfig, fitting_only: bool) -> Option<Spare> {
+        let generation = self.generation.load(Ordering::SeqCst);
         let mut idle = self.idle.lock().ok()?;
-        let fitting = idle.iter().rposition(|s| s.fits(shape));
+        let current = |s: &Spare| s.generation == generation;
+        let fitting = idle.iter().rposition(|s| current(s) && s.fits(shape));
         let i = match fitting {
             Some(i) => i,
             None if fitting_only => return None,
-            None => idle.len().checked_sub(1)?,
+            None => idle.iter().rposition(current)?,
         };
         Some(idle.swap_remove(i))
     }
@@ -257,6 +284,7 @@ impl Spares {
     /// finishes, tears down and exits first), or after [`RELEASE_WAIT`]. New ones are made
     /// on the next launch.
     pub fn release(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let (reports, warm): (Vec<File>, Vec<Option<Warm>>) = match self.idle.lock() {
             Ok(mut idle) => idle
                 .drain(..)
@@ -297,8 +325,21 @@ impl Spares {
             Err(_) => Vec::new(),
         };
         let found = !holding.is_empty();
-        let reports = holding.into_iter().map(Spare::release).collect();
-        wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        let (reports, warm): (Vec<File>, Vec<Option<Warm>>) = holding
+            .into_iter()
+            .map(|mut s| {
+                let warm = s.warm.take();
+                (s.release(), warm)
+            })
+            .unzip();
+        let ended = wait_for_end_of_file(reports, Instant::now() + RELEASE_WAIT);
+        // As `release`: what a spare that exited left (a cgroup its failed build could not
+        // remove, or the uid of one that was killed) goes now.
+        for (warm, ended) in warm.iter().zip(ended) {
+            if let (Some(warm), true) = (warm, ended) {
+                warm.give_back();
+            }
+        }
         found
     }
 
@@ -335,7 +376,10 @@ impl Spares {
     /// Starts spares up to the target; failures are ignored (a launch then execs a monitor).
     pub fn replenish(&self, t: &Target<'_>) {
         loop {
-            let have = self.idle.lock().map_or(usize::MAX, |s| s.len());
+            let generation = self.generation.load(Ordering::SeqCst);
+            let have = self.idle.lock().map_or(usize::MAX, |s| {
+                s.iter().filter(|s| s.generation == generation).count()
+            });
             if have >= self.target {
                 return;
             }
@@ -349,6 +393,8 @@ impl Spares {
     /// A new spare: forked by the factory if there is one, else exec'd; told to pre-build
     /// the last launch's shape.
     fn spawn(&self, t: &Target<'_>) -> Result<Spare> {
+        // Read before the spare exists: it enters its mount namespace after this.
+        let generation = self.generation.load(Ordering::SeqCst);
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
         // A socket, not a pipe: writing to a spare that died must not raise SIGPIPE in the caller.
@@ -376,6 +422,7 @@ impl Spares {
             first,
             warm: None,
             report_end: None,
+            generation,
         };
         // Set only when pre-building is on.
         let shape = self.last_shape.lock().ok().and_then(|s| s.clone());
@@ -527,7 +574,23 @@ mod tests {
                 root: None,
             }),
             report_end: None,
+            generation: 0,
         }
+    }
+
+    /// A spare asked for before a release (a box's disk was mounted since: where mounts do
+    /// not propagate, its mount namespace lacks it) is never taken after it.
+    #[test]
+    fn a_spare_started_before_a_release_is_never_taken_after_it() {
+        let pool = Spares::new(1, true);
+        let shape = SandboxConfig::for_tests();
+        pool.put_back(spare(None));
+        pool.generation.fetch_add(1, Ordering::SeqCst); // a release ran while it started
+        assert!(pool.take(&shape, false).is_none());
+        let mut fresh = spare(None);
+        fresh.generation = 1;
+        pool.put_back(fresh);
+        assert!(pool.take(&shape, false).is_some());
     }
 
     #[test]

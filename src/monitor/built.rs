@@ -235,7 +235,7 @@ impl Built {
                 Ok((built, streams))
             }
             Err(Unbuilt { error, container }) => {
-                let undone = undo_unbuilt(container, &scratch, &cgroup, &mut mounted);
+                let undone = undo_unbuilt(container, &scratch, &cgroup, cgroup_path, &mut mounted);
                 Err(match undone {
                     Ok(()) => error,
                     Err(cleanup) => error.with_cleanup_error(&cleanup),
@@ -434,11 +434,19 @@ fn build_container(
 
 /// Undoes a build that failed before the container's init was ours: deletes what
 /// libcontainer made (through its own delete, since the init may not be known), removes the
-/// cgroup and unmounts the rootfs.
+/// cgroup (at `cgroup_path`) and unmounts the rootfs.
+///
+/// The cgroup is emptied first, waiting until its processes are gone: a build that failed
+/// in the container's init (a bind source removed meanwhile, say) leaves the intermediate
+/// process and the init SIGKILLed by libcontainer's cleanup but possibly not yet exited (a
+/// loaded host, a mount namespace to tear down), and libcontainer gives up removing the
+/// cgroup after ~100 ms. A cgroup left here is one nobody else removes while its controller
+/// lives when it is a spare's `_warm-*` one (the spare stays cold and forgets it).
 fn undo_unbuilt(
     container: Option<Box<Container>>,
     scratch: &Scratch,
     cgroup: &Cgroup,
+    cgroup_path: &str,
     mounted: &mut rootfs::Mounted,
 ) -> Result<()> {
     let mut errors = Vec::new();
@@ -447,6 +455,9 @@ fn undo_unbuilt(
         if let Err(e) = c.delete(true) {
             errors.push(format!("delete container: {e}"));
         }
+    }
+    if let Err(e) = cgroup::kill_cgroup(cgroup, cgroup_path) {
+        errors.push(format!("empty the cgroup: {e}"));
     }
     if let Err(e) = cgroup.remove() {
         errors.push(format!("remove cgroup: {e}"));
