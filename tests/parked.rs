@@ -402,9 +402,12 @@ fn run_sleeper(env: &TestEnv, range: &str, memory: &str, id: &str) -> Output {
             memory,
             "--image",
             &image,
+            // Long enough for the slow emulated guest (the test deletes them).
+            "--wall-time",
+            "600",
             "probe",
             "sleep",
-            "60",
+            "600",
         ],
     )
 }
@@ -434,6 +437,11 @@ fn a_launch_needing_the_uid_a_parked_spare_holds_evicts_the_spare() {
     }
     wait_ready(&env, 1, "a spare to be parked");
     let spare = ready(&env).remove(0);
+    // The second run's monitor gives its uid back after its verdict: wait for it, so the
+    // spare's is the only uid held.
+    wait_until("the runs' uids to be given back", || {
+        fs::read_dir(env.dir.join(".uids")).map_or(0, |d| d.count()) == 1
+    });
     // Two sandboxes of another shape need both uids: the second evicts the spare.
     for id in ["a", "b"] {
         let out = run_sleeper(&env, range, "200M", id);
