@@ -13,7 +13,7 @@ use runbox::{ErrorKind, Status};
 #[test]
 fn a_box_keeps_its_files_between_runs_and_its_uid_to_itself() {
     let env = TestEnv::new("boxes");
-    let _boxes = BoxesGuard(env.root.clone(), vec![3, 4]);
+    let _boxes = common::BoxesGuard(env.root.clone(), vec![3, 4]);
     let first = runbox::DEFAULT_FIRST_UID;
     let a = env.root.init_box(3, 0, 0).unwrap();
     let b = env.root.init_box(4, 0, 0).unwrap();
@@ -95,20 +95,6 @@ fn a_box_keeps_its_files_between_runs_and_its_uid_to_itself() {
     env.finish();
 }
 
-/// Removes the boxes of a test that fails midway (their disks are mounts, which removing
-/// the state root cannot take away); nothing if the test gets to its end.
-struct BoxesGuard(runbox::Root, Vec<u32>);
-
-impl Drop for BoxesGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for id in &self.1 {
-                let _ = self.0.cleanup_box(*id);
-            }
-        }
-    }
-}
-
 /// Findings 7 and 8 of issue 21 through the library: a box's files are on a disk of its own
 /// with the documented default cap, or the one given; a run that fills it gets ENOSPC and
 /// its real verdict. A box initialized again gets a fresh disk that every later run sees,
@@ -117,7 +103,7 @@ impl Drop for BoxesGuard {
 #[test]
 fn a_box_has_a_capped_disk_of_its_own_and_a_fresh_one_each_init() {
     let env = TestEnv::new("boxes-disk");
-    let _boxes = BoxesGuard(env.root.clone(), vec![7, 8, 9]);
+    let _boxes = common::BoxesGuard(env.root.clone(), vec![7, 8, 9]);
     let sh = |bx: &runbox::WorkBox, script: &str| {
         let mut cmd = bx.command("/bin/sh");
         cmd.args(["-c", script]).env("PATH", "/usr/bin:/bin");

@@ -728,20 +728,6 @@ fn bad_command_lines_fail_with_status_2_and_say_why() {
     env.finish();
 }
 
-/// Removes the boxes of a test that fails midway (their disks are mounts, which removing
-/// the state root cannot take away); nothing if the test gets to its end.
-struct BoxesGuard(runbox::Root, Vec<u32>);
-
-impl Drop for BoxesGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for id in &self.1 {
-                let _ = self.0.cleanup_box(*id);
-            }
-        }
-    }
-}
-
 /// `sh -c` line prefix: systemd's default soft limit on open files, which the hand-back's
 /// walk of a program's tree must live within.
 const SYSTEMD_NOFILE: &str = "ulimit -n 1024 &&";
@@ -800,7 +786,7 @@ fn census(dir: &Path) -> Vec<(char, u32, u32, String)> {
 #[test]
 fn a_deep_tree_with_links_out_is_handed_back_and_cleaned_up_under_1024_descriptors() {
     let env = TestEnv::new("isolate-deep");
-    let _boxes = BoxesGuard(env.root.clone(), vec![31]);
+    let _boxes = common::BoxesGuard(env.root.clone(), vec![31]);
     let src = env.dir.with_extension("deep.c");
     let exe = env.dir.with_extension("deep");
     fs::write(&src, DEEP_TREE).unwrap();
@@ -880,7 +866,7 @@ fn a_deep_tree_with_links_out_is_handed_back_and_cleaned_up_under_1024_descripto
 #[test]
 fn a_run_that_fills_its_box_gets_enospc_and_everything_else_keeps_working() {
     let env = TestEnv::new("isolate-quota");
-    let _boxes = BoxesGuard(env.root.clone(), vec![41, 42]);
+    let _boxes = common::BoxesGuard(env.root.clone(), vec![41, 42]);
     let init = |args: &str| {
         let out = sh(&env, &format!("isolate {args} --init"));
         assert!(out.status.success(), "{args}: {out:?}");
@@ -972,7 +958,7 @@ fn a_run_that_fills_its_box_gets_enospc_and_everything_else_keeps_working() {
 #[test]
 fn processes_without_a_number_leave_the_host_half_its_pids() {
     let env = TestEnv::new("isolate-pids");
-    let _boxes = BoxesGuard(env.root.clone(), vec![51]);
+    let _boxes = common::BoxesGuard(env.root.clone(), vec![51]);
     let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max")
         .unwrap()
         .trim()

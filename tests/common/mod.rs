@@ -361,3 +361,17 @@ pub fn wait_until_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Removes the boxes of a test that fails midway (their disks are mounts, which removing
+/// the state root cannot take away); nothing if the test gets to its end.
+pub struct BoxesGuard(pub runbox::Root, pub Vec<u32>);
+
+impl Drop for BoxesGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for id in &self.1 {
+                let _ = self.0.cleanup_box(*id);
+            }
+        }
+    }
+}
