@@ -237,6 +237,14 @@ fn wait_drained(env: &TestEnv) {
     );
 }
 
+/// Waits until the worker has removed its finished sandboxes, then stops it (SIGTERM) and
+/// waits for it to exit.
+fn stop_drained(env: &TestEnv, w: Mutex<Worker>) {
+    wait_drained(env);
+    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
+    w.term();
+}
+
 /// `env.finish()` (its leak check covers the worker's job files too), then the workers'
 /// logs, kept until here for a failed test to be read.
 fn finish(env: TestEnv) {
@@ -945,10 +953,7 @@ fn redis_restarted_mid_run_loses_nothing() {
         "no redis_up after redis_down: {events:?}"
     );
     assert_eq!(pending(&mut con, stream), 0);
-    wait_drained(&env);
-    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
-    w.term();
-    drop(w);
+    stop_drained(&env, w);
     finish(env);
 }
 
@@ -1055,10 +1060,7 @@ fn bad_jobs_are_rejected_once_and_acked() {
     }
     .check("good", &rs[0].verdict);
     assert_eq!(pending(&mut con, stream), 0);
-    wait_drained(&env);
-    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
-    w.term();
-    drop(w);
+    stop_drained(&env, w);
     finish(env);
 }
 
@@ -1149,10 +1151,7 @@ fn a_result_redis_refuses_is_replaced_once_and_the_queue_goes_on() {
             .collect();
         assert_eq!(refused.len(), 1, "{name}: {events:?}");
         assert_eq!(refused[0]["delivery"], big_d.as_str(), "{name}");
-        wait_drained(&env);
-        let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
-        w.term();
-        drop(w);
+        stop_drained(&env, w);
         finish(env);
     }
 }
@@ -1319,10 +1318,7 @@ fn jobs_beyond_the_workers_maxima_get_typed_rejections() {
         message.contains("left out") && message.contains("/work/c"),
         "{message}"
     );
-    wait_drained(&env);
-    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
-    w.term();
-    drop(w);
+    stop_drained(&env, w);
     finish(env);
 }
 
@@ -1381,10 +1377,7 @@ fn a_result_key_keeps_the_first_result_of_its_job_id() {
     // The second never ran.
     let launched = lock(&w).named("launched", None);
     assert_eq!(for_delivery(&launched, &second), 0, "{launched:?}");
-    wait_drained(&env);
-    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
-    w.term();
-    drop(w);
+    stop_drained(&env, w);
     finish(env);
 }
 
@@ -1504,10 +1497,7 @@ fn a_full_jobs_directory_fails_the_job_it_hits_and_the_worker_recovers() {
         assert_eq!(for_delivery(&launched, &b_d), 1, "{launched:?}");
         assert_eq!(for_delivery(&launched, &c_d), 1, "{launched:?}");
     }
-    wait_drained(&env);
-    let mut w = w.into_inner().unwrap_or_else(|e| e.into_inner());
-    w.term();
-    drop(w);
+    stop_drained(&env, w);
     drop(mounted);
     finish(env);
 }
