@@ -285,15 +285,27 @@ pub(crate) fn send_with_fds(
     .map_err(io::Error::from)
 }
 
-/// Reads from the stream socket `fd` into `buf`, taking any descriptors sent along with `SCM_RIGHTS` (close-on-exec).
-/// Returns the bytes read and the received descriptors.
+/// Most descriptors one message may carry (`SCM_RIGHTS`): a message that brought more is an
+/// error, never a silent loss.
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 16;
+
+/// The kernel's own bound on the descriptors of one `sendmsg` (`SCM_MAX_FD`): the receive
+/// buffer has room for this many, so the kernel never has to cut (and nix would then not
+/// hand over, leaking) what arrived.
+const SCM_MAX_FD: usize = 253;
+
+/// Reads from the stream socket `fd` into `buf`, taking any descriptors sent along with
+/// `SCM_RIGHTS` (close-on-exec). Returns the bytes read and the received descriptors. A read
+/// that brought more than [`MAX_FDS_PER_MESSAGE`] descriptors, or that the kernel had to cut
+/// (`MSG_CTRUNC`), closes what came and is an error: a pty or a namespace fd must never go
+/// missing silently.
 pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut iov = [io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let msg = recvmsg::<()>(
         fd.as_raw_fd(),
         &mut iov,
@@ -301,8 +313,12 @@ pub(crate) fn recv_with_fds(
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .map_err(io::Error::from)?;
+    // Only if more than SCM_MAX_FD came, which the kernel refuses to send.
+    let cmsgs = msg.cmsgs().map_err(|_| {
+        io::Error::other("the kernel cut the descriptors of a message (MSG_CTRUNC)")
+    })?;
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+    for cmsg in cmsgs {
         if let ControlMessageOwned::ScmRights(raw) = cmsg {
             for r in raw {
                 // SAFETY: the kernel just installed `r` in this process's fd table for this
@@ -310,6 +326,13 @@ pub(crate) fn recv_with_fds(
                 fds.push(unsafe { OwnedFd::from_raw_fd(r) });
             }
         }
+    }
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        let count = fds.len();
+        drop(fds);
+        return Err(io::Error::other(format!(
+            "a message brought {count} descriptors, more than the {MAX_FDS_PER_MESSAGE} allowed"
+        )));
     }
     Ok((msg.bytes, fds))
 }

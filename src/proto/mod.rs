@@ -15,6 +15,8 @@
 //! init       ──pipe: InitStatus lines─────────▶ monitor
 //! ```
 
+pub(crate) mod frame;
+
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
