@@ -101,6 +101,7 @@ pub use images::PullOptions;
 pub use images::{
     ImageDetails, ImageInfo, ImageStore, Progress, PruneReport, RemoveReport, DEFAULT_IMAGE_STORE,
 };
+pub use proto::control::Stats;
 pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
 #[cfg(feature = "worker")]
 pub use worker::{Event as WorkerEvent, Worker, WorkerOptions, JOB_SCHEMA_VERSION};

@@ -15,6 +15,7 @@
 //! init       ──pipe: InitStatus lines─────────▶ monitor
 //! ```
 
+pub(crate) mod control;
 pub(crate) mod frame;
 
 use std::ffi::{OsStr, OsString};
