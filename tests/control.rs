@@ -221,7 +221,7 @@ fn stats_agree_with_what_the_program_allocated() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["id"], s.id());
     assert!(json["memory_bytes"].as_u64().unwrap() >= 32 * MIB, "{json}");
-    let mut follow = cli_cmd(&env)
+    let follow = cli_cmd(&env)
         .args(["stats", "--follow", "--interval", "0.2", s.id()])
         .stdout(Stdio::piped())
         .spawn()
