@@ -10,8 +10,9 @@
 //!   exec root, pid file, socket, config file and cgroup parent), the image imported from a
 //!   tar of the busybox image, the container `docker run -d --network none IMG sleep`;
 //! - `podman exec` of `/bin/true` (Debian's podman with `--runtime runc`, since its crun
-//!   refuses this host's hybrid cgroups; its own `--root`, `--runroot`, `--tmpdir`,
-//!   `--cgroup-manager cgroupfs`, `podman import`, `--network none`);
+//!   refuses this host's hybrid cgroups; its own `--root`, `--runroot`, `--tmpdir`, runc
+//!   state root (`--runtime-flag root=…`), `--cgroup-manager cgroupfs`, `podman import`,
+//!   `--network none`, and `--ulimit` for open files and processes that runc can set here);
 //! - pause and resume of each of the three (`runc pause/resume`, `docker pause/unpause`,
 //!   `podman pause/unpause`), each its own row: the pause row times the pause and undoes it
 //!   untimed, the resume row pauses untimed and times the resume.
@@ -948,14 +949,24 @@ fn print_table(rows: &[Row<'_>], outcomes: &[Outcome]) {
                 ms(s[0])
             ),
             Outcome::Unavailable(why) => {
-                println!("| {} | 0 | unavailable ({why}) | | | |", row.name)
+                println!("| {} | 0 | unavailable ({}) | | | |", row.name, cell(why))
             }
             Outcome::Failed(k, e) => {
-                println!("| {} | {k} | FAILED ({e}) | | | |", row.name)
+                println!("| {} | {k} | FAILED ({}) | | | |", row.name, cell(e))
             }
         }
     }
     println!();
+}
+
+/// `text` fit for a table cell: one line, `|` escaped, at most 300 characters (the whole
+/// message is on stderr).
+fn cell(text: &str) -> String {
+    let one_line = text.replace('\n', " ").replace('|', "\\|");
+    match one_line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
 }
 
 /// Which of [`DEFAULT_PLACES`], [`FIXED_PLACES`] and the tools' default cgroup parents
@@ -1234,15 +1245,17 @@ fn main() {
     );
     println!(
         "| docker | {} |",
-        docker
-            .as_ref()
-            .map_or_else(|e| format!("unavailable ({e})"), |d| d.about.clone())
+        docker.as_ref().map_or_else(
+            |e| format!("unavailable ({})", cell(e)),
+            |d| d.about.clone()
+        )
     );
     println!(
         "| podman | {} |",
-        podman
-            .as_ref()
-            .map_or_else(|e| format!("unavailable ({e})"), |p| p.about.clone())
+        podman.as_ref().map_or_else(
+            |e| format!("unavailable ({})", cell(e)),
+            |p| p.about.clone()
+        )
     );
     println!(
         "| installed by this run | {} |",
