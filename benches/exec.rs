@@ -39,6 +39,7 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
@@ -204,6 +205,24 @@ struct Ctx {
     data: PathBuf,
     /// runbox's state root, `<state>/runbox`, default options, cgroups under `prefix`.
     root: runbox::Root,
+    /// What rows registered to run after the measurement, before the leak check (ending the
+    /// sandbox they exec into, say); see [`Ctx::on_teardown`].
+    teardown: RefCell<Vec<Teardown>>,
+}
+
+/// One thing to end after the measurement; `Err` says what went wrong.
+type Teardown = Box<dyn FnOnce() -> Result<(), String>>;
+
+impl Ctx {
+    /// Registers `f` to run after the measurement, before the leak check; an error there fails
+    /// the bench.
+    #[expect(
+        dead_code,
+        reason = "for runbox's rows, which come with exec; remove this once they use it"
+    )]
+    fn on_teardown(&self, f: impl FnOnce() -> Result<(), String> + 'static) {
+        self.teardown.borrow_mut().push(Box::new(f));
+    }
 }
 
 /// Runs a command to completion with no stdin; its stdout if it succeeded, else what it said.
@@ -864,15 +883,16 @@ impl Tool for Podman {
 
 /// runbox's rows: `runbox exec (in process)`, `runbox exec (fresh CLI)`, `runbox pause`,
 /// `runbox resume`, each a [`Row`] over `ctx.root` (its sandboxes' cgroups fall under
-/// `ctx.prefix`, and the final check covers the root). They come with runbox's `exec`,
+/// `ctx.prefix`; the final check wants the root empty). They come with runbox's `exec`,
 /// `pause` and `resume`; until then there are none, and the table says so.
 ///
-/// Shape of one: start the sandbox (`sleep`) here, before the rows, then
-/// `rows.push(Row::new("runbox exec /bin/true (in process)", opts.runs, Box::new(move || {
-/// let t = Instant::now(); /* exec, wait for its verdict, check it */ Ok(t.elapsed()) })))`;
-/// a fresh-CLI row times `common::build_cli()`'s binary with [`timed`]; pause and resume rows
-/// use [`pause_step`] and [`resume_step`]. Whatever the rows start must be ended in
-/// [`verify_clean`]'s first lines (before the root's list is checked empty).
+/// Shape: start the sandbox here (`ctx.root.spawn` of `sleep` on `ctx.image`), share it
+/// between the rows' closures (`Rc`), end it with [`Ctx::on_teardown`]; then
+/// `Row::new("runbox exec /bin/true (in process)", opts.runs, Box::new(move || { let t =
+/// Instant::now(); /* exec, wait for its verdict, check it */ Ok(t.elapsed()) }))`. A
+/// fresh-CLI row times the release CLI (`common::build_cli()`) with [`timed`]; pause and resume
+/// rows are [`pause_step`] and [`resume_step`] over two closures returning the commands (for
+/// the in-process ones, a step of their own that times the call).
 fn runbox_rows<'a>(_ctx: &'a Ctx, _opts: &Opts) -> Vec<Row<'a>> {
     Vec::new()
 }
@@ -1006,6 +1026,30 @@ struct Cleanup {
 impl Cleanup {
     /// Unmounts and removes everything under the bench's directories and its cgroups.
     fn sweep(&self) {
+        // runbox's sandboxes: a row's teardown may not have run.
+        let runbox_dir = self.state.join("runbox");
+        if runbox_dir.is_dir() {
+            match runbox::RootOptions::new()
+                .cgroup_prefix(self.prefix.clone())
+                .spare_monitors(0)
+                .open(&runbox_dir)
+            {
+                Ok(root) => {
+                    for l in root.list().unwrap_or_default() {
+                        let deleted = root.sandbox(&l.id).and_then(|sb| sb.delete(true));
+                        if let Err(e) = deleted {
+                            eprintln!("exec: delete runbox sandbox {}: {e}", l.id);
+                        }
+                    }
+                    root.release_spares();
+                    let report = root.gc();
+                    if !report.errors.is_empty() {
+                        eprintln!("exec: runbox gc: {:?}", report.errors);
+                    }
+                }
+                Err(e) => eprintln!("exec: open {}: {e}", runbox_dir.display()),
+            }
+        }
         for dir in [&self.state, &self.data] {
             for m in mounts_below(dir) {
                 if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
@@ -1175,6 +1219,7 @@ fn main() {
         state,
         data,
         root,
+        teardown: RefCell::new(Vec::new()),
     };
 
     let why_not = |pkg: &str| {
@@ -1299,6 +1344,11 @@ fn main() {
 
     drop(rows);
     let mut stop_errors = Vec::new();
+    for f in ctx.teardown.take() {
+        if let Err(e) = f() {
+            stop_errors.push(format!("a row's teardown: {e}"));
+        }
+    }
     let runc_left = match runc.as_mut() {
         Ok(r) => {
             if let Err(e) = r.stop() {
