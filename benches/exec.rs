@@ -399,6 +399,23 @@ impl Runc {
     }
 }
 
+/// Checks that runc lists no container in the state root `root` (a tool's own), if it exists.
+fn runc_root_empty(runc: &Path, root: &Path) -> Result<(), String> {
+    if !root.exists() {
+        return Ok(());
+    }
+    let listed = run_ok(Proc::new(runc).arg("--root").arg(root).args(["list", "-q"]))?;
+    if listed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "runc still lists in {}: {}",
+            root.display(),
+            listed.replace('\n', ", ")
+        ))
+    }
+}
+
 impl Drop for Runc {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
@@ -423,6 +440,8 @@ struct Docker {
     id: Option<String>,
     /// dockerd's and the client's versions, the storage driver.
     about: String,
+    /// runc, and the state root dockerd's containerd gives it (`<exec root>/runtime-runc/moby`).
+    runc: (PathBuf, PathBuf),
 }
 
 /// The image name `docker import` and `podman import` give the busybox tar.
@@ -498,6 +517,10 @@ impl Docker {
             log,
             id: None,
             about: String::new(),
+            runc: (
+                find_tool("runc").ok_or("runc not found (dockerd runs it)")?,
+                exec_root.join("runtime-runc/moby"),
+            ),
         };
         let t = Instant::now();
         loop {
@@ -587,6 +610,9 @@ impl Docker {
                 errors.push(e);
             }
         }
+        if let Err(e) = runc_root_empty(&self.runc.0, &self.runc.1) {
+            errors.push(e);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -641,6 +667,8 @@ struct Podman {
     id: Option<String>,
     /// podman's version, its runtime's.
     about: String,
+    /// runc, and the state root podman's runc calls use.
+    runc: (PathBuf, PathBuf),
 }
 
 impl Podman {
@@ -662,12 +690,31 @@ impl Podman {
             global.push(flag.into());
             global.push(dir.into());
         }
-        global.push("--runtime".into());
-        global.push(runc.clone().into());
-        // Rootful podman leaves runc at its default state root, /run/runc.
+        // Rootful podman leaves runc at its default state root, /run/runc, and its
+        // `--runtime-flag` does not reach the `podman container cleanup` that conmon runs when
+        // a container ends: podman runs runc through a two-line script named `runc` that
+        // gives it a root of the bench's (one `sh` exec more per runc call).
         let runc_root = ctx.state.join("podman/runc");
-        global.push("--runtime-flag".into());
-        global.push(format!("root={}", runc_root.display()).into());
+        let wrapper_dir = ctx.state.join("podman/bin");
+        fs::create_dir_all(&wrapper_dir)
+            .map_err(|e| format!("create {}: {e}", wrapper_dir.display()))?;
+        let wrapper = wrapper_dir.join("runc");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec '{}' --root '{}' \"$@\"\n",
+                runc.display(),
+                runc_root.display()
+            ),
+        )
+        .map_err(|e| format!("write {}: {e}", wrapper.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("chmod {}: {e}", wrapper.display()))?;
+        }
+        global.push("--runtime".into());
+        global.push(wrapper.into());
         for a in [
             "--cgroup-manager",
             "cgroupfs",
@@ -683,6 +730,7 @@ impl Podman {
             global,
             id: None,
             about: String::new(),
+            runc: (runc.clone(), runc_root),
         };
         p.about = format!(
             "{}, runtime {}",
@@ -766,6 +814,9 @@ impl Podman {
             if let Err(e) = run_ok(&mut self.cmd(args)) {
                 errors.push(e);
             }
+        }
+        if let Err(e) = runc_root_empty(&self.runc.0, &self.runc.1) {
+            errors.push(e);
         }
         if errors.is_empty() {
             Ok(())
