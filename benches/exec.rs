@@ -1148,7 +1148,10 @@ fn verify_clean(
     let mut notes = Vec::new();
     if let Some(left) = runc_left {
         assert!(left.is_empty(), "runc containers left: {left:?}");
-        notes.push("runc lists no container".to_string());
+        notes.push(
+            "runc lists no container (and the runc roots of dockerd and podman did, when they stopped)"
+                .to_string(),
+        );
     }
     let ok = wait_until(Duration::from_secs(20), || {
         ctx.root.list().is_ok_and(|l| l.is_empty())
