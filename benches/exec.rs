@@ -11,8 +11,9 @@
 //!   tar of the busybox image, the container `docker run -d --network none IMG sleep`;
 //! - `podman exec` of `/bin/true` (Debian's podman with `--runtime runc`, since its crun
 //!   refuses this host's hybrid cgroups; its own `--root`, `--runroot`, `--tmpdir`, runc
-//!   state root (`--runtime-flag root=…`), `--cgroup-manager cgroupfs`, `podman import`,
-//!   `--network none`, and `--ulimit` for open files and processes that runc can set here);
+//!   state root (runc given as a script adding `--root`), `--cgroup-manager cgroupfs`,
+//!   `podman import`, `--network none`, and `--ulimit` for open files and processes that
+//!   runc can set here);
 //! - pause and resume of each of the three (`runc pause/resume`, `docker pause/unpause`,
 //!   `podman pause/unpause`), each its own row: the pause row times the pause and undoes it
 //!   untimed, the resume row pauses untimed and times the resume.
@@ -834,20 +835,27 @@ impl Drop for Podman {
     }
 }
 
-/// A pause row's step: times `pause`, then undoes it untimed with `resume`.
-fn pause_step<'a>(pause: impl Fn() -> Proc + 'a, resume: impl Fn() -> Proc + 'a) -> Step<'a> {
+/// A pause row's step: the time of `pause`, which it then undoes with `resume` (not
+/// counted). Each of the two does its operation and returns its time (a CLI's: [`timed`]).
+fn pause_step<'a>(
+    mut pause: impl FnMut() -> Result<Duration, String> + 'a,
+    mut resume: impl FnMut() -> Result<Duration, String> + 'a,
+) -> Step<'a> {
     Box::new(move || {
-        let took = timed(pause())?;
-        timed(resume())?;
+        let took = pause()?;
+        resume()?;
         Ok(took)
     })
 }
 
-/// A resume row's step: pauses untimed, then times `resume`.
-fn resume_step<'a>(pause: impl Fn() -> Proc + 'a, resume: impl Fn() -> Proc + 'a) -> Step<'a> {
+/// A resume row's step: pauses (not counted), then the time of `resume`.
+fn resume_step<'a>(
+    mut pause: impl FnMut() -> Result<Duration, String> + 'a,
+    mut resume: impl FnMut() -> Result<Duration, String> + 'a,
+) -> Step<'a> {
     Box::new(move || {
-        timed(pause())?;
-        timed(resume())
+        pause()?;
+        resume()
     })
 }
 
@@ -870,12 +878,12 @@ fn tool_rows<'a>(
             Row::new(
                 pause_name,
                 runs,
-                pause_step(|| t.pause_cmd(), || t.resume_cmd()),
+                pause_step(|| timed(t.pause_cmd()), || timed(t.resume_cmd())),
             ),
             Row::new(
                 resume_name,
                 runs,
-                resume_step(|| t.pause_cmd(), || t.resume_cmd()),
+                resume_step(|| timed(t.pause_cmd()), || timed(t.resume_cmd())),
             ),
         ],
         Err(why) => vec![
@@ -942,8 +950,8 @@ impl Tool for Podman {
 /// `Row::new("runbox exec /bin/true (in process)", opts.runs, Box::new(move || { let t =
 /// Instant::now(); /* exec, wait for its verdict, check it */ Ok(t.elapsed()) }))`. A
 /// fresh-CLI row times the release CLI (`common::build_cli()`) with [`timed`]; pause and resume
-/// rows are [`pause_step`] and [`resume_step`] over two closures returning the commands (for
-/// the in-process ones, a step of their own that times the call).
+/// rows are [`pause_step`] and [`resume_step`] over two closures that each do the operation and
+/// return its time (a CLI's through [`timed`], an in-process call's around the call).
 fn runbox_rows<'a>(_ctx: &'a Ctx, _opts: &Opts) -> Vec<Row<'a>> {
     Vec::new()
 }
