@@ -1157,7 +1157,7 @@ fn verify_clean(
     if let Some(left) = runc_left {
         assert!(left.is_empty(), "runc containers left: {left:?}");
         notes.push(
-            "runc lists no container (and the runc roots of dockerd and podman did, when they stopped)"
+            "no runc state root lists a container (the runc rows', and dockerd's and podman's as they stopped)"
                 .to_string(),
         );
     }
