@@ -24,6 +24,8 @@
 //! bundle, runtime state directory and cgroup the run creates is removed at the end, and the
 //! harness asserts that nothing is left.
 
+mod common;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -33,15 +35,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Where Debian puts the binaries we look for, besides `PATH`.
-const SYSTEM_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
+use common::{
+    apt_get, build_cli, find_tool, first_line, image, loadavg, ms, percentile, prefix_cgroups,
+    processes_naming, remove_cgroup_tree, subdirs, wait_until,
+};
+
+/// The source name of the state tmpfs the harness mounts.
+const TMPFS_SOURCE: &str = "runbox-compare";
+
+/// Puts `dir` on a tmpfs of its own (see [`common::state_on_tmpfs`]). Returns a line for the
+/// report.
+fn state_on_tmpfs(dir: &Path) -> String {
+    format!(
+        "{}: every runtime's state lives there",
+        common::state_on_tmpfs(dir, TMPFS_SOURCE)
+    )
+}
+
+/// Unmounts what [`state_on_tmpfs`] mounted (nothing if it mounted nothing).
+fn unmount_state_tmpfs(dir: &Path) {
+    common::unmount_state_tmpfs(dir, TMPFS_SOURCE);
+}
 
 /// The script in crun's wrapper: a private mount namespace where an empty tmpfs hides the
 /// (empty) cgroup2 mount, so crun 1.8 sees a plain cgroup v1 layout instead of refusing the
@@ -461,43 +475,6 @@ fn run_runbox(root: &runbox::Root, cmd: &runbox::Command) -> Result<Sample, Stri
     })
 }
 
-/// Polls `done` every 200 µs until it holds or `limit` passes; true if it held. Only used
-/// outside the timed windows.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while !done() {
-        if t.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    true
-}
-
-/// The path of `name` in `PATH` or the usual system directories.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// Runs apt-get with no stdin and its output on our stderr; true on success.
-fn apt_get(args: &[&str]) -> bool {
-    eprintln!("compare: apt-get {}", args.join(" "));
-    Proc::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(std::io::stderr()))
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Installs whatever of runc, crun and bubblewrap is missing; returns the tools' paths and
 /// the packages installed.
 fn ensure_tools() -> (Tools, Vec<&'static str>) {
@@ -527,81 +504,6 @@ fn ensure_tools() -> (Tools, Vec<&'static str>) {
         },
         missing,
     )
-}
-
-/// Builds the CLI example in release mode (`cargo build --release --example runbox`) and
-/// returns its path.
-fn build_cli() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Proc::new(cargo)
-        .args(["build", "--release", "--quiet", "--example", "runbox"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build --example runbox");
-    assert!(
-        status.success(),
-        "cargo build --release --example runbox failed"
-    );
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let release = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/release/deps/compare-…");
-    release.join("examples/runbox")
-}
-
-/// Builds (or finds up to date) the busybox test image.
-fn image() -> PathBuf {
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-image");
-    let status = Proc::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/rootfs/build-image.sh"
-        ))
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .expect("run rootfs/build-image.sh");
-    assert!(status.success(), "rootfs/build-image.sh failed");
-    out
-}
-
-/// First line of a command's stdout, or what went wrong.
-fn first_line(program: &Path, args: &[&str]) -> String {
-    match Proc::new(program).args(args).stdin(Stdio::null()).output() {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
-        Err(e) => format!("({} failed: {e})", program.display()),
-    }
-}
-
-/// The 1-minute load average.
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// The value at fraction `p` of a sorted slice (nearest rank).
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "p is in [0, 1]: the rank is an index within the slice"
-)]
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// Milliseconds with two decimals.
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
 /// Interleaved measurement of `variants`: `warmup + runs` rounds, each running every variant
@@ -752,42 +654,6 @@ fn throughput(
     (wall, lat)
 }
 
-/// The cgroup directories `<hierarchy>/<prefix>` that exist, in every mounted hierarchy.
-fn prefix_cgroups(prefix: &str) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir("/sys/fs/cgroup") else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = rd
-        .flatten()
-        .map(|e| e.path().join(prefix))
-        .filter(|p| p.is_dir())
-        .collect();
-    if Path::new("/sys/fs/cgroup").join(prefix).is_dir() {
-        dirs.push(Path::new("/sys/fs/cgroup").join(prefix));
-    }
-    dirs
-}
-
-/// Sub-directories of a directory.
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Removes a cgroup directory and the (empty) cgroups below it, deepest first; best effort.
-fn remove_cgroup_tree(dir: &Path) {
-    for sub in subdirs(dir) {
-        remove_cgroup_tree(&sub);
-    }
-    let _ = fs::remove_dir(dir);
-}
-
 /// Container ids a runtime still lists in its state directory (`<runtime> --root STATE list`).
 fn runtime_ids(runtime: &Path, state: &Path) -> Result<Vec<String>, String> {
     if !state.exists() {
@@ -815,26 +681,6 @@ fn runtime_ids(runtime: &Path, state: &Path) -> Result<Vec<String>, String> {
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect())
-}
-
-/// Pids (other than ours) whose command line mentions a path under `path`: monitors, runtimes, wrappers.
-fn processes_naming(path: &Path) -> Vec<u32> {
-    // With the slash, `/run/x-1` does not match `/run/x-12`.
-    let mut needle = path.as_os_str().as_encoded_bytes().to_vec();
-    needle.push(b'/');
-    let me = std::process::id();
-    fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|&pid| pid != me)
-                .filter(|pid| {
-                    fs::read(format!("/proc/{pid}/cmdline"))
-                        .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Best-effort removal of everything the run created (on success and when unwinding).
@@ -891,48 +737,14 @@ impl Cleanup {
             }
         }
         for dir in prefix_cgroups(&self.prefix) {
-            remove_cgroup_tree(&dir);
+            for e in remove_cgroup_tree(&dir) {
+                eprintln!("compare: {e}");
+            }
         }
         unmount_state_tmpfs(&self.base);
         if self.base.exists() {
             let _ = fs::remove_dir_all(&self.base);
         }
-    }
-}
-
-/// Puts `dir` on a tmpfs of its own if it is not on one already, as the state roots of
-/// runbox (`/run/runbox`), runc (`/run/runc`) and crun (`/run/crun`) are on a host whose /run
-/// is a tmpfs. This machine's /run is ext4, where creating the small state files costs every
-/// runtime an inode-allocation scan (ext4's `recently_deleted`). Returns a line for the report.
-fn state_on_tmpfs(dir: &Path) -> String {
-    let on_tmpfs = nix::sys::statfs::statfs(dir)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
-    if on_tmpfs {
-        return format!("{} is on a tmpfs already", dir.display());
-    }
-    nix::mount::mount(
-        Some("runbox-compare"),
-        dir,
-        Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some("size=2g,mode=0700"),
-    )
-    .unwrap_or_else(|e| panic!("mount a tmpfs on {}: {e}", dir.display()));
-    format!(
-        "{} is a tmpfs mounted by the harness for this run (the host's /run is not a tmpfs): every runtime's state lives there",
-        dir.display()
-    )
-}
-
-/// Unmounts what [`state_on_tmpfs`] mounted (nothing if it mounted nothing).
-fn unmount_state_tmpfs(dir: &Path) {
-    let ours = fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-        m.lines().any(|l| {
-            l.split_whitespace().nth(4) == dir.to_str() && l.contains(" - tmpfs runbox-compare ")
-        })
-    });
-    if ours {
-        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
