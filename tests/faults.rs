@@ -639,7 +639,7 @@ fn monitor_processes(root: &Path, word: &str, same_ns: Option<bool>) -> Vec<i32>
             cmdline(p).is_some_and(|c| {
                 let mut words = c
                     .split_whitespace()
-                    .skip_while(|w| *w != "--runbox-monitor-v1");
+                    .skip_while(|w| !w.starts_with("--runbox-monitor-v"));
                 words.next().is_some()
                     && words
                         .next()
