@@ -192,11 +192,19 @@ pub(super) fn read_first_report(
         )),
         _ => {
             let log = std::fs::read_to_string(layout.dir.join("monitor.log")).unwrap_or_default();
+            // Status 2 before any report: the monitor refused its command line, which is
+            // what a monitor binary of another protocol version does.
+            let refused = status.and_then(|s| s.code()) == Some(2);
             Err(Error::new(
                 ErrorKind::LaunchFailed,
                 format!(
-                    "the monitor exited{} without reporting; its log: {}",
+                    "the monitor exited{} without reporting{}; its log: {}",
                     status.map_or(String::new(), |s| format!(" ({s})")),
+                    if refused {
+                        " (it refused its command line: a monitor binary of another runbox version?)"
+                    } else {
+                        ""
+                    },
                     log.trim()
                 ),
             ))

@@ -588,6 +588,45 @@ mod tests {
         ));
     }
 
+    /// A claim of a parked spare: a round-trip handshake, then the take with the report
+    /// pipe and the streams; a claimer of another version is refused by the spare, and
+    /// learns why.
+    #[test]
+    fn a_claim_shakes_hands_then_hands_over_its_descriptors() {
+        let (claimer, spare) = sys::stream_socket_pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut reader = SpareRequest::reader(spare.as_fd());
+            frame::hello_server(&mut reader)?;
+            reader.recv::<SpareRequest>().map(|r| {
+                let texts: Vec<String> = r.fds.into_iter().map(contents).collect();
+                (r.msg, texts)
+            })
+        });
+        frame::hello_client(&mut Reader::new(claimer.as_fd())).unwrap();
+        let take = SpareRequest::Take {
+            mode: Mode::Create,
+            dir: "/run/runbox/c".into(),
+        };
+        let (pipe, stdin) = (temp_with("report"), temp_with("stdin"));
+        take.send(claimer.as_fd(), &[pipe.as_fd(), stdin.as_fd()])
+            .unwrap();
+        let (msg, texts) = server.join().unwrap().unwrap();
+        assert_eq!(msg, take);
+        assert_eq!(texts, ["report", "stdin"]);
+
+        let (claimer, spare) = sys::stream_socket_pair().unwrap();
+        let server = std::thread::spawn(move || {
+            frame::hello_server(&mut SpareRequest::reader(spare.as_fd()))
+        });
+        frame::send(claimer.as_fd(), &Hello { runbox_proto: 3 }, &[]).unwrap();
+        let answer = Reader::new(claimer.as_fd()).recv_plain::<Hello>().unwrap();
+        assert_eq!(answer, Hello::ours());
+        assert!(matches!(
+            server.join().unwrap(),
+            Err(ProtoError::Version { theirs: 3, .. })
+        ));
+    }
+
     #[test]
     fn a_factory_request_brings_exactly_two_descriptors() {
         let (controller, factory) = sys::stream_socket_pair().unwrap();
