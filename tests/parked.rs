@@ -850,9 +850,18 @@ fn a_parked_spare_of_another_binary_or_an_older_record_is_ended_and_never_served
     let env = TestEnv::new("pk-binary");
     let ours = common::example("runbox");
     // The same program at another path: another inode, as an upgrade would leave.
+    struct Removed(PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            if let Err(e) = fs::remove_dir_all(&self.0) {
+                eprintln!("remove {}: {e}", self.0.display());
+            }
+        }
+    }
     let elsewhere = std::env::temp_dir().join(format!("runbox-pk-binary-{}", std::process::id()));
     fs::create_dir_all(&elsewhere).unwrap();
-    let theirs = elsewhere.join("runbox");
+    let elsewhere = Removed(elsewhere);
+    let theirs = elsewhere.0.join("runbox");
     fs::copy(&ours, &theirs).unwrap();
 
     // Two runs of the copy park a spare that runs the copy, and says so.
@@ -905,6 +914,6 @@ fn a_parked_spare_of_another_binary_or_an_older_record_is_ended_and_never_served
     assert_eq!(s["monitor_pid"], pid_of(&spare), "{s}");
     assert_exit_3(&env, "ours-3");
 
-    fs::remove_dir_all(&elsewhere).unwrap();
+    drop(elsewhere);
     env.finish();
 }

@@ -134,7 +134,7 @@ pub(super) fn claim(
             // uid is free for this launch if it needs one.
             tracing::debug!(spare = %spare.pid, error = %e, "a parked spare failed the handshake");
             drop(conn);
-            let _ = proc::wait_for_exit(spare, Some(Instant::now() + EVICT_WAIT));
+            wait_for_end(spare);
             continue;
         }
         let spare = Spare::claimed(
@@ -169,10 +169,25 @@ fn end(root: &Path, dir: &Path, spare: ProcIdentity, why: &str) -> bool {
     };
     // End of file on the claim: it tears down, gives its uid back and exits.
     drop(connect(&claimed));
-    let _ = fs::remove_dir_all(&claimed);
+    if let Err(e) = fs::remove_dir_all(&claimed) {
+        // Left for gc, which collects `.claimed-*` directories of dead claimers.
+        tracing::debug!(dir = %claimed.display(), error = %e, "remove a claimed spare's directory");
+    }
     tracing::debug!(spare = %spare.pid, why, "ended a parked spare");
-    let _ = proc::wait_for_exit(spare, Some(Instant::now() + EVICT_WAIT));
+    wait_for_end(spare);
     true
+}
+
+/// Waits (at most [`EVICT_WAIT`]) for a parked spare that was hung up on to exit: it tears
+/// its container down and gives its uid back first.
+fn wait_for_end(spare: ProcIdentity) {
+    match proc::wait_for_exit(spare, Some(Instant::now() + EVICT_WAIT)) {
+        Ok(true) => {}
+        // Still tearing down (or not to be waited for): it finishes on its own, and what
+        // it holds is its own until then, or gc's once it is dead.
+        Ok(false) => tracing::debug!(spare = %spare.pid, "a parked spare still ends"),
+        Err(e) => tracing::debug!(spare = %spare.pid, error = %e, "wait for a parked spare"),
+    }
 }
 
 /// A spare this process asked to park, until it has: this process's end of its request
