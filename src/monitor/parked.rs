@@ -1,6 +1,6 @@
 //! A parked spare: a spare monitor that left the controller that started it and waits in the
 //! state root, its container built, for any controller process to claim it (a CLI run, a
-//! restarted grader). Runs in a spare that got a `park` request as its first line.
+//! restarted grader). Runs in a spare whose first request was `Park`.
 //!
 //! Its directory `<root>/.spares/<shape key>/<name>` (the spare's own [`WARM_PREFIX`] name,
 //! which also names its cgroup and owns its uid lease, so `gc` knows them for its own once

@@ -8,7 +8,7 @@
 //! ```text
 //! controller ──argv: MonitorArgs (version in argv[1])──▶ monitor / spare / factory
 //! controller ──socket: Hello, FactoryRequest + 2 fds──▶ factory
-//! controller ──socket: Hello, SpareRequest (+ fds)────▶ spare (`park` first: it leaves, to
+//! controller ──socket: Hello, SpareRequest (+ fds)────▶ spare (`Park` first: it leaves, to
 //!                                                      wait in the state root)
 //! controller ◀─socket: hello_client / hello_server───▶ parked spare, then Take + fds
 //! controller ──socket: Hello, StreamFds + fds─────────▶ exec'd monitor (inherited streams)
