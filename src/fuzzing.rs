@@ -5,7 +5,7 @@
 //!
 //! | entry point | what it feeds | oracle beyond "no panic, bounded allocation" |
 //! |---|---|---|
-//! | [`proto_frames`] | every message of `proto.rs` | what parses re-encodes to one line (or frame) that parses back equal; lines split across reads parse as whole ones |
+//! | [`proto_frames`] | every message of `proto/`, and raw frames through `FrameBuffer` and `Reader` | what decodes re-encodes to a frame that decodes back the same; frames split across reads decode as whole ones; a reader returns exactly the frames sent and fails only on a frame too large or cut |
 //! | [`job_document`] | a worker's job document | an accepted job is within the documented bounds; its files land under its own directory |
 //! | [`image_documents`] | manifests, indexes, configs, references | what is accepted is within the store's bounds; names map to one file and back |
 //! | [`layer_tar`] | a layer blob through the unpacker | nothing outside the destination changes, nothing in it but files, directories, symlinks and whiteouts |
@@ -25,9 +25,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::host::sys;
+use crate::proto::frame::{self, FrameBuffer, Hello, ProtoError, Reader, PROTO_VERSION};
+use crate::proto::launch::MAX_SPARE_FRAME;
 use crate::proto::{
-    InitStatus, LineReader, Mode, MonitorArgs, ProgramRequest, Report, SpareRequest, StatusLines,
-    MAX_PROGRAM_REQUEST, MAX_SPARE_LINE,
+    expect_hello, send_hello, FactoryRequest, InitStatus, Mode, MonitorArgs, ProgramRequest,
+    Report, SpareRequest, StatusLines, StreamFds, MAX_PROGRAM_REQUEST,
 };
 
 /// Largest input an entry point uses (the rest is ignored): keeps each run's I/O small.
@@ -63,22 +65,10 @@ impl Drop for Scratch {
     }
 }
 
-/// The complete lines of `bytes` (each with its newline), as a line reader splits them; a
-/// last line without a newline is left out.
-fn complete_lines(bytes: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-        out.push(&rest[..=end]);
-        rest = &rest[end + 1..];
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------
 // Protocol frames
 
-/// The messages between runbox's processes (`proto.rs`): the first byte picks the channel,
+/// The messages between runbox's processes (`proto/`): the first byte picks the channel,
 /// the rest is what arrives on it.
 pub fn proto_frames(data: &[u8]) {
     let Some((&which, rest)) = bounded(data).split_first() else {
@@ -86,51 +76,112 @@ pub fn proto_frames(data: &[u8]) {
     };
     match which % 7 {
         0 => monitor_args(rest),
-        1 => spare_lines(rest),
-        2 => report_lines(rest),
+        1 => message_frames(rest),
+        2 => message_frames_of::<Report>(rest),
         3 => init_status(rest),
         4 => program_request(rest),
-        5 => take_lines(rest),
-        _ => line_reader(rest),
+        5 => take_frames(rest),
+        _ => frame_socket(rest),
     }
 }
 
-/// A monitor's command line (words split on NUL): what parses re-encodes to itself.
+/// A monitor's command line (words split on NUL): what parses re-encodes to itself; a
+/// monitor's first word of another protocol version is refused with both versions named.
 fn monitor_args(rest: &[u8]) {
     let argv: Vec<OsString> = rest
         .split(|&b| b == 0)
         .map(|w| OsStr::from_bytes(w).to_os_string())
         .collect();
-    if let Some(Ok(args)) = MonitorArgs::parse(&argv) {
-        let mut again = vec![argv[0].clone()];
-        again.extend(args.to_args());
-        assert_eq!(MonitorArgs::parse(&again), Some(Ok(args)), "{argv:?}");
+    match MonitorArgs::parse(&argv) {
+        Some(Ok(args)) => {
+            let mut again = vec![argv[0].clone()];
+            again.extend(args.to_args());
+            assert!(
+                matches!(MonitorArgs::parse(&again), Some(Ok(back)) if back == args),
+                "{argv:?}"
+            );
+        }
+        Some(Err(ProtoError::Version { ours, theirs })) => {
+            assert_eq!(ours, PROTO_VERSION);
+            assert_ne!(theirs, PROTO_VERSION, "{argv:?}");
+        }
+        Some(Err(_)) | None => {}
     }
 }
 
-/// Lines a controller writes to a spare: each parsed request re-encodes to one line that
-/// parses back equal.
-fn spare_lines(rest: &[u8]) {
-    for line in complete_lines(rest) {
-        let line = String::from_utf8_lossy(line);
-        let Ok(req) = SpareRequest::parse(&line) else {
-            continue;
-        };
-        let Ok(again) = req.encode() else {
-            continue;
-        };
-        assert!(
-            again.ends_with('\n') && again.matches('\n').count() == 1,
-            "{req:?} encodes to {again:?}, not one line"
+/// Frames of the controller's one-way channels (the second byte picks the message type: a
+/// spare's request, the factory's, the streams message, a hello).
+fn message_frames(rest: &[u8]) {
+    let Some((&kind, rest)) = rest.split_first() else {
+        return;
+    };
+    match kind % 4 {
+        0 => message_frames_of::<SpareRequest>(rest),
+        1 => message_frames_of::<FactoryRequest>(rest),
+        2 => message_frames_of::<StreamFds>(rest),
+        _ => message_frames_of::<Hello>(rest),
+    }
+}
+
+/// What a [`FrameBuffer`] makes of `bytes` as frames of `T`: each frame's message
+/// re-encoded (or `None` where its document is not a `T`), until the end or a frame too
+/// large, which ends the channel.
+fn decode_all<T: DeserializeOwned + Serialize>(
+    bytes: &[u8],
+    chunk: usize,
+    max: usize,
+) -> (Vec<Option<Vec<u8>>>, bool) {
+    let mut buf = FrameBuffer::new(max);
+    let mut got = Vec::new();
+    for piece in bytes.chunks(chunk.max(1)) {
+        buf.push(piece, Vec::new())
+            .expect("no descriptors, no error");
+        loop {
+            match buf.next::<T>() {
+                Ok(Some(r)) => got.push(Some(frame::encode(&r.msg, usize::MAX).expect("encodes"))),
+                Ok(None) => break,
+                Err(ProtoError::Decode(_)) => got.push(None),
+                Err(ProtoError::TooLarge { len, max: m }) => {
+                    assert!(len > m && m == max, "{len} > {m}");
+                    return (got, true);
+                }
+                Err(e) => panic!("a frame buffer fed bytes failed with {e}"),
+            }
+        }
+    }
+    (got, false)
+}
+
+/// Frames of `T` as a reader takes them: the first byte sets how the bytes are split
+/// across reads and the frame bound; the frames come out the same as from one read, and
+/// each decoded message re-encodes to a frame that decodes to the same encoding.
+fn message_frames_of<T: DeserializeOwned + Serialize>(rest: &[u8]) {
+    let Some((&split, bytes)) = rest.split_first() else {
+        return;
+    };
+    let max = if split & 0x80 == 0 {
+        MAX_SPARE_FRAME
+    } else {
+        512
+    };
+    let whole = decode_all::<T>(bytes, bytes.len(), max);
+    let chunked = decode_all::<T>(bytes, usize::from(split % 32) + 1, max);
+    assert_eq!(whole, chunked, "split every {} bytes", split % 32 + 1);
+    for frame in whole.0.into_iter().flatten() {
+        let (again, cut) = decode_all::<T>(&frame, frame.len(), usize::MAX);
+        assert!(!cut);
+        assert_eq!(
+            again,
+            [Some(frame)],
+            "a re-encoded frame decodes differently"
         );
-        assert_eq!(SpareRequest::parse(&again).as_ref(), Ok(&req), "{line:?}");
     }
 }
 
-/// `run|create DIR` lines for sandbox directories of valid state roots: one line each, which
-/// parses back to the same directory. The first byte picks the mode; the root and the id
-/// are separated by a NUL.
-fn take_lines(rest: &[u8]) {
+/// [`SpareRequest::Take`] frames for sandbox directories of valid state roots: each crosses
+/// a socket whole, with its descriptors, after the hello. The first byte picks the mode;
+/// the root and the id are separated by a NUL.
+fn take_frames(rest: &[u8]) {
     let Some((&m, rest)) = rest.split_first() else {
         return;
     };
@@ -151,25 +202,77 @@ fn take_lines(rest: &[u8]) {
         mode,
         dir: Path::new(root).join(id),
     };
-    let line = req.encode().expect("a take line encodes");
-    let lines = complete_lines(line.as_bytes());
-    assert_eq!(lines.len(), 1, "{req:?} encodes to {line:?}, not one line");
-    assert_eq!(SpareRequest::parse(&line).as_ref(), Ok(&req), "{line:?}");
+    let null = fs::File::open("/dev/null").expect("/dev/null");
+    let fds = vec![null.as_fd(); usize::from(m % 4)];
+    let (controller, spare) = sys::stream_socket_pair().expect("socket pair");
+    send_hello(controller.as_fd()).expect("a hello fits an empty socket");
+    req.send(controller.as_fd(), &fds)
+        .expect("a take fits an empty socket");
+    let mut reader = SpareRequest::reader(spare.as_fd());
+    expect_hello(&mut reader).expect("the hello arrives");
+    let got = reader.recv::<SpareRequest>().expect("the take arrives");
+    assert_eq!(got.msg, req);
+    assert_eq!(got.fds.len(), fds.len());
 }
 
-/// Report lines from a monitor: a parsed report re-encodes to one line, stably.
-fn report_lines(rest: &[u8]) {
-    for line in complete_lines(rest) {
-        let line = String::from_utf8_lossy(line);
-        let Some(report) = Report::parse(line.trim_end_matches('\n')) else {
-            continue;
+/// Arbitrary bytes on a socket, read through [`Reader`] as JSON documents: the first byte
+/// sets the size of each send; the reader returns the complete frames sent, in order, and
+/// fails only on a frame larger than its bound or a document that is not JSON, or with
+/// [`ProtoError::Truncated`] on a cut last frame; never a hang, never more than its bound.
+fn frame_socket(rest: &[u8]) {
+    let Some((&chunk, bytes)) = rest.split_first() else {
+        return;
+    };
+    const MAX: usize = 4096;
+    let (writer, sock) = sys::stream_socket_pair().expect("socket pair");
+    let got = std::thread::scope(|s| {
+        s.spawn(move || write_all_then_close(writer, bytes, usize::from(chunk) * 64 + 1));
+        let mut reader = Reader::bounded(sock.as_fd(), MAX);
+        let mut got = Vec::new();
+        let end = loop {
+            match reader.recv::<serde_json::Value>() {
+                Ok(r) => {
+                    assert!(r.fds.is_empty());
+                    got.push(Some(r.msg));
+                }
+                Err(ProtoError::Decode(_)) => got.push(None),
+                Err(e) => break e,
+            }
         };
-        let once = report.encode();
-        assert!(once.ends_with(b"\n") && once.iter().filter(|&&b| b == b'\n').count() == 1);
-        let text = String::from_utf8(once.clone()).expect("a report is UTF-8");
-        let back = Report::parse(text.trim_end_matches('\n')).expect("a report parses back");
-        assert_eq!(back.encode(), once, "{line:?}");
-    }
+        drop(reader);
+        // Unblocks the writer if the reader gave up.
+        drop(sock);
+        (got, end)
+    });
+    // The frames as the bytes lay them out.
+    let (mut want, mut at) = (Vec::new(), 0usize);
+    let expected_end = loop {
+        let Some(header) = bytes.get(at..at + 4) else {
+            break if at == bytes.len() {
+                "closed"
+            } else {
+                "truncated"
+            };
+        };
+        let len = u32::from_le_bytes(header.try_into().expect("four bytes")) as usize;
+        if len > MAX {
+            break "too large";
+        }
+        let Some(doc) = bytes.get(at + 4..at + 4 + len) else {
+            break "truncated";
+        };
+        want.push(serde_json::from_slice::<serde_json::Value>(doc).ok());
+        at += 4 + len;
+    };
+    let (frames, end) = got;
+    assert_eq!(frames, want);
+    let end_word = match end {
+        ProtoError::Closed => "closed",
+        ProtoError::Truncated => "truncated",
+        ProtoError::TooLarge { .. } => "too large",
+        e => panic!("unexpected end of a frame socket: {e}"),
+    };
+    assert_eq!(end_word, expected_end);
 }
 
 /// The init's status pipe: the first byte sets how the bytes are split across reads; the
@@ -265,55 +368,6 @@ fn program_request(rest: &[u8]) {
     let (back, streams) = got.expect("a request sent whole is received");
     assert_eq!(back, req);
     assert_eq!(streams.len(), count);
-}
-
-/// A spare's request socket: the first byte sets the size of each send; the lines read are
-/// the complete lines sent, in order, and nothing else; the reader fails only on a line
-/// longer than [`MAX_SPARE_LINE`], and always on one longer than that plus one read.
-fn line_reader(rest: &[u8]) {
-    let Some((&chunk, bytes)) = rest.split_first() else {
-        return;
-    };
-    let (controller, spare) = sys::stream_socket_pair().expect("socket pair");
-    let (lines, failed) = std::thread::scope(|s| {
-        s.spawn(move || write_all_then_close(controller, bytes, usize::from(chunk) * 64 + 1));
-        let mut reader = LineReader::new(spare.as_fd());
-        let mut lines = Vec::new();
-        let failed = loop {
-            match reader.next_line() {
-                Ok(Some(line)) => lines.push(line),
-                Ok(None) => break false,
-                Err(_) => break true,
-            }
-        };
-        assert!(reader.take_fds().is_empty());
-        drop(reader);
-        // Unblocks the writer if the reader gave up.
-        drop(spare);
-        (lines, failed)
-    });
-    let want: Vec<String> = complete_lines(bytes)
-        .into_iter()
-        .map(|l| String::from_utf8_lossy(l).into_owned())
-        .collect();
-    let longest = bytes
-        .split(|&b| b == b'\n')
-        .map(<[u8]>::len)
-        .max()
-        .unwrap_or(0);
-    if failed {
-        assert!(
-            longest > MAX_SPARE_LINE,
-            "failed on lines of at most {longest} bytes"
-        );
-        assert!(want.starts_with(&lines));
-    } else {
-        assert!(
-            longest <= MAX_SPARE_LINE + (16 << 10),
-            "a {longest}-byte line was read"
-        );
-        assert_eq!(lines, want);
-    }
 }
 
 // ---------------------------------------------------------------------------------------

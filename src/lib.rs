@@ -64,7 +64,7 @@
 //! # Where code runs
 //! The source tree is the process model: `controller/` runs in the caller's process,
 //! `monitor/` in the monitor processes runbox starts, `init.rs` as the sandbox's pid 1;
-//! `proto.rs` holds every message between them; `host/` and `policy/` are shared helpers.
+//! `proto/` holds every message between them; `host/` and `policy/` are shared helpers.
 #![deny(unsafe_code)]
 
 mod config;

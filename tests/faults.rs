@@ -639,7 +639,7 @@ fn monitor_processes(root: &Path, word: &str, same_ns: Option<bool>) -> Vec<i32>
             cmdline(p).is_some_and(|c| {
                 let mut words = c
                     .split_whitespace()
-                    .skip_while(|w| *w != "--runbox-monitor-v1");
+                    .skip_while(|w| !w.starts_with("--runbox-monitor-v"));
                 words.next().is_some()
                     && words
                         .next()
@@ -1082,4 +1082,22 @@ fn kill_the_controller_at_points_of_the_start_path() {
         h.settle(&root);
     }
     h.finish(&root, &seen, "controller");
+}
+
+/// A monitor exec'd with the command line of another protocol version (a controller of an
+/// older or newer runbox running this binary) refuses to run, and says which versions met.
+#[test]
+fn a_monitor_given_another_versions_command_line_refuses_it() {
+    let out = std::process::Command::new(common::example("runbox"))
+        .args(["--runbox-monitor-v1", "/nonexistent/sandbox", "run"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to run") && err.contains("version 1, this binary 2"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
 }

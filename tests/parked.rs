@@ -777,3 +777,143 @@ fn a_library_controllers_descriptors_reach_no_factory_spare_or_monitor() {
     let _ = fs::remove_file(&lock);
     env.finish();
 }
+
+/// `runbox` (the executable `exe`) on the test's root.
+fn runbox_exe(exe: &Path, env: &TestEnv, args: &[&str]) -> Output {
+    Proc::new(exe)
+        .arg("--root")
+        .arg(&env.dir)
+        .args(["--cgroup-parent", &env.prefix])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Starts `exe`'s `run --detach` of a program that prints and exits 3, as `id`, with spares
+/// that outwait the emulated guest's pace.
+fn run_exit_3(exe: &Path, env: &TestEnv, id: &str) {
+    let image = common::image().to_str().unwrap().to_string();
+    let args = [
+        "run",
+        "--detach",
+        "--spare-idle",
+        "600",
+        "--name",
+        id,
+        "--image",
+        &image,
+        "sh",
+        "-c",
+        "echo served; exit 3",
+    ];
+    let out = runbox_exe(exe, env, &args);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Waits for `id`'s verdict: exit code 3 and the program's output, then deletes it.
+fn assert_exit_3(env: &TestEnv, id: &str) {
+    let out = runbox(env, &["wait", "--json", id]);
+    assert!(out.status.success(), "{out:?}");
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["status"], "runtime_error", "{verdict}");
+    assert_eq!(verdict["exit_code"], 3, "{verdict}");
+    assert_eq!(verdict["stdout"], "served\n", "{verdict}");
+    assert!(runbox(env, &["delete", id]).status.success());
+}
+
+/// A parked spare's record (`spare.json`).
+fn record_of(spare: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(spare.join("spare.json")).unwrap()).unwrap()
+}
+
+/// Asserts `id` was not served by the parked spare `spare`, which was ended: its directory
+/// is gone and its process exits (it gave back what it held: the leak check at the end).
+fn assert_ended_not_served(env: &TestEnv, id: &str, spare: &Path) {
+    let s = state(env, id);
+    assert_eq!(s["prebuilt"], false, "served by a spare: {s}");
+    let pid = pid_of(spare);
+    assert_ne!(
+        s["monitor_pid"], pid,
+        "the other binary's spare became its monitor"
+    );
+    assert!(!spare.exists(), "the mismatched spare is still parked");
+    wait_until("the mismatched spare to exit", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    });
+}
+
+#[test]
+fn a_parked_spare_of_another_binary_or_an_older_record_is_ended_and_never_served() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new("pk-binary");
+    let ours = common::example("runbox");
+    // The same program at another path: another inode, as an upgrade would leave.
+    struct Removed(PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            if let Err(e) = fs::remove_dir_all(&self.0) {
+                eprintln!("remove {}: {e}", self.0.display());
+            }
+        }
+    }
+    let elsewhere = std::env::temp_dir().join(format!("runbox-pk-binary-{}", std::process::id()));
+    fs::create_dir_all(&elsewhere).unwrap();
+    let elsewhere = Removed(elsewhere);
+    let theirs = elsewhere.0.join("runbox");
+    fs::copy(&ours, &theirs).unwrap();
+
+    // Two runs of the copy park a spare that runs the copy, and says so.
+    for id in ["copy-1", "copy-2"] {
+        run_exit_3(&theirs, &env, id);
+        assert_exit_3(&env, id);
+    }
+    wait_ready(&env, 1, "the copy's spare to be parked");
+    let spare = ready(&env).remove(0);
+    let record = record_of(&spare);
+    assert_eq!(
+        record["monitor_binary"]["ino"],
+        fs::metadata(&theirs).unwrap().ino(),
+        "{record}"
+    );
+    assert_eq!(record["format_version"], 3, "{record}");
+
+    // This binary's launch of the same shape ends it instead of being served by it.
+    run_exit_3(&ours, &env, "ours-1");
+    assert_ended_not_served(&env, "ours-1", &spare);
+    assert_exit_3(&env, "ours-1");
+
+    // The launch parked a spare of its own; rewritten as an older binary wrote its record
+    // (format 2, neither protocol nor binary), it is ended too.
+    wait_ready(&env, 1, "this binary's spare to be parked");
+    let spare = ready(&env).remove(0);
+    let mut record = record_of(&spare);
+    assert_eq!(
+        record["monitor_binary"]["ino"],
+        fs::metadata(&ours).unwrap().ino(),
+        "{record}"
+    );
+    let fields = record.as_object_mut().unwrap();
+    fields.remove("monitor_binary");
+    fields.remove("proto_version");
+    fields.insert("format_version".into(), 2.into());
+    let old = spare.join("spare.json.old");
+    fs::write(&old, serde_json::to_vec(&record).unwrap()).unwrap();
+    fs::rename(&old, spare.join("spare.json")).unwrap();
+    run_exit_3(&ours, &env, "ours-2");
+    assert_ended_not_served(&env, "ours-2", &spare);
+    assert_exit_3(&env, "ours-2");
+
+    // A spare of this binary with its own record is served: the check refuses only others.
+    wait_ready(&env, 1, "a current spare to be parked");
+    let spare = ready(&env).remove(0);
+    run_exit_3(&ours, &env, "ours-3");
+    let s = state(&env, "ours-3");
+    assert_eq!(s["prebuilt"], true, "{s}");
+    assert_eq!(s["monitor_pid"], pid_of(&spare), "{s}");
+    assert_exit_3(&env, "ours-3");
+
+    drop(elsewhere);
+    env.finish();
+}

@@ -4,7 +4,6 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +18,8 @@ use crate::host::proc::signal_verified;
 use crate::host::state::{self, MonitorRecord};
 use crate::host::sys;
 use crate::layout::Layout;
-use crate::proto::{MonitorArgs, Report};
+use crate::proto::frame::ProtoError;
+use crate::proto::{MonitorArgs, Report, ReportReader};
 
 /// Name of the standalone monitor binary looked up next to the current executable.
 pub const MONITOR_BIN: &str = "runbox-monitor";
@@ -163,12 +163,12 @@ pub(super) fn reap(first: &mut FirstProcess) -> Result<std::process::ExitStatus>
 /// process, if this controller exec'd it.
 pub(super) fn read_first_report(
     layout: &Layout,
-    mut reader: BufReader<File>,
+    mut reader: ReportReader,
     status: Option<std::process::ExitStatus>,
-) -> Result<BufReader<File>> {
+) -> Result<ReportReader> {
     // A monitor that neither reports nor exits (stuck in a mount, say) must not hang the
     // caller: past the deadline it is killed, and the launch fails (and is cleaned up).
-    let mut fds = [PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(reader.pipe().as_fd(), PollFlags::POLLIN)];
     if matches!(
         sys::poll_until(&mut fds, Some(Instant::now() + LAUNCH_TIMEOUT)),
         Ok(0)
@@ -181,20 +181,30 @@ pub(super) fn read_first_report(
             format!("the monitor did not report within {LAUNCH_TIMEOUT:?}; it was killed"),
         ));
     }
-    let mut line = String::new();
-    let got = reader
-        .read_line(&mut line)
-        .map_err(|e| Error::with_source(ErrorKind::LaunchFailed, "read the monitor's report", e))?;
-    match (got > 0).then(|| Report::parse(&line)).flatten() {
-        Some(Report::Started { .. } | Report::Created { .. }) => Ok(reader),
-        Some(Report::Failed { error }) => Err(error.into()),
+    match reader.recv() {
+        Ok(Report::Started { .. } | Report::Created { .. }) => Ok(reader),
+        Ok(Report::Failed { error }) => Err(error.into()),
+        // A monitor that breaks the protocol (another binary's, say) failed the launch.
+        Err(e @ (ProtoError::Decode(_) | ProtoError::TooLarge { .. })) => Err(Error::with_source(
+            ErrorKind::LaunchFailed,
+            "read the monitor's first report",
+            e,
+        )),
         _ => {
             let log = std::fs::read_to_string(layout.dir.join("monitor.log")).unwrap_or_default();
+            // Status 2 before any report: the monitor refused its command line, which is
+            // what a monitor binary of another protocol version does.
+            let refused = status.and_then(|s| s.code()) == Some(2);
             Err(Error::new(
                 ErrorKind::LaunchFailed,
                 format!(
-                    "the monitor exited{} without reporting; its log: {}",
+                    "the monitor exited{} without reporting{}; its log: {}",
                     status.map_or(String::new(), |s| format!(" ({s})")),
+                    if refused {
+                        " (it refused its command line: a monitor binary of another runbox version?)"
+                    } else {
+                        ""
+                    },
                     log.trim()
                 ),
             ))

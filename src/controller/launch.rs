@@ -3,7 +3,6 @@
 //! or exec a monitor, read its first report, top the spares up. Runs in the controller.
 
 use std::fs;
-use std::io::BufReader;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use crate::host::proc::ProcIdentity;
 use crate::host::state::SandboxRecord;
 use crate::host::{cgroup, state, uids};
 use crate::layout::{Layout, NEW_PREFIX};
-use crate::proto::{Mode, MonitorArgs, StreamFds};
+use crate::proto::{Mode, MonitorArgs, ReportReader, StreamFds};
 
 use super::exec::{no_writer, read_first_report, reap, spawn_monitor};
 use super::parked;
@@ -53,7 +52,13 @@ impl Root {
             .take(&shape, true)
             .or_else(|| {
                 inner.spares.prebuilds().then(|| {
-                    parked::claim(&inner.dir, &shape, inner.uid_range, &inner.cgroup_prefix)
+                    parked::claim(
+                        &inner.dir,
+                        &shape,
+                        inner.uid_range,
+                        &inner.cgroup_prefix,
+                        &monitor,
+                    )
                 })?
             })
             .or_else(|| self.inner.spares.take(&shape, false));
@@ -305,13 +310,13 @@ impl Root {
         mode: Mode,
         spare: Option<Spare>,
         streams: &[OwnedFd],
-    ) -> Result<BufReader<fs::File>> {
+    ) -> Result<ReportReader> {
         let streams: Vec<BorrowedFd<'_>> = streams.iter().map(AsFd::as_fd).collect();
         let result = match spare {
             Some(spare) => {
                 let warm_cgroup = spare.warm_cgroup().map(str::to_string);
                 let taken = spare.hand_over(layout, mode, &streams).map(|reader| {
-                    let probe = reader.get_ref().try_clone().ok();
+                    let probe = reader.pipe().try_clone().ok();
                     (read_first_report(layout, reader, None), probe)
                 });
                 match taken {
@@ -353,7 +358,7 @@ fn exec_monitor(
     mode: Mode,
     cgroup: Option<BorrowedFd<'_>>,
     streams: &[BorrowedFd<'_>],
-) -> Result<BufReader<fs::File>> {
+) -> Result<ReportReader> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
     let args = MonitorArgs::Sandbox {
@@ -376,13 +381,15 @@ fn exec_monitor(
     let mut first = spawn_monitor(monitor, &args, monitor_stdin, Some(report_w), cgroup)?;
     if let Some(socket) = &socket {
         // A small message into an empty socket buffer: it does not block. A monitor that
-        // died already shows in its report below.
-        let _ = StreamFds::send(socket.as_fd(), streams);
+        // died already shows in its report below, and one that refused them says why there.
+        if let Err(e) = StreamFds::send(socket.as_fd(), streams) {
+            tracing::debug!(error = %e, "the inherited streams were not sent");
+        }
     }
     let status = reap(&mut first)?;
     read_first_report(
         layout,
-        BufReader::new(fs::File::from(report_r)),
+        ReportReader::new(fs::File::from(report_r)),
         Some(status),
     )
 }

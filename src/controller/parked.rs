@@ -1,10 +1,12 @@
 //! Parked spares as controllers see them: claiming one for a launch, parking new ones after
 //! a launch, releasing them all. Any controller process of a state root may claim any of
-//! its parked spares, so a fresh process (a CLI run) starts pre-built too. Runs in the
-//! controller; the spare's side is `monitor/parked.rs`.
+//! its parked spares, so a fresh process (a CLI run) starts pre-built too. A spare left by
+//! another binary (an older runbox after an upgrade, another program's own monitor) or
+//! speaking another protocol version is ended, never served. Runs in the controller; the
+//! spare's side is `monitor/parked.rs`.
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -12,15 +14,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::SandboxConfig;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::host::proc::{self, ProcIdentity};
-use crate::host::state::{self, ParkedRecord};
+use crate::host::state::{self, ExeIdentity, ParkedRecord, PARKED_FORMAT_VERSION};
 use crate::host::uids::{self, UidRange};
 use crate::layout::{
     self, CLAIMED_PREFIX, PARKED_RECORD, PARKED_SOCKET, SEEN_MARKER, SPARES_DIR, SPARES_GENERATION,
     WARM_PREFIX,
 };
-use crate::proto::{MonitorArgs, Park, SpareRequest};
+use crate::proto::frame::{hello_client, Reader, PROTO_VERSION};
+use crate::proto::{send_hello, MonitorArgs, Park, SpareRequest};
 
 use super::exec::{reap, spawn_monitor, FirstProcess};
 use super::spares::{send_request, Spare, Target};
@@ -65,23 +68,56 @@ fn take_dir(root: &Path, dir: &Path) -> Option<PathBuf> {
     Some(claimed)
 }
 
+/// How long a claim waits for a parked spare's hello (it answers at once).
+const HELLO_WAIT: Duration = Duration::from_secs(10);
+
+/// True if the parked spare of `record` runs the monitor binary `ours` and speaks this
+/// protocol version, in a record of this format: only such a spare may serve this
+/// controller. A record of an older binary has neither field.
+fn current(record: &ParkedRecord, ours: &ExeIdentity) -> bool {
+    record.format_version == PARKED_FORMAT_VERSION
+        && record.proto_version == Some(PROTO_VERSION)
+        && record.monitor_binary.as_ref() == Some(ours)
+}
+
 /// Claims a built parked spare of exactly `shape`, this uid range and this cgroup prefix,
-/// connected and ready for a `run|create` request, if one is parked under `root`.
+/// run by the monitor executable `monitor` (the one this launch would exec), connected,
+/// hellos exchanged, and ready for a [`SpareRequest::Take`], if one is parked under `root`.
+/// A spare that would fit but runs another binary or speaks another version (or whose
+/// record this binary cannot read) is ended on the way, as an eviction ends one.
 pub(super) fn claim(
     root: &Path,
     shape: &SandboxConfig,
     uid_range: UidRange,
     prefix: &str,
+    monitor: &Path,
 ) -> Option<Spare> {
-    for (dir, _) in entries(&group(root, shape)) {
-        // No record yet: still building.
-        let Ok(record) = state::read_json::<ParkedRecord>(&dir.join(PARKED_RECORD)) else {
-            continue;
+    let ours = ExeIdentity::of(monitor).ok()?;
+    for (dir, spare) in entries(&group(root, shape)) {
+        let record = match state::read_json::<ParkedRecord>(&dir.join(PARKED_RECORD)) {
+            Ok(record) => record,
+            // No record yet: still building.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            // Written at once (renamed into place): a record this binary cannot read is
+            // another binary's.
+            Err(_) => {
+                end(root, &dir, spare, "its record is of another binary");
+                continue;
+            }
         };
         let fits = record.shape == *shape
             && record.uid_range == (uid_range.first, uid_range.count)
             && Path::new(&record.cgroup_path).parent() == Some(&Path::new("/").join(prefix));
         if !fits {
+            continue;
+        }
+        if !current(&record, &ours) {
+            end(
+                root,
+                &dir,
+                spare,
+                "it runs another monitor binary or protocol",
+            );
             continue;
         }
         let Some(claimed) = take_dir(root, &dir) else {
@@ -93,6 +129,14 @@ pub(super) fn claim(
         let Ok(conn) = conn else {
             continue;
         };
+        if let Err(e) = greet(&conn) {
+            // Hung up on: it tears down and exits. Waited for as an eviction does, so its
+            // uid is free for this launch if it needs one.
+            tracing::debug!(spare = %spare.pid, error = %e, "a parked spare failed the handshake");
+            drop(conn);
+            wait_for_end(spare);
+            continue;
+        }
         let spare = Spare::claimed(
             OwnedFd::from(conn),
             record.cgroup_path,
@@ -104,6 +148,46 @@ pub(super) fn claim(
         }
     }
     None
+}
+
+/// The claimer's side of the handshake with a parked spare (a round trip: the spare may
+/// have been left by another binary), waiting at most [`HELLO_WAIT`] for its answer.
+fn greet(conn: &UnixStream) -> std::result::Result<(), crate::proto::frame::ProtoError> {
+    conn.set_read_timeout(Some(HELLO_WAIT))?;
+    hello_client(&mut Reader::new(conn.as_fd()))?;
+    conn.set_read_timeout(None)?;
+    Ok(())
+}
+
+/// Ends the parked spare `spare` at `dir` without serving it, as an eviction does: its
+/// directory renamed away (unless a claim or its idle end came first), hung up on, and
+/// waited for until it has torn down, given its uid back and exited (at most
+/// [`EVICT_WAIT`]). True if this call ended it.
+fn end(root: &Path, dir: &Path, spare: ProcIdentity, why: &str) -> bool {
+    let Some(claimed) = take_dir(root, dir) else {
+        return false; // claimed by another controller, or gone idle, just now
+    };
+    // End of file on the claim: it tears down, gives its uid back and exits.
+    drop(connect(&claimed));
+    if let Err(e) = fs::remove_dir_all(&claimed) {
+        // Left for gc, which collects `.claimed-*` directories of dead claimers.
+        tracing::debug!(dir = %claimed.display(), error = %e, "remove a claimed spare's directory");
+    }
+    tracing::debug!(spare = %spare.pid, why, "ended a parked spare");
+    wait_for_end(spare);
+    true
+}
+
+/// Waits (at most [`EVICT_WAIT`]) for a parked spare that was hung up on to exit: it tears
+/// its container down and gives its uid back first.
+fn wait_for_end(spare: ProcIdentity) {
+    match proc::wait_for_exit(spare, Some(Instant::now() + EVICT_WAIT)) {
+        Ok(true) => {}
+        // Still tearing down (or not to be waited for): it finishes on its own, and what
+        // it holds is its own until then, or gc's once it is dead.
+        Ok(false) => tracing::debug!(spare = %spare.pid, "a parked spare still ends"),
+        Err(e) => tracing::debug!(spare = %spare.pid, error = %e, "wait for a parked spare"),
+    }
 }
 
 /// A spare this process asked to park, until it has: this process's end of its request
@@ -217,7 +301,7 @@ fn park_one(
     shape: &SandboxConfig,
     idle: Duration,
 ) -> Result<(OwnedFd, FirstProcess)> {
-    use crate::error::{Error, ErrorKind};
+    use crate::error::Error;
     let (ours, theirs) = crate::host::sys::stream_socket_pair()
         .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
     let args = MonitorArgs::Spare {
@@ -226,6 +310,9 @@ fn park_one(
     };
     // Read before the spare exists: see `release_all`.
     let generation = state::spares_generation(t.root);
+    // The channel opens with this controller's hello, queued before the spare exists.
+    send_hello(ours.as_fd())
+        .map_err(|e| Error::with_source(ErrorKind::Io, "greet the spare", e))?;
     let first = spawn_monitor(t.exe, &args, Some(theirs), None, t.cgroup)?;
     let request = SpareRequest::Park(Box::new(Park {
         shape: shape.clone(),
@@ -272,15 +359,10 @@ pub(super) fn evict(root: &Path, wanted: impl Fn(u32) -> bool) -> bool {
             if !dir.is_dir() {
                 continue;
             }
-            let Some(claimed) = take_dir(root, &dir) else {
-                continue; // claimed by another controller, or gone idle, just now
-            };
-            // End of file on the claim: it tears down, gives the uid back and exits.
-            drop(connect(&claimed));
-            let _ = fs::remove_dir_all(&claimed);
-            tracing::debug!(uid, spare = %owner, "evicted a parked spare for its uid");
-            let _ = proc::wait_for_exit(spare, Some(Instant::now() + EVICT_WAIT));
-            return true;
+            if end(root, &dir, spare, "evicted for its uid") {
+                tracing::debug!(uid, spare = %owner, "evicted a parked spare for its uid");
+                return true;
+            }
         }
     }
     false

@@ -3,7 +3,6 @@
 //! in the controller.
 
 use std::fs;
-use std::io::{BufReader, Read};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,7 +18,8 @@ use crate::host::state::{self, ExitRecord, MonitorPhase, MonitorRecord, SandboxR
 use crate::host::{cgroup, mounts, sys};
 use crate::layout::Layout;
 use crate::proto::control::{ControlRequest, ControlResponse, Stats};
-use crate::proto::{Report, WireError};
+use crate::proto::frame::ProtoError;
+use crate::proto::{Report, ReportReader, WireError};
 
 use super::control::{Client, ClientError};
 use crate::verdict::{Status, Usage, Verdict, SCHEMA_VERSION};
@@ -103,12 +103,12 @@ pub struct Sandbox {
     layout: Layout,
     /// The monitor's report pipe, held by the controller that launched it: end of file means
     /// the monitor exited.
-    report: Option<BufReader<fs::File>>,
+    report: Option<ReportReader>,
 }
 
 impl Sandbox {
     /// The handle of a sandbox this controller just launched, with its monitor's report pipe.
-    pub(super) fn launched(id: String, layout: Layout, report: BufReader<fs::File>) -> Self {
+    pub(super) fn launched(id: String, layout: Layout, report: ReportReader) -> Self {
         Sandbox {
             id,
             layout,
@@ -362,7 +362,7 @@ impl Sandbox {
     /// (end of file) when the monitor exits, for a caller that waits on several sandboxes.
     #[cfg(feature = "worker")]
     pub(crate) fn report_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.report.as_ref().map(|r| r.get_ref().as_fd())
+        self.report.as_ref().map(|r| r.pipe().as_fd())
     }
 
     /// The verdict if the sandbox has finished, else `None`, without blocking.
@@ -395,21 +395,15 @@ impl Sandbox {
     /// For a sandbox removed on exit, launched by this handle: reads the monitor's report pipe
     /// until the result arrives (the monitor cleans up afterwards, on its own).
     pub(crate) fn wait_for_report(&mut self) -> Result<ExitRecord> {
-        use std::io::BufRead;
         let Some(mut reader) = self.report.take() else {
             return Err(Error::new(ErrorKind::Io, "no report pipe for this sandbox"));
         };
-        let mut line = String::new();
         loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => return Ok(self.lost_record()),
-                Ok(_) => {
-                    if let Some(Report::Exited { record }) = Report::parse(&line) {
-                        return Ok(*record);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            match reader.recv() {
+                Ok(Report::Exited { record }) => return Ok(*record),
+                Ok(_) => {}
+                // The monitor exited (or died mid-report) without the result.
+                Err(ProtoError::Closed | ProtoError::Truncated) => return Ok(self.lost_record()),
                 Err(e) => {
                     return Err(Error::with_source(
                         ErrorKind::Io,
@@ -471,7 +465,7 @@ impl Sandbox {
         if let Some(reader) = self.report.as_mut() {
             // The launching controller: the report pipe reaches end of file when the monitor exits.
             loop {
-                if !wait_readable(reader.get_ref().as_fd(), deadline)? {
+                if !wait_readable(reader.pipe().as_fd(), deadline)? {
                     return Ok(false);
                 }
                 if drain(reader) {
@@ -718,19 +712,19 @@ fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, deadline: Option<Instant>) -> 
 }
 
 /// Reads what the report pipe holds; true at end of file (the monitor exited).
-fn drain(reader: &mut BufReader<fs::File>) -> bool {
-    let mut buf = [0u8; 512];
+fn drain(reader: &mut ReportReader) -> bool {
     loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {
-                // More report lines (e.g. "started" after "created"); the monitor is alive
-                // unless end of file follows, which a further poll will tell.
-                if !wait_readable(reader.get_ref().as_fd(), Some(Instant::now())).unwrap_or(false) {
+        match reader.fill() {
+            Ok(false) => return true,
+            Ok(true) => {
+                // More reports (e.g. "started" after "created"), not needed here; the
+                // monitor is alive unless end of file follows, which a further poll tells.
+                while let Ok(Some(_)) = reader.next() {}
+                if !wait_readable(reader.pipe().as_fd(), Some(Instant::now())).unwrap_or(false) {
                     return false;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A broken frame: nothing more can be read from the pipe.
             Err(_) => return true,
         }
     }

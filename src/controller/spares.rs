@@ -1,10 +1,11 @@
 //! A root's spare monitors: idle monitors made ahead of launches (forked by the root's spare
 //! factory, else exec'd), each optionally pre-building a container shaped like the last
 //! launch. Runs in the controller; spares and the factory are separate processes reached
-//! only through [`SpareRequest`] and [`FactoryRequest`] messages.
+//! only through [`SpareRequest`] and [`FactoryRequest`] messages, each channel opened by
+//! this controller's hello, all written without waiting for the peer.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::host::uids::{self, UidRange};
 use crate::host::{cgroup, state, sys};
 use crate::layout::{Layout, WARM_PREFIX};
-use crate::proto::{FactoryRequest, Mode, MonitorArgs, SpareRequest, MAX_SPARE_LINE};
+use crate::proto::{send_hello, FactoryRequest, Mode, MonitorArgs, ReportReader, SpareRequest};
 
 use super::exec::{reap, spawn_monitor, FirstProcess};
 
@@ -67,7 +68,7 @@ struct Factory {
 #[derive(Debug)]
 pub(super) struct Spare {
     request: OwnedFd,
-    report: BufReader<File>,
+    report: ReportReader,
     first: Option<FirstProcess>,
     warm: Option<Warm>,
     /// A parked spare's report pipe write end, sent with the request (a spare started by
@@ -128,11 +129,12 @@ impl Spare {
         if let Some(first) = self.first.as_mut() {
             let _ = reap(first);
         }
-        self.report.into_inner()
+        self.report.into_pipe()
     }
 
-    /// A parked spare this controller claimed: connected at `request`, its container (in
-    /// `cgroup_path`, of `shape`, as `uid`) built; reports come on a new pipe.
+    /// A parked spare this controller claimed: connected at `request` (hellos exchanged),
+    /// its container (in `cgroup_path`, of `shape`, as `uid`) built; reports come on a new
+    /// pipe.
     pub fn claimed(
         request: OwnedFd,
         cgroup_path: String,
@@ -143,7 +145,7 @@ impl Spare {
             .map_err(|e| Error::with_source(ErrorKind::Io, "create the report pipe", e))?;
         Ok(Spare {
             request,
-            report: BufReader::new(File::from(report_r)),
+            report: ReportReader::new(File::from(report_r)),
             first: None,
             warm: Some(Warm {
                 cgroup_path,
@@ -194,7 +196,7 @@ impl Spare {
         layout: &Layout,
         mode: Mode,
         streams: &[BorrowedFd<'_>],
-    ) -> std::result::Result<BufReader<File>, ()> {
+    ) -> std::result::Result<ReportReader, ()> {
         if let Some(first) = self.first.as_mut() {
             let _ = reap(first);
         }
@@ -217,20 +219,19 @@ impl Spare {
 }
 
 /// Writes `request` whole to a spare's socket without blocking or raising SIGPIPE; false if
-/// it could not (the spare is gone, or the line does not fit the socket's buffer).
+/// it could not (the spare is gone, or the frame does not fit the socket's buffer).
 pub(super) fn send_request(
     socket: &OwnedFd,
     request: &SpareRequest,
     fds: &[BorrowedFd<'_>],
 ) -> bool {
-    let Ok(line) = request.encode() else {
-        return false;
-    };
-    if line.len() > MAX_SPARE_LINE {
-        return false;
+    match request.send(socket.as_fd(), fds) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "a spare request was not sent");
+            false
+        }
     }
-    let sent = sys::send_with_fds(socket.as_fd(), line.as_bytes(), fds, true);
-    matches!(sent, Ok(n) if n == line.len())
 }
 
 impl Drop for Spares {
@@ -400,6 +401,9 @@ impl Spares {
         // A socket, not a pipe: writing to a spare that died must not raise SIGPIPE in the caller.
         let (request_r, request_w) = sys::stream_socket_pair()
             .map_err(|e| Error::with_source(ErrorKind::Io, "create the request socket", e))?;
+        // The channel opens with this controller's hello, queued before the spare exists.
+        send_hello(request_w.as_fd())
+            .map_err(|e| Error::with_source(ErrorKind::Io, "greet the spare", e))?;
         let first = if self.fork(t, &request_r, &report_w) {
             drop((request_r, report_w));
             None
@@ -418,7 +422,7 @@ impl Spares {
         };
         let mut spare = Spare {
             request: request_w,
-            report: BufReader::new(File::from(report_r)),
+            report: ReportReader::new(File::from(report_r)),
             first,
             warm: None,
             report_end: None,
@@ -454,13 +458,7 @@ impl Spares {
         let Some(f) = factory.as_ref() else {
             return false;
         };
-        let sent = sys::send_with_fds(
-            f.request.as_fd(),
-            FactoryRequest::WIRE,
-            &[request.as_fd(), report.as_fd()],
-            true,
-        );
-        if matches!(sent, Ok(n) if n == FactoryRequest::WIRE.len()) {
+        if FactoryRequest::send(f.request.as_fd(), request.as_fd(), report.as_fd()).is_ok() {
             return true;
         }
         // The factory died (or is stuck): start another next time.
@@ -504,6 +502,8 @@ fn wait_for_end_of_file(pipes: Vec<File>, deadline: Instant) -> Vec<bool> {
 fn start_factory(t: &Target<'_>) -> Result<Factory> {
     let (ours, theirs) = sys::stream_socket_pair()
         .map_err(|e| Error::with_source(ErrorKind::Io, "create the factory socket", e))?;
+    send_hello(ours.as_fd())
+        .map_err(|e| Error::with_source(ErrorKind::Io, "greet the spare factory", e))?;
     let args = MonitorArgs::Factory {
         root: t.root.to_path_buf(),
         prefix: t.prefix.to_string(),
@@ -542,7 +542,7 @@ fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
         cgroup_path: cgroup_path.clone(),
         shape: Box::new(built),
     };
-    // The line must go whole into the socket's buffer (the spare reads it when it can); one
+    // The frame must go whole into the socket's buffer (the spare reads it when it can); one
     // that does not fit is not sent, and the spare stays cold.
     if send_request(&spare.request, &request, &[]) {
         spare.warm = Some(Warm {
@@ -565,7 +565,7 @@ mod tests {
         let (r, _w) = nix::unistd::pipe().unwrap();
         Spare {
             request,
-            report: BufReader::new(File::from(r)),
+            report: ReportReader::new(File::from(r)),
             first: None,
             warm: warm.map(|shape| Warm {
                 cgroup_path: "/p/_warm-1-2-3".into(),

@@ -45,13 +45,64 @@ pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
     fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))
 }
 
+/// Version of the format of a parked spare's `spare.json` ([`ParkedRecord`]). 3 added
+/// `proto_version` and `monitor_binary`; a record of 2 (or 1) still reads, without them,
+/// and names a spare of an older binary, which a claim ends instead of serving.
+pub(crate) const PARKED_FORMAT_VERSION: u32 = 3;
+
+/// The identity of an executable file: device, inode, size and modification time, as
+/// `stat` gives them. A binary replaced or rewritten (an upgrade) has another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExeIdentity {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mtime`, seconds.
+    pub mtime: i64,
+    /// `st_mtime`, nanoseconds.
+    pub mtime_nsec: i64,
+}
+
+impl ExeIdentity {
+    /// The identity of the file `path` names (following symbolic links: `/proc/self/exe`
+    /// gives the running executable's, even once its path was replaced).
+    pub fn of(path: &Path) -> Result<ExeIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        Ok(ExeIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        })
+    }
+
+    /// The identity of this process's executable.
+    pub fn own() -> Result<ExeIdentity> {
+        ExeIdentity::of(Path::new("/proc/self/exe"))
+    }
+}
+
 /// `spare.json` of a parked spare: what it has built, written once the build is done (a
 /// directory without it is still building). See `monitor/parked.rs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ParkedRecord {
-    /// [`FORMAT_VERSION`].
+    /// [`PARKED_FORMAT_VERSION`].
     pub format_version: u32,
+    /// The protocol version the spare speaks (`proto::frame::PROTO_VERSION`);
+    /// absent in a record of an older binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto_version: Option<u32>,
+    /// The executable the spare runs, as it saw `/proc/self/exe`; absent in a record of an
+    /// older binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_binary: Option<ExeIdentity>,
     /// The spare (its directory's name says the same).
     pub spare: ProcIdentity,
     /// The build shape it serves (as asked, before a leased uid was put in).

@@ -1,6 +1,7 @@
 //! The spare factory: one per `Root`, exec'd once. It detaches, compiles the seccomp filter
-//! and leaves the controller's cgroups, then for each [`FactoryRequest`] on stdin (with the
-//! new spare's request socket and report pipe as `SCM_RIGHTS` descriptors) forks a spare
+//! and leaves the controller's cgroups, then checks the controller's hello and, for each
+//! [`FactoryRequest`] frame on stdin (with the new spare's request socket and report pipe as
+//! its two descriptors), forks a spare
 //! that starts from that state: no exec, no dynamic linking, no filter compilation and no
 //! cgroup migration per spare. The spare forks once more so that, like an exec'd monitor, it
 //! is reparented to init and the factory reaps only the short-lived middle process. End of
@@ -15,7 +16,8 @@ use nix::sys::wait::waitpid;
 
 use crate::host::sys;
 use crate::policy::seccomp::Filters;
-use crate::proto::FactoryRequest;
+use crate::proto::frame::{ProtoError, Reader};
+use crate::proto::{expect_hello, FactoryRequest, MAX_FACTORY_FRAME};
 
 use super::phases;
 use super::process::{self, Prepared};
@@ -29,19 +31,21 @@ pub(super) fn run(root: PathBuf, prefix: &str) -> ! {
     };
     let left_cgroups = !prefix.is_empty() && process::leave_cgroups(prefix);
     let stdin = io::stdin();
+    let mut reader = Reader::bounded(stdin.as_fd(), MAX_FACTORY_FRAME);
+    // A controller of another protocol version: the factory ends, and the controller, seeing
+    // its socket closed, execs its spares instead.
+    if expect_hello(&mut reader).is_err() {
+        std::process::exit(2);
+    }
     loop {
-        let mut buf = [0u8; 64];
-        let (n, fds) = match sys::recv_with_fds(stdin.as_fd(), &mut buf) {
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => std::process::exit(1),
-        };
-        if n == 0 {
-            std::process::exit(0);
-        }
-        let [request, report]: [OwnedFd; 2] = match fds.try_into() {
-            Ok(pair) if FactoryRequest::is(&buf[..n]) => pair,
-            _ => continue, // malformed: ignored (its descriptors are closed)
+        let [request, report]: [OwnedFd; 2] = match reader.recv::<FactoryRequest>() {
+            Ok(got) => match FactoryRequest::descriptors(got) {
+                Ok(pair) => pair,
+                Err(_) => continue, // malformed: ignored (its descriptors are closed)
+            },
+            Err(ProtoError::Closed) => std::process::exit(0),
+            Err(ProtoError::Decode(_)) => continue, // a message it does not know: ignored
+            Err(_) => std::process::exit(1), // the framing broke: nothing after can be trusted
         };
         match sys::fork_single_threaded() {
             Ok(Some(child)) => {

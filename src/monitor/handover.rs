@@ -26,7 +26,7 @@ pub(super) fn end(
     std::process::exit(code)
 }
 
-/// Becomes the monitor of the sandbox in `dir` (a `run|create` request), with the container
+/// Becomes the monitor of the sandbox in `dir` (a `Take` request), with the container
 /// built ahead, if any, and the launcher's descriptors the sandbox inherits.
 pub(super) fn take(
     dir: &Path,

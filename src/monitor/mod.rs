@@ -24,16 +24,19 @@ mod run;
 mod spare;
 mod supervise;
 
+use crate::proto::frame::ProtoError;
 use crate::proto::MonitorArgs;
 
 use process::Prepared;
 
 /// Entry point of a monitor process, for the parsed command line. Never returns.
-pub(crate) fn main(args: Result<MonitorArgs, String>) -> ! {
+pub(crate) fn main(args: Result<MonitorArgs, ProtoError>) -> ! {
     phases::mark("monitor_exec");
     match args {
-        Err(usage) => {
-            eprintln!("runbox monitor: {usage}");
+        // Another version's command line (a controller of another runbox exec'd this
+        // binary), or a malformed one: refuse, saying why, before doing anything.
+        Err(e) => {
+            eprintln!("runbox monitor: refusing to run: {e}");
             std::process::exit(2)
         }
         Ok(MonitorArgs::Sandbox { dir, mode }) => {

@@ -1,14 +1,16 @@
 //! A parked spare: a spare monitor that left the controller that started it and waits in the
 //! state root, its container built, for any controller process to claim it (a CLI run, a
-//! restarted grader). Runs in a spare that got a `park` request as its first line.
+//! restarted grader). Runs in a spare whose first request was `Park`.
 //!
 //! Its directory `<root>/.spares/<shape key>/<name>` (the spare's own [`WARM_PREFIX`] name,
 //! which also names its cgroup and owns its uid lease, so `gc` knows them for its own once
 //! it is dead) holds a listening socket from the start and `spare.json` once the container
-//! is built. A controller claims it by renaming the directory away (only one rename wins),
-//! connects, and sends a `run|create` line with the report pipe's write end and the
-//! sandbox's inherited streams as `SCM_RIGHTS`. Unclaimed for its idle time, the spare
-//! renames its directory away itself (so no claim can follow), tears down and exits.
+//! is built, naming the protocol version it speaks and the monitor binary it runs (so that
+//! a controller of another binary ends it instead of being served by it). A controller
+//! claims it by renaming the directory away (only one rename wins), connects, exchanges
+//! hellos ([`hello_server`]) and sends a [`SpareRequest::Take`] with the report pipe's write
+//! end and the sandbox's inherited streams. Unclaimed for its idle time, the spare renames
+//! its directory away itself (so no claim can follow), tears down and exits.
 //!
 //! No sandbox depends on a parked spare until it is claimed: its death loses nothing.
 
@@ -23,11 +25,12 @@ use nix::poll::{PollFd, PollFlags};
 
 use crate::config::User;
 use crate::host::proc::ProcIdentity;
-use crate::host::state::{self, ParkedRecord};
+use crate::host::state::{self, ExeIdentity, ParkedRecord, PARKED_FORMAT_VERSION};
 use crate::host::sys;
 use crate::host::uids::UidRange;
 use crate::layout::{GONE_PREFIX, PARKED_RECORD, PARKED_SOCKET, SPARES_DIR, WARM_PREFIX};
-use crate::proto::{LineReader, Park, SpareRequest};
+use crate::proto::frame::{hello_server, Received, PROTO_VERSION};
+use crate::proto::{Park, SpareRequest};
 
 use super::built::{Built, Streams};
 use super::handover;
@@ -60,6 +63,10 @@ impl Holdings {
 /// claimer's sandbox's monitor; or, unclaimed after `park.idle_ms`, tears down and exits.
 pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park) -> ! {
     let Ok(name) = state::owned_name(WARM_PREFIX) else {
+        std::process::exit(1)
+    };
+    // The executable this spare runs, whatever its path names by the time of a claim.
+    let Ok(monitor_binary) = ExeIdentity::own() else {
         std::process::exit(1)
     };
     let dir = root
@@ -105,7 +112,9 @@ pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park)
         Err(_) => held.end(1),
     }
     let record = ParkedRecord {
-        format_version: state::FORMAT_VERSION,
+        format_version: PARKED_FORMAT_VERSION,
+        proto_version: Some(PROTO_VERSION),
+        monitor_binary: Some(monitor_binary),
         spare: match ProcIdentity::own() {
             Ok(me) => me,
             Err(_) => held.end(1),
@@ -125,14 +134,22 @@ pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park)
     drop(listener);
     // The claimer renamed the directory away and removes it.
     held.dir = None;
-    let mut lines = LineReader::new(conn.as_fd());
-    let request = lines.next_line().ok().flatten();
-    match request.as_deref().map(SpareRequest::parse) {
-        Some(Ok(SpareRequest::Take { mode, dir })) => {
-            let mut fds = lines.take_fds();
-            if fds.is_empty() {
-                held.end(2);
-            }
+    // The claimer's hello comes at once (it then waits for ours); its request may take
+    // as long as its launch does, and its death is an end of file.
+    let mut reader = SpareRequest::reader(conn.as_fd());
+    let greeted = conn
+        .set_read_timeout(Some(CONNECT_WAIT))
+        .is_ok_and(|()| hello_server(&mut reader).is_ok())
+        && conn.set_read_timeout(None).is_ok();
+    if !greeted {
+        // A claimer of another version (it hangs up too), or one that died or stalled.
+        held.end(0);
+    }
+    match reader.recv::<SpareRequest>() {
+        Ok(Received {
+            msg: SpareRequest::Take { mode, dir },
+            mut fds,
+        }) if !fds.is_empty() => {
             // The report pipe's write end comes first: it becomes this monitor's stdout.
             let report = fds.remove(0);
             if nix::unistd::dup2(report.as_raw_fd(), 1).is_err() {
@@ -142,7 +159,8 @@ pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park)
             let (warm, uid) = (held.warm.take(), held.uid.take());
             handover::take(&dir, mode, prepared, warm, uid, fds)
         }
-        // The claimer died or sent something else: nothing was handed over.
+        // The claimer died, hung up (an eviction, a release, a claimer that found this
+        // spare's record was not its own) or sent something else: nothing was handed over.
         _ => held.end(0),
     }
 }

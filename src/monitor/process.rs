@@ -4,7 +4,7 @@
 //! spare, sandbox monitor); single-threaded, so it may fork.
 
 use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -136,13 +136,10 @@ pub(super) fn redirect_stderr(path: &Path) {
     }
 }
 
-/// Writes one report line to the controller; true if it was written. A controller that went
+/// Writes one report frame to the controller; true if it was written. A controller that went
 /// away is not an error.
 pub(super) fn report(r: &Report) -> bool {
-    let mut out = io::stdout().lock();
-    out.write_all(&r.encode())
-        .and_then(|()| out.flush())
-        .is_ok()
+    r.write(&mut io::stdout().lock()).is_ok()
 }
 
 /// Reports `e` to the controller and ends the monitor with status 1.

@@ -19,7 +19,7 @@ use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
 use crate::host::{rootfs, sys};
 use crate::layout::Layout;
 use crate::proto::control::{ControlRequest, ControlResponse};
-use crate::proto::{LineReader, Mode, ProgramRequest, Report, StreamFds};
+use crate::proto::{Mode, ProgramRequest, Report, StreamFds};
 
 use super::built::{launch as launch_error, Built, Streams};
 use super::control::{self, Handler, Server};
@@ -140,9 +140,13 @@ fn inherited_streams(
         None if wanted == 0 => Vec::new(),
         None => {
             let stdin = std::io::stdin();
-            let mut lines = LineReader::new(stdin.as_fd());
-            StreamFds::receive(&mut lines, wanted)
-                .map_err(|e| Error::new(ErrorKind::LaunchFailed, e))?
+            StreamFds::receive(stdin.as_fd(), wanted).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::LaunchFailed,
+                    "receive the launcher's descriptors",
+                    e,
+                )
+            })?
         }
     };
     if fds.len() != wanted {

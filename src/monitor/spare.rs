@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use crate::proto::{LineReader, SpareRequest};
+use crate::proto::{expect_hello, SpareRequest};
 
 use super::built::{Built, Streams};
 use super::process::{self, Prepared};
@@ -22,19 +22,20 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
     }
 }
 
-/// The request loop of a spare:
-/// - `warm` (optional, first): builds a container of that shape in that cgroup ahead of
+/// The request loop of a spare, after the controller's hello (another protocol version's
+/// ends the spare at once):
+/// - `Warm` (optional, first): builds a container of that shape in that cgroup ahead of
 ///   time, program-less (see [`crate::config::SandboxConfig::build_shape`]);
-/// - `park` (only first): leaves the controller to wait in the state root for any
+/// - `Park` (only first): leaves the controller to wait in the state root for any
 ///   controller's claim (`parked.rs`);
-/// - `run|create SANDBOX_DIR`: becomes that sandbox's monitor, with the pre-built container
-///   if its record matches it, else building one.
+/// - `Take { mode, dir }` (with the inherited streams): becomes that sandbox's monitor,
+///   with the pre-built container if its record matches it, else building one.
 ///
-/// End of file (the controller dropped its root or died), or a request it does not
-/// understand (other than a `warm` line it cannot read, which leaves it cold), tears a
-/// pre-built container down and ends the spare.
+/// End of file (the controller dropped its root or died), a request it does not
+/// understand or out of order, or a broken frame, tears a pre-built container down and
+/// ends the spare.
 ///
-/// A `warm` shape with a uid leased for it ([`crate::config::SandboxConfig::uid_leased`])
+/// A `Warm` shape with a uid leased for it ([`crate::config::SandboxConfig::uid_leased`])
 /// makes the spare that uid's holder: it gives the uid back once its pre-built container is
 /// torn down, unless the sandbox it is handed runs as that uid (the controller gives the
 /// spare's uid to a sandbox that wants one of the range), whose removal then gives it back.
@@ -42,28 +43,30 @@ pub(super) fn serve(root: PathBuf, prefix: &str, prepared: &Prepared) -> ! {
     let mut warm: Option<(Built, Streams)> = None;
     let mut warm_uid: Option<u32> = None;
     let stdin = io::stdin();
-    let mut lines = LineReader::new(stdin.as_fd());
+    let mut reader = SpareRequest::reader(stdin.as_fd());
+    if expect_hello(&mut reader).is_err() {
+        handover::end(&root, warm, warm_uid, 2);
+    }
     let mut first = true;
     loop {
-        let Ok(Some(line)) = lines.next_line() else {
+        let Ok(got) = reader.recv::<SpareRequest>() else {
+            // End of file (0), or a request this spare cannot read: it ends either way.
             handover::end(&root, warm, warm_uid, 0);
         };
-        match SpareRequest::parse(&line) {
-            Ok(SpareRequest::Warm { cgroup_path, shape }) if warm.is_none() => {
+        let fds = got.fds;
+        match got.msg {
+            SpareRequest::Warm { cgroup_path, shape } if warm.is_none() && fds.is_empty() => {
                 warm_uid = shape.uid_leased.then_some(shape.user.uid);
                 // A failed build leaves the spare cold: it builds when its request comes.
                 warm = Built::new(&shape, &cgroup_path, &root, prepared).ok();
             }
-            Ok(SpareRequest::Park(park)) if first => {
-                drop(lines);
+            SpareRequest::Park(park) if first && fds.is_empty() => {
+                drop(reader);
                 parked::park(root, prefix, prepared, *park)
             }
-            // A shape it cannot read (a controller of another version, say) leaves it cold.
-            Err(_) if warm.is_none() && line.starts_with("warm ") => {}
-            Ok(SpareRequest::Take { mode, dir }) => {
-                // The launcher's descriptors the sandbox inherits came with this line.
-                let streams = lines.take_fds();
-                handover::take(&dir, mode, prepared, warm, warm_uid, streams)
+            // The launcher's descriptors the sandbox inherits came with this request.
+            SpareRequest::Take { mode, dir } => {
+                handover::take(&dir, mode, prepared, warm, warm_uid, fds)
             }
             _ => handover::end(&root, warm, warm_uid, 2),
         }
