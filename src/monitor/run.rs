@@ -20,9 +20,10 @@ use crate::host::proc::ProcIdentity;
 use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
 use crate::host::{rootfs, sys};
 use crate::layout::Layout;
-use crate::proto::{LineReader, Mode, ProgramRequest, Report, StreamFds};
+use crate::proto::{InitRequest, LineReader, Mode, ProgramRequest, Report, StreamFds};
 
 use super::built::{launch as launch_error, Built, Streams};
+use super::execs::Execs;
 use super::finish::finish;
 use super::phases;
 use super::process::{self, Prepared};
@@ -78,6 +79,7 @@ pub(super) fn run(
         } => {
             // The monitor may idle for as long as the program runs: keep only what it uses.
             sys::release_free_heap();
+            let mut execs = Execs::new(&layout, &record.id, &record.config);
             let mut outcome = supervise::supervise(
                 &built.init,
                 &built.cgroup,
@@ -86,6 +88,7 @@ pub(super) fn run(
                 &layout,
                 streams,
                 started,
+                &mut execs,
             );
             if !outcome.init_unreaped {
                 built.init_reaped(); // supervision waited for it
@@ -313,12 +316,12 @@ fn start_in(
     if let Err(e) = built.start() {
         return Err(fail(&mut built, e, true));
     }
-    let request = ProgramRequest::for_config(&o.record.config);
+    let request = InitRequest::Program(ProgramRequest::for_config(&o.record.config));
     // stdin (the launcher's, or the one `bind` opened), then inherited stdout and stderr.
     let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd()];
     let skip = usize::from(o.record.config.stdin == Stdin::Inherit);
     fds.extend(o.inherited.iter().skip(skip).map(AsFd::as_fd));
-    let sent = request.send(&streams.request, &fds);
+    let sent = request.send(streams.request.as_fd(), &fds);
     drop(fds);
     drop(stdin);
     if let Err(e) = sent {

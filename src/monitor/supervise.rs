@@ -1,10 +1,12 @@
 //! The monitor's supervision of a running sandbox: one `poll` over the init's pidfd, its
 //! status pipe and the output pipes, with a timeout at the next wall-clock deadline or
-//! CPU-time check; each limit is its own check, the state an explicit enum. Runs in the
-//! sandbox's monitor while the program runs.
+//! CPU-time check; each limit is its own check, the state an explicit enum. The sandbox's
+//! execs ([`super::execs`]) are served in the same poll: their output pipes, deadlines and
+//! ends. Runs in the sandbox's monitor while the program runs.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -15,10 +17,12 @@ use crate::config::Limits;
 use crate::host::cgroup::{Cgroup, CpuUsage};
 use crate::host::sys;
 use crate::layout::Layout;
-use crate::proto::{InitStatus, StatusLines};
+use crate::proto::frame::ProtoError;
+use crate::proto::{ExecEnd, InitStatus, StatusFrames};
 use crate::verdict::{Facts, LimitKind};
 
 use super::built::{Init, Streams};
+use super::execs::Execs;
 use super::phases;
 
 /// How long the monitor drains output after the sandbox's first process exited before it
@@ -71,6 +75,7 @@ pub(super) fn next_cpu_check(
 
 /// Supervises the started sandbox until the program has ended and its output is drained.
 /// Kills the sandbox (its init, which takes the pid namespace down) on a limit.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn supervise(
     init: &Init,
     cgroup: &Cgroup,
@@ -79,6 +84,7 @@ pub(super) fn supervise(
     layout: &Layout,
     streams: Streams,
     started: Instant,
+    execs: &mut Execs,
 ) -> Outcome {
     let mut outcome = Outcome::default();
     // The monitor made both files when it opened the sandbox: opening them takes no space.
@@ -114,6 +120,9 @@ pub(super) fn supervise(
         sinks,
         status: streams.status,
         lines: streams.lines,
+        status_open: true,
+        request: streams.request.as_fd(),
+        execs,
         started,
         state: State::Running,
         outcome,
@@ -157,7 +166,12 @@ struct Supervisor<'a> {
     budget: u64,
     sinks: [Sink; 2],
     status: File,
-    lines: StatusLines,
+    lines: StatusFrames,
+    /// The status pipe is still read (not at its end, no protocol error).
+    status_open: bool,
+    /// The init's request socket (execs and their kills).
+    request: BorrowedFd<'a>,
+    execs: &'a mut Execs,
     started: Instant,
     state: State,
     outcome: Outcome,
@@ -248,10 +262,14 @@ impl Supervisor<'_> {
         match self.state {
             State::Ended { at, .. } => Some(at + DRAIN_GRACE),
             State::Killed => None,
-            State::Running => [self.wall_deadline, self.next_cpu_check]
-                .into_iter()
-                .flatten()
-                .min(),
+            State::Running => [
+                self.wall_deadline,
+                self.next_cpu_check,
+                self.execs.deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         }
     }
 
@@ -270,7 +288,7 @@ impl Supervisor<'_> {
             fds.push(PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
-        let status_at = (!ended).then(|| {
+        let status_at = (!ended && self.status_open).then(|| {
             fds.push(PollFd::new(self.status.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
@@ -281,6 +299,11 @@ impl Supervisor<'_> {
                 sink_at[i] = Some(fds.len() - 1);
             }
         }
+        let execs_at = if ended {
+            fds.len()..fds.len()
+        } else {
+            self.execs.poll_fds(&mut fds)
+        };
         if let Err(e) = sys::poll_until(&mut fds, self.deadline()) {
             self.outcome.facts.internal_error = Some(format!("poll: {e}"));
             let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
@@ -291,6 +314,10 @@ impl Supervisor<'_> {
         }
         let ready: Vec<bool> = fds.iter().map(sys::has_event).collect();
         drop(fds);
+        if !ended {
+            self.execs
+                .handle(&ready[execs_at], self.request, self.cgroup);
+        }
         let ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
         for (i, at) in sink_at.into_iter().enumerate() {
             if ready(at) {
@@ -321,14 +348,28 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Reads the init's status lines; the program's end is recorded when reported.
+    /// Reads the init's statuses; the program's end is recorded when reported, an exec's
+    /// goes to the exec table.
     fn read_status(&mut self) {
-        let mut buf = [0u8; 512];
-        if let Ok(n) = (&self.status).read(&mut buf) {
-            self.lines.push(&buf[..n]);
+        let read = self.lines.fill_from(self.status.as_fd());
+        let mut exec_ends = Vec::new();
+        let taken = take_status(&mut self.lines, &mut self.outcome.facts, &mut exec_ends);
+        for end in exec_ends {
+            self.execs.ended(end);
         }
-        if take_status(&mut self.lines, &mut self.outcome.facts) {
-            self.program_ended(false);
+        match (read, taken) {
+            (_, Ok(true)) => self.program_ended(false),
+            (Ok(true), Ok(false)) => {}
+            // End of file: the init is ending; its pidfd says when.
+            (Ok(false), Ok(false)) => self.status_open = false,
+            (Err(e), _) | (_, Err(e)) => {
+                self.status_open = false;
+                self.outcome
+                    .facts
+                    .internal_error
+                    .get_or_insert_with(|| format!("the init's status: {e}"));
+                let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
+            }
         }
     }
 
@@ -338,10 +379,19 @@ impl Supervisor<'_> {
         let was_ended = matches!(self.state, State::Ended { .. });
         let wait = waitpid(nix::unistd::Pid::from_raw(self.init.pid), None);
         if !was_ended {
-            let mut rest = Vec::new();
-            let _ = (&self.status).read_to_end(&mut rest);
-            self.lines.push(&rest);
-            if !take_status(&mut self.lines, &mut self.outcome.facts) {
+            let mut exec_ends = Vec::new();
+            let read = self.lines.drain(self.status.as_fd());
+            let taken = take_status(&mut self.lines, &mut self.outcome.facts, &mut exec_ends);
+            for end in exec_ends {
+                self.execs.ended(end);
+            }
+            if let Err(e) = read {
+                self.outcome
+                    .facts
+                    .internal_error
+                    .get_or_insert_with(|| format!("the init's status: {e}"));
+            }
+            if !matches!(taken, Ok(true)) {
                 facts_from_wait(wait, &mut self.outcome.facts);
             }
         }
@@ -349,6 +399,10 @@ impl Supervisor<'_> {
     }
 
     fn program_ended(&mut self, init_reaped: bool) {
+        if init_reaped {
+            // With the init gone every exec is: their verdicts are written now.
+            self.execs.sandbox_ended(self.cgroup);
+        }
         if !matches!(self.state, State::Ended { .. }) {
             self.outcome.wall = self.started.elapsed();
             phases::mark("program_exited");
@@ -360,12 +414,16 @@ impl Supervisor<'_> {
     }
 }
 
-/// Applies the complete status lines received so far to `facts`; true if one reported the
-/// program's end (`exit N`, `signal N`, or an `error` of the init).
-fn take_status(lines: &mut StatusLines, facts: &mut Facts) -> bool {
+/// Applies the complete statuses received so far to `facts` (exec ends go to `exec_ends`);
+/// true if one reported the program's end (its exit, its signal, or the init's failure).
+fn take_status(
+    lines: &mut StatusFrames,
+    facts: &mut Facts,
+    exec_ends: &mut Vec<ExecEnd>,
+) -> Result<bool, ProtoError> {
     let mut ended = false;
-    while let Some(line) = lines.next_line() {
-        match line {
+    while let Some(status) = lines.next_status()? {
+        match status {
             InitStatus::Exited(code) => facts.exit_code = Some(code),
             InitStatus::Signaled(sig) => facts.signal = Some(sig),
             InitStatus::Failed(why) => {
@@ -375,11 +433,15 @@ fn take_status(lines: &mut StatusLines, facts: &mut Facts) -> bool {
                 phases::mark_at(&label, us);
                 continue;
             }
-            InitStatus::Ready | InitStatus::Unknown(_) => continue,
+            InitStatus::ExecEnded(end) => {
+                exec_ends.push(end);
+                continue;
+            }
+            InitStatus::Ready => continue,
         }
         ended = true;
     }
-    ended
+    Ok(ended)
 }
 
 /// How the program ended, from the init's own wait status (the init was killed before it
@@ -397,10 +459,10 @@ fn facts_from_wait(wait: nix::Result<WaitStatus>, facts: &mut Facts) {
 /// [`Supervisor::init_exited`] does.
 pub(super) fn collect_unstarted(init: &Init, streams: &mut Streams, facts: &mut Facts) {
     let wait = waitpid(nix::unistd::Pid::from_raw(init.pid), None);
-    let mut rest = Vec::new();
-    let _ = (&streams.status).read_to_end(&mut rest);
-    streams.lines.push(&rest);
-    if !take_status(&mut streams.lines, facts) {
+    // Before start the init reports no exec; a broken status is told by the wait status.
+    let read = streams.lines.drain(streams.status.as_fd());
+    let taken = take_status(&mut streams.lines, facts, &mut Vec::new());
+    if read.is_err() || !matches!(taken, Ok(true)) {
         facts_from_wait(wait, facts);
     }
 }
@@ -523,23 +585,44 @@ mod tests {
     }
 
     #[test]
-    fn status_lines_decide_the_facts_and_the_end() {
-        let mut lines = StatusLines::default();
+    fn statuses_decide_the_facts_and_the_end() {
+        let frame = |s: InitStatus| crate::proto::frame::encode(&s, 1 << 16).unwrap();
+        let mut lines = StatusFrames::default();
         let mut facts = Facts::default();
-        lines.push(b"t spawned 5\n");
+        let mut ends = Vec::new();
+        lines
+            .push(&frame(InitStatus::Mark {
+                label: "spawned".into(),
+                us: 5,
+            }))
+            .unwrap();
+        let end = ExecEnd {
+            exec: 2,
+            exit_code: Some(0),
+            signal: None,
+            cpu_user_us: 1,
+            cpu_system_us: 1,
+        };
+        lines.push(&frame(InitStatus::ExecEnded(end))).unwrap();
         assert!(
-            !take_status(&mut lines, &mut facts),
-            "a mark is not the end"
+            !take_status(&mut lines, &mut facts, &mut ends).unwrap(),
+            "a mark or an exec's end is not the end"
         );
-        lines.push(b"exit 3\npartial");
-        assert!(take_status(&mut lines, &mut facts));
+        assert_eq!(ends, [end]);
+        let exit = frame(InitStatus::Exited(3));
+        lines.push(&exit).unwrap();
+        lines.push(&exit[..3]).unwrap();
+        assert!(take_status(&mut lines, &mut facts, &mut ends).unwrap());
         assert_eq!(facts.exit_code, Some(3));
-        lines.push(b" line\nsignal 9\n");
-        assert!(take_status(&mut lines, &mut facts));
+        lines.push(&exit[3..]).unwrap();
+        lines.push(&frame(InitStatus::Signaled(9))).unwrap();
+        assert!(take_status(&mut lines, &mut facts, &mut ends).unwrap());
         assert_eq!(facts.signal, Some(9));
         let mut facts = Facts::default();
-        lines.push(b"error execve /x: ENOENT\n");
-        assert!(take_status(&mut lines, &mut facts));
+        lines
+            .push(&frame(InitStatus::failed("execve /x: ENOENT")))
+            .unwrap();
+        assert!(take_status(&mut lines, &mut facts, &mut ends).unwrap());
         assert_eq!(
             facts.internal_error.as_deref(),
             Some("in the sandbox's init: execve /x: ENOENT")
