@@ -43,6 +43,10 @@ pub(crate) const SEEN_MARKER: &str = ".seen";
 /// The listening socket in a parked spare's directory.
 pub(crate) const PARKED_SOCKET: &str = "sock";
 
+/// The control socket in a sandbox directory, on which its monitor serves requests (see
+/// `proto/control.rs`).
+pub(crate) const CONTROL_SOCKET: &str = "control";
+
 /// A parked spare's record in its directory, written once its container is built.
 pub(crate) const PARKED_RECORD: &str = "spare.json";
 
@@ -94,7 +98,12 @@ impl Layout {
     pub fn monitor_reserve(&self) -> PathBuf {
         self.dir.join("monitor.reserve")
     }
-    /// The FIFO a controller writes to to start a created sandbox.
+    /// The monitor's control socket ([`CONTROL_SOCKET`]).
+    pub fn control(&self) -> PathBuf {
+        self.dir.join(CONTROL_SOCKET)
+    }
+    /// The FIFO a controller of an older runbox wrote to to start a created sandbox (a
+    /// sandbox made by an older monitor, which has no control socket, still has it).
     pub fn start_fifo(&self) -> PathBuf {
         self.dir.join("start.fifo")
     }

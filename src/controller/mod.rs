@@ -9,12 +9,15 @@
 //! - `spares.rs`: spare monitors and the spare factory;
 //! - `parked.rs`: parked spares, which any controller process of the root may claim;
 //! - `exec.rs`: finding and exec'ing the monitor executable;
-//! - `sandbox.rs`: the handle on one sandbox (state, wait, kill, delete);
+//! - `sandbox.rs`: the handle on one sandbox (state, wait, kill, pause, stats, delete);
+//! - `control.rs`: the client of a sandbox monitor's control socket;
 //! - `gc.rs`: collecting what crashes left;
 //! - `boxes.rs`: isolate-style boxes (numbered work dirs with a uid of their own).
 
 pub(crate) mod boxes;
+mod control;
 pub(crate) mod exec;
+pub(crate) mod execs;
 pub(crate) mod gc;
 mod launch;
 mod parked;

@@ -18,7 +18,10 @@ use crate::host::proc::{self, ProcIdentity};
 use crate::host::state::{self, ExitRecord, MonitorPhase, MonitorRecord, SandboxRecord};
 use crate::host::{cgroup, mounts, sys};
 use crate::layout::Layout;
-use crate::proto::Report;
+use crate::proto::control::{ControlRequest, ControlResponse, Stats};
+use crate::proto::{Report, WireError};
+
+use super::control::{Client, ClientError};
 use crate::verdict::{Status, Usage, Verdict, SCHEMA_VERSION};
 
 /// Where a sandbox is in its life (runc's "status"; not to be confused with a verdict's
@@ -33,6 +36,8 @@ pub enum SandboxState {
     Created,
     /// The program runs.
     Running,
+    /// The program is frozen ([`Sandbox::pause`]) until [`Sandbox::resume`].
+    Paused,
     /// Finished; the verdict is available.
     Stopped,
     /// Its monitor died without a verdict; [`crate::Root::gc`] or a forced delete cleans it up.
@@ -81,6 +86,7 @@ pub(super) fn derive_state(
             MonitorPhase::Creating => SandboxState::Creating,
             MonitorPhase::Created => SandboxState::Created,
             MonitorPhase::Running => SandboxState::Running,
+            MonitorPhase::Paused => SandboxState::Paused,
         },
         Some(_) if exit_written() => SandboxState::Stopped,
         Some(_) => SandboxState::Lost,
@@ -129,14 +135,19 @@ impl Sandbox {
         &self.id
     }
 
-    fn record(&self) -> Result<SandboxRecord> {
+    /// Its files.
+    pub(super) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(super) fn record(&self) -> Result<SandboxRecord> {
         let path = self.layout.record();
         let r: SandboxRecord = state::read_json(&path).map_err(|e| self.not_found(e))?;
         state::check_format(r.format_version, &path)?;
         Ok(r)
     }
 
-    fn monitor_record(&self) -> Result<Option<MonitorRecord>> {
+    pub(super) fn monitor_record(&self) -> Result<Option<MonitorRecord>> {
         let path = self.layout.monitor();
         match state::read_json::<MonitorRecord>(&path) {
             Ok(r) => {
@@ -195,11 +206,93 @@ impl Sandbox {
         })
     }
 
+    /// Sends `request` to the sandbox's monitor over its control socket. `Ok(None)` if no
+    /// monitor listens (not yet or no longer serving, dead, or one of an older runbox that
+    /// has no control socket): the caller decides from the sandbox's state.
+    fn control(&self, request: ControlRequest) -> Result<Option<ControlResponse>> {
+        self.control_with_fds(request, &[])
+    }
+
+    /// [`Sandbox::control`] with descriptors on the request (an exec's streams).
+    pub(super) fn control_with_fds(
+        &self,
+        request: ControlRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Option<ControlResponse>> {
+        let monitor = self.monitor_record()?.map(|m| m.monitor);
+        let answer = Client::connect(&self.layout, monitor).and_then(|mut c| {
+            if fds.is_empty() {
+                c.request(&request)
+            } else {
+                c.request_with_fds(&request, fds, crate::proto::control::MAX_EXEC_FRAME)
+            }
+        });
+        match answer {
+            Ok(answer) => Ok(Some(answer)),
+            Err(ClientError::NotListening(_)) => Ok(None),
+            // It ended (or died) in between: say what it is now.
+            Err(ClientError::Gone) => Ok(None),
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Io,
+                format!("talk to the monitor of sandbox {}", self.id),
+                e,
+            )),
+        }
+    }
+
+    /// The error for a `verb` no monitor answered: the sandbox's state says why.
+    pub(super) fn not_served(&self, verb: &str) -> Error {
+        match self.state() {
+            Ok(SandboxState::Lost) => Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "sandbox {} is lost (its monitor died): cannot {verb} it; gc or a forced \
+                     delete cleans it up",
+                    self.id
+                ),
+            ),
+            Ok(state) => Error::new(
+                ErrorKind::InvalidState,
+                format!("sandbox {} is {state:?}: cannot {verb} it", self.id),
+            ),
+            Err(e) => e,
+        }
+    }
+
+    /// The monitor's answer to a request that expects `Done`.
+    fn done(&self, answer: ControlResponse) -> Result<()> {
+        match answer {
+            ControlResponse::Done => Ok(()),
+            ControlResponse::Failed(w) => Err(self.refused(w)),
+            other => Err(Error::new(
+                ErrorKind::Io,
+                format!("the monitor of sandbox {} answered {other:?}", self.id),
+            )),
+        }
+    }
+
+    /// A refusal of the monitor, naming the sandbox.
+    pub(super) fn refused(&self, w: WireError) -> Error {
+        let mut w = w;
+        w.message = format!("sandbox {}: {}", self.id, w.message);
+        Error::from(w)
+    }
+
     /// Starts the program of a created sandbox.
     ///
     /// # Errors
     /// `InvalidState` if the sandbox is not in the created state; `NotFound` if it is gone.
     pub fn start(&self) -> Result<()> {
+        match self.control(ControlRequest::Start)? {
+            Some(answer) => self.done(answer),
+            // A sandbox made by an older runbox: its monitor waits on the start FIFO.
+            None if self.layout.start_fifo().exists() => self.start_by_fifo(),
+            None => Err(self.not_served("start")),
+        }
+    }
+
+    /// Starts a created sandbox of an older monitor, which waits on `start.fifo`.
+    fn start_by_fifo(&self) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.layout.start_fifo();
@@ -213,19 +306,56 @@ impl Sandbox {
                 if e.raw_os_error() == Some(libc::ENXIO)
                     || e.kind() == std::io::ErrorKind::NotFound =>
             {
-                let state = self.state()?;
-                return Err(Error::new(
-                    ErrorKind::InvalidState,
-                    format!(
-                        "sandbox {} is {state:?}, not created: cannot start it",
-                        self.id
-                    ),
-                ));
+                return Err(self.not_served("start"));
             }
             Err(e) => return Err(Error::io("open", path, e)),
         };
         fifo.write_all(b"s")
             .map_err(|e| Error::io("write", &path, e))
+    }
+
+    /// Freezes every process of a running sandbox (the cgroup freezer: v1's freezer
+    /// hierarchy, v2's `cgroup.freeze`) until [`Sandbox::resume`]. While paused, neither
+    /// its wall-time limit nor its verdict's wall time advance, and CPU time cannot.
+    ///
+    /// # Errors
+    /// `InvalidState` if the sandbox is not running (created, paused, stopped, or lost: its
+    /// monitor died); `NotFound` if it is gone; `Io` if the freeze failed.
+    pub fn pause(&self) -> Result<()> {
+        match self.control(ControlRequest::Pause)? {
+            Some(answer) => self.done(answer),
+            None => Err(self.not_served("pause")),
+        }
+    }
+
+    /// Thaws a paused sandbox.
+    ///
+    /// # Errors
+    /// `InvalidState` if the sandbox is not paused; `NotFound` if it is gone; `Io`.
+    pub fn resume(&self) -> Result<()> {
+        match self.control(ControlRequest::Resume)? {
+            Some(answer) => self.done(answer),
+            None => Err(self.not_served("resume")),
+        }
+    }
+
+    /// The sandbox's live figures, read from its cgroup by its monitor (created, running or
+    /// paused).
+    ///
+    /// # Errors
+    /// `InvalidState` if the sandbox is not live (stopped, or lost: its monitor died);
+    /// `NotFound` if it is gone; `Io` if the figures cannot be read.
+    pub fn stats(&self) -> Result<Stats> {
+        match self.control(ControlRequest::Stats)? {
+            Some(ControlResponse::Stats(stats)) => Ok(stats),
+            Some(other) => self.done(other).and_then(|()| {
+                Err(Error::new(
+                    ErrorKind::Io,
+                    format!("the monitor of sandbox {} sent no figures", self.id),
+                ))
+            }),
+            None => Err(self.not_served("read the figures of")),
+        }
     }
 
     /// Blocks until the sandbox has finished and its monitor has cleaned up; returns the
@@ -400,11 +530,31 @@ impl Sandbox {
     }
 
     /// Sends `signal` to the sandbox: to the program through the sandbox's init, which forwards
-    /// it; SIGKILL ends the whole sandbox at once. A created sandbox is ended by any signal.
+    /// it; SIGKILL ends the whole sandbox at once. A created sandbox is ended by any signal. A
+    /// paused sandbox gets it once resumed, except SIGKILL, which resumes it to end it.
     ///
     /// # Errors
     /// `InvalidState` if the sandbox is not created or running, `NotFound` if it is gone.
     pub fn kill(&self, signal: Signal) -> Result<()> {
+        let state = self.state()?;
+        if !matches!(
+            state,
+            SandboxState::Created | SandboxState::Running | SandboxState::Paused
+        ) {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("sandbox {} is {state:?}: nothing to signal", self.id),
+            ));
+        }
+        // Through the monitor, which signals its init by pidfd (and thaws a paused sandbox
+        // for SIGKILL).
+        if let Some(answer) = self.control(ControlRequest::Kill {
+            signal: signal as i32,
+        })? {
+            return self.done(answer);
+        }
+        // No monitor listens: an older runbox's monitor, or it ended meanwhile. The init's
+        // identity is verified before it is signalled, as before the control channel.
         let (state, _, monitor) = self.state_with_records()?;
         let init = match (state, monitor.and_then(|m| m.init)) {
             (SandboxState::Created | SandboxState::Running, Some(init)) => init,
@@ -466,10 +616,19 @@ impl Sandbox {
                 // Kill the init (the whole pid namespace goes with it). If there is no init yet,
                 // or it cannot be verified, kill the monitor: its init then dies of the lifeline
                 // and what remains is cleaned up as lost.
-                let init_killed = monitor
-                    .as_ref()
-                    .and_then(|m| m.init)
-                    .is_some_and(|init| proc::signal_verified(init, libc::SIGKILL).is_ok());
+                // Through the monitor first: it thaws a paused sandbox, whose frozen init
+                // would not die of the signal alone on cgroup v1.
+                let by_monitor = matches!(
+                    self.control(ControlRequest::Kill {
+                        signal: libc::SIGKILL
+                    }),
+                    Ok(Some(ControlResponse::Done))
+                );
+                let init_killed = by_monitor
+                    || monitor
+                        .as_ref()
+                        .and_then(|m| m.init)
+                        .is_some_and(|init| proc::signal_verified(init, libc::SIGKILL).is_ok());
                 if !init_killed {
                     match &monitor {
                         Some(m) => {

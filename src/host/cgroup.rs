@@ -31,9 +31,14 @@ const V1_CONTROLLERS: &[&str] = &[
 /// cpuacct, cpuset, memory, pids) and its device policy (devices).
 const SANDBOX_V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"];
 
+/// The v1 controllers a sandbox also joins for its control channel: freezer (pause) and
+/// blkio (block I/O figures). Not required of a cgroup base.
+const CONTROL_V1_CONTROLLERS: &[&str] = &["freezer", "blkio"];
+
 /// From the mount table of a v1 (or hybrid) host: the mount points of the cgroup hierarchies
-/// that carry nothing of a sandbox's (freezer, blkio, net_cls, perf_event, hugetlb, named
-/// ones such as `name=systemd`, and a hybrid host's cgroup2). None on a v2 host.
+/// that carry nothing of a sandbox's (net_cls, perf_event, hugetlb, named ones such as
+/// `name=systemd`, and a hybrid host's cgroup2; freezer and blkio carry pause and block I/O
+/// figures). None on a v2 host.
 pub(crate) fn limitless_hierarchies(mounts: &[MountEntry]) -> Vec<PathBuf> {
     let mut kept_v1 = false;
     let mut limitless = Vec::new();
@@ -42,6 +47,7 @@ pub(crate) fn limitless_hierarchies(mounts: &[MountEntry]) -> Vec<PathBuf> {
             "cgroup" if SANDBOX_V1_CONTROLLERS.iter().any(|c| m.has_option(c)) => {
                 kept_v1 = true;
             }
+            "cgroup" if CONTROL_V1_CONTROLLERS.iter().any(|c| m.has_option(c)) => {}
             "cgroup" | "cgroup2" => limitless.push(m.target.clone()),
             _ => {}
         }
@@ -296,6 +302,50 @@ impl CpuUsage {
     }
 }
 
+/// What the cgroup says about a live sandbox (see [`Cgroup::live`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Live {
+    pub cpu: CpuUsage,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub pids: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+}
+
+/// Read and written bytes from v1's `blkio.throttle.io_service_bytes_recursive`
+/// (`MAJ:MIN Read N` lines per device, and a `Total` line that is left out).
+fn v1_io_bytes(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0u64, 0u64);
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(_dev), Some(op), Some(n)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let n: u64 = n.parse().unwrap_or(0);
+        match op {
+            "Read" => r = r.saturating_add(n),
+            "Write" => w = w.saturating_add(n),
+            _ => {}
+        }
+    }
+    (r, w)
+}
+
+/// Read and written bytes from v2's `io.stat` (`MAJ:MIN rbytes=N wbytes=N …` per device).
+fn v2_io_bytes(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0u64, 0u64);
+    for field in text.split_whitespace() {
+        let value = |key: &str| field.strip_prefix(key).and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = value("rbytes=") {
+            r = r.saturating_add(n);
+        } else if let Some(n) = value("wbytes=") {
+            w = w.saturating_add(n);
+        }
+    }
+    (r, w)
+}
+
 /// What the cgroup says about a finished run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Figures {
@@ -310,6 +360,10 @@ pub(crate) struct Figures {
 fn read(path: &Path) -> io::Result<String> {
     fs::read_to_string(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 fn read_u64(path: &Path) -> io::Result<u64> {
@@ -415,6 +469,91 @@ impl Cgroup {
                     system_us: keyed(&stat, "system_usec").unwrap_or(0),
                 })
             }
+        }
+    }
+
+    /// The figures of a live sandbox: CPU so far, memory now and at its peak, tasks now,
+    /// block I/O bytes. Block I/O is 0 where its controller is absent (v1 without blkio).
+    pub fn live(&self) -> io::Result<Live> {
+        let cpu = self.cpu_usage()?;
+        let (memory_bytes, memory_peak_bytes, io_text) = match self {
+            Cgroup::V1(_) => {
+                let io = self
+                    .file("blkio", "blkio.throttle.io_service_bytes_recursive")
+                    .and_then(|p| read(&p))
+                    .unwrap_or_default();
+                (
+                    read_u64(&self.file("memory", "memory.usage_in_bytes")?)?,
+                    read_u64(&self.file("memory", "memory.max_usage_in_bytes")?)?,
+                    io,
+                )
+            }
+            Cgroup::V2(d) => (
+                read_u64(&d.join("memory.current"))?,
+                read_u64(&d.join("memory.peak")).unwrap_or(0),
+                read(&d.join("io.stat")).unwrap_or_default(),
+            ),
+        };
+        let (block_read_bytes, block_write_bytes) = match self {
+            Cgroup::V1(_) => v1_io_bytes(&io_text),
+            Cgroup::V2(_) => v2_io_bytes(&io_text),
+        };
+        Ok(Live {
+            cpu,
+            memory_bytes,
+            memory_peak_bytes,
+            pids: read_u64(&self.file("pids", "pids.current")?)?,
+            block_read_bytes,
+            block_write_bytes,
+        })
+    }
+
+    /// Freezes every process of the cgroup and waits (at most `within`) until the kernel
+    /// says all are frozen; on v1 through the freezer hierarchy, on v2 `cgroup.freeze` and
+    /// `frozen 1` in `cgroup.events`. Not frozen in time: thawed again, and an error.
+    pub fn freeze(&self, within: Duration) -> io::Result<()> {
+        let (file, frozen): (PathBuf, fn(&str) -> bool) = match self {
+            Cgroup::V1(_) => {
+                let f = self.file("freezer", "freezer.state")?;
+                write(&f, "FROZEN")?;
+                (f, |t| t.trim() == "FROZEN")
+            }
+            Cgroup::V2(d) => {
+                write(&d.join("cgroup.freeze"), "1")?;
+                (d.join("cgroup.events"), |t| keyed(t, "frozen") == Some(1))
+            }
+        };
+        let give_up = Instant::now() + within;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if frozen(&read(&file)?) {
+                return Ok(());
+            }
+            if Instant::now() >= give_up {
+                let thawed = self.thaw();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the sandbox's processes did not all freeze within {within:?}{}",
+                        thawed
+                            .err()
+                            .map(|e| format!(" (and thawing failed: {e})"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            // v1 retries the stragglers on each read of FREEZING; both settle in microseconds
+            // unless a task is in an uninterruptible sleep.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// Thaws the cgroup (a no-op on one not frozen).
+    pub fn thaw(&self) -> io::Result<()> {
+        match self {
+            Cgroup::V1(_) => write(&self.file("freezer", "freezer.state")?, "THAWED"),
+            Cgroup::V2(d) => write(&d.join("cgroup.freeze"), "0"),
         }
     }
 
@@ -540,6 +679,13 @@ pub(crate) fn kill_cgroup(cg: &Cgroup, cgroup_path: &str) -> io::Result<()> {
         for fd in &pidfds {
             let _ = sys::pidfd_send_signal(fd, libc::SIGKILL);
         }
+        // A paused sandbox's processes die only once thawed on v1 (v2 lets SIGKILL through);
+        // a cgroup without the freezer hierarchy, or already gone, has nothing to thaw.
+        if let Err(e) = cg.thaw() {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!("runbox: thaw {cgroup_path} to kill it: {e}");
+            }
+        }
         for fd in &pidfds {
             let step = (Instant::now() + Duration::from_secs(2)).min(give_up);
             let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -579,13 +725,14 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     fn limitless_hierarchies_are_named_on_v1_only() {
         let mut hybrid = HYBRID.to_string();
         hybrid.push_str("cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n");
+        hybrid.push_str("cgroup /sys/fs/cgroup/perf_event cgroup rw,perf_event 0 0\n");
         hybrid.push_str("cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n");
         assert_eq!(
             limitless_hierarchies(&mounts::parse(&hybrid)),
             [
                 PathBuf::from("/sys/fs/cgroup/systemd"),
                 PathBuf::from("/sys/fs/cgroup/unified"),
-                PathBuf::from("/sys/fs/cgroup/freezer"),
+                PathBuf::from("/sys/fs/cgroup/perf_event"),
             ]
         );
         let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
@@ -635,6 +782,17 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         ] {
             assert!(!valid_base(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn block_io_bytes_add_up_over_devices_on_both_layouts() {
+        let v1 =
+            "8:0 Read 4096\n8:0 Write 512\n8:0 Sync 0\n8:16 Read 10\n8:16 Write 1\nTotal 4619\n";
+        assert_eq!(v1_io_bytes(v1), (4106, 513));
+        let v2 =
+            "8:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n8:16 rbytes=10 wbytes=1\n";
+        assert_eq!(v2_io_bytes(v2), (4106, 513));
+        assert_eq!(v1_io_bytes(""), (0, 0));
     }
 
     #[test]

@@ -108,6 +108,10 @@ pub(crate) enum MonitorPhase {
     Created,
     /// The program runs.
     Running,
+    /// The program runs, frozen (`pause`): written and cleared by the monitor. The record's
+    /// shape is unchanged (the format version stays); a runbox older than the phase reads
+    /// such a record as undecodable, and only while the sandbox is paused.
+    Paused,
 }
 
 /// `monitor.json`: the monitor's identity, the init's once it exists, and the phase.

@@ -5,9 +5,6 @@
 //! started, so a controller that dies loses nothing. Runs in the sandbox's monitor during
 //! supervision, inside its single poll loop (never blocking on an exec).
 
-// Served through the control channel's exec requests (the next step); until then unused.
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::ops::Range;
@@ -59,8 +56,6 @@ pub(super) struct Execs {
     stack_bytes: Option<u64>,
     next: u64,
     running: Vec<Entry>,
-    /// Execs whose verdict was written since the caller last asked ([`Execs::take_finished`]).
-    finished: Vec<(u64, Verdict)>,
 }
 
 impl Execs {
@@ -76,13 +71,7 @@ impl Execs {
             stack_bytes: cfg.limits.stack_bytes,
             next: 1,
             running: Vec::new(),
-            finished: Vec::new(),
         }
-    }
-
-    /// How many execs run (or drain) now.
-    pub fn len(&self) -> usize {
-        self.running.len()
     }
 
     /// Starts an exec: its directory (with its verdict's space reserved), its output pipes,
@@ -291,8 +280,15 @@ impl Execs {
     }
 
     /// Handles what the poll reported for the pipes of [`Execs::poll_fds`] (`ready`, in the
-    /// same order), then the deadlines, then writes the verdicts of execs that are done.
-    pub fn handle(&mut self, ready: &[bool], request: BorrowedFd<'_>, cgroup: &Cgroup) {
+    /// same order), then the deadlines (not while the sandbox is `paused`), then writes the
+    /// verdicts of execs that are done.
+    pub fn handle(
+        &mut self,
+        ready: &[bool],
+        request: BorrowedFd<'_>,
+        cgroup: &Cgroup,
+        paused: bool,
+    ) {
         let mut at = 0;
         let mut overflowed = Vec::new();
         for e in &mut self.running {
@@ -322,7 +318,7 @@ impl Execs {
         let due: Vec<u64> = self
             .running
             .iter()
-            .filter(|e| e.end.is_none() && e.killed_for.is_none())
+            .filter(|e| !paused && e.end.is_none() && e.killed_for.is_none())
             .filter(|e| e.wall_deadline.is_some_and(|d| now >= d))
             .map(|e| e.n)
             .collect();
@@ -418,13 +414,7 @@ impl Execs {
                     err.chain()
                 );
             }
-            self.finished.push((e.n, verdict));
         }
-    }
-
-    /// The verdicts written since the last call, by exec number.
-    pub fn take_finished(&mut self) -> Vec<(u64, Verdict)> {
-        std::mem::take(&mut self.finished)
     }
 
     fn verdict(&self, e: &Entry, figures: Option<&crate::host::cgroup::Figures>) -> Verdict {

@@ -4,10 +4,8 @@
 //! sandbox's monitor: an exec'd monitor, or a spare that was taken. Privileged steps come
 //! first; nothing here runs in another thread.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -20,9 +18,11 @@ use crate::host::proc::ProcIdentity;
 use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
 use crate::host::{rootfs, sys};
 use crate::layout::Layout;
+use crate::proto::control::{ControlRequest, ControlResponse};
 use crate::proto::{InitRequest, LineReader, Mode, ProgramRequest, Report, StreamFds};
 
 use super::built::{launch as launch_error, Built, Streams};
+use super::control::{self, Handler, Server};
 use super::execs::Execs;
 use super::finish::finish;
 use super::phases;
@@ -65,9 +65,17 @@ pub(super) fn run(
         crate::host::uids::release(root, uid);
     }
     let launched = launched?;
-    let Opened { layout, record, .. } = opened;
+    let control = opened.control.take();
+    let Opened {
+        layout,
+        record,
+        mut status,
+        ..
+    } = opened;
     match launched {
         Launched::NeverStarted { built, outcome } => {
+            // Nobody is answered any more: the socket goes before the teardown.
+            drop(control);
             finish(&layout, &record, built, CpuUsage::default(), outcome)
         }
         Launched::Running {
@@ -80,6 +88,10 @@ pub(super) fn run(
             // The monitor may idle for as long as the program runs: keep only what it uses.
             sys::release_free_heap();
             let mut execs = Execs::new(&layout, &record.id, &record.config);
+            let mut record_phase = |phase| {
+                status.phase = phase;
+                save_status(&layout, &status)
+            };
             let mut outcome = supervise::supervise(
                 &built.init,
                 &built.cgroup,
@@ -88,7 +100,11 @@ pub(super) fn run(
                 &layout,
                 streams,
                 started,
-                &mut execs,
+                supervise::Control {
+                    server: control,
+                    record_phase: &mut record_phase,
+                    execs: &mut execs,
+                },
             );
             if !outcome.init_unreaped {
                 built.init_reaped(); // supervision waited for it
@@ -110,6 +126,9 @@ struct Opened {
     /// The launcher's descriptors the program takes (stdin, stdout, stderr, those of them
     /// the record inherits, in that order).
     inherited: Vec<OwnedFd>,
+    /// The control server, once the container is built (bound after the build, so that the
+    /// container's init, cloned from the monitor, never holds the listening socket).
+    control: Option<Server>,
 }
 
 /// The launcher's descriptors `cfg` inherits: `received` with a spare's request, else read
@@ -147,16 +166,19 @@ impl Opened {
     /// state root that filled up since the sandbox was opened does not fail the update (a
     /// phase left behind would keep `kill` and `state` from seeing the program run).
     fn save(&self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.status)
-            .map_err(|e| Error::with_source(ErrorKind::Io, "encode monitor.json", e))?;
-        let (reserve, path) = (self.layout.monitor_reserve(), self.layout.monitor());
-        if state::write_reserved(&reserve, &path, &bytes, state::Reserved::Exchange)
-            .unwrap_or(false)
-        {
-            return Ok(());
-        }
-        state::write_atomic(&path, &bytes)
+        save_status(&self.layout, &self.status)
     }
+}
+
+/// Rewrites `monitor.json` with `status` (see [`Opened::save`]).
+fn save_status(layout: &Layout, status: &MonitorRecord) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(status)
+        .map_err(|e| Error::with_source(ErrorKind::Io, "encode monitor.json", e))?;
+    let (reserve, path) = (layout.monitor_reserve(), layout.monitor());
+    if state::write_reserved(&reserve, &path, &bytes, state::Reserved::Exchange).unwrap_or(false) {
+        return Ok(());
+    }
+    state::write_atomic(&path, &bytes)
 }
 
 /// Reads the sandbox's record, writes `monitor.json` (phase `creating`, this monitor's
@@ -184,6 +206,7 @@ fn open(dir: &Path) -> Result<Opened> {
             prebuilt: false,
         },
         inherited: Vec::new(),
+        control: None,
     };
     let layout = &opened.layout;
     state::write_json_atomic(&layout.monitor(), &opened.status)?;
@@ -250,6 +273,8 @@ fn launch(
                 "runbox monitor: the pre-built container's init died ({}): building afresh",
                 error.chain()
             );
+            // The new init must not inherit the first attempt's listening socket.
+            o.control = None;
             let (built, streams, _) = take_or_build(o, prepared, None)?;
             start_in(o, mode, built, streams, false).map_err(|f| f.error)
         }
@@ -289,11 +314,16 @@ fn start_in(
         Err(e) => return Err(fail(&mut built, e, false)),
     };
     o.status.init = ProcIdentity::of(built.init.pid);
-    if mode == Mode::Create {
-        let fifo = match start_fifo(&o.layout) {
-            Ok(f) => f,
+    if o.control.is_none() {
+        match Server::bind(&o.layout) {
+            Ok(mut server) => {
+                server.set_max_frame(crate::proto::control::MAX_EXEC_FRAME);
+                o.control = Some(server);
+            }
             Err(e) => return Err(fail(&mut built, e, false)),
-        };
+        }
+    }
+    if mode == Mode::Create {
         o.status.phase = MonitorPhase::Created;
         if let Err(e) = o.save() {
             return Err(fail(&mut built, e, false));
@@ -301,8 +331,10 @@ fn start_in(
         let _ = process::report(&Report::Created {
             monitor: o.status.monitor,
         });
-        let start = wait_for_start(&fifo, &built.init.pidfd);
-        let _ = fs::remove_file(o.layout.start_fifo());
+        let start = match o.control.as_mut() {
+            Some(server) => wait_for_start(server, &built),
+            None => false,
+        };
         if !start {
             // Killed or deleted before it started (or the wait failed: end it then).
             let _ = sys::pidfd_send_signal(&built.init.pidfd, libc::SIGKILL);
@@ -416,35 +448,61 @@ fn bind(built: &mut Built, o: &Opened) -> Result<OwnedFd> {
     Ok(stdin)
 }
 
-/// Makes the start FIFO and opens it read-write (so it never reports hang-up).
-fn start_fifo(layout: &Layout) -> Result<File> {
-    let path = layout.start_fifo();
-    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| launch_error("create the start fifo", e))?;
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| launch_error("open the start fifo", e))
+/// The created phase's answers: `start` starts, `kill` ends the sandbox before it started,
+/// `stats` reads the cgroup; pause and resume wait for a running program.
+struct CreatedPhase<'a> {
+    built: &'a Built,
+    start: bool,
 }
 
-/// Waits in the created state until a controller writes to the start FIFO (true) or the init
-/// dies (false: killed or deleted before start).
-fn wait_for_start(fifo: &File, init: &OwnedFd) -> bool {
+impl Handler for CreatedPhase<'_> {
+    fn handle(&mut self, request: ControlRequest, _fds: Vec<OwnedFd>) -> ControlResponse {
+        match request {
+            ControlRequest::Start => {
+                self.start = true;
+                ControlResponse::Done
+            }
+            // Any signal ends a sandbox that has not started (as before, through the pid).
+            ControlRequest::Kill { .. } => {
+                match sys::pidfd_send_signal(&self.built.init.pidfd, libc::SIGKILL) {
+                    Ok(()) => ControlResponse::Done,
+                    Err(e) => control::failed(
+                        ErrorKind::InvalidState,
+                        format!("signal the sandbox's init: {e}"),
+                    ),
+                }
+            }
+            ControlRequest::Pause | ControlRequest::Resume => {
+                control::invalid_state("the sandbox is created, not running: start it first")
+            }
+            ControlRequest::Stats => control::stats(&self.built.cgroup, CpuUsage::default(), false),
+            ControlRequest::Exec { .. }
+            | ControlRequest::ExecKill { .. }
+            | ControlRequest::ExecWait { .. } => {
+                control::invalid_state("the sandbox is created, not running: start it first")
+            }
+        }
+    }
+}
+
+/// Serves the control socket in the created state until a controller starts the sandbox
+/// (true) or the init dies (false: killed or deleted before start, or the wait failed).
+fn wait_for_start(server: &mut Server, built: &Built) -> bool {
+    let mut phase = CreatedPhase {
+        built,
+        start: false,
+    };
     loop {
-        let mut fds = [
-            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
-            PollFd::new(init.as_fd(), PollFlags::POLLIN),
-        ];
-        if sys::poll_until(&mut fds, None).is_err() || sys::has_event(&fds[1]) {
+        let mut fds = vec![PollFd::new(built.init.pidfd.as_fd(), PollFlags::POLLIN)];
+        let range = server.poll_fds(&mut fds);
+        if sys::poll_until(&mut fds, None).is_err() || sys::has_event(&fds[0]) {
             return false;
         }
-        if sys::has_event(&fds[0]) {
-            let mut byte = [0u8; 16];
-            if matches!((&*fifo).read(&mut byte), Ok(n) if n > 0) {
-                return true;
-            }
+        let ready: Vec<bool> = fds[range].iter().map(sys::has_event).collect();
+        drop(fds);
+        server.handle(&ready, &mut phase);
+        if phase.start {
+            return true;
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The monitor's supervision of a running sandbox: one `poll` over the init's pidfd, its
 //! status pipe and the output pipes, with a timeout at the next wall-clock deadline or
-//! CPU-time check; each limit is its own check, the state an explicit enum. The sandbox's
-//! execs ([`super::execs`]) are served in the same poll: their output pipes, deadlines and
-//! ends. Runs in the sandbox's monitor while the program runs.
+//! CPU-time check; each limit is its own check, the state an explicit enum. The control
+//! socket is served in the same poll (signal, pause and resume, stats, execs); a paused span
+//! does not count against the wall-time limit nor the verdict's wall time. The sandbox's
+//! execs ([`super::execs`]) are served in the same poll too: their output pipes, deadlines
+//! and ends. Runs in the sandbox's monitor while the program runs.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,16 +16,34 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::config::Limits;
+use crate::error::ErrorKind;
 use crate::host::cgroup::{Cgroup, CpuUsage};
+use crate::host::state::MonitorPhase;
 use crate::host::sys;
 use crate::layout::Layout;
+use crate::proto::control::{ControlRequest, ControlResponse};
 use crate::proto::frame::ProtoError;
-use crate::proto::{ExecEnd, InitStatus, StatusFrames};
+use crate::proto::{ExecEnd, InitStatus, StatusFrames, WireError};
 use crate::verdict::{Facts, LimitKind};
 
 use super::built::{Init, Streams};
+use super::control::{self, Handler, Server};
 use super::execs::Execs;
 use super::phases;
+
+/// How long a pause may take to freeze every process before it is undone and fails.
+const FREEZE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The control channel during supervision: the server, and how the monitor records a phase
+/// (`paused`, `running`) in `monitor.json`.
+pub(super) struct Control<'a> {
+    /// The control server (none if it could not be made).
+    pub server: Option<Server>,
+    /// Records the phase.
+    pub record_phase: &'a mut dyn FnMut(MonitorPhase) -> crate::error::Result<()>,
+    /// The sandbox's execs.
+    pub execs: &'a mut Execs,
+}
 
 /// How long the monitor drains output after the sandbox's first process exited before it
 /// kills whatever still holds the pipes.
@@ -36,7 +56,7 @@ pub(super) struct Outcome {
     pub init_unreaped: bool,
     /// How the program ended, and why.
     pub facts: Facts,
-    /// Wall time from start to the program's end.
+    /// Wall time from start to the program's end, paused spans left out.
     pub wall: Duration,
     /// Stdout was cut at the output limit.
     pub stdout_truncated: bool,
@@ -84,7 +104,7 @@ pub(super) fn supervise(
     layout: &Layout,
     streams: Streams,
     started: Instant,
-    execs: &mut Execs,
+    control: Control<'_>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
     // The monitor made both files when it opened the sandbox: opening them takes no space.
@@ -122,12 +142,18 @@ pub(super) fn supervise(
         lines: streams.lines,
         status_open: true,
         request: streams.request.as_fd(),
-        execs,
+        execs: control.execs,
         started,
         state: State::Running,
         outcome,
+        server: control.server,
+        record_phase: control.record_phase,
+        paused_since: None,
+        paused_total: Duration::ZERO,
     };
     s.run();
+    // Nobody is answered from here on: the socket goes before the teardown.
+    s.server = None;
     s.outcome.stdout_truncated = s.sinks[0].truncated;
     s.outcome.stderr_truncated = s.sinks[1].truncated;
     let lost: Vec<String> = ["stdout", "stderr"]
@@ -175,6 +201,12 @@ struct Supervisor<'a> {
     started: Instant,
     state: State,
     outcome: Outcome,
+    server: Option<Server>,
+    record_phase: &'a mut dyn FnMut(MonitorPhase) -> crate::error::Result<()>,
+    /// Paused (frozen) since then.
+    paused_since: Option<Instant>,
+    /// Paused spans that ended.
+    paused_total: Duration,
 }
 
 impl Supervisor<'_> {
@@ -209,13 +241,14 @@ impl Supervisor<'_> {
         }
         self.outcome.facts.killed_for = Some(limit);
         let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
+        self.thaw_for_kill();
         if self.state == State::Running {
             self.state = State::Killed;
         }
     }
 
     fn check_wall_time(&mut self, now: Instant) {
-        if self.wall_deadline.is_some_and(|d| now >= d) {
+        if self.paused_since.is_none() && self.wall_deadline.is_some_and(|d| now >= d) {
             self.kill_for(LimitKind::WallTime);
         }
     }
@@ -262,6 +295,8 @@ impl Supervisor<'_> {
         match self.state {
             State::Ended { at, .. } => Some(at + DRAIN_GRACE),
             State::Killed => None,
+            // Paused: no deadline (wall time stands still, CPU time cannot move).
+            State::Running if self.paused_since.is_some() => None,
             State::Running => [
                 self.wall_deadline,
                 self.next_cpu_check,
@@ -304,6 +339,7 @@ impl Supervisor<'_> {
         } else {
             self.execs.poll_fds(&mut fds)
         };
+        let control_at = self.server.as_ref().map(|s| s.poll_fds(&mut fds));
         if let Err(e) = sys::poll_until(&mut fds, self.deadline()) {
             self.outcome.facts.internal_error = Some(format!("poll: {e}"));
             let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
@@ -315,8 +351,13 @@ impl Supervisor<'_> {
         let ready: Vec<bool> = fds.iter().map(sys::has_event).collect();
         drop(fds);
         if !ended {
+            let paused = self.paused_since.is_some();
             self.execs
-                .handle(&ready[execs_at], self.request, self.cgroup);
+                .handle(&ready[execs_at], self.request, self.cgroup, paused);
+        }
+        if let (Some(range), Some(mut server)) = (control_at, self.server.take()) {
+            server.handle(&ready[range], self);
+            self.server = Some(server);
         }
         let ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
         for (i, at) in sink_at.into_iter().enumerate() {
@@ -404,13 +445,152 @@ impl Supervisor<'_> {
             self.execs.sandbox_ended(self.cgroup);
         }
         if !matches!(self.state, State::Ended { .. }) {
-            self.outcome.wall = self.started.elapsed();
+            let paused =
+                self.paused_total + self.paused_since.map_or(Duration::ZERO, |p| p.elapsed());
+            self.outcome.wall = self.started.elapsed().saturating_sub(paused);
             phases::mark("program_exited");
         }
         self.state = State::Ended {
             at: Instant::now(),
             init_reaped,
         };
+    }
+}
+
+impl Supervisor<'_> {
+    /// A SIGKILL reaches a frozen process only once thawed (v1): a paused sandbox that is
+    /// killed is resumed (its phase recorded as running until it ends).
+    fn thaw_for_kill(&mut self) {
+        if self.paused_since.is_none() {
+            return;
+        }
+        if let Err(e) = self.cgroup.thaw() {
+            self.outcome
+                .facts
+                .internal_error
+                .get_or_insert_with(|| format!("thaw the paused sandbox to kill it: {e}"));
+        }
+        self.end_pause();
+    }
+
+    /// Ends the paused span: the wall deadline moves by it, and the phase is `running`.
+    fn end_pause(&mut self) {
+        if let Some(since) = self.paused_since.take() {
+            let span = since.elapsed();
+            self.paused_total += span;
+            self.wall_deadline = self.wall_deadline.map(|d| d + span);
+            self.execs.shift_deadlines(span);
+            if let Err(e) = (self.record_phase)(MonitorPhase::Running) {
+                eprintln!("runbox monitor: record the running phase: {}", e.chain());
+            }
+        }
+    }
+
+    fn pause(&mut self) -> ControlResponse {
+        if self.state != State::Running {
+            return control::invalid_state("the sandbox's program has ended");
+        }
+        if self.paused_since.is_some() {
+            return control::invalid_state("the sandbox is paused already");
+        }
+        if let Err(e) = self.cgroup.freeze(FREEZE_WITHIN) {
+            return control::failed(ErrorKind::Io, format!("freeze the sandbox: {e}"));
+        }
+        if let Err(e) = (self.record_phase)(MonitorPhase::Paused) {
+            // Frozen but not recorded: `state` would say running. Undo it.
+            let _ = self.cgroup.thaw();
+            return control::failed(
+                ErrorKind::Io,
+                format!("record the paused phase: {}", e.chain()),
+            );
+        }
+        self.paused_since = Some(Instant::now());
+        phases::mark("paused");
+        ControlResponse::Done
+    }
+
+    fn resume(&mut self) -> ControlResponse {
+        if self.paused_since.is_none() {
+            return control::invalid_state(match self.state {
+                State::Running => "the sandbox is running, not paused",
+                _ => "the sandbox's program has ended",
+            });
+        }
+        if let Err(e) = self.cgroup.thaw() {
+            return control::failed(ErrorKind::Io, format!("thaw the sandbox: {e}"));
+        }
+        self.end_pause();
+        ControlResponse::Done
+    }
+
+    /// Starts an exec: only while the program runs and the sandbox is not paused.
+    fn exec(
+        &mut self,
+        process: &crate::proto::exec::ExecProcess,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> ControlResponse {
+        if self.state != State::Running {
+            return control::invalid_state("the sandbox's program has ended");
+        }
+        if self.paused_since.is_some() {
+            return control::invalid_state("the sandbox is paused: resume it first");
+        }
+        match self.execs.start(self.request, self.cgroup, process, fds) {
+            Ok(exec) => ControlResponse::ExecStarted { exec },
+            Err(e) => ControlResponse::Failed(WireError::from(&e)),
+        }
+    }
+
+    fn signal(&mut self, signal: i32) -> ControlResponse {
+        if matches!(self.state, State::Ended { .. }) {
+            return control::invalid_state("the sandbox's program has ended");
+        }
+        if let Err(e) = sys::pidfd_send_signal(&self.init.pidfd, signal) {
+            let kind = if e.raw_os_error() == Some(libc::EINVAL) {
+                ErrorKind::InvalidConfig
+            } else {
+                ErrorKind::InvalidState
+            };
+            return control::failed(kind, format!("signal {signal} to the sandbox's init: {e}"));
+        }
+        if signal == libc::SIGKILL {
+            self.thaw_for_kill();
+        }
+        ControlResponse::Done
+    }
+}
+
+impl Handler for Supervisor<'_> {
+    fn handle(
+        &mut self,
+        request: ControlRequest,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> ControlResponse {
+        match request {
+            ControlRequest::Start => control::invalid_state("the sandbox was started already"),
+            ControlRequest::Kill { signal } => self.signal(signal),
+            ControlRequest::Pause => self.pause(),
+            ControlRequest::Resume => self.resume(),
+            ControlRequest::Stats => {
+                control::stats(self.cgroup, self.cpu_baseline, self.paused_since.is_some())
+            }
+            ControlRequest::Exec { process } => self.exec(&process, fds),
+            ControlRequest::ExecKill { exec, signal } => {
+                match self.execs.kill(self.request, exec, signal) {
+                    Ok(()) => ControlResponse::Done,
+                    Err(e) => ControlResponse::Failed(WireError::from(&e)),
+                }
+            }
+            ControlRequest::ExecWait { exec } => {
+                if !self.execs.known(exec) {
+                    control::failed(ErrorKind::NotFound, format!("no exec {exec}"))
+                } else if self.execs.is_running(exec) {
+                    ControlResponse::ExecRunning { exec }
+                } else {
+                    ControlResponse::ExecExited { exec }
+                }
+            }
+        }
     }
 }
 

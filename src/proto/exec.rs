@@ -3,9 +3,6 @@
 //! [`super::InitRequest::Exec`]. Pure data, used by the controller's client and the
 //! monitor's exec table.
 
-// Served through the control channel's exec requests (the next step); until then unused.
-#![allow(dead_code)]
-
 use serde::{Deserialize, Serialize};
 
 /// Where an exec's stdout or stderr goes.

@@ -252,6 +252,7 @@ impl StatusFrames {
     }
 
     /// Appends bytes read elsewhere.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), ProtoError> {
         self.buf.push(bytes, Vec::new())
     }

@@ -15,6 +15,7 @@
 //! init       ──pipe: InitStatus frames────────▶ monitor
 //! ```
 
+pub(crate) mod control;
 pub(crate) mod exec;
 pub(crate) mod frame;
 mod init;

@@ -1,0 +1,464 @@
+//! The monitor's control server: the listening socket `<sandbox dir>/control` and its
+//! connections, served from inside the monitor's single-threaded poll loops (the created
+//! phase's wait for start, and supervision). Each loop adds [`Server::poll_fds`] to its poll
+//! set and hands what became ready to [`Server::handle`] with the phase's [`Handler`], which
+//! is the one place requests are answered. Sockets are non-blocking, buffers bounded, the
+//! number of clients bounded; a client that breaks the protocol or does not read its
+//! answers is dropped, and none can block the monitor. Runs in the sandbox's monitor.
+
+use std::fs;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use nix::poll::{PollFd, PollFlags};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::host::cgroup::{Cgroup, CpuUsage};
+use crate::host::sys;
+use crate::layout::{Layout, CONTROL_SOCKET};
+use crate::proto::control::{ControlRequest, ControlResponse, Stats, MAX_CONTROL_FRAME};
+use crate::proto::frame::{self, FrameBuffer, Hello, ProtoError};
+use crate::proto::WireError;
+
+/// Most clients served at once; further connections are closed at once.
+pub(super) const MAX_CLIENTS: usize = 32;
+
+/// Most answer bytes a client may leave unread before it is dropped.
+const MAX_UNREAD: usize = 256 << 10;
+
+/// Most reads from one client per event, so that one busy client cannot starve the loop.
+const READS_PER_EVENT: usize = 4;
+
+/// What a phase of the monitor does with a request. Requests that carry descriptors (the
+/// exec slice's) get them in `fds`; others drop them.
+pub(super) trait Handler {
+    /// Answers `request`.
+    fn handle(&mut self, request: ControlRequest, fds: Vec<OwnedFd>) -> ControlResponse;
+}
+
+/// The failure answer of `kind` with `message`.
+pub(super) fn failed(kind: ErrorKind, message: impl Into<String>) -> ControlResponse {
+    ControlResponse::Failed(WireError::from(&Error::new(kind, message)))
+}
+
+/// The `invalid_state` answer: the sandbox is not in a state for the request.
+pub(super) fn invalid_state(message: impl Into<String>) -> ControlResponse {
+    failed(ErrorKind::InvalidState, message)
+}
+
+/// The answer to `stats`: the cgroup's live figures, CPU time since `cpu_baseline` (the
+/// cgroup's usage before start, libcontainer's setup), `paused` as the monitor knows it.
+pub(super) fn stats(cgroup: &Cgroup, cpu_baseline: CpuUsage, paused: bool) -> ControlResponse {
+    match cgroup.live() {
+        Ok(live) => {
+            let cpu = live.cpu.since(cpu_baseline);
+            let stats = Stats {
+                cpu_time_us: cpu.total_us,
+                cpu_user_us: cpu.user_us,
+                cpu_system_us: cpu.system_us,
+                memory_bytes: live.memory_bytes,
+                memory_peak_bytes: live.memory_peak_bytes,
+                pids: live.pids,
+                block_read_bytes: live.block_read_bytes,
+                block_write_bytes: live.block_write_bytes,
+                paused,
+            };
+            ControlResponse::Stats(stats)
+        }
+        Err(e) => failed(ErrorKind::Io, format!("read the sandbox's cgroup: {e}")),
+    }
+}
+
+/// One connection.
+struct Client {
+    sock: UnixStream,
+    buf: FrameBuffer,
+    /// Its hello came and was answered.
+    greeted: bool,
+    /// Encoded answers not yet taken by the client.
+    out: Vec<u8>,
+    /// Drop it once `out` is flushed (it broke the protocol, or closed its side).
+    closing: bool,
+    /// Drop it now.
+    dead: bool,
+}
+
+impl Client {
+    fn queue(&mut self, msg: &impl serde::Serialize) {
+        match frame::encode(msg, MAX_CONTROL_FRAME) {
+            Ok(bytes) => self.out.extend_from_slice(&bytes),
+            Err(e) => {
+                eprintln!("runbox monitor: encode a control answer: {e}");
+                self.dead = true;
+            }
+        }
+        if self.out.len() > MAX_UNREAD {
+            self.dead = true;
+        }
+    }
+
+    /// Writes what it can of the pending answers without blocking.
+    fn flush(&mut self) {
+        while !self.out.is_empty() && !self.dead {
+            match sys::send_with_fds(self.sock.as_fd(), &self.out, &[], true) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.dead = true,
+            }
+        }
+        if self.out.is_empty() && self.closing {
+            self.dead = true;
+        }
+    }
+
+    /// Reads what arrived and answers each complete frame.
+    fn serve(&mut self, handler: &mut dyn Handler) {
+        for _ in 0..READS_PER_EVENT {
+            if self.closing || self.dead {
+                return;
+            }
+            match self.buf.fill_from_socket(self.sock.as_fd()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The client closed its side: answer what came, then drop it.
+                    self.closing = true;
+                }
+                Err(ProtoError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(ProtoError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+            self.answer(handler);
+        }
+    }
+
+    /// Answers every complete frame in the buffer.
+    fn answer(&mut self, handler: &mut dyn Handler) {
+        while !self.dead {
+            if !self.greeted {
+                match self.buf.next::<Hello>() {
+                    Ok(None) => return,
+                    Ok(Some(hello)) => {
+                        // Answered also to a peer of another version, so it learns why.
+                        self.queue(&Hello::ours());
+                        if hello.msg.check().is_err() || !hello.fds.is_empty() {
+                            self.closing = true;
+                            return;
+                        }
+                        self.greeted = true;
+                    }
+                    Err(_) => {
+                        self.dead = true;
+                        return;
+                    }
+                }
+                continue;
+            }
+            match self.buf.next::<ControlRequest>() {
+                Ok(None) => return,
+                Ok(Some(r)) => {
+                    let answer = handler.handle(r.msg, r.fds);
+                    self.queue(&answer);
+                }
+                Err(ProtoError::Decode(e)) => {
+                    // The frame was whole and is gone: the channel goes on.
+                    self.queue(&failed(
+                        ErrorKind::InvalidConfig,
+                        format!("not a control request of this runbox: {e}"),
+                    ));
+                }
+                Err(e @ ProtoError::TooLarge { .. }) => {
+                    self.queue(&failed(ErrorKind::InvalidConfig, e.to_string()));
+                    self.closing = true;
+                    return;
+                }
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The listening socket and its connections.
+pub(super) struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: Vec<Client>,
+    max_frame: usize,
+}
+
+impl Server {
+    /// Binds `<sandbox dir>/control` (mode 0600), non-blocking. Reached through the
+    /// directory's descriptor: a socket address holds at most 107 bytes.
+    pub fn bind(layout: &Layout) -> Result<Server> {
+        let fail = |e: io::Error| {
+            Error::with_source(ErrorKind::LaunchFailed, "create the control socket", e)
+        };
+        let path = layout.control();
+        // A socket left by a monitor of this sandbox that died: nobody listens on it.
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e)),
+            _ => {}
+        }
+        let dir = fs::File::open(&layout.dir).map_err(fail)?;
+        let at = format!("/proc/self/fd/{}/{CONTROL_SOCKET}", dir.as_raw_fd());
+        let listener = UnixListener::bind(&at).map_err(fail)?;
+        let server = Server {
+            listener,
+            path,
+            clients: Vec::new(),
+            max_frame: MAX_CONTROL_FRAME,
+        };
+        fs::set_permissions(&at, fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        server.listener.set_nonblocking(true).map_err(fail)?;
+        Ok(server)
+    }
+
+    /// Lets requests of up to `max` bytes in (the exec slice's requests carry environments).
+    pub fn set_max_frame(&mut self, max: usize) {
+        self.max_frame = max;
+    }
+
+    /// Adds the listener and every connection to a poll set; returns where they are in it.
+    pub fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) -> Range<usize> {
+        let start = fds.len();
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        for c in &self.clients {
+            let mut flags = PollFlags::POLLIN;
+            if !c.out.is_empty() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(c.sock.as_fd(), flags));
+        }
+        start..fds.len()
+    }
+
+    /// Serves what became ready: `ready[i]` tells whether the i-th descriptor of
+    /// [`Server::poll_fds`] had an event. New connections are accepted, requests answered by
+    /// `handler`, answers written as far as the clients take them.
+    pub fn handle(&mut self, ready: &[bool], handler: &mut dyn Handler) {
+        let known = self.clients.len();
+        for (i, client) in self.clients.iter_mut().enumerate() {
+            if ready.get(i + 1).copied().unwrap_or(false) {
+                client.serve(handler);
+                client.flush();
+            }
+        }
+        self.clients.retain(|c| !c.dead);
+        debug_assert!(self.clients.len() <= known);
+        if ready.first().copied().unwrap_or(false) {
+            self.accept();
+        }
+    }
+
+    /// Accepts what waits; past [`MAX_CLIENTS`] a connection is closed at once.
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((sock, _)) => {
+                    if self.clients.len() >= MAX_CLIENTS || sock.set_nonblocking(true).is_err() {
+                        continue; // dropped: closed
+                    }
+                    self.clients.push(Client {
+                        sock,
+                        buf: FrameBuffer::new(self.max_frame),
+                        greeted: false,
+                        out: Vec::new(),
+                        closing: false,
+                        dead: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock, or a connection reset before it was accepted.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Writes what is pending without waiting (before the monitor moves on or ends).
+    pub fn flush(&mut self) {
+        for c in &mut self.clients {
+            c.flush();
+        }
+        self.clients.retain(|c| !c.dead);
+    }
+}
+
+impl Drop for Server {
+    /// Removes the socket: nobody answers on it any more.
+    fn drop(&mut self) {
+        self.flush();
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                eprintln!("runbox monitor: remove {}: {e}", self.path.display());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::Reader;
+
+    /// Answers every request with `Done`, counting them.
+    struct Count(usize);
+
+    impl Handler for Count {
+        fn handle(&mut self, request: ControlRequest, _fds: Vec<OwnedFd>) -> ControlResponse {
+            self.0 += 1;
+            match request {
+                ControlRequest::Pause => invalid_state("not running"),
+                _ => ControlResponse::Done,
+            }
+        }
+    }
+
+    fn temp_layout() -> Layout {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rb-control-{}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Layout { dir }
+    }
+
+    /// Runs the server's loop until `done` says so (or 10 s pass).
+    fn serve_until(server: &mut Server, handler: &mut Count, done: impl Fn(&Count) -> bool) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done(handler) && std::time::Instant::now() < end {
+            let mut fds = Vec::new();
+            let range = server.poll_fds(&mut fds);
+            let step = std::time::Instant::now() + std::time::Duration::from_millis(20);
+            sys::poll_until(&mut fds, Some(step)).unwrap();
+            let ready: Vec<bool> = fds[range].iter().map(sys::has_event).collect();
+            drop(fds);
+            server.handle(&ready, handler);
+        }
+    }
+
+    fn connect(layout: &Layout) -> UnixStream {
+        let dir = fs::File::open(&layout.dir).unwrap();
+        UnixStream::connect(format!(
+            "/proc/self/fd/{}/{CONTROL_SOCKET}",
+            dir.as_raw_fd()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_client_is_greeted_answered_and_the_socket_goes_with_the_server() {
+        let layout = temp_layout();
+        let mut server = Server::bind(&layout).unwrap();
+        let mode = fs::metadata(layout.control()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let sock = connect(&layout);
+        let client = std::thread::spawn(move || {
+            let mut r = Reader::bounded(sock, MAX_CONTROL_FRAME);
+            frame::hello_client(&mut r).unwrap();
+            let mut answers = Vec::new();
+            for req in [ControlRequest::Start, ControlRequest::Pause] {
+                frame::send(r.socket().as_fd(), &req, &[]).unwrap();
+                answers.push(r.recv_plain::<ControlResponse>().unwrap());
+            }
+            // Something that is no request: a typed failure, and the channel goes on.
+            frame::send(
+                r.socket().as_fd(),
+                &serde_json::json!({"format": "c:"}),
+                &[],
+            )
+            .unwrap();
+            answers.push(r.recv_plain::<ControlResponse>().unwrap());
+            frame::send(r.socket().as_fd(), &ControlRequest::Stats, &[]).unwrap();
+            answers.push(r.recv_plain::<ControlResponse>().unwrap());
+            answers
+        });
+        let mut count = Count(0);
+        serve_until(&mut server, &mut count, |c| c.0 == 3);
+        let answers = client.join().unwrap();
+        assert_eq!(answers[0], ControlResponse::Done);
+        assert!(
+            matches!(&answers[1], ControlResponse::Failed(w) if w.kind == ErrorKind::InvalidState)
+        );
+        assert!(
+            matches!(&answers[2], ControlResponse::Failed(w) if w.kind == ErrorKind::InvalidConfig)
+        );
+        assert_eq!(answers[3], ControlResponse::Done);
+        drop(server);
+        assert!(!layout.control().exists());
+        fs::remove_dir(&layout.dir).unwrap();
+    }
+
+    #[test]
+    fn another_version_an_oversized_frame_or_too_many_clients_are_refused_without_blocking() {
+        let layout = temp_layout();
+        let mut server = Server::bind(&layout).unwrap();
+        let mut count = Count(0);
+
+        // Another version: it gets this side's hello, then the end.
+        let old = connect(&layout);
+        frame::send(old.as_fd(), &Hello { runbox_proto: 1 }, &[]).unwrap();
+        frame::send(old.as_fd(), &ControlRequest::Start, &[]).unwrap();
+        // An oversized frame after a good hello: a typed failure, then the end.
+        let big = connect(&layout);
+        frame::send(big.as_fd(), &Hello::ours(), &[]).unwrap();
+        nix::unistd::write(&big, &(u32::MAX).to_le_bytes()).unwrap();
+        // A client that says nothing holds a slot but blocks nobody.
+        let silent = connect(&layout);
+        let (old_r, big_r) = (old.try_clone().unwrap(), big.try_clone().unwrap());
+        let readers = std::thread::spawn(move || {
+            let mut old = Reader::bounded(old_r, MAX_CONTROL_FRAME);
+            let hello = old.recv_plain::<Hello>().unwrap();
+            let after = old.recv_plain::<ControlResponse>();
+            let mut big = Reader::bounded(big_r, MAX_CONTROL_FRAME);
+            big.recv_plain::<Hello>().unwrap();
+            let refusal = big.recv_plain::<ControlResponse>().unwrap();
+            let end = big.recv_plain::<ControlResponse>();
+            (hello, after, refusal, end)
+        });
+        let started = std::time::Instant::now();
+        serve_until(&mut server, &mut count, |_| readers.is_finished());
+        let (hello, after, refusal, end) = readers.join().unwrap();
+        assert_eq!(hello, Hello::ours());
+        assert!(matches!(after, Err(ProtoError::Closed)), "{after:?}");
+        assert!(
+            matches!(&refusal, ControlResponse::Failed(w) if w.kind == ErrorKind::InvalidConfig),
+            "{refusal:?}"
+        );
+        assert!(matches!(end, Err(ProtoError::Closed)), "{end:?}");
+        assert_eq!(count.0, 0, "no request of theirs reached the handler");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        // Past the bound, connections are closed at once.
+        let extra: Vec<UnixStream> = (0..MAX_CLIENTS + 2).map(|_| connect(&layout)).collect();
+        let mut fds = Vec::new();
+        let range = server.poll_fds(&mut fds);
+        let ready = vec![true; range.len()];
+        drop(fds);
+        server.handle(&ready, &mut count);
+        assert_eq!(server.clients.len(), MAX_CLIENTS);
+        let closed = extra
+            .iter()
+            .filter(|s| {
+                let mut b = [0u8; 1];
+                s.set_nonblocking(true).unwrap();
+                matches!(nix::unistd::read(s.as_raw_fd(), &mut b), Ok(0))
+            })
+            .count();
+        assert!(closed >= 2, "{closed} closed");
+        drop(silent);
+        drop(server);
+        fs::remove_dir(&layout.dir).unwrap();
+    }
+}
