@@ -475,13 +475,15 @@ fn spawn_exec(
     let [stdin, stdout, stderr] = [0, 1, 2].map(|i| fds.get(i).map_or(-1, AsRawFd::as_raw_fd));
     let mut rlimits = Vec::with_capacity(3);
     if let Some(secs) = req.cpu_rlimit_secs {
-        rlimits.push((libc::RLIMIT_CPU, secs));
+        // SIGXCPU at the limit (only RLIMIT_CPU sends it: the monitor reads it as the
+        // exec's time limit), SIGKILL a second later for a process that ignores it.
+        rlimits.push((libc::RLIMIT_CPU, secs, secs.saturating_add(1)));
     }
     if let Some(bytes) = req.address_space_bytes {
-        rlimits.push((libc::RLIMIT_AS, bytes));
+        rlimits.push((libc::RLIMIT_AS, bytes, bytes));
     }
     if let Some(bytes) = req.stack_bytes {
-        rlimits.push((libc::RLIMIT_STACK, bytes));
+        rlimits.push((libc::RLIMIT_STACK, bytes, bytes));
     }
     sys::spawn_in_group(&sys::GroupSpawn {
         candidates: &candidates,

@@ -185,7 +185,8 @@ fn an_execs_own_limits_kill_only_it() {
         (Status::TimeLimit, Some(LimitKind::CpuTime)),
         "{v:?}"
     );
-    assert!(v.cpu_time_us >= 1_000_000, "{v:?}");
+    // wait4's CPU time runs a little behind the scheduler's, which the kernel checks.
+    assert!(v.cpu_time_us >= 900_000, "{v:?}");
     let v = b.wait().unwrap();
     assert_eq!(
         (v.status, v.limit),
@@ -338,7 +339,7 @@ fn a_controller_killed_mid_exec_loses_nothing_and_the_cli_streams_and_exits_as_t
         .spawn()
         .unwrap();
     let execs = env.dir.join(s.id()).join("execs");
-    let n_before = 3; // the three execs above
+    let n_before = 2; // the two execs above (the third found no sandbox)
     let dir = execs.join((n_before + 1).to_string());
     wait_until_for("the exec to start", 120, || dir.is_dir());
     ctl.kill().unwrap();

@@ -635,9 +635,9 @@ pub(crate) struct GroupSpawn<'a> {
     pub cwd: &'a std::ffi::CStr,
     /// Descriptors that become 0, 1 and 2 (any numbers, 0-2 included; close-on-exec or not).
     pub stdio: [RawFd; 3],
-    /// Resource limits (soft and hard) set in the child before `execve`: `RLIMIT_CPU`,
-    /// `RLIMIT_AS`, `RLIMIT_STACK`… Lowering needs no privilege.
-    pub rlimits: &'a [(u32, u64)],
+    /// Resource limits (resource, soft, hard) set in the child before `execve`:
+    /// `RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_STACK`… Lowering needs no privilege.
+    pub rlimits: &'a [(u32, u64, u64)],
 }
 
 /// Why [`spawn_in_group`] started nothing: the step that failed in the child and its errno.
@@ -678,12 +678,12 @@ pub(crate) fn spawn_in_group(spec: &GroupSpawn<'_>) -> io::Result<Result<i32, Sp
     let limits: Vec<(u32, libc::rlimit)> = spec
         .rlimits
         .iter()
-        .map(|&(res, v)| {
+        .map(|&(res, soft, hard)| {
             (
                 res,
                 libc::rlimit {
-                    rlim_cur: v,
-                    rlim_max: v,
+                    rlim_cur: soft,
+                    rlim_max: hard,
                 },
             )
         })

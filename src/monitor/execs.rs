@@ -33,6 +33,8 @@ struct Entry {
     started: Instant,
     wall_deadline: Option<Instant>,
     cpu_limit: Option<Duration>,
+    /// Its `RLIMIT_CPU` soft limit, seconds (SIGXCPU there, SIGKILL a second later).
+    cpu_rlimit_secs: Option<u64>,
     /// The cgroup's OOM-kill count when it started.
     oom_before: u64,
     /// Captured output bytes still allowed, stdout and stderr together.
@@ -177,13 +179,14 @@ impl Execs {
             env.push(var.clone());
         }
         let cpu_limit = process.cpu_time_ms.map(Duration::from_millis);
+        // Whole seconds, rounded up.
+        let cpu_rlimit_secs = cpu_limit.map(|c| c.as_secs() + u64::from(c.subsec_nanos() > 0));
         let program = ProgramRequest {
             exe: process.program.clone(),
             args: process.args.clone(),
             env,
             cwd: process.cwd.clone().unwrap_or_else(|| self.cwd.clone()),
-            // Whole seconds, rounded up: the kernel kills the process at the hard limit.
-            cpu_rlimit_secs: cpu_limit.map(|c| c.as_secs() + u64::from(c.subsec_nanos() > 0)),
+            cpu_rlimit_secs,
             address_space_bytes: self.address_space_bytes,
             stack_bytes: self.stack_bytes,
             redirects: Default::default(),
@@ -206,6 +209,7 @@ impl Execs {
                 .wall_time_ms
                 .map(|ms| started + Duration::from_millis(ms)),
             cpu_limit,
+            cpu_rlimit_secs,
             oom_before,
             budget: process.output_bytes.unwrap_or(self.output_bytes),
             sinks,
@@ -443,8 +447,14 @@ impl Execs {
             // Ended by the sandbox's memory limit, not by runbox: no internal error.
             facts.internal_error = None;
         }
-        if let Some(limit) = e.cpu_limit {
-            if u128::from(cpu_us) > limit.as_micros()
+        if let (Some(limit), Some(secs)) = (e.cpu_limit, e.cpu_rlimit_secs) {
+            // The kernel's SIGXCPU at the soft limit, its SIGKILL past it (the CPU time of
+            // rusage runs a little behind the scheduler's, which the kernel checks), or a
+            // process that ended on its own past the limit.
+            let by_rlimit = end.signal == Some(libc::SIGXCPU)
+                || (end.signal == Some(libc::SIGKILL)
+                    && u128::from(cpu_us) * 10 >= u128::from(secs) * 1_000_000 * 9);
+            if (by_rlimit || u128::from(cpu_us) > limit.as_micros())
                 && facts.killed_for.is_none()
                 && !facts.oom_killed
             {
