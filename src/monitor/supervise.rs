@@ -154,6 +154,7 @@ pub(super) fn supervise(
     s.run();
     // Nobody is answered from here on: the socket goes before the teardown.
     s.server = None;
+    s.execs_end();
     s.outcome.stdout_truncated = s.sinks[0].truncated;
     s.outcome.stderr_truncated = s.sinks[1].truncated;
     let lost: Vec<String> = ["stdout", "stderr"]
@@ -437,6 +438,25 @@ impl Supervisor<'_> {
             }
         }
         self.program_ended(true);
+    }
+
+    /// The program has ended (and with the init every exec, now or in a moment): the exec
+    /// ends the init reported last are taken, and every exec's verdict is written.
+    fn execs_end(&mut self) {
+        if self.status_open {
+            // Non-blocking: what the init wrote before its end is there.
+            if let Ok(more) = self.lines.drain(self.status.as_fd()) {
+                self.status_open = more;
+            }
+            let mut exec_ends = Vec::new();
+            let mut facts = Facts::default();
+            // The program's end is known already: only the execs' matter here.
+            let _ = take_status(&mut self.lines, &mut facts, &mut exec_ends);
+            for end in exec_ends {
+                self.execs.ended(end);
+            }
+        }
+        self.execs.sandbox_ended(self.cgroup);
     }
 
     fn program_ended(&mut self, init_reaped: bool) {
