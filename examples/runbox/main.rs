@@ -1,6 +1,7 @@
 //! The runbox command line: `runbox run [OPTIONS] PROGRAM [ARGS...]`, and runc-style verbs
 //! for sandboxes that outlive this process: create, start, state, list, wait, logs, kill,
-//! delete, gc, and check; `exec` runs a further process in a running sandbox (`exec.rs`).
+//! pause, resume, stats, delete, gc, and check; `exec` runs a further process in a running
+//! sandbox (`exec.rs`).
 //!
 //! As in `podman run`, everything from PROGRAM on belongs to the program, words starting with
 //! `-` included; `runbox run [OPTIONS] -- PROGRAM [ARGS...]` works too. `-e K=V` adds to the
@@ -109,6 +110,30 @@ enum Verb {
         id: String,
         /// Signal, e.g. TERM, SIGKILL or 9.
         signal: Option<String>,
+    },
+    /// Freeze every process of a running sandbox (its time limits stand still meanwhile).
+    Pause {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Thaw a paused sandbox.
+    Resume {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Print a live sandbox's figures from its cgroup: CPU time, memory, tasks, block I/O.
+    Stats {
+        /// Sandbox id.
+        id: String,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Print a line per interval until the sandbox ends (then exit 0).
+        #[arg(long, short)]
+        follow: bool,
+        /// Seconds between lines with --follow.
+        #[arg(long, value_parser = parse_secs, default_value = "1")]
+        interval: Duration,
     },
     /// Remove a stopped sandbox (a running one with --force).
     Delete {
@@ -491,6 +516,14 @@ fn main() -> ExitCode {
         } => wait(&root, &id, timeout, json),
         Verb::Logs { id } => logs(&root, &id),
         Verb::Kill { id, signal } => kill(&root, &id, signal.as_deref()),
+        Verb::Pause { id } => pause(&root, &id, true),
+        Verb::Resume { id } => pause(&root, &id, false),
+        Verb::Stats {
+            id,
+            json,
+            follow,
+            interval,
+        } => stats(&root, &id, json, follow.then_some(interval)),
         Verb::Delete { force, id } => delete(&root, &id, force),
         Verb::Gc { release_spares } => gc(&root, release_spares),
         #[cfg(feature = "worker")]
@@ -694,6 +727,69 @@ fn kill(root: &runbox::Root, id: &str, signal: Option<&str>) -> Outcome {
     let sig = parse_signal(signal.unwrap_or("TERM"))?;
     root.sandbox(id)?.kill(sig)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn pause(root: &runbox::Root, id: &str, pause: bool) -> Outcome {
+    let sandbox = root.sandbox(id)?;
+    if pause {
+        sandbox.pause()?;
+    } else {
+        sandbox.resume()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the sandbox's figures once, or every `follow` interval until it ends.
+fn stats(root: &runbox::Root, id: &str, json: bool, follow: Option<Duration>) -> Outcome {
+    use std::io::Write;
+    let sandbox = root.sandbox(id)?;
+    loop {
+        let stats = match sandbox.stats() {
+            Ok(s) => s,
+            // Followed to its end: done.
+            Err(e)
+                if follow.is_some()
+                    && e.kind() == runbox::ErrorKind::InvalidState
+                    && sandbox
+                        .state()
+                        .is_ok_and(|s| s == runbox::SandboxState::Stopped) =>
+            {
+                return Ok(ExitCode::SUCCESS)
+            }
+            Err(e) if e.kind() == runbox::ErrorKind::NotFound && follow.is_some() => {
+                return Ok(ExitCode::SUCCESS); // removed on its end
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let line = if json {
+            let mut v = serde_json::to_value(stats).unwrap_or_default();
+            v["id"] = id.into();
+            v.to_string()
+        } else {
+            format!(
+                "{id} {} cpu={:.3}s user={:.3}s system={:.3}s mem={} peak={} pids={} read={} written={}",
+                if stats.paused { "paused" } else { "live" },
+                stats.cpu_time_us as f64 / 1e6,
+                stats.cpu_user_us as f64 / 1e6,
+                stats.cpu_system_us as f64 / 1e6,
+                stats.memory_bytes,
+                stats.memory_peak_bytes,
+                stats.pids,
+                stats.block_read_bytes,
+                stats.block_write_bytes,
+            )
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (`| head`) ends the follow.
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        drop(out);
+        match follow {
+            Some(every) => std::thread::sleep(every),
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
 fn delete(root: &runbox::Root, id: &str, force: bool) -> Outcome {

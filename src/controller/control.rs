@@ -38,6 +38,15 @@ pub(crate) enum ClientError {
     Proto(ProtoError),
 }
 
+/// A failed connect: nobody listens (no socket, or one whose monitor died), or this side
+/// failed (out of descriptors, say), which says nothing of the monitor.
+fn not_listening(e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotListening(e),
+        _ => ClientError::Proto(e.into()),
+    }
+}
+
 /// A connection to a sandbox's monitor, past the hello.
 pub(crate) struct Client {
     reader: Reader<UnixStream>,
@@ -49,12 +58,12 @@ impl Client {
     /// `monitor` is the monitor's recorded identity, for the liveness checks while waiting.
     pub fn connect(layout: &Layout, monitor: Option<ProcIdentity>) -> Result<Client, ClientError> {
         // Through the directory's descriptor: a socket address holds at most 107 bytes.
-        let dir = std::fs::File::open(&layout.dir).map_err(ClientError::NotListening)?;
+        let dir = std::fs::File::open(&layout.dir).map_err(not_listening)?;
         let sock = UnixStream::connect(format!(
             "/proc/self/fd/{}/{CONTROL_SOCKET}",
             dir.as_raw_fd()
         ))
-        .map_err(ClientError::NotListening)?;
+        .map_err(not_listening)?;
         sock.set_read_timeout(Some(LIVENESS_STEP))
             .map_err(|e| ClientError::Proto(e.into()))?;
         let mut client = Client {
