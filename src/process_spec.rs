@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 ///
 /// ```no_run
 /// # fn main() -> runbox::Result<()> {
-/// # let root = runbox::Root::open(runbox::RootOptions::default())?;
+/// # let root = runbox::Root::open("/run/runbox")?;
 /// # let sandbox = root.sandbox("ide-42")?;
 /// let mut ls = runbox::ProcessSpec::new("ls");
 /// ls.arg("-l").current_dir("/tmp").wall_time(std::time::Duration::from_secs(5));

@@ -264,6 +264,13 @@ fn exec_into_a_sandbox_not_running_is_invalid_state_and_a_dead_monitor_a_clear_e
     let e = done.exec(&spec).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
     done.delete(false).unwrap();
+    // Paused, then running again.
+    let s = sleeper(&env);
+    s.pause().unwrap();
+    assert_eq!(s.exec(&spec).unwrap_err().kind(), ErrorKind::InvalidState);
+    s.resume().unwrap();
+    assert_eq!(run(&s, "/bin/true", &[]).status, Status::Ok);
+    end(s);
     // Lost: its monitor was killed.
     let s = sleeper(&env);
     let info = s.info().unwrap();
