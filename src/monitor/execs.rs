@@ -350,11 +350,14 @@ impl Execs {
         }
     }
 
-    /// The init reported exec `end.exec`'s end.
-    pub fn ended(&mut self, end: ExecEnd) {
+    /// The init reported exec `end.exec`'s end: its verdict is written now if its output is
+    /// drained already (else when it is, or at the end of the drain's grace).
+    pub fn ended(&mut self, end: ExecEnd, cgroup: &Cgroup) {
+        let now = Instant::now();
         if let Some(e) = self.running.iter_mut().find(|e| e.n == end.exec) {
-            e.end.get_or_insert((end, Instant::now()));
+            e.end.get_or_insert((end, now));
         }
+        self.finish_done(now, cgroup, false);
     }
 
     /// The sandbox's program ended, and with the init every exec: those that had not

@@ -397,7 +397,7 @@ impl Supervisor<'_> {
         let mut exec_ends = Vec::new();
         let taken = take_status(&mut self.lines, &mut self.outcome.facts, &mut exec_ends);
         for end in exec_ends {
-            self.execs.ended(end);
+            self.execs.ended(end, self.cgroup);
         }
         match (read, taken) {
             (_, Ok(true)) => self.program_ended(false),
@@ -425,7 +425,7 @@ impl Supervisor<'_> {
             let read = self.lines.drain(self.status.as_fd());
             let taken = take_status(&mut self.lines, &mut self.outcome.facts, &mut exec_ends);
             for end in exec_ends {
-                self.execs.ended(end);
+                self.execs.ended(end, self.cgroup);
             }
             if let Err(e) = read {
                 self.outcome
@@ -453,7 +453,7 @@ impl Supervisor<'_> {
             // The program's end is known already: only the execs' matter here.
             let _ = take_status(&mut self.lines, &mut facts, &mut exec_ends);
             for end in exec_ends {
-                self.execs.ended(end);
+                self.execs.ended(end, self.cgroup);
             }
         }
         self.execs.sandbox_ended(self.cgroup);
