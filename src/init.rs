@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 
 use crate::host::sys;
 use crate::policy::seccomp::Filters;
-use crate::proto::frame::{ProtoError, Reader};
+use crate::proto::frame::{FrameBuffer, ProtoError};
 use crate::proto::{
     ExecEnd, InitRequest, InitStatus, ProgramRequest, MAX_EXECS, MAX_PROGRAM_REQUEST,
 };
@@ -108,9 +108,7 @@ impl Channels {
     fn send(&self, status: &InitStatus) {
         // Nothing better can be done: a monitor that stopped reading is gone, and the
         // lifeline ends the init then.
-        if let Err(e) = status.write_to(self.status.as_fd()) {
-            let _ = e;
-        }
+        let _ = status.write_to(self.status.as_fd());
     }
 
     /// A timestamp (CLOCK_MONOTONIC) for the monitor's phase breakdown (benchmarks).
@@ -143,7 +141,7 @@ struct Supervision {
     child: Pid,
     signals: SignalFd,
     /// The request socket and what was read of it; `None` once the monitor closed it.
-    requests: Option<Reader<OwnedFd>>,
+    requests: Option<(OwnedFd, FrameBuffer)>,
     execs: Vec<RunningExec>,
 }
 
@@ -179,9 +177,23 @@ impl SandboxInit {
     /// sandbox's user, who must be able to search it), streams opened inside, CPU and stack
     /// rlimits (at most the hard limits the init has). Returns the request and the socket's
     /// reader, which goes on serving execs.
-    fn take_request(request: OwnedFd) -> Result<(ProgramRequest, Reader<OwnedFd>), InitError> {
-        let mut reader = Reader::bounded(request, MAX_PROGRAM_REQUEST);
-        let got = reader.recv::<InitRequest>()?;
+    fn take_request(
+        request: OwnedFd,
+    ) -> Result<(ProgramRequest, (OwnedFd, FrameBuffer)), InitError> {
+        let mut buf = FrameBuffer::new(MAX_PROGRAM_REQUEST);
+        let got = loop {
+            if let Some(got) = buf.next::<InitRequest>()? {
+                break got;
+            }
+            if !buf.fill_from_socket(request.as_fd())? {
+                return Err(if buf.is_empty() {
+                    ProtoError::Closed
+                } else {
+                    ProtoError::Truncated
+                }
+                .into());
+            }
+        };
         got.msg.check_fds(got.fds.len())?;
         let InitRequest::Program(req) = got.msg else {
             return Err(InitError::Unexpected(
@@ -218,11 +230,11 @@ impl SandboxInit {
         }
         // Further requests are read in the poll loop.
         nix::fcntl::fcntl(
-            reader.socket().as_raw_fd(),
+            request.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(apply("make the request socket non-blocking"))?;
-        Ok((req, reader))
+        Ok((req, (request, buf)))
     }
 
     /// Opens the redirected standard streams as the sandbox's user, inside the sandbox (as
@@ -263,8 +275,8 @@ impl Supervision {
                 PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.ch.lifeline.as_fd(), PollFlags::POLLIN),
             ];
-            if let Some(r) = &self.requests {
-                fds.push(PollFd::new(r.socket().as_fd(), PollFlags::POLLIN));
+            if let Some((sock, _)) = &self.requests {
+                fds.push(PollFd::new(sock.as_fd(), PollFlags::POLLIN));
             }
             if let Err(e) = sys::poll_until(&mut fds, None) {
                 self.end_with(&InitStatus::failed(format!("init poll: {e}")), 125);
@@ -300,25 +312,17 @@ impl Supervision {
 
     /// Reads what the request socket holds and serves every complete request.
     fn read_requests(&mut self) {
-        let Some(reader) = self.requests.as_mut() else {
+        let Some((sock, buf)) = self.requests.as_mut() else {
             return;
         };
-        let sock = reader.socket().try_clone();
-        let filled = match sock {
-            Ok(sock) => reader.buffer().fill_from_socket(sock.as_fd()),
-            Err(e) => Err(ProtoError::Io(e)),
-        };
+        let filled = buf.fill_from_socket(sock.as_fd());
         let open = match filled {
             Ok(open) => open,
             Err(ProtoError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => true,
             Err(e) => self.end_with(&InitStatus::failed(format!("exec request: {e}")), 125),
         };
         loop {
-            let got = match self
-                .requests
-                .as_mut()
-                .map(|r| r.buffer().next::<InitRequest>())
-            {
+            let got = match self.requests.as_mut().map(|(_, b)| b.next::<InitRequest>()) {
                 Some(Ok(Some(got))) => got,
                 Some(Ok(None)) | None => break,
                 Some(Err(e)) => {

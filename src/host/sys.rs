@@ -969,6 +969,56 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_group_spawn_sets_stdio_cwd_limits_and_group_in_the_child_and_reports_failures() {
+        use std::ffi::CString;
+        use std::io::Read;
+        let c = |s: &str| CString::new(s).unwrap();
+        // Close-on-exec: a child of another test must not hold the write end.
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let w_raw = w.as_raw_fd();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let argv = [
+            c("sh"),
+            c("-c"),
+            c("echo $(pwd) $(ulimit -t) $$ $(cut -d' ' -f5 /proc/$$/stat)"),
+        ];
+        let spawn = |candidates: &[CString], cwd: &str| {
+            spawn_in_group(&GroupSpawn {
+                candidates,
+                argv: &argv,
+                envp: &[c("PATH=/usr/bin:/bin")],
+                cwd: &c(cwd),
+                stdio: [null.as_raw_fd(), w_raw, w_raw],
+                rlimits: &[(libc::RLIMIT_CPU, 7, 8)],
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            spawn(&[c("/bin/sh")], "/no/such/dir"),
+            Err(SpawnFailure {
+                step: "chdir",
+                errno: libc::ENOENT
+            })
+        );
+        assert_eq!(
+            spawn(&[c("/no/such/sh")], "/tmp"),
+            Err(SpawnFailure {
+                step: "execve",
+                errno: libc::ENOENT
+            })
+        );
+        // A missing candidate is skipped for the next.
+        let pid = spawn(&[c("/no/such/sh"), c("/bin/sh")], "/tmp").unwrap();
+        assert_eq!(wait_pid(pid).unwrap(), 0);
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(words[..2], ["/tmp", "7"], "{out}");
+        assert_eq!(words[2], words[3], "not the leader of its own group: {out}");
+    }
+
+    #[test]
     fn a_spawned_program_gets_no_descriptor_above_2_of_its_caller() {
         // A descriptor without close-on-exec, as a caller's C code or shell leaves one.
         let file = std::fs::File::open("/dev/null").unwrap();
