@@ -208,6 +208,27 @@ fn an_execs_own_limits_kill_only_it() {
     d.kill(Signal::SIGTERM).unwrap();
     let v = d.wait().unwrap();
     assert_eq!((v.status, v.signal), (Status::Signaled, Some(15)), "{v:?}");
+    // A paused span does not count against an exec's wall time.
+    let mut paused = ProcessSpec::new("probe");
+    paused
+        .args(["sleep", "120"])
+        .wall_time(Duration::from_secs(2));
+    let t = std::time::Instant::now();
+    let e = s.exec(&paused).unwrap();
+    s.pause().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        e.try_wait().unwrap().is_none(),
+        "its deadline fired while paused"
+    );
+    s.resume().unwrap();
+    let v = e.wait().unwrap();
+    let elapsed = u64::try_from(t.elapsed().as_micros()).unwrap();
+    assert_eq!(v.status, Status::WallTimeLimit, "{v:?}");
+    assert!(
+        v.wall_time_us >= 2_000_000 && v.wall_time_us + 2_500_000 <= elapsed,
+        "the paused span counted: {v:?} after {elapsed} us"
+    );
     // The sandbox and its program go on.
     assert_eq!(s.state().unwrap(), SandboxState::Running);
     assert_eq!(

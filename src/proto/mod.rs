@@ -1,7 +1,8 @@
 //! Every message that crosses a process boundary, each with its encoder and parser side by
 //! side: the monitor's command line, the controller's requests to the spare factory and to a
 //! spare, the monitor's reports, the program request to the container's init and the init's
-//! status lines. Both ends of each channel use these; nothing else formats or splits them.
+//! statuses (`init.rs`). Both ends of each channel use these; nothing else formats or splits
+//! them.
 //!
 //! ```text
 //! controller ──argv: MonitorArgs──────────────▶ monitor / spare / factory
