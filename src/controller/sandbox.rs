@@ -831,6 +831,15 @@ mod tests {
             derive_state(no, Some(&creating), &creator, all),
             SandboxState::Creating
         );
+        let paused = monitor(MonitorPhase::Paused);
+        assert_eq!(
+            derive_state(no, Some(&paused), &creator, all),
+            SandboxState::Paused
+        );
+        assert_eq!(
+            derive_state(no, Some(&paused), &creator, only_creator),
+            SandboxState::Lost
+        );
         // A dead monitor without a result: lost, whoever else lives.
         assert_eq!(
             derive_state(no, Some(&running), &creator, only_creator),

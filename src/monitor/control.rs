@@ -33,11 +33,27 @@ const MAX_UNREAD: usize = 256 << 10;
 /// Most reads from one client per event, so that one busy client cannot starve the loop.
 const READS_PER_EVENT: usize = 4;
 
+/// Which connection asked: for an answer given later ([`Server::answer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ClientId(u64);
+
 /// What a phase of the monitor does with a request. Requests that carry descriptors (the
 /// exec slice's) get them in `fds`; others drop them.
 pub(super) trait Handler {
     /// Answers `request`.
     fn handle(&mut self, request: ControlRequest, fds: Vec<OwnedFd>) -> ControlResponse;
+
+    /// Answers `request` of `client` now, or later (`None`): then the server reads nothing
+    /// more from that client until [`Server::answer`] gives the answer, so each connection's
+    /// answers keep the order of its requests (a wait for a process's end, say).
+    fn handle_from(
+        &mut self,
+        _client: ClientId,
+        request: ControlRequest,
+        fds: Vec<OwnedFd>,
+    ) -> Option<ControlResponse> {
+        Some(self.handle(request, fds))
+    }
 }
 
 /// The failure answer of `kind` with `message`.
@@ -75,6 +91,7 @@ pub(super) fn stats(cgroup: &Cgroup, cpu_baseline: CpuUsage, paused: bool) -> Co
 
 /// One connection.
 struct Client {
+    id: ClientId,
     sock: UnixStream,
     buf: FrameBuffer,
     /// Its hello came and was answered.
@@ -85,6 +102,8 @@ struct Client {
     closing: bool,
     /// Drop it now.
     dead: bool,
+    /// A request of it waits for an answer given later.
+    awaiting: bool,
 }
 
 impl Client {
@@ -121,7 +140,7 @@ impl Client {
     /// Reads what arrived and answers each complete frame.
     fn serve(&mut self, handler: &mut dyn Handler) {
         for _ in 0..READS_PER_EVENT {
-            if self.closing || self.dead {
+            if self.closing || self.dead || self.awaiting {
                 return;
             }
             match self.buf.fill_from_socket(self.sock.as_fd()) {
@@ -143,7 +162,7 @@ impl Client {
 
     /// Answers every complete frame in the buffer.
     fn answer(&mut self, handler: &mut dyn Handler) {
-        while !self.dead {
+        while !self.dead && !self.awaiting {
             if !self.greeted {
                 match self.buf.next::<Hello>() {
                     Ok(None) => return,
@@ -165,10 +184,10 @@ impl Client {
             }
             match self.buf.next::<ControlRequest>() {
                 Ok(None) => return,
-                Ok(Some(r)) => {
-                    let answer = handler.handle(r.msg, r.fds);
-                    self.queue(&answer);
-                }
+                Ok(Some(r)) => match handler.handle_from(self.id, r.msg, r.fds) {
+                    Some(answer) => self.queue(&answer),
+                    None => self.awaiting = true,
+                },
                 Err(ProtoError::Decode(e)) => {
                     // The frame was whole and is gone: the channel goes on.
                     self.queue(&failed(
@@ -190,12 +209,24 @@ impl Client {
     }
 }
 
+/// True if the peer of `sock` hung up or the socket failed (a poll that asks for nothing).
+fn hung_up(sock: &UnixStream) -> bool {
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::empty())];
+    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => false,
+    }
+}
+
 /// The listening socket and its connections.
 pub(super) struct Server {
     listener: UnixListener,
     path: PathBuf,
     clients: Vec<Client>,
     max_frame: usize,
+    next_id: u64,
 }
 
 impl Server {
@@ -219,6 +250,7 @@ impl Server {
             path,
             clients: Vec::new(),
             max_frame: MAX_CONTROL_FRAME,
+            next_id: 0,
         };
         fs::set_permissions(&at, fs::Permissions::from_mode(0o600)).map_err(fail)?;
         server.listener.set_nonblocking(true).map_err(fail)?;
@@ -235,7 +267,12 @@ impl Server {
         let start = fds.len();
         fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         for c in &self.clients {
-            let mut flags = PollFlags::POLLIN;
+            // One awaiting an answer is not read (its next requests wait their turn).
+            let mut flags = if c.awaiting {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
             if !c.out.is_empty() {
                 flags |= PollFlags::POLLOUT;
             }
@@ -253,6 +290,11 @@ impl Server {
             if ready.get(i + 1).copied().unwrap_or(false) {
                 client.serve(handler);
                 client.flush();
+                // Not read while it awaits an answer, so only a hang-up (or room for the
+                // pending answers) woke it: a hang-up, reported on every poll, ends it.
+                if client.awaiting && hung_up(&client.sock) {
+                    client.dead = true;
+                }
             }
         }
         self.clients.retain(|c| !c.dead);
@@ -270,13 +312,16 @@ impl Server {
                     if self.clients.len() >= MAX_CLIENTS || sock.set_nonblocking(true).is_err() {
                         continue; // dropped: closed
                     }
+                    self.next_id += 1;
                     self.clients.push(Client {
+                        id: ClientId(self.next_id),
                         sock,
                         buf: FrameBuffer::new(self.max_frame),
                         greeted: false,
                         out: Vec::new(),
                         closing: false,
                         dead: false,
+                        awaiting: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -284,6 +329,26 @@ impl Server {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Gives `client` the answer [`Handler::handle_from`] left for later, then answers what
+    /// it sent meanwhile. False if that client is gone.
+    #[allow(dead_code)] // the exec slice's waits
+    pub fn answer(
+        &mut self,
+        client: ClientId,
+        answer: &ControlResponse,
+        handler: &mut dyn Handler,
+    ) -> bool {
+        let Some(c) = self.clients.iter_mut().find(|c| c.id == client) else {
+            return false;
+        };
+        c.awaiting = false;
+        c.queue(answer);
+        c.answer(handler);
+        c.flush();
+        self.clients.retain(|c| !c.dead);
+        true
     }
 
     /// Writes what is pending without waiting (before the monitor moves on or ends).
@@ -397,6 +462,86 @@ mod tests {
         assert_eq!(answers[3], ControlResponse::Done);
         drop(server);
         assert!(!layout.control().exists());
+        fs::remove_dir(&layout.dir).unwrap();
+    }
+
+    /// Leaves `Stats` for later; answers the rest at once.
+    struct Later(Option<ClientId>);
+
+    impl Handler for Later {
+        fn handle(&mut self, _request: ControlRequest, _fds: Vec<OwnedFd>) -> ControlResponse {
+            ControlResponse::Done
+        }
+        fn handle_from(
+            &mut self,
+            client: ClientId,
+            request: ControlRequest,
+            fds: Vec<OwnedFd>,
+        ) -> Option<ControlResponse> {
+            if request == ControlRequest::Stats {
+                self.0 = Some(client);
+                return None;
+            }
+            Some(self.handle(request, fds))
+        }
+    }
+
+    #[test]
+    fn an_answer_given_later_keeps_the_order_of_the_connections_answers() {
+        let layout = temp_layout();
+        let mut server = Server::bind(&layout).unwrap();
+        let sock = connect(&layout);
+        let mut r = Reader::bounded(sock, MAX_CONTROL_FRAME);
+        frame::send(r.socket().as_fd(), &Hello::ours(), &[]).unwrap();
+        frame::send(r.socket().as_fd(), &ControlRequest::Stats, &[]).unwrap();
+        frame::send(r.socket().as_fd(), &ControlRequest::Pause, &[]).unwrap();
+        let mut later = Later(None);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while later.0.is_none() && std::time::Instant::now() < end {
+            let mut fds = Vec::new();
+            let range = server.poll_fds(&mut fds);
+            let step = std::time::Instant::now() + std::time::Duration::from_millis(20);
+            sys::poll_until(&mut fds, Some(step)).unwrap();
+            let ready: Vec<bool> = fds[range].iter().map(sys::has_event).collect();
+            drop(fds);
+            server.handle(&ready, &mut later);
+        }
+        let who = later.0.unwrap();
+        assert_eq!(r.recv_plain::<Hello>().unwrap(), Hello::ours());
+        // Nothing more until the late answer: the Pause waits behind it.
+        r.socket().set_nonblocking(true).unwrap();
+        assert!(r.recv_plain::<ControlResponse>().is_err());
+        r.socket().set_nonblocking(false).unwrap();
+        let late = ControlResponse::Failed(WireError::from(&Error::new(ErrorKind::Io, "late")));
+        assert!(server.answer(who, &late, &mut later));
+        assert_eq!(r.recv_plain::<ControlResponse>().unwrap(), late);
+        assert_eq!(
+            r.recv_plain::<ControlResponse>().unwrap(),
+            ControlResponse::Done
+        );
+        // One that hangs up while it awaits its answer is dropped, not polled forever.
+        frame::send(r.socket().as_fd(), &ControlRequest::Stats, &[]).unwrap();
+        later.0 = None;
+        while later.0.is_none() && std::time::Instant::now() < end {
+            let mut fds = Vec::new();
+            let range = server.poll_fds(&mut fds);
+            let step = std::time::Instant::now() + std::time::Duration::from_millis(20);
+            sys::poll_until(&mut fds, Some(step)).unwrap();
+            let ready: Vec<bool> = fds[range].iter().map(sys::has_event).collect();
+            drop(fds);
+            server.handle(&ready, &mut later);
+        }
+        drop(r);
+        let mut fds = Vec::new();
+        let range = server.poll_fds(&mut fds);
+        let step = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        assert_eq!(sys::poll_until(&mut fds, Some(step)).unwrap(), 1);
+        let ready: Vec<bool> = fds[range].iter().map(sys::has_event).collect();
+        drop(fds);
+        server.handle(&ready, &mut later);
+        assert!(server.clients.is_empty());
+        assert!(!server.answer(later.0.unwrap(), &ControlResponse::Done, &mut later));
+        drop(server);
         fs::remove_dir(&layout.dir).unwrap();
     }
 
