@@ -333,7 +333,6 @@ impl Server {
 
     /// Gives `client` the answer [`Handler::handle_from`] left for later, then answers what
     /// it sent meanwhile. False if that client is gone.
-    #[allow(dead_code)] // the exec slice's waits
     pub fn answer(
         &mut self,
         client: ClientId,

@@ -27,7 +27,7 @@ use crate::proto::{ExecEnd, InitStatus, StatusFrames, WireError};
 use crate::verdict::{Facts, LimitKind};
 
 use super::built::{Init, Streams};
-use super::control::{self, Handler, Server};
+use super::control::{self, ClientId, Handler, Server};
 use super::execs::Execs;
 use super::phases;
 
@@ -150,11 +150,13 @@ pub(super) fn supervise(
         record_phase: control.record_phase,
         paused_since: None,
         paused_total: Duration::ZERO,
+        exec_waiters: Vec::new(),
     };
     s.run();
+    s.execs_end();
+    s.answer_exec_waiters();
     // Nobody is answered from here on: the socket goes before the teardown.
     s.server = None;
-    s.execs_end();
     s.outcome.stdout_truncated = s.sinks[0].truncated;
     s.outcome.stderr_truncated = s.sinks[1].truncated;
     let lost: Vec<String> = ["stdout", "stderr"]
@@ -208,6 +210,9 @@ struct Supervisor<'a> {
     paused_since: Option<Instant>,
     /// Paused spans that ended.
     paused_total: Duration,
+    /// Clients waiting for an exec's end ([`ControlRequest::ExecWait`]), answered when its
+    /// verdict is written.
+    exec_waiters: Vec<(ClientId, u64)>,
 }
 
 impl Supervisor<'_> {
@@ -229,7 +234,9 @@ impl Supervisor<'_> {
                     return;
                 }
             }
-            if !self.poll_once() {
+            let go_on = self.poll_once();
+            self.answer_exec_waiters();
+            if !go_on {
                 return;
             }
         }
@@ -440,6 +447,25 @@ impl Supervisor<'_> {
         self.program_ended(true);
     }
 
+    /// Answers the clients waiting for execs whose verdicts are written now.
+    fn answer_exec_waiters(&mut self) {
+        if self.exec_waiters.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.exec_waiters)
+            .into_iter()
+            .partition(|(_, exec)| !self.execs.is_running(*exec));
+        self.exec_waiters = waiting;
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        for (client, exec) in done {
+            // False: the client hung up meanwhile; nobody to tell.
+            server.answer(client, &ControlResponse::ExecExited { exec }, self);
+        }
+        self.server = Some(server);
+    }
+
     /// The program has ended (and with the init every exec, now or in a moment): the exec
     /// ends the init reported last are taken, and every exec's verdict is written.
     fn execs_end(&mut self) {
@@ -602,14 +628,28 @@ impl Handler for Supervisor<'_> {
                 }
             }
             ControlRequest::ExecWait { exec } => {
-                if !self.execs.known(exec) {
-                    control::failed(ErrorKind::NotFound, format!("no exec {exec}"))
-                } else if self.execs.is_running(exec) {
-                    ControlResponse::ExecRunning { exec }
-                } else {
+                if self.execs.known(exec) {
                     ControlResponse::ExecExited { exec }
+                } else {
+                    control::failed(ErrorKind::NotFound, format!("no exec {exec}"))
                 }
             }
+        }
+    }
+
+    fn handle_from(
+        &mut self,
+        client: ClientId,
+        request: ControlRequest,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Option<ControlResponse> {
+        match request {
+            // Answered when its verdict is written (the waiter keeps its connection).
+            ControlRequest::ExecWait { exec } if self.execs.is_running(exec) => {
+                self.exec_waiters.push((client, exec));
+                None
+            }
+            other => Some(self.handle(other, fds)),
         }
     }
 }

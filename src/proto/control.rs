@@ -47,9 +47,9 @@ pub(crate) enum ControlRequest {
         /// The signal number.
         signal: i32,
     },
-    /// Whether exec `exec` has ended: [`ControlResponse::ExecExited`] (its verdict is in
-    /// `execs/<n>/exit.json`) or [`ControlResponse::ExecRunning`]. Answered at once: a
-    /// waiter watches the verdict's file, which outlives the monitor and any controller.
+    /// Waits for exec `exec`'s end: answered with [`ControlResponse::ExecExited`] once its
+    /// verdict is written (`execs/<n>/exit.json`, which outlives the monitor and any
+    /// controller); the connection's later requests are answered after it.
     ExecWait {
         /// Which exec.
         exec: u64,
@@ -75,11 +75,6 @@ pub(crate) enum ControlResponse {
     /// The exec has ended; its verdict is written (`execs/<n>/exit.json`; verdicts carry
     /// output and may be larger than a control frame).
     ExecExited {
-        /// Its number.
-        exec: u64,
-    },
-    /// The exec still runs (or its output drains).
-    ExecRunning {
         /// Its number.
         exec: u64,
     },
