@@ -28,8 +28,8 @@ use crate::host::sys;
 use crate::proto::frame::{self, FrameBuffer, Hello, ProtoError, Reader, PROTO_VERSION};
 use crate::proto::launch::MAX_SPARE_FRAME;
 use crate::proto::{
-    expect_hello, send_hello, FactoryRequest, InitStatus, Mode, MonitorArgs, ProgramRequest,
-    Report, SpareRequest, StatusLines, StreamFds, MAX_PROGRAM_REQUEST,
+    expect_hello, send_hello, FactoryRequest, InitRequest, Mode, MonitorArgs, Report,
+    SpareRequest, StatusFrames, StreamFds, MAX_PROGRAM_REQUEST,
 };
 
 /// Largest input an entry point uses (the rest is ignored): keeps each run's I/O small.
@@ -276,33 +276,41 @@ fn frame_socket(rest: &[u8]) {
 }
 
 /// The init's status pipe: the first byte sets how the bytes are split across reads; the
-/// lines must come out the same as from one read, and each parsed status re-encodes to a
-/// line that parses back equal.
+/// statuses must come out the same as from one read (up to the first error), and each
+/// decoded status re-encodes to a frame that decodes back equal.
 fn init_status(rest: &[u8]) {
     let Some((&split, bytes)) = rest.split_first() else {
         return;
     };
-    let whole = {
-        let mut lines = StatusLines::default();
-        lines.push(bytes);
-        std::iter::from_fn(|| lines.next_line()).collect::<Vec<_>>()
-    };
-    let chunked = {
-        let mut lines = StatusLines::default();
+    let collect = |chunks: &mut dyn Iterator<Item = &[u8]>| {
+        let mut frames = StatusFrames::default();
         let mut got = Vec::new();
-        for chunk in bytes.chunks(usize::from(split % 16) + 1) {
-            lines.push(chunk);
-            while let Some(s) = lines.next_line() {
-                got.push(s);
+        for chunk in chunks {
+            if frames.push(chunk).is_err() {
+                got.push(None);
+                return got;
+            }
+            loop {
+                match frames.next_status() {
+                    Ok(Some(s)) => got.push(Some(s)),
+                    Ok(None) => break,
+                    Err(_) => {
+                        got.push(None);
+                        return got;
+                    }
+                }
             }
         }
         got
     };
+    let whole = collect(&mut std::iter::once(bytes));
+    let chunked = collect(&mut bytes.chunks(usize::from(split % 16) + 1));
     assert_eq!(whole, chunked, "split every {} bytes", split % 16 + 1);
-    for status in whole {
-        let line = status.encode();
-        assert_eq!(line.matches('\n').count(), 1, "{status:?}: {line:?}");
-        assert_eq!(InitStatus::parse(line.trim_end_matches('\n')), status);
+    for status in whole.into_iter().flatten() {
+        let frame = crate::proto::frame::encode(&status, 1 << 16).expect("encode");
+        let mut frames = StatusFrames::default();
+        frames.push(&frame).expect("push");
+        assert_eq!(frames.next_status().expect("decode"), Some(status));
     }
 }
 
@@ -329,13 +337,17 @@ fn write_all_then_close(sock: OwnedFd, bytes: &[u8], chunk: usize) {
 /// or an allocation past [`MAX_PROGRAM_REQUEST`]); a frame whose body is a request crosses
 /// the socket whole with its descriptors.
 fn program_request(rest: &[u8]) {
+    use crate::proto::frame::Reader;
     let (monitor, init) = sys::stream_socket_pair().expect("socket pair");
     std::thread::scope(|s| {
         s.spawn(move || write_all_then_close(monitor, rest, 4096));
-        let got = ProgramRequest::receive(&init);
-        // Unblocks the writer if the request ended before the bytes did.
-        drop(init);
-        assert!(got.is_err(), "a request without its stdin was accepted");
+        let mut reader = Reader::bounded(init, MAX_PROGRAM_REQUEST);
+        // Bytes without descriptors: a request that needs none may come; then the rest.
+        while let Ok(got) = reader.recv::<InitRequest>() {
+            assert!(got.fds.is_empty());
+        }
+        // Unblocks the writer if the requests ended before the bytes did.
+        drop(reader);
     });
     let Some(header) = rest.get(..4) else {
         return;
@@ -348,26 +360,27 @@ fn program_request(rest: &[u8]) {
     else {
         return;
     };
-    let Ok(req) = serde_json::from_slice::<ProgramRequest>(body) else {
+    let Ok(req) = serde_json::from_slice::<InitRequest>(body) else {
         return;
     };
     let null = fs::File::open("/dev/null").expect("/dev/null");
-    let count = 1 + usize::from(req.stdout_fd) + usize::from(req.stderr_fd);
+    let count = req.fd_count();
     let fds = vec![null.as_fd(); count];
     let (monitor, init) = sys::stream_socket_pair().expect("socket pair");
     let got = std::thread::scope(|s| {
         let sender = s.spawn(|| {
-            let sent = req.send(&monitor, &fds);
+            let sent = req.send(monitor.as_fd(), &fds);
             drop(monitor);
             sent
         });
-        let got = ProgramRequest::receive(&init);
+        let got = Reader::bounded(init, MAX_PROGRAM_REQUEST).recv::<InitRequest>();
         sender.join().expect("sender").expect("send the request");
         got
     });
-    let (back, streams) = got.expect("a request sent whole is received");
-    assert_eq!(back, req);
-    assert_eq!(streams.len(), count);
+    let got = got.expect("a request sent whole is received");
+    assert_eq!(got.msg, req);
+    assert_eq!(got.fds.len(), count);
+    got.msg.check_fds(got.fds.len()).expect("its descriptors");
 }
 
 // ---------------------------------------------------------------------------------------

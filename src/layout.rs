@@ -121,6 +121,46 @@ impl Layout {
     }
 }
 
+/// The files of one exec of a sandbox, `<root>/<id>/execs/<n>/`: its captured output and its
+/// verdict, written by the sandbox's monitor, read by any controller.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecLayout {
+    /// `<root>/<id>/execs/<n>`.
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    /// The directory of every exec of the sandbox.
+    pub fn execs(&self) -> PathBuf {
+        self.dir.join("execs")
+    }
+    /// The files of exec `n`.
+    pub fn exec(&self, n: u64) -> ExecLayout {
+        ExecLayout {
+            dir: self.execs().join(n.to_string()),
+        }
+    }
+}
+
+impl ExecLayout {
+    /// Its verdict, written once it has ended (`exit.json`, an `ExitRecord`).
+    pub fn exit(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    /// Space reserved for `exit.json` when the exec starts.
+    pub fn exit_reserve(&self) -> PathBuf {
+        self.dir.join("exit.reserve")
+    }
+    /// Captured stdout.
+    pub fn stdout(&self) -> PathBuf {
+        self.dir.join("stdout")
+    }
+    /// Captured stderr.
+    pub fn stderr(&self) -> PathBuf {
+        self.dir.join("stderr")
+    }
+}
+
 /// Name of the directory under the state root that every monitor mounts its own scratch
 /// tmpfs on, in its private mount namespace.
 pub(crate) const SCRATCH_DIR: &str = ".scratch";

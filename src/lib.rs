@@ -81,6 +81,7 @@ mod monitor;
 mod policy;
 #[cfg(test)]
 mod process_model;
+mod process_spec;
 mod proto;
 mod verdict;
 #[cfg(feature = "worker")]
@@ -89,6 +90,7 @@ mod worker;
 pub use config::{Command, Limits, Output, Stdin, User, DEFAULT_PATH};
 pub use controller::boxes::{BoxQuota, WorkBox};
 pub use controller::exec::MONITOR_BIN;
+pub use controller::execs::Exec;
 pub use controller::gc::GcReport;
 pub use controller::root::{Listing, Root, RootOptions, DEFAULT_ROOT};
 pub use controller::sandbox::{Sandbox, SandboxInfo, SandboxState};
@@ -101,6 +103,7 @@ pub use images::PullOptions;
 pub use images::{
     ImageDetails, ImageInfo, ImageStore, Progress, PruneReport, RemoveReport, DEFAULT_IMAGE_STORE,
 };
+pub use process_spec::ProcessSpec;
 pub use proto::control::Stats;
 pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
 #[cfg(feature = "worker")]

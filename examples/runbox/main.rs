@@ -1,6 +1,7 @@
 //! The runbox command line: `runbox run [OPTIONS] PROGRAM [ARGS...]`, and runc-style verbs
 //! for sandboxes that outlive this process: create, start, state, list, wait, logs, kill,
-//! pause, resume, stats, delete, gc, and check.
+//! pause, resume, stats, delete, gc, and check; `exec` runs a further process in a running
+//! sandbox (`exec.rs`).
 //!
 //! As in `podman run`, everything from PROGRAM on belongs to the program, words starting with
 //! `-` included; `runbox run [OPTIONS] -- PROGRAM [ARGS...]` works too. `-e K=V` adds to the
@@ -19,6 +20,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use nix::sys::signal::Signal;
 
+mod exec;
 mod image;
 mod isolate;
 
@@ -81,10 +83,15 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
-    /// Wait for a sandbox to finish; exit as `run` does.
+    /// Run a further process in a running sandbox, through its init (like `docker exec`).
+    Exec(exec::ExecArgs),
+    /// Wait for a sandbox (or with --exec, one of its execs) to finish; exit as `run` does.
     Wait {
         /// Sandbox id.
         id: String,
+        /// Wait for this exec of the sandbox instead (the number `exec --detach` printed).
+        #[arg(long, value_name = "N")]
+        exec: Option<u64>,
         /// Give up after this many seconds (exit status 124).
         #[arg(long, value_parser = parse_secs)]
         timeout: Option<Duration>,
@@ -494,7 +501,19 @@ fn main() -> ExitCode {
         Verb::Start { id } => start(&root, &id),
         Verb::State { id } => state(&root, &id),
         Verb::List { json } => list(&root, json),
-        Verb::Wait { id, timeout, json } => wait(&root, &id, timeout, json),
+        Verb::Exec(args) => exec::exec(&root, args),
+        Verb::Wait {
+            id,
+            exec: Some(n),
+            timeout,
+            json,
+        } => exec::wait_exec(&root, &id, n, timeout, json),
+        Verb::Wait {
+            id,
+            exec: None,
+            timeout,
+            json,
+        } => wait(&root, &id, timeout, json),
         Verb::Logs { id } => logs(&root, &id),
         Verb::Kill { id, signal } => kill(&root, &id, signal.as_deref()),
         Verb::Pause { id } => pause(&root, &id, true),

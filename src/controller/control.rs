@@ -89,6 +89,19 @@ impl Client {
         self.recv()
     }
 
+    /// Sends `request` with `fds` on its first byte (bounded by `max` bytes of document) and
+    /// reads its answer.
+    pub fn request_with_fds(
+        &mut self,
+        request: &ControlRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        max: usize,
+    ) -> Result<ControlResponse, ClientError> {
+        frame::send_bounded(self.reader.socket().as_fd(), request, fds, max)
+            .map_err(|e| self.broken(e))?;
+        self.recv()
+    }
+
     /// The next message, waiting while the monitor lives.
     fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, ClientError> {
         let give_up = Instant::now() + ANSWER_WITHIN;

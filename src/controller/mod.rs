@@ -17,6 +17,7 @@
 pub(crate) mod boxes;
 mod control;
 pub(crate) mod exec;
+pub(crate) mod execs;
 pub(crate) mod gc;
 mod launch;
 mod parked;

@@ -135,14 +135,19 @@ impl Sandbox {
         &self.id
     }
 
-    fn record(&self) -> Result<SandboxRecord> {
+    /// Its files.
+    pub(super) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(super) fn record(&self) -> Result<SandboxRecord> {
         let path = self.layout.record();
         let r: SandboxRecord = state::read_json(&path).map_err(|e| self.not_found(e))?;
         state::check_format(r.format_version, &path)?;
         Ok(r)
     }
 
-    fn monitor_record(&self) -> Result<Option<MonitorRecord>> {
+    pub(super) fn monitor_record(&self) -> Result<Option<MonitorRecord>> {
         let path = self.layout.monitor();
         match state::read_json::<MonitorRecord>(&path) {
             Ok(r) => {
@@ -205,8 +210,23 @@ impl Sandbox {
     /// monitor listens (not yet or no longer serving, dead, or one of an older runbox that
     /// has no control socket): the caller decides from the sandbox's state.
     fn control(&self, request: ControlRequest) -> Result<Option<ControlResponse>> {
+        self.control_with_fds(request, &[])
+    }
+
+    /// [`Sandbox::control`] with descriptors on the request (an exec's streams).
+    pub(super) fn control_with_fds(
+        &self,
+        request: ControlRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Option<ControlResponse>> {
         let monitor = self.monitor_record()?.map(|m| m.monitor);
-        let answer = Client::connect(&self.layout, monitor).and_then(|mut c| c.request(&request));
+        let answer = Client::connect(&self.layout, monitor).and_then(|mut c| {
+            if fds.is_empty() {
+                c.request(&request)
+            } else {
+                c.request_with_fds(&request, fds, crate::proto::control::MAX_EXEC_FRAME)
+            }
+        });
         match answer {
             Ok(answer) => Ok(Some(answer)),
             Err(ClientError::NotListening(_)) => Ok(None),
@@ -221,7 +241,7 @@ impl Sandbox {
     }
 
     /// The error for a `verb` no monitor answered: the sandbox's state says why.
-    fn not_served(&self, verb: &str) -> Error {
+    pub(super) fn not_served(&self, verb: &str) -> Error {
         match self.state() {
             Ok(SandboxState::Lost) => Error::new(
                 ErrorKind::InvalidState,
@@ -252,7 +272,7 @@ impl Sandbox {
     }
 
     /// A refusal of the monitor, naming the sandbox.
-    fn refused(&self, w: WireError) -> Error {
+    pub(super) fn refused(&self, w: WireError) -> Error {
         let mut w = w;
         w.message = format!("sandbox {}: {}", self.id, w.message);
         Error::from(w)

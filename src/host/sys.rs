@@ -622,6 +622,239 @@ fn exec_outcome(pid: i32, err_r: &OwnedFd) -> io::Result<i32> {
     Ok(pid)
 }
 
+/// What an exec'd process is started with ([`spawn_in_group`]).
+pub(crate) struct GroupSpawn<'a> {
+    /// Paths to try in order (a `PATH` lookup done by the caller): the first that `execve`
+    /// accepts runs; if none does, the error of the first that existed (else `ENOENT`).
+    pub candidates: &'a [std::ffi::CString],
+    /// argv.
+    pub argv: &'a [std::ffi::CString],
+    /// The complete environment.
+    pub envp: &'a [std::ffi::CString],
+    /// The working directory, entered in the child.
+    pub cwd: &'a std::ffi::CStr,
+    /// Descriptors that become 0, 1 and 2 (any numbers, 0-2 included; close-on-exec or not).
+    pub stdio: [RawFd; 3],
+    /// Resource limits (resource, soft, hard) set in the child before `execve`:
+    /// `RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_STACK`… Lowering needs no privilege.
+    pub rlimits: &'a [(u32, u64, u64)],
+}
+
+/// Why [`spawn_in_group`] started nothing: the step that failed in the child and its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpawnFailure {
+    /// `"stdio"`, `"chdir"`, `"setrlimit"`, `"execve"` or `"fork"`.
+    pub step: &'static str,
+    /// The error.
+    pub errno: i32,
+}
+
+/// The steps a [`spawn_in_group`] child reports, by number on its error pipe.
+const SPAWN_STEPS: [&str; 5] = ["stdio", "chdir", "setrlimit", "execve", "setpgid"];
+
+/// Starts a process in a process group of its own (its pid is the group's id), with `spec`'s
+/// stdio, working directory and resource limits, an empty signal mask and the default action
+/// for every signal, and returns its pid. The limits are set in the child, never in the
+/// caller: the sandbox's init starts execs this way and must keep its own. The child is a
+/// fork of this process (the limits rule out `posix_spawn`) and calls only async-signal-safe
+/// functions (`setpgid`, `signal`, `sigprocmask`, `fcntl`, `dup2`, `chdir`, `setrlimit`,
+/// `execve`, `write`, `_exit`) on data prepared before the fork; a failure comes back over a
+/// close-on-exec pipe as this call's error, the child reaped. Call only from a
+/// single-threaded process (the sandbox's init).
+pub(crate) fn spawn_in_group(spec: &GroupSpawn<'_>) -> io::Result<Result<i32, SpawnFailure>> {
+    let argv: Vec<*const libc::c_char> = spec
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = spec
+        .envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let candidates: Vec<*const libc::c_char> = spec.candidates.iter().map(|c| c.as_ptr()).collect();
+    let limits: Vec<(u32, libc::rlimit)> = spec
+        .rlimits
+        .iter()
+        .map(|&(res, soft, hard)| {
+            (
+                res,
+                libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                },
+            )
+        })
+        .collect();
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let err_w_raw = err_w.as_raw_fd();
+    let cwd = spec.cwd.as_ptr();
+    let stdio = spec.stdio;
+    // SAFETY: the caller is single-threaded (documented), so the child's copy of this address
+    // space has no lock another thread holds; the child calls only async-signal-safe
+    // functions on data prepared before the fork (the pointer arrays, limits and CStrings
+    // outlive the call), then execs or `_exit`s, never returning into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the child, as described above; `fail` never returns.
+        unsafe {
+            let fail = |step: libc::c_int| -> ! {
+                let report = [step, *libc::__errno_location()];
+                libc::write(
+                    err_w_raw,
+                    report.as_ptr().cast(),
+                    std::mem::size_of_val(&report),
+                );
+                libc::_exit(127)
+            };
+            if libc::setpgid(0, 0) != 0 {
+                fail(4);
+            }
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            for sig in 1..=64 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+            // Copies above 2 first: a descriptor numbered 0-2 must not be overwritten before
+            // it is moved, and dup2 onto itself would keep its close-on-exec flag.
+            let mut high = [-1; 3];
+            for (i, &fd) in stdio.iter().enumerate() {
+                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
+                if high[i] < 0 {
+                    fail(0);
+                }
+            }
+            for (target, &fd) in (0..3).zip(high.iter()) {
+                if libc::dup2(fd, target) < 0 {
+                    fail(0);
+                }
+            }
+            if libc::chdir(cwd) != 0 {
+                fail(1);
+            }
+            for (res, limit) in &limits {
+                if libc::setrlimit(*res as _, limit) != 0 {
+                    fail(2);
+                }
+            }
+            let mut first_error = libc::ENOENT;
+            for &path in &candidates {
+                libc::execve(path, argv.as_ptr(), envp.as_ptr());
+                let e = *libc::__errno_location();
+                if e != libc::ENOENT && e != libc::ENOTDIR && first_error == libc::ENOENT {
+                    first_error = e;
+                }
+            }
+            *libc::__errno_location() = first_error;
+            fail(3);
+        }
+    }
+    if pid < 0 {
+        return Ok(Err(SpawnFailure {
+            step: "fork",
+            errno: io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        }));
+    }
+    drop(err_w);
+    let mut buf = [0u8; 2 * std::mem::size_of::<libc::c_int>()];
+    let mut have = 0;
+    while have < buf.len() {
+        match nix::unistd::read(err_r.as_raw_fd(), &mut buf[have..]) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) => {
+                // The child's fate is unknown: end it rather than lose track of it.
+                // SAFETY: kill takes plain integers; `pid` is this process's unreaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = wait_pid(pid);
+                return Err(e.into());
+            }
+        }
+    }
+    if have == 0 {
+        return Ok(Ok(pid));
+    }
+    wait_pid(pid)?;
+    let step = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Ok(Err(SpawnFailure {
+        step: usize::try_from(step)
+            .ok()
+            .and_then(|s| SPAWN_STEPS.get(s))
+            .copied()
+            .unwrap_or("spawn"),
+        errno,
+    }))
+}
+
+/// A child reaped by [`reap_any`]: how it ended and the CPU time it (and the descendants it
+/// waited for) used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reaped {
+    /// Its pid.
+    pub pid: i32,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// User CPU time in microseconds.
+    pub user_us: u64,
+    /// System CPU time in microseconds.
+    pub system_us: u64,
+}
+
+/// `wait4(-1, WNOHANG)`: reaps one ended child if there is one (`Ok(None)` if none has
+/// ended yet; `ECHILD` if there are no children), with its resource usage.
+pub(crate) fn reap_any() -> io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    loop {
+        // SAFETY: wait4 writes one c_int and one rusage through the pointers, which point at
+        // live locals of those types.
+        let rc = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, usage.as_mut_ptr()) };
+        if rc == 0 {
+            return Ok(None);
+        }
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: wait4 returned a pid, so it filled `usage` (zeroed before in any case).
+        let usage = unsafe { usage.assume_init() };
+        let us = |t: libc::timeval| {
+            u64::try_from(t.tv_sec)
+                .unwrap_or(0)
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0))
+        };
+        let (exit_code, signal) = if libc::WIFEXITED(status) {
+            (Some(libc::WEXITSTATUS(status)), None)
+        } else if libc::WIFSIGNALED(status) {
+            (None, Some(libc::WTERMSIG(status)))
+        } else {
+            (None, None)
+        };
+        return Ok(Some(Reaped {
+            pid: rc,
+            exit_code,
+            signal,
+            user_us: us(usage.ru_utime),
+            system_us: us(usage.ru_stime),
+        }));
+    }
+}
+
 /// Waits for the child `pid` to exit (retrying on `EINTR`) and returns its raw wait status.
 pub(crate) fn wait_pid(pid: i32) -> io::Result<i32> {
     let mut status: libc::c_int = 0;
@@ -734,6 +967,56 @@ mod tests {
     use nix::poll::PollFlags;
     use std::os::fd::AsFd;
     use std::time::Duration;
+
+    #[test]
+    fn a_group_spawn_sets_stdio_cwd_limits_and_group_in_the_child_and_reports_failures() {
+        use std::ffi::CString;
+        use std::io::Read;
+        let c = |s: &str| CString::new(s).unwrap();
+        // Close-on-exec: a child of another test must not hold the write end.
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let w_raw = w.as_raw_fd();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let argv = [
+            c("sh"),
+            c("-c"),
+            c("echo $(pwd) $(ulimit -t) $$ $(cut -d' ' -f5 /proc/$$/stat)"),
+        ];
+        let spawn = |candidates: &[CString], cwd: &str| {
+            spawn_in_group(&GroupSpawn {
+                candidates,
+                argv: &argv,
+                envp: &[c("PATH=/usr/bin:/bin")],
+                cwd: &c(cwd),
+                stdio: [null.as_raw_fd(), w_raw, w_raw],
+                rlimits: &[(libc::RLIMIT_CPU, 7, 8)],
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            spawn(&[c("/bin/sh")], "/no/such/dir"),
+            Err(SpawnFailure {
+                step: "chdir",
+                errno: libc::ENOENT
+            })
+        );
+        assert_eq!(
+            spawn(&[c("/no/such/sh")], "/tmp"),
+            Err(SpawnFailure {
+                step: "execve",
+                errno: libc::ENOENT
+            })
+        );
+        // A missing candidate is skipped for the next.
+        let pid = spawn(&[c("/no/such/sh"), c("/bin/sh")], "/tmp").unwrap();
+        assert_eq!(wait_pid(pid).unwrap(), 0);
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(words[..2], ["/tmp", "7"], "{out}");
+        assert_eq!(words[2], words[3], "not the leader of its own group: {out}");
+    }
 
     #[test]
     fn a_spawned_program_gets_no_descriptor_above_2_of_its_caller() {

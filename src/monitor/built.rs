@@ -3,7 +3,6 @@
 //! of one by a spare. Runs in the monitor (libcontainer clones the init from this process).
 
 use std::fs::{self, File};
-use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use crate::host::{rootfs, state, sys};
 use crate::init::{InheritedFds, SandboxInit};
 use crate::layout::{Scratch, IMAGES_DIR};
 use crate::policy::spec::{self, SpecStage};
-use crate::proto::{InitStatus, StatusLines};
+use crate::proto::{InitStatus, StatusFrames};
 
 use super::phases;
 use super::process::{self, Prepared};
@@ -48,25 +47,29 @@ pub(super) struct Streams {
     pub out: OwnedFd,
     /// The read end of the program's stderr.
     pub err: OwnedFd,
-    /// The read end of the init's status pipe ([`InitStatus`] lines), non-blocking.
+    /// The read end of the init's status pipe ([`InitStatus`] frames), non-blocking.
     pub status: File,
     /// The monitor's end of the lifeline, held until the monitor exits.
     _lifeline: OwnedFd,
     /// The monitor's end of the init's request socket.
     pub request: OwnedFd,
-    /// Status lines read so far and not yet taken (what followed `ready`).
-    pub lines: StatusLines,
-    /// The init refused the program request (an `error` line instead of `ready`).
+    /// Status frames read so far and not yet taken (what followed `ready`).
+    pub lines: StatusFrames,
+    /// The init refused the program request (a failure instead of `ready`).
     pub refused: bool,
 }
 
 impl Streams {
-    /// Waits (at most 10 s) for the init's `ready` line: the program request was applied and
-    /// the program is being started. An `error` line or the init's end fails the launch.
+    /// Waits (at most 10 s) for the init's `ready`: the program request was applied and
+    /// the program is being started. A failure or the init's end fails the launch.
     pub fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match self.lines.next_line() {
+            let next = self
+                .lines
+                .next_status()
+                .map_err(|e| launch("read the init's status", e))?;
+            match next {
                 Some(InitStatus::Ready) => return Ok(()),
                 Some(InitStatus::Failed(why)) => {
                     self.refused = true;
@@ -82,7 +85,7 @@ impl Streams {
                 Some(other) => {
                     return Err(Error::new(
                         ErrorKind::LaunchFailed,
-                        format!("unexpected line from the sandbox's init: {other:?}"),
+                        format!("unexpected status from the sandbox's init: {other:?}"),
                     ))
                 }
                 None => {}
@@ -96,17 +99,14 @@ impl Streams {
             let mut fds = [PollFd::new(self.status.as_fd(), PollFlags::POLLIN)];
             sys::poll_until(&mut fds, Some(deadline))
                 .map_err(|e| launch("poll the init's status", e))?;
-            let mut buf = [0u8; 512];
-            match (&self.status).read(&mut buf) {
-                Ok(0) => {
+            match self.lines.fill_from(self.status.as_fd()) {
+                Ok(false) => {
                     return Err(Error::new(
                         ErrorKind::LaunchFailed,
                         "the sandbox's init ended before taking the program",
                     ))
                 }
-                Ok(n) => self.lines.push(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(true) => {}
                 Err(e) => return Err(launch("read the init's status", e)),
             }
         }
@@ -426,7 +426,7 @@ fn build_container(
         status: File::from(status_r),
         _lifeline: lifeline_w,
         request,
-        lines: StatusLines::default(),
+        lines: StatusFrames::default(),
         refused: false,
     };
     Ok((container, Init { pid, pidfd }, streams))

@@ -258,7 +258,6 @@ impl Server {
     }
 
     /// Lets requests of up to `max` bytes in (the exec slice's requests carry environments).
-    #[allow(dead_code)]
     pub fn set_max_frame(&mut self, max: usize) {
         self.max_frame = max;
     }
@@ -334,7 +333,6 @@ impl Server {
 
     /// Gives `client` the answer [`Handler::handle_from`] left for later, then answers what
     /// it sent meanwhile. False if that client is gone.
-    #[allow(dead_code)] // the exec slice's waits
     pub fn answer(
         &mut self,
         client: ClientId,

@@ -6,14 +6,16 @@
 //!   monitor (`spare.rs`, `handover.rs`); a parked spare waits in the state root for any
 //!   controller (`parked.rs`);
 //! - a sandbox's monitor: `run.rs` (open, launch), `built.rs` (the container),
-//!   `supervise.rs` (limits and output while the program runs), `finish.rs` (verdict,
-//!   teardown); `control.rs` serves the sandbox's control socket inside both waits.
+//!   `supervise.rs` (limits and output while the program runs), `execs.rs` (the execs
+//!   run beside it), `finish.rs` (verdict, teardown); `control.rs` serves the sandbox's
+//!   control socket inside both waits.
 //!
 //! Every monitor is single-threaded (it forks, and libcontainer clones from it) and detached
 //! from its spawner (`process.rs`).
 
 mod built;
 mod control;
+mod execs;
 mod factory;
 mod finish;
 mod handover;

@@ -19,10 +19,11 @@ use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
 use crate::host::{rootfs, sys};
 use crate::layout::Layout;
 use crate::proto::control::{ControlRequest, ControlResponse};
-use crate::proto::{Mode, ProgramRequest, Report, StreamFds};
+use crate::proto::{InitRequest, Mode, ProgramRequest, Report, StreamFds};
 
 use super::built::{launch as launch_error, Built, Streams};
 use super::control::{self, Handler, Server};
+use super::execs::Execs;
 use super::finish::finish;
 use super::phases;
 use super::process::{self, Prepared};
@@ -86,6 +87,7 @@ pub(super) fn run(
         } => {
             // The monitor may idle for as long as the program runs: keep only what it uses.
             sys::release_free_heap();
+            let mut execs = Execs::new(&layout, &record.id, &record.config);
             let mut record_phase = |phase| {
                 status.phase = phase;
                 save_status(&layout, &status)
@@ -101,6 +103,7 @@ pub(super) fn run(
                 supervise::Control {
                     server: control,
                     record_phase: &mut record_phase,
+                    execs: &mut execs,
                 },
             );
             if !outcome.init_unreaped {
@@ -317,7 +320,10 @@ fn start_in(
     o.status.init = ProcIdentity::of(built.init.pid);
     if o.control.is_none() {
         match Server::bind(&o.layout) {
-            Ok(server) => o.control = Some(server),
+            Ok(mut server) => {
+                server.set_max_frame(crate::proto::control::MAX_EXEC_FRAME);
+                o.control = Some(server);
+            }
             Err(e) => return Err(fail(&mut built, e, false)),
         }
     }
@@ -346,12 +352,12 @@ fn start_in(
     if let Err(e) = built.start() {
         return Err(fail(&mut built, e, true));
     }
-    let request = ProgramRequest::for_config(&o.record.config);
+    let request = InitRequest::Program(ProgramRequest::for_config(&o.record.config));
     // stdin (the launcher's, or the one `bind` opened), then inherited stdout and stderr.
     let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd()];
     let skip = usize::from(o.record.config.stdin == Stdin::Inherit);
     fds.extend(o.inherited.iter().skip(skip).map(AsFd::as_fd));
-    let sent = request.send(&streams.request, &fds);
+    let sent = request.send(streams.request.as_fd(), &fds);
     drop(fds);
     drop(stdin);
     if let Err(e) = sent {
@@ -474,6 +480,11 @@ impl Handler for CreatedPhase<'_> {
                 control::invalid_state("the sandbox is created, not running: start it first")
             }
             ControlRequest::Stats => control::stats(&self.built.cgroup, CpuUsage::default(), false),
+            ControlRequest::Exec { .. }
+            | ControlRequest::ExecKill { .. }
+            | ControlRequest::ExecWait { .. } => {
+                control::invalid_state("the sandbox is created, not running: start it first")
+            }
         }
     }
 }

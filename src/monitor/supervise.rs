@@ -1,12 +1,14 @@
 //! The monitor's supervision of a running sandbox: one `poll` over the init's pidfd, its
 //! status pipe and the output pipes, with a timeout at the next wall-clock deadline or
 //! CPU-time check; each limit is its own check, the state an explicit enum. The control
-//! socket is served in the same poll (signal, pause and resume, stats); a paused span does
-//! not count against the wall-time limit nor the verdict's wall time. Runs in the sandbox's
-//! monitor while the program runs.
+//! socket is served in the same poll (signal, pause and resume, stats, execs); a paused span
+//! does not count against the wall-time limit nor the verdict's wall time. The sandbox's
+//! execs ([`super::execs`]) are served in the same poll too: their output pipes, deadlines
+//! and ends. Runs in the sandbox's monitor while the program runs.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -20,11 +22,13 @@ use crate::host::state::MonitorPhase;
 use crate::host::sys;
 use crate::layout::Layout;
 use crate::proto::control::{ControlRequest, ControlResponse};
-use crate::proto::{InitStatus, StatusLines};
+use crate::proto::frame::ProtoError;
+use crate::proto::{ExecEnd, InitStatus, StatusFrames, WireError};
 use crate::verdict::{Facts, LimitKind};
 
 use super::built::{Init, Streams};
-use super::control::{self, Handler, Server};
+use super::control::{self, ClientId, Handler, Server};
+use super::execs::Execs;
 use super::phases;
 
 /// How long a pause may take to freeze every process before it is undone and fails.
@@ -37,6 +41,8 @@ pub(super) struct Control<'a> {
     pub server: Option<Server>,
     /// Records the phase.
     pub record_phase: &'a mut dyn FnMut(MonitorPhase) -> crate::error::Result<()>,
+    /// The sandbox's execs.
+    pub execs: &'a mut Execs,
 }
 
 /// How long the monitor drains output after the sandbox's first process exited before it
@@ -134,6 +140,9 @@ pub(super) fn supervise(
         sinks,
         status: streams.status,
         lines: streams.lines,
+        status_open: true,
+        request: streams.request.as_fd(),
+        execs: control.execs,
         started,
         state: State::Running,
         outcome,
@@ -141,8 +150,11 @@ pub(super) fn supervise(
         record_phase: control.record_phase,
         paused_since: None,
         paused_total: Duration::ZERO,
+        exec_waiters: Vec::new(),
     };
     s.run();
+    s.execs_end();
+    s.answer_exec_waiters();
     // Nobody is answered from here on: the socket goes before the teardown.
     s.server = None;
     s.outcome.stdout_truncated = s.sinks[0].truncated;
@@ -183,7 +195,12 @@ struct Supervisor<'a> {
     budget: u64,
     sinks: [Sink; 2],
     status: File,
-    lines: StatusLines,
+    lines: StatusFrames,
+    /// The status pipe is still read (not at its end, no protocol error).
+    status_open: bool,
+    /// The init's request socket (execs and their kills).
+    request: BorrowedFd<'a>,
+    execs: &'a mut Execs,
     started: Instant,
     state: State,
     outcome: Outcome,
@@ -193,6 +210,9 @@ struct Supervisor<'a> {
     paused_since: Option<Instant>,
     /// Paused spans that ended.
     paused_total: Duration,
+    /// Clients waiting for an exec's end ([`ControlRequest::ExecWait`]), answered when its
+    /// verdict is written.
+    exec_waiters: Vec<(ClientId, u64)>,
 }
 
 impl Supervisor<'_> {
@@ -214,7 +234,9 @@ impl Supervisor<'_> {
                     return;
                 }
             }
-            if !self.poll_once() {
+            let go_on = self.poll_once();
+            self.answer_exec_waiters();
+            if !go_on {
                 return;
             }
         }
@@ -283,10 +305,14 @@ impl Supervisor<'_> {
             State::Killed => None,
             // Paused: no deadline (wall time stands still, CPU time cannot move).
             State::Running if self.paused_since.is_some() => None,
-            State::Running => [self.wall_deadline, self.next_cpu_check]
-                .into_iter()
-                .flatten()
-                .min(),
+            State::Running => [
+                self.wall_deadline,
+                self.next_cpu_check,
+                self.execs.deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         }
     }
 
@@ -305,7 +331,7 @@ impl Supervisor<'_> {
             fds.push(PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
-        let status_at = (!ended).then(|| {
+        let status_at = (!ended && self.status_open).then(|| {
             fds.push(PollFd::new(self.status.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
@@ -316,6 +342,11 @@ impl Supervisor<'_> {
                 sink_at[i] = Some(fds.len() - 1);
             }
         }
+        let execs_at = if ended {
+            fds.len()..fds.len()
+        } else {
+            self.execs.poll_fds(&mut fds)
+        };
         let control_at = self.server.as_ref().map(|s| s.poll_fds(&mut fds));
         if let Err(e) = sys::poll_until(&mut fds, self.deadline()) {
             self.outcome.facts.internal_error = Some(format!("poll: {e}"));
@@ -327,6 +358,11 @@ impl Supervisor<'_> {
         }
         let ready: Vec<bool> = fds.iter().map(sys::has_event).collect();
         drop(fds);
+        if !ended {
+            let paused = self.paused_since.is_some();
+            self.execs
+                .handle(&ready[execs_at], self.request, self.cgroup, paused);
+        }
         if let (Some(range), Some(mut server)) = (control_at, self.server.take()) {
             server.handle(&ready[range], self);
             self.server = Some(server);
@@ -361,14 +397,28 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Reads the init's status lines; the program's end is recorded when reported.
+    /// Reads the init's statuses; the program's end is recorded when reported, an exec's
+    /// goes to the exec table.
     fn read_status(&mut self) {
-        let mut buf = [0u8; 512];
-        if let Ok(n) = (&self.status).read(&mut buf) {
-            self.lines.push(&buf[..n]);
+        let read = self.lines.fill_from(self.status.as_fd());
+        let mut exec_ends = Vec::new();
+        let taken = take_status(&mut self.lines, &mut self.outcome.facts, &mut exec_ends);
+        for end in exec_ends {
+            self.execs.ended(end, self.cgroup);
         }
-        if take_status(&mut self.lines, &mut self.outcome.facts) {
-            self.program_ended(false);
+        match (read, taken) {
+            (_, Ok(true)) => self.program_ended(false),
+            (Ok(true), Ok(false)) => {}
+            // End of file: the init is ending; its pidfd says when.
+            (Ok(false), Ok(false)) => self.status_open = false,
+            (Err(e), _) | (_, Err(e)) => {
+                self.status_open = false;
+                self.outcome
+                    .facts
+                    .internal_error
+                    .get_or_insert_with(|| format!("the init's status: {e}"));
+                let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
+            }
         }
     }
 
@@ -378,17 +428,68 @@ impl Supervisor<'_> {
         let was_ended = matches!(self.state, State::Ended { .. });
         let wait = waitpid(nix::unistd::Pid::from_raw(self.init.pid), None);
         if !was_ended {
-            let mut rest = Vec::new();
-            let _ = (&self.status).read_to_end(&mut rest);
-            self.lines.push(&rest);
-            if !take_status(&mut self.lines, &mut self.outcome.facts) {
+            let mut exec_ends = Vec::new();
+            let read = self.lines.drain(self.status.as_fd());
+            let taken = take_status(&mut self.lines, &mut self.outcome.facts, &mut exec_ends);
+            for end in exec_ends {
+                self.execs.ended(end, self.cgroup);
+            }
+            if let Err(e) = read {
+                self.outcome
+                    .facts
+                    .internal_error
+                    .get_or_insert_with(|| format!("the init's status: {e}"));
+            }
+            if !matches!(taken, Ok(true)) {
                 facts_from_wait(wait, &mut self.outcome.facts);
             }
         }
         self.program_ended(true);
     }
 
+    /// Answers the clients waiting for execs whose verdicts are written now.
+    fn answer_exec_waiters(&mut self) {
+        if self.exec_waiters.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.exec_waiters)
+            .into_iter()
+            .partition(|(_, exec)| !self.execs.is_running(*exec));
+        self.exec_waiters = waiting;
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        for (client, exec) in done {
+            // False: the client hung up meanwhile; nobody to tell.
+            server.answer(client, &ControlResponse::ExecExited { exec }, self);
+        }
+        self.server = Some(server);
+    }
+
+    /// The program has ended (and with the init every exec, now or in a moment): the exec
+    /// ends the init reported last are taken, and every exec's verdict is written.
+    fn execs_end(&mut self) {
+        if self.status_open {
+            // Non-blocking: what the init wrote before its end is there.
+            if let Ok(more) = self.lines.drain(self.status.as_fd()) {
+                self.status_open = more;
+            }
+            let mut exec_ends = Vec::new();
+            let mut facts = Facts::default();
+            // The program's end is known already: only the execs' matter here.
+            let _ = take_status(&mut self.lines, &mut facts, &mut exec_ends);
+            for end in exec_ends {
+                self.execs.ended(end, self.cgroup);
+            }
+        }
+        self.execs.sandbox_ended(self.cgroup);
+    }
+
     fn program_ended(&mut self, init_reaped: bool) {
+        if init_reaped {
+            // With the init gone every exec is: their verdicts are written now.
+            self.execs.sandbox_ended(self.cgroup);
+        }
         if !matches!(self.state, State::Ended { .. }) {
             let paused =
                 self.paused_total + self.paused_since.map_or(Duration::ZERO, |p| p.elapsed());
@@ -424,6 +525,7 @@ impl Supervisor<'_> {
             let span = since.elapsed();
             self.paused_total += span;
             self.wall_deadline = self.wall_deadline.map(|d| d + span);
+            self.execs.shift_deadlines(span);
             if let Err(e) = (self.record_phase)(MonitorPhase::Running) {
                 eprintln!("runbox monitor: record the running phase: {}", e.chain());
             }
@@ -467,6 +569,24 @@ impl Supervisor<'_> {
         ControlResponse::Done
     }
 
+    /// Starts an exec: only while the program runs and the sandbox is not paused.
+    fn exec(
+        &mut self,
+        process: &crate::proto::exec::ExecProcess,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> ControlResponse {
+        if self.state != State::Running {
+            return control::invalid_state("the sandbox's program has ended");
+        }
+        if self.paused_since.is_some() {
+            return control::invalid_state("the sandbox is paused: resume it first");
+        }
+        match self.execs.start(self.request, self.cgroup, process, fds) {
+            Ok(exec) => ControlResponse::ExecStarted { exec },
+            Err(e) => ControlResponse::Failed(WireError::from(&e)),
+        }
+    }
+
     fn signal(&mut self, signal: i32) -> ControlResponse {
         if matches!(self.state, State::Ended { .. }) {
             return control::invalid_state("the sandbox's program has ended");
@@ -490,7 +610,7 @@ impl Handler for Supervisor<'_> {
     fn handle(
         &mut self,
         request: ControlRequest,
-        _fds: Vec<std::os::fd::OwnedFd>,
+        fds: Vec<std::os::fd::OwnedFd>,
     ) -> ControlResponse {
         match request {
             ControlRequest::Start => control::invalid_state("the sandbox was started already"),
@@ -500,16 +620,50 @@ impl Handler for Supervisor<'_> {
             ControlRequest::Stats => {
                 control::stats(self.cgroup, self.cpu_baseline, self.paused_since.is_some())
             }
+            ControlRequest::Exec { process } => self.exec(&process, fds),
+            ControlRequest::ExecKill { exec, signal } => {
+                match self.execs.kill(self.request, exec, signal) {
+                    Ok(()) => ControlResponse::Done,
+                    Err(e) => ControlResponse::Failed(WireError::from(&e)),
+                }
+            }
+            ControlRequest::ExecWait { exec } => {
+                if self.execs.known(exec) {
+                    ControlResponse::ExecExited { exec }
+                } else {
+                    control::failed(ErrorKind::NotFound, format!("no exec {exec}"))
+                }
+            }
+        }
+    }
+
+    fn handle_from(
+        &mut self,
+        client: ClientId,
+        request: ControlRequest,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Option<ControlResponse> {
+        match request {
+            // Answered when its verdict is written (the waiter keeps its connection).
+            ControlRequest::ExecWait { exec } if self.execs.is_running(exec) => {
+                self.exec_waiters.push((client, exec));
+                None
+            }
+            other => Some(self.handle(other, fds)),
         }
     }
 }
 
-/// Applies the complete status lines received so far to `facts`; true if one reported the
-/// program's end (`exit N`, `signal N`, or an `error` of the init).
-fn take_status(lines: &mut StatusLines, facts: &mut Facts) -> bool {
+/// Applies the complete statuses received so far to `facts` (exec ends go to `exec_ends`);
+/// true if one reported the program's end (its exit, its signal, or the init's failure).
+fn take_status(
+    lines: &mut StatusFrames,
+    facts: &mut Facts,
+    exec_ends: &mut Vec<ExecEnd>,
+) -> Result<bool, ProtoError> {
     let mut ended = false;
-    while let Some(line) = lines.next_line() {
-        match line {
+    while let Some(status) = lines.next_status()? {
+        match status {
             InitStatus::Exited(code) => facts.exit_code = Some(code),
             InitStatus::Signaled(sig) => facts.signal = Some(sig),
             InitStatus::Failed(why) => {
@@ -519,11 +673,15 @@ fn take_status(lines: &mut StatusLines, facts: &mut Facts) -> bool {
                 phases::mark_at(&label, us);
                 continue;
             }
-            InitStatus::Ready | InitStatus::Unknown(_) => continue,
+            InitStatus::ExecEnded(end) => {
+                exec_ends.push(end);
+                continue;
+            }
+            InitStatus::Ready => continue,
         }
         ended = true;
     }
-    ended
+    Ok(ended)
 }
 
 /// How the program ended, from the init's own wait status (the init was killed before it
@@ -541,10 +699,10 @@ fn facts_from_wait(wait: nix::Result<WaitStatus>, facts: &mut Facts) {
 /// [`Supervisor::init_exited`] does.
 pub(super) fn collect_unstarted(init: &Init, streams: &mut Streams, facts: &mut Facts) {
     let wait = waitpid(nix::unistd::Pid::from_raw(init.pid), None);
-    let mut rest = Vec::new();
-    let _ = (&streams.status).read_to_end(&mut rest);
-    streams.lines.push(&rest);
-    if !take_status(&mut streams.lines, facts) {
+    // Before start the init reports no exec; a broken status is told by the wait status.
+    let read = streams.lines.drain(streams.status.as_fd());
+    let taken = take_status(&mut streams.lines, facts, &mut Vec::new());
+    if read.is_err() || !matches!(taken, Ok(true)) {
         facts_from_wait(wait, facts);
     }
 }
@@ -667,23 +825,44 @@ mod tests {
     }
 
     #[test]
-    fn status_lines_decide_the_facts_and_the_end() {
-        let mut lines = StatusLines::default();
+    fn statuses_decide_the_facts_and_the_end() {
+        let frame = |s: InitStatus| crate::proto::frame::encode(&s, 1 << 16).unwrap();
+        let mut lines = StatusFrames::default();
         let mut facts = Facts::default();
-        lines.push(b"t spawned 5\n");
+        let mut ends = Vec::new();
+        lines
+            .push(&frame(InitStatus::Mark {
+                label: "spawned".into(),
+                us: 5,
+            }))
+            .unwrap();
+        let end = ExecEnd {
+            exec: 2,
+            exit_code: Some(0),
+            signal: None,
+            cpu_user_us: 1,
+            cpu_system_us: 1,
+        };
+        lines.push(&frame(InitStatus::ExecEnded(end))).unwrap();
         assert!(
-            !take_status(&mut lines, &mut facts),
-            "a mark is not the end"
+            !take_status(&mut lines, &mut facts, &mut ends).unwrap(),
+            "a mark or an exec's end is not the end"
         );
-        lines.push(b"exit 3\npartial");
-        assert!(take_status(&mut lines, &mut facts));
+        assert_eq!(ends, [end]);
+        let exit = frame(InitStatus::Exited(3));
+        lines.push(&exit).unwrap();
+        lines.push(&exit[..3]).unwrap();
+        assert!(take_status(&mut lines, &mut facts, &mut ends).unwrap());
         assert_eq!(facts.exit_code, Some(3));
-        lines.push(b" line\nsignal 9\n");
-        assert!(take_status(&mut lines, &mut facts));
+        lines.push(&exit[3..]).unwrap();
+        lines.push(&frame(InitStatus::Signaled(9))).unwrap();
+        assert!(take_status(&mut lines, &mut facts, &mut ends).unwrap());
         assert_eq!(facts.signal, Some(9));
         let mut facts = Facts::default();
-        lines.push(b"error execve /x: ENOENT\n");
-        assert!(take_status(&mut lines, &mut facts));
+        lines
+            .push(&frame(InitStatus::failed("execve /x: ENOENT")))
+            .unwrap();
+        assert!(take_status(&mut lines, &mut facts, &mut ends).unwrap());
         assert_eq!(
             facts.internal_error.as_deref(),
             Some("in the sandbox's init: execve /x: ENOENT")

@@ -6,10 +6,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::exec::ExecProcess;
 use super::WireError;
 
 /// Bound on one control frame's document: requests and answers are a few hundred bytes.
 pub(crate) const MAX_CONTROL_FRAME: usize = 64 << 10;
+
+/// Bound on a frame the monitor accepts from a client: an exec request carries an
+/// environment and arguments.
+pub(crate) const MAX_EXEC_FRAME: usize = 1 << 20;
 
 /// What a controller asks a sandbox's monitor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +33,27 @@ pub(crate) enum ControlRequest {
     Resume,
     /// The sandbox's live figures.
     Stats,
+    /// Run a further process in the running sandbox, through its init. Descriptors: stdin,
+    /// then stdout and stderr where inherited ([`ExecProcess::fd_count`]). Answered with
+    /// [`ControlResponse::ExecStarted`] once the init has the request.
+    Exec {
+        /// What to run.
+        process: ExecProcess,
+    },
+    /// Send `signal` to exec `exec`'s process group (nothing if it has ended).
+    ExecKill {
+        /// Which exec.
+        exec: u64,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Waits for exec `exec`'s end: answered with [`ControlResponse::ExecExited`] once its
+    /// verdict is written (`execs/<n>/exit.json`, which outlives the monitor and any
+    /// controller); the connection's later requests are answered after it.
+    ExecWait {
+        /// Which exec.
+        exec: u64,
+    },
 }
 
 /// The monitor's answer to one [`ControlRequest`].
@@ -41,6 +67,17 @@ pub(crate) enum ControlResponse {
     Failed(WireError),
     /// The answer to [`ControlRequest::Stats`].
     Stats(Stats),
+    /// The exec runs, with this number (its files are `execs/<n>/`).
+    ExecStarted {
+        /// Its number.
+        exec: u64,
+    },
+    /// The exec has ended; its verdict is written (`execs/<n>/exit.json`; verdicts carry
+    /// output and may be larger than a control frame).
+    ExecExited {
+        /// Its number.
+        exec: u64,
+    },
 }
 
 /// A running sandbox's live figures, read from its cgroup by its monitor
