@@ -227,14 +227,67 @@ impl Drop for Worker {
 /// it deletes them just after publishing, so a SIGTERM right after the last result would
 /// leave them to its next life.
 fn wait_drained(env: &TestEnv) {
-    common::wait_until_for(
-        "the worker to remove its finished sandboxes",
-        secs(30).as_secs(),
-        || {
-            env.root.list().is_ok_and(|l| l.is_empty())
-                && fs::read_dir(env.dir.join(".jobs")).map_or(true, |mut rd| rd.next().is_none())
-        },
-    );
+    let limit = secs(30);
+    let t = Instant::now();
+    loop {
+        let left = leftovers(env);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "timed out ({limit:?}) waiting for the worker to remove its finished sandboxes; \
+             left: {}",
+            left.join("; ")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What the worker of `env` has not removed yet: each sandbox with its state and monitor,
+/// and each entry of its jobs' directory.
+fn leftovers(env: &TestEnv) -> Vec<String> {
+    let mut out = Vec::new();
+    match env.root.list() {
+        Ok(list) => {
+            for l in list {
+                out.push(match l.info {
+                    Ok(i) => format!(
+                        "sandbox {} {:?} (monitor {:?}, created {} ms ago)",
+                        l.id,
+                        i.state,
+                        i.monitor_pid,
+                        now_ms().saturating_sub(i.created_unix_ms)
+                    ),
+                    Err(e) => format!("sandbox {} ({e})", l.id),
+                });
+            }
+        }
+        Err(e) => out.push(format!("the state root cannot be listed: {e}")),
+    }
+    if let Ok(rd) = fs::read_dir(env.dir.join(".jobs")) {
+        for entry in rd.flatten() {
+            let inside: Vec<String> = fs::read_dir(entry.path())
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(format!(
+                ".jobs/{} {inside:?}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(d.as_millis()).unwrap()
 }
 
 /// Waits until the worker has removed its finished sandboxes, then stops it (SIGTERM) and

@@ -259,6 +259,8 @@ pub struct Worker {
     con: Option<redis::Connection>,
     /// By delivery (stream entry id).
     inflight: BTreeMap<String, InFlight>,
+    /// Sandboxes of an earlier life not yet known to have started, by delivery.
+    starting: BTreeMap<String, Starting>,
     /// Sandbox names of this stream and group start with this.
     prefix: String,
     down_since: Option<Instant>,
@@ -274,26 +276,59 @@ pub struct Worker {
 /// launch that never started (a monitor records itself within milliseconds of taking one).
 const START_GRACE: Duration = Duration::from_secs(10);
 
-/// True if `sandbox` was created by a launch whose process died before any monitor took it
-/// (no monitor ever recorded itself, for [`START_GRACE`] after its creation): its program
-/// never ran, so launching the job again runs it once.
-fn never_started(sandbox: &Sandbox) -> bool {
-    loop {
-        let Ok(info) = sandbox.info() else {
-            return false;
-        };
-        if info.state != crate::SandboxState::Lost || info.monitor_pid.is_some() {
-            return false;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let grace = u64::try_from(START_GRACE.as_millis()).unwrap_or(u64::MAX);
-        if now.saturating_sub(info.created_unix_ms) >= grace {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+/// Whether the sandbox of an earlier life's launch was taken by a monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// A monitor took it (or its state cannot be read: its own verdict says what became of
+    /// it).
+    Started,
+    /// It was created by a launch whose process died before any monitor took it, more than
+    /// [`START_GRACE`] ago: its program never ran, so launching the job again runs it once.
+    Never,
+    /// Its creator died and no monitor has recorded itself yet, but [`START_GRACE`] has not
+    /// passed: looked at again on the worker's next rounds (never waited for in place, which
+    /// would stall every other entry of this worker, past their lease).
+    Undecided,
+}
+
+/// Where the launch of `sandbox` stands (see [`Start`]); never waits.
+fn start_of(sandbox: &Sandbox) -> Start {
+    let Ok(info) = sandbox.info() else {
+        return Start::Started;
+    };
+    if info.state != crate::SandboxState::Lost || info.monitor_pid.is_some() {
+        return Start::Started;
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let grace = u64::try_from(START_GRACE.as_millis()).unwrap_or(u64::MAX);
+    if now.saturating_sub(info.created_unix_ms) >= grace {
+        Start::Never
+    } else {
+        Start::Undecided
+    }
+}
+
+/// A sandbox of an earlier life whose launch is [`Start::Undecided`]: its entry stays
+/// claimed by this worker and takes a slot until it is adopted or launched again.
+#[derive(Debug, Clone)]
+struct Starting {
+    /// The sandbox's name.
+    name: String,
+    /// The job document (to launch it again).
+    doc: Vec<u8>,
+}
+
+/// What [`Worker::adopt`] made of a sandbox of an earlier life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adoption {
+    /// It runs (or ran) under this worker now.
+    Adopted,
+    /// It is gone (it never started, or had no usable job file): launch the job again.
+    Relaunch,
+    /// Undecided yet: kept in [`Worker::starting`], looked at again on later rounds.
+    Waiting,
 }
 
 /// A stream entry rebuilt from its id and job document (to launch it again).
@@ -303,6 +338,16 @@ fn entry_again(delivery: &str, doc: &[u8]) -> StreamId {
     StreamId {
         id: delivery.to_string(),
         map,
+    }
+}
+
+/// Removes the directory `dir` (a job's, or a part of one) if it exists; a failure is logged:
+/// what is left is removed by the next reconcile (see [`Worker::remove_stray_job_dirs`]).
+fn remove_dir_logged(dir: &std::path::Path) {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("worker: remove {}: {e}", dir.display()),
     }
 }
 
@@ -391,6 +436,7 @@ impl Worker {
             client,
             con: None,
             inflight: BTreeMap::new(),
+            starting: BTreeMap::new(),
             prefix,
             down_since: None,
             last_refresh: Instant::now(),
@@ -408,7 +454,9 @@ impl Worker {
     pub fn run(&mut self, stop: &AtomicBool, events: &mut dyn FnMut(&Event)) -> Result<()> {
         // What a killed earlier life left mid-launch (a staging directory, the uid lease it
         // held) belongs to a dead process: collect it before anything else.
-        let _ = self.root.gc();
+        for e in self.root.gc().errors {
+            tracing::warn!("worker: collecting what an earlier life left: {e}");
+        }
         let mut backoff = Duration::from_millis(100);
         while !stop.load(Ordering::Relaxed) {
             if self.con.is_none() {
@@ -513,8 +561,10 @@ impl Worker {
         }
     }
 
-    /// After a (re)connection: adopts this worker's sandboxes whose entries are pending for
-    /// it, removes the others, and launches pending entries that have no sandbox.
+    /// After a (re)connection, and at each refresh: adopts this worker's sandboxes whose
+    /// entries are pending for it, removes the others (and job directories left without a
+    /// sandbox, by a kill between the two removals), and launches pending entries that have
+    /// no sandbox.
     fn reconcile(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
         let pending = self.pending()?;
         // Sandboxes this worker no longer owns the entry of.
@@ -529,11 +579,22 @@ impl Worker {
                 self.remove_orphan(&delivery, f.sandbox.id().to_string(), events);
             }
         }
+        let lost: Vec<String> = self
+            .starting
+            .keys()
+            .filter(|d| !pending.contains(*d))
+            .cloned()
+            .collect();
+        for delivery in lost {
+            if let Some(s) = self.starting.remove(&delivery) {
+                self.remove_orphan(&delivery, s.name, events);
+            }
+        }
         for listing in self.root.list()? {
             let Some(delivery) = listing.id.strip_prefix(&self.prefix).map(str::to_string) else {
                 continue;
             };
-            if self.inflight.contains_key(&delivery) {
+            if self.tracked(&delivery) {
                 continue;
             }
             if pending.contains(&delivery) {
@@ -544,9 +605,10 @@ impl Worker {
                 self.remove_orphan(&delivery, listing.id.clone(), events);
             }
         }
+        self.remove_stray_job_dirs();
         let missing: Vec<String> = pending
             .iter()
-            .filter(|d| !self.inflight.contains_key(*d))
+            .filter(|d| !self.tracked(d))
             .cloned()
             .collect();
         for delivery in missing {
@@ -570,16 +632,75 @@ impl Worker {
         Ok(())
     }
 
+    /// True if `delivery` has a sandbox this worker runs or waits on.
+    fn tracked(&self, delivery: &str) -> bool {
+        self.inflight.contains_key(delivery) || self.starting.contains_key(delivery)
+    }
+
+    /// Free slots: the concurrency less the sandboxes this worker runs or waits on.
+    fn free(&self) -> usize {
+        self.opts
+            .concurrency
+            .saturating_sub(self.inflight.len() + self.starting.len())
+    }
+
+    /// Removes the job directories of this worker's sandboxes that no longer exist and are
+    /// not tracked: a kill between a sandbox's removal and its job directory's (or during
+    /// that one) leaves one, which no later pass would otherwise look at.
+    fn remove_stray_job_dirs(&mut self) {
+        let jobs = self.root.dir().join(JOBS_DIR);
+        let entries = match fs::read_dir(&jobs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!("worker: read {}: {e}", jobs.display());
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(delivery) = name.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if self.tracked(delivery) || self.root.sandbox(&name).is_ok() {
+                continue;
+            }
+            if let Err(e) = fs::remove_dir_all(entry.path()) {
+                tracing::warn!(
+                    "worker: remove the stray job directory {}: {e}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+
+    /// Looks again at the sandboxes of an earlier life not yet known to have started:
+    /// adopts those a monitor took, launches again the jobs of those that never started.
+    fn check_starting(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
+        let waiting: Vec<String> = self.starting.keys().cloned().collect();
+        for delivery in waiting {
+            let Some(s) = self.starting.get(&delivery).cloned() else {
+                continue;
+            };
+            if self.adopt(&delivery, &s.name, events) == Adoption::Relaunch {
+                self.starting.remove(&delivery);
+                self.launch_once(entry_again(&delivery, &s.doc), events, false)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One round: finished sandboxes published, entries kept claimed, dead workers' entries
     /// taken over, new entries read.
     fn step(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
+        self.check_starting(events)?;
         self.finish_sandboxes();
         self.publish_finished(events)?;
         if self.last_refresh.elapsed() >= self.opts.lease / 3 {
             self.refresh(events)?;
             self.last_refresh = Instant::now();
         }
-        let free = self.opts.concurrency.saturating_sub(self.inflight.len());
+        let free = self.free();
         if free == 0 {
             // Every slot busy: wake when a sandbox finishes.
             self.wait_any(Duration::from_millis(50));
@@ -635,29 +756,29 @@ impl Worker {
             return;
         }
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        // An error (EINTR) only ends the wait early: the next round looks at every sandbox.
+        if let Err(e) = nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+            tracing::debug!("worker: poll the report pipes: {e}");
+        }
     }
 
-    /// Keeps this worker's in-flight entries claimed (idle time reset), drops sandboxes whose
-    /// entries were taken over, and takes over entries of workers silent past the lease.
+    /// Reconciles (drops sandboxes whose entries were taken over, removes what kills left
+    /// behind), keeps this worker's entries claimed (idle time reset), and takes over
+    /// entries of workers silent past the lease.
     fn refresh(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
         let (stream, group, me) = (
             self.opts.stream.clone(),
             self.opts.group.clone(),
             self.opts.consumer.clone(),
         );
-        if !self.inflight.is_empty() {
-            let pending = self.pending()?;
-            let (mine, lost): (Vec<String>, Vec<String>) = self
+        self.reconcile(events)?;
+        {
+            let mine: Vec<String> = self
                 .inflight
                 .keys()
+                .chain(self.starting.keys())
                 .cloned()
-                .partition(|d| pending.contains(d));
-            for delivery in lost {
-                if let Some(f) = self.inflight.remove(&delivery) {
-                    self.remove_orphan(&delivery, f.sandbox.id().to_string(), events);
-                }
-            }
+                .collect();
             if !mine.is_empty() {
                 let _: redis::Value = self
                     .con()?
@@ -672,7 +793,7 @@ impl Worker {
                     .map_err(|e| redis_err("XCLAIM", e))?;
             }
         }
-        let free = self.opts.concurrency.saturating_sub(self.inflight.len());
+        let free = self.free();
         if free > 0 {
             let lease_ms = u64::try_from(self.opts.lease.as_millis()).unwrap_or(u64::MAX);
             let reply: StreamAutoClaimReply = self
@@ -687,7 +808,7 @@ impl Worker {
                 )
                 .map_err(|e| redis_err("XAUTOCLAIM", e))?;
             for entry in reply.claimed {
-                if self.inflight.contains_key(&entry.id) {
+                if self.tracked(&entry.id) {
                     continue;
                 }
                 events(&Event::Reclaimed {
@@ -751,7 +872,7 @@ impl Worker {
         if let Err(e) =
             fs::create_dir_all(&dir).and_then(|()| fs::write(dir.join("job.json"), &doc))
         {
-            let _ = fs::remove_dir_all(&dir);
+            remove_dir_logged(&dir);
             let r = Rejection::new(
                 RejectKind::LaunchFailed,
                 format!("write the job's document in {}: {e}", dir.display()),
@@ -761,7 +882,7 @@ impl Worker {
         let cmd = match job::command(&job, &name, &dir, &self.maxima) {
             Ok(cmd) => cmd,
             Err(reason) => {
-                let _ = fs::remove_dir_all(&dir);
+                remove_dir_logged(&dir);
                 let r = Rejection::new(RejectKind::LaunchFailed, reason);
                 return self.reject(&delivery, &job.id, &r, events);
             }
@@ -769,7 +890,7 @@ impl Worker {
         match self.root.spawn(&cmd) {
             Ok(sandbox) => {
                 // The files copied in are in the sandbox now.
-                let _ = fs::remove_dir_all(dir.join("in"));
+                remove_dir_logged(&dir.join("in"));
                 events(&Event::Launched {
                     job: job.id.clone(),
                     delivery: delivery.clone(),
@@ -788,43 +909,67 @@ impl Worker {
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                if !self.adopt(&delivery, &name, events) {
-                    if !retry {
+                match self.adopt(&delivery, &name, events) {
+                    Adoption::Adopted | Adoption::Waiting => Ok(()),
+                    // An earlier life's launch that never started: launch it now.
+                    Adoption::Relaunch if retry => {
+                        self.launch_once(entry_again(&delivery, &doc), events, false)
+                    }
+                    Adoption::Relaunch => {
                         let r =
                             Rejection::new(RejectKind::LaunchFailed, "its sandbox name is taken");
-                        return self.reject(&delivery, &job.id, &r, events);
+                        self.reject(&delivery, &job.id, &r, events)
                     }
-                    // An earlier life's launch that never started: launch it now.
-                    return self.launch_once(entry_again(&delivery, &doc), events, false);
                 }
-                Ok(())
             }
             Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
+                remove_dir_logged(&dir);
                 let r = Rejection::new(RejectKind::LaunchFailed, e.chain());
                 self.reject(&delivery, &job.id, &r, events)
             }
         }
     }
 
-    /// Takes over the sandbox `name` of `delivery`, launched by an earlier life. False if
-    /// that launch never started (the earlier life died before any monitor took the
-    /// sandbox): the sandbox is removed and the job must be launched again.
-    fn adopt(&mut self, delivery: &str, name: &str, events: &mut dyn FnMut(&Event)) -> bool {
+    /// Takes over the sandbox `name` of `delivery`, launched by an earlier life (see
+    /// [`Adoption`]): `Relaunch` if that launch never started (the earlier life died before
+    /// any monitor took the sandbox; the sandbox is removed), `Waiting` if that cannot be
+    /// told yet (the sandbox is kept in [`Worker::starting`]).
+    fn adopt(&mut self, delivery: &str, name: &str, events: &mut dyn FnMut(&Event)) -> Adoption {
         let dir = self.job_dir(name);
-        let job = fs::read(dir.join("job.json"))
-            .ok()
-            .and_then(|doc| job::parse(&doc, &self.maxima).ok());
-        let (Some(job), Ok(sandbox)) = (job, self.root.sandbox(name)) else {
+        let doc = fs::read(dir.join("job.json")).ok();
+        let job = doc
+            .as_deref()
+            .and_then(|doc| job::parse(doc, &self.maxima).ok());
+        let (Some(doc), Some(job), Ok(sandbox)) = (doc, job, self.root.sandbox(name)) else {
             // Not one this worker can finish (its job file is gone): remove it; the entry
             // stays pending and is launched again by the next reconcile.
+            self.starting.remove(delivery);
             self.remove_orphan(delivery, name.to_string(), events);
-            return false;
+            return Adoption::Relaunch;
         };
-        if never_started(&sandbox) {
-            let _ = sandbox.delete(true);
-            return false;
+        match start_of(&sandbox) {
+            Start::Started => {}
+            Start::Undecided => {
+                self.starting.insert(
+                    delivery.to_string(),
+                    Starting {
+                        name: name.to_string(),
+                        doc,
+                    },
+                );
+                return Adoption::Waiting;
+            }
+            Start::Never => {
+                self.starting.remove(delivery);
+                if let Err(e) = sandbox.delete(true) {
+                    // The launch below finds the name taken and rejects the job: it never
+                    // runs twice.
+                    tracing::warn!("worker: remove the never-started sandbox {name}: {e}");
+                }
+                return Adoption::Relaunch;
+            }
         }
+        self.starting.remove(delivery);
         events(&Event::Adopted {
             job: job.id.clone(),
             delivery: delivery.to_string(),
@@ -840,15 +985,18 @@ impl Worker {
                 retry_at: None,
             },
         );
-        true
+        Adoption::Adopted
     }
 
     /// Kills and removes a sandbox whose entry is not this worker's (anymore).
     fn remove_orphan(&mut self, delivery: &str, name: String, events: &mut dyn FnMut(&Event)) {
         if let Ok(s) = self.root.sandbox(&name) {
-            let _ = s.delete(true);
+            // One that cannot be removed now is listed again by the next reconcile.
+            if let Err(e) = s.delete(true) {
+                tracing::warn!("worker: remove the orphaned sandbox {name}: {}", e.chain());
+            }
         }
-        let _ = fs::remove_dir_all(self.job_dir(&name));
+        remove_dir_logged(&self.job_dir(&name));
         events(&Event::OrphanRemoved {
             delivery: delivery.to_string(),
             sandbox: name,
@@ -968,8 +1116,12 @@ impl Worker {
                     continue;
                 }
             }
-            let _ = f.sandbox.delete(true);
-            let _ = fs::remove_dir_all(self.job_dir(&name));
+            // What cannot be removed now is removed by the next reconcile (the entry is
+            // acked: the sandbox is an orphan then).
+            if let Err(e) = f.sandbox.delete(true) {
+                tracing::warn!("worker: remove the finished sandbox {name}: {}", e.chain());
+            }
+            remove_dir_logged(&self.job_dir(&name));
         }
         Ok(())
     }
