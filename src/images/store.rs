@@ -35,6 +35,7 @@ pub struct ImageStore {
 
 /// One image as `list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[non_exhaustive]
 pub struct ImageInfo {
     /// Every name that points at it, sorted (none for an image reachable by digest only).
     pub names: Vec<String>,
@@ -50,6 +51,7 @@ pub struct ImageInfo {
 
 /// One image in full, as `inspect` shows it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct ImageDetails {
     /// What `list` shows.
     #[serde(flatten)]
@@ -68,6 +70,7 @@ pub struct ImageDetails {
 
 /// What [`ImageStore::remove`] did.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct RemoveReport {
     /// The image's manifest digest.
     pub digest: String,
@@ -81,6 +84,7 @@ pub struct RemoveReport {
 
 /// What [`ImageStore::prune`] freed.
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct PruneReport {
     /// Images without a name and not in use, removed.
     pub images: Vec<String>,
@@ -96,10 +100,13 @@ pub struct PruneReport {
     pub freed_bytes: u64,
 }
 
-/// What a long import or pull is doing, for a progress display.
+/// What a long import or pull is doing, for a progress display. More kinds of progress,
+/// and more fields of a layer, may come: match with `_` and `..`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Progress {
     /// Layer `index` (0-based) of `count` starts: `total` bytes to read, if known.
+    #[non_exhaustive]
     Layer {
         /// Its position, bottom first.
         index: usize,

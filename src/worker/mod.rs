@@ -78,8 +78,9 @@ pub(crate) fn pids_ceiling() -> u64 {
     pid_max / 2
 }
 
-/// What a worker is told to do.
+/// What a worker is told to do: [`WorkerOptions::new`], then set the fields to change.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerOptions {
     /// `redis://[user:password@]host:port[/db]`.
     pub redis_url: String,
@@ -163,11 +164,14 @@ impl WorkerOptions {
     }
 }
 
-/// Something a worker did, for its log (the CLI prints each as a JSON line).
+/// Something a worker did, for its log (the CLI prints each as a JSON line). More events,
+/// and more fields of one, may come: match with `_` and `..`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// A job's sandbox was created and started.
+    #[non_exhaustive]
     Launched {
         /// The job's id.
         job: String,
@@ -177,6 +181,7 @@ pub enum Event {
         sandbox: String,
     },
     /// A sandbox launched by an earlier life of this worker was taken over.
+    #[non_exhaustive]
     Adopted {
         /// The job's id.
         job: String,
@@ -186,6 +191,7 @@ pub enum Event {
         sandbox: String,
     },
     /// A result was published and its entry acked.
+    #[non_exhaustive]
     Published {
         /// The job's id.
         job: String,
@@ -195,6 +201,7 @@ pub enum Event {
         status: String,
     },
     /// A result was not published: its entry was acked already.
+    #[non_exhaustive]
     Duplicate {
         /// The job's id.
         job: String,
@@ -202,6 +209,7 @@ pub enum Event {
         delivery: String,
     },
     /// A job was not run: a rejection result was published and its entry acked.
+    #[non_exhaustive]
     Rejected {
         /// Its stream entry id.
         delivery: String,
@@ -209,6 +217,7 @@ pub enum Event {
         reason: String,
     },
     /// A sandbox whose entry another worker owns now was killed and removed, unpublished.
+    #[non_exhaustive]
     OrphanRemoved {
         /// Its stream entry id.
         delivery: String,
@@ -216,11 +225,13 @@ pub enum Event {
         sandbox: String,
     },
     /// An entry of a worker silent for longer than the lease was taken over.
+    #[non_exhaustive]
     Reclaimed {
         /// Its stream entry id.
         delivery: String,
     },
     /// Redis could not be reached; sandboxes go on.
+    #[non_exhaustive]
     RedisDown {
         /// What failed.
         error: String,
@@ -229,6 +240,7 @@ pub enum Event {
     RedisUp,
     /// Redis refused a job's result (too large for it, or an error reply): a small
     /// `internal_error` result saying why is published in its place.
+    #[non_exhaustive]
     ResultRefused {
         /// The job's id.
         job: String,
