@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use nix::sys::signal::Signal;
+use runbox::Signal;
 
 mod image;
 mod isolate;
@@ -734,19 +734,7 @@ fn print_json(value: &impl serde::Serialize) -> Outcome {
 
 /// A signal by name (`TERM`, `sigterm`, `SIGTERM`) or number (`15`).
 fn parse_signal(s: &str) -> Result<Signal, String> {
-    let sig = match s.parse::<i32>() {
-        Ok(n) => Signal::try_from(n).ok(),
-        Err(_) => {
-            let name = s.to_ascii_uppercase();
-            let name = if name.starts_with("SIG") {
-                name
-            } else {
-                format!("SIG{name}")
-            };
-            name.parse::<Signal>().ok()
-        }
-    };
-    sig.ok_or_else(|| format!("{s:?} is not a signal"))
+    s.parse::<Signal>().map_err(|e| e.to_string())
 }
 
 /// Prints a verdict as `run` does and gives its exit status.

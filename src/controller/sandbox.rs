@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::config;
@@ -19,6 +18,7 @@ use crate::host::state::{self, ExitRecord, MonitorPhase, MonitorRecord, SandboxR
 use crate::host::{cgroup, mounts, sys};
 use crate::layout::Layout;
 use crate::proto::Report;
+use crate::signal::Signal;
 use crate::verdict::{Status, Usage, Verdict, SCHEMA_VERSION};
 
 /// Where a sandbox is in its life (runc's "status"; not to be confused with a verdict's
@@ -420,7 +420,7 @@ impl Sandbox {
         } else {
             signal
         };
-        proc::signal_verified(init, signal as i32).map_err(|e| {
+        proc::signal_verified(init, signal.as_raw()).map_err(|e| {
             Error::with_source(
                 ErrorKind::InvalidState,
                 format!("sandbox {} is no longer running", self.id),
