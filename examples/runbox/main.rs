@@ -212,7 +212,9 @@ struct SandboxArgs {
     /// Replace a stored image's Entrypoint with this program ("" for none).
     #[arg(long)]
     entrypoint: Option<String>,
-    /// User (and group) inside the sandbox, UID[:GID]. Default 65534:65534.
+    /// User (and group) inside the sandbox, UID[:GID]. Default: a uid of the sandbox's own,
+    /// leased from the state root's range (--uid-range, default 60000:1000) for its life,
+    /// with the gid of the same number.
     #[arg(long, value_parser = parse_user)]
     user: Option<(u32, u32)>,
     /// Memory limit, e.g. 256M (K, M, G are powers of 1024).
