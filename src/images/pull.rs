@@ -2,7 +2,7 @@
 //! the manifest for this host's platform, the config, then each layer the store lacks,
 //! downloaded into staging, verified, unpacked and verified again.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::PathBuf;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -71,7 +71,7 @@ struct TempDir(PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        crate::host::cleanup::remove_tree(&self.0, "a pull's staging directory");
     }
 }
 

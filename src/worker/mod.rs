@@ -94,11 +94,7 @@ pub struct Worker {
 /// Removes the directory `dir` (a job's, or a part of one) if it exists; a failure is logged:
 /// what is left is removed by the next reconcile (see [`Worker::remove_stray_job_dirs`]).
 fn remove_dir_logged(dir: &std::path::Path) {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("worker: remove {}: {e}", dir.display()),
-    }
+    crate::host::cleanup::remove_tree(dir, "the worker's job directory");
 }
 
 fn redis_err(what: &str, e: redis::RedisError) -> Error {

@@ -62,11 +62,14 @@ pub(super) fn read_limited(r: impl Read, limit: u64, what: &str) -> Result<Vec<u
 pub(super) fn http_error(url: &str, resp: ureq::Response) -> RegistryError {
     let status = resp.status();
     let mut body = Vec::new();
-    // Best effort: the body is only for the message.
-    let _ = resp
+    // Best effort: the body is only for the message, which names the status without it.
+    if let Err(e) = resp
         .into_reader()
         .take(EXCERPT_LIMIT)
-        .read_to_end(&mut body);
+        .read_to_end(&mut body)
+    {
+        tracing::debug!("registry: read the body of an error answer from {url}: {e}");
+    }
     RegistryError::Http {
         url: url.to_string(),
         status,

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::host::cleanup;
 use crate::images::reference::{self, Wanted};
 
 use super::{disk_bytes, hex_of, unique, ImageStore, PruneReport, RemoveReport};
@@ -44,7 +45,11 @@ impl ImageStore {
         if removed {
             let path = self.record_path(&digest);
             fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
-            let _ = fs::remove_dir_all(self.dir.join("pins").join(hex_of(&digest)));
+            // Its pins are stale (none is live): a failure leaves them to the next prune.
+            cleanup::remove_tree(
+                &self.dir.join("pins").join(hex_of(&digest)),
+                "the pins of a removed image",
+            );
         }
         Ok(RemoveReport {
             digest,
@@ -81,7 +86,7 @@ impl ImageStore {
                     report.stale_pins += 1;
                 }
             }
-            let _ = fs::remove_dir(entry.path());
+            cleanup::remove_empty_dir(&entry.path(), "an image's pins");
         }
         let mut keep_layers = std::collections::HashSet::new();
         let mut keep_blobs = std::collections::HashSet::new();
@@ -101,7 +106,10 @@ impl ImageStore {
         // Names pointing at nothing (their image record was lost).
         for (name, digest) in &names {
             if !self.record_path(digest).exists() {
-                let _ = fs::remove_file(self.dir.join("names").join(reference::name_file(name)));
+                cleanup::remove_file(
+                    &self.dir.join("names").join(reference::name_file(name)),
+                    "a name of a lost image",
+                );
             }
         }
         // Layers go to `tmp/` by a rename first (no new directory: a store out of space or

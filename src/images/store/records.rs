@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::host::state;
+use crate::host::{cleanup, state};
 use crate::images::reference;
 
 use super::{disk_bytes, hex_of, now_ms, ImageInfo, ImageRecord, ImageStore, FORMAT_VERSION};
@@ -16,13 +16,13 @@ impl ImageStore {
     pub(crate) fn commit_layer(&self, staged: &Path, diff_id: &str) -> Result<()> {
         let target = self.layer_dir(diff_id);
         if target.is_dir() {
-            let _ = fs::remove_dir_all(staged);
+            cleanup::remove_tree(staged, "a staged layer already in the store");
             return Ok(());
         }
         match fs::rename(staged, &target) {
             Ok(()) => Ok(()),
             Err(_) if target.is_dir() => {
-                let _ = fs::remove_dir_all(staged);
+                cleanup::remove_tree(staged, "a staged layer already in the store");
                 Ok(())
             }
             Err(e) => Err(Error::io("move the layer into", &target, e)),
