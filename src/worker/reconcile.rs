@@ -39,14 +39,20 @@ pub(super) fn start_of(sandbox: &Sandbox) -> Start {
     let Ok(info) = sandbox.info() else {
         return Start::Started;
     };
-    if info.state != crate::SandboxState::Lost || info.monitor_pid.is_some() {
-        return Start::Started;
-    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    decide(info.state, info.monitor_pid, info.created_unix_ms, now)
+}
+
+/// [`start_of`] for a sandbox in `state`, with `monitor` recorded or not, created at
+/// `created_ms`, at `now_ms` (milliseconds since the epoch).
+fn decide(state: crate::SandboxState, monitor: Option<i32>, created_ms: u64, now_ms: u64) -> Start {
+    if state != crate::SandboxState::Lost || monitor.is_some() {
+        return Start::Started;
+    }
     let grace = u64::try_from(START_GRACE.as_millis()).unwrap_or(u64::MAX);
-    if now.saturating_sub(info.created_unix_ms) >= grace {
+    if now_ms.saturating_sub(created_ms) >= grace {
         Start::Never
     } else {
         Start::Undecided
@@ -321,5 +327,35 @@ impl Worker {
             delivery: delivery.to_string(),
             sandbox: name,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SandboxState;
+
+    /// A sandbox whose creator died with no monitor is undecided during the grace, never
+    /// started after it; one a monitor took (or in any other state) has started. The
+    /// decision never waits: the worker looks again on its next rounds.
+    #[test]
+    fn a_launch_that_never_started_is_decided_after_the_grace_without_waiting() {
+        let grace = u64::try_from(START_GRACE.as_millis()).unwrap();
+        let t0 = 1_000_000;
+        let lost = SandboxState::Lost;
+        assert_eq!(decide(lost, None, t0, t0), Start::Undecided);
+        assert_eq!(decide(lost, None, t0, t0 + grace - 1), Start::Undecided);
+        assert_eq!(decide(lost, None, t0, t0 + grace), Start::Never);
+        // A clock that went back: undecided, never a relaunch of a job that may run.
+        assert_eq!(decide(lost, None, t0, t0 - 5), Start::Undecided);
+        assert_eq!(decide(lost, Some(7), t0, t0 + grace), Start::Started);
+        for s in [
+            SandboxState::Creating,
+            SandboxState::Created,
+            SandboxState::Running,
+            SandboxState::Stopped,
+        ] {
+            assert_eq!(decide(s, None, t0, t0 + grace), Start::Started, "{s:?}");
+        }
     }
 }
