@@ -41,7 +41,7 @@ pub struct ImageDetails {
     pub in_use_by: Vec<PathBuf>,
 }
 
-/// What [`ImageStore::remove`] did.
+/// What [`ImageStore::remove`](crate::ImageStore::remove) did.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct RemoveReport {
@@ -55,7 +55,7 @@ pub struct RemoveReport {
     pub removed: bool,
 }
 
-/// What [`ImageStore::prune`] freed.
+/// What [`ImageStore::prune`](crate::ImageStore::prune) freed.
 #[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
 pub struct PruneReport {
