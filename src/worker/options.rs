@@ -1,22 +1,15 @@
 //! What a worker is told to do ([`WorkerOptions`]) and the maxima jobs are held to. Runs in
 //! the worker's process.
 
-use std::fs;
 use std::time::Duration;
 
 use crate::Root;
 
 use super::job;
 
-/// The hard ceiling of [`WorkerOptions::max_pids`]: half of the host's `kernel.pid_max`
-/// (32768 if it cannot be read), so that one job never takes the host's pid table.
-pub(crate) fn pids_ceiling() -> u64 {
-    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(32768);
-    pid_max / 2
-}
+/// The hard ceiling of [`WorkerOptions::max_pids`]: the host's ([`crate::pids_ceiling`], half
+/// of `kernel.pid_max`), so that one job never takes the host's pid table.
+pub(crate) use crate::host::proc::pids_ceiling;
 
 /// What a worker is told to do: [`WorkerOptions::new`], then set the fields to change.
 #[derive(Debug, Clone)]
