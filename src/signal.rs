@@ -9,8 +9,8 @@ use crate::error::{Error, ErrorKind};
 
 macro_rules! signals {
     ($($(#[$doc:meta])* $name:ident = $libc:ident,)*) => {
-        /// A signal [`crate::Sandbox::kill`] sends: the standard Linux signals a program may
-        /// be sent (not the ones the kernel raises for faults, nor real-time signals).
+        /// A signal [`crate::Sandbox::kill`] sends: the standard Linux signals (not the
+        /// obsolete `SIGSTKFLT`, nor real-time ones).
         /// Parsed from `TERM`, `sigterm`, `SIGTERM` or `15`; shown as `SIGTERM`.
         #[allow(clippy::upper_case_acronyms)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,14 +45,24 @@ signals! {
     SIGHUP = SIGHUP,
     /// Interrupt (Ctrl-C).
     SIGINT = SIGINT,
-    /// Quit (Ctrl-\).
+    /// Quit (Ctrl-\\).
     SIGQUIT = SIGQUIT,
+    /// Illegal instruction.
+    SIGILL = SIGILL,
+    /// Trace or breakpoint trap.
+    SIGTRAP = SIGTRAP,
     /// Abort.
     SIGABRT = SIGABRT,
+    /// Bus error.
+    SIGBUS = SIGBUS,
+    /// Floating-point exception.
+    SIGFPE = SIGFPE,
     /// Kill: cannot be caught; ends the whole sandbox at once.
     SIGKILL = SIGKILL,
     /// User-defined signal 1.
     SIGUSR1 = SIGUSR1,
+    /// Invalid memory reference.
+    SIGSEGV = SIGSEGV,
     /// User-defined signal 2.
     SIGUSR2 = SIGUSR2,
     /// Broken pipe.
@@ -61,6 +71,8 @@ signals! {
     SIGALRM = SIGALRM,
     /// Termination.
     SIGTERM = SIGTERM,
+    /// Child stopped or ended.
+    SIGCHLD = SIGCHLD,
     /// Continue if stopped.
     SIGCONT = SIGCONT,
     /// Stop: cannot be caught.
@@ -71,8 +83,24 @@ signals! {
     SIGTTIN = SIGTTIN,
     /// Background write to the terminal.
     SIGTTOU = SIGTTOU,
+    /// Urgent data on a socket.
+    SIGURG = SIGURG,
+    /// CPU time limit exceeded.
+    SIGXCPU = SIGXCPU,
+    /// File size limit exceeded.
+    SIGXFSZ = SIGXFSZ,
+    /// Virtual timer expired.
+    SIGVTALRM = SIGVTALRM,
+    /// Profiling timer expired.
+    SIGPROF = SIGPROF,
     /// Window size change.
     SIGWINCH = SIGWINCH,
+    /// I/O possible.
+    SIGIO = SIGIO,
+    /// Power failure.
+    SIGPWR = SIGPWR,
+    /// Bad system call.
+    SIGSYS = SIGSYS,
 }
 
 impl fmt::Display for Signal {
@@ -142,12 +170,13 @@ mod tests {
         assert_eq!("9".parse::<Signal>().unwrap(), Signal::SIGKILL);
         assert_eq!(Signal::SIGTERM.as_raw(), 15);
         assert_eq!(Signal::SIGKILL.to_string(), "SIGKILL");
+        assert_eq!("segv".parse::<Signal>().unwrap(), Signal::SIGSEGV);
         for s in Signal::ALL {
             assert_eq!(Signal::try_from(s.as_raw()).unwrap(), *s);
             assert_eq!(s.name().parse::<Signal>().unwrap(), *s);
             assert!(s.name().starts_with("SIG"));
         }
-        for bad in ["", "SIG", "TERMX", "0", "-9", "64", "SIGSEGV"] {
+        for bad in ["", "SIG", "TERMX", "0", "-9", "64", "SIGRTMIN", "SIGSTKFLT"] {
             let e = bad.parse::<Signal>().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{bad:?}");
         }
