@@ -4,7 +4,29 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::host::proc::ProcIdentity;
+use serde::{Deserialize, Serialize};
+
+/// A process named by pid plus its start time (field 22 of `/proc/<pid>/stat`), never a bare
+/// pid. Plain data here (names of temp dirs and spares carry one); `crate::host::proc` reads
+/// it from `/proc` and tells whether it is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcIdentity {
+    /// Process id in the host's pid namespace.
+    pub pid: i32,
+    /// Start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl ProcIdentity {
+    /// The identity at the start of a name part `<pid>-<start time>[-…]` (see
+    /// [`owned_name`]).
+    pub fn parse_prefix(text: &str) -> Option<ProcIdentity> {
+        let mut parts = text.split('-');
+        let pid = parts.next()?.parse().ok()?;
+        let start_time = parts.next()?.parse().ok()?;
+        Some(ProcIdentity { pid, start_time })
+    }
+}
 
 /// FNV-1a of `bytes`: a hash for names that must be stable across runs and builds (std's
 /// hasher is not), such as a build shape's key and a state root's cgroup prefix.

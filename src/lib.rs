@@ -83,6 +83,7 @@ mod policy;
 mod process_model;
 mod process_spec;
 mod proto;
+mod signal;
 mod verdict;
 #[cfg(feature = "worker")]
 mod worker;
@@ -109,11 +110,7 @@ pub use verdict::{LimitKind, Status, Usage, Verdict, SCHEMA_VERSION};
 #[cfg(feature = "worker")]
 pub use worker::{Event as WorkerEvent, Worker, WorkerOptions, JOB_SCHEMA_VERSION};
 
-/// The OCI runtime spec types runbox builds bundles with (libcontainer's own copy).
-pub use libcontainer::oci_spec;
-
-/// The signals [`Sandbox::kill`] sends (nix's type, re-exported).
-pub use nix::sys::signal::Signal;
+pub use signal::Signal;
 
 /// Makes the current program usable as its own sandbox monitor. Call it first thing in `main`,
 /// before any thread starts.

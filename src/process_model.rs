@@ -1,6 +1,7 @@
 //! Checks that the source tree keeps showing the process model (test only): no import circle
 //! between files, the controller and monitor sides never import each other, the container's
-//! init imports only the protocol, the seccomp filters and `host::sys`, `unsafe` lives in
+//! init imports only the protocol, the seccomp filters and `host::sys`, the pure modules
+//! (config, verdict, error, layout, signal, policy) import no host code, `unsafe` lives in
 //! `host/sys.rs` (plus the init's one adoption of its inherited descriptors), and every module
 //! says in its first line what it owns.
 
@@ -240,6 +241,30 @@ fn the_init_imports_only_the_protocol_the_filters_and_sys() {
     let bad: Vec<String> = init.iter().filter(|t| !allowed(t)).map(name).collect();
     assert!(bad.is_empty(), "init imports {bad:?}");
     assert!(!init.is_empty());
+}
+
+/// Modules of plain data and rules, run by any process: no host code (`host::…`), nor
+/// anything that reaches it (the controller, monitor, worker or images sides).
+const PURE: &[&str] = &["config", "verdict", "error", "layout", "signal", "policy"];
+
+#[test]
+fn pure_modules_import_no_host_code() {
+    let (edges, _) = graph();
+    let pure = |m: &ModPath| m.first().is_some_and(|f| PURE.contains(&f.as_str()));
+    let mut checked = 0;
+    for (m, targets) in &edges {
+        if !pure(m) {
+            continue;
+        }
+        checked += 1;
+        let bad: Vec<String> = targets.iter().filter(|t| !pure(t)).map(name).collect();
+        assert!(
+            bad.is_empty(),
+            "the pure module {} imports {bad:?}",
+            name(m)
+        );
+    }
+    assert!(checked >= PURE.len(), "pure modules not found: {checked}");
 }
 
 #[test]

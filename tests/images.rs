@@ -575,10 +575,8 @@ fn images_pulled_from_a_registry_run_and_share_layers() {
     // base, pushed too, shares its layer: nothing downloaded again.
     registry.push(&layout, "base", "test/base:1");
     let mut cached = Vec::new();
-    let opts = runbox::PullOptions {
-        plain_http: true,
-        ..Default::default()
-    };
+    let mut opts = runbox::PullOptions::default();
+    opts.plain_http(true);
     store
         .store
         .pull(&format!("{}/test/base:1", registry.host), &opts, &mut |p| {

@@ -227,14 +227,67 @@ impl Drop for Worker {
 /// it deletes them just after publishing, so a SIGTERM right after the last result would
 /// leave them to its next life.
 fn wait_drained(env: &TestEnv) {
-    common::wait_until_for(
-        "the worker to remove its finished sandboxes",
-        secs(30).as_secs(),
-        || {
-            env.root.list().is_ok_and(|l| l.is_empty())
-                && fs::read_dir(env.dir.join(".jobs")).map_or(true, |mut rd| rd.next().is_none())
-        },
-    );
+    let limit = secs(30);
+    let t = Instant::now();
+    loop {
+        let left = leftovers(env);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "timed out ({limit:?}) waiting for the worker to remove its finished sandboxes; \
+             left: {}",
+            left.join("; ")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What the worker of `env` has not removed yet: each sandbox with its state and monitor,
+/// and each entry of its jobs' directory.
+fn leftovers(env: &TestEnv) -> Vec<String> {
+    let mut out = Vec::new();
+    match env.root.list() {
+        Ok(list) => {
+            for l in list {
+                out.push(match l.info {
+                    Ok(i) => format!(
+                        "sandbox {} {:?} (monitor {:?}, created {} ms ago)",
+                        l.id,
+                        i.state,
+                        i.monitor_pid,
+                        now_ms().saturating_sub(i.created_unix_ms)
+                    ),
+                    Err(e) => format!("sandbox {} ({e})", l.id),
+                });
+            }
+        }
+        Err(e) => out.push(format!("the state root cannot be listed: {e}")),
+    }
+    if let Ok(rd) = fs::read_dir(env.dir.join(".jobs")) {
+        for entry in rd.flatten() {
+            let inside: Vec<String> = fs::read_dir(entry.path())
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(format!(
+                ".jobs/{} {inside:?}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(d.as_millis()).unwrap()
 }
 
 /// Waits until the worker has removed its finished sandboxes, then stops it (SIGTERM) and
@@ -1534,4 +1587,62 @@ fn collect_stops_at_its_byte_budget_while_copying() {
     assert_eq!(e.kind(), runbox::ErrorKind::InvalidConfig, "{e}");
     fs::remove_dir_all(&out).unwrap();
     env.finish();
+}
+
+/// FNV-1a, as the worker names its sandboxes (`rbw-<fnv1a(stream \0 group)>-<delivery>`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A job directory left without its sandbox (a worker killed between removing a finished
+/// sandbox and its job directory, or during that removal) is removed by the worker: one
+/// left before it starts, and one appearing while it runs (its refresh reconciles too), so
+/// a drained worker's state root ends empty; another stream's job directory is left alone.
+#[test]
+fn job_directories_left_by_a_kill_are_removed() {
+    let redis = Redis::start("worker-stray");
+    let mut con = redis.conn();
+    let (stream, results_stream) = ("jobs", "jobs:results");
+    create_group(&mut con, stream);
+    let env = TestEnv::new("worker-stray");
+    let prefix = format!(
+        "rbw-{:016x}-",
+        fnv1a(format!("{stream}\0{GROUP}").as_bytes())
+    );
+    let jobs = env.dir.join(".jobs");
+    let stray = |delivery: &str| {
+        let dir = jobs.join(format!("{prefix}{delivery}"));
+        fs::create_dir_all(dir.join("out")).unwrap();
+        fs::write(dir.join("job.json"), b"{}").unwrap();
+        fs::write(dir.join("out/0"), b"collected").unwrap();
+        dir
+    };
+    let before = stray("1-0");
+    let other = jobs.join("rbw-0000000000000000-1-0");
+    fs::create_dir_all(&other).unwrap();
+    let w = Mutex::new(Worker::new(&env, "w", &redis, stream, &["--lease", "3"]));
+    lock(&w).start();
+    enqueue(&mut con, stream, &job("a", "/bin/true", &[]));
+    wait_results(&mut con, results_stream, &[&w], secs(60), |r| !r.is_empty());
+    common::wait_until_for(
+        "the job directory left before the start to be removed",
+        secs(30).as_secs(),
+        || !before.exists(),
+    );
+    let during = stray("2-0");
+    common::wait_until_for(
+        "the job directory left while it runs to be removed",
+        secs(30).as_secs(),
+        || !during.exists(),
+    );
+    lock(&w).assert_alive();
+    assert!(other.is_dir(), "another stream's job directory was removed");
+    fs::remove_dir(&other).unwrap();
+    stop_drained(&env, w);
+    finish(env);
 }

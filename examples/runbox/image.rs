@@ -100,11 +100,14 @@ pub fn main(dir: &Path, verb: ImageVerb) -> Outcome {
                 }
                 None => None,
             };
-            let opts = runbox::PullOptions {
-                plain_http,
-                ca_file,
-                credentials,
-            };
+            let mut opts = runbox::PullOptions::default();
+            opts.plain_http(plain_http);
+            if let Some(ca) = ca_file {
+                opts.ca_file(ca);
+            }
+            if let Some((user, pass)) = credentials {
+                opts.credentials(user, pass);
+            }
             let mut bar = Bar::new(quiet);
             let image = store.pull(&reference, &opts, &mut |p| bar.update(p));
             bar.finish();
@@ -233,6 +236,7 @@ impl Bar {
                 digest,
                 total,
                 cached,
+                ..
             } => {
                 if let Some(b) = self.bar.take() {
                     b.finish();
@@ -256,6 +260,7 @@ impl Bar {
                     b.set_position(*n);
                 }
             }
+            _ => {}
         }
     }
 

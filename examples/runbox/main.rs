@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use nix::sys::signal::Signal;
+use runbox::Signal;
 
 mod exec;
 mod image;
@@ -243,7 +243,9 @@ struct SandboxArgs {
     /// Replace a stored image's Entrypoint with this program ("" for none).
     #[arg(long)]
     entrypoint: Option<String>,
-    /// User (and group) inside the sandbox, UID[:GID]. Default 65534:65534.
+    /// User (and group) inside the sandbox, UID[:GID]. Default: a uid of the sandbox's own,
+    /// leased from the state root's range (--uid-range, default 60000:1000) for its life,
+    /// with the gid of the same number.
     #[arg(long, value_parser = parse_user)]
     user: Option<(u32, u32)>,
     /// Memory limit, e.g. 256M (K, M, G are powers of 1024).
@@ -848,19 +850,7 @@ fn print_json(value: &impl serde::Serialize) -> Outcome {
 
 /// A signal by name (`TERM`, `sigterm`, `SIGTERM`) or number (`15`).
 fn parse_signal(s: &str) -> Result<Signal, String> {
-    let sig = match s.parse::<i32>() {
-        Ok(n) => Signal::try_from(n).ok(),
-        Err(_) => {
-            let name = s.to_ascii_uppercase();
-            let name = if name.starts_with("SIG") {
-                name
-            } else {
-                format!("SIG{name}")
-            };
-            name.parse::<Signal>().ok()
-        }
-    };
-    sig.ok_or_else(|| format!("{s:?} is not a signal"))
+    s.parse::<Signal>().map_err(|e| e.to_string())
 }
 
 /// Prints a verdict as `run` does and gives its exit status.

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Command;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::state::{self, MonitorRecord};
-use crate::host::uids;
+use crate::host::{cleanup, uids};
 use crate::layout::{Layout, BOXES_DIR, BOX_LEASE_PREFIX};
 use crate::proto::Mode as LaunchMode;
 use crate::verdict::Verdict;
@@ -200,8 +200,13 @@ impl WorkBox {
             // Something of the run may still write in the box: no walk of it now, and the
             // caller gets none of it.
             let what = if self.record.work.is_some() {
-                let _ = unmount_disk(&self.dir);
-                "its disk was detached: clean the box up"
+                match unmount_disk(&self.dir) {
+                    Ok(()) => "its disk was detached: clean the box up",
+                    Err(e) => {
+                        tracing::warn!("detach the disk of box {}: {e}", self.dir.display());
+                        "its disk could not be detached: clean the box up"
+                    }
+                }
             } else {
                 "clean the box up"
             };
@@ -215,10 +220,13 @@ impl WorkBox {
                 // Never a half-scrubbed tree for the caller: empty it, else take the disk away.
                 let what = match hand_over(work, Pass::Empty) {
                     Ok(()) => "give the box's files back to its owner (they were removed)",
-                    Err(_) if self.record.work.is_some() => {
-                        let _ = unmount_disk(&self.dir);
-                        "give the box's files back to its owner (its disk was detached: clean the box up)"
-                    }
+                    Err(_) if self.record.work.is_some() => match unmount_disk(&self.dir) {
+                        Ok(()) => "give the box's files back to its owner (its disk was detached: clean the box up)",
+                        Err(u) => {
+                            tracing::warn!("detach the disk of box {}: {u}", self.dir.display());
+                            "give the box's files back to its owner (its disk could not be detached: clean the box up)"
+                        }
+                    },
                     Err(_) => "give the box's files back to its owner (clean the box up)",
                 };
                 Err(Error::io(what, work, e))
@@ -334,7 +342,13 @@ impl Root {
             .create(&dir)
             .map_err(|e| Error::io("create box", &dir, e))?;
         let lock = lock_box(&dir, false, true)?;
-        let _ = fs::remove_file(dir.join(RECORD));
+        // The record first: a box emptied halfway is never taken for a whole one.
+        match fs::remove_file(dir.join(RECORD)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(Error::io("remove the box's record", dir.join(RECORD), e));
+            }
+            _ => {}
+        }
         empty_box(&dir).map_err(|e| Error::io("empty box", &dir, e))?;
         let owner = format!("{BOX_LEASE_PREFIX}{id}");
         // A spare holding the uid (this root's, or one parked by any process) is a cache:
@@ -352,7 +366,7 @@ impl Root {
         match leased {
             Ok(true) => {}
             Ok(false) => {
-                let _ = fs::remove_dir_all(&dir);
+                cleanup::remove_tree(&dir, "a box that could not lease its uid");
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
                     format!(
@@ -361,7 +375,7 @@ impl Root {
                 ));
             }
             Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
+                cleanup::remove_tree(&dir, "a box that could not lease its uid");
                 return Err(Error::io("lease the box's uid", &dir, e));
             }
         }
@@ -381,8 +395,14 @@ impl Root {
             .and_then(|()| state::write_json_atomic(&dir.join(RECORD), &record));
         if let Err(e) = written {
             uids::release(&self.inner.dir, uid);
-            let _ = empty_box(&dir);
-            let _ = remove_tree(&dir);
+            // The launch's error is what the caller gets; what cannot be removed now is
+            // logged and left to `cleanup_box`.
+            if let Err(u) = empty_box(&dir).and_then(|()| remove_tree(&dir)) {
+                tracing::warn!(
+                    "remove the box {} that failed to be made: {u}",
+                    dir.display()
+                );
+            }
             return Err(e);
         }
         // This root's idle spares may have entered their mount namespaces before the disk

@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use nix::sys::signal::Signal;
+use crate::signal::Signal;
 
 use crate::config::{Output, Stdin};
 use crate::error::{Error, ErrorKind, Result};
@@ -166,7 +166,7 @@ impl Sandbox {
         match self.control_with_fds(
             ControlRequest::ExecKill {
                 exec,
-                signal: signal as i32,
+                signal: signal.as_raw(),
             },
             &[],
         )? {

@@ -123,8 +123,25 @@ fn collect_parked_spares(root: &StateRoot<'_>, report: &mut GcReport) {
                 .count()
         });
         if spares == 0 {
-            let _ = fs::remove_file(group.join(SEEN_MARKER));
-            let _ = fs::remove_dir(group);
+            let marker = group.join(SEEN_MARKER);
+            match fs::remove_file(&marker) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => report
+                    .errors
+                    .push(format!("remove {}: {e}", marker.display())),
+                _ => {}
+            }
+            match fs::remove_dir(&group) {
+                // Gone, or a spare parked there meanwhile: nothing to report.
+                Err(e)
+                    if e.kind() != std::io::ErrorKind::NotFound
+                        && e.raw_os_error() != Some(libc::ENOTEMPTY) =>
+                {
+                    report
+                        .errors
+                        .push(format!("remove {}: {e}", group.display()));
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -370,7 +370,9 @@ impl Root {
     }
 
     /// The complete OCI runtime spec of a sandbox running `cmd`, with the image itself as a
-    /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes).
+    /// read-only root instead of the per-sandbox overlay (the escape hatch for other runtimes),
+    /// as the JSON document a bundle's `config.json` holds (runtime-spec 1.x): a plain
+    /// [`serde_json::Value`], so that runbox's API does not move with any crate's spec types.
     /// (libcontainer itself builds from this spec minus the program, the quota and the
     /// seccomp section, which runbox applies itself.)
     ///
@@ -382,7 +384,14 @@ impl Root {
     ///
     /// # Errors
     /// `InvalidConfig` as for [`Root::spawn`].
-    pub fn oci_spec(&self, cmd: &Command) -> Result<Spec> {
+    pub fn oci_spec(&self, cmd: &Command) -> Result<serde_json::Value> {
+        let spec = self.spec(cmd)?;
+        serde_json::to_value(&spec)
+            .map_err(|e| Error::with_source(ErrorKind::Io, "encode the OCI spec", e))
+    }
+
+    /// [`Root::oci_spec`] as libcontainer's type.
+    fn spec(&self, cmd: &Command) -> Result<Spec> {
         let stored = self.resolve_stored(cmd)?;
         let mut cfg = resolve(cmd, stored.as_ref(), || self.host_image())?;
         if !cfg.image_layers.is_empty() {
@@ -409,7 +418,7 @@ impl Root {
     /// # Errors
     /// As [`Root::oci_spec`], and `Io` if the file cannot be written.
     pub fn write_bundle(&self, cmd: &Command, bundle: &Path) -> Result<()> {
-        state::write_bundle(&self.oci_spec(cmd)?, bundle)
+        state::write_bundle(&self.spec(cmd)?, bundle)
     }
 
     /// Runs `cmd` in a new sandbox, **blocks until it has finished**, and returns the verdict;

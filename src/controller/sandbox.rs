@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::config;
@@ -20,6 +19,7 @@ use crate::layout::Layout;
 use crate::proto::control::{ControlRequest, ControlResponse, Stats};
 use crate::proto::frame::ProtoError;
 use crate::proto::{Report, ReportReader, WireError};
+use crate::signal::Signal;
 
 use super::control::{Client, ClientError};
 use crate::verdict::{Status, Usage, Verdict, SCHEMA_VERSION};
@@ -564,7 +564,7 @@ impl Sandbox {
         } else {
             signal
         };
-        proc::signal_verified(init, signal as i32).map_err(|e| {
+        proc::signal_verified(init, signal.as_raw()).map_err(|e| {
             Error::with_source(
                 ErrorKind::InvalidState,
                 format!("sandbox {} is no longer running", self.id),

@@ -278,7 +278,8 @@ fn build_skeleton(images_dir: &Path, lower: &Path) -> Result<()> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = images_dir.join(format!(".tmp-skel-{}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
+    // A leftover of an earlier process with this pid; one that stays makes the build fail.
+    super::cleanup::remove_tree(&tmp, "a leftover skeleton");
     let io = |what: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |e| Error::io(what, p, e)
@@ -339,17 +340,17 @@ fn build_skeleton(images_dir: &Path, lower: &Path) -> Result<()> {
         Ok(())
     })();
     if let Err(e) = result {
-        let _ = fs::remove_dir_all(&tmp);
+        super::cleanup::remove_tree(&tmp, "a skeleton that failed to build");
         return Err(e);
     }
     match fs::rename(&tmp, lower) {
         Ok(()) => Ok(()),
         Err(_) if lower.join(".runbox-skeleton").exists() => {
-            let _ = fs::remove_dir_all(&tmp);
+            super::cleanup::remove_tree(&tmp, "a skeleton another process built first");
             Ok(())
         }
         Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
+            super::cleanup::remove_tree(&tmp, "a skeleton that could not be put in place");
             Err(Error::io("rename skeleton to", lower, e))
         }
     }

@@ -4,6 +4,7 @@
 
 pub(crate) mod cgroup;
 pub(crate) mod check;
+pub(crate) mod cleanup;
 pub(crate) mod image;
 pub(crate) mod mounts;
 pub(crate) mod proc;

@@ -6,7 +6,6 @@ use std::os::fd::AsFd;
 use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags};
-use serde::{Deserialize, Serialize};
 
 use crate::host::sys;
 
@@ -26,14 +25,9 @@ fn pids_ceiling_of(pid_max: u64) -> u64 {
     (pid_max / 2).max(1)
 }
 
-/// A process named by pid plus its start time (field 22 of `/proc/<pid>/stat`), never a bare pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ProcIdentity {
-    /// Process id in the host's pid namespace.
-    pub pid: i32,
-    /// Start time in clock ticks since boot.
-    pub start_time: u64,
-}
+/// A process named by pid plus its start time: the name is pure data (in [`crate::layout`],
+/// which names files after their owners); reading and checking it against `/proc` is here.
+pub(crate) use crate::layout::ProcIdentity;
 
 impl ProcIdentity {
     /// The identity of `pid` now, or `None` if it does not exist.
@@ -46,15 +40,6 @@ impl ProcIdentity {
     pub fn own() -> std::io::Result<ProcIdentity> {
         let pid = i32::try_from(std::process::id()).map_err(std::io::Error::other)?;
         ProcIdentity::of(pid).ok_or_else(|| std::io::Error::other("cannot read own /proc entry"))
-    }
-
-    /// The identity at the start of a name part `<pid>-<start time>[-…]` (see
-    /// [`crate::layout::owned_name`]).
-    pub fn parse_prefix(text: &str) -> Option<ProcIdentity> {
-        let mut parts = text.split('-');
-        let pid = parts.next()?.parse().ok()?;
-        let start_time = parts.next()?.parse().ok()?;
-        Some(ProcIdentity { pid, start_time })
     }
 
     /// True if the same process (pid and start time) still exists and is not a zombie.

@@ -116,7 +116,11 @@ pub(crate) fn mount_rootfs(
     let mut mounted = Mounted::default();
     let result = mount_steps(scratch, scratch_bytes, lowers, trees, &mut mounted);
     if let Err(e) = result {
-        let _ = unmount(&mut mounted);
+        // The launch fails with `e` either way; what stays mounted lives in the monitor's
+        // own mount namespace and goes with it.
+        if let Err(u) = unmount(&mut mounted) {
+            eprintln!("runbox monitor: unmount after a failed mount ({e}): {u}");
+        }
         return Err(e);
     }
     Ok(mounted)
@@ -418,13 +422,19 @@ pub(crate) fn collect_out(
             Ok((n, false)) => used += n,
             Ok((_, true)) => {
                 drop(out);
-                let _ = fs::remove_file(host);
+                // Never a partial copy left where the caller looks for the file.
+                fs::remove_file(host).map_err(copy_err)?;
                 done.left_out.push(inside.clone());
             }
             Err(source) => {
                 // Never a half-written file (a full disk, say): remove it and stop.
                 drop(out);
-                let _ = fs::remove_file(host);
+                if let Err(e) = fs::remove_file(host) {
+                    eprintln!(
+                        "runbox monitor: remove the half-written {}: {e}",
+                        host.display()
+                    );
+                }
                 return Err(copy_err(source));
             }
         }

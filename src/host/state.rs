@@ -231,7 +231,7 @@ fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         fs::rename(&tmp, path)
     })();
     result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+        super::cleanup::remove_file(&tmp, "a temp file that failed to be written");
         Error::io("write", path, e)
     })
 }
@@ -259,7 +259,7 @@ pub(crate) fn reserve(path: &Path, bytes: usize) -> Result<()> {
         f.write_all(&vec![0u8; bytes])
     })();
     result.map_err(|e| {
-        let _ = fs::remove_file(path);
+        super::cleanup::remove_file(path, "a reservation that failed");
         Error::io("reserve space for", path, e)
     })
 }

@@ -159,7 +159,8 @@ impl UidRange {
                 Err(e) => return Err(e),
             };
             if let Err(e) = file.write_all(owner.as_bytes()) {
-                let _ = fs::remove_file(&path);
+                // A lease without its owner is collected by gc as a dead launch's.
+                super::cleanup::remove_file(&path, "a uid lease whose owner could not be written");
                 return Err(e);
             }
             return Ok(Some(uid));
@@ -180,7 +181,8 @@ pub(crate) fn lease_exact(root: &Path, uid: u32, owner: &str) -> io::Result<bool
     {
         Ok(mut file) => {
             if let Err(e) = file.write_all(owner.as_bytes()) {
-                let _ = fs::remove_file(&path);
+                // A lease without its owner is collected by gc as a dead launch's.
+                super::cleanup::remove_file(&path, "a uid lease whose owner could not be written");
                 return Err(e);
             }
             Ok(true)
@@ -219,14 +221,16 @@ pub(crate) fn holders(root: &Path) -> Vec<(u32, String)> {
 pub(crate) fn transfer(root: &Path, uid: u32, id: &str) {
     let path = lease_path(root, uid);
     let tmp = root.join(UIDS_DIR).join(format!(".{uid}.{id}"));
-    if fs::write(&tmp, id).is_err() || fs::rename(&tmp, &path).is_err() {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = fs::write(&tmp, id).and_then(|()| fs::rename(&tmp, &path)) {
+        tracing::warn!("transfer the lease of uid {uid} to {id}: {e}");
+        super::cleanup::remove_file(&tmp, "a lease transfer's temp file");
     }
 }
 
 /// Gives `uid` back (nothing if it was not leased).
 pub(crate) fn release(root: &Path, uid: u32) {
-    let _ = fs::remove_file(lease_path(root, uid));
+    // One that cannot be removed stays leased until gc finds its owner gone.
+    super::cleanup::remove_file(&lease_path(root, uid), "a uid lease");
 }
 
 /// Leases whose owner is gone (a launch's or spare's controller process that died, or a
@@ -247,7 +251,7 @@ pub(crate) fn stale(root: &Path, in_use: impl FnOnce() -> Vec<u32>) -> Vec<u32> 
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
             if name.to_str().is_some_and(|n| n.starts_with('.')) && old {
-                let _ = fs::remove_file(e.path());
+                super::cleanup::remove_file(&e.path(), "a dead lease transfer's temp file");
             }
             continue;
         };

@@ -77,11 +77,11 @@ impl<'a> Staged<'a> {
                 Ok(id)
             }
             Ok(id) => {
-                let _ = fs::remove_dir_all(&dir);
+                crate::host::cleanup::remove_tree(&dir, "a staged copy of a layer staged already");
                 Ok(id)
             }
             Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
+                crate::host::cleanup::remove_tree(&dir, "a layer that failed to unpack");
                 Err(e)
             }
         }
@@ -99,7 +99,7 @@ impl<'a> Staged<'a> {
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
         for dir in self.layers.values() {
-            let _ = fs::remove_dir_all(dir);
+            crate::host::cleanup::remove_tree(dir, "a staged layer");
         }
     }
 }

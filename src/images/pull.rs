@@ -2,7 +2,7 @@
 //! the manifest for this host's platform, the config, then each layer the store lacks,
 //! downloaded into staging, verified, unpacked and verified again.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::PathBuf;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -13,8 +13,10 @@ use super::reference::check_name;
 use super::registry::{Client, ClientOptions, Reference, RegistryError};
 use super::store::{ImageInfo, ImageStore, Progress};
 
-/// How to reach a registry.
+/// How to reach a registry: `PullOptions::default()` (HTTPS, the system's CAs, anonymous)
+/// and its setters.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct PullOptions {
     /// Plain HTTP instead of HTTPS (only when asked: a local test registry, say).
     pub plain_http: bool,
@@ -22,6 +24,30 @@ pub struct PullOptions {
     pub ca_file: Option<PathBuf>,
     /// User name and password, for basic auth or a token service.
     pub credentials: Option<(String, String)>,
+}
+
+impl PullOptions {
+    /// Plain HTTP instead of HTTPS (only for a registry that has no TLS: a local test one).
+    pub fn plain_http(&mut self, yes: bool) -> &mut Self {
+        self.plain_http = yes;
+        self
+    }
+
+    /// Trusts the CA certificates of the PEM file `path` besides the system's.
+    pub fn ca_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Authenticates as `user` with `password` (basic auth or a token service).
+    pub fn credentials(
+        &mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> &mut Self {
+        self.credentials = Some((user.into(), password.into()));
+        self
+    }
 }
 
 impl From<RegistryError> for Error {
@@ -45,7 +71,7 @@ struct TempDir(PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        crate::host::cleanup::remove_tree(&self.0, "a pull's staging directory");
     }
 }
 

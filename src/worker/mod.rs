@@ -20,20 +20,30 @@
 //! - Redis unreachable: sandboxes go on, results wait in memory (and in the sandboxes'
 //!   state), the worker reconnects with backoff and publishes then.
 
+mod events;
 pub(crate) mod job;
+mod options;
+mod publish;
+mod reconcile;
 
-use std::collections::{BTreeMap, BTreeSet};
+pub use events::Event;
+pub use options::WorkerOptions;
+
+use options::pids_ceiling;
+use publish::{connection_failed, server_busy};
+use reconcile::{entry_again, Adoption, Starting};
+
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamClaimOptions, StreamId,
-    StreamPendingCountReply, StreamRangeReply, StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamClaimOptions, StreamId, StreamReadOptions,
+    StreamReadReply,
 };
 use redis::Commands;
-use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::{Root, Sandbox};
@@ -45,199 +55,8 @@ use job::{RejectKind, Rejection};
 /// directory per sandbox, removed once its result is published.
 const JOBS_DIR: &str = ".jobs";
 
-/// The publish step: checks that `ARGV[1]` (the entry) is pending for `ARGV[2]` (this
-/// consumer), then adds the result to `KEYS[2]`, sets the result key if one is given, and
-/// acks. The result key is set only if it does not exist (`SET NX`): it holds the first
-/// result published for a job id. Returns 1 if published, 0 if the entry is no longer
-/// pending (done already), -1 if another consumer owns it.
-const PUBLISH: &str = r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[3], ARGV[1], ARGV[1], 1)
-if #p == 0 then return 0 end
-if p[1][2] ~= ARGV[2] then return -1 end
-redis.call('XADD', KEYS[2], '*', 'job', ARGV[4], 'delivery', ARGV[1], 'verdict', ARGV[5])
-if ARGV[6] ~= '' then redis.call('SET', ARGV[6], ARGV[5], 'NX') end
-redis.call('XACK', KEYS[1], ARGV[3], ARGV[1])
-return 1
-"#;
-
 /// What Redis accepts as one argument unless configured otherwise (`proto-max-bulk-len`).
 const REDIS_DEFAULT_BULK: u64 = 512 << 20;
-
-/// Times in a row a result's publish may lose the connection (with Redis reachable again
-/// each time) before the result is taken for one Redis will not take, and a small result
-/// saying so stands in for it.
-const MAX_LOST_PUBLISHES: u32 = 3;
-
-/// The hard ceiling of [`WorkerOptions::max_pids`]: half of the host's `kernel.pid_max`
-/// (32768 if it cannot be read), so that one job never takes the host's pid table.
-pub(crate) fn pids_ceiling() -> u64 {
-    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(32768);
-    pid_max / 2
-}
-
-/// What a worker is told to do.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub redis_url: String,
-    /// The jobs' stream.
-    pub stream: String,
-    /// The consumer group (created at the stream's start if missing).
-    pub group: String,
-    /// This worker's consumer name: keep it across restarts of the same worker (the default
-    /// is the host name and a hash of the state root).
-    pub consumer: String,
-    /// Sandboxes running at once.
-    pub concurrency: usize,
-    /// The results' stream (default `<stream>:results`).
-    pub results: String,
-    /// If set, each result is also stored under the key `<prefix><job id>`.
-    pub result_keys: Option<String>,
-    /// How long a worker may be silent before its entries are taken over by others.
-    pub lease: Duration,
-    /// The most memory a job may ask for (`memory`). Default 4 GiB.
-    pub max_memory_bytes: u64,
-    /// The most processes and threads a job may ask for (`pids`). Default 1024 (or the
-    /// ceiling if lower); at most half of the host's `kernel.pid_max`.
-    pub max_pids: u64,
-    /// The longest CPU time a job may ask for (`time`); also the CPU-time limit of a job
-    /// that sets none. Default 3600 s.
-    pub max_cpu_time: Duration,
-    /// The longest wall time a job may ask for (`wall_time`). Default 3600 s.
-    pub max_wall_time: Duration,
-    /// The most captured output a job may ask for (`output_limit`). Default 16 MiB.
-    pub max_output_bytes: u64,
-    /// The most bytes of collected files a job's result may carry, all files together (the
-    /// monitor stops copying there). Default 16 MiB.
-    pub max_collect_bytes: u64,
-}
-
-impl WorkerOptions {
-    /// Options for `stream` and `group` on the Redis at `redis_url`, for a worker on
-    /// `root`: concurrency 1, lease 30 s, results to `<stream>:results`.
-    pub fn new(redis_url: &str, stream: &str, group: &str, root: &Root) -> WorkerOptions {
-        let host = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "host".into());
-        WorkerOptions {
-            redis_url: redis_url.to_string(),
-            stream: stream.to_string(),
-            group: group.to_string(),
-            consumer: format!(
-                "{host}-{:016x}",
-                crate::layout::fnv1a(root.dir().as_os_str().as_encoded_bytes())
-            ),
-            concurrency: 1,
-            results: format!("{stream}:results"),
-            result_keys: None,
-            lease: Duration::from_secs(30),
-            max_memory_bytes: 4 << 30,
-            max_pids: 1024.min(pids_ceiling()),
-            max_cpu_time: Duration::from_secs(3600),
-            max_wall_time: Duration::from_secs(3600),
-            max_output_bytes: 16 << 20,
-            max_collect_bytes: 16 << 20,
-        }
-    }
-
-    fn maxima(&self) -> job::Maxima {
-        job::Maxima {
-            memory_bytes: self.max_memory_bytes,
-            pids: self.max_pids,
-            cpu_time: self.max_cpu_time,
-            wall_time: self.max_wall_time,
-            output_bytes: self.max_output_bytes,
-            collect_bytes: self.max_collect_bytes,
-        }
-    }
-
-    /// The most bytes one result document can take with these maxima, JSON escaping at its
-    /// worst included (an output of NULs takes 6 bytes per byte): at most 512 MiB, what
-    /// Redis takes by default. A result larger than the Redis server takes is replaced by
-    /// a small `internal_error` result saying so.
-    pub fn max_result_bytes(&self) -> u64 {
-        self.maxima().result_bytes()
-    }
-}
-
-/// Something a worker did, for its log (the CLI prints each as a JSON line).
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// A job's sandbox was created and started.
-    Launched {
-        /// The job's id.
-        job: String,
-        /// Its stream entry id.
-        delivery: String,
-        /// The sandbox's id.
-        sandbox: String,
-    },
-    /// A sandbox launched by an earlier life of this worker was taken over.
-    Adopted {
-        /// The job's id.
-        job: String,
-        /// Its stream entry id.
-        delivery: String,
-        /// The sandbox's id.
-        sandbox: String,
-    },
-    /// A result was published and its entry acked.
-    Published {
-        /// The job's id.
-        job: String,
-        /// Its stream entry id.
-        delivery: String,
-        /// The verdict's status.
-        status: String,
-    },
-    /// A result was not published: its entry was acked already.
-    Duplicate {
-        /// The job's id.
-        job: String,
-        /// Its stream entry id.
-        delivery: String,
-    },
-    /// A job was not run: a rejection result was published and its entry acked.
-    Rejected {
-        /// Its stream entry id.
-        delivery: String,
-        /// Why.
-        reason: String,
-    },
-    /// A sandbox whose entry another worker owns now was killed and removed, unpublished.
-    OrphanRemoved {
-        /// Its stream entry id.
-        delivery: String,
-        /// The sandbox's id.
-        sandbox: String,
-    },
-    /// An entry of a worker silent for longer than the lease was taken over.
-    Reclaimed {
-        /// Its stream entry id.
-        delivery: String,
-    },
-    /// Redis could not be reached; sandboxes go on.
-    RedisDown {
-        /// What failed.
-        error: String,
-    },
-    /// Redis is reachable again.
-    RedisUp,
-    /// Redis refused a job's result (too large for it, or an error reply): a small
-    /// `internal_error` result saying why is published in its place.
-    ResultRefused {
-        /// The job's id.
-        job: String,
-        /// Its stream entry id.
-        delivery: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// A job whose sandbox runs (or ran) on this worker.
 struct InFlight {
@@ -259,6 +78,8 @@ pub struct Worker {
     con: Option<redis::Connection>,
     /// By delivery (stream entry id).
     inflight: BTreeMap<String, InFlight>,
+    /// Sandboxes of an earlier life not yet known to have started, by delivery.
+    starting: BTreeMap<String, Starting>,
     /// Sandbox names of this stream and group start with this.
     prefix: String,
     down_since: Option<Instant>,
@@ -270,75 +91,14 @@ pub struct Worker {
     bulk_limit: u64,
 }
 
-/// How long a sandbox whose creator died may go without a monitor before it is taken for a
-/// launch that never started (a monitor records itself within milliseconds of taking one).
-const START_GRACE: Duration = Duration::from_secs(10);
-
-/// True if `sandbox` was created by a launch whose process died before any monitor took it
-/// (no monitor ever recorded itself, for [`START_GRACE`] after its creation): its program
-/// never ran, so launching the job again runs it once.
-fn never_started(sandbox: &Sandbox) -> bool {
-    loop {
-        let Ok(info) = sandbox.info() else {
-            return false;
-        };
-        if info.state != crate::SandboxState::Lost || info.monitor_pid.is_some() {
-            return false;
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let grace = u64::try_from(START_GRACE.as_millis()).unwrap_or(u64::MAX);
-        if now.saturating_sub(info.created_unix_ms) >= grace {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A stream entry rebuilt from its id and job document (to launch it again).
-fn entry_again(delivery: &str, doc: &[u8]) -> StreamId {
-    let mut map = std::collections::HashMap::new();
-    map.insert("job".to_string(), redis::Value::BulkString(doc.to_vec()));
-    StreamId {
-        id: delivery.to_string(),
-        map,
-    }
+/// Removes the directory `dir` (a job's, or a part of one) if it exists; a failure is logged:
+/// what is left is removed by the next reconcile (see [`Worker::remove_stray_job_dirs`]).
+fn remove_dir_logged(dir: &std::path::Path) {
+    crate::host::cleanup::remove_tree(dir, "the worker's job directory");
 }
 
 fn redis_err(what: &str, e: redis::RedisError) -> Error {
     Error::with_source(ErrorKind::Io, format!("redis: {what}"), e)
-}
-
-/// Why a publish did not happen.
-enum PublishError {
-    /// Redis answered with an error (a result too large for it, out of memory, a key of
-    /// the wrong type…): retrying the same result would get the same answer.
-    Refused(String),
-    /// The connection failed: reconnect and try again.
-    Lost(Error),
-    /// Redis cannot serve anyone now (loading its data, a script running, a failover):
-    /// reconnect and try again, without counting it against the result.
-    Busy(Error),
-}
-
-/// True if `e` says the connection failed (not an answer of the server).
-fn connection_failed(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
-}
-
-/// True if `e` is an answer saying Redis cannot serve anyone now (loading its data after a
-/// restart, a script running, a failover under way), not a refusal of this command.
-fn server_busy(e: &redis::RedisError) -> bool {
-    use redis::RetryMethod as M;
-    matches!(
-        e.retry_method(),
-        M::WaitAndRetry | M::Reconnect | M::ReconnectFromInitialConnections
-    ) || e.kind() == redis::ErrorKind::ReadOnly
-        || matches!(
-            e.code(),
-            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
-        )
 }
 
 impl Worker {
@@ -391,6 +151,7 @@ impl Worker {
             client,
             con: None,
             inflight: BTreeMap::new(),
+            starting: BTreeMap::new(),
             prefix,
             down_since: None,
             last_refresh: Instant::now(),
@@ -408,7 +169,9 @@ impl Worker {
     pub fn run(&mut self, stop: &AtomicBool, events: &mut dyn FnMut(&Event)) -> Result<()> {
         // What a killed earlier life left mid-launch (a staging directory, the uid lease it
         // held) belongs to a dead process: collect it before anything else.
-        let _ = self.root.gc();
+        for e in self.root.gc().errors {
+            tracing::warn!("worker: collecting what an earlier life left: {e}");
+        }
         let mut backoff = Duration::from_millis(100);
         while !stop.load(Ordering::Relaxed) {
             if self.con.is_none() {
@@ -489,97 +252,17 @@ impl Worker {
             .ok_or_else(|| Error::new(ErrorKind::Io, "redis: not connected"))
     }
 
-    /// The entries pending for this consumer.
-    fn pending(&mut self) -> Result<BTreeSet<String>> {
-        let (stream, group, me) = (
-            self.opts.stream.clone(),
-            self.opts.group.clone(),
-            self.opts.consumer.clone(),
-        );
-        let mut out = BTreeSet::new();
-        let mut start = "-".to_string();
-        loop {
-            let reply: StreamPendingCountReply = self
-                .con()?
-                .xpending_consumer_count(&stream, &group, &start, "+", 1000, &me)
-                .map_err(|e| redis_err("XPENDING", e))?;
-            let n = reply.ids.len();
-            let last = reply.ids.last().map(|p| p.id.clone());
-            out.extend(reply.ids.into_iter().map(|p| p.id));
-            match last {
-                Some(id) if n == 1000 => start = format!("({id}"),
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    /// After a (re)connection: adopts this worker's sandboxes whose entries are pending for
-    /// it, removes the others, and launches pending entries that have no sandbox.
-    fn reconcile(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
-        let pending = self.pending()?;
-        // Sandboxes this worker no longer owns the entry of.
-        let lost: Vec<String> = self
-            .inflight
-            .keys()
-            .filter(|d| !pending.contains(*d))
-            .cloned()
-            .collect();
-        for delivery in lost {
-            if let Some(f) = self.inflight.remove(&delivery) {
-                self.remove_orphan(&delivery, f.sandbox.id().to_string(), events);
-            }
-        }
-        for listing in self.root.list()? {
-            let Some(delivery) = listing.id.strip_prefix(&self.prefix).map(str::to_string) else {
-                continue;
-            };
-            if self.inflight.contains_key(&delivery) {
-                continue;
-            }
-            if pending.contains(&delivery) {
-                // One that never started is launched again below, with the pending ones
-                // that have no sandbox.
-                self.adopt(&delivery, &listing.id, events);
-            } else {
-                self.remove_orphan(&delivery, listing.id.clone(), events);
-            }
-        }
-        let missing: Vec<String> = pending
-            .iter()
-            .filter(|d| !self.inflight.contains_key(*d))
-            .cloned()
-            .collect();
-        for delivery in missing {
-            let stream = self.opts.stream.clone();
-            let reply: StreamRangeReply = self
-                .con()?
-                .xrange(&stream, &delivery, &delivery)
-                .map_err(|e| redis_err("XRANGE", e))?;
-            match reply.ids.into_iter().next() {
-                Some(entry) => self.launch(entry, events)?,
-                // The entry was deleted from the stream: nothing to run.
-                None => {
-                    let group = self.opts.group.clone();
-                    let _: i64 = self
-                        .con()?
-                        .xack(&stream, &group, &[&delivery])
-                        .map_err(|e| redis_err("XACK", e))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// One round: finished sandboxes published, entries kept claimed, dead workers' entries
     /// taken over, new entries read.
     fn step(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
+        self.check_starting(events)?;
         self.finish_sandboxes();
         self.publish_finished(events)?;
         if self.last_refresh.elapsed() >= self.opts.lease / 3 {
             self.refresh(events)?;
             self.last_refresh = Instant::now();
         }
-        let free = self.opts.concurrency.saturating_sub(self.inflight.len());
+        let free = self.free();
         if free == 0 {
             // Every slot busy: wake when a sandbox finishes.
             self.wait_any(Duration::from_millis(50));
@@ -635,29 +318,29 @@ impl Worker {
             return;
         }
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        // An error (EINTR) only ends the wait early: the next round looks at every sandbox.
+        if let Err(e) = nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+            tracing::debug!("worker: poll the report pipes: {e}");
+        }
     }
 
-    /// Keeps this worker's in-flight entries claimed (idle time reset), drops sandboxes whose
-    /// entries were taken over, and takes over entries of workers silent past the lease.
+    /// Reconciles (drops sandboxes whose entries were taken over, removes what kills left
+    /// behind), keeps this worker's entries claimed (idle time reset), and takes over
+    /// entries of workers silent past the lease.
     fn refresh(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
         let (stream, group, me) = (
             self.opts.stream.clone(),
             self.opts.group.clone(),
             self.opts.consumer.clone(),
         );
-        if !self.inflight.is_empty() {
-            let pending = self.pending()?;
-            let (mine, lost): (Vec<String>, Vec<String>) = self
+        self.reconcile(events)?;
+        {
+            let mine: Vec<String> = self
                 .inflight
                 .keys()
+                .chain(self.starting.keys())
                 .cloned()
-                .partition(|d| pending.contains(d));
-            for delivery in lost {
-                if let Some(f) = self.inflight.remove(&delivery) {
-                    self.remove_orphan(&delivery, f.sandbox.id().to_string(), events);
-                }
-            }
+                .collect();
             if !mine.is_empty() {
                 let _: redis::Value = self
                     .con()?
@@ -672,7 +355,7 @@ impl Worker {
                     .map_err(|e| redis_err("XCLAIM", e))?;
             }
         }
-        let free = self.opts.concurrency.saturating_sub(self.inflight.len());
+        let free = self.free();
         if free > 0 {
             let lease_ms = u64::try_from(self.opts.lease.as_millis()).unwrap_or(u64::MAX);
             let reply: StreamAutoClaimReply = self
@@ -687,7 +370,7 @@ impl Worker {
                 )
                 .map_err(|e| redis_err("XAUTOCLAIM", e))?;
             for entry in reply.claimed {
-                if self.inflight.contains_key(&entry.id) {
+                if self.tracked(&entry.id) {
                     continue;
                 }
                 events(&Event::Reclaimed {
@@ -751,7 +434,7 @@ impl Worker {
         if let Err(e) =
             fs::create_dir_all(&dir).and_then(|()| fs::write(dir.join("job.json"), &doc))
         {
-            let _ = fs::remove_dir_all(&dir);
+            remove_dir_logged(&dir);
             let r = Rejection::new(
                 RejectKind::LaunchFailed,
                 format!("write the job's document in {}: {e}", dir.display()),
@@ -761,7 +444,7 @@ impl Worker {
         let cmd = match job::command(&job, &name, &dir, &self.maxima) {
             Ok(cmd) => cmd,
             Err(reason) => {
-                let _ = fs::remove_dir_all(&dir);
+                remove_dir_logged(&dir);
                 let r = Rejection::new(RejectKind::LaunchFailed, reason);
                 return self.reject(&delivery, &job.id, &r, events);
             }
@@ -769,7 +452,7 @@ impl Worker {
         match self.root.spawn(&cmd) {
             Ok(sandbox) => {
                 // The files copied in are in the sandbox now.
-                let _ = fs::remove_dir_all(dir.join("in"));
+                remove_dir_logged(&dir.join("in"));
                 events(&Event::Launched {
                     job: job.id.clone(),
                     delivery: delivery.clone(),
@@ -788,71 +471,25 @@ impl Worker {
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                if !self.adopt(&delivery, &name, events) {
-                    if !retry {
+                match self.adopt(&delivery, &name, events) {
+                    Adoption::Adopted | Adoption::Waiting => Ok(()),
+                    // An earlier life's launch that never started: launch it now.
+                    Adoption::Relaunch if retry => {
+                        self.launch_once(entry_again(&delivery, &doc), events, false)
+                    }
+                    Adoption::Relaunch => {
                         let r =
                             Rejection::new(RejectKind::LaunchFailed, "its sandbox name is taken");
-                        return self.reject(&delivery, &job.id, &r, events);
+                        self.reject(&delivery, &job.id, &r, events)
                     }
-                    // An earlier life's launch that never started: launch it now.
-                    return self.launch_once(entry_again(&delivery, &doc), events, false);
                 }
-                Ok(())
             }
             Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
+                remove_dir_logged(&dir);
                 let r = Rejection::new(RejectKind::LaunchFailed, e.chain());
                 self.reject(&delivery, &job.id, &r, events)
             }
         }
-    }
-
-    /// Takes over the sandbox `name` of `delivery`, launched by an earlier life. False if
-    /// that launch never started (the earlier life died before any monitor took the
-    /// sandbox): the sandbox is removed and the job must be launched again.
-    fn adopt(&mut self, delivery: &str, name: &str, events: &mut dyn FnMut(&Event)) -> bool {
-        let dir = self.job_dir(name);
-        let job = fs::read(dir.join("job.json"))
-            .ok()
-            .and_then(|doc| job::parse(&doc, &self.maxima).ok());
-        let (Some(job), Ok(sandbox)) = (job, self.root.sandbox(name)) else {
-            // Not one this worker can finish (its job file is gone): remove it; the entry
-            // stays pending and is launched again by the next reconcile.
-            self.remove_orphan(delivery, name.to_string(), events);
-            return false;
-        };
-        if never_started(&sandbox) {
-            let _ = sandbox.delete(true);
-            return false;
-        }
-        events(&Event::Adopted {
-            job: job.id.clone(),
-            delivery: delivery.to_string(),
-            sandbox: name.to_string(),
-        });
-        self.inflight.insert(
-            delivery.to_string(),
-            InFlight {
-                job,
-                sandbox,
-                result: None,
-                lost_publishes: 0,
-                retry_at: None,
-            },
-        );
-        true
-    }
-
-    /// Kills and removes a sandbox whose entry is not this worker's (anymore).
-    fn remove_orphan(&mut self, delivery: &str, name: String, events: &mut dyn FnMut(&Event)) {
-        if let Ok(s) = self.root.sandbox(&name) {
-            let _ = s.delete(true);
-        }
-        let _ = fs::remove_dir_all(self.job_dir(&name));
-        events(&Event::OrphanRemoved {
-            delivery: delivery.to_string(),
-            sandbox: name,
-        });
     }
 
     /// Collects the results of sandboxes that have finished (no Redis needed).
@@ -882,178 +519,5 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// Publishes and acks every finished sandbox's result, then removes the sandbox. A
-    /// result Redis refuses is replaced by a small one saying why, once; one it refuses
-    /// too waits for the next refresh (never a loop, never a reconnection for it).
-    fn publish_finished(&mut self, events: &mut dyn FnMut(&Event)) -> Result<()> {
-        let now = Instant::now();
-        let done: Vec<String> = self
-            .inflight
-            .iter()
-            .filter(|(_, f)| f.result.is_some() && f.retry_at.is_none_or(|t| t <= now))
-            .map(|(d, _)| d.clone())
-            .collect();
-        for delivery in done {
-            let Some(f) = self.inflight.get(&delivery) else {
-                continue;
-            };
-            let mut result = f.result.clone().unwrap_or_default();
-            let job_id = f.job.id.clone();
-            let mut outcome = self.publish(&delivery, &job_id, &result);
-            if let Err(PublishError::Refused(reason)) = &outcome {
-                events(&Event::ResultRefused {
-                    job: job_id.clone(),
-                    delivery: delivery.clone(),
-                    reason: reason.clone(),
-                });
-                result = job::rejection(&Rejection::new(RejectKind::ResultRefused, reason.clone()));
-                if let Some(f) = self.inflight.get_mut(&delivery) {
-                    f.result = Some(result.clone());
-                }
-                outcome = self.publish(&delivery, &job_id, &result);
-            }
-            let outcome = match outcome {
-                Ok(n) => n,
-                Err(PublishError::Refused(_)) => {
-                    // Redis refuses even a small result (out of memory, say): it stays
-                    // pending here and is tried again at the next refresh.
-                    let retry = Instant::now() + self.opts.lease / 3;
-                    if let Some(f) = self.inflight.get_mut(&delivery) {
-                        f.retry_at = Some(retry);
-                    }
-                    continue;
-                }
-                Err(PublishError::Busy(e)) => return Err(e),
-                Err(PublishError::Lost(e)) => {
-                    if let Some(f) = self.inflight.get_mut(&delivery) {
-                        f.lost_publishes += 1;
-                        if f.lost_publishes >= MAX_LOST_PUBLISHES {
-                            let size = result.to_string().len();
-                            let reason = format!(
-                                "Redis dropped the connection on each of {MAX_LOST_PUBLISHES} \
-                                 attempts to publish this result of {size} bytes"
-                            );
-                            events(&Event::ResultRefused {
-                                job: job_id.clone(),
-                                delivery: delivery.clone(),
-                                reason: reason.clone(),
-                            });
-                            f.result = Some(job::rejection(&Rejection::new(
-                                RejectKind::ResultRefused,
-                                reason,
-                            )));
-                        }
-                    }
-                    return Err(e);
-                }
-            };
-            let Some(f) = self.inflight.remove(&delivery) else {
-                continue;
-            };
-            let name = f.sandbox.id().to_string();
-            match outcome {
-                1 => events(&Event::Published {
-                    job: job_id,
-                    delivery: delivery.clone(),
-                    status: result["status"].as_str().unwrap_or("").to_string(),
-                }),
-                0 => events(&Event::Duplicate {
-                    job: job_id,
-                    delivery: delivery.clone(),
-                }),
-                _ => {
-                    self.remove_orphan(&delivery, name, events);
-                    continue;
-                }
-            }
-            let _ = f.sandbox.delete(true);
-            let _ = fs::remove_dir_all(self.job_dir(&name));
-        }
-        Ok(())
-    }
-
-    /// The result key of job `job_id`, if results are kept under keys.
-    fn result_key(&self, job_id: &str) -> Option<String> {
-        match &self.opts.result_keys {
-            Some(p) if !job_id.is_empty() => Some(format!("{p}{job_id}")),
-            _ => None,
-        }
-    }
-
-    /// The publish script (see [`PUBLISH`]): 1 published, 0 done already, -1 not ours. A
-    /// result larger than the server takes as one argument is refused here, unsent.
-    fn publish(
-        &mut self,
-        delivery: &str,
-        job_id: &str,
-        result: &serde_json::Value,
-    ) -> std::result::Result<i64, PublishError> {
-        let key = self.result_key(job_id).unwrap_or_default();
-        let (stream, results, me, group) = (
-            self.opts.stream.clone(),
-            self.opts.results.clone(),
-            self.opts.consumer.clone(),
-            self.opts.group.clone(),
-        );
-        let text = result.to_string();
-        let limit = self.bulk_limit.min(self.maxima.result_bytes());
-        if text.len() as u64 > limit {
-            return Err(PublishError::Refused(format!(
-                "the result takes {} bytes, more than Redis takes as one argument \
-                 (proto-max-bulk-len {}) or this worker allows ({} bytes)",
-                text.len(),
-                self.bulk_limit,
-                self.maxima.result_bytes()
-            )));
-        }
-        let con = self.con().map_err(PublishError::Lost)?;
-        redis::Script::new(PUBLISH)
-            .key(&stream)
-            .key(&results)
-            .arg(delivery)
-            .arg(&me)
-            .arg(&group)
-            .arg(job_id)
-            .arg(&text)
-            .arg(&key)
-            .invoke(con)
-            .map_err(|e| {
-                if connection_failed(&e) {
-                    PublishError::Lost(redis_err("publish", e))
-                } else if server_busy(&e) {
-                    PublishError::Busy(redis_err("publish", e))
-                } else {
-                    PublishError::Refused(format!("Redis answered: {e}"))
-                }
-            })
-    }
-
-    /// Publishes a rejection for `delivery` of job `job_id` (empty if unknown) and acks it.
-    /// Redis refusing even that leaves the entry pending: it is read again by the next
-    /// reconciliation (on a reconnection) and rejected again then.
-    fn reject(
-        &mut self,
-        delivery: &str,
-        job_id: &str,
-        r: &Rejection,
-        events: &mut dyn FnMut(&Event),
-    ) -> Result<()> {
-        let result = job::rejection(r);
-        match self.publish(delivery, job_id, &result) {
-            Ok(1) => events(&Event::Rejected {
-                delivery: delivery.to_string(),
-                reason: r.reason.clone(),
-            }),
-            Ok(_) => {}
-            Err(PublishError::Lost(e) | PublishError::Busy(e)) => return Err(e),
-            Err(PublishError::Refused(reason)) => events(&Event::ResultRefused {
-                job: job_id.to_string(),
-                delivery: delivery.to_string(),
-                reason,
-            }),
-        }
-        Ok(())
     }
 }
