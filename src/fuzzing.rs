@@ -28,8 +28,8 @@ use crate::host::sys;
 use crate::proto::frame::{self, FrameBuffer, Hello, ProtoError, Reader, PROTO_VERSION};
 use crate::proto::launch::MAX_SPARE_FRAME;
 use crate::proto::{
-    expect_hello, send_hello, FactoryRequest, InitRequest, Mode, MonitorArgs, Report,
-    SpareRequest, StatusFrames, StreamFds, MAX_PROGRAM_REQUEST,
+    expect_hello, send_hello, FactoryRequest, InitRequest, Mode, MonitorArgs, Report, SpareRequest,
+    StatusFrames, StreamFds, MAX_PROGRAM_REQUEST,
 };
 
 /// Largest input an entry point uses (the rest is ignored): keeps each run's I/O small.

@@ -10,7 +10,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use crate::signal::Signal;
 
 use crate::config::{Output, Stdin};
 use crate::error::{Error, ErrorKind, Result};
@@ -20,6 +19,7 @@ use crate::layout::ExecLayout;
 use crate::process_spec::ProcessSpec;
 use crate::proto::control::{ControlRequest, ControlResponse};
 use crate::proto::exec::{ExecProcess, ExecStream};
+use crate::signal::Signal;
 use crate::verdict::Verdict;
 
 use super::sandbox::Sandbox;
