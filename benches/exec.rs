@@ -46,6 +46,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -217,10 +218,6 @@ type Teardown = Box<dyn FnOnce() -> Result<(), String>>;
 impl Ctx {
     /// Registers `f` to run after the measurement, before the leak check; an error there fails
     /// the bench.
-    #[expect(
-        dead_code,
-        reason = "for runbox's rows, which come with exec; remove this once they use it"
-    )]
     fn on_teardown(&self, f: impl FnOnce() -> Result<(), String> + 'static) {
         self.teardown.borrow_mut().push(Box::new(f));
     }
@@ -952,8 +949,92 @@ impl Tool for Podman {
 /// fresh-CLI row times the release CLI (`common::build_cli()`) with [`timed`]; pause and resume
 /// rows are [`pause_step`] and [`resume_step`] over two closures that each do the operation and
 /// return its time (a CLI's through [`timed`], an in-process call's around the call).
-fn runbox_rows<'a>(_ctx: &'a Ctx, _opts: &Opts) -> Vec<Row<'a>> {
-    Vec::new()
+fn runbox_rows<'a>(ctx: &'a Ctx, opts: &Opts) -> Vec<Row<'a>> {
+    let names = [
+        "runbox exec /bin/true (in process)",
+        "runbox exec /bin/true (fresh CLI)",
+        "runbox pause (in process)",
+        "runbox resume (in process)",
+    ];
+    let mut sleeper = runbox::Command::new("/bin/sleep");
+    sleeper.arg("100000").image(&ctx.image);
+    sleeper.limits_mut().wall_time = None;
+    let sandbox = match ctx.root.spawn(&sleeper) {
+        Ok(sb) => Rc::new(sb),
+        Err(e) => {
+            return names
+                .iter()
+                .map(|n| Row::unavailable(*n, format!("spawn the sandbox: {}", e.chain())))
+                .collect()
+        }
+    };
+    let end = Rc::clone(&sandbox);
+    ctx.on_teardown(move || {
+        let sb = Rc::try_unwrap(end).map_err(|_| "the sandbox handle is still shared")?;
+        sb.delete(true)
+            .map_err(|e| format!("delete the exec sandbox: {}", e.chain()))
+    });
+    let cli = common::build_cli();
+    let root_dir = ctx.state.join("runbox");
+    let id = sandbox.id().to_string();
+    let timed_call = |f: &dyn Fn() -> runbox::Result<()>| -> Result<Duration, String> {
+        let t = Instant::now();
+        f().map_err(|e| e.chain())?;
+        Ok(t.elapsed())
+    };
+    let (p1, r1, p2, r2) = (
+        Rc::clone(&sandbox),
+        Rc::clone(&sandbox),
+        Rc::clone(&sandbox),
+        Rc::clone(&sandbox),
+    );
+    let in_process = Rc::clone(&sandbox);
+    vec![
+        Row::new(
+            names[0],
+            opts.runs,
+            Box::new(move || {
+                let spec = runbox::ProcessSpec::new("/bin/true");
+                let t = Instant::now();
+                let verdict = in_process
+                    .exec(&spec)
+                    .and_then(|exec| exec.wait())
+                    .map_err(|e| e.chain())?;
+                let took = t.elapsed();
+                if verdict.status != runbox::Status::Ok || verdict.exit_code != Some(0) {
+                    return Err(format!("exec /bin/true: {verdict:?}"));
+                }
+                Ok(took)
+            }),
+        ),
+        Row::new(
+            names[1],
+            opts.runs,
+            Box::new(move || {
+                let mut cmd = Proc::new(&cli);
+                cmd.arg("--root")
+                    .arg(&root_dir)
+                    .args(["exec", &id, "/bin/true"]);
+                timed(cmd)
+            }),
+        ),
+        Row::new(
+            names[2],
+            opts.runs,
+            pause_step(
+                move || timed_call(&|| p1.pause()),
+                move || timed_call(&|| r1.resume()),
+            ),
+        ),
+        Row::new(
+            names[3],
+            opts.runs,
+            resume_step(
+                move || timed_call(&|| p2.pause()),
+                move || timed_call(&|| r2.resume()),
+            ),
+        ),
+    ]
 }
 
 /// Interleaved measurement: `warmup` rounds of every available row, then rounds until every

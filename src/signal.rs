@@ -15,8 +15,11 @@ macro_rules! signals {
         #[allow(clippy::upper_case_acronyms)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[non_exhaustive]
+        // Each discriminant is the signal's number, so that even an `as i32` sends the
+        // right signal (a plain enum's would be its position in this list).
+        #[repr(i32)]
         pub enum Signal {
-            $($(#[$doc])* $name,)*
+            $($(#[$doc])* $name = libc::$libc,)*
         }
 
         impl Signal {
@@ -173,6 +176,7 @@ mod tests {
         assert_eq!("segv".parse::<Signal>().unwrap(), Signal::SIGSEGV);
         for s in Signal::ALL {
             assert_eq!(Signal::try_from(s.as_raw()).unwrap(), *s);
+            assert_eq!(*s as i32, s.as_raw(), "{s}: the discriminant is the number");
             assert_eq!(s.name().parse::<Signal>().unwrap(), *s);
             assert!(s.name().starts_with("SIG"));
         }
