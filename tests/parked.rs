@@ -167,8 +167,10 @@ fn a_fresh_process_starts_from_the_spare_the_last_one_parked() {
 fn one_parked_spare_serves_one_of_two_racing_processes() {
     let env = TestEnv::new("parked-race");
     let image = common::image().to_str().unwrap().to_string();
-    // Park exactly one, then keep the racers from parking more.
-    twice(&env, &[], "warm");
+    // Park exactly one, then keep the racers from parking more. The spare outwaits the
+    // emulated guest's pace: at the default 60 s of idle time it left there before it was
+    // seen ready.
+    twice(&env, &["--spare-idle", "600"], "warm");
     wait_ready(&env, 1, "a spare to be parked");
     let racers: Vec<_> = ["a", "b"]
         .iter()
@@ -669,7 +671,8 @@ fn spares_park_under_a_state_root_too_long_for_a_socket_address() {
         .dir
         .join(".spares/0123456789abcdef/_warm-123456-12345678-0/sock");
     assert!(sock_path.as_os_str().len() > 107, "{sock_path:?}");
-    twice(&env, &[], "long");
+    // (The spare outwaits the emulated guest's pace, as in the race above.)
+    twice(&env, &["--spare-idle", "600"], "long");
     wait_ready(&env, 1, "a spare to be parked");
     run_detached(&env, &[], "served");
     assert_eq!(state(&env, "served")["prebuilt"], true);
