@@ -348,7 +348,14 @@ impl Supervisor<'_> {
             self.execs.poll_fds(&mut fds)
         };
         let control_at = self.server.as_ref().map(|s| s.poll_fds(&mut fds));
-        if let Err(e) = sys::poll_until(&mut fds, self.deadline()) {
+        let deadline = [
+            self.deadline(),
+            self.server.as_ref().and_then(Server::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Err(e) = sys::poll_until(&mut fds, deadline) {
             self.outcome.facts.internal_error = Some(format!("poll: {e}"));
             let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
             if !init_waited {
@@ -365,6 +372,7 @@ impl Supervisor<'_> {
         }
         if let (Some(range), Some(mut server)) = (control_at, self.server.take()) {
             server.handle(&ready[range], self);
+            server.tick(Instant::now());
             self.server = Some(server);
         }
         let ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
