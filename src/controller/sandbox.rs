@@ -543,7 +543,7 @@ impl Sandbox {
         // Through the monitor, which signals its init by pidfd (and thaws a paused sandbox
         // for SIGKILL).
         if let Some(answer) = self.control(ControlRequest::Kill {
-            signal: signal as i32,
+            signal: signal.as_raw(),
         })? {
             return self.done(answer);
         }
