@@ -287,9 +287,17 @@ fn exec_into_a_sandbox_not_running_is_invalid_state_and_a_dead_monitor_a_clear_e
     done.delete(false).unwrap();
     // Paused, then running again.
     let s = sleeper(&env);
+    let mut long = ProcessSpec::new("probe");
+    long.args(["sleep", "120"]);
+    let held = s.exec(&long).unwrap();
     s.pause().unwrap();
     assert_eq!(s.exec(&spec).unwrap_err().kind(), ErrorKind::InvalidState);
+    // The frozen init cannot take a kill: refused (queued ones would block the monitor).
+    let e = held.kill(Signal::SIGCONT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
     s.resume().unwrap();
+    held.kill(Signal::SIGKILL).unwrap();
+    assert_eq!(held.wait().unwrap().signal, Some(9));
     assert_eq!(run(&s, "/bin/true", &[]).status, Status::Ok);
     end(s);
     // Lost: its monitor was killed.

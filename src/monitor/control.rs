@@ -4,7 +4,11 @@
 //! set and hands what became ready to [`Server::handle`] with the phase's [`Handler`], which
 //! is the one place requests are answered. Sockets are non-blocking, buffers bounded, the
 //! number of clients bounded; a client that breaks the protocol or does not read its
-//! answers is dropped, and none can block the monitor. Runs in the sandbox's monitor.
+//! answers is dropped, and none can block the monitor. A connection that owes its hello or
+//! the rest of a frame it began is closed after [`IDLE_TIMEOUT`], and a listener whose
+//! `accept` fails for want of descriptors or memory rests for [`ACCEPT_BACKOFF`] instead of
+//! waking the loop at once again: each loop adds [`Server::deadline`] to its poll timeout and
+//! calls [`Server::tick`] after each poll. Runs in the sandbox's monitor.
 
 use std::fs;
 use std::io;
@@ -13,6 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
 
@@ -32,6 +37,17 @@ const MAX_UNREAD: usize = 256 << 10;
 
 /// Most reads from one client per event, so that one busy client cannot starve the loop.
 const READS_PER_EVENT: usize = 4;
+
+/// How long a connection may owe its hello, the rest of a frame it began, or (once it closed
+/// its side) the taking of its last answers, before it is closed: a client that says nothing
+/// must not hold one of the [`MAX_CLIENTS`] slots for ever. One idle between requests (a
+/// follower of stats) or waiting for an answer given later (an exec's end) has no deadline.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the listener is not polled after `accept` failed for want of descriptors or
+/// memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): the connection stays queued and the listener
+/// readable, so polling it at once again would spin the monitor's loop.
+pub(super) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Which connection asked: for an answer given later ([`Server::answer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,9 +120,39 @@ struct Client {
     dead: bool,
     /// A request of it waits for an answer given later.
     awaiting: bool,
+    /// When it is closed unless it goes on ([`IDLE_TIMEOUT`]).
+    deadline: Option<Instant>,
 }
 
 impl Client {
+    /// A new connection: it owes its hello from `now`.
+    fn new(id: ClientId, sock: UnixStream, max_frame: usize, now: Instant, idle: Duration) -> Self {
+        Client {
+            id,
+            sock,
+            buf: FrameBuffer::new(max_frame),
+            greeted: false,
+            out: Vec::new(),
+            closing: false,
+            dead: false,
+            awaiting: false,
+            deadline: Some(now + idle),
+        }
+    }
+
+    /// Arms or clears its idle deadline after it was served at `now`: one that owes its hello,
+    /// the rest of a frame or (closing) the taking of its answers has until the moment that
+    /// began plus `idle` (more bytes of the same frame do not extend it); one waiting for an
+    /// answer given later, or idle between requests, has none.
+    fn rearm(&mut self, now: Instant, idle: Duration) {
+        let owes = !self.awaiting && (!self.greeted || !self.buf.is_empty() || self.closing);
+        if owes {
+            self.deadline.get_or_insert(now + idle);
+        } else {
+            self.deadline = None;
+        }
+    }
+
     fn queue(&mut self, msg: &impl serde::Serialize) {
         match frame::encode(msg, MAX_CONTROL_FRAME) {
             Ok(bytes) => self.out.extend_from_slice(&bytes),
@@ -167,6 +213,7 @@ impl Client {
                 match self.buf.next::<Hello>() {
                     Ok(None) => return,
                     Ok(Some(hello)) => {
+                        self.deadline = None;
                         // Answered also to a peer of another version, so it learns why.
                         self.queue(&Hello::ours());
                         if hello.msg.check().is_err() || !hello.fds.is_empty() {
@@ -184,12 +231,16 @@ impl Client {
             }
             match self.buf.next::<ControlRequest>() {
                 Ok(None) => return,
-                Ok(Some(r)) => match handler.handle_from(self.id, r.msg, r.fds) {
-                    Some(answer) => self.queue(&answer),
-                    None => self.awaiting = true,
-                },
+                Ok(Some(r)) => {
+                    self.deadline = None;
+                    match handler.handle_from(self.id, r.msg, r.fds) {
+                        Some(answer) => self.queue(&answer),
+                        None => self.awaiting = true,
+                    }
+                }
                 Err(ProtoError::Decode(e)) => {
                     // The frame was whole and is gone: the channel goes on.
+                    self.deadline = None;
                     self.queue(&failed(
                         ErrorKind::InvalidConfig,
                         format!("not a control request of this runbox: {e}"),
@@ -227,6 +278,12 @@ pub(super) struct Server {
     clients: Vec<Client>,
     max_frame: usize,
     next_id: u64,
+    /// The listener is not polled until then (`accept` failed for want of resources).
+    resting_until: Option<Instant>,
+    /// The last `accept` failed so (logged once per spell).
+    accept_failing: bool,
+    /// [`IDLE_TIMEOUT`], shorter in tests.
+    idle: Duration,
 }
 
 impl Server {
@@ -251,6 +308,9 @@ impl Server {
             clients: Vec::new(),
             max_frame: MAX_CONTROL_FRAME,
             next_id: 0,
+            resting_until: None,
+            accept_failing: false,
+            idle: IDLE_TIMEOUT,
         };
         fs::set_permissions(&at, fs::Permissions::from_mode(0o600)).map_err(fail)?;
         server.listener.set_nonblocking(true).map_err(fail)?;
@@ -265,7 +325,13 @@ impl Server {
     /// Adds the listener and every connection to a poll set; returns where they are in it.
     pub fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) -> Range<usize> {
         let start = fds.len();
-        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        // Resting, it stays in the set (the positions do not move) but asks for nothing.
+        let listen = if self.resting_until.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        fds.push(PollFd::new(self.listener.as_fd(), listen));
         for c in &self.clients {
             // One awaiting an answer is not read (its next requests wait their turn).
             let mut flags = if c.awaiting {
@@ -286,6 +352,7 @@ impl Server {
     /// `handler`, answers written as far as the clients take them.
     pub fn handle(&mut self, ready: &[bool], handler: &mut dyn Handler) {
         let known = self.clients.len();
+        let now = Instant::now();
         for (i, client) in self.clients.iter_mut().enumerate() {
             if ready.get(i + 1).copied().unwrap_or(false) {
                 client.serve(handler);
@@ -295,38 +362,71 @@ impl Server {
                 if client.awaiting && hung_up(&client.sock) {
                     client.dead = true;
                 }
+                client.rearm(now, self.idle);
             }
         }
         self.clients.retain(|c| !c.dead);
         debug_assert!(self.clients.len() <= known);
-        if ready.first().copied().unwrap_or(false) {
-            self.accept();
+        if self.resting_until.is_none() && ready.first().copied().unwrap_or(false) {
+            self.accept(now);
         }
     }
 
+    /// The next moment [`Server::tick`] has something to do: a client's idle deadline, or
+    /// the end of the listener's rest. The loop's poll must not sleep past it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.clients
+            .iter()
+            .filter_map(|c| c.deadline)
+            .chain(self.resting_until)
+            .min()
+    }
+
+    /// Does what is due at `now`: closes the connections past their idle deadline, and ends
+    /// the listener's rest (the next poll asks for it again). Called after every poll.
+    pub fn tick(&mut self, now: Instant) {
+        if self.resting_until.is_some_and(|t| t <= now) {
+            self.resting_until = None;
+        }
+        // Closed without a word: it owes a hello or a frame, nothing is answered to it.
+        self.clients.retain(|c| c.deadline.is_none_or(|d| d > now));
+    }
+
     /// Accepts what waits; past [`MAX_CLIENTS`] a connection is closed at once.
-    fn accept(&mut self) {
+    fn accept(&mut self, now: Instant) {
         loop {
             match self.listener.accept() {
                 Ok((sock, _)) => {
+                    self.accept_failing = false;
                     if self.clients.len() >= MAX_CLIENTS || sock.set_nonblocking(true).is_err() {
                         continue; // dropped: closed
                     }
                     self.next_id += 1;
-                    self.clients.push(Client {
-                        id: ClientId(self.next_id),
-                        sock,
-                        buf: FrameBuffer::new(self.max_frame),
-                        greeted: false,
-                        out: Vec::new(),
-                        closing: false,
-                        dead: false,
-                        awaiting: false,
-                    });
+                    let id = ClientId(self.next_id);
+                    let client = Client::new(id, sock, self.max_frame, now, self.idle);
+                    self.clients.push(client);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // WouldBlock, or a connection reset before it was accepted.
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Interrupted, or a connection reset before it was accepted (that one is
+                // gone from the queue): the next one may be fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM, or anything else: the connection stays
+                // queued and the listener readable; retried after a rest, not at once.
+                Err(e) => {
+                    if !self.accept_failing {
+                        eprintln!(
+                            "runbox monitor: accept a control connection: {e} \
+                             (retried every {ACCEPT_BACKOFF:?})"
+                        );
+                    }
+                    self.accept_failing = true;
+                    self.resting_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
             }
         }
     }
@@ -346,6 +446,7 @@ impl Server {
         c.queue(answer);
         c.answer(handler);
         c.flush();
+        c.rearm(Instant::now(), self.idle);
         self.clients.retain(|c| !c.dead);
         true
     }
@@ -602,6 +703,158 @@ mod tests {
             .count();
         assert!(closed >= 2, "{closed} closed");
         drop(silent);
+        drop(server);
+        fs::remove_dir(&layout.dir).unwrap();
+    }
+
+    /// The monitor's loop in small: polls until the server's deadline (or `end`), serves,
+    /// ticks, until `stop` or `end`. Returns how many polls woke with an event.
+    fn run_loop(
+        server: &mut Server,
+        handler: &mut dyn Handler,
+        end: std::time::Instant,
+        mut stop: impl FnMut(&Server) -> bool,
+    ) -> usize {
+        let mut woken = 0;
+        while !stop(server) && std::time::Instant::now() < end {
+            let mut fds = Vec::new();
+            let range = server.poll_fds(&mut fds);
+            let until = server.deadline().map_or(end, |d| d.min(end));
+            if sys::poll_until(&mut fds, Some(until)).unwrap() > 0 {
+                woken += 1;
+            }
+            let ready: Vec<bool> = fds[range].iter().map(sys::has_event).collect();
+            drop(fds);
+            server.handle(&ready, handler);
+            server.tick(std::time::Instant::now());
+        }
+        woken
+    }
+
+    /// True if the server closed `sock` (end of file once what it was sent is read).
+    fn closed_by_server(sock: &UnixStream) -> bool {
+        sock.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 4096];
+        loop {
+            match nix::unistd::read(sock.as_raw_fd(), &mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_that_owes_its_hello_or_a_frame_is_closed_but_not_one_awaiting_an_answer() {
+        let layout = temp_layout();
+        let mut server = Server::bind(&layout).unwrap();
+        server.idle = std::time::Duration::from_millis(300);
+        let mut later = Later(None);
+        // Connects and says nothing.
+        let silent = connect(&layout);
+        // Says hello, then stops in the middle of a frame.
+        let partial = connect(&layout);
+        frame::send(partial.as_fd(), &Hello::ours(), &[]).unwrap();
+        nix::unistd::write(&partial, &100u32.to_le_bytes()).unwrap();
+        nix::unistd::write(&partial, b"{\"Kill").unwrap();
+        // Greeted and idle between requests: it keeps its slot.
+        let idle = connect(&layout);
+        frame::send(idle.as_fd(), &Hello::ours(), &[]).unwrap();
+        // Greeted, waiting for an answer given later (as an exec's wait): it keeps its slot.
+        let waiting = connect(&layout);
+        frame::send(waiting.as_fd(), &Hello::ours(), &[]).unwrap();
+        frame::send(waiting.as_fd(), &ControlRequest::Stats, &[]).unwrap();
+
+        // Every connection is in, and the deadline is armed for the two that owe something.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        run_loop(&mut server, &mut later, end, |s| {
+            s.clients.len() == 4 && s.clients.iter().any(|c| c.awaiting)
+        });
+        assert_eq!(server.clients.len(), 4);
+        assert!(server.deadline().is_some());
+        // Well past the idle timeout (in the slow guest, too).
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        run_loop(&mut server, &mut later, end, |_| false);
+        assert!(closed_by_server(&silent), "a silent client keeps its slot");
+        assert!(
+            closed_by_server(&partial),
+            "a client stopped mid-frame keeps its slot"
+        );
+        assert!(!closed_by_server(&idle));
+        assert!(!closed_by_server(&waiting));
+        assert_eq!(server.clients.len(), 2);
+        assert_eq!(server.deadline(), None, "nothing is owed any more");
+        // The one waiting still gets its answer.
+        let who = later.0.unwrap();
+        assert!(server.answer(who, &ControlResponse::Done, &mut later));
+        waiting.set_nonblocking(false).unwrap();
+        // (Its hello's answer was read by the check above.)
+        let mut r = Reader::bounded(waiting, MAX_CONTROL_FRAME);
+        assert_eq!(
+            r.recv_plain::<ControlResponse>().unwrap(),
+            ControlResponse::Done
+        );
+        drop(server);
+        fs::remove_dir(&layout.dir).unwrap();
+    }
+
+    /// Set in the child process [`accept_failing_for_want_of_descriptors_rests_the_listener`]
+    /// starts: it alone lowers its descriptor limit.
+    const EMFILE_CHILD: &str = "RUNBOX_TEST_CONTROL_EMFILE_CHILD";
+
+    #[test]
+    fn accept_failing_for_want_of_descriptors_rests_the_listener() {
+        let name = "accept_failing_for_want_of_descriptors_rests_the_listener";
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            // The descriptor limit is the process's: run the test in a child of its own.
+            let path = module_path!().split_once("::").unwrap().1;
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", &format!("{path}::{name}"), "--test-threads=1"])
+                .arg("--nocapture")
+                .env(EMFILE_CHILD, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "the child: {}\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let layout = temp_layout();
+        let mut server = Server::bind(&layout).unwrap();
+        let mut count = Count(0);
+        let client = connect(&layout);
+        frame::send(client.as_fd(), &Hello::ours(), &[]).unwrap();
+        // Use up every descriptor: the queued connection cannot be accepted (EMFILE).
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, 256.min(hard), hard).unwrap();
+        let mut fillers = Vec::new();
+        loop {
+            match fs::File::open("/dev/null") {
+                Ok(f) => fillers.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("open /dev/null: {e}"),
+            }
+        }
+        let end = std::time::Instant::now() + std::time::Duration::from_millis(600);
+        let woken = run_loop(&mut server, &mut count, end, |_| false);
+        // Once per rest of 100 ms at most (and some slack); without the rest, thousands.
+        assert!(woken <= 15, "the loop woke {woken} times in 600 ms");
+        assert!(server.clients.is_empty());
+        // Descriptors again: the connection waiting in the queue is taken and greeted.
+        drop(fillers);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        run_loop(&mut server, &mut count, end, |s| {
+            s.clients
+                .first()
+                .is_some_and(|c| c.greeted && c.out.is_empty())
+        });
+        let mut r = Reader::bounded(client, MAX_CONTROL_FRAME);
+        assert_eq!(r.recv_plain::<Hello>().unwrap(), Hello::ours());
         drop(server);
         fs::remove_dir(&layout.dir).unwrap();
     }

@@ -499,12 +499,13 @@ fn wait_for_start(server: &mut Server, built: &Built) -> bool {
     loop {
         let mut fds = vec![PollFd::new(built.init.pidfd.as_fd(), PollFlags::POLLIN)];
         let range = server.poll_fds(&mut fds);
-        if sys::poll_until(&mut fds, None).is_err() || sys::has_event(&fds[0]) {
+        if sys::poll_until(&mut fds, server.deadline()).is_err() || sys::has_event(&fds[0]) {
             return false;
         }
         let ready: Vec<bool> = fds[range].iter().map(sys::has_event).collect();
         drop(fds);
         server.handle(&ready, &mut phase);
+        server.tick(Instant::now());
         if phase.start {
             return true;
         }

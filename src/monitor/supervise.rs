@@ -348,7 +348,14 @@ impl Supervisor<'_> {
             self.execs.poll_fds(&mut fds)
         };
         let control_at = self.server.as_ref().map(|s| s.poll_fds(&mut fds));
-        if let Err(e) = sys::poll_until(&mut fds, self.deadline()) {
+        let deadline = [
+            self.deadline(),
+            self.server.as_ref().and_then(Server::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Err(e) = sys::poll_until(&mut fds, deadline) {
             self.outcome.facts.internal_error = Some(format!("poll: {e}"));
             let _ = sys::pidfd_send_signal(&self.init.pidfd, libc::SIGKILL);
             if !init_waited {
@@ -365,6 +372,7 @@ impl Supervisor<'_> {
         }
         if let (Some(range), Some(mut server)) = (control_at, self.server.take()) {
             server.handle(&ready[range], self);
+            server.tick(Instant::now());
             self.server = Some(server);
         }
         let ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
@@ -539,6 +547,20 @@ impl Supervisor<'_> {
         if self.paused_since.is_some() {
             return control::invalid_state("the sandbox is paused already");
         }
+        // This blocks the monitor's loop until every process is frozen, which is acceptable:
+        // - nothing the freeze waits for needs this loop. A process blocked on a full output
+        //   or status pipe sleeps interruptibly and freezes like any other; the sandbox has
+        //   no uninterruptible wait on the monitor (no FUSE, no socket the kernel waits on
+        //   for us), so the freeze settles in microseconds and a straggler in an
+        //   uninterruptible sleep (disk I/O) only makes it slower, never stuck;
+        // - nothing is lost meanwhile: the pipes hold what was written and block writers,
+        //   and pidfd, status and client events stay pending for the next poll;
+        // - limits hold: a running task freezes at once, so CPU time barely moves while a
+        //   straggler sleeps; the freezing span counts as running time (`paused_since` is
+        //   set after), so a wall deadline that passed meanwhile fires when the loop goes on
+        //   (failed freeze) or at resume (the deadline moves by the paused span only);
+        // - the worst case is bounded: past FREEZE_WITHIN the cgroup is thawed and the
+        //   pause fails, and the loop goes on.
         if let Err(e) = self.cgroup.freeze(FREEZE_WITHIN) {
             return control::failed(ErrorKind::Io, format!("freeze the sandbox: {e}"));
         }
@@ -621,6 +643,12 @@ impl Handler for Supervisor<'_> {
                 control::stats(self.cgroup, self.cpu_baseline, self.paused_since.is_some())
             }
             ControlRequest::Exec { process } => self.exec(&process, fds),
+            // A frozen init reads nothing from its request socket, which is blocking: kills
+            // sent while paused would fill it and then block this loop for good (no resume
+            // could arrive). Refused like an exec; killing the sandbox thaws it.
+            ControlRequest::ExecKill { .. } if self.paused_since.is_some() => {
+                control::invalid_state("the sandbox is paused: resume it first")
+            }
             ControlRequest::ExecKill { exec, signal } => {
                 match self.execs.kill(self.request, exec, signal) {
                     Ok(()) => ControlResponse::Done,
