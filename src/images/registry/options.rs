@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// How a [`Client`] connects and which platform it pulls.
+/// How a [`super::Client`] connects and which platform it pulls.
 #[derive(Clone)]
 pub struct ClientOptions {
     /// Use `http://` instead of `https://` (also permits an http token realm).

@@ -16,7 +16,7 @@ use nix::sys::time::TimeSpec;
 
 use super::{UnpackError, UnpackLimits};
 
-/// Most entries recorded in [`Unpacked::skipped`].
+/// Most entries recorded in [`super::Unpacked::skipped`].
 pub(super) const MAX_SKIPPED: usize = 100;
 
 /// Reason given when a hard link names something that this layer did not create.
