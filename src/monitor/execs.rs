@@ -6,7 +6,7 @@
 //! supervision, inside its single poll loop (never blocking on an exec).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ use crate::layout::{ExecLayout, Layout};
 use crate::proto::exec::{ExecProcess, ExecStream};
 use crate::proto::{ExecEnd, InitRequest, ProgramRequest, MAX_EXECS};
 use crate::verdict::{Facts, LimitKind, Usage, Verdict, SCHEMA_VERSION};
+
+use super::sink::{Pump, Sink};
 
 /// How long an exec's output is drained after its process ended (its group is killed by
 /// then) before its verdict is written without the rest.
@@ -570,78 +572,5 @@ fn write_exit(files: &ExecLayout, verdict: &Verdict) -> Result<()> {
     )? {
         true => Ok(()),
         false => Err(unreserved),
-    }
-}
-
-enum Pump {
-    Ok,
-    Overflow,
-    Failed(io::Error),
-}
-
-/// One captured stream of an exec: a non-blocking pipe copied into a file within the exec's
-/// budget.
-struct Sink {
-    pipe: File,
-    file: File,
-    open: bool,
-    truncated: bool,
-    written: u64,
-    would_block: bool,
-    lost: Option<(u64, io::Error)>,
-}
-
-impl Sink {
-    fn new(pipe: OwnedFd, file: File) -> Self {
-        Sink {
-            pipe: File::from(pipe),
-            file,
-            open: true,
-            truncated: false,
-            written: 0,
-            would_block: false,
-            lost: None,
-        }
-    }
-
-    /// Copies what the pipe holds now (one read); at end of file marks the sink closed.
-    fn pump(&mut self, budget: &mut u64) -> Pump {
-        let mut buf = [0u8; 64 * 1024];
-        self.would_block = false;
-        match self.pipe.read(&mut buf) {
-            Ok(0) => {
-                self.open = false;
-                Pump::Ok
-            }
-            Ok(n) => {
-                let keep = usize::try_from(*budget).map_or(n, |b| b.min(n));
-                *budget -= keep as u64;
-                if self.lost.is_none() {
-                    match self.file.write_all(&buf[..keep]) {
-                        Ok(()) => self.written += keep as u64,
-                        Err(e) => {
-                            self.truncated = true;
-                            self.lost = Some((self.written, e));
-                        }
-                    }
-                }
-                if keep < n {
-                    self.truncated = true;
-                    self.open = false;
-                    Pump::Overflow
-                } else {
-                    Pump::Ok
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Pump::Ok,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.would_block = true;
-                Pump::Ok
-            }
-            Err(e) => {
-                self.open = false;
-                Pump::Failed(e)
-            }
-        }
     }
 }

@@ -23,6 +23,7 @@ mod parked;
 mod phases;
 mod process;
 mod run;
+mod sink;
 mod spare;
 mod supervise;
 
