@@ -330,11 +330,7 @@ fn stdin_of(spec: &ProcessSpec, tmp_dir: &std::path::Path) -> Result<OwnedFd> {
             use std::io::{Seek, Write};
             // An unlinked file in the sandbox's directory (root's, on the state root).
             fs::create_dir_all(tmp_dir).map_err(|e| Error::io("create", tmp_dir, e))?;
-            let mut f = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-                .open(tmp_dir)
+            let mut f = unlinked_file_in(tmp_dir)
                 .map_err(|e| Error::io("make the exec's stdin in", tmp_dir, e))?;
             f.write_all(bytes)
                 .and_then(|()| f.rewind())
@@ -346,6 +342,37 @@ fn stdin_of(spec: &ProcessSpec, tmp_dir: &std::path::Path) -> Result<OwnedFd> {
             Ok(f.into())
         }
     }
+}
+
+/// A new file in `dir` that has no name: `O_TMPFILE`, or where the state root's filesystem
+/// has none (9p, some network filesystems: `EOPNOTSUPP`), a file created exclusively under a
+/// name of this process's and unlinked at once.
+fn unlinked_file_in(dir: &std::path::Path) -> std::io::Result<fs::File> {
+    let tmpfile = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir);
+    match tmpfile {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)
+            ) => {}
+        other => return other,
+    }
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".stdin-{}-{n}", std::process::id()));
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)?;
+    fs::remove_file(&path)?;
+    Ok(f)
 }
 
 /// A sandbox never gets the caller's terminal (TIOCSTI and job control would reach the
