@@ -223,17 +223,25 @@ fn stats_agree_with_what_the_program_allocated() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["id"], s.id());
     assert!(json["memory_bytes"].as_u64().unwrap() >= 32 * MIB, "{json}");
-    let follow = cli_cmd(&env)
+    let mut follow = cli_cmd(&env)
         .args(["stats", "--follow", "--interval", "0.2", s.id()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // Two lines first (however slowly the CLI starts, under emulation say), then the end.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let mut text = String::new();
+    for _ in 0..2 {
+        text.push_str(&lines.next().expect("a line per interval").unwrap());
+        text.push('\n');
+    }
     s.kill(Signal::SIGKILL).unwrap();
-    let out = follow.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.lines().count() >= 2, "{text}");
+    for line in lines {
+        text.push_str(&line.unwrap());
+        text.push('\n');
+    }
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "{status:?}: {text}");
     assert!(text.lines().all(|l| l.starts_with(s.id())), "{text}");
     let mut s = s;
     assert_eq!(s.wait().unwrap().signal, Some(9));
