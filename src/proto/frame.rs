@@ -393,7 +393,7 @@ pub(crate) fn hello_server<F: AsFd>(reader: &mut Reader<F>) -> Result<(), ProtoE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Seek, Write};
+    use crate::proto::test_files::{contents, temp_with};
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     struct Msg {
@@ -406,36 +406,6 @@ mod tests {
             word: word.into(),
             n,
         }
-    }
-
-    fn temp_with(text: &str) -> std::fs::File {
-        let mut file = tempfile_in_tmp();
-        file.write_all(text.as_bytes()).unwrap();
-        file.rewind().unwrap();
-        file
-    }
-
-    fn tempfile_in_tmp() -> std::fs::File {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rb-frame-{}-{n}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file
-    }
-
-    fn contents(fd: OwnedFd) -> String {
-        let mut text = String::new();
-        let mut file = std::fs::File::from(fd);
-        file.rewind().unwrap();
-        file.read_to_string(&mut text).unwrap();
-        text
     }
 
     #[test]

@@ -267,33 +267,8 @@ impl StatusFrames {
 mod tests {
     use super::*;
     use crate::host::sys;
-    use std::io::{Read, Seek, Write};
-    use std::os::fd::{AsFd, OwnedFd};
-
-    fn temp_with(text: &str) -> std::fs::File {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rb-initproto-{}-{n}", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        file.rewind().unwrap();
-        file
-    }
-
-    fn contents(fd: OwnedFd) -> String {
-        let mut text = String::new();
-        let mut file = std::fs::File::from(fd);
-        file.rewind().unwrap();
-        file.read_to_string(&mut text).unwrap();
-        text
-    }
+    use crate::proto::test_files::{contents, temp_with};
+    use std::os::fd::AsFd;
 
     fn program() -> ProgramRequest {
         ProgramRequest {
@@ -412,7 +387,7 @@ mod tests {
         }
         drop(w);
         let mut wire = Vec::new();
-        std::fs::File::from(r).read_to_end(&mut wire).unwrap();
+        std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut wire).unwrap();
         for step in [1, 3, 7, 4096] {
             let mut frames = StatusFrames::default();
             let mut got = Vec::new();

@@ -421,7 +421,8 @@ impl ReportReader {
 mod tests {
     use super::*;
     use crate::error::{Error, ErrorKind};
-    use std::io::{Read, Seek, Write};
+    use crate::proto::test_files::{contents, temp_with};
+    use std::io::Write;
 
     fn argv(words: &[&str]) -> Vec<OsString> {
         words.iter().map(OsString::from).collect()
@@ -474,31 +475,6 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("version 1"), "{err}");
-    }
-
-    fn temp_with(text: &str) -> File {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rb-launch-{}-{n}", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        file.rewind().unwrap();
-        file
-    }
-
-    fn contents(fd: OwnedFd) -> String {
-        let mut text = String::new();
-        let mut file = File::from(fd);
-        file.rewind().unwrap();
-        file.read_to_string(&mut text).unwrap();
-        text
     }
 
     #[test]

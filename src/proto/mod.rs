@@ -82,3 +82,38 @@ impl From<WireError> for Error {
         Error::rebuilt(w.kind, w.message, w.causes)
     }
 }
+
+/// Files with descriptors to pass in the channels' unit tests: one home for the helpers.
+#[cfg(test)]
+pub(crate) mod test_files {
+    use std::fs::File;
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::OwnedFd;
+
+    /// An unlinked temporary file holding `text`, positioned at its start.
+    pub fn temp_with(text: &str) -> File {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rb-proto-{}-{n}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.rewind().unwrap();
+        file
+    }
+
+    /// What the file behind `fd` holds, from its start.
+    pub fn contents(fd: OwnedFd) -> String {
+        let mut text = String::new();
+        let mut file = File::from(fd);
+        file.rewind().unwrap();
+        file.read_to_string(&mut text).unwrap();
+        text
+    }
+}
