@@ -593,6 +593,25 @@ fn wait_marked_gone(mark: &str) {
 /// Kills, once `delay` has passed, every process `find` names (pid and start time, checked
 /// again right before the signal, so a reused pid is never signalled), polling until one
 /// was found and killed, or `stop` is set. Returns how many were killed.
+/// Waits for a [`killer`] started with `delay` (at most `delay` and the guest's patience),
+/// stops it and says whether it killed something: `killed` or `missed`.
+fn stop_killer(
+    k: std::thread::JoinHandle<usize>,
+    stop: &std::sync::atomic::AtomicBool,
+    delay: Duration,
+) -> &'static str {
+    let t = Instant::now();
+    while !k.is_finished() && t.elapsed() < delay + patience() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if k.join().unwrap() > 0 {
+        "killed"
+    } else {
+        "missed"
+    }
+}
+
 fn killer(
     delay: Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -879,16 +898,7 @@ fn kill_a_prebuilt_init_while_its_spare_waits() {
                 .filter(|&p| memory_cgroup(p).is_some_and(|cg| cg.contains("/_warm-")))
                 .collect()
         });
-        let t = Instant::now();
-        while !k.is_finished() && t.elapsed() < spread(i, n, 40) + patience() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        seen.add(if k.join().unwrap() > 0 {
-            "killed"
-        } else {
-            "missed"
-        });
+        seen.add(stop_killer(k, &stop, spread(i, n, 40)));
         let v = root.run(&h.cmd());
         assert!(v.as_ref().is_ok_and(is_right), "iteration {i}: {v:?}");
         h.settle(&root);
@@ -955,16 +965,7 @@ fn kill_a_spare_at_points_of_its_start() {
             p
         });
         // Give the killer its delay (and at most a second more to find a spare).
-        let t = Instant::now();
-        while !k.is_finished() && t.elapsed() < spread(i, n, 40) + patience() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        seen.add(if k.join().unwrap() > 0 {
-            "killed"
-        } else {
-            "missed"
-        });
+        seen.add(stop_killer(k, &stop, spread(i, n, 40)));
         for _ in 0..2 {
             let v = root.run(&h.cmd()).unwrap();
             assert!(is_right(&v), "iteration {i}: {v:?}");
@@ -1003,16 +1004,7 @@ fn kill_a_parked_spare_at_points_of_its_start() {
         let k = killer(spread(i, n, 40), stop.clone(), move || {
             monitor_processes(&dir, "spare", None)
         });
-        let t = Instant::now();
-        while !k.is_finished() && t.elapsed() < spread(i, n, 40) + patience() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        seen.add(if k.join().unwrap() > 0 {
-            "killed"
-        } else {
-            "missed"
-        });
+        seen.add(stop_killer(k, &stop, spread(i, n, 40)));
         root.stop_waiting_for_spares();
         drop(root);
         // Another controller.
