@@ -270,10 +270,9 @@ impl Exec {
                     let ms = u16::try_from(step.as_millis().max(1)).unwrap_or(u16::MAX);
                     // Interrupted or failed: the loop checks again.
                     if nix::poll::poll(&mut fds, ms).is_ok_and(|n| n > 0) {
-                        // Drained only to re-arm; what the events say is read from the disk.
-                        if let Err(e) = w.read_events() {
-                            let _ = e;
-                        }
+                        // Drained only to re-arm; what the events say is read from the disk,
+                        // so a failed read (EAGAIN after another reader) changes nothing.
+                        drop(w.read_events());
                     }
                 }
                 None => std::thread::sleep(step.min(Duration::from_millis(5))),
