@@ -112,6 +112,8 @@ struct Opts {
     heavy_runs: usize,
     /// Rounds before the counted ones.
     warmup: usize,
+    /// The tools measured (`--only runbox,runc`); all of them by default.
+    only: Option<Vec<String>>,
 }
 
 impl Opts {
@@ -121,6 +123,7 @@ impl Opts {
             runs: 200,
             heavy_runs: 50,
             warmup: 3,
+            only: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -135,6 +138,12 @@ impl Opts {
                 "--runs" => o.runs = num("--runs"),
                 "--heavy-runs" => o.heavy_runs = num("--heavy-runs"),
                 "--warmup" => o.warmup = num("--warmup"),
+                "--only" => {
+                    let v = args
+                        .next()
+                        .unwrap_or_else(|| panic!("--only needs a value"));
+                    o.only = Some(v.split(',').map(str::to_string).collect());
+                }
                 "--bench" => {}
                 other => eprintln!("exec: ignoring argument {other:?}"),
             }
@@ -144,6 +153,13 @@ impl Opts {
             "--runs and --heavy-runs must be at least 1"
         );
         o
+    }
+
+    /// Whether `tool`'s rows are measured.
+    fn wants(&self, tool: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|t| t == tool))
     }
 }
 
@@ -955,6 +971,8 @@ fn runbox_rows<'a>(ctx: &'a Ctx, opts: &Opts) -> Vec<Row<'a>> {
         "runbox exec /bin/true (fresh CLI)",
         "runbox pause (in process)",
         "runbox resume (in process)",
+        "floor: the image's /bin/true spawned on the host, no sandbox",
+        "floor: runbox --version (fresh CLI, no sandbox)",
     ];
     let mut sleeper = runbox::Command::new("/bin/sleep");
     sleeper.arg("100000").image(&ctx.image);
@@ -1034,6 +1052,20 @@ fn runbox_rows<'a>(ctx: &'a Ctx, opts: &Opts) -> Vec<Row<'a>> {
                 move || timed_call(&|| r2.resume()),
             ),
         ),
+        // What no exec can beat here: the process itself, started, run and reaped by this
+        // process, and the CLI's own start (loading the binary, parsing its arguments).
+        Row::new(names[4], opts.runs, {
+            let bare = ctx.image.join("bin/true");
+            Box::new(move || timed(Proc::new(&bare)))
+        }),
+        Row::new(names[5], opts.runs, {
+            let cli = common::build_cli();
+            Box::new(move || {
+                let mut cmd = Proc::new(&cli);
+                cmd.arg("--version");
+                timed(cmd)
+            })
+        }),
     ]
 }
 
@@ -1371,15 +1403,19 @@ fn main() {
             .find(|(p, _)| *p == pkg)
             .map(|(_, why)| why.clone())
     };
+    let not_asked = || "not asked for (--only)".to_string();
     let mut runc = match why_not("runc") {
+        _ if !opts.wants("runc") => Err(not_asked()),
         Some(why) => Err(why),
         None => Runc::start(&ctx),
     };
     let mut docker = match why_not("docker.io") {
+        _ if !opts.wants("docker") => Err(not_asked()),
         Some(why) => Err(why),
         None => Docker::start(&ctx),
     };
     let mut podman = match why_not("podman") {
+        _ if !opts.wants("podman") => Err(not_asked()),
         Some(why) => Err(why),
         None => Podman::start(&ctx),
     };
@@ -1394,7 +1430,9 @@ fn main() {
     }
 
     let mut rows: Vec<Row<'_>> = Vec::new();
-    rows.extend(runbox_rows(&ctx, &opts));
+    if opts.wants("runbox") {
+        rows.extend(runbox_rows(&ctx, &opts));
+    }
     let runbox_rows_count = rows.len();
     rows.extend(tool_rows(
         "runc",

@@ -48,9 +48,12 @@ fn not_listening(e: io::Error) -> ClientError {
 }
 
 /// A connection to a sandbox's monitor, past the hello.
+#[derive(Debug)]
 pub(crate) struct Client {
     reader: Reader<UnixStream>,
     monitor: Option<ProcIdentity>,
+    /// [`Client::recv_until`] changed the socket's read timeout from [`LIVENESS_STEP`].
+    timeout_changed: bool,
 }
 
 impl Client {
@@ -69,12 +72,18 @@ impl Client {
         let mut client = Client {
             reader: Reader::bounded(sock, MAX_CONTROL_FRAME),
             monitor,
+            timeout_changed: false,
         };
         frame::send(client.reader.socket().as_fd(), &Hello::ours(), &[])
             .map_err(|e| client.broken(e))?;
         let hello: Hello = client.recv()?;
         hello.check().map_err(ClientError::Proto)?;
         Ok(client)
+    }
+
+    /// The monitor's recorded identity this client checks while waiting.
+    pub fn monitor(&self) -> Option<ProcIdentity> {
+        self.monitor
     }
 
     /// Sends `request` and reads its answer.
@@ -102,9 +111,66 @@ impl Client {
         self.recv()
     }
 
+    /// Sends `request` without reading its answer (one given later: [`Client::recv_until`]).
+    pub fn send(&mut self, request: &ControlRequest) -> Result<(), ClientError> {
+        frame::send_bounded(
+            self.reader.socket().as_fd(),
+            request,
+            &[],
+            MAX_CONTROL_FRAME,
+        )
+        .map_err(|e| self.broken(e))
+    }
+
+    /// The next answer if it comes before `deadline` (`None` then), waiting while the
+    /// monitor lives. A wait cut short leaves the connection usable: the answer is read by a
+    /// later call.
+    pub fn recv_until(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<ControlResponse>, ClientError> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let step = (deadline - now)
+                .min(LIVENESS_STEP)
+                .max(Duration::from_millis(1));
+            self.reader
+                .socket()
+                .set_read_timeout(Some(step))
+                .map_err(|e| ClientError::Proto(e.into()))?;
+            self.timeout_changed = true;
+            match self.reader.recv_plain::<ControlResponse>() {
+                Ok(msg) => return Ok(Some(msg)),
+                Err(ProtoError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if self.monitor.is_some_and(|m| !m.is_alive()) {
+                        return Err(ClientError::Gone);
+                    }
+                }
+                Err(e) => return Err(self.broken(e)),
+            }
+        }
+    }
+
     /// The next message, waiting while the monitor lives.
     fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, ClientError> {
         let give_up = Instant::now() + ANSWER_WITHIN;
+        if self.timeout_changed {
+            self.reader
+                .socket()
+                .set_read_timeout(Some(LIVENESS_STEP))
+                .map_err(|e| ClientError::Proto(e.into()))?;
+            self.timeout_changed = false;
+        }
         loop {
             match self.reader.recv_plain::<T>() {
                 Ok(msg) => return Ok(msg),

@@ -22,6 +22,7 @@ use crate::proto::exec::{ExecProcess, ExecStream};
 use crate::signal::Signal;
 use crate::verdict::Verdict;
 
+use super::control::Client;
 use super::sandbox::Sandbox;
 
 /// How often a waiter checks that the monitor still lives while no verdict comes.
@@ -38,6 +39,18 @@ pub struct Exec {
     files: ExecLayout,
     /// The sandbox's monitor when the handle was made: a waiter stops when it is gone.
     monitor: Option<ProcIdentity>,
+    /// A connection on which an `ExecWait` is pending (a wait cut short by its deadline).
+    waiter: std::sync::Mutex<Option<Client>>,
+}
+
+/// How a wait on the monitor came out.
+enum Waited {
+    /// The monitor says the verdict is written.
+    Ended,
+    /// The deadline came first.
+    TimedOut,
+    /// The monitor cannot answer (gone, full, or refused): read or watch the disk instead.
+    NotServed,
 }
 
 impl Sandbox {
@@ -109,17 +122,26 @@ impl Sandbox {
             stderr: modes[1],
         };
         let fds: Vec<BorrowedFd<'_>> = owned.iter().map(AsFd::as_fd).collect();
-        let monitor = self.monitor_record()?.map(|m| m.monitor);
-        match self.control_with_fds(ControlRequest::Exec { process }, &fds)? {
-            Some(ControlResponse::ExecStarted { exec }) => Ok(Exec {
-                sandbox: self.id().to_string(),
-                root: root_of(self),
-                n: exec,
-                files: self.layout().exec(exec),
-                monitor,
-            }),
-            Some(ControlResponse::Failed(w)) => Err(self.refused(w)),
-            Some(other) => Err(Error::new(
+        match self.control_keeping(ControlRequest::Exec { process }, &fds)? {
+            Some((ControlResponse::ExecStarted { exec }, mut client)) => {
+                // Its end is asked for at once on the same connection, so a wait needs no
+                // connection of its own (the answer waits in the socket until read).
+                let monitor = client.monitor();
+                let waiter = client
+                    .send(&ControlRequest::ExecWait { exec })
+                    .is_ok()
+                    .then_some(client);
+                Ok(Exec {
+                    sandbox: self.id().to_string(),
+                    root: root_of(self),
+                    n: exec,
+                    files: self.layout().exec(exec),
+                    monitor,
+                    waiter: std::sync::Mutex::new(waiter),
+                })
+            }
+            Some((ControlResponse::Failed(w), _)) => Err(self.refused(w)),
+            Some((other, _)) => Err(Error::new(
                 ErrorKind::Io,
                 format!("the monitor of sandbox {} answered {other:?}", self.id()),
             )),
@@ -146,6 +168,7 @@ impl Sandbox {
             n: exec,
             files,
             monitor: self.monitor_record()?.map(|m| m.monitor),
+            waiter: std::sync::Mutex::new(None),
         })
     }
 
@@ -228,6 +251,62 @@ impl Exec {
     /// As [`Exec::wait`].
     pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<Verdict>> {
         let deadline = Instant::now() + timeout;
+        if let Some(v) = self.try_wait()? {
+            return Ok(Some(v));
+        }
+        // Asked of the monitor, which answers once the verdict is written; where it cannot
+        // (it has ended, or has no room for one more connection), the directory is watched.
+        match self.wait_on_monitor(deadline)? {
+            Waited::Ended => match self.try_wait()? {
+                Some(v) => Ok(Some(v)),
+                None => Err(self.lost()),
+            },
+            Waited::TimedOut => Ok(None),
+            Waited::NotServed => self.watch_until(deadline),
+        }
+    }
+
+    /// Waits for the monitor's word that the verdict is written, on a connection kept
+    /// between calls (a wait cut short by its deadline is picked up by the next).
+    fn wait_on_monitor(&self, deadline: Instant) -> Result<Waited> {
+        let mut held = self
+            .waiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.is_none() {
+            let layout = crate::layout::Layout::new(&self.root, &self.sandbox);
+            let Ok(mut client) = Client::connect(&layout, self.monitor) else {
+                return Ok(Waited::NotServed);
+            };
+            if client
+                .send(&ControlRequest::ExecWait { exec: self.n })
+                .is_err()
+            {
+                return Ok(Waited::NotServed);
+            }
+            *held = Some(client);
+        }
+        let Some(client) = held.as_mut() else {
+            return Ok(Waited::NotServed);
+        };
+        match client.recv_until(deadline) {
+            Ok(None) => Ok(Waited::TimedOut),
+            Ok(Some(ControlResponse::ExecExited { .. })) => {
+                *held = None;
+                Ok(Waited::Ended)
+            }
+            // No such exec any more (its verdict was written before the wait came), or the
+            // monitor refused: the verdict on disk (or its absence) decides.
+            Ok(Some(_)) | Err(_) => {
+                *held = None;
+                Ok(Waited::NotServed)
+            }
+        }
+    }
+
+    /// Watches the exec's directory until its verdict lands, `deadline`, or the monitor is
+    /// gone without one.
+    fn watch_until(&self, deadline: Instant) -> Result<Option<Verdict>> {
         // The monitor renames the verdict into the directory: a watch wakes the waiter.
         let watch = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .ok()
@@ -244,17 +323,10 @@ impl Exec {
             }
             if self.monitor.is_none_or(|m| !m.is_alive()) {
                 // The verdict may have landed just before the monitor ended.
-                if let Some(v) = self.try_wait()? {
-                    return Ok(Some(v));
-                }
-                return Err(Error::new(
-                    ErrorKind::InvalidState,
-                    format!(
-                        "exec {} of sandbox {} has no verdict and the sandbox's monitor is gone \
-                         (the sandbox is lost)",
-                        self.n, self.sandbox
-                    ),
-                ));
+                return match self.try_wait()? {
+                    Some(v) => Ok(Some(v)),
+                    None => Err(self.lost()),
+                };
             }
             let now = Instant::now();
             if now >= deadline {
@@ -278,6 +350,18 @@ impl Exec {
                 None => std::thread::sleep(step.min(Duration::from_millis(5))),
             }
         }
+    }
+
+    /// The error for an exec without a verdict whose monitor is gone.
+    fn lost(&self) -> Error {
+        Error::new(
+            ErrorKind::InvalidState,
+            format!(
+                "exec {} of sandbox {} has no verdict and the sandbox's monitor is gone \
+                 (the sandbox is lost)",
+                self.n, self.sandbox
+            ),
+        )
     }
 
     /// Sends `signal` to its process group (nothing if it has ended).

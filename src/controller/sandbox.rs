@@ -219,13 +219,25 @@ impl Sandbox {
         request: ControlRequest,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> Result<Option<ControlResponse>> {
+        Ok(self
+            .control_keeping(request, fds)?
+            .map(|(answer, _client)| answer))
+    }
+
+    /// [`Sandbox::control_with_fds`] that also returns the connection, for more requests.
+    pub(super) fn control_keeping(
+        &self,
+        request: ControlRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Option<(ControlResponse, Client)>> {
         let monitor = self.monitor_record()?.map(|m| m.monitor);
         let answer = Client::connect(&self.layout, monitor).and_then(|mut c| {
-            if fds.is_empty() {
+            let answer = if fds.is_empty() {
                 c.request(&request)
             } else {
                 c.request_with_fds(&request, fds, crate::proto::control::MAX_EXEC_FRAME)
-            }
+            };
+            answer.map(|a| (a, c))
         });
         match answer {
             Ok(answer) => Ok(Some(answer)),

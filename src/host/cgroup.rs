@@ -557,6 +557,32 @@ impl Cgroup {
         }
     }
 
+    /// What an exec's verdict needs of the cgroup, read from one or two files (not the
+    /// eight of [`Cgroup::figures`]; an exec is on a latency path): the OOM kills so far, and
+    /// with `peak` the memory peak (0 where unreadable).
+    pub fn oom_kills_and_peak(&self, peak: bool) -> io::Result<(u64, u64)> {
+        match self {
+            Cgroup::V1(_) => {
+                let oom = read(&self.file("memory", "memory.oom_control")?)?;
+                let max = if peak {
+                    read_u64(&self.file("memory", "memory.max_usage_in_bytes")?).unwrap_or(0)
+                } else {
+                    0
+                };
+                Ok((keyed(&oom, "oom_kill").unwrap_or(0), max))
+            }
+            Cgroup::V2(d) => {
+                let events = read(&d.join("memory.events"))?;
+                let max = if peak {
+                    read_u64(&d.join("memory.peak")).unwrap_or(0)
+                } else {
+                    0
+                };
+                Ok((keyed(&events, "oom_kill").unwrap_or(0), max))
+            }
+        }
+    }
+
     /// Everything the verdict needs, read before libcontainer deletes the cgroup.
     pub fn figures(&self) -> io::Result<Figures> {
         let cpu = self.cpu_usage()?;

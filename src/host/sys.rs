@@ -652,15 +652,105 @@ pub(crate) struct SpawnFailure {
 /// The steps a [`spawn_in_group`] child reports, by number on its error pipe.
 const SPAWN_STEPS: [&str; 5] = ["stdio", "chdir", "setrlimit", "execve", "setpgid"];
 
+/// What a [`spawn_in_group`] child reads: pointers into data the caller keeps alive (and
+/// does not touch: it is suspended) until the child has exec'd or exited.
+#[repr(C)]
+struct GroupChild {
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    candidates: *const *const libc::c_char,
+    n_candidates: usize,
+    cwd: *const libc::c_char,
+    stdio: [RawFd; 3],
+    limits: *const (u32, libc::rlimit),
+    n_limits: usize,
+    err_w: RawFd,
+}
+
+/// Bytes of the stack a [`spawn_in_group`] child runs on until its `execve`: it calls a few
+/// libc functions and keeps three small arrays.
+const GROUP_CHILD_STACK: usize = 64 << 10;
+
+/// The body of a [`spawn_in_group`] child: sets it up, execs, or reports the failed step and
+/// its errno on the error pipe and exits 127.
+///
+/// # Safety
+/// `arg` points at a live [`GroupChild`] whose pointers are valid; the caller is suspended
+/// (`CLONE_VFORK`) while this runs on its own stack in the caller's address space
+/// (`CLONE_VM`), so it calls only async-signal-safe functions, allocates nothing and writes
+/// no memory of the caller's but its own stack and errno.
+extern "C" fn group_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: as documented above; `fail` never returns.
+    unsafe {
+        let c = &*(arg as *const GroupChild);
+        let fail = |step: libc::c_int| -> ! {
+            let report = [step, *libc::__errno_location()];
+            libc::write(
+                c.err_w,
+                report.as_ptr().cast(),
+                std::mem::size_of_val(&report),
+            );
+            libc::_exit(127)
+        };
+        if libc::setpgid(0, 0) != 0 {
+            fail(4);
+        }
+        // The signal table is this child's own (no CLONE_SIGHAND): every caught or ignored
+        // signal goes back to its default before the mask is emptied.
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(empty.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+        // Copies above 2 first: a descriptor numbered 0-2 must not be overwritten before it
+        // is moved, and dup2 onto itself would keep its close-on-exec flag.
+        let mut high = [-1; 3];
+        for (i, &fd) in c.stdio.iter().enumerate() {
+            high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
+            if high[i] < 0 {
+                fail(0);
+            }
+        }
+        for (target, &fd) in (0..3).zip(high.iter()) {
+            if libc::dup2(fd, target) < 0 {
+                fail(0);
+            }
+        }
+        if libc::chdir(c.cwd) != 0 {
+            fail(1);
+        }
+        for i in 0..c.n_limits {
+            let (res, limit) = &*c.limits.add(i);
+            if libc::setrlimit(*res as _, limit) != 0 {
+                fail(2);
+            }
+        }
+        let mut first_error = libc::ENOENT;
+        for i in 0..c.n_candidates {
+            libc::execve(*c.candidates.add(i), c.argv, c.envp);
+            let e = *libc::__errno_location();
+            if e != libc::ENOENT && e != libc::ENOTDIR && first_error == libc::ENOENT {
+                first_error = e;
+            }
+        }
+        *libc::__errno_location() = first_error;
+        fail(3)
+    }
+}
+
 /// Starts a process in a process group of its own (its pid is the group's id), with `spec`'s
 /// stdio, working directory and resource limits, an empty signal mask and the default action
 /// for every signal, and returns its pid. The limits are set in the child, never in the
-/// caller: the sandbox's init starts execs this way and must keep its own. The child is a
-/// fork of this process (the limits rule out `posix_spawn`) and calls only async-signal-safe
-/// functions (`setpgid`, `signal`, `sigprocmask`, `fcntl`, `dup2`, `chdir`, `setrlimit`,
-/// `execve`, `write`, `_exit`) on data prepared before the fork; a failure comes back over a
-/// close-on-exec pipe as this call's error, the child reaped. Call only from a
-/// single-threaded process (the sandbox's init).
+/// caller: the sandbox's init starts execs this way and must keep its own. The child shares
+/// this process's memory until its `execve` (`CLONE_VM | CLONE_VFORK`, as `posix_spawn`
+/// does, so no page table is copied; the limits rule out `posix_spawn` itself), runs on a
+/// stack of its own and calls only async-signal-safe functions (`setpgid`, `signal`,
+/// `sigprocmask`, `fcntl`, `dup2`, `chdir`, `setrlimit`, `execve`, `write`, `_exit`) on data
+/// prepared before the clone; a failure comes back over a close-on-exec pipe as this call's
+/// error, the child reaped. Call only from a single-threaded process (the sandbox's init).
 pub(crate) fn spawn_in_group(spec: &GroupSpawn<'_>) -> io::Result<Result<i32, SpawnFailure>> {
     let argv: Vec<*const libc::c_char> = spec
         .argv
@@ -689,71 +779,34 @@ pub(crate) fn spawn_in_group(spec: &GroupSpawn<'_>) -> io::Result<Result<i32, Sp
         })
         .collect();
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let err_w_raw = err_w.as_raw_fd();
-    let cwd = spec.cwd.as_ptr();
-    let stdio = spec.stdio;
-    // SAFETY: the caller is single-threaded (documented), so the child's copy of this address
-    // space has no lock another thread holds; the child calls only async-signal-safe
-    // functions on data prepared before the fork (the pointer arrays, limits and CStrings
-    // outlive the call), then execs or `_exit`s, never returning into Rust code.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: in the child, as described above; `fail` never returns.
-        unsafe {
-            let fail = |step: libc::c_int| -> ! {
-                let report = [step, *libc::__errno_location()];
-                libc::write(
-                    err_w_raw,
-                    report.as_ptr().cast(),
-                    std::mem::size_of_val(&report),
-                );
-                libc::_exit(127)
-            };
-            if libc::setpgid(0, 0) != 0 {
-                fail(4);
-            }
-            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(empty.as_mut_ptr());
-            for sig in 1..=64 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
-            // Copies above 2 first: a descriptor numbered 0-2 must not be overwritten before
-            // it is moved, and dup2 onto itself would keep its close-on-exec flag.
-            let mut high = [-1; 3];
-            for (i, &fd) in stdio.iter().enumerate() {
-                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
-                if high[i] < 0 {
-                    fail(0);
-                }
-            }
-            for (target, &fd) in (0..3).zip(high.iter()) {
-                if libc::dup2(fd, target) < 0 {
-                    fail(0);
-                }
-            }
-            if libc::chdir(cwd) != 0 {
-                fail(1);
-            }
-            for (res, limit) in &limits {
-                if libc::setrlimit(*res as _, limit) != 0 {
-                    fail(2);
-                }
-            }
-            let mut first_error = libc::ENOENT;
-            for &path in &candidates {
-                libc::execve(path, argv.as_ptr(), envp.as_ptr());
-                let e = *libc::__errno_location();
-                if e != libc::ENOENT && e != libc::ENOTDIR && first_error == libc::ENOENT {
-                    first_error = e;
-                }
-            }
-            *libc::__errno_location() = first_error;
-            fail(3);
-        }
-    }
+    let child = GroupChild {
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        candidates: candidates.as_ptr(),
+        n_candidates: candidates.len(),
+        cwd: spec.cwd.as_ptr(),
+        stdio: spec.stdio,
+        limits: limits.as_ptr(),
+        n_limits: limits.len(),
+        err_w: err_w.as_raw_fd(),
+    };
+    let mut stack = vec![0u8; GROUP_CHILD_STACK];
+    // The stack grows down from its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + GROUP_CHILD_STACK) & !15;
+    // SAFETY: `group_child` honours its contract (see there): `child` and everything it
+    // points at, and `stack`, live until this call returns, and CLONE_VFORK suspends this
+    // (single-threaded) process until the child has exec'd or exited, so nothing else
+    // touches the shared memory meanwhile. The child's own signal table and descriptor table
+    // (no CLONE_SIGHAND, no CLONE_FILES) keep its changes from reaching this process.
+    let pid = unsafe {
+        libc::clone(
+            group_child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &child as *const GroupChild as *mut libc::c_void,
+        )
+    };
+    drop(stack);
     if pid < 0 {
         return Ok(Err(SpawnFailure {
             step: "fork",

@@ -195,7 +195,7 @@ impl Execs {
             stdout_fd: true,
             stderr_fd: true,
         };
-        let oom_before = cgroup.figures().map(|f| f.oom_kills).unwrap_or(0);
+        let oom_before = cgroup.oom_kills_and_peak(false).map_or(0, |(n, _)| n);
         let borrowed: Vec<BorrowedFd<'_>> = ends.iter().map(AsFd::as_fd).collect();
         InitRequest::Exec { exec: n, program }
             .send(request, &borrowed)
@@ -411,7 +411,7 @@ impl Execs {
         if done.is_empty() {
             return;
         }
-        let figures = cgroup.figures().ok();
+        let figures = cgroup.oom_kills_and_peak(true).ok();
         for i in done {
             let e = self.running.remove(i);
             let verdict = self.verdict(&e, figures.as_ref());
@@ -426,7 +426,8 @@ impl Execs {
         }
     }
 
-    fn verdict(&self, e: &Entry, figures: Option<&crate::host::cgroup::Figures>) -> Verdict {
+    /// `figures`: the cgroup's OOM kills and memory peak now.
+    fn verdict(&self, e: &Entry, figures: Option<&(u64, u64)>) -> Verdict {
         let (end, ended_at) = e.end.unwrap_or((
             ExecEnd {
                 exec: e.n,
@@ -447,7 +448,7 @@ impl Execs {
         };
         // The cgroup's OOM killer ran while it ran, and it died of SIGKILL: it was the one.
         facts.oom_killed = end.signal == Some(libc::SIGKILL)
-            && figures.is_some_and(|f| f.oom_kills > e.oom_before);
+            && figures.is_some_and(|&(kills, _)| kills > e.oom_before);
         if facts.oom_killed {
             // Ended by the sandbox's memory limit, not by runbox: no internal error.
             facts.internal_error = None;
@@ -499,7 +500,7 @@ impl Execs {
             cpu_system_us: end.cpu_system_us,
             wall_time_us: u64::try_from(ended_at.saturating_duration_since(e.started).as_micros())
                 .unwrap_or(u64::MAX),
-            memory_peak_bytes: figures.map_or(0, |f| f.memory_peak_bytes),
+            memory_peak_bytes: figures.map_or(0, |&(_, peak)| peak),
             oom_killed: facts.oom_killed,
             limit,
             stdout: text(0),

@@ -288,6 +288,7 @@ impl FrameBuffer {
 }
 
 /// A blocking reader of frames from a stream socket.
+#[derive(Debug)]
 pub(crate) struct Reader<F> {
     sock: F,
     buf: FrameBuffer,
