@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Command, SandboxConfig, Stdin, User};
+use crate::config::{Command, RunSpec, SandboxSpec, Stdin, User};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::proc::ProcIdentity;
 use crate::host::state::SandboxRecord;
@@ -36,14 +36,14 @@ impl Root {
         // A stored image holds the store's lock from here until the sandbox pins it.
         let stored = self.resolve_stored(cmd)?;
         let mut cfg = resolve(cmd, stored.as_ref(), || self.host_image())?;
-        let streams = inherited_streams(&cfg)?;
+        let streams = inherited_streams(&cfg.run)?;
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::own()
             .map_err(|e| Error::with_source(ErrorKind::Io, "identify this process", e))?;
         let tmp = self.stage(&cmd.stdin)?;
         // A spare whose pre-built container fits is taken first: the sandbox then lives in
         // that container's cgroup.
-        let shape = cfg.build_shape();
+        let shape = cfg.sandbox.shape();
         // Of the root's own spares one of this shape, else one parked by any process (unless
         // this root builds nothing ahead), else any of its own.
         let inner = &self.inner;
@@ -70,7 +70,7 @@ impl Root {
         // A uid of the sandbox's own: the spare's (its container may be built as it), else a
         // fresh lease, owned by the staging directory's name until the record names it.
         let spare_uid = spare.as_ref().and_then(Spare::warm_uid);
-        let leased = match (cfg.uid_leased, spare_uid) {
+        let leased = match (cfg.sandbox.uid_leased, spare_uid) {
             (false, _) => Ok(None),
             (true, Some(uid)) => Ok(Some((uid, false))),
             (true, None) => self.lease_uid(&tmp).map(|uid| Some((uid, true))),
@@ -86,7 +86,7 @@ impl Root {
             }
         };
         if let Some((uid, _)) = leased {
-            cfg.user = User { uid, gid: uid };
+            cfg.sandbox.user = User { uid, gid: uid };
         }
         let claimed = self.claim(&tmp, cmd.name.as_deref(), |id| SandboxRecord {
             format_version: state::FORMAT_VERSION,
@@ -163,7 +163,7 @@ impl Root {
     }
 
     /// Parks spares of `shape` for other processes (see [`crate::RootOptions::parked_spares`]).
-    pub(super) fn park_spares(&self, monitor: &Path, shape: &SandboxConfig) {
+    pub(super) fn park_spares(&self, monitor: &Path, shape: &SandboxSpec) {
         let target = self.spare_target(monitor);
         let inner = &self.inner;
         parked::replenish(
@@ -394,11 +394,11 @@ fn exec_monitor(
     )
 }
 
-/// Duplicates the caller's descriptors among 0, 1, 2 that `cfg` inherits, refusing a
+/// Duplicates the caller's descriptors among 0, 1, 2 that `run` inherits, refusing a
 /// terminal (runbox never hands a sandbox the caller's terminal: TIOCSTI and job control
 /// would reach the caller's session) or a closed descriptor.
-fn inherited_streams(cfg: &SandboxConfig) -> Result<Vec<OwnedFd>> {
-    cfg.inherited_streams()
+fn inherited_streams(run: &RunSpec) -> Result<Vec<OwnedFd>> {
+    run.inherited_streams()
         .into_iter()
         .map(|fd| {
             let (name, own) = match fd {

@@ -25,7 +25,7 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 /// The request loop of a spare, after the controller's hello (another protocol version's
 /// ends the spare at once):
 /// - `Warm` (optional, first): builds a container of that shape in that cgroup ahead of
-///   time, program-less (see [`crate::config::SandboxConfig::build_shape`]);
+///   time, from the sandbox spec alone (see [`crate::config::SandboxSpec::shape`]);
 /// - `Park` (only first): leaves the controller to wait in the state root for any
 ///   controller's claim (`parked.rs`);
 /// - `Take { mode, dir }` (with the inherited streams): becomes that sandbox's monitor,
@@ -35,7 +35,7 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 /// understand or out of order, or a broken frame, tears a pre-built container down and
 /// ends the spare.
 ///
-/// A `Warm` shape with a uid leased for it ([`crate::config::SandboxConfig::uid_leased`])
+/// A `Warm` shape with a uid leased for it ([`crate::config::SandboxSpec::uid_leased`])
 /// makes the spare that uid's holder: it gives the uid back once its pre-built container is
 /// torn down, unless the sandbox it is handed runs as that uid (the controller gives the
 /// spare's uid to a sandbox that wants one of the range), whose removal then gives it back.
