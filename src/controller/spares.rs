@@ -16,7 +16,7 @@ use nix::poll::{PollFd, PollFlags};
 
 use crate::config::{SandboxSpec, User};
 use crate::error::{Error, ErrorKind, Result};
-use crate::host::uids::{self, UidRange};
+use crate::host::uids::{self, UidLease, UidRange};
 use crate::host::{cgroup, state, sys};
 use crate::layout::{Layout, WARM_PREFIX};
 use crate::proto::{send_hello, FactoryRequest, Mode, MonitorArgs, ReportReader, SpareRequest};
@@ -105,11 +105,11 @@ impl Warm {
         let Some(uid) = self.uid else {
             return;
         };
-        let owner = Path::new(&self.cgroup_path).file_name();
-        let lease = root.join(uids::UIDS_DIR).join(uid.to_string());
-        let held = std::fs::read_to_string(&lease).ok();
-        if owner.is_some_and(|o| held.as_deref().map(std::ffi::OsStr::new) == Some(o)) {
-            uids::release(root, uid);
+        if let Some(owner) = Path::new(&self.cgroup_path)
+            .file_name()
+            .and_then(|o| o.to_str())
+        {
+            uids::release_if_held_by(root, uid, owner);
         }
     }
 }
@@ -529,12 +529,15 @@ fn send_warm(spare: &mut Spare, shape: SandboxSpec, t: &Target<'_>) {
     };
     let cgroup_path = format!("/{}/{name}", t.prefix);
     let mut built = shape.clone();
-    let uid = if shape.uid_leased {
-        let Ok(Some(uid)) = t.uid_range.lease(t.root, &name) else {
+    let lease = if shape.uid_leased {
+        let Ok(Some(lease)) = t.uid_range.lease(t.root, &name) else {
             return; // no uid free: the spare stays cold
         };
-        built.user = User { uid, gid: uid };
-        Some(uid)
+        built.user = User {
+            uid: lease.uid(),
+            gid: lease.uid(),
+        };
+        Some(lease)
     } else {
         None
     };
@@ -543,16 +546,16 @@ fn send_warm(spare: &mut Spare, shape: SandboxSpec, t: &Target<'_>) {
         shape: Box::new(built),
     };
     // The frame must go whole into the socket's buffer (the spare reads it when it can); one
-    // that does not fit is not sent, and the spare stays cold.
+    // that does not fit is not sent, and the spare stays cold (the lease's guard gives the
+    // uid back).
     if send_request(&spare.request, &request, &[]) {
+        // The spare holds the lease now, and gives it back (or `Warm::give_back` does).
         spare.warm = Some(Warm {
             cgroup_path,
             shape,
-            uid,
+            uid: lease.map(UidLease::keep),
             root: Some(t.root.to_path_buf()),
         });
-    } else if let Some(uid) = uid {
-        uids::release(t.root, uid);
     }
 }
 

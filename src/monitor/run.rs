@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::host::cgroup::CpuUsage;
 use crate::host::proc::ProcIdentity;
 use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
+use crate::host::uids::UidLease;
 use crate::host::{rootfs, sys};
 use crate::layout::Layout;
 use crate::proto::control::{ControlRequest, ControlResponse};
@@ -38,7 +39,7 @@ pub(super) fn run(
     mode: Mode,
     prepared: &Prepared,
     warm: Option<(Built, Streams)>,
-    warm_uid: Option<u32>,
+    warm_uid: Option<UidLease>,
     inherited: Option<Vec<OwnedFd>>,
 ) -> Result<()> {
     let opened = open(dir).and_then(|mut opened| {
@@ -48,23 +49,25 @@ pub(super) fn run(
     let mut opened = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            drop(warm);
-            if let (Some(uid), Some(root)) = (warm_uid, dir.parent()) {
-                crate::host::uids::release(root, uid);
-            }
+            drop(warm); // torn down before its uid is given back
+            drop(warm_uid);
             return Err(e);
         }
     };
     leave_controller_cgroups(&opened.record, prepared);
     let cfg = &opened.record.config;
-    // The uid a spare held for its pre-built container, if the sandbox does not run as it:
-    // given back once that container is torn down (the launch below does so).
-    let unused_uid =
-        warm_uid.filter(|&uid| !(cfg.sandbox.uid_leased && cfg.sandbox.user.uid == uid));
+    // The uid a spare held for its pre-built container: the sandbox's record holds it if
+    // the sandbox runs as it; else it is given back once that container is torn down (the
+    // launch below does so).
+    let unused_uid = match warm_uid {
+        Some(lease) if cfg.sandbox.uid_leased && cfg.sandbox.user.uid == lease.uid() => {
+            lease.keep();
+            None
+        }
+        other => other,
+    };
     let launched = launch(&mut opened, mode, prepared, warm);
-    if let (Some(uid), Some(root)) = (unused_uid, dir.parent()) {
-        crate::host::uids::release(root, uid);
-    }
+    drop(unused_uid);
     let launched = launched?;
     let control = opened.control.take();
     let Opened {
