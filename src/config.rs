@@ -1,5 +1,10 @@
-//! What a caller asks for: the `Command` builder, its limits, the validated `SandboxConfig`
-//! stored in a sandbox's state, and the checks that need no file system. Pure.
+//! What a caller asks for: the `Command` builder, its limits and the checks that need no
+//! file system; `spec.rs` holds the validated `SandboxConfig` stored in a sandbox's state,
+//! split into what a sandbox's container is built from and what each run brings. Pure.
+
+mod spec;
+
+pub(crate) use spec::{FlatConfig, RunLimits, RunSpec, SandboxConfig, SandboxSpec};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -125,20 +130,20 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
-    /// RLIMIT_CPU in seconds for [`Limits::cpu_time`]: a per-process backstop 2 s past the
-    /// cgroup-wide limit the monitor enforces.
-    pub(crate) fn cpu_rlimit_secs(&self) -> Option<u64> {
-        self.cpu_time.map(|c| c.as_secs() + 2)
-    }
+/// The CFS quota in microseconds for `cpus` CPUs in periods of `period_us`, at least the
+/// kernel's 1 ms minimum.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "validated: cpus <= 1024 and the period <= 1 s, so the quota fits an i64"
+)]
+fn cpu_quota_us(cpus: f64, period_us: u64) -> i64 {
+    ((cpus * period_us as f64).round() as i64).max(1000)
+}
 
+impl Limits {
     /// The CFS quota in microseconds for [`Limits::cpus`].
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "validated: cpus <= 1024 and the period <= 1 s, so the quota fits an i64"
-    )]
     pub(crate) fn cpu_quota_us(&self) -> i64 {
-        ((self.cpus * self.cpu_period_us as f64).round() as i64).max(1000)
+        cpu_quota_us(self.cpus, self.cpu_period_us)
     }
 
     /// Checks the pids limit against the host's ceiling ([`crate::pids_ceiling`], half of
@@ -304,143 +309,6 @@ impl Default for User {
         User {
             uid: 65534,
             gid: 65534,
-        }
-    }
-}
-
-/// Everything a sandbox is made from, as stored in its state directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SandboxConfig {
-    /// `args[0]` is the program as the caller named it.
-    pub args: Vec<String>,
-    /// The program resolved to an absolute path inside the sandbox.
-    pub exe: String,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub user: User,
-    /// `user` is a uid leased from the root's range for this sandbox alone (released when
-    /// the sandbox is removed), not one the caller named.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub uid_leased: bool,
-    /// `None`: the host-based default image.
-    pub image: Option<PathBuf>,
-    /// A stored image's lower layers beneath `image` (its top layer), top first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub image_layers: Vec<PathBuf>,
-    pub limits: Limits,
-    pub stdin: Stdin,
-    pub hostname: String,
-    /// The image's shared host trees (host dir, sandbox destination): each a read-only
-    /// overlay of the sandbox's own (the host-based image's /usr and /lib*).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub image_trees: Vec<(PathBuf, String)>,
-    /// The caller's read-only bind mounts (host source, sandbox destination), on top of the
-    /// image.
-    pub binds: Vec<(PathBuf, String)>,
-    /// The caller's read-write bind mounts of host directories (work dirs), after `binds`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rw_binds: Vec<(PathBuf, String)>,
-    /// Host files or directories copied into the writable layer before start.
-    pub copies: Vec<(PathBuf, String)>,
-    /// Files copied out of the sandbox after the run: (path inside, host destination).
-    pub collects: Vec<(String, PathBuf)>,
-    /// Standard streams opened inside the sandbox.
-    #[serde(default, skip_serializing_if = "Redirects::is_empty")]
-    pub redirects: Redirects,
-    /// Sandbox paths of binds mounted `noexec`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub noexec: Vec<String>,
-    /// Where stdout goes (the launcher's descriptor arrives with the launch).
-    #[serde(default, skip_serializing_if = "Output::is_capture")]
-    pub stdout: Output,
-    /// Where stderr goes.
-    #[serde(default, skip_serializing_if = "Output::is_capture")]
-    pub stderr: Output,
-}
-
-impl SandboxConfig {
-    /// Which of the launcher's descriptors 0, 1, 2 the sandbox takes, in that order: they
-    /// travel with the launch (see [`crate::proto::StreamFds`]).
-    pub fn inherited_streams(&self) -> Vec<i32> {
-        let mut fds = Vec::new();
-        if self.stdin == Stdin::Inherit {
-            fds.push(0);
-        }
-        if self.stdout == Output::Inherit {
-            fds.push(1);
-        }
-        if self.stderr == Output::Inherit {
-            fds.push(2);
-        }
-        fds
-    }
-
-    /// A short stable name of a build shape (FNV-1a of its JSON, 16 hex digits): parked
-    /// spares of one shape share a directory of that name. Equal shapes have equal keys; a
-    /// claimer compares the whole shape all the same.
-    pub fn shape_key(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        let h = crate::layout::fnv1a(&json);
-        format!("{h:016x}")
-    }
-
-    /// What a container built ahead of its request must share with the request to serve it:
-    /// everything fixed when libcontainer builds the container (image, user, hostname, binds,
-    /// memory, pids, cpuset, CFS period, rlimits, scratch and shm sizes). The parts applied per
-    /// run are blanked: the program, its environment and working directory, stdin, copies in
-    /// and out, and the limits the monitor enforces (CPU bandwidth and time, wall time,
-    /// output).
-    pub(crate) fn build_shape(&self) -> SandboxConfig {
-        let mut shape = self.clone();
-        shape.args = Vec::new();
-        shape.exe = String::new();
-        shape.env = Vec::new();
-        shape.cwd = String::new();
-        shape.stdin = Stdin::Null;
-        shape.copies = Vec::new();
-        shape.collects = Vec::new();
-        shape.redirects = Redirects::default();
-        shape.stdout = Output::Capture;
-        shape.stderr = Output::Capture;
-        // Any uid of the range serves a request for one (the request takes the spare's).
-        if shape.uid_leased {
-            shape.user = User::default();
-        }
-        let l = &mut shape.limits;
-        l.cpus = 0.0;
-        l.cpu_time = None;
-        l.cpu_time_grace = Duration::ZERO;
-        l.wall_time = None;
-        l.output_bytes = 0;
-        l.collect_bytes = 0;
-        shape
-    }
-
-    /// A small valid config (for unit tests of the layers that consume it).
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> SandboxConfig {
-        SandboxConfig {
-            args: vec!["/bin/true".into()],
-            exe: "/bin/true".into(),
-            env: vec!["PATH=/bin".into()],
-            cwd: "/work".into(),
-            user: User::default(),
-            uid_leased: false,
-            image: None,
-            image_layers: Vec::new(),
-            limits: Limits::default(),
-            stdin: Stdin::Null,
-            hostname: "runbox".into(),
-            image_trees: vec![("/usr".into(), "/usr".into())],
-            binds: Vec::new(),
-            rw_binds: Vec::new(),
-            copies: Vec::new(),
-            collects: Vec::new(),
-            redirects: Redirects::default(),
-            noexec: Vec::new(),
-            stdout: Output::Capture,
-            stderr: Output::Capture,
         }
     }
 }

@@ -750,3 +750,94 @@ fn inside_a_container_whose_cgroup_root_holds_processes_sandboxes_get_their_limi
     }
     env.finish();
 }
+
+/// Rewrites the records of the sandbox `id` as a runbox of state format 2 wrote them: the
+/// config flat (one object, one `limits`), every record of format version 2.
+fn as_format_2(env: &TestEnv, id: &str) {
+    use serde_json::{Map, Value};
+    let dir = env.dir.join(id);
+    let rewrite = |name: &str, change: &dyn Fn(&mut Value)| {
+        let path = dir.join(name);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let mut record: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(record["format_version"], 3, "{name}: {record}");
+        record["format_version"] = 2.into();
+        change(&mut record);
+        let tmp = dir.join(format!(".{name}.format2"));
+        std::fs::write(&tmp, serde_json::to_vec(&record).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    rewrite("sandbox.json", &|record| {
+        let config = record["config"].take();
+        let (mut flat, mut limits) = (Map::new(), Map::new());
+        for half in ["sandbox", "run"] {
+            for (k, v) in config[half].as_object().unwrap() {
+                match (k.as_str(), v) {
+                    ("limits", Value::Object(l)) => limits.extend(l.clone()),
+                    _ => {
+                        flat.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        assert!(limits.contains_key("memory_bytes") && limits.contains_key("wall_time"));
+        flat.insert("limits".into(), limits.into());
+        record["config"] = flat.into();
+    });
+    rewrite("monitor.json", &|_| {});
+    rewrite("exit.json", &|_| {});
+}
+
+/// Sandboxes an older runbox left (state format 2, a flat config) are read by this one:
+/// listed, their state, command and verdict read, a running one killed, and their removal
+/// gives their uids back (the leak check).
+#[test]
+fn sandboxes_of_state_format_2_still_read_and_go() {
+    let env = TestEnv::new("format2");
+    let mut done = env.root.spawn(&env.cmd("echo", &["hi"])).unwrap();
+    assert_eq!(done.wait().unwrap().status, Status::Ok);
+    let running = env.root.spawn(&env.cmd("sleep", &["60"])).unwrap();
+    let ids = [done.id().to_string(), running.id().to_string()];
+    wait_until("the sleeper to run", || {
+        running.state().is_ok_and(|s| s == SandboxState::Running)
+    });
+    drop((done, running));
+    for id in &ids {
+        as_format_2(&env, id);
+    }
+
+    let listed: BTreeSet<String> = env
+        .root
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            let info = l.info.unwrap_or_else(|e| panic!("{}: {}", l.id, e.chain()));
+            format!("{} {:?} {}", l.id, info.state, info.command.join(" "))
+        })
+        .collect();
+    let want: BTreeSet<String> = [
+        format!("{} Stopped echo hi", ids[0]),
+        format!("{} Running sleep 60", ids[1]),
+    ]
+    .into();
+    assert_eq!(listed, want);
+
+    let mut done = env.root.sandbox(&ids[0]).unwrap();
+    let v = done.wait().unwrap();
+    assert_eq!((v.status, v.stdout.as_str()), (Status::Ok, "hi\n"), "{v:?}");
+    done.delete(false).unwrap();
+
+    let mut running = env.root.sandbox(&ids[1]).unwrap();
+    running.kill(Signal::SIGKILL).unwrap();
+    let v = running.wait().unwrap();
+    assert_eq!(
+        (v.status, v.signal),
+        (Status::Signaled, Some(libc::SIGKILL)),
+        "{v:?}"
+    );
+    running.delete(false).unwrap();
+    env.finish();
+}

@@ -880,15 +880,16 @@ fn a_parked_spare_of_another_binary_or_an_older_record_is_ended_and_never_served
         fs::metadata(&theirs).unwrap().ino(),
         "{record}"
     );
-    assert_eq!(record["format_version"], 3, "{record}");
+    assert_eq!(record["format_version"], 4, "{record}");
 
     // This binary's launch of the same shape ends it instead of being served by it.
     run_exit_3(&ours, &env, "ours-1");
     assert_ended_not_served(&env, "ours-1", &spare);
     assert_exit_3(&env, "ours-1");
 
-    // The launch parked a spare of its own; rewritten as an older binary wrote its record
-    // (format 2, neither protocol nor binary), it is ended too.
+    // The launch parked a spare of its own; its record rewritten with an older format
+    // version (3, whose shape was a flat config), protocol and binary still this one's, it
+    // is ended too: the version alone decides.
     wait_ready(&env, 1, "this binary's spare to be parked");
     let spare = ready(&env).remove(0);
     let mut record = record_of(&spare);
@@ -898,9 +899,7 @@ fn a_parked_spare_of_another_binary_or_an_older_record_is_ended_and_never_served
         "{record}"
     );
     let fields = record.as_object_mut().unwrap();
-    fields.remove("monitor_binary");
-    fields.remove("proto_version");
-    fields.insert("format_version".into(), 2.into());
+    fields.insert("format_version".into(), 3.into());
     let old = spare.join("spare.json.old");
     fs::write(&old, serde_json::to_vec(&record).unwrap()).unwrap();
     fs::rename(&old, spare.join("spare.json")).unwrap();

@@ -368,6 +368,37 @@ fn bad_input_is_a_typed_error_and_leaves_nothing() {
     env.finish();
 }
 
+/// A launch refused after it leased its uid (its id is taken) gives the uid back: the
+/// lease's guard unwinds it, and only the running sandbox's lease stays.
+#[test]
+fn a_launch_refused_after_leasing_its_uid_gives_the_uid_back() {
+    // No spares: every launch leases a uid of its own (a spare's would be the spare's).
+    let mut opts = runbox::RootOptions::new();
+    opts.spare_monitors(0).prebuild(false);
+    let env = TestEnv::with_options("uidback", opts);
+    let leases = || -> Vec<String> {
+        fs::read_dir(env.dir.join(".uids"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<u32>().is_ok())
+            .collect()
+    };
+    let mut cmd = env.cmd("probe", &["sleep", "30"]);
+    cmd.name("taken");
+    let running = env.root.spawn(&cmd).unwrap();
+    let held = leases();
+    assert_eq!(held.len(), 1, "{held:?}");
+    for _ in 0..3 {
+        let e = env.root.spawn(&cmd).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{}", e.chain());
+        assert_eq!(leases(), held, "the refused launch kept a lease");
+    }
+    running.delete(true).unwrap();
+    assert!(leases().is_empty(), "{:?}", leases());
+    env.finish();
+}
+
 #[test]
 fn host_image_default_runs_host_programs() {
     let env = TestEnv::new("hostimage");

@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Command;
 use crate::error::{Error, ErrorKind, Result};
+use crate::host::cleanup;
 use crate::host::state::{self, MonitorRecord};
-use crate::host::{cleanup, uids};
+use crate::host::uids::{self, UidLease};
 use crate::layout::{Layout, BOXES_DIR, BOX_LEASE_PREFIX};
 use crate::proto::Mode as LaunchMode;
 use crate::verdict::Verdict;
@@ -358,14 +359,14 @@ impl Root {
                 || super::parked::evict(&self.inner.dir, |u| u == uid)
         };
         let leased = loop {
-            match uids::lease_exact(&self.inner.dir, uid, &owner) {
-                Ok(false) if evict() => continue,
+            match UidLease::exact(&self.inner.dir, uid, &owner) {
+                Ok(None) if evict() => continue,
                 other => break other,
             }
         };
-        match leased {
-            Ok(true) => {}
-            Ok(false) => {
+        let lease = match leased {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
                 cleanup::remove_tree(&dir, "a box that could not lease its uid");
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
@@ -378,7 +379,7 @@ impl Root {
                 cleanup::remove_tree(&dir, "a box that could not lease its uid");
                 return Err(Error::io("lease the box's uid", &dir, e));
             }
-        }
+        };
         let work = unique_work_name();
         let record = BoxRecord {
             format_version: BOX_FORMAT,
@@ -394,9 +395,9 @@ impl Root {
             .map_err(|e| Error::io("make the box's disk", dir.join(DISK_DIR), e))
             .and_then(|()| state::write_json_atomic(&dir.join(RECORD), &record));
         if let Err(e) = written {
-            uids::release(&self.inner.dir, uid);
-            // The launch's error is what the caller gets; what cannot be removed now is
-            // logged and left to `cleanup_box`.
+            drop(lease); // given back: nothing runs as it yet
+                         // The launch's error is what the caller gets; what cannot be removed now is
+                         // logged and left to `cleanup_box`.
             if let Err(u) = empty_box(&dir).and_then(|()| remove_tree(&dir)) {
                 tracing::warn!(
                     "remove the box {} that failed to be made: {u}",
@@ -405,6 +406,9 @@ impl Root {
             }
             return Err(e);
         }
+        // The box holds its uid from now on (its record names it; `cleanup_box` gives it
+        // back).
+        lease.keep();
         // This root's idle spares may have entered their mount namespaces before the disk
         // was mounted; where the host's mounts do not propagate they would not see it. The
         // next launch forks new ones.

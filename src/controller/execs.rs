@@ -68,14 +68,14 @@ impl Sandbox {
         spec.validate()?;
         let record = self.record()?;
         if let Some(uid) = spec.user {
-            if uid != record.config.user.uid {
+            if uid != record.config.sandbox.user.uid {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
                     format!(
                         "exec as uid {uid}: sandbox {} runs as uid {}, and its init has no \
                          capabilities to change user",
                         self.id(),
-                        record.config.user.uid
+                        record.config.sandbox.user.uid
                     ),
                 ));
             }

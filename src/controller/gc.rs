@@ -156,8 +156,8 @@ fn collect_uid_leases(root: &StateRoot<'_>, report: &mut GcReport) {
             .filter_map(|id| {
                 state::read_json::<SandboxRecord>(&Layout::new(root.dir, id).record()).ok()
             })
-            .filter(|r| r.config.uid_leased)
-            .map(|r| r.config.user.uid)
+            .filter(|r| r.config.sandbox.uid_leased)
+            .map(|r| r.config.sandbox.user.uid)
             .collect()
     };
     for uid in uids::stale(root.dir, in_use) {

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Command, SandboxConfig, Stdin, User};
+use crate::config::{Command, RunSpec, SandboxSpec, Stdin, User};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::proc::ProcIdentity;
 use crate::host::state::SandboxRecord;
-use crate::host::{cgroup, state, uids};
+use crate::host::uids::{self, UidLease};
+use crate::host::{cgroup, state};
 use crate::layout::{Layout, NEW_PREFIX};
 use crate::proto::{Mode, MonitorArgs, ReportReader, StreamFds};
 
@@ -36,14 +37,14 @@ impl Root {
         // A stored image holds the store's lock from here until the sandbox pins it.
         let stored = self.resolve_stored(cmd)?;
         let mut cfg = resolve(cmd, stored.as_ref(), || self.host_image())?;
-        let streams = inherited_streams(&cfg)?;
+        let streams = inherited_streams(&cfg.run)?;
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::own()
             .map_err(|e| Error::with_source(ErrorKind::Io, "identify this process", e))?;
         let tmp = self.stage(&cmd.stdin)?;
         // A spare whose pre-built container fits is taken first: the sandbox then lives in
         // that container's cgroup.
-        let shape = cfg.build_shape();
+        let shape = cfg.sandbox.shape();
         // Of the root's own spares one of this shape, else one parked by any process (unless
         // this root builds nothing ahead), else any of its own.
         let inner = &self.inner;
@@ -67,15 +68,18 @@ impl Root {
             .filter(|s| s.fits(&shape))
             .and_then(|s| s.warm_cgroup())
             .map(str::to_string);
-        // A uid of the sandbox's own: the spare's (its container may be built as it), else a
-        // fresh lease, owned by the staging directory's name until the record names it.
+        // A uid of the sandbox's own: the spare's (its container may be built as it; the
+        // spare holds its lease), else a fresh lease, owned by the staging directory's name
+        // until the record names it, and given back by its guard if the launch fails first.
         let spare_uid = spare.as_ref().and_then(Spare::warm_uid);
-        let leased = match (cfg.uid_leased, spare_uid) {
-            (false, _) => Ok(None),
-            (true, Some(uid)) => Ok(Some((uid, false))),
-            (true, None) => self.lease_uid(&tmp).map(|uid| Some((uid, true))),
+        let leased = match (cfg.sandbox.uid_leased, spare_uid) {
+            (false, _) => Ok((None, None)),
+            (true, Some(uid)) => Ok((Some(uid), None)),
+            (true, None) => self
+                .lease_uid(&tmp)
+                .map(|lease| (Some(lease.uid()), Some(lease))),
         };
-        let leased = match leased {
+        let (uid, lease) = match leased {
             Ok(leased) => leased,
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
@@ -85,8 +89,8 @@ impl Root {
                 return Err(e);
             }
         };
-        if let Some((uid, _)) = leased {
-            cfg.user = User { uid, gid: uid };
+        if let Some(uid) = uid {
+            cfg.sandbox.user = User { uid, gid: uid };
         }
         let claimed = self.claim(&tmp, cmd.name.as_deref(), |id| SandboxRecord {
             format_version: state::FORMAT_VERSION,
@@ -105,20 +109,20 @@ impl Root {
             Ok(claimed) => claimed,
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
-                if let Some((uid, true)) = leased {
-                    uids::release(&self.inner.dir, uid);
-                }
+                drop(lease); // nothing ran as it: given back
                 if let Some(spare) = spare {
                     self.inner.spares.put_back(spare);
                 }
                 return Err(e);
             }
         };
-        // The sandbox owns its uid's lease from now on (it outlives this controller). A
-        // spare's uid the sandbox does not take (it names its own user) is given back by the
-        // spare, once it has torn its container down.
-        if let Some((uid, _)) = leased {
-            uids::transfer(&self.inner.dir, uid, &id);
+        // The sandbox owns its uid's lease from now on (it outlives this controller; its
+        // removal gives the uid back). A spare's uid the sandbox does not take (it names its
+        // own user) is given back by the spare, once it has torn its container down.
+        match (lease, uid) {
+            (Some(lease), _) => lease.transfer(&id),
+            (None, Some(spare_uid)) => uids::transfer(&self.inner.dir, spare_uid, &id),
+            (None, None) => {}
         }
         let span = tracing::debug_span!("launch", sandbox = %id, mode = mode.as_str());
         let _enter = span.enter();
@@ -163,7 +167,7 @@ impl Root {
     }
 
     /// Parks spares of `shape` for other processes (see [`crate::RootOptions::parked_spares`]).
-    pub(super) fn park_spares(&self, monitor: &Path, shape: &SandboxConfig) {
+    pub(super) fn park_spares(&self, monitor: &Path, shape: &SandboxSpec) {
         let target = self.spare_target(monitor);
         let inner = &self.inner;
         parked::replenish(
@@ -179,7 +183,7 @@ impl Root {
     /// held, a parked spare holding one is evicted (parked spares are a cache), as many
     /// times as it takes; only then, with uids held by sandboxes, boxes and live spares
     /// alone, is the range full.
-    fn lease_uid(&self, tmp: &Path) -> Result<u32> {
+    fn lease_uid(&self, tmp: &Path) -> Result<UidLease> {
         let owner = tmp.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let range = self.inner.uid_range;
         let dir = &self.inner.dir;
@@ -190,7 +194,7 @@ impl Root {
             }
         };
         match lease() {
-            Ok(Some(uid)) => Ok(uid),
+            Ok(Some(lease)) => Ok(lease),
             Ok(None) => Err(Error::new(
                 ErrorKind::LaunchFailed,
                 format!(
@@ -394,11 +398,11 @@ fn exec_monitor(
     )
 }
 
-/// Duplicates the caller's descriptors among 0, 1, 2 that `cfg` inherits, refusing a
+/// Duplicates the caller's descriptors among 0, 1, 2 that `run` inherits, refusing a
 /// terminal (runbox never hands a sandbox the caller's terminal: TIOCSTI and job control
 /// would reach the caller's session) or a closed descriptor.
-fn inherited_streams(cfg: &SandboxConfig) -> Result<Vec<OwnedFd>> {
-    cfg.inherited_streams()
+fn inherited_streams(run: &RunSpec) -> Result<Vec<OwnedFd>> {
+    run.inherited_streams()
         .into_iter()
         .map(|fd| {
             let (name, own) = match fd {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::SandboxConfig;
+use crate::config::SandboxSpec;
 use crate::error::{ErrorKind, Result};
 use crate::host::proc::{self, ProcIdentity};
 use crate::host::state::{self, ExeIdentity, ParkedRecord, PARKED_FORMAT_VERSION};
@@ -32,7 +32,7 @@ use super::spares::{send_request, Spare, Target};
 const RELEASE_WAIT: Duration = Duration::from_secs(60);
 
 /// The directory of the parked spares of `shape` under `root`.
-fn group(root: &Path, shape: &SandboxConfig) -> PathBuf {
+fn group(root: &Path, shape: &SandboxSpec) -> PathBuf {
     root.join(SPARES_DIR).join(shape.shape_key())
 }
 
@@ -87,7 +87,7 @@ fn current(record: &ParkedRecord, ours: &ExeIdentity) -> bool {
 /// record this binary cannot read) is ended on the way, as an eviction ends one.
 pub(super) fn claim(
     root: &Path,
-    shape: &SandboxConfig,
+    shape: &SandboxSpec,
     uid_range: UidRange,
     prefix: &str,
     monitor: &Path,
@@ -105,7 +105,7 @@ pub(super) fn claim(
                 continue;
             }
         };
-        let fits = record.shape == *shape
+        let fits = record.shape.fits(shape)
             && record.uid_range == (uid_range.first, uid_range.count)
             && Path::new(&record.cgroup_path).parent() == Some(&Path::new("/").join(prefix));
         if !fits {
@@ -240,7 +240,7 @@ impl Drop for Parking {
 /// waiting for the new spares (they exec, detach and build in the background).
 pub(super) fn replenish(
     t: &Target<'_>,
-    shape: &SandboxConfig,
+    shape: &SandboxSpec,
     want: usize,
     idle: Duration,
     pending: &Mutex<Vec<Parking>>,
@@ -298,7 +298,7 @@ fn seen_again(group: &Path) -> bool {
 /// request socket and its first process, unreaped.
 fn park_one(
     t: &Target<'_>,
-    shape: &SandboxConfig,
+    shape: &SandboxSpec,
     idle: Duration,
 ) -> Result<(OwnedFd, FirstProcess)> {
     use crate::error::Error;

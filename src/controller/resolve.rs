@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::config::{self, Command, SandboxConfig, Stdin};
+use crate::config::{self, Command, RunSpec, SandboxConfig, SandboxSpec, Stdin};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::image::Image;
 use crate::images::ResolvedImage;
@@ -240,27 +240,33 @@ pub(super) fn resolve<'a>(
     let mut args = Vec::with_capacity(cmd.args.len() + 1);
     args.push(cmd.program.clone());
     args.extend(cmd.args.iter().cloned());
+    let (sandbox_limits, run_limits) = cmd.limits.split();
     Ok(SandboxConfig {
-        args,
-        exe,
-        env: cmd.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        cwd,
-        user: cmd.user.unwrap_or_default(),
-        uid_leased: cmd.user.is_none(),
-        image: (cmd.image.is_some() || stored.is_some()).then(|| image.lower.clone()),
-        image_layers: image.below.clone(),
-        limits: cmd.limits.clone(),
-        stdin: cmd.stdin.clone(),
-        hostname: cmd.hostname.clone(),
-        image_trees: image.binds.clone(),
-        binds,
-        rw_binds,
-        copies,
-        collects: cmd.collects.clone(),
-        redirects: cmd.redirects.clone(),
-        noexec: cmd.noexec.clone(),
-        stdout: cmd.stdout,
-        stderr: cmd.stderr,
+        sandbox: SandboxSpec {
+            user: cmd.user.unwrap_or_default(),
+            uid_leased: cmd.user.is_none(),
+            image: (cmd.image.is_some() || stored.is_some()).then(|| image.lower.clone()),
+            image_layers: image.below.clone(),
+            image_trees: image.binds.clone(),
+            hostname: cmd.hostname.clone(),
+            binds,
+            rw_binds,
+            noexec: cmd.noexec.clone(),
+            limits: sandbox_limits,
+        },
+        run: RunSpec {
+            args,
+            exe,
+            env: cmd.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd,
+            stdin: cmd.stdin.clone(),
+            stdout: cmd.stdout,
+            stderr: cmd.stderr,
+            redirects: cmd.redirects.clone(),
+            copies,
+            collects: cmd.collects.clone(),
+            limits: run_limits,
+        },
     })
 }
 

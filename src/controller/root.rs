@@ -69,7 +69,7 @@ pub(super) struct RootInner {
     /// Spares this root asked to park that may not have yet.
     pub parking: std::sync::Mutex<Vec<super::parked::Parking>>,
     /// One-shot runs' spares to park once their verdict is in: (monitor, build shape).
-    pub park_later: std::sync::Mutex<Vec<(PathBuf, config::SandboxConfig)>>,
+    pub park_later: std::sync::Mutex<Vec<(PathBuf, config::SandboxSpec)>>,
     /// Where stored images are ([`RootOptions::image_store`]).
     image_store_dir: PathBuf,
     image_store: OnceLock<ImageStore>,
@@ -155,10 +155,13 @@ impl RootOptions {
     /// see below) up to the point where only the program is missing, so a launch of the same
     /// shape only binds its program, stdin, copies and CPU limits and starts it. A launch of
     /// another shape finds the spare's container torn down and builds its own (about the
-    /// cost of a spare that pre-built nothing). What must match: image, user, hostname, binds,
-    /// memory, pids, cpuset, CFS period, open-files and file-size limits, scratch and shm
-    /// sizes. What may differ: program, arguments, environment, working directory, stdin,
-    /// copies in and out, CPU bandwidth, CPU and wall time, output limit.
+    /// cost of a spare that pre-built nothing). What must match (the sandbox's part of the
+    /// config): image, user (any uid of the range serves a sandbox of its own uid), hostname,
+    /// binds, memory, pids, cpuset, CFS period, the open-files, file-size, pending-signals,
+    /// message-queue, locked-memory and core limits, scratch and shm sizes. What may differ
+    /// (the run's part): program, arguments, environment, working directory, streams, copies
+    /// in and out, CPU bandwidth, CPU and wall time, output, collect, address-space and stack
+    /// limits.
     ///
     /// A pre-built container holds its mounts, cgroup and namespaces while it waits (a few
     /// MiB); it is torn down when the [`Root`] is dropped or its controller dies. Off, the
@@ -394,7 +397,7 @@ impl Root {
     fn spec(&self, cmd: &Command) -> Result<Spec> {
         let stored = self.resolve_stored(cmd)?;
         let mut cfg = resolve(cmd, stored.as_ref(), || self.host_image())?;
-        if !cfg.image_layers.is_empty() {
+        if !cfg.sandbox.image_layers.is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "a bundle's root is one directory: an image of several layers cannot be written as one (runbox mounts them as an overlay)",
@@ -402,15 +405,22 @@ impl Root {
         }
         // A bundle is run by another runtime, outside runbox's leases: uid 65534 unless the
         // command names one.
-        cfg.uid_leased = false;
-        let lower = match &cfg.image {
+        cfg.sandbox.uid_leased = false;
+        let lower = match &cfg.sandbox.image {
             Some(dir) => dir.clone(),
             None => self.host_image()?.lower.clone(),
         };
         let id = cmd.name.as_deref().unwrap_or("bundle");
         let cgroup = format!("/{}/{id}", self.inner.cgroup_prefix);
         let masked = crate::host::proc::root_only_proc_files();
-        spec::build(&cfg, &lower, true, &cgroup, SpecStage::Final, &masked)
+        spec::build(
+            &cfg.sandbox,
+            &lower,
+            true,
+            &cgroup,
+            SpecStage::Final(&cfg.run),
+            &masked,
+        )
     }
 
     /// Writes [`Root::oci_spec`] as `<bundle>/config.json`, a bundle `runc run` accepts.
@@ -527,7 +537,9 @@ impl Root {
     /// `InvalidConfig` as for [`Root::spawn`]; `UnsupportedHost` if no monitor is found.
     pub fn warm_up(&self, cmd: &Command) -> Result<()> {
         let stored = self.resolve_stored(cmd)?;
-        let shape = resolve(cmd, stored.as_ref(), || self.host_image())?.build_shape();
+        let shape = resolve(cmd, stored.as_ref(), || self.host_image())?
+            .sandbox
+            .shape();
         let exe = self.monitor_exe()?;
         self.inner.spares.warm_up(shape, &self.spare_target(&exe));
         Ok(())

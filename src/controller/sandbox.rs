@@ -201,7 +201,7 @@ impl Sandbox {
             created_unix_ms: record.created_unix_ms,
             monitor_pid: monitor.as_ref().map(|m| m.monitor.pid),
             init_pid: monitor.as_ref().and_then(|m| m.init.map(|i| i.pid)),
-            command: record.config.args,
+            command: record.config.run.args,
             prebuilt: monitor.is_some_and(|m| m.prebuilt),
         })
     }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
 
-use crate::config::{SandboxConfig, User};
+use crate::config::{SandboxSpec, User};
 use crate::error::{Error, ErrorKind, Result};
-use crate::host::uids::{self, UidRange};
+use crate::host::uids::{self, UidLease, UidRange};
 use crate::host::{cgroup, state, sys};
 use crate::layout::{Layout, WARM_PREFIX};
 use crate::proto::{send_hello, FactoryRequest, Mode, MonitorArgs, ReportReader, SpareRequest};
@@ -46,7 +46,7 @@ pub(super) struct Spares {
     /// Spares pre-build a container shaped like the last launch.
     prebuild: bool,
     /// The build shape of the last launch (what new spares pre-build).
-    last_shape: Mutex<Option<SandboxConfig>>,
+    last_shape: Mutex<Option<SandboxSpec>>,
     /// The spare factory, once started; `Err` once it could not be started.
     factory: Mutex<std::result::Result<Option<Factory>, ()>>,
     /// Bumped by every [`Spares::release`]: a spare started before a release (in the middle
@@ -83,7 +83,7 @@ pub(super) struct Spare {
 #[derive(Debug)]
 struct Warm {
     cgroup_path: String,
-    shape: SandboxConfig,
+    shape: SandboxSpec,
     uid: Option<u32>,
     /// The state root, for a container this controller asked its own spare to build: its
     /// cgroup and the uid leased for it are named after this controller (`_warm-*`), so gc
@@ -105,11 +105,11 @@ impl Warm {
         let Some(uid) = self.uid else {
             return;
         };
-        let owner = Path::new(&self.cgroup_path).file_name();
-        let lease = root.join(uids::UIDS_DIR).join(uid.to_string());
-        let held = std::fs::read_to_string(&lease).ok();
-        if owner.is_some_and(|o| held.as_deref().map(std::ffi::OsStr::new) == Some(o)) {
-            uids::release(root, uid);
+        if let Some(owner) = Path::new(&self.cgroup_path)
+            .file_name()
+            .and_then(|o| o.to_str())
+        {
+            uids::release_if_held_by(root, uid, owner);
         }
     }
 }
@@ -138,7 +138,7 @@ impl Spare {
     pub fn claimed(
         request: OwnedFd,
         cgroup_path: String,
-        shape: SandboxConfig,
+        shape: SandboxSpec,
         uid: Option<u32>,
     ) -> Result<Spare> {
         let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -165,9 +165,9 @@ impl Spare {
         self.warm.as_ref().and_then(|w| w.uid)
     }
 
-    /// True if the spare's pre-built container can serve a config of build shape `shape`.
-    pub fn fits(&self, shape: &SandboxConfig) -> bool {
-        self.warm.as_ref().is_some_and(|w| &w.shape == shape)
+    /// True if the spare's pre-built container can serve a sandbox of spec `shape`.
+    pub fn fits(&self, shape: &SandboxSpec) -> bool {
+        self.warm.as_ref().is_some_and(|w| w.shape.fits(shape))
     }
 
     /// The cgroup the spare pre-builds in, if it pre-builds.
@@ -181,10 +181,10 @@ impl Spare {
     /// tears its pre-built container down first; a build that failed may have left the
     /// cgroup without the spare knowing it (it stays cold), and nobody else removes it while
     /// this controller lives (gc sees a live owner), so the launch removes it.
-    pub fn unused_warm_cgroup(&self, shape: &SandboxConfig) -> Option<String> {
+    pub fn unused_warm_cgroup(&self, shape: &SandboxSpec) -> Option<String> {
         self.warm
             .as_ref()
-            .filter(|w| w.root.is_some() && &w.shape != shape)
+            .filter(|w| w.root.is_some() && !w.shape.fits(shape))
             .map(|w| w.cgroup_path.clone())
     }
 
@@ -260,7 +260,7 @@ impl Spares {
 
     /// Takes a spare, preferring one whose pre-built container fits `shape`; with
     /// `fitting_only`, only such a one.
-    pub fn take(&self, shape: &SandboxConfig, fitting_only: bool) -> Option<Spare> {
+    pub fn take(&self, shape: &SandboxSpec, fitting_only: bool) -> Option<Spare> {
         let generation = self.generation.load(Ordering::SeqCst);
         let mut idle = self.idle.lock().ok()?;
         let current = |s: &Spare| s.generation == generation;
@@ -345,7 +345,7 @@ impl Spares {
     }
 
     /// Remembers the build shape of a launch: the next spares pre-build it.
-    pub fn remember_shape(&self, shape: SandboxConfig) {
+    pub fn remember_shape(&self, shape: SandboxSpec) {
         if self.prebuild {
             if let Ok(mut last) = self.last_shape.lock() {
                 *last = Some(shape);
@@ -355,7 +355,7 @@ impl Spares {
 
     /// Starts the spares now, each pre-building `shape`; idle spares of another shape are
     /// released. Does nothing without spares or pre-building.
-    pub fn warm_up(&self, shape: SandboxConfig, t: &Target<'_>) {
+    pub fn warm_up(&self, shape: SandboxSpec, t: &Target<'_>) {
         if !self.prebuild || self.target == 0 {
             return;
         }
@@ -523,18 +523,21 @@ fn start_factory(t: &Target<'_>) -> Result<Factory> {
 /// `/<prefix>/_warm-<controller pid>-<start time>-<n>` (ids cannot start with `_`).
 /// A shape that asks for a uid of the range gets one leased for the container (owned by the
 /// cgroup's name, so gc can tell when its controller died).
-fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
+fn send_warm(spare: &mut Spare, shape: SandboxSpec, t: &Target<'_>) {
     let Ok(name) = state::owned_name(WARM_PREFIX) else {
         return;
     };
     let cgroup_path = format!("/{}/{name}", t.prefix);
     let mut built = shape.clone();
-    let uid = if shape.uid_leased {
-        let Ok(Some(uid)) = t.uid_range.lease(t.root, &name) else {
+    let lease = if shape.uid_leased {
+        let Ok(Some(lease)) = t.uid_range.lease(t.root, &name) else {
             return; // no uid free: the spare stays cold
         };
-        built.user = User { uid, gid: uid };
-        Some(uid)
+        built.user = User {
+            uid: lease.uid(),
+            gid: lease.uid(),
+        };
+        Some(lease)
     } else {
         None
     };
@@ -543,24 +546,25 @@ fn send_warm(spare: &mut Spare, shape: SandboxConfig, t: &Target<'_>) {
         shape: Box::new(built),
     };
     // The frame must go whole into the socket's buffer (the spare reads it when it can); one
-    // that does not fit is not sent, and the spare stays cold.
+    // that does not fit is not sent, and the spare stays cold (the lease's guard gives the
+    // uid back).
     if send_request(&spare.request, &request, &[]) {
+        // The spare holds the lease now, and gives it back (or `Warm::give_back` does).
         spare.warm = Some(Warm {
             cgroup_path,
             shape,
-            uid,
+            uid: lease.map(UidLease::keep),
             root: Some(t.root.to_path_buf()),
         });
-    } else if let Some(uid) = uid {
-        uids::release(t.root, uid);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SandboxConfig;
 
-    fn spare(warm: Option<SandboxConfig>) -> Spare {
+    fn spare(warm: Option<SandboxSpec>) -> Spare {
         let (request, _) = sys::stream_socket_pair().unwrap();
         let (r, _w) = nix::unistd::pipe().unwrap();
         Spare {
@@ -583,7 +587,7 @@ mod tests {
     #[test]
     fn a_spare_started_before_a_release_is_never_taken_after_it() {
         let pool = Spares::new(1, true);
-        let shape = SandboxConfig::for_tests();
+        let shape = SandboxConfig::for_tests().sandbox;
         pool.put_back(spare(None));
         pool.generation.fetch_add(1, Ordering::SeqCst); // a release ran while it started
         assert!(pool.take(&shape, false).is_none());
@@ -595,10 +599,9 @@ mod tests {
 
     #[test]
     fn a_spare_fits_only_the_shape_it_pre_builds_and_a_launch_prefers_it() {
-        let a = SandboxConfig::for_tests().build_shape();
-        let mut other = SandboxConfig::for_tests();
-        other.limits.memory_bytes /= 2;
-        let b = other.build_shape();
+        let a = SandboxConfig::for_tests().sandbox.shape();
+        let mut b = a.clone();
+        b.limits.memory_bytes /= 2;
         assert!(spare(Some(a.clone())).fits(&a));
         assert!(!spare(Some(a.clone())).fits(&b));
         assert!(!spare(None).fits(&a), "a cold spare fits nothing");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::config::SandboxConfig;
+use crate::config::{SandboxConfig, User};
 use crate::layout::Scratch;
 
 /// One failing step of setting up or tearing down the rootfs.
@@ -224,9 +224,10 @@ fn fd_path(fd: &fs::File) -> String {
 /// copied in. Works before or after the container is built (not yet started): the container's
 /// root is this same overlay.
 pub(crate) fn prepare_run(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
-    prepare_cwd(rootfs, cfg)?;
-    for (host, dest) in &cfg.copies {
-        copy_in(rootfs, host, dest, cfg.user.uid, cfg.user.gid)?;
+    let user = cfg.sandbox.user;
+    prepare_cwd(rootfs, &cfg.run.cwd, user)?;
+    for (host, dest) in &cfg.run.copies {
+        copy_in(rootfs, host, dest, user.uid, user.gid)?;
     }
     Ok(())
 }
@@ -470,14 +471,15 @@ fn prepare_tmp(rootfs: &Path) -> Result<(), RootfsError> {
     })
 }
 
-/// Creates the working directory if the image lacks it and hands the default `/work` (or a
-/// directory created here) to the sandbox's user. Lands in the upper layer only.
-fn prepare_cwd(rootfs: &Path, cfg: &SandboxConfig) -> Result<(), RootfsError> {
-    let rel = Path::new(cfg.cwd.trim_start_matches('/'));
+/// Creates the working directory `cwd` if the image lacks it and hands the default `/work`
+/// (or a directory created here) to the sandbox's `user`. Lands in the upper layer only.
+fn prepare_cwd(rootfs: &Path, cwd: &str, user: User) -> Result<(), RootfsError> {
+    let rel = Path::new(cwd.trim_start_matches('/'));
     let existed = fs::symlink_metadata(rootfs.join(rel)).is_ok();
-    let cwd = dir_inside(rootfs, rel, 0o755, &cfg.cwd)?;
-    if !existed || cfg.cwd == "/work" {
-        chown(&cwd, Some(cfg.user.uid), Some(cfg.user.gid)).map_err(|source| RootfsError::Dir {
+    let shown = cwd;
+    let cwd = dir_inside(rootfs, rel, 0o755, shown)?;
+    if !existed || shown == "/work" {
+        chown(&cwd, Some(user.uid), Some(user.gid)).map_err(|source| RootfsError::Dir {
             path: cwd.clone(),
             source,
         })?;

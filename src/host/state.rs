@@ -1,5 +1,6 @@
-//! On-disk state: the records of a sandbox directory (format v1), atomic JSON files, the
-//! sandbox lock, listing and removing sandbox directories. Used by controllers and monitors.
+//! On-disk state: the records of a sandbox directory (format v3; v1 and v2 still read), atomic
+//! JSON files, the sandbox lock, listing and removing sandbox directories. Used by
+//! controllers and monitors.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -10,17 +11,22 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::SandboxConfig;
+use crate::config::{FlatConfig, SandboxConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::proc::ProcIdentity;
 use crate::layout::{self, GONE_PREFIX};
 use crate::verdict::{Usage, Verdict};
 
 /// Version of the on-disk format of a sandbox directory, written by this runbox. 2 added
-/// the config's `uid_leased` and `image_trees` (and the state root's `.uids/`); a version-1
-/// directory (no leased uid, the image's trees among its binds) still reads. Readers refuse
-/// other versions.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// the config's `uid_leased` and `image_trees` (and the state root's `.uids/`); 3 split the
+/// config into what the container is built from and what the run brings (`{"sandbox":
+/// {..}, "run": {..}}`, each with its part of the limits). A version-1 or -2 directory (a
+/// flat config; in 1 no leased uid and the image's trees among its binds) still reads.
+/// Readers refuse other versions.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+
+/// The first format whose `sandbox.json` holds the split config.
+const SPLIT_CONFIG_VERSION: u32 = 3;
 
 /// The oldest format version this runbox reads.
 const OLDEST_FORMAT_VERSION: u32 = 1;
@@ -35,8 +41,8 @@ pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
     // The uid it leased goes back once nothing of it is left (its processes are gone by now).
     let leased = read_json::<SandboxRecord>(&dir.join("sandbox.json"))
         .ok()
-        .filter(|r| r.config.uid_leased)
-        .map(|r| r.config.user.uid);
+        .filter(|r| r.config.sandbox.uid_leased)
+        .map(|r| r.config.sandbox.user.uid);
     let gone = parent.join(owned_name(GONE_PREFIX)?);
     fs::rename(dir, &gone).map_err(|e| Error::io("rename", dir, e))?;
     if let Some(uid) = leased {
@@ -46,9 +52,10 @@ pub(crate) fn remove_sandbox_dir(dir: &Path) -> Result<()> {
 }
 
 /// Version of the format of a parked spare's `spare.json` ([`ParkedRecord`]). 3 added
-/// `proto_version` and `monitor_binary`; a record of 2 (or 1) still reads, without them,
-/// and names a spare of an older binary, which a claim ends instead of serving.
-pub(crate) const PARKED_FORMAT_VERSION: u32 = 3;
+/// `proto_version` and `monitor_binary`; 4 made `shape` a sandbox spec (the sandbox's half
+/// of a split config). A record of another version names a spare of another binary, which
+/// a claim ends instead of serving (one of 3 or older no longer reads: its shape is flat).
+pub(crate) const PARKED_FORMAT_VERSION: u32 = 4;
 
 /// The identity of an executable file: device, inode, size and modification time, as
 /// `stat` gives them. A binary replaced or rewritten (an upgrade) has another.
@@ -105,8 +112,9 @@ pub(crate) struct ParkedRecord {
     pub monitor_binary: Option<ExeIdentity>,
     /// The spare (its directory's name says the same).
     pub spare: ProcIdentity,
-    /// The build shape it serves (as asked, before a leased uid was put in).
-    pub shape: crate::config::SandboxConfig,
+    /// The sandbox spec it serves, as a shape ([`crate::config::SandboxSpec::shape`]: before
+    /// a leased uid was put in).
+    pub shape: crate::config::SandboxSpec,
     /// The cgroup of its container, `/<prefix>/<its name>`.
     pub cgroup_path: String,
     /// The uid of the range its container runs as, leased by the spare.
@@ -128,7 +136,9 @@ pub(crate) fn spares_generation(root: &Path) -> u64 {
 }
 
 /// `sandbox.json`: what the sandbox is, written by the controller before the monitor starts.
+/// Read through [`StoredRecord`], whose format version says how its config is laid out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "StoredRecord")]
 pub(crate) struct SandboxRecord {
     /// [`FORMAT_VERSION`].
     pub format_version: u32,
@@ -146,6 +156,44 @@ pub(crate) struct SandboxRecord {
     pub remove_on_exit: bool,
     /// The validated configuration.
     pub config: SandboxConfig,
+}
+
+/// `sandbox.json` as read, before its config is decoded by the layout of its format version.
+#[derive(Deserialize)]
+struct StoredRecord {
+    format_version: u32,
+    id: String,
+    cgroup_path: String,
+    created_unix_ms: u64,
+    creator: ProcIdentity,
+    #[serde(default)]
+    remove_on_exit: bool,
+    config: serde_json::Value,
+}
+
+impl TryFrom<StoredRecord> for SandboxRecord {
+    type Error = serde_json::Error;
+
+    /// A flat config of format 1 or 2 is split; the record then says format 3, the layout
+    /// it has now (so that it reads back as it is written).
+    fn try_from(r: StoredRecord) -> std::result::Result<SandboxRecord, serde_json::Error> {
+        let (config, format_version) = if r.format_version < SPLIT_CONFIG_VERSION {
+            let flat = serde_json::from_value::<FlatConfig>(r.config)?;
+            (flat.into(), SPLIT_CONFIG_VERSION)
+        } else {
+            let split = serde_json::from_value::<SandboxConfig>(r.config)?;
+            (split, r.format_version)
+        };
+        Ok(SandboxRecord {
+            format_version,
+            id: r.id,
+            cgroup_path: r.cgroup_path,
+            created_unix_ms: r.created_unix_ms,
+            creator: r.creator,
+            remove_on_exit: r.remove_on_exit,
+            config,
+        })
+    }
 }
 
 /// Where a sandbox's monitor is in its life, as it records it (the sandbox's state, for
@@ -464,5 +512,195 @@ mod tests {
         assert!(write_reserved(&spare, &target, b"third!", Reserved::Exchange).unwrap());
         assert_eq!(fs::read(&target).unwrap(), b"third!");
         fs::remove_dir_all(&dir).unwrap();
+    }
+    /// A `sandbox.json` written by runbox at format 2 (the flat config: serialized from the
+    /// tree before the split, every field away from its default): it still reads, each
+    /// field in its half, and says format 3, the layout it has now.
+    const FORMAT_2_RECORD: &str = r#"{
+  "format_version": 2,
+  "id": "old-2",
+  "cgroup_path": "/runbox/old-2",
+  "created_unix_ms": 1796000000000,
+  "creator": {
+    "pid": 4242,
+    "start_time": 987654
+  },
+  "remove_on_exit": false,
+  "config": {
+    "args": [
+      "sh",
+      "-c",
+      "echo hi"
+    ],
+    "exe": "/bin/sh",
+    "env": [
+      "PATH=/bin",
+      "A=b"
+    ],
+    "cwd": "/tmp",
+    "user": {
+      "uid": 60007,
+      "gid": 60007
+    },
+    "uid_leased": true,
+    "image": "/srv/img/top",
+    "image_layers": [
+      "/srv/img/l1"
+    ],
+    "limits": {
+      "memory_bytes": 268435456,
+      "pids": 32,
+      "cpus": 0.5,
+      "cpu_period_us": 20000,
+      "cpu_time": {
+        "secs": 1,
+        "nanos": 500000000
+      },
+      "cpu_time_grace": {
+        "secs": 0,
+        "nanos": 250000000
+      },
+      "wall_time": {
+        "secs": 9,
+        "nanos": 0
+      },
+      "scratch_bytes": 33554432,
+      "shm_bytes": 8388608,
+      "output_bytes": 1000,
+      "open_files": 64,
+      "file_size_bytes": 1048576,
+      "cpuset": "0",
+      "pending_signals": 100,
+      "mqueue_bytes": 4096,
+      "locked_memory_bytes": 8192,
+      "address_space_bytes": 134217728,
+      "stack_bytes": 8388608,
+      "core_bytes": 0,
+      "collect_bytes": 2048
+    },
+    "stdin": {
+      "bytes": [
+        104,
+        105
+      ]
+    },
+    "hostname": "box",
+    "image_trees": [
+      [
+        "/usr",
+        "/usr"
+      ]
+    ],
+    "binds": [
+      [
+        "/srv/data",
+        "/data"
+      ]
+    ],
+    "rw_binds": [
+      [
+        "/srv/work",
+        "/box"
+      ]
+    ],
+    "copies": [
+      [
+        "/srv/in.txt",
+        "/work/in.txt"
+      ]
+    ],
+    "collects": [
+      [
+        "/work/out.txt",
+        "/srv/out.txt"
+      ]
+    ],
+    "redirects": {
+      "stdout": "/box/out"
+    },
+    "noexec": [
+      "/data"
+    ],
+    "stderr": "inherit"
+  }
+}"#;
+
+    #[test]
+    fn a_format_2_record_reads_into_the_split_config() {
+        use crate::config::{Output, Stdin, User};
+        use std::time::Duration;
+        let r: SandboxRecord = serde_json::from_str(FORMAT_2_RECORD).unwrap();
+        check_format(r.format_version, Path::new("sandbox.json")).unwrap();
+        assert_eq!((r.format_version, r.id.as_str()), (3, "old-2"));
+        let (s, run) = (&r.config.sandbox, &r.config.run);
+        // What the container is built from.
+        assert_eq!(
+            s.user,
+            User {
+                uid: 60007,
+                gid: 60007
+            }
+        );
+        assert!(s.uid_leased);
+        assert_eq!(s.image.as_deref(), Some(Path::new("/srv/img/top")));
+        assert_eq!(s.image_layers, [Path::new("/srv/img/l1")]);
+        assert_eq!(s.image_trees, [("/usr".into(), "/usr".to_string())]);
+        assert_eq!(s.hostname, "box");
+        assert_eq!(s.binds, [("/srv/data".into(), "/data".to_string())]);
+        assert_eq!(s.rw_binds, [("/srv/work".into(), "/box".to_string())]);
+        assert_eq!(s.noexec, ["/data"]);
+        let l = &s.limits;
+        assert_eq!(
+            (l.memory_bytes, l.pids, l.cpu_period_us),
+            (256 << 20, 32, 20_000)
+        );
+        assert_eq!(l.cpuset.as_deref(), Some("0"));
+        assert_eq!((l.scratch_bytes, l.shm_bytes), (32 << 20, 8 << 20));
+        assert_eq!(
+            (l.open_files, l.file_size_bytes, l.core_bytes),
+            (64, 1 << 20, 0)
+        );
+        assert_eq!(
+            (l.pending_signals, l.mqueue_bytes, l.locked_memory_bytes),
+            (100, 4096, 8192)
+        );
+        // What the run brings.
+        assert_eq!(run.args, ["sh", "-c", "echo hi"]);
+        assert_eq!((run.exe.as_str(), run.cwd.as_str()), ("/bin/sh", "/tmp"));
+        assert_eq!(run.env, ["PATH=/bin", "A=b"]);
+        assert_eq!(run.stdin, Stdin::Bytes(b"hi".to_vec()));
+        assert_eq!((run.stdout, run.stderr), (Output::Capture, Output::Inherit));
+        assert_eq!(run.redirects.stdout.as_deref(), Some("/box/out"));
+        assert_eq!(
+            run.copies,
+            [("/srv/in.txt".into(), "/work/in.txt".to_string())]
+        );
+        assert_eq!(
+            run.collects,
+            [("/work/out.txt".to_string(), "/srv/out.txt".into())]
+        );
+        let l = &run.limits;
+        assert_eq!(l.cpus, 0.5);
+        assert_eq!(l.cpu_time, Some(Duration::from_millis(1500)));
+        assert_eq!(l.cpu_time_grace, Duration::from_millis(250));
+        assert_eq!(l.wall_time, Some(Duration::from_secs(9)));
+        assert_eq!((l.output_bytes, l.collect_bytes), (1000, 2048));
+        assert_eq!(
+            (l.address_space_bytes, l.stack_bytes),
+            (Some(128 << 20), Some(8 << 20))
+        );
+
+        // Written again, it is a format-3 record of the same config; a format-3 record with
+        // a flat config (or an older one with a split config) is refused, not misread.
+        let text = serde_json::to_string(&r).unwrap();
+        let back: SandboxRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.config, r.config);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v["config"]["sandbox"].is_object() && v["config"]["run"].is_object());
+        let flat_as_3 = FORMAT_2_RECORD.replace("\"format_version\": 2", "\"format_version\": 3");
+        assert!(serde_json::from_str::<SandboxRecord>(&flat_as_3).is_err());
+        let split_as_2 = text.replace("\"format_version\":3", "\"format_version\":2");
+        assert_ne!(split_as_2, text);
+        assert!(serde_json::from_str::<SandboxRecord>(&split_as_2).is_err());
     }
 }

@@ -3,8 +3,11 @@
 //! `O_EXCL`, so controllers sharing a state root never hand out one uid twice. A lease file
 //! holds the name of what took it, an owned name (`.new-<pid>-<start>-<n>` for a launch,
 //! `_warm-…` for a spare's pre-built container) naming the controller process; once the
-//! sandbox is claimed its record carries the uid. Used by the controller (lease, release,
-//! gc) and by whoever removes a sandbox directory (release).
+//! sandbox is claimed its record carries the uid. The one home of the lease: a [`UidLease`]
+//! guard acquires it, hands it over (to a sandbox, a box or a spare) or gives it back when
+//! dropped, so a failed launch unwinds through the guard; [`stale`] collects what a dead
+//! holder left. Used by the controller (lease, hand over, gc), by spares and monitors (a
+//! pre-built container's lease) and by whoever removes a sandbox directory (release).
 //!
 //! Why: the kernel keeps several budgets per uid (pending signals, POSIX message queue bytes,
 //! inotify instances and watches, in-flight `SCM_RIGHTS` descriptors, pipe buffer pages,
@@ -135,7 +138,14 @@ impl UidRange {
     /// Leases a free uid of the range for `owner` (an owned name). Probing starts at a place
     /// that differs per call, so concurrent controllers rarely contend. `Ok(None)` when every
     /// uid of the range is leased.
-    pub fn lease(&self, root: &Path, owner: &str) -> io::Result<Option<u32>> {
+    pub fn lease(&self, root: &Path, owner: &str) -> io::Result<Option<UidLease>> {
+        Ok(self
+            .lease_file(root, owner)?
+            .map(|uid| UidLease::adopt(root, uid)))
+    }
+
+    /// [`UidRange::lease`]: the uid whose lease file this call created.
+    fn lease_file(&self, root: &Path, owner: &str) -> io::Result<Option<u32>> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = root.join(UIDS_DIR);
@@ -154,7 +164,7 @@ impl UidRange {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && i == 0 => {
                     fs::create_dir_all(&dir)?;
-                    return self.lease(root, owner);
+                    return self.lease_file(root, owner);
                 }
                 Err(e) => return Err(e),
             };
@@ -169,9 +179,63 @@ impl UidRange {
     }
 }
 
-/// Leases exactly `uid` for `owner` (a box's): `Ok(true)` when it is now `owner`'s, or was
-/// already; `Ok(false)` when another owner holds it.
-pub(crate) fn lease_exact(root: &Path, uid: u32, owner: &str) -> io::Result<bool> {
+/// A uid lease this process holds: given back ([`release`]) when dropped, unless handed over
+/// first ([`UidLease::transfer`] to a sandbox, [`UidLease::keep`] for a holder that gives it
+/// back itself: a box, a spare, a sandbox's record). Drop it only once nothing runs as the
+/// uid any more (a pre-built container that ran as it is torn down first).
+#[derive(Debug)]
+#[must_use = "dropping a lease gives the uid back at once"]
+pub(crate) struct UidLease {
+    root: PathBuf,
+    uid: u32,
+}
+
+impl UidLease {
+    /// Takes charge of the lease of `uid` under `root`, whose file exists (made by this
+    /// process, or handed to it: a controller's lease for a spare's pre-built container).
+    pub fn adopt(root: &Path, uid: u32) -> UidLease {
+        UidLease {
+            root: root.to_path_buf(),
+            uid,
+        }
+    }
+
+    /// Leases exactly `uid` for `owner` (a box's): `Ok(Some)` when it is now `owner`'s, or
+    /// was already; `Ok(None)` when another owner holds it.
+    pub fn exact(root: &Path, uid: u32, owner: &str) -> io::Result<Option<UidLease>> {
+        Ok(lease_exact(root, uid, owner)?.then(|| UidLease::adopt(root, uid)))
+    }
+
+    /// The leased uid.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// Hands the lease to the sandbox `id`, whose directory is claimed (see [`transfer`]):
+    /// its removal gives the uid back.
+    pub fn transfer(self, id: &str) {
+        transfer(&self.root, self.uid, id);
+        self.keep();
+    }
+
+    /// Lets the lease go without giving the uid back: its holder (the record that names it,
+    /// a spare, a box) does that. Returns the uid.
+    pub fn keep(self) -> u32 {
+        let uid = self.uid;
+        std::mem::forget(self);
+        uid
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        release(&self.root, self.uid);
+    }
+}
+
+/// Leases exactly `uid` for `owner`: `Ok(true)` when it is now `owner`'s, or was already;
+/// `Ok(false)` when another owner holds it.
+fn lease_exact(root: &Path, uid: u32, owner: &str) -> io::Result<bool> {
     let path = lease_path(root, uid);
     fs::create_dir_all(root.join(UIDS_DIR))?;
     match fs::OpenOptions::new()
@@ -231,6 +295,16 @@ pub(crate) fn transfer(root: &Path, uid: u32, id: &str) {
 pub(crate) fn release(root: &Path, uid: u32) {
     // One that cannot be removed stays leased until gc finds its owner gone.
     super::cleanup::remove_file(&lease_path(root, uid), "a uid lease");
+}
+
+/// Gives `uid` back if its lease still names `owner` (a holder that died: nobody else can
+/// hold a lease under that name). True if it did.
+pub(crate) fn release_if_held_by(root: &Path, uid: u32, owner: &str) -> bool {
+    let held = fs::read_to_string(lease_path(root, uid)).is_ok_and(|o| o == owner);
+    if held {
+        release(root, uid);
+    }
+    held
 }
 
 /// Leases whose owner is gone (a launch's or spare's controller process that died, or a
@@ -322,14 +396,16 @@ mod tests {
             first: 70_000,
             count: 3,
         };
-        let mut got: Vec<u32> = (0..3)
-            .map(|_| range.lease(&root, ".new-1-1-0").unwrap().unwrap())
-            .collect();
+        let lease = |owner: &str| range.lease(&root, owner).unwrap().map(UidLease::keep);
+        let mut got: Vec<u32> = (0..3).map(|_| lease(".new-1-1-0").unwrap()).collect();
         got.sort_unstable();
         assert_eq!(got, vec![70_000, 70_001, 70_002]);
-        assert_eq!(range.lease(&root, "x").unwrap(), None);
+        assert_eq!(lease("x"), None);
         release(&root, 70_001);
-        assert_eq!(range.lease(&root, "y").unwrap(), Some(70_001));
+        assert_eq!(lease("y"), Some(70_001));
+        assert!(!release_if_held_by(&root, 70_001, "x"), "not x's");
+        assert!(release_if_held_by(&root, 70_001, "y"));
+        assert_eq!(lease("y"), Some(70_001));
         // Owners that are no process: every lease is stale unless a record names its uid,
         // or it was handed to a sandbox whose directory exists.
         transfer(&root, 70_000, "box1");
@@ -343,6 +419,46 @@ mod tests {
         );
         fs::remove_dir(root.join("box1")).unwrap();
         assert_eq!(stale(&root, Vec::new).len(), 3);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_lease_guard_gives_the_uid_back_unless_handed_over() {
+        let root = std::env::temp_dir().join(format!("runbox-uid-guard-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let range = UidRange {
+            first: 71_000,
+            count: 1,
+        };
+        let held = || holders(&root);
+        // Dropped (a launch that failed before its sandbox was claimed): given back.
+        let lease = range.lease(&root, ".new-1-1-0").unwrap().unwrap();
+        assert_eq!(held(), vec![(71_000, ".new-1-1-0".to_string())]);
+        assert!(range.lease(&root, "other").unwrap().is_none(), "exclusive");
+        drop(lease);
+        assert!(held().is_empty());
+        // Handed to a sandbox: kept, now its.
+        range
+            .lease(&root, ".new-1-1-1")
+            .unwrap()
+            .unwrap()
+            .transfer("sb");
+        assert_eq!(held(), vec![(71_000, "sb".to_string())]);
+        // Kept by its holder (a box's, a spare's): not given back by the guard.
+        release(&root, 71_000);
+        let uid = UidLease::exact(&root, 71_000, "box:1")
+            .unwrap()
+            .unwrap()
+            .keep();
+        assert_eq!(uid, 71_000);
+        assert!(UidLease::exact(&root, 71_000, "box:2").unwrap().is_none());
+        let again = UidLease::exact(&root, 71_000, "box:1").unwrap().unwrap();
+        drop(again);
+        assert!(
+            held().is_empty(),
+            "a guard of an exact lease gives it back too"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -13,7 +13,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::wait::waitpid;
 
-use crate::config::SandboxConfig;
+use crate::config::SandboxSpec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::cgroup::{self, Cgroup};
 use crate::host::image::Image;
@@ -128,7 +128,7 @@ enum Stage {
 type SourceId = (PathBuf, Option<(u64, u64)>);
 
 /// The identity of the image directory and of every bind source of `cfg`, as resolved now.
-fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
+fn source_ids(lower: &Path, cfg: &SandboxSpec) -> Vec<SourceId> {
     use std::os::unix::fs::MetadataExt;
     std::iter::once(lower)
         .chain(cfg.image_layers.iter().map(PathBuf::as_path))
@@ -147,7 +147,7 @@ fn source_ids(lower: &Path, cfg: &SandboxConfig) -> Vec<SourceId> {
 }
 
 /// The overlay's lower dirs, top first: the image dir, then a stored image's other layers.
-fn lowers<'a>(lower: &'a Path, cfg: &'a SandboxConfig) -> Vec<&'a Path> {
+fn lowers<'a>(lower: &'a Path, cfg: &'a SandboxSpec) -> Vec<&'a Path> {
     std::iter::once(lower)
         .chain(cfg.image_layers.iter().map(PathBuf::as_path))
         .collect()
@@ -155,8 +155,8 @@ fn lowers<'a>(lower: &'a Path, cfg: &'a SandboxConfig) -> Vec<&'a Path> {
 
 /// A built container (see the module docs). Dropping it tears it down.
 pub(super) struct Built {
-    /// The [`SandboxConfig::build_shape`] it was built for.
-    shape: SandboxConfig,
+    /// The [`SandboxSpec::shape`] it was built for.
+    shape: SandboxSpec,
     cgroup_path: String,
     /// The sandbox's cgroup.
     pub cgroup: Cgroup,
@@ -184,7 +184,7 @@ impl Built {
     /// Mounts the rootfs and builds the container for `cfg`'s shape in `cgroup_path`, under
     /// the state root `root`. On failure everything is rolled back.
     pub fn new(
-        cfg: &SandboxConfig,
+        cfg: &SandboxSpec,
         cgroup_path: &str,
         root: &Path,
         prepared: &Prepared,
@@ -219,7 +219,7 @@ impl Built {
                 // A source replaced while it was being mounted leaves the identity unknown.
                 let sources = (source_ids(&lower, cfg) == before).then_some(before);
                 let mut built = Built {
-                    shape: cfg.build_shape(),
+                    shape: cfg.shape(),
                     cgroup_path: cgroup_path.to_string(),
                     cgroup,
                     scratch,
@@ -244,13 +244,13 @@ impl Built {
         }
     }
 
-    /// True if this container can serve `cfg`: built in `cgroup_path` for its build shape,
+    /// True if this container can serve `cfg`: built in `cgroup_path` for a spec it fits,
     /// from an image directory and bind sources that are still the same files (a grader may
     /// swap a directory for another under the same path between runs: the pre-built mounts
     /// would still show the old one).
-    pub fn serves(&self, cfg: &SandboxConfig, cgroup_path: &str) -> bool {
+    pub fn serves(&self, cfg: &SandboxSpec, cgroup_path: &str) -> bool {
         self.cgroup_path == cgroup_path
-            && self.shape == cfg.build_shape()
+            && self.shape.fits(cfg)
             && self.sources.as_ref().is_some_and(|ids| {
                 ids.first()
                     .is_some_and(|(lower, _)| &source_ids(lower, cfg) == ids)
@@ -348,7 +348,7 @@ impl From<Error> for Unbuilt {
 
 /// Writes the bundle and builds the container (the init then waits for start).
 fn build_container(
-    cfg: &SandboxConfig,
+    cfg: &SandboxSpec,
     scratch: &Scratch,
     cgroup_path: &str,
     prepared: &Prepared,

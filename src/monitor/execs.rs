@@ -68,11 +68,11 @@ impl Execs {
         Execs {
             layout: layout.clone(),
             sandbox_id: id.to_string(),
-            env: cfg.env.clone(),
-            cwd: cfg.cwd.clone(),
-            output_bytes: cfg.limits.output_bytes,
-            address_space_bytes: cfg.limits.address_space_bytes,
-            stack_bytes: cfg.limits.stack_bytes,
+            env: cfg.run.env.clone(),
+            cwd: cfg.run.cwd.clone(),
+            output_bytes: cfg.run.limits.output_bytes,
+            address_space_bytes: cfg.run.limits.address_space_bytes,
+            stack_bytes: cfg.run.limits.stack_bytes,
             next: 1,
             running: Vec::new(),
         }

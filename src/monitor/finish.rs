@@ -38,11 +38,12 @@ pub(super) fn finish(
         f
     });
     phases::mark("figures_read");
-    let limits = &record.config.limits;
+    let limits = &record.config.run.limits;
+    let file_size_bytes = record.config.sandbox.limits.file_size_bytes;
     let collected = rootfs::collect_out(
         &built.scratch.rootfs(),
-        &record.config.collects,
-        limits.file_size_bytes,
+        &record.config.run.collects,
+        file_size_bytes,
         limits.collect_bytes,
     )
     .unwrap_or_else(|e| {
@@ -77,7 +78,7 @@ pub(super) fn finish(
         }
     }
     let (status, limit, mut message) = outcome.facts.classify();
-    if let Some(note) = collected.note(limits.collect_bytes, limits.file_size_bytes) {
+    if let Some(note) = collected.note(limits.collect_bytes, file_size_bytes) {
         message = Some(message.map_or(note.clone(), |m| format!("{m}; {note}")));
     }
     if let Some(lost) = outcome.output_lost.take() {

@@ -5,24 +5,17 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use crate::host::uids;
+use crate::host::uids::UidLease;
 use crate::proto::Mode;
 
 use super::built::{Built, Streams};
 use super::process::{self, Prepared};
 use super::{phases, run};
 
-/// Tears a pre-built container down, gives back the uid it held, and exits with `code`.
-pub(super) fn end(
-    root: &Path,
-    warm: Option<(Built, Streams)>,
-    warm_uid: Option<u32>,
-    code: i32,
-) -> ! {
+/// Tears a pre-built container down, then gives back the uid it held, and exits with `code`.
+pub(super) fn end(warm: Option<(Built, Streams)>, warm_uid: Option<UidLease>, code: i32) -> ! {
     drop(warm);
-    if let Some(uid) = warm_uid {
-        uids::release(root, uid);
-    }
+    drop(warm_uid);
     std::process::exit(code)
 }
 
@@ -33,7 +26,7 @@ pub(super) fn take(
     mode: Mode,
     prepared: &Prepared,
     warm: Option<(Built, Streams)>,
-    warm_uid: Option<u32>,
+    warm_uid: Option<UidLease>,
     streams: Vec<OwnedFd>,
 ) -> ! {
     phases::clear();

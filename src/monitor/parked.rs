@@ -27,7 +27,7 @@ use crate::config::User;
 use crate::host::proc::ProcIdentity;
 use crate::host::state::{self, ExeIdentity, ParkedRecord, PARKED_FORMAT_VERSION};
 use crate::host::sys;
-use crate::host::uids::UidRange;
+use crate::host::uids::{UidLease, UidRange};
 use crate::layout::{GONE_PREFIX, PARKED_RECORD, PARKED_SOCKET, SPARES_DIR, WARM_PREFIX};
 use crate::proto::frame::{hello_server, Received, PROTO_VERSION};
 use crate::proto::{Park, SpareRequest};
@@ -46,7 +46,7 @@ struct Holdings {
     /// Its directory, while it is still where it parked it.
     dir: Option<PathBuf>,
     warm: Option<(Built, Streams)>,
-    uid: Option<u32>,
+    uid: Option<UidLease>,
 }
 
 impl Holdings {
@@ -55,7 +55,7 @@ impl Holdings {
         if let Some(dir) = self.dir.take() {
             let _ = unpark(&self.root, &dir);
         }
-        handover::end(&self.root, self.warm.take(), self.uid.take(), code)
+        handover::end(self.warm.take(), self.uid.take(), code)
     }
 }
 
@@ -99,9 +99,12 @@ pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park)
     if park.shape.uid_leased {
         let (first, count) = park.uid_range;
         match (UidRange { first, count }).lease(&held.root, &name) {
-            Ok(Some(uid)) => {
-                held.uid = Some(uid);
-                built_shape.user = User { uid, gid: uid };
+            Ok(Some(lease)) => {
+                built_shape.user = User {
+                    uid: lease.uid(),
+                    gid: lease.uid(),
+                };
+                held.uid = Some(lease);
             }
             _ => held.end(1), // no uid free: no spare
         }
@@ -121,7 +124,7 @@ pub(super) fn park(root: PathBuf, prefix: &str, prepared: &Prepared, park: Park)
         },
         shape: park.shape,
         cgroup_path,
-        uid: held.uid,
+        uid: held.uid.as_ref().map(UidLease::uid),
         uid_range: park.uid_range,
     };
     if state::write_json_atomic(&dir.join(PARKED_RECORD), &record).is_err() {

@@ -16,6 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::host::cgroup::CpuUsage;
 use crate::host::proc::ProcIdentity;
 use crate::host::state::{self, MonitorPhase, MonitorRecord, SandboxRecord};
+use crate::host::uids::UidLease;
 use crate::host::{rootfs, sys};
 use crate::layout::Layout;
 use crate::proto::control::{ControlRequest, ControlResponse};
@@ -38,32 +39,35 @@ pub(super) fn run(
     mode: Mode,
     prepared: &Prepared,
     warm: Option<(Built, Streams)>,
-    warm_uid: Option<u32>,
+    warm_uid: Option<UidLease>,
     inherited: Option<Vec<OwnedFd>>,
 ) -> Result<()> {
     let opened = open(dir).and_then(|mut opened| {
-        opened.inherited = inherited_streams(&opened.record.config, inherited)?;
+        opened.inherited = inherited_streams(&opened.record.config.run, inherited)?;
         Ok(opened)
     });
     let mut opened = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            drop(warm);
-            if let (Some(uid), Some(root)) = (warm_uid, dir.parent()) {
-                crate::host::uids::release(root, uid);
-            }
+            drop(warm); // torn down before its uid is given back
+            drop(warm_uid);
             return Err(e);
         }
     };
     leave_controller_cgroups(&opened.record, prepared);
     let cfg = &opened.record.config;
-    // The uid a spare held for its pre-built container, if the sandbox does not run as it:
-    // given back once that container is torn down (the launch below does so).
-    let unused_uid = warm_uid.filter(|&uid| !(cfg.uid_leased && cfg.user.uid == uid));
+    // The uid a spare held for its pre-built container: the sandbox's record holds it if
+    // the sandbox runs as it; else it is given back once that container is torn down (the
+    // launch below does so).
+    let unused_uid = match warm_uid {
+        Some(lease) if cfg.sandbox.uid_leased && cfg.sandbox.user.uid == lease.uid() => {
+            lease.keep();
+            None
+        }
+        other => other,
+    };
     let launched = launch(&mut opened, mode, prepared, warm);
-    if let (Some(uid), Some(root)) = (unused_uid, dir.parent()) {
-        crate::host::uids::release(root, uid);
-    }
+    drop(unused_uid);
     let launched = launched?;
     let control = opened.control.take();
     let Opened {
@@ -96,7 +100,7 @@ pub(super) fn run(
                 &built.init,
                 &built.cgroup,
                 cpu_baseline,
-                &record.config.limits,
+                &record.config.run.limits,
                 &layout,
                 streams,
                 started,
@@ -134,7 +138,7 @@ struct Opened {
 /// The launcher's descriptors `cfg` inherits: `received` with a spare's request, else read
 /// from this exec'd monitor's stdin (a socket the launcher sends them on).
 fn inherited_streams(
-    cfg: &crate::config::SandboxConfig,
+    cfg: &crate::config::RunSpec,
     received: Option<Vec<OwnedFd>>,
 ) -> Result<Vec<OwnedFd>> {
     let wanted = cfg.inherited_streams().len();
@@ -352,10 +356,10 @@ fn start_in(
     if let Err(e) = built.start() {
         return Err(fail(&mut built, e, true));
     }
-    let request = InitRequest::Program(ProgramRequest::for_config(&o.record.config));
+    let request = InitRequest::Program(ProgramRequest::for_run(&o.record.config.run));
     // stdin (the launcher's, or the one `bind` opened), then inherited stdout and stderr.
     let mut fds: Vec<BorrowedFd<'_>> = vec![stdin.as_fd()];
-    let skip = usize::from(o.record.config.stdin == Stdin::Inherit);
+    let skip = usize::from(o.record.config.run.stdin == Stdin::Inherit);
     fds.extend(o.inherited.iter().skip(skip).map(AsFd::as_fd));
     let sent = request.send(streams.request.as_fd(), &fds);
     drop(fds);
@@ -403,7 +407,7 @@ fn take_or_build(
         // A pre-built container whose init died (killed while the spare waited) is torn
         // down below like one of another shape, and the sandbox built afresh.
         Some((built, streams))
-            if built.serves(cfg, &o.record.cgroup_path) && built.init_alive() =>
+            if built.serves(&cfg.sandbox, &o.record.cgroup_path) && built.init_alive() =>
         {
             phases::mark("prebuilt_taken");
             Ok((built, streams, true))
@@ -419,7 +423,7 @@ fn take_or_build(
                 .dir
                 .parent()
                 .ok_or_else(|| Error::new(ErrorKind::Io, "sandbox dir has no parent"))?;
-            let (built, streams) = Built::new(cfg, &o.record.cgroup_path, root, prepared)?;
+            let (built, streams) = Built::new(&cfg.sandbox, &o.record.cgroup_path, root, prepared)?;
             Ok((built, streams, false))
         }
     }
@@ -433,13 +437,13 @@ fn bind(built: &mut Built, o: &Opened) -> Result<OwnedFd> {
     let cfg = &o.record.config;
     rootfs::prepare_run(&built.scratch.rootfs(), cfg)
         .map_err(|e| launch_error("prepare the sandbox rootfs", e))?;
-    let limits = &cfg.limits;
+    let period_us = cfg.sandbox.limits.cpu_period_us;
     built
         .cgroup
-        .set_cpu_quota(limits.cpu_quota_us(), limits.cpu_period_us)
+        .set_cpu_quota(cfg.run.limits.cpu_quota_us(period_us), period_us)
         .map_err(|e| launch_error("write the cpu quota", e))?;
     phases::mark("bound");
-    let stdin = match &cfg.stdin {
+    let stdin = match &cfg.run.stdin {
         Stdin::Inherit => match o.inherited.first() {
             Some(fd) => fd.try_clone(),
             None => Err(std::io::Error::other("the launcher's stdin did not come")),

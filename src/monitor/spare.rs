@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
+use crate::host::uids::UidLease;
 use crate::proto::{expect_hello, SpareRequest};
 
 use super::built::{Built, Streams};
@@ -25,7 +26,7 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 /// The request loop of a spare, after the controller's hello (another protocol version's
 /// ends the spare at once):
 /// - `Warm` (optional, first): builds a container of that shape in that cgroup ahead of
-///   time, program-less (see [`crate::config::SandboxConfig::build_shape`]);
+///   time, from the sandbox spec alone (see [`crate::config::SandboxSpec::shape`]);
 /// - `Park` (only first): leaves the controller to wait in the state root for any
 ///   controller's claim (`parked.rs`);
 /// - `Take { mode, dir }` (with the inherited streams): becomes that sandbox's monitor,
@@ -35,28 +36,31 @@ pub(super) fn exec(root: PathBuf, prefix: &str) -> ! {
 /// understand or out of order, or a broken frame, tears a pre-built container down and
 /// ends the spare.
 ///
-/// A `Warm` shape with a uid leased for it ([`crate::config::SandboxConfig::uid_leased`])
+/// A `Warm` shape with a uid leased for it ([`crate::config::SandboxSpec::uid_leased`])
 /// makes the spare that uid's holder: it gives the uid back once its pre-built container is
 /// torn down, unless the sandbox it is handed runs as that uid (the controller gives the
 /// spare's uid to a sandbox that wants one of the range), whose removal then gives it back.
 pub(super) fn serve(root: PathBuf, prefix: &str, prepared: &Prepared) -> ! {
     let mut warm: Option<(Built, Streams)> = None;
-    let mut warm_uid: Option<u32> = None;
+    let mut warm_uid: Option<UidLease> = None;
     let stdin = io::stdin();
     let mut reader = SpareRequest::reader(stdin.as_fd());
     if expect_hello(&mut reader).is_err() {
-        handover::end(&root, warm, warm_uid, 2);
+        handover::end(warm, warm_uid, 2);
     }
     let mut first = true;
     loop {
         let Ok(got) = reader.recv::<SpareRequest>() else {
             // End of file (0), or a request this spare cannot read: it ends either way.
-            handover::end(&root, warm, warm_uid, 0);
+            handover::end(warm, warm_uid, 0);
         };
         let fds = got.fds;
         match got.msg {
             SpareRequest::Warm { cgroup_path, shape } if warm.is_none() && fds.is_empty() => {
-                warm_uid = shape.uid_leased.then_some(shape.user.uid);
+                // The controller leased it for this container: the spare holds it now.
+                warm_uid = shape
+                    .uid_leased
+                    .then(|| UidLease::adopt(&root, shape.user.uid));
                 // A failed build leaves the spare cold: it builds when its request comes.
                 warm = Built::new(&shape, &cgroup_path, &root, prepared).ok();
             }
@@ -68,7 +72,7 @@ pub(super) fn serve(root: PathBuf, prefix: &str, prepared: &Prepared) -> ! {
             SpareRequest::Take { mode, dir } => {
                 handover::take(&dir, mode, prepared, warm, warm_uid, fds)
             }
-            _ => handover::end(&root, warm, warm_uid, 2),
+            _ => handover::end(warm, warm_uid, 2),
         }
         first = false;
     }

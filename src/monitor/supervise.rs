@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 
-use crate::config::Limits;
+use crate::config::RunLimits;
 use crate::error::ErrorKind;
 use crate::host::cgroup::{Cgroup, CpuUsage};
 use crate::host::state::MonitorPhase;
@@ -100,7 +100,7 @@ pub(super) fn supervise(
     init: &Init,
     cgroup: &Cgroup,
     cpu_baseline: CpuUsage,
-    limits: &Limits,
+    limits: &RunLimits,
     layout: &Layout,
     streams: Streams,
     started: Instant,

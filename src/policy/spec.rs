@@ -11,7 +11,7 @@ use libcontainer::oci_spec::runtime::{
     SpecBuilder, UserBuilder,
 };
 
-use crate::config::SandboxConfig;
+use crate::config::{RunSpec, SandboxSpec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::seccomp;
 
@@ -19,16 +19,18 @@ use crate::policy::seccomp;
 pub(crate) const PTY_MAX: u32 = 16;
 
 /// Which spec: the one libcontainer builds from, or the complete one the bundle keeps.
-/// libcontainer gets no program (the init receives it at start), no CPU quota (its own setup runs in the cgroup and would be throttled;
-/// the monitor writes the quota before start) and no `linux.seccomp` (it ignores it without
-/// libseccomp; runbox installs its own filter). The final spec has all of them, so runc or
-/// crun can run a bundle from [`crate::Root::write_bundle`] with the same confinement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SpecStage {
-    /// For libcontainer: no quota, no seccomp section.
+/// libcontainer gets nothing of a run (the init receives its program at start; the monitor
+/// writes the CPU quota before start, as libcontainer's own setup runs in the cgroup and
+/// would be throttled) and no `linux.seccomp` (it ignores it without libseccomp; runbox
+/// installs its own filter). The final spec has all of them, so runc or crun can run a
+/// bundle from [`crate::Root::write_bundle`] with the same confinement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum SpecStage<'a> {
+    /// For libcontainer: the sandbox spec alone (no program, no quota, no seccomp section),
+    /// so a container can be built before its run is known.
     ForLibcontainer,
-    /// Complete: quota and the seccomp profile.
-    Final,
+    /// Complete: this run's program, quota and RLIMIT_CPU, and the seccomp profile.
+    Final(&'a RunSpec),
 }
 
 fn spec_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -45,14 +47,15 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount>
         .map_err(spec_error)
 }
 
-/// Builds the spec for `cfg` with `root` as the container's root and `cgroups_path` as its
-/// cgroup; `masked_extra` are further paths to mask (the host's root-only /proc files).
+/// Builds the spec for the sandbox `cfg` (and the run `stage` names) with `root` as the
+/// container's root and `cgroups_path` as its cgroup; `masked_extra` are further paths to
+/// mask (the host's root-only /proc files).
 pub(crate) fn build(
-    cfg: &SandboxConfig,
+    cfg: &SandboxSpec,
     root: &Path,
     readonly_root: bool,
     cgroups_path: &str,
-    stage: SpecStage,
+    stage: SpecStage<'_>,
     masked_extra: &[String],
 ) -> Result<Spec> {
     let limits = &cfg.limits;
@@ -96,12 +99,13 @@ pub(crate) fn build(
     // built before its program is known. The final spec carries the real ones.
     let (args, env, cwd) = match stage {
         SpecStage::ForLibcontainer => (vec!["runbox-init".to_string()], Vec::new(), "/".into()),
-        SpecStage::Final => (cfg.args.clone(), cfg.env.clone(), cfg.cwd.clone()),
+        SpecStage::Final(run) => (run.args.clone(), run.env.clone(), run.cwd.clone()),
     };
-    if let (SpecStage::Final, Some(cpu)) = (stage, limits.cpu_time) {
+    if let SpecStage::Final(run) = stage {
         // A per-process backstop past the cgroup-wide limit the monitor enforces.
-        let secs = limits.cpu_rlimit_secs().unwrap_or(cpu.as_secs());
-        rlimits.push(rlimit(PosixRlimitType::RlimitCpu, secs)?);
+        if let Some(secs) = run.limits.cpu_rlimit_secs() {
+            rlimits.push(rlimit(PosixRlimitType::RlimitCpu, secs)?);
+        }
     }
     let process = ProcessBuilder::default()
         .terminal(false)
@@ -164,7 +168,7 @@ pub(crate) fn build(
     // overlay of the sandbox's own); another runtime gets them as read-only binds.
     let trees: &[(std::path::PathBuf, String)] = match stage {
         SpecStage::ForLibcontainer => &[],
-        SpecStage::Final => &cfg.image_trees,
+        SpecStage::Final(_) => &cfg.image_trees,
     };
     // Read-only binds are read-only all the way down (`rro`); work dirs are writable; none
     // carries setuid bits or devices.
@@ -201,8 +205,8 @@ pub(crate) fn build(
 
     let memory = i64::try_from(limits.memory_bytes).map_err(spec_error)?;
     let mut cpu = LinuxCpuBuilder::default().period(limits.cpu_period_us);
-    if stage == SpecStage::Final {
-        cpu = cpu.quota(limits.cpu_quota_us());
+    if let SpecStage::Final(run) = stage {
+        cpu = cpu.quota(run.limits.cpu_quota_us(limits.cpu_period_us));
     }
     if let Some(set) = &limits.cpuset {
         cpu = cpu.cpus(set.clone());
@@ -243,7 +247,7 @@ pub(crate) fn build(
         .resources(resources)
         .masked_paths(masked)
         .readonly_paths(get_default_readonly_paths());
-    if stage == SpecStage::Final {
+    if let SpecStage::Final(_) = stage {
         let profile = seccomp::oci_profile().map_err(|e| {
             Error::with_source(ErrorKind::UnsupportedHost, "build the seccomp profile", e)
         })?;
@@ -271,10 +275,14 @@ pub(crate) fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Stdin, User};
+    use crate::config::{SandboxConfig, User};
 
-    fn cfg() -> SandboxConfig {
-        SandboxConfig::for_tests()
+    fn cfg() -> SandboxSpec {
+        SandboxConfig::for_tests().sandbox
+    }
+
+    fn run() -> RunSpec {
+        SandboxConfig::for_tests().run
     }
 
     #[test]
@@ -284,7 +292,7 @@ mod tests {
             Path::new("/r"),
             false,
             "/rb/x",
-            SpecStage::Final,
+            SpecStage::Final(&run()),
             &[],
         )
         .unwrap();
@@ -332,7 +340,7 @@ mod tests {
     }
 
     /// The spec libcontainer builds from, as JSON.
-    fn built(cfg: &SandboxConfig) -> String {
+    fn built(cfg: &SandboxSpec) -> String {
         let spec = build(
             cfg,
             Path::new("/r"),
@@ -345,43 +353,20 @@ mod tests {
     }
 
     #[test]
-    fn the_build_shape_decides_the_container_libcontainer_builds() {
-        // A pre-built container serves any request of its build shape: whatever the shape
-        // blanks must not reach the spec libcontainer builds from...
+    fn the_sandbox_spec_decides_the_container_libcontainer_builds() {
+        // A pre-built container serves any request of its shape: nothing of a run reaches
+        // the spec libcontainer builds from (it takes a `SandboxSpec` alone), and whatever
+        // of the sandbox spec reaches it is part of the shape. A leased uid is masked (any
+        // one serves: the request takes the spare's, and the spare is built as it).
         let base = cfg();
-        let per_run: [fn(&mut SandboxConfig); 12] = [
-            |c| c.args = vec!["/bin/sh".into(), "-c".into(), "x".into()],
-            |c| c.exe = "/bin/sh".into(),
-            |c| c.env = vec!["A=1".into()],
-            |c| c.cwd = "/tmp".into(),
-            |c| c.stdin = Stdin::Bytes(b"in".to_vec()),
-            |c| c.copies = vec![("/etc/hosts".into(), "/work/h".into())],
-            |c| c.collects = vec![("/work/o".into(), "/tmp/o".into())],
-            |c| c.limits.cpus = 0.25,
-            |c| c.limits.cpu_time = Some(std::time::Duration::from_secs(3)),
-            |c| c.limits.cpu_time_grace = std::time::Duration::from_secs(1),
-            |c| c.limits.wall_time = None,
-            |c| c.limits.output_bytes = 1,
-        ];
-        for (i, change) in per_run.iter().enumerate() {
-            let mut c = base.clone();
-            change(&mut c);
-            assert_eq!(c.build_shape(), base.build_shape(), "per-run change {i}");
-            assert_eq!(
-                built(&c),
-                built(&base),
-                "per-run change {i} reached the spec"
-            );
-        }
-        // ...and whatever reaches it is part of the shape.
-        let baked: [fn(&mut SandboxConfig); 11] = [
+        let baked: [fn(&mut SandboxSpec); 11] = [
             |c| {
                 c.user = User {
                     uid: 1000,
                     gid: 1000,
                 }
             },
-            |c| c.image = Some("/other".into()),
+            |c| c.image_trees.push(("/lib".into(), "/lib".into())),
             |c| c.hostname = "other".into(),
             |c| c.binds.push(("/opt".into(), "/opt".into())),
             |c| c.limits.memory_bytes /= 2,
@@ -395,12 +380,33 @@ mod tests {
         for (i, change) in baked.iter().enumerate() {
             let mut c = base.clone();
             change(&mut c);
-            assert_ne!(c.build_shape(), base.build_shape(), "build-time change {i}");
+            assert!(!c.fits(&base), "build-time change {i} fits");
+            if i != 1 {
+                // (the image's trees are mounted before libcontainer builds)
+                assert_ne!(built(&c), built(&base), "change {i} is not in the spec");
+            }
         }
-        // The scratch size is not in the spec but sizes the pre-mounted tmpfs.
-        let mut c = base.clone();
-        c.limits.scratch_bytes *= 2;
-        assert_ne!(c.build_shape(), base.build_shape());
+        // The scratch size and the image are not in the spec but make the pre-mounted rootfs.
+        for change in [
+            |c: &mut SandboxSpec| c.limits.scratch_bytes *= 2,
+            |c: &mut SandboxSpec| c.image = Some("/other".into()),
+        ] {
+            let mut c = base.clone();
+            change(&mut c);
+            assert!(!c.fits(&base));
+        }
+        let mut a = base.clone();
+        a.uid_leased = true;
+        a.user = User {
+            uid: 60_001,
+            gid: 60_001,
+        };
+        let mut b = a.clone();
+        b.user = User {
+            uid: 60_002,
+            gid: 60_002,
+        };
+        assert!(a.fits(&b) && b.fits(&a));
     }
 
     #[test]
@@ -431,7 +437,7 @@ mod tests {
             Path::new("/r"),
             false,
             "/rb/x",
-            SpecStage::Final,
+            SpecStage::Final(&run()),
             &[],
         )
         .unwrap();

@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use serde::{Deserialize, Serialize};
 
 use super::frame::{self, FrameBuffer, ProtoError};
-use crate::config::{Output, Redirects, SandboxConfig};
+use crate::config::{Output, Redirects, RunSpec};
 
 /// Largest request the init accepts (argv and environment together).
 pub(crate) const MAX_PROGRAM_REQUEST: usize = 16 << 20;
@@ -64,19 +64,19 @@ pub(crate) struct ProgramRequest {
 }
 
 impl ProgramRequest {
-    /// The request for `cfg`'s program.
-    pub fn for_config(cfg: &SandboxConfig) -> Self {
+    /// The request for `run`'s program.
+    pub fn for_run(run: &RunSpec) -> Self {
         ProgramRequest {
-            exe: cfg.exe.clone(),
-            args: cfg.args.clone(),
-            env: cfg.env.clone(),
-            cwd: cfg.cwd.clone(),
-            cpu_rlimit_secs: cfg.limits.cpu_rlimit_secs(),
-            address_space_bytes: cfg.limits.address_space_bytes,
-            stack_bytes: cfg.limits.stack_bytes,
-            redirects: cfg.redirects.clone(),
-            stdout_fd: cfg.stdout == Output::Inherit,
-            stderr_fd: cfg.stderr == Output::Inherit,
+            exe: run.exe.clone(),
+            args: run.args.clone(),
+            env: run.env.clone(),
+            cwd: run.cwd.clone(),
+            cpu_rlimit_secs: run.limits.cpu_rlimit_secs(),
+            address_space_bytes: run.limits.address_space_bytes,
+            stack_bytes: run.limits.stack_bytes,
+            redirects: run.redirects.clone(),
+            stdout_fd: run.stdout == Output::Inherit,
+            stderr_fd: run.stderr == Output::Inherit,
         }
     }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{self, FrameBuffer, Hello, ProtoError, Reader, Received, PROTO_VERSION};
 use super::WireError;
-use crate::config::SandboxConfig;
+use crate::config::SandboxSpec;
 use crate::host::proc::ProcIdentity;
 use crate::host::state::ExitRecord;
 use crate::host::sys;
@@ -236,19 +236,20 @@ pub(crate) const MAX_SPARE_FRAME: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum SpareRequest {
-    /// Optional, first: build a container of this build shape in this cgroup ahead of time.
+    /// Optional, first: build a container of this sandbox spec in this cgroup ahead of time.
     Warm {
         /// The cgroup to build in, `/<prefix>/_warm-…`.
         cgroup_path: String,
-        /// The build shape ([`SandboxConfig::build_shape`]).
-        shape: Box<SandboxConfig>,
+        /// The sandbox spec to build (a leased uid: the one leased for the container).
+        shape: Box<SandboxSpec>,
     },
     /// Only first: leave the controller and become a parked spare of the state root, which
     /// any controller process may claim (`monitor/parked.rs`).
     Park(Box<Park>),
     /// Become this sandbox's monitor. Descriptors: a claimed parked spare's report pipe
     /// first (a spare started by its controller has its own), then the launcher's streams
-    /// the sandbox inherits ([`SandboxConfig::inherited_streams`]), in the order 0, 1, 2.
+    /// the sandbox inherits ([`crate::config::RunSpec::inherited_streams`]), in the order 0,
+    /// 1, 2.
     Take {
         /// Run at once, or wait for start.
         mode: Mode,
@@ -274,8 +275,8 @@ impl SpareRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Park {
-    /// The build shape ([`SandboxConfig::build_shape`]).
-    pub shape: SandboxConfig,
+    /// The sandbox spec's shape ([`SandboxSpec::shape`]).
+    pub shape: SandboxSpec,
     /// The root's uid range (first, count): the spare leases its container's uid itself
     /// when the shape asks for one of the range.
     pub uid_range: (u32, u32),
@@ -288,7 +289,7 @@ pub(crate) struct Park {
 
 /// The message an exec'd monitor reads on its stdin (a socket), after the [`Hello`], when
 /// its sandbox inherits some of the launcher's descriptors
-/// ([`SandboxConfig::inherited_streams`]), which come with it in the order 0, 1, 2. A spare
+/// ([`crate::config::RunSpec::inherited_streams`]), which come with it in the order 0, 1, 2. A spare
 /// gets them with its [`SpareRequest::Take`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -420,6 +421,7 @@ impl ReportReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SandboxConfig;
     use crate::error::{Error, ErrorKind};
     use crate::proto::test_files::{contents, temp_with};
     use std::io::Write;
@@ -482,7 +484,7 @@ mod tests {
         let (controller, spare) = sys::stream_socket_pair().unwrap();
         let warm = SpareRequest::Warm {
             cgroup_path: "/runbox/_warm-1".into(),
-            shape: Box::new(SandboxConfig::for_tests()),
+            shape: Box::new(SandboxConfig::for_tests().sandbox),
         };
         let take = SpareRequest::Take {
             mode: Mode::Run,
@@ -513,7 +515,7 @@ mod tests {
     fn a_park_request_round_trips_and_a_spare_refuses_another_version() {
         let (controller, spare) = sys::stream_socket_pair().unwrap();
         let park = SpareRequest::Park(Box::new(Park {
-            shape: SandboxConfig::for_tests().build_shape(),
+            shape: SandboxConfig::for_tests().sandbox.shape(),
             uid_range: (60000, 1000),
             idle_ms: 60_000,
             generation: 3,
@@ -546,8 +548,8 @@ mod tests {
     #[test]
     fn a_request_too_large_for_the_spare_socket_is_refused_before_sending() {
         let (controller, spare) = sys::stream_socket_pair().unwrap();
-        let mut shape = SandboxConfig::for_tests();
-        shape.env = vec!["X=".to_string() + &"x".repeat(MAX_SPARE_FRAME)];
+        let mut shape = SandboxConfig::for_tests().sandbox;
+        shape.hostname = "x".repeat(MAX_SPARE_FRAME);
         let warm = SpareRequest::Warm {
             cgroup_path: "/runbox/_warm-1".into(),
             shape: Box::new(shape),

@@ -87,7 +87,8 @@ impl TestEnv {
         Self::with_options(name, opts)
     }
 
-    fn with_options(name: &str, mut opts: RootOptions) -> TestEnv {
+    /// [`TestEnv::new`] with these root options (the cgroup prefix is the test's).
+    pub fn with_options(name: &str, mut opts: RootOptions) -> TestEnv {
         require_root();
         let pid = std::process::id();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
