@@ -2,7 +2,9 @@
 //! control socket, to run a [`ProcessSpec`] through the sandbox's init, and the [`Exec`]
 //! handle waits for (or kills) it. The verdict is read from `execs/<n>/exit.json`, which the
 //! monitor writes into space reserved at the exec's start: any controller, later or after
-//! the monitor is gone, reads the same verdict. Runs in the controller.
+//! the monitor is gone, reads the same verdict. A wait is told of it by the monitor on the
+//! exec's control connection (`ExecWait`), and watches the directory only where no monitor
+//! answers. Runs in the controller.
 
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
