@@ -52,8 +52,6 @@ fn not_listening(e: io::Error) -> ClientError {
 pub(crate) struct Client {
     reader: Reader<UnixStream>,
     monitor: Option<ProcIdentity>,
-    /// [`Client::recv_until`] changed the socket's read timeout from [`LIVENESS_STEP`].
-    timeout_changed: bool,
 }
 
 impl Client {
@@ -67,12 +65,10 @@ impl Client {
             dir.as_raw_fd()
         ))
         .map_err(not_listening)?;
-        sock.set_read_timeout(Some(LIVENESS_STEP))
-            .map_err(|e| ClientError::Proto(e.into()))?;
+        // Reads time out in steps (`recv_by`), checking the monitor's liveness between them.
         let mut client = Client {
             reader: Reader::bounded(sock, MAX_CONTROL_FRAME),
             monitor,
-            timeout_changed: false,
         };
         frame::send(client.reader.socket().as_fd(), &Hello::ours(), &[])
             .map_err(|e| client.broken(e))?;
@@ -129,6 +125,21 @@ impl Client {
         &mut self,
         deadline: Instant,
     ) -> Result<Option<ControlResponse>, ClientError> {
+        self.recv_by(deadline)
+    }
+
+    /// The next message, waiting while the monitor lives, at most [`ANSWER_WITHIN`].
+    fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, ClientError> {
+        self.recv_by(Instant::now() + ANSWER_WITHIN)?
+            .ok_or(ClientError::NoAnswer(ANSWER_WITHIN))
+    }
+
+    /// The next message if it comes before `deadline`, reading in steps of at most
+    /// [`LIVENESS_STEP`] with a liveness check of the monitor between them.
+    fn recv_by<T: serde::de::DeserializeOwned>(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<T>, ClientError> {
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -141,8 +152,7 @@ impl Client {
                 .socket()
                 .set_read_timeout(Some(step))
                 .map_err(|e| ClientError::Proto(e.into()))?;
-            self.timeout_changed = true;
-            match self.reader.recv_plain::<ControlResponse>() {
+            match self.reader.recv_plain::<T>() {
                 Ok(msg) => return Ok(Some(msg)),
                 Err(ProtoError::Io(e))
                     if matches!(
@@ -154,39 +164,6 @@ impl Client {
                 {
                     if self.monitor.is_some_and(|m| !m.is_alive()) {
                         return Err(ClientError::Gone);
-                    }
-                }
-                Err(e) => return Err(self.broken(e)),
-            }
-        }
-    }
-
-    /// The next message, waiting while the monitor lives.
-    fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, ClientError> {
-        let give_up = Instant::now() + ANSWER_WITHIN;
-        if self.timeout_changed {
-            self.reader
-                .socket()
-                .set_read_timeout(Some(LIVENESS_STEP))
-                .map_err(|e| ClientError::Proto(e.into()))?;
-            self.timeout_changed = false;
-        }
-        loop {
-            match self.reader.recv_plain::<T>() {
-                Ok(msg) => return Ok(msg),
-                Err(ProtoError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    if self.monitor.is_some_and(|m| !m.is_alive()) {
-                        return Err(ClientError::Gone);
-                    }
-                    if Instant::now() >= give_up {
-                        return Err(ClientError::NoAnswer(ANSWER_WITHIN));
                     }
                 }
                 Err(e) => return Err(self.broken(e)),
