@@ -346,6 +346,12 @@ fn bad_input_is_a_typed_error_and_leaves_nothing() {
     let mut bad_id = env.cmd("/bin/true", &[]);
     bad_id.name("../escape");
     assert_eq!(kind(&bad_id), ErrorKind::InvalidConfig);
+    // Each read-write bind travels to the monitor as a descriptor: at most 12.
+    let mut many_rw = env.cmd("/bin/true", &[]);
+    for n in 0..=runbox::MAX_RW_BINDS {
+        many_rw.bind_rw(&env.dir, format!("/w{n}"));
+    }
+    assert_eq!(kind(&many_rw), ErrorKind::InvalidConfig);
 
     // A duplicate id while the first sandbox runs.
     let mut first = env.cmd("probe", &["sleep", "0.5"]);

@@ -216,8 +216,8 @@ fn make_mount_points(rootfs: &Path, mount_points: &[&str]) -> Result<(), RootfsE
 /// `trees` are the launcher's detached copies of the host directories' mount trees (one per
 /// bind, in order: `open_tree` in the launcher's mount namespace, where it resolved the
 /// paths; see [`sys::open_tree_clone`]). Each is copied again here (so a second container
-/// of the same launch, after a pre-built one died, gets its own; a kernel before 6.15 moves
-/// the launcher's copy itself), made `nosuid`, `nodev` (`noexec` where `cfg` asks) on
+/// of the same launch, after a pre-built one died, gets its own; a kernel that cannot clone
+/// a detached tree moves the launcher's copy itself), made `nosuid`, `nodev` (`noexec` where `cfg` asks) on
 /// every mount of it and private (nothing propagates to or from it), whatever the
 /// launcher set, then moved onto its mount point inside the container's mount namespace,
 /// which must resolve without a symlink ([`sys::attach_in_mount_ns`]). On failure a copy

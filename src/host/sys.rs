@@ -1031,8 +1031,8 @@ pub(crate) fn open_tree_clone(path: &std::path::Path) -> io::Result<OwnedFd> {
     )
 }
 
-/// A detached copy of the detached tree `tree` (see [`open_tree_clone`]; Linux 6.15 and
-/// later clone a detached tree, older kernels refuse with `EINVAL`).
+/// A detached copy of the detached tree `tree` (see [`open_tree_clone`]; 6.18 does so;
+/// older kernels may refuse to clone a detached tree with `EINVAL`).
 pub(crate) fn clone_tree(tree: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     open_tree(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint)
 }
