@@ -87,6 +87,11 @@ pub struct Limits {
 /// with `InvalidConfig`).
 pub const MAX_COLLECTS: usize = 64;
 
+/// Most read-write binds ([`Command::bind_rw`]) a command may have: each travels to the
+/// sandbox's monitor as a descriptor (a detached copy of the host directory's mount tree)
+/// with the launch, in one message with the inherited streams and the report pipe.
+pub const MAX_RW_BINDS: usize = 12;
+
 fn default_collect_bytes() -> u64 {
     64 * MIB
 }

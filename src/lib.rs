@@ -88,7 +88,7 @@ mod verdict;
 #[cfg(feature = "worker")]
 mod worker;
 
-pub use config::{Command, Limits, Output, Stdin, User, DEFAULT_PATH};
+pub use config::{Command, Limits, Output, Stdin, User, DEFAULT_PATH, MAX_RW_BINDS};
 pub use controller::boxes::{BoxQuota, WorkBox};
 pub use controller::exec::MONITOR_BIN;
 pub use controller::execs::Exec;

@@ -1057,3 +1057,97 @@ fn processes_without_a_number_leave_the_host_half_its_pids() {
     assert!(cleanup.status.success(), "{cleanup:?}");
     env.finish();
 }
+
+/// The parked spares built and waiting in the state root: (directory, pid).
+fn parked_spares(dir: &Path) -> Vec<(PathBuf, i32)> {
+    let mut out = Vec::new();
+    for group in fs::read_dir(dir.join(".spares"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for spare in fs::read_dir(group.path()).into_iter().flatten().flatten() {
+            let name = spare.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("_warm-") else {
+                continue;
+            };
+            if spare.path().join("spare.json").exists() {
+                let pid = rest.split('-').next().unwrap().parse().unwrap();
+                out.push((spare.path(), pid));
+            }
+        }
+    }
+    out
+}
+
+/// Issue 23, item 1: Judge0's pattern (`--init`, files copied in, `--run`, `--cleanup`,
+/// every submission) starts warm: a box initialized after a spare was parked (its disk and
+/// work dir made after the spare's build) is served by that spare on its first run, which
+/// sees and writes its own work dir, nosuid and nodev, and nothing of the box before it.
+#[test]
+fn a_box_initialized_after_a_spare_was_parked_runs_warm_on_its_first_run() {
+    let env = TestEnv::new("isolate-warm-init");
+    let submission = |note: &str, script: &str| -> (PathBuf, Proc) {
+        let init = isolate(&env, &["-b", "5", "--init"], Stdio::null());
+        assert!(init.status.success(), "{init:?}");
+        let dir = PathBuf::from(String::from_utf8(init.stdout).unwrap().trim());
+        fs::write(dir.join("box/note"), format!("{note}\n")).unwrap();
+        let mut run = Proc::new(isolate_dir().join("isolate"));
+        run.args([
+            "-b", "5", "-s", "-p", "--run", "--", "/bin/sh", "-c", script,
+        ])
+        .env("RUNBOX_ROOT", &env.dir)
+        .env("RUNBOX_CGROUP_PARENT", &env.prefix)
+        .stdin(Stdio::null());
+        (dir, run)
+    };
+    let cleanup = || {
+        let out = isolate(&env, &["-b", "5", "--cleanup"], Stdio::null());
+        assert!(out.status.success(), "{out:?}");
+    };
+    // Two submissions: the first marks the shape, the second parks a spare after its run.
+    for n in 0..2 {
+        let (_, mut run) = submission(&format!("old {n}"), "cat note; echo x > left");
+        assert!(run.output().unwrap().status.success());
+        cleanup();
+    }
+    common::wait_until_for("a spare to be parked", 180, || {
+        parked_spares(&env.dir).len() == 1
+    });
+    let (spare_dir, spare) = parked_spares(&env.dir).remove(0);
+
+    // The next submission's box is made now, after the spare; its run starts from it.
+    let (dir, mut run) = submission(
+        "new",
+        "ls; cat note; echo written > out; grep ' /box ' /proc/self/mountinfo; sleep 1",
+    );
+    let child = run.stdout(Stdio::piped()).spawn().unwrap();
+    // Taken: the spare's directory is gone, and the spare, now the sandbox's monitor, is
+    // the parent of the container's init.
+    common::wait_until_for("the spare to take the run", 60, || {
+        let children = fs::read_to_string(format!("/proc/{spare}/task/{spare}/children"));
+        !spare_dir.exists() && children.is_ok_and(|c| !c.trim().is_empty())
+    });
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("note"), "only this box's files: {text}");
+    assert_eq!(lines.next(), Some("new"), "{text}");
+    let options: Vec<&str> = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for want in ["rw", "nosuid", "nodev"] {
+        assert!(options.contains(&want), "{want}: {text}");
+    }
+    assert_eq!(
+        fs::read_to_string(dir.join("box/out")).unwrap(),
+        "written\n"
+    );
+    cleanup();
+    assert!(!dir.exists());
+    env.finish();
+}

@@ -919,3 +919,210 @@ fn a_parked_spare_of_another_binary_or_an_older_record_is_ended_and_never_served
     drop(elsewhere);
     env.finish();
 }
+
+/// A directory of the test's own for host files, beside its state root (whose leak check
+/// knows only runbox's entries), removed when dropped.
+struct HostFiles(PathBuf);
+
+impl HostFiles {
+    fn new(env: &TestEnv) -> HostFiles {
+        let mut name = env.dir.file_name().unwrap().to_os_string();
+        name.push("-host");
+        let dir = env.dir.with_file_name(name);
+        fs::create_dir_all(&dir).unwrap();
+        HostFiles(dir)
+    }
+}
+
+impl Drop for HostFiles {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A work dir `name` under `parent` with one file named after it, writable by the sandbox's
+/// leased uid.
+fn work_dir(parent: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = parent.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(name), format!("{name}'s\n")).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// Runs `script` detached as `id` with `extra` options and waits for it: whether it was
+/// pre-built, its exit status and its stdout (the sandbox is deleted).
+fn run_script(env: &TestEnv, extra: &[String], id: &str, script: &str) -> (bool, bool, String) {
+    let image = common::image().to_str().unwrap().to_string();
+    let mut args = vec!["run", "--detach", "--name", id, "--image", &image];
+    args.extend(extra.iter().map(String::as_str));
+    args.extend_from_slice(&["/bin/sh", "-c", script]);
+    let out = runbox(env, &args);
+    assert!(out.status.success(), "{out:?}");
+    let prebuilt = state(env, id)["prebuilt"].as_bool().unwrap();
+    let ok = runbox(env, &["wait", id]).status.success();
+    let logs = runbox(env, &["logs", id]);
+    assert!(logs.status.success(), "{logs:?}");
+    assert!(runbox(env, &["delete", id]).status.success());
+    (
+        prebuilt,
+        ok,
+        String::from_utf8_lossy(&logs.stdout).into_owned(),
+    )
+}
+
+/// A tmpfs mounted in the test's own (the host's) mount namespace, unmounted when dropped.
+struct LateDisk(PathBuf);
+
+impl Drop for LateDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Issue 23, item 1: a work dir (a read-write bind) is attached when the run starts, not
+/// built into the container, so a spare parked for one work dir serves a run with another,
+/// even one on a disk mounted after the spare was built (as a fresh box's disk is), and
+/// each run sees and writes its own work dir only, nosuid and nodev, as a built bind was.
+#[test]
+fn a_spare_parked_for_one_work_dir_serves_another_made_after_it() {
+    let env = TestEnv::new("parked-workdir");
+    let host = HostFiles::new(&env);
+    let with = |dir: &Path| {
+        vec![
+            "--spare-idle".to_string(),
+            "600".into(),
+            "--bind-rw".into(),
+            format!("{}:/box", dir.display()),
+        ]
+    };
+    let first = work_dir(&host.0, "first");
+    for n in 1..=2 {
+        let (prebuilt, ok, out) = run_script(&env, &with(&first), &format!("first-{n}"), "ls /box");
+        assert!(!prebuilt, "nothing was parked yet");
+        assert_eq!((ok, out.as_str()), (true, "first\n"));
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    let spare = ready(&env).remove(0);
+
+    // A disk mounted after the spare was built, in the host's mount namespace.
+    let late = host.0.join("late");
+    fs::create_dir_all(&late).unwrap();
+    nix::mount::mount(
+        Some("runbox-test-late"),
+        &late,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("size=1m"),
+    )
+    .unwrap();
+    let disk = LateDisk(late.clone());
+    let second = work_dir(&late, "second");
+    let script = "ls /box; cat /box/second; echo written > /box/out; \
+                  grep ' /box ' /proc/self/mountinfo";
+    let (prebuilt, ok, out) = run_script(&env, &with(&second), "second", script);
+    assert!(
+        prebuilt,
+        "the spare parked for another work dir serves this one: {out}"
+    );
+    assert!(ok, "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("second"), "only its own work dir: {out}");
+    assert_eq!(lines.next(), Some("second's"), "{out}");
+    let mount = lines.next().unwrap_or_default();
+    let options: Vec<&str> = mount
+        .split(' ')
+        .nth(5)
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for want in ["rw", "nosuid", "nodev"] {
+        assert!(options.contains(&want), "{want} missing: {mount}");
+    }
+    assert!(!options.contains(&"noexec"), "{mount}");
+    assert_eq!(fs::read_to_string(second.join("out")).unwrap(), "written\n");
+    assert!(
+        !first.join("out").exists(),
+        "nothing reached the other work dir"
+    );
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(" /box "),
+        "nothing was mounted in the host's namespace"
+    );
+    assert!(!spare.exists(), "the spare was claimed");
+
+    // Its replacement serves the first work dir again: its own files only.
+    wait_ready(&env, 1, "a replacement to be parked");
+    let (prebuilt, ok, out) = run_script(&env, &with(&first), "first-3", "ls /box");
+    assert!(prebuilt);
+    assert_eq!((ok, out.as_str()), (true, "first\n"));
+    // A work dir that went away between its check and its run is refused, nothing made.
+    fs::remove_dir_all(&second).unwrap();
+    let image = common::image().to_str().unwrap().to_string();
+    let mut args = vec!["run".to_string(), "--image".into(), image];
+    args.extend(with(&second));
+    args.extend(["/bin/true".into()]);
+    let out = runbox(&env, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("second") && said.contains("does not exist"),
+        "{said}"
+    );
+    drop(disk);
+    env.finish();
+}
+
+/// A work dir whose mount point is missing in the container when the run starts (under a
+/// read-only bind whose directory went away after the spare was built) fails the launch
+/// with an error that names it, ends the spare that would have served it (never parked
+/// again half used) and leaves nothing behind; the next launch works.
+#[test]
+fn a_work_dir_that_cannot_be_attached_fails_the_launch_and_ends_the_spare() {
+    let env = TestEnv::new("parked-attach-fails");
+    let host = HostFiles::new(&env);
+    let data = host.0.join("data");
+    fs::create_dir_all(data.join("out")).unwrap();
+    let work = work_dir(&host.0, "work");
+    let args = vec![
+        "--spare-idle".to_string(),
+        "600".into(),
+        "--bind".into(),
+        format!("{}:/data", data.display()),
+        "--bind-rw".into(),
+        format!("{}:/data/out", work.display()),
+    ];
+    for n in 1..=2 {
+        let (prebuilt, ok, out) = run_script(&env, &args, &format!("ok-{n}"), "ls /data/out");
+        assert!(!prebuilt);
+        assert_eq!((ok, out.as_str()), (true, "work\n"));
+    }
+    wait_ready(&env, 1, "a spare to be parked");
+    let spare = ready(&env).remove(0);
+    let pid = pid_of(&spare);
+    fs::remove_dir(data.join("out")).unwrap();
+    let image = common::image().to_str().unwrap().to_string();
+    let mut run = vec!["run".to_string(), "--image".into(), image];
+    run.extend(args.iter().cloned());
+    run.push("/bin/true".into());
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    let out = runbox(&env, &run);
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("attach") && said.contains("/data/out"),
+        "the error names the work dir: {said}"
+    );
+    wait_until("the spare that failed to end", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(!parked(&env).contains(&spare));
+    // Back in place, the shape launches again.
+    fs::create_dir(data.join("out")).unwrap();
+    let out = runbox(&env, &run);
+    assert!(out.status.success(), "{out:?}");
+    env.finish();
+}

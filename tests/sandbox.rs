@@ -346,6 +346,12 @@ fn bad_input_is_a_typed_error_and_leaves_nothing() {
     let mut bad_id = env.cmd("/bin/true", &[]);
     bad_id.name("../escape");
     assert_eq!(kind(&bad_id), ErrorKind::InvalidConfig);
+    // Each read-write bind travels to the monitor as a descriptor: at most 12.
+    let mut many_rw = env.cmd("/bin/true", &[]);
+    for n in 0..=runbox::MAX_RW_BINDS {
+        many_rw.bind_rw(&env.dir, format!("/w{n}"));
+    }
+    assert_eq!(kind(&many_rw), ErrorKind::InvalidConfig);
 
     // A duplicate id while the first sandbox runs.
     let mut first = env.cmd("probe", &["sleep", "0.5"]);
@@ -515,6 +521,30 @@ fn a_work_dir_keeps_its_files_between_runs_for_its_user_only() {
     let v = run("cat f && echo three >> f", None);
     assert_eq!(v.exit_code, Some(1), "{v:?}");
     assert_eq!(fs::read_to_string(work.join("f")).unwrap(), "one\ntwo\n");
+    // Attached when the run starts, as confined as a bind: nosuid, nodev, and noexec where
+    // asked (a script there is not executed).
+    let mut cmd = env.cmd("sh", &["-c", "grep ' /box ' /proc/self/mountinfo; ./x"]);
+    fs::write(work.join("x"), "#!/bin/sh\necho ran\n").unwrap();
+    let mut perm = fs::metadata(work.join("x")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(work.join("x"), perm).unwrap();
+    cmd.bind_rw(&work, "/box")
+        .current_dir("/box")
+        .noexec("/box");
+    let v = env.root.run(&cmd).unwrap();
+    let options: Vec<&str> = v
+        .stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(5))
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for want in ["rw", "nosuid", "nodev", "noexec"] {
+        assert!(options.contains(&want), "{want}: {v:?}");
+    }
+    assert_eq!(v.exit_code, Some(126), "not executed: {v:?}");
+    fs::remove_file(work.join("x")).unwrap();
     // Only directories, and never the host's special trees.
     for (src, what) in [
         (work.join("f"), "not a directory"),

@@ -166,13 +166,18 @@ pub(crate) struct SandboxSpec {
 }
 
 impl SandboxSpec {
-    /// What a pre-built container must match: the spec itself, with one normalisation: any
-    /// uid leased from the range serves a request for a leased one (the request takes the
-    /// spare's), so a leased uid is masked.
+    /// What a pre-built container must match: the spec itself, with two normalisations:
+    /// any uid leased from the range serves a request for a leased one (the request takes
+    /// the spare's), so a leased uid is masked; and the host directories of the read-write
+    /// binds are masked (their destinations and `noexec` stay): they are attached when each
+    /// run starts, not built in, so a container pre-built for one work dir serves another.
     pub fn shape(&self) -> SandboxSpec {
         let mut shape = self.clone();
         if shape.uid_leased {
             shape.user = User::default();
+        }
+        for (host, _) in &mut shape.rw_binds {
+            *host = PathBuf::new();
         }
         shape
     }
@@ -419,5 +424,35 @@ mod tests {
         smaller.limits.memory_bytes /= 2;
         assert!(!smaller.fits(&base));
         assert_ne!(smaller.shape_key(), base.shape_key());
+    }
+
+    #[test]
+    fn a_work_dir_is_not_part_of_the_shape_but_its_place_and_noexec_are() {
+        let mut box7 = SandboxConfig::for_tests().sandbox;
+        box7.rw_binds = vec![("/srv/boxes/7/disk/w1".into(), "/box".into())];
+        let mut box8 = box7.clone();
+        box8.rw_binds = vec![("/srv/boxes/8/disk/w2".into(), "/box".into())];
+        assert!(box7.fits(&box8), "another work dir at the same place fits");
+        assert_eq!(box7.shape_key(), box8.shape_key());
+        let mut elsewhere = box8.clone();
+        elsewhere.rw_binds[0].1 = "/work".into();
+        assert!(
+            !elsewhere.fits(&box7),
+            "a work dir at another place does not"
+        );
+        assert_ne!(elsewhere.shape_key(), box7.shape_key());
+        let mut none = box8.clone();
+        none.rw_binds.clear();
+        assert!(!none.fits(&box7), "no work dir is another shape");
+        let mut noexec = box8.clone();
+        noexec.noexec.push("/box".into());
+        assert!(!noexec.fits(&box7), "a noexec work dir is another shape");
+        let mut ro = box8.clone();
+        ro.binds
+            .push(("/srv/boxes/8/disk/w2".into(), "/box".into()));
+        ro.rw_binds.clear();
+        assert!(!ro.fits(&box7), "a read-only bind stays in the shape");
+        // The record keeps the real source: only the shape masks it.
+        assert_eq!(box8.rw_binds[0].0, PathBuf::from("/srv/boxes/8/disk/w2"));
     }
 }

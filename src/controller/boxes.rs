@@ -409,10 +409,8 @@ impl Root {
         // The box holds its uid from now on (its record names it; `cleanup_box` gives it
         // back).
         lease.keep();
-        // This root's idle spares may have entered their mount namespaces before the disk
-        // was mounted; where the host's mounts do not propagate they would not see it. The
-        // next launch forks new ones.
-        self.inner.spares.release();
+        // This root's idle spares stay: a run's work dir is attached from this process's
+        // mount namespace when it starts (their own may predate the disk), not built in.
         let source = record.work_source(&dir);
         Ok(WorkBox {
             root: self.clone(),
@@ -570,8 +568,10 @@ fn lock_box(dir: &Path, wait: bool, create: bool) -> Result<Flock<File>> {
     }
 }
 
-/// A name for a box's work dir on its disk that no earlier initialization of the box used,
-/// so a spare pre-built for an earlier one never fits its runs (their bind differs).
+/// A name for a box's work dir on its disk that no earlier initialization of the box used
+/// (a process that kept an fd or a cwd of an old one never reaches the new one through it).
+/// The work dir is attached to each run when it starts, so the name is not part of what a
+/// pre-built spare fits.
 fn unique_work_name() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::host::proc::ProcIdentity;
 use crate::host::state::SandboxRecord;
 use crate::host::uids::{self, UidLease};
-use crate::host::{cgroup, state};
+use crate::host::{cgroup, state, sys};
 use crate::layout::{Layout, NEW_PREFIX};
 use crate::proto::{Mode, MonitorArgs, ReportReader, StreamFds};
 
@@ -37,7 +37,11 @@ impl Root {
         // A stored image holds the store's lock from here until the sandbox pins it.
         let stored = self.resolve_stored(cmd)?;
         let mut cfg = resolve(cmd, stored.as_ref(), || self.host_image())?;
-        let streams = inherited_streams(&cfg.run)?;
+        let mut streams = inherited_streams(&cfg.run)?;
+        // The work dirs travel with the streams, as detached copies of their mount trees
+        // made here, where their paths were resolved (a spare's own mount namespace may
+        // predate them: a box's disk mounted after the spare was built).
+        streams.extend(rw_trees(&cfg.sandbox)?);
         let monitor = self.monitor_exe()?;
         let me = ProcIdentity::own()
             .map_err(|e| Error::with_source(ErrorKind::Io, "identify this process", e))?;
@@ -396,6 +400,24 @@ fn exec_monitor(
         ReportReader::new(fs::File::from(report_r)),
         Some(status),
     )
+}
+
+/// A detached copy of the mount tree of each read-write bind's host directory of `sandbox`,
+/// in order (the monitor attaches them to the container before start).
+fn rw_trees(sandbox: &SandboxSpec) -> Result<Vec<OwnedFd>> {
+    sandbox
+        .rw_binds
+        .iter()
+        .map(|(host, _)| {
+            sys::open_tree_clone(host).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidConfig,
+                    format!("read-write bind source {}", host.display()),
+                    e,
+                )
+            })
+        })
+        .collect()
 }
 
 /// Duplicates the caller's descriptors among 0, 1, 2 that `run` inherits, refusing a

@@ -245,7 +245,10 @@ pub(super) fn replenish(
     idle: Duration,
     pending: &Mutex<Vec<Parking>>,
 ) {
-    if !seen_again(&group(t.root, shape)) {
+    if !seen_again(
+        &group(t.root, shape),
+        idle.clamp(SEEN_WITHIN_MIN, SEEN_WITHIN),
+    ) {
         return;
     }
     let Ok(mut pending) = pending.lock() else {
@@ -272,20 +275,27 @@ pub(super) fn replenish(
     }
 }
 
-/// How recent a shape's last launch must be for a launch to count as its second.
+/// How recent a shape's last launch must be for a launch to count as its second, at most:
+/// the spare's idle time bounds it, between this and [`SEEN_WITHIN_MIN`].
 const SEEN_WITHIN: Duration = Duration::from_secs(600);
 
+/// The least [`SEEN_WITHIN`] a short idle time makes it (a slow host's launches of one
+/// shape may come seconds apart).
+const SEEN_WITHIN_MIN: Duration = Duration::from_secs(60);
+
 /// Marks the shape of `group` as launched now, and tells whether it was launched before,
-/// less than [`SEEN_WITHIN`] ago: a shape gets parked spares only from its second launch
-/// on, so a one-off shape (a box used once, a command run once at a shell) costs no spare
-/// that would only wait out its idle time.
-fn seen_again(group: &Path) -> bool {
+/// less than `within` ago: a shape gets parked spares only from its second launch on, so a
+/// one-off shape (a box used once, a command run once at a shell) costs no spare that
+/// would only wait out its idle time; nor does a shape whose launches come further apart
+/// than a spare waits (`within` is the idle time, within bounds: box ids taken in turn,
+/// each its own shape through its uid, come back only after every other id).
+fn seen_again(group: &Path, within: Duration) -> bool {
     let marker = group.join(SEEN_MARKER);
     let before = fs::metadata(&marker)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < SEEN_WITHIN);
+        .is_some_and(|age| age < within);
     let marked = fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -403,5 +413,29 @@ pub(super) fn release_all(root: &Path) {
     let deadline = Instant::now() + RELEASE_WAIT;
     for spare in released {
         let _ = proc::wait_for_exit(spare, Some(deadline));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_counts_as_seen_again_only_within_the_window() {
+        let group = std::env::temp_dir().join(format!("runbox-seen-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&group);
+        let within = Duration::from_secs(60);
+        assert!(!seen_again(&group, within), "a first launch");
+        assert!(seen_again(&group, within), "a second one at once");
+        // The last launch longer ago than the window: not a second launch, but marked.
+        let old = std::time::SystemTime::now() - Duration::from_secs(90);
+        let marker = fs::File::options()
+            .write(true)
+            .open(group.join(SEEN_MARKER))
+            .unwrap();
+        marker.set_modified(old).unwrap();
+        assert!(!seen_again(&group, within));
+        assert!(seen_again(&group, within));
+        fs::remove_dir_all(&group).unwrap();
     }
 }

@@ -121,6 +121,13 @@ pub(super) fn resolve<'a>(
             )));
         }
     }
+    if cmd.rw_binds.len() > config::MAX_RW_BINDS {
+        return Err(invalid(format!(
+            "{} read-write binds, at most {}",
+            cmd.rw_binds.len(),
+            config::MAX_RW_BINDS
+        )));
+    }
     let inside_ok =
         |p: &str| p.starts_with('/') && config::is_clean_absolute(Path::new(p)) && p != "/";
     for (host, dest) in cmd.binds.iter().chain(&cmd.rw_binds).chain(&cmd.copies) {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::config::{SandboxConfig, User};
+use crate::config::{SandboxConfig, SandboxSpec, User};
+use crate::host::sys;
 use crate::layout::Scratch;
 
 /// One failing step of setting up or tearing down the rootfs.
@@ -60,6 +61,19 @@ pub(crate) enum RootfsError {
         #[source]
         source: std::io::Error,
     },
+    /// A read-write bind could not be attached to the container at its run.
+    #[error("attach {host} at {dest} in the sandbox ({step})")]
+    Attach {
+        /// The host directory.
+        host: PathBuf,
+        /// The sandbox path.
+        dest: String,
+        /// The step that failed.
+        step: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A path cannot be passed in overlay options.
     #[error(
         "path {path} contains a character overlayfs options cannot carry (',' ':' or whitespace)"
@@ -99,8 +113,9 @@ pub(crate) struct Mounted {
 
 /// Mounts the scratch tmpfs (`scratch_bytes` large) and the overlay with `lower` as the
 /// read-only image, with a world-writable /tmp, and each of the image's shared host `trees`
-/// (host dir, destination) as a read-only overlay of its own at its destination. On error,
-/// what was mounted is unmounted.
+/// (host dir, destination) as a read-only overlay of its own at its destination, and makes
+/// the empty directories `mount_points` (sandbox paths: where each run's read-write binds
+/// are attached, see [`attach_rw_binds`]). On error, what was mounted is unmounted.
 ///
 /// A tree gets an overlay rather than a bind so that its files are inodes of this sandbox
 /// only: an inotify watch, a `flock` or a lease taken inside sees and blocks nobody else (a
@@ -112,9 +127,11 @@ pub(crate) fn mount_rootfs(
     scratch_bytes: u64,
     lowers: &[&Path],
     trees: &[(PathBuf, String)],
+    mount_points: &[&str],
 ) -> Result<Mounted, RootfsError> {
     let mut mounted = Mounted::default();
-    let result = mount_steps(scratch, scratch_bytes, lowers, trees, &mut mounted);
+    let result = mount_steps(scratch, scratch_bytes, lowers, trees, &mut mounted)
+        .and_then(|()| make_mount_points(&scratch.rootfs(), mount_points));
     if let Err(e) = result {
         // The launch fails with `e` either way; what stays mounted lives in the monitor's
         // own mount namespace and goes with it.
@@ -180,6 +197,71 @@ fn mount_steps(
             flags | MsFlags::MS_RDONLY,
             &opts,
         )?;
+    }
+    Ok(())
+}
+
+/// Makes each of `mount_points` (sandbox paths) a directory of the rootfs, root's, mode
+/// 0755, refusing any symlink on the way ([`dir_inside`]): what libcontainer would make for a
+/// bind at build, made here because the read-write binds come with each run.
+fn make_mount_points(rootfs: &Path, mount_points: &[&str]) -> Result<(), RootfsError> {
+    for dest in mount_points {
+        dir_inside(rootfs, Path::new(dest.trim_start_matches('/')), 0o755, dest)?;
+    }
+    Ok(())
+}
+
+/// Attaches each read-write bind of `cfg` (host directory, sandbox path) to the container
+/// whose init `init` refers to, before it starts, as confined as a bind at build would be.
+/// `trees` are the launcher's detached copies of the host directories' mount trees (one per
+/// bind, in order: `open_tree` in the launcher's mount namespace, where it resolved the
+/// paths; see [`sys::open_tree_clone`]). Each is copied again here (so a second container
+/// of the same launch, after a pre-built one died, gets its own; a kernel that cannot clone
+/// a detached tree moves the launcher's copy itself), made `nosuid`, `nodev` (`noexec` where `cfg` asks) on
+/// every mount of it and private (nothing propagates to or from it), whatever the
+/// launcher set, then moved onto its mount point inside the container's mount namespace,
+/// which must resolve without a symlink ([`sys::attach_in_mount_ns`]). On failure a copy
+/// not yet attached is dropped (it was attached nowhere); those attached live in the
+/// container's mount namespace only and go with it (the launch tears the container down).
+pub(crate) fn attach_rw_binds(
+    init: std::os::fd::BorrowedFd<'_>,
+    cfg: &SandboxSpec,
+    trees: &[std::os::fd::OwnedFd],
+) -> Result<(), RootfsError> {
+    use std::os::fd::AsFd;
+    if trees.len() != cfg.rw_binds.len() {
+        return Err(RootfsError::Attach {
+            host: PathBuf::new(),
+            dest: String::new(),
+            step: "count the launcher's trees",
+            source: std::io::Error::other(format!(
+                "{} trees came for {} read-write binds",
+                trees.len(),
+                cfg.rw_binds.len()
+            )),
+        });
+    }
+    for ((host, dest), tree) in cfg.rw_binds.iter().zip(trees) {
+        let fail = |step, source| RootfsError::Attach {
+            host: host.clone(),
+            dest: dest.clone(),
+            step,
+            source,
+        };
+        let mut attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+        if cfg.noexec.contains(dest) {
+            attrs |= libc::MOUNT_ATTR_NOEXEC;
+        }
+        let rel = std::ffi::CString::new(dest.trim_start_matches('/'))
+            .map_err(|e| fail("name the mount point", std::io::Error::other(e)))?;
+        let copy = match sys::clone_tree(tree.as_fd()) {
+            Ok(copy) => Some(copy),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+            Err(e) => return Err(fail("open_tree", e)),
+        };
+        let tree = copy.as_ref().map_or(tree.as_fd(), AsFd::as_fd);
+        sys::mount_setattr_private(tree, attrs).map_err(|e| fail("mount_setattr", e))?;
+        sys::attach_in_mount_ns(init, tree, &rel).map_err(|e| fail(e.step, e.source))?;
     }
     Ok(())
 }

@@ -92,19 +92,20 @@ pub(crate) unsafe fn adopt_inherited_fds<const N: usize>(fds: [RawFd; N]) -> [Ow
     fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
 /// Opens `path` for reading beneath the directory `root` as if `root` were `/`: symlinks,
 /// `..` and absolute paths cannot leave it (`openat2` with `RESOLVE_IN_ROOT`), magic links are
 /// refused, a final symlink is not followed, and a FIFO does not block the open.
 pub(crate) fn open_in_root(root: &std::fs::File, path: &str) -> io::Result<std::fs::File> {
     let cpath =
         std::ffi::CString::new(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    /// `struct open_how` of openat2(2).
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
     let how = OpenHow {
         // O_NONBLOCK: a FIFO planted by the program must not block the open.
         flags: (libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
@@ -1012,6 +1013,228 @@ pub(crate) fn get_xattr(path: &std::path::Path, name: &std::ffi::CStr) -> io::Re
     };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     Ok(buf.get(..n).unwrap_or(&buf).to_vec())
+}
+
+/// `open_tree(path, OPEN_TREE_CLONE | AT_RECURSIVE | OPEN_TREE_CLOEXEC)`: a detached copy of
+/// the mount tree at `path` (as `mount --rbind` would make), reachable only through the
+/// returned descriptor: attached nowhere, it vanishes when the last descriptor of it is
+/// closed. `path` is resolved in this process's mount namespace, a final symlink not
+/// followed. Needs CAP_SYS_ADMIN.
+pub(crate) fn open_tree_clone(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    open_tree(
+        libc::AT_FDCWD,
+        &cpath,
+        libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+    )
+}
+
+/// A detached copy of the detached tree `tree` (see [`open_tree_clone`]; 6.18 does so;
+/// older kernels may refuse to clone a detached tree with `EINVAL`).
+pub(crate) fn clone_tree(tree: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    open_tree(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint)
+}
+
+fn open_tree(dirfd: RawFd, path: &std::ffi::CStr, extra: libc::c_uint) -> io::Result<OwnedFd> {
+    let flags = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC
+        | libc::AT_RECURSIVE as libc::c_uint
+        | extra;
+    // SAFETY: `dirfd` is AT_FDCWD or a descriptor the caller borrows for the call, `path` a
+    // NUL-terminated string alive for the call; the kernel returns a new fd or -1 and
+    // writes nothing back.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: the kernel returned a fresh fd that nothing else owns (it has O_CLOEXEC).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, ...)`: sets the mount attributes
+/// `set` (`MOUNT_ATTR_*`) on every mount of the tree `tree` (from [`open_tree_clone`]) and
+/// makes each private (`MS_PRIVATE`: no mount or unmount propagates to or from it).
+pub(crate) fn mount_setattr_private(tree: BorrowedFd<'_>, set: u64) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: `tree` is a valid fd for the call, the path a static empty C string and `attr`
+    // a fully initialised mount_attr whose size is passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What an [`attach_in_mount_ns`] child reads, and the one field it writes.
+#[repr(C)]
+struct AttachChild {
+    /// The pidfd of a process whose mount namespace the tree goes into.
+    ns_pidfd: RawFd,
+    /// The detached tree.
+    tree: RawFd,
+    /// The mount point, relative to that namespace's root.
+    dest: *const libc::c_char,
+    /// Written by the child: the failed step (1 setns, 2 open the mount point, 3 move_mount)
+    /// and its errno; zeros if the tree was attached.
+    failed: [libc::c_int; 2],
+}
+
+/// Stack of an [`attach_in_mount_ns`] child (three syscalls, no allocation).
+const ATTACH_CHILD_STACK: usize = 16 << 10;
+
+/// The body of an [`attach_in_mount_ns`] child.
+///
+/// # Safety
+/// `arg` points at a live [`AttachChild`] whose pointers are valid; the caller is suspended
+/// (`CLONE_VFORK`) while this runs on its own stack in the caller's address space
+/// (`CLONE_VM`): it calls only async-signal-safe functions, allocates nothing and writes no
+/// memory of the caller's but its own stack, errno and `failed`.
+extern "C" fn attach_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: as documented above; `fail` never returns.
+    unsafe {
+        let c = arg as *mut AttachChild;
+        // No handler of the caller's may run here, on its memory.
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigfillset(all.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
+        let fail = |step: libc::c_int| -> ! {
+            let failed = std::ptr::addr_of_mut!((*c).failed);
+            std::ptr::write_volatile(failed, [step, *libc::__errno_location()]);
+            libc::_exit(1)
+        };
+        // Entering a mount namespace sets this process's root and working directory to
+        // that namespace's root: the container's, after its pivot_root.
+        if libc::setns((*c).ns_pidfd, libc::CLONE_NEWNS) != 0 {
+            fail(1);
+        }
+        let how = OpenHow {
+            flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            // Beneath that root, and no symlink anywhere on the way (nor a magic link).
+            resolve: libc::RESOLVE_IN_ROOT
+                | libc::RESOLVE_NO_SYMLINKS
+                | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        let target = libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            (*c).dest,
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        );
+        let Ok(target) = libc::c_int::try_from(target) else {
+            fail(2);
+        };
+        let flags = libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH;
+        if libc::syscall(
+            libc::SYS_move_mount,
+            (*c).tree,
+            c"".as_ptr(),
+            target,
+            c"".as_ptr(),
+            flags,
+        ) != 0
+        {
+            fail(3);
+        }
+        libc::_exit(0)
+    }
+}
+
+/// Why [`attach_in_mount_ns`] attached nothing: the step and its errno.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub(crate) struct AttachFailure {
+    /// `"setns"`, `"open the mount point"`, `"move_mount"`, `"clone"` or `"wait"`.
+    pub step: &'static str,
+    /// The error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Mounts the detached tree `tree` (from [`open_tree_clone`]) on the directory `dest` (a
+/// path relative to the namespace's root, without a leading `/`) of the mount namespace of
+/// the process `ns_pidfd` refers to. `dest` must resolve beneath that root without any
+/// symlink (`openat2` with `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS`), and be a directory.
+/// This process stays in its own namespace: a child sharing its memory until it exits
+/// (`CLONE_VM | CLONE_VFORK`) enters the other one (`setns`), opens the mount point there and
+/// moves the tree onto it (`move_mount`), then exits; the caller reaps it. Call only from a
+/// single-threaded process (the monitor). On failure nothing is attached; the tree stays
+/// the caller's (closing it frees it).
+pub(crate) fn attach_in_mount_ns(
+    ns_pidfd: BorrowedFd<'_>,
+    tree: BorrowedFd<'_>,
+    dest: &std::ffi::CStr,
+) -> Result<(), AttachFailure> {
+    let mut child = AttachChild {
+        ns_pidfd: ns_pidfd.as_raw_fd(),
+        tree: tree.as_raw_fd(),
+        dest: dest.as_ptr(),
+        failed: [0, 0],
+    };
+    let mut stack = vec![0u8; ATTACH_CHILD_STACK];
+    // The stack grows down from its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + ATTACH_CHILD_STACK) & !15;
+    // SAFETY: `attach_child` honours its contract (see there): `child`, what it points at
+    // and `stack` live until this call returns, and CLONE_VFORK suspends this
+    // (single-threaded) process until the child has exited, so nothing else touches the
+    // shared memory meanwhile. The child has its own signal and descriptor tables and its
+    // own fs_struct (no CLONE_SIGHAND, CLONE_FILES or CLONE_FS), so its setns leaves this
+    // process's namespace, root and working directory alone.
+    let pid = unsafe {
+        libc::clone(
+            attach_child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::addr_of_mut!(child) as *mut libc::c_void,
+        )
+    };
+    drop(stack);
+    if pid < 0 {
+        return Err(AttachFailure {
+            step: "clone",
+            source: io::Error::last_os_error(),
+        });
+    }
+    let status = wait_pid(pid).map_err(|source| AttachFailure {
+        step: "wait",
+        source,
+    })?;
+    // SAFETY: the child has exited (reaped above); `child.failed` is plain memory it may
+    // have written before then.
+    let [step, errno] = unsafe { std::ptr::read_volatile(std::ptr::addr_of!(child.failed)) };
+    if step == 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        return Ok(());
+    }
+    let step = match step {
+        1 => "setns",
+        2 => "open the mount point",
+        3 => "move_mount",
+        _ => "the attaching child ended",
+    };
+    let source = if errno != 0 {
+        io::Error::from_raw_os_error(errno)
+    } else {
+        io::Error::other(format!("wait status {status:#x}"))
+    };
+    Err(AttachFailure { step, source })
 }
 
 #[cfg(test)]

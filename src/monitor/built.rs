@@ -127,7 +127,8 @@ enum Stage {
 /// A host path and the (device, inode) it resolved to.
 type SourceId = (PathBuf, Option<(u64, u64)>);
 
-/// The identity of the image directory and of every bind source of `cfg`, as resolved now.
+/// The identity of the image directory and of every bind source of `cfg` mounted at build,
+/// as resolved now (read-write binds are attached at each run, from their source then).
 fn source_ids(lower: &Path, cfg: &SandboxSpec) -> Vec<SourceId> {
     use std::os::unix::fs::MetadataExt;
     std::iter::once(lower)
@@ -136,7 +137,6 @@ fn source_ids(lower: &Path, cfg: &SandboxSpec) -> Vec<SourceId> {
             cfg.image_trees
                 .iter()
                 .chain(&cfg.binds)
-                .chain(&cfg.rw_binds)
                 .map(|(src, _)| src.as_path()),
         )
         .map(|p| {
@@ -211,6 +211,10 @@ impl Built {
             cfg.limits.scratch_bytes,
             &lowers(&lower, cfg),
             &cfg.image_trees,
+            &cfg.rw_binds
+                .iter()
+                .map(|(_, dest)| dest.as_str())
+                .collect::<Vec<_>>(),
         )
         .map_err(|e| launch("mount the sandbox rootfs", e))?;
         phases::mark("rootfs_mounted");

@@ -43,7 +43,9 @@ pub(super) fn run(
     inherited: Option<Vec<OwnedFd>>,
 ) -> Result<()> {
     let opened = open(dir).and_then(|mut opened| {
-        opened.inherited = inherited_streams(&opened.record.config.run, inherited)?;
+        let mut fds = inherited_streams(&opened.record.config, inherited)?;
+        opened.trees = fds.split_off(opened.record.config.run.inherited_streams().len());
+        opened.inherited = fds;
         Ok(opened)
     });
     let mut opened = match opened {
@@ -130,18 +132,22 @@ struct Opened {
     /// The launcher's descriptors the program takes (stdin, stdout, stderr, those of them
     /// the record inherits, in that order).
     inherited: Vec<OwnedFd>,
+    /// The launcher's detached copies of the read-write binds' host directories, one per
+    /// bind in order (attached to the container before start).
+    trees: Vec<OwnedFd>,
     /// The control server, once the container is built (bound after the build, so that the
     /// container's init, cloned from the monitor, never holds the listening socket).
     control: Option<Server>,
 }
 
-/// The launcher's descriptors `cfg` inherits: `received` with a spare's request, else read
-/// from this exec'd monitor's stdin (a socket the launcher sends them on).
+/// The launcher's descriptors `cfg` takes: the streams it inherits, then one detached mount
+/// tree per read-write bind; `received` with a spare's request, else read from this exec'd
+/// monitor's stdin (a socket the launcher sends them on).
 fn inherited_streams(
-    cfg: &crate::config::RunSpec,
+    cfg: &crate::config::SandboxConfig,
     received: Option<Vec<OwnedFd>>,
 ) -> Result<Vec<OwnedFd>> {
-    let wanted = cfg.inherited_streams().len();
+    let wanted = cfg.run.inherited_streams().len() + cfg.sandbox.rw_binds.len();
     let fds = match received {
         Some(fds) => fds,
         None if wanted == 0 => Vec::new(),
@@ -214,6 +220,7 @@ fn open(dir: &Path) -> Result<Opened> {
             prebuilt: false,
         },
         inherited: Vec::new(),
+        trees: Vec::new(),
         control: None,
     };
     let layout = &opened.layout;
@@ -376,8 +383,10 @@ fn start_in(
         let refused = streams.refused;
         return Err(fail(&mut built, e, !refused));
     }
-    // The program has the launcher's descriptors now; the monitor keeps none.
+    // The program has the launcher's descriptors now, the container its work dirs; the
+    // monitor keeps none.
     o.inherited.clear();
+    o.trees.clear();
     let started = Instant::now();
     phases::mark("started");
     o.status.phase = MonitorPhase::Running;
@@ -430,7 +439,7 @@ fn take_or_build(
 }
 
 /// Prepares the built container for this run: working directory and copies in the rootfs,
-/// CPU quota. Returns the program's stdin. (The bundle keeps the spec libcontainer built
+/// CPU quota, the read-write binds attached (they are not part of the build). Returns the program's stdin. (The bundle keeps the spec libcontainer built
 /// from: it lives in this monitor's mount namespace only, and libcontainer reads its own
 /// saved copy at start; the controller's `Root::oci_spec` gives the complete one.)
 fn bind(built: &mut Built, o: &Opened) -> Result<OwnedFd> {
@@ -442,6 +451,8 @@ fn bind(built: &mut Built, o: &Opened) -> Result<OwnedFd> {
         .cgroup
         .set_cpu_quota(cfg.run.limits.cpu_quota_us(period_us), period_us)
         .map_err(|e| launch_error("write the cpu quota", e))?;
+    rootfs::attach_rw_binds(built.init.pidfd.as_fd(), &cfg.sandbox, &o.trees)
+        .map_err(|e| launch_error("attach the read-write binds", e))?;
     phases::mark("bound");
     let stdin = match &cfg.run.stdin {
         Stdin::Inherit => match o.inherited.first() {

@@ -170,12 +170,20 @@ pub(crate) fn build(
         SpecStage::ForLibcontainer => &[],
         SpecStage::Final(_) => &cfg.image_trees,
     };
+    // libcontainer builds without the read-write binds (work dirs), which come with each
+    // run: the monitor attaches them before start, with the same options, on mount points
+    // it made in the rootfs (`host::rootfs::attach_rw_binds`); another runtime gets them
+    // as binds.
+    let rw_binds: &[(std::path::PathBuf, String)] = match stage {
+        SpecStage::ForLibcontainer => &[],
+        SpecStage::Final(_) => &cfg.rw_binds,
+    };
     // Read-only binds are read-only all the way down (`rro`); work dirs are writable; none
     // carries setuid bits or devices.
     let ro: &[&str] = &["rbind", "ro", "rro", "nosuid", "rnosuid", "nodev", "rnodev"];
     let rw: &[&str] = &["rbind", "rw", "nosuid", "rnosuid", "nodev", "rnodev"];
-    let all_binds = (trees.iter().chain(&cfg.binds).map(|b| (b, ro)))
-        .chain(cfg.rw_binds.iter().map(|b| (b, rw)));
+    let all_binds =
+        (trees.iter().chain(&cfg.binds).map(|b| (b, ro))).chain(rw_binds.iter().map(|b| (b, rw)));
     for ((src, dest), options) in all_binds {
         let mut options = options.to_vec();
         if cfg.noexec.contains(dest) {

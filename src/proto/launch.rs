@@ -249,7 +249,8 @@ pub(crate) enum SpareRequest {
     /// Become this sandbox's monitor. Descriptors: a claimed parked spare's report pipe
     /// first (a spare started by its controller has its own), then the launcher's streams
     /// the sandbox inherits ([`crate::config::RunSpec::inherited_streams`]), in the order 0,
-    /// 1, 2.
+    /// 1, 2, then one detached mount tree per read-write bind, in order (attached to the
+    /// container at start).
     Take {
         /// Run at once, or wait for start.
         mode: Mode,
@@ -289,8 +290,9 @@ pub(crate) struct Park {
 
 /// The message an exec'd monitor reads on its stdin (a socket), after the [`Hello`], when
 /// its sandbox inherits some of the launcher's descriptors
-/// ([`crate::config::RunSpec::inherited_streams`]), which come with it in the order 0, 1, 2. A spare
-/// gets them with its [`SpareRequest::Take`] instead.
+/// ([`crate::config::RunSpec::inherited_streams`]), which come with it in the order 0, 1, 2,
+/// or has read-write binds (one detached mount tree each follows the streams). A spare gets
+/// them with its [`SpareRequest::Take`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StreamFds {

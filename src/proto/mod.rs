@@ -12,7 +12,8 @@
 //! controller ──socket: Hello, SpareRequest (+ fds)────▶ spare (`Park` first: it leaves, to
 //!                                                      wait in the state root)
 //! controller ◀─socket: hello_client / hello_server───▶ parked spare, then Take + fds
-//! controller ──socket: Hello, StreamFds + fds─────────▶ exec'd monitor (inherited streams)
+//! controller ──socket: Hello, StreamFds + fds─────────▶ exec'd monitor (inherited streams,
+//!                                                      then the work dirs' mount trees)
 //! monitor    ──pipe: Report frames────────────────────▶ controller
 //! monitor    ──socket: InitRequest frames + fds──────▶ container init (program, execs)
 //! init       ──pipe: InitStatus frames────────────────▶ monitor
