@@ -72,6 +72,8 @@ const FIRST_FRESH_ID: u32 = 100;
 const FRESH_IDS: u32 = 700;
 /// The reused box's id.
 const REUSED_ID: u32 = 900;
+/// A row stops after this many failed submissions.
+const MAX_FAILURES: usize = 5;
 /// The C program every submission runs: the sum of two numbers read from stdin.
 const SUM_C: &str = "#include <stdio.h>\nint main(void) {\n  long a = 0, b = 0;\n  if (scanf(\"%ld %ld\", &a, &b) != 2) return 1;\n  printf(\"%ld\\n\", a + b);\n  return 0;\n}\n";
 
@@ -197,8 +199,11 @@ struct Row {
     available: Result<(), String>,
     /// The counted submissions.
     samples: Vec<Submission>,
-    /// The first failure during the measurement; the row stops there.
+    /// The first failure during the measurement, and how many submissions failed (not
+    /// counted; their box is cleaned up; the row stops after [`MAX_FAILURES`]).
     failed: Option<String>,
+    /// How many submissions failed.
+    failures: usize,
 }
 
 impl Row {
@@ -320,12 +325,15 @@ struct Bench {
     next_id: std::cell::Cell<u32>,
     /// A counter making every submission's input different.
     serial: std::cell::Cell<u64>,
+    /// The last fresh box id handed out.
+    last_id: std::cell::Cell<u32>,
 }
 
 impl Bench {
     /// A fresh box id.
     fn fresh_id(&self) -> u32 {
         let id = self.next_id.get();
+        self.last_id.set(id);
         self.next_id
             .set(FIRST_FRESH_ID + (id + 1 - FIRST_FRESH_ID) % FRESH_IDS);
         id
@@ -390,7 +398,7 @@ impl Bench {
         match out.status.code() {
             Some(c) if ok.contains(&c) => Ok((took, out.stdout)),
             _ => Err(format!(
-                "{cmd:?} ended with {}: {}",
+                "{}: {} (command: {cmd:?})",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             )),
@@ -697,6 +705,22 @@ impl Bench {
         Ok((vec![("run", t_run)], box_cpu))
     }
 
+    /// After a failed submission of `row`: its fresh box cleaned up (as a grader's error
+    /// path does) and CMS's outer directories removed, so that the next ones start clean.
+    fn recover(&self, row: &Row) {
+        if row.pattern != Pattern::Reused {
+            let _ = self.cleanup(row.tool, row.pattern, self.last_id.get());
+        }
+        for dir in subdirs(&self.base) {
+            if dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("cms-"))
+            {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+
     /// One submission of `row`'s pattern: its steps and the box CPU isolate charged outside
     /// the bench's cgroups.
     fn submit(&self, row: &Row) -> Result<Done, String> {
@@ -906,7 +930,7 @@ fn measure(bench: &Bench, rows: &mut [Row], opts: &Opts) {
         let counted = round >= opts.warmup;
         for k in 0..live.len() {
             let i = live[(round + k) % live.len()];
-            if rows[i].failed.is_some() {
+            if rows[i].failures >= MAX_FAILURES {
                 continue;
             }
             std::thread::sleep(opts.gap);
@@ -916,7 +940,9 @@ fn measure(bench: &Bench, rows: &mut [Row], opts: &Opts) {
                 Ok((steps, box_cpu)) => open = Some((i, counted, own, machine, box_cpu, steps)),
                 Err(e) => {
                     eprintln!("grader: {} failed: {e}", rows[i].label());
-                    rows[i].failed = Some(e);
+                    bench.recover(&rows[i]);
+                    rows[i].failures += 1;
+                    rows[i].failed.get_or_insert(e);
                 }
             }
         }
@@ -973,7 +999,11 @@ fn print_tables(rows: &[Row]) {
             row.label(),
             row.failed
                 .as_deref()
-                .map(|e| format!(" (FAILED after {} samples: {})", row.samples.len(), cell(e)))
+                .map(|e| format!(
+                    " ({} submission(s) FAILED, not counted; the first: {})",
+                    row.failures,
+                    cell(e)
+                ))
                 .unwrap_or_default(),
             wall.len(),
             ms(percentile(&wall, 0.5)),
@@ -1210,6 +1240,7 @@ fn main() {
         isolate_ids: std::cell::RefCell::new(BTreeSet::new()),
         next_id: std::cell::Cell::new(FIRST_FRESH_ID),
         serial: std::cell::Cell::new(0),
+        last_id: std::cell::Cell::new(FIRST_FRESH_ID),
     };
 
     // The rows, each probed once: a row that cannot run says why.
@@ -1222,6 +1253,7 @@ fn main() {
                 available: Ok(()),
                 samples: Vec::new(),
                 failed: None,
+                failures: 0,
             };
             row.available = program
                 .as_ref()
