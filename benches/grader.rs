@@ -372,13 +372,32 @@ impl Bench {
                 .usage(&self.layout.cpu_mount().join(&self.prefix))
     }
 
-    /// The CPU time of isolate's box `id` so far (isolate resets it at each `--run`).
-    fn isolate_box_cpu(&self, id: u32) -> Duration {
+    /// The CPU time isolate's box cgroup `box-<id>` has been charged.
+    fn isolate_box_usage(&self, id: u32) -> Duration {
         let dir = match (&self.isolate_cg_root, self.layout) {
             (Some(root), _) => root.join(format!("box-{id}")),
             (None, layout) => layout.cpu_mount().join(format!("box-{id}")),
         };
         self.layout.usage(&dir)
+    }
+
+    /// Before a `--run` of `tool` in box `id`: what [`Bench::box_cpu_after`] subtracts.
+    fn box_cpu_before(&self, tool: Tool, id: u32) -> Duration {
+        match (tool, self.layout) {
+            // isolate 2.x keeps the box cgroup from --init to --cleanup, and cpu.stat adds up.
+            (Tool::Isolate, Layout::V2) => self.isolate_box_usage(id),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// After a `--run` of `tool` in box `id`: the CPU its box cgroup was charged by the run
+    /// (outside the bench's own cgroups; zero for runbox, whose cgroups are under its prefix).
+    fn box_cpu_after(&self, tool: Tool, id: u32, before: Duration) -> Duration {
+        match tool {
+            // isolate 1.x zeroes cpuacct.usage as each run enters the box cgroup.
+            Tool::Isolate => self.isolate_box_usage(id).saturating_sub(before),
+            Tool::Runbox => Duration::ZERO,
+        }
     }
 
     /// Runs one step: spawn to exit. `ok` says which exit codes are fine. Returns the time
@@ -543,11 +562,9 @@ impl Bench {
         let t = Instant::now();
         self.judge0_files(&workdir, &input)?;
         let t_copy = t.elapsed();
+        let before = self.box_cpu_before(tool, id);
         let t_run = self.judge0_run(tool, p, id, &workdir)?;
-        let box_cpu = match tool {
-            Tool::Isolate => self.isolate_box_cpu(id),
-            Tool::Runbox => Duration::ZERO,
-        };
+        let box_cpu = self.box_cpu_after(tool, id, before);
         self.check_output(&workdir.join("stdout.txt"), want)?;
         // Judge0's cleanup: the box emptied, the work dir's files removed, `--cleanup`.
         let t = Instant::now();
@@ -631,21 +648,18 @@ impl Bench {
         ])
         .arg(format!("--meta={}", outer.join("run.meta.0").display()))
         .args(["--run", "--", "./sum"]);
+        let before = self.box_cpu_before(tool, id);
         let (t_run, _) = self.step(c, Stdio::null(), Stdio::null(), Stdio::piped(), &[0])?;
-        let mut box_cpu = match tool {
-            Tool::Isolate => self.isolate_box_cpu(id),
-            Tool::Runbox => Duration::ZERO,
-        };
+        let mut box_cpu = self.box_cpu_after(tool, id, before);
         self.check_output(&home.join("output.txt"), want)?;
         // cleanup(delete=True): a run that makes everything deletable (it fails on the files
         // the caller owns, as CMS expects: exit status 1 is fine), then --cleanup.
         let mut c = self.cmd(tool, p)?;
         c.args([&format!("--box-id={id}"), "--cg", &home_rule])
             .args(["--run", "--", "/bin/chmod", "777", "-R", "/tmp"]);
+        let before = self.box_cpu_before(tool, id);
         let (t_chmod, _) = self.step(c, Stdio::null(), Stdio::null(), Stdio::null(), &[0, 1])?;
-        if tool == Tool::Isolate {
-            box_cpu += self.isolate_box_cpu(id);
-        }
+        box_cpu += self.box_cpu_after(tool, id, before);
         let t = Instant::now();
         let t_clean = self.cleanup(tool, p, id)?;
         fs::remove_dir_all(&outer).map_err(|e| io("remove CMS's outer directory", e))?;
@@ -696,11 +710,9 @@ impl Bench {
         let workdir = self.reused_workdir(tool);
         let (input, want) = self.input();
         fs::write(workdir.join("stdin.txt"), input).map_err(|e| format!("write stdin.txt: {e}"))?;
+        let before = self.box_cpu_before(tool, REUSED_ID);
         let t_run = self.judge0_run(tool, Pattern::Reused, REUSED_ID, &workdir)?;
-        let box_cpu = match tool {
-            Tool::Isolate => self.isolate_box_cpu(REUSED_ID),
-            Tool::Runbox => Duration::ZERO,
-        };
+        let box_cpu = self.box_cpu_after(tool, REUSED_ID, before);
         self.check_output(&workdir.join("stdout.txt"), want)?;
         Ok((vec![("run", t_run)], box_cpu))
     }
