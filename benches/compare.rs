@@ -813,29 +813,7 @@ fn verify_clean(bench: &Bench, cleanup: &Cleanup) {
         // The spare monitor exits once its request socket is closed.
         root.release_spares();
     }
-    for dir in prefix_cgroups(&bench.prefix) {
-        // Monitors leave their controller's cgroups for `<prefix>/_monitors`; once they have
-        // exited, that cgroup is empty and goes too.
-        let monitors = dir.join("_monitors");
-        if monitors.is_dir() {
-            let ok = wait_until(Duration::from_secs(10), || {
-                fs::read_to_string(monitors.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
-            });
-            assert!(ok, "monitors left in {}", monitors.display());
-            fs::remove_dir(&monitors)
-                .unwrap_or_else(|e| panic!("rmdir {}: {e}", monitors.display()));
-        }
-        let ok = wait_until(Duration::from_secs(10), || subdirs(&dir).is_empty());
-        assert!(
-            ok,
-            "cgroups left under {}: {:?}",
-            dir.display(),
-            subdirs(&dir)
-        );
-        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
-    }
-    let left = prefix_cgroups(&bench.prefix);
-    assert!(left.is_empty(), "cgroups left: {left:?}");
+    common::remove_prefix_cgroups(&bench.prefix);
     let ok = wait_until(Duration::from_secs(10), || {
         processes_naming(&bench.base).is_empty()
     });

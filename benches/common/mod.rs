@@ -207,6 +207,34 @@ pub fn subdirs(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Checks and removes a bench's cgroups under `prefix` in every hierarchy: monitors leave
+/// their controller's cgroups for `<prefix>/_monitors` and exit, so that one must empty and
+/// go, then every sandbox cgroup below must go (waiting up to 10 s for each); panics naming
+/// what is left.
+pub fn remove_prefix_cgroups(prefix: &str) {
+    for dir in prefix_cgroups(prefix) {
+        let monitors = dir.join("_monitors");
+        if monitors.is_dir() {
+            let ok = wait_until(Duration::from_secs(10), || {
+                fs::read_to_string(monitors.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+            });
+            assert!(ok, "monitors left in {}", monitors.display());
+            fs::remove_dir(&monitors)
+                .unwrap_or_else(|e| panic!("rmdir {}: {e}", monitors.display()));
+        }
+        let ok = wait_until(Duration::from_secs(10), || subdirs(&dir).is_empty());
+        assert!(
+            ok,
+            "cgroups left under {}: {:?}",
+            dir.display(),
+            subdirs(&dir)
+        );
+        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+    }
+    let left = prefix_cgroups(prefix);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
 /// The cgroups at or below `dir` that still hold a process.
 pub fn populated_cgroups(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -653,6 +653,38 @@ pub(crate) struct SpawnFailure {
 /// The steps a [`spawn_in_group`] child reports, by number on its error pipe.
 const SPAWN_STEPS: [&str; 5] = ["stdio", "chdir", "setrlimit", "execve", "setpgid"];
 
+/// Runs `entry(arg)` in a child that shares this process's memory (`CLONE_VM`) on a stack of
+/// `stack_bytes` of its own, and returns once the child has exec'd or exited
+/// (`CLONE_VFORK`): its pid (reap it), or -1 with errno set. The child gets its own copies
+/// of the signal, descriptor and fs tables; it reports its end with `SIGCHLD`.
+///
+/// # Safety
+/// `entry` must call only async-signal-safe functions, allocate nothing, write no memory of
+/// this process's but its own stack and errno, and end by `execve` or `_exit` (never by
+/// returning into Rust code); whatever `arg` points at must be valid for it. The calling
+/// process must be single-threaded, or its other threads must not touch what `entry` reads.
+unsafe fn clone_vm_vfork(
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+    stack_bytes: usize,
+) -> libc::c_int {
+    let mut stack = vec![0u8; stack_bytes];
+    // The stack grows down from its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + stack_bytes) & !15;
+    // SAFETY: the caller upholds `entry`'s contract (above); `stack` outlives the child's use
+    // of it, since CLONE_VFORK returns only after the child has exec'd or exited.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg,
+        )
+    };
+    drop(stack);
+    pid
+}
+
 /// What a [`spawn_in_group`] child reads: pointers into data the caller keeps alive (and
 /// does not touch: it is suspended) until the child has exec'd or exited.
 #[repr(C)]
@@ -791,23 +823,17 @@ pub(crate) fn spawn_in_group(spec: &GroupSpawn<'_>) -> io::Result<Result<i32, Sp
         n_limits: limits.len(),
         err_w: err_w.as_raw_fd(),
     };
-    let mut stack = vec![0u8; GROUP_CHILD_STACK];
-    // The stack grows down from its (16-byte aligned) top.
-    let top = (stack.as_mut_ptr() as usize + GROUP_CHILD_STACK) & !15;
-    // SAFETY: `group_child` honours its contract (see there): `child` and everything it
-    // points at, and `stack`, live until this call returns, and CLONE_VFORK suspends this
-    // (single-threaded) process until the child has exec'd or exited, so nothing else
-    // touches the shared memory meanwhile. The child's own signal table and descriptor table
-    // (no CLONE_SIGHAND, no CLONE_FILES) keep its changes from reaching this process.
+    // SAFETY: `group_child` honours its contract (see there) and `child`, with everything it
+    // points at, lives until this call returns; this process is single-threaded (as
+    // documented). The child's own signal table and descriptor table keep its changes from
+    // reaching this process.
     let pid = unsafe {
-        libc::clone(
+        clone_vm_vfork(
             group_child,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             &child as *const GroupChild as *mut libc::c_void,
+            GROUP_CHILD_STACK,
         )
     };
-    drop(stack);
     if pid < 0 {
         return Ok(Err(SpawnFailure {
             step: "fork",
@@ -1189,24 +1215,18 @@ pub(crate) fn attach_in_mount_ns(
         dest: dest.as_ptr(),
         failed: [0, 0],
     };
-    let mut stack = vec![0u8; ATTACH_CHILD_STACK];
-    // The stack grows down from its (16-byte aligned) top.
-    let top = (stack.as_mut_ptr() as usize + ATTACH_CHILD_STACK) & !15;
-    // SAFETY: `attach_child` honours its contract (see there): `child`, what it points at
-    // and `stack` live until this call returns, and CLONE_VFORK suspends this
-    // (single-threaded) process until the child has exited, so nothing else touches the
-    // shared memory meanwhile. The child has its own signal and descriptor tables and its
-    // own fs_struct (no CLONE_SIGHAND, CLONE_FILES or CLONE_FS), so its setns leaves this
-    // process's namespace, root and working directory alone.
+    // SAFETY: `attach_child` honours its contract (see there) and `child`, with what it
+    // points at, lives until this call returns; the caller is single-threaded (the monitor).
+    // The child has its own signal and descriptor tables and its own fs_struct (no
+    // CLONE_SIGHAND, CLONE_FILES or CLONE_FS), so its setns leaves this process's
+    // namespace, root and working directory alone.
     let pid = unsafe {
-        libc::clone(
+        clone_vm_vfork(
             attach_child,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             std::ptr::addr_of_mut!(child) as *mut libc::c_void,
+            ATTACH_CHILD_STACK,
         )
     };
-    drop(stack);
     if pid < 0 {
         return Err(AttachFailure {
             step: "clone",
