@@ -79,15 +79,18 @@ const DEFAULT_PLACES: &[&str] = &[
     "/run/runc",
 ];
 
-/// Directories the tools create at fixed paths whatever their options: containerd 1.6's shim
-/// sockets (`/run/containerd/s`) and dockerd's plugin discovery (`/run/docker/plugins`),
-/// deepest first. The harness removes each one that did not exist before the run (they must
-/// be empty by then) and says so.
+/// What the tools create at fixed paths whatever their options: containerd 1.6's shim
+/// sockets (`/run/containerd/s`), dockerd's plugin discovery (`/run/docker/plugins`),
+/// directories, deepest first; and podman's shared-memory lock segment
+/// (`/dev/shm/libpod_lock`, a file; an earlier run of this bench left one). The harness
+/// removes each one that did not exist before the run (directories must be empty by then)
+/// and says so.
 const FIXED_PLACES: &[&str] = &[
     "/run/containerd/s",
     "/run/containerd",
     "/run/docker/plugins",
     "/run/docker",
+    "/dev/shm/libpod_lock",
 ];
 
 /// Removes the [`FIXED_PLACES`] that were not in `before`; returns those removed.
@@ -97,7 +100,12 @@ fn remove_fixed_places(before: &[String]) -> Result<Vec<&'static str>, String> {
         if before.iter().any(|b| b == p) || !Path::new(p).exists() {
             continue;
         }
-        fs::remove_dir(p).map_err(|e| format!("rmdir {p} (created during the run): {e}"))?;
+        let removed_it = if Path::new(p).is_dir() {
+            fs::remove_dir(p)
+        } else {
+            fs::remove_file(p)
+        };
+        removed_it.map_err(|e| format!("remove {p} (created during the run): {e}"))?;
         removed.push(*p);
     }
     Ok(removed)
@@ -1321,7 +1329,7 @@ fn verify_clean(
     let fixed = remove_fixed_places(places_before).unwrap_or_else(|e| panic!("{e}"));
     if !fixed.is_empty() {
         notes.push(format!(
-            "removed {} (empty; created by containerd and dockerd at fixed paths whatever their options, absent before the run)",
+            "removed {} (created by containerd, dockerd or podman at fixed paths whatever their options, absent before the run)",
             fixed.join(", ")
         ));
     }
