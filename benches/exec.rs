@@ -135,21 +135,13 @@ impl Opts {
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
-            let mut num = |name: &str| -> usize {
-                let v = args
-                    .next()
-                    .unwrap_or_else(|| panic!("{name} needs a value"));
-                v.parse()
-                    .unwrap_or_else(|_| panic!("{name} wants a number, got {v:?}"))
-            };
+            let mut num = |name: &str| common::option_number(&mut args, name);
             match a.as_str() {
                 "--runs" => o.runs = num("--runs"),
                 "--heavy-runs" => o.heavy_runs = num("--heavy-runs"),
                 "--warmup" => o.warmup = num("--warmup"),
                 "--only" => {
-                    let v = args
-                        .next()
-                        .unwrap_or_else(|| panic!("--only needs a value"));
+                    let v = common::option_value(&mut args, "--only");
                     o.only = Some(v.split(',').map(str::to_string).collect());
                 }
                 "--bench" => {}

@@ -98,17 +98,13 @@ impl Opts {
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
-            let mut num = |name: &str| -> u64 {
-                let v = args
-                    .next()
-                    .unwrap_or_else(|| panic!("{name} needs a value"));
-                v.parse()
-                    .unwrap_or_else(|_| panic!("{name} wants a number, got {v:?}"))
-            };
+            let args = &mut args;
             match a.as_str() {
-                "--runs" => o.runs = usize::try_from(num("--runs")).expect("--runs fits"),
-                "--warmup" => o.warmup = usize::try_from(num("--warmup")).expect("--warmup fits"),
-                "--gap-ms" => o.gap = Duration::from_millis(num("--gap-ms")),
+                "--runs" => o.runs = common::option_number(args, "--runs"),
+                "--warmup" => o.warmup = common::option_number(args, "--warmup"),
+                "--gap-ms" => {
+                    o.gap = Duration::from_millis(common::option_number(args, "--gap-ms"));
+                }
                 "--bench" => {}
                 other => eprintln!("grader: ignoring argument {other:?}"),
             }

@@ -166,6 +166,23 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
+/// The value after option `name` on a bench's command line; panics if there is none.
+pub fn option_value(args: &mut impl Iterator<Item = String>, name: &str) -> String {
+    args.next()
+        .unwrap_or_else(|| panic!("{name} needs a value"))
+}
+
+/// The number after option `name` on a bench's command line; panics if it is missing or
+/// not a number.
+pub fn option_number<T: std::str::FromStr>(
+    args: &mut impl Iterator<Item = String>,
+    name: &str,
+) -> T {
+    let v = option_value(args, name);
+    v.parse()
+        .unwrap_or_else(|_| panic!("{name} wants a number, got {v:?}"))
+}
+
 /// Polls `done` every 200 µs until it holds or `limit` passes; true if it held. Only used
 /// outside the timed windows.
 pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
