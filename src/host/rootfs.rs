@@ -558,11 +558,10 @@ fn prepare_tmp(rootfs: &Path) -> Result<(), RootfsError> {
 fn prepare_cwd(rootfs: &Path, cwd: &str, user: User) -> Result<(), RootfsError> {
     let rel = Path::new(cwd.trim_start_matches('/'));
     let existed = fs::symlink_metadata(rootfs.join(rel)).is_ok();
-    let shown = cwd;
-    let cwd = dir_inside(rootfs, rel, 0o755, shown)?;
-    if !existed || shown == "/work" {
-        chown(&cwd, Some(user.uid), Some(user.gid)).map_err(|source| RootfsError::Dir {
-            path: cwd.clone(),
+    let dir = dir_inside(rootfs, rel, 0o755, cwd)?;
+    if !existed || cwd == "/work" {
+        chown(&dir, Some(user.uid), Some(user.gid)).map_err(|source| RootfsError::Dir {
+            path: dir.clone(),
             source,
         })?;
     }
