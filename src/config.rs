@@ -353,18 +353,6 @@ pub struct Command {
     pub(crate) noexec: Vec<String>,
     pub(crate) stdout: Output,
     pub(crate) stderr: Output,
-    /// Set for a box's run ([`crate::WorkBox::command`]): its work dir is given to the run's
-    /// uid at launch, once that uid is known.
-    pub(crate) box_run: Option<BoxRun>,
-}
-
-/// What a launch needs to know of a box it runs in: the box's work dir (given to the uid the
-/// run takes, before it starts) and the box's own uid (taken when no pre-built container
-/// serves the run; otherwise the run takes that container's uid of the range).
-#[derive(Debug, Clone)]
-pub(crate) struct BoxRun {
-    pub work: PathBuf,
-    pub own: User,
 }
 
 impl Command {
@@ -400,7 +388,6 @@ impl Command {
             noexec: Vec::new(),
             stdout: Output::Capture,
             stderr: Output::Capture,
-            box_run: None,
         }
     }
 

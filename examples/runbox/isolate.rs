@@ -734,8 +734,12 @@ fn run(root: &runbox::Root, req: &Request, program: &[String]) -> Result<ExitCod
     // One process (isolate's default) and the sandbox's init.
     l.pids = req.pids.unwrap_or(2);
     if req.verbose > 0 {
-        // The box's own uid, or a pre-built sandbox's that serves the run (WorkBox::user).
-        eprintln!("Running in box {}: {}", b.id(), program.join(" "));
+        eprintln!(
+            "Running in box {} as uid {}: {}",
+            b.id(),
+            b.user().0,
+            program.join(" ")
+        );
     }
     let verdict = b.run(&cmd)?;
     if verdict.status == runbox::Status::InternalError {

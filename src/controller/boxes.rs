@@ -22,7 +22,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BoxRun, Command, User};
+use crate::config::Command;
 use crate::error::{Error, ErrorKind, Result};
 use crate::host::cleanup;
 use crate::host::state::{self, MonitorRecord};
@@ -159,12 +159,7 @@ impl WorkBox {
         self.dir.join(WORK_DIR)
     }
 
-    /// The host uid and gid the box holds from `init` to `cleanup` (`first + N` of the
-    /// root's range; no other sandbox gets it meanwhile). A run takes it when it starts
-    /// cold; a run that a pre-built sandbox serves takes that sandbox's own uid of the range
-    /// instead (held by nothing else while the run lives), so a box initialized a moment ago
-    /// starts pre-built on its first run. Either way the work dir is the run's uid's during
-    /// the run and the owner's again after it.
+    /// The host uid and gid the box's programs run as.
     pub fn user(&self) -> (u32, u32) {
         (self.record.uid, self.record.gid)
     }
@@ -175,26 +170,15 @@ impl WorkBox {
         self.record.quota
     }
 
-    /// A command running `program` in this box: as a uid of the box's run (see
-    /// [`WorkBox::user`]), with the work dir bound read-write at `/box` and as the working
-    /// directory. Add limits, binds and streams, then [`WorkBox::run`] it. (A
-    /// [`Command::user`] set on it makes every run take that uid instead.)
+    /// A command running `program` in this box: as the box's user, with the work dir bound
+    /// read-write at `/box` and as the working directory. Add limits, binds and streams, then
+    /// [`WorkBox::run`] it.
     pub fn command(&self, program: impl Into<String>) -> Command {
         let mut cmd = Command::new(program);
-        cmd.bind_rw(self.source.clone(), "/box").current_dir("/box");
-        cmd.box_run = Some(self.box_run());
+        cmd.user(self.record.uid, self.record.gid)
+            .bind_rw(self.source.clone(), "/box")
+            .current_dir("/box");
         cmd
-    }
-
-    /// What a launch needs to know of this box.
-    fn box_run(&self) -> BoxRun {
-        BoxRun {
-            work: self.source.clone(),
-            own: User {
-                uid: self.record.uid,
-                gid: self.record.gid,
-            },
-        }
     }
 
     /// Runs `cmd` (made by [`WorkBox::command`]) to its end. The work dir's files are the
@@ -209,17 +193,9 @@ impl WorkBox {
     /// As [`Root::run`]; [`ErrorKind::Io`] if the work dir cannot be handed over.
     pub fn run(&self, cmd: &Command) -> Result<Verdict> {
         let work = &self.source;
-        // The launch gives the work dir to the run's uid once it knows it (`give_work_dir`).
-        let own: Command;
-        let cmd = if cmd.box_run.as_ref().is_some_and(|b| b.work == *work) {
-            cmd
-        } else {
-            own = Command {
-                box_run: Some(self.box_run()),
-                ..cmd.clone()
-            };
-            &own
-        };
+        let (uid, gid) = self.user();
+        hand_over(work, Pass::Give { uid, gid })
+            .map_err(|e| Error::io("give the box's files to its user", work, e))?;
         let (verdict, ended) = self.run_to_the_end(cmd);
         if !ended {
             // Something of the run may still write in the box: no walk of it now, and the
@@ -674,19 +650,6 @@ fn remove_tree(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Gives a box's work dir `work`, everything in it as it is, to the uid and gid of the run
-/// about to start in it (the launch calls it once the run's uid is known).
-pub(super) fn give_work_dir(work: &Path, user: User) -> Result<()> {
-    hand_over(
-        work,
-        Pass::Give {
-            uid: user.uid,
-            gid: user.gid,
-        },
-    )
-    .map_err(|e| Error::io("give the box's files to its run's user", work, e))
 }
 
 /// What a walk of a box's work dir does to what it finds.

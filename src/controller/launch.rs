@@ -75,19 +75,11 @@ impl Root {
         // A uid of the sandbox's own: the spare's (its container may be built as it; the
         // spare holds its lease), else a fresh lease, owned by the staging directory's name
         // until the record names it, and given back by its guard if the launch fails first.
-        // A box's run that no pre-built container serves takes the box's own uid (the box
-        // holds its lease: the sandbox leases nothing).
         let spare_uid = spare.as_ref().and_then(Spare::warm_uid);
-        let box_own = cmd.box_run.as_ref().map(|b| b.own);
-        let leased = match (cfg.sandbox.uid_leased, spare_uid, box_own) {
-            (false, _, _) => Ok((None, None)),
-            (true, Some(uid), _) => Ok((Some(uid), None)),
-            (true, None, Some(own)) => {
-                cfg.sandbox.uid_leased = false;
-                cfg.sandbox.user = own;
-                Ok((None, None))
-            }
-            (true, None, None) => self
+        let leased = match (cfg.sandbox.uid_leased, spare_uid) {
+            (false, _) => Ok((None, None)),
+            (true, Some(uid)) => Ok((Some(uid), None)),
+            (true, None) => self
                 .lease_uid(&tmp)
                 .map(|lease| (Some(lease.uid()), Some(lease))),
         };
@@ -103,17 +95,6 @@ impl Root {
         };
         if let Some(uid) = uid {
             cfg.sandbox.user = User { uid, gid: uid };
-        }
-        // A box's files are its run's from here (handed back after the run by `WorkBox::run`).
-        if let Some(b) = &cmd.box_run {
-            if let Err(e) = super::boxes::give_work_dir(&b.work, cfg.sandbox.user) {
-                let _ = fs::remove_dir_all(&tmp);
-                drop(lease);
-                if let Some(spare) = spare {
-                    self.inner.spares.put_back(spare);
-                }
-                return Err(e);
-            }
         }
         let claimed = self.claim(&tmp, cmd.name.as_deref(), |id| SandboxRecord {
             format_version: state::FORMAT_VERSION,
