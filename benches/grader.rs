@@ -323,6 +323,10 @@ struct Bench {
     serial: std::cell::Cell<u64>,
     /// The last fresh box id handed out.
     last_id: std::cell::Cell<u32>,
+    /// Judge0's `--cg-timing` goes on its command line: isolate 1.x has the option; 2.x
+    /// always times by the cgroup with `--cg` and refuses it (usage error, exit 2), so
+    /// Judge0's line on a 2.x host has it not, for both tools alike.
+    cg_timing: bool,
 }
 
 impl Bench {
@@ -477,45 +481,39 @@ impl Bench {
         let meta = workdir.join("metadata.txt");
         c.args(["--cg", "-s", "-b", &id.to_string(), "-M"])
             .arg(&meta)
-            .args([
-                "-t",
-                "2",
-                "-x",
-                "0.5",
-                "-w",
-                "5",
-                "-k",
-                "128000",
-                "-p60",
-                "--cg-timing",
-                "--cg-mem=128000",
-                "-f",
-                "1024",
-                "-E",
-                "HOME=/tmp",
-                "-E",
-                &format!("PATH={JUDGE0_PATH}"),
-                "-E",
-                "LANG",
-                "-E",
-                "LANGUAGE",
-                "-E",
-                "LC_ALL",
-                "-E",
-                "JUDGE0_HOMEPAGE",
-                "-E",
-                "JUDGE0_SOURCE_CODE",
-                "-E",
-                "JUDGE0_MAINTAINER",
-                "-E",
-                "JUDGE0_VERSION",
-                "-d",
-                "/etc:noexec",
-                "--run",
-                "--",
-                "/bin/bash",
-                "run.sh",
-            ]);
+            .args(["-t", "2", "-x", "0.5", "-w", "5", "-k", "128000", "-p60"]);
+        if self.cg_timing {
+            c.arg("--cg-timing");
+        }
+        c.args([
+            "--cg-mem=128000",
+            "-f",
+            "1024",
+            "-E",
+            "HOME=/tmp",
+            "-E",
+            &format!("PATH={JUDGE0_PATH}"),
+            "-E",
+            "LANG",
+            "-E",
+            "LANGUAGE",
+            "-E",
+            "LC_ALL",
+            "-E",
+            "JUDGE0_HOMEPAGE",
+            "-E",
+            "JUDGE0_SOURCE_CODE",
+            "-E",
+            "JUDGE0_MAINTAINER",
+            "-E",
+            "JUDGE0_VERSION",
+            "-d",
+            "/etc:noexec",
+            "--run",
+            "--",
+            "/bin/bash",
+            "run.sh",
+        ]);
         let open = |name: &str| {
             fs::File::open(workdir.join(name)).map_err(|e| format!("open {name}: {e}"))
         };
@@ -1171,6 +1169,16 @@ fn verify_clean(bench: &Bench, cleanup: &Cleanup, rows: &[Row]) {
     assert!(!bench.base.exists(), "{} left", bench.base.display());
 }
 
+/// The major version in isolate's `--version` line ("The process isolator 2.6"), if any.
+fn isolate_major(line: &str) -> Option<u32> {
+    line.strip_prefix("The process isolator ")?
+        .split('.')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Sets up, measures, prints Markdown, checks the cleanup.
 fn main() {
     runbox::monitor_main();
@@ -1229,6 +1237,7 @@ fn main() {
         next_id: std::cell::Cell::new(FIRST_FRESH_ID),
         serial: std::cell::Cell::new(0),
         last_id: std::cell::Cell::new(FIRST_FRESH_ID),
+        cg_timing: isolate_major(&isolate_version).is_none_or(|major| major < 2),
     };
 
     // The rows, each probed once: a row that cannot run says why.
@@ -1249,10 +1258,20 @@ fn main() {
                 .map_err(Clone::clone)
                 .and_then(|()| bench.cmd(tool, pattern).map(|_| ()))
                 .and_then(|()| {
-                    if pattern == Pattern::Reused {
-                        bench.prepare_reused(tool)?;
+                    let probed = if pattern == Pattern::Reused {
+                        bench.prepare_reused(tool)
+                    } else {
+                        Ok(())
                     }
-                    bench.submit(&row).map(|_| ())
+                    .and_then(|()| bench.submit(&row).map(|_| ()));
+                    if probed.is_err() {
+                        // A row that cannot run leaves no box behind either.
+                        bench.recover(&row);
+                        if pattern == Pattern::Reused {
+                            let _ = bench.cleanup(tool, pattern, REUSED_ID);
+                        }
+                    }
+                    probed
                 });
             if let Err(e) = &row.available {
                 eprintln!("grader: {} unavailable: {e}", row.label());
