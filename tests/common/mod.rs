@@ -314,7 +314,11 @@ fn describe_process((pid, cmd): &(i32, String)) -> String {
     // Fields after the command name (which may hold spaces) start with the state.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = 100.0; // USER_HZ on every Linux this runs on
+    // Start times count clock ticks (USER_HZ).
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64);
     let uptime: f64 = fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|u| u.split_whitespace().next()?.parse().ok())
